@@ -1,0 +1,133 @@
+"""Configs of the embedded default model and its training presets.
+
+One dataclass per training run; every field has a comment. The shipped weights record the preset
+and the exact command that produced them in ``models/default/recipe.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+TEXT_MAX_LENGTH = 32  # tokens per caption (captions are at most ~26 word pieces)
+
+
+def vae_config(block_out_channels: tuple[int, ...] = (32, 64, 64)) -> dict[str, Any]:
+    """diffusers ``AutoencoderKL`` config: 64×64 RGB → 4×16×16 latents (factor 4 for three blocks)."""
+    n = len(block_out_channels)
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": list(block_out_channels),
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": min(16, block_out_channels[0]),
+        "sample_size": 64,
+    }
+
+
+def unet_config(
+    block_out_channels: tuple[int, ...] = (64, 128, 128), sample_size: int = 16
+) -> dict[str, Any]:
+    """diffusers ``UNet2DConditionModel`` config with cross-attention on 384-d MiniLM token states."""
+    return {
+        "sample_size": sample_size,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": list(block_out_channels),
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 384,
+        "attention_head_dim": 4,
+        "norm_num_groups": min(32, block_out_channels[0]),
+    }
+
+
+def scheduler_config() -> dict[str, Any]:
+    """Training noise schedule (cosine), shared by every inference scheduler of the default model."""
+    return {
+        "num_train_timesteps": 1000,
+        "beta_schedule": "squaredcos_cap_v2",
+        "prediction_type": "epsilon",
+        "clip_sample": False,
+    }
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; saved next to its checkpoints."""
+
+    name: str = "default"  # preset name
+    seed: int = 0  # dataset and initialisation seed
+    image_size: int = 64  # pixels per side
+    two_object_share: float = 0.4  # fraction of two-object scenes in the data
+    # VAE stage
+    vae_blocks: tuple[int, ...] = (32, 64, 64)
+    vae_steps: int = 800  # optimiser steps
+    vae_batch: int = 24
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-4  # a light KL (per pixel value) keeps latents tame without blurring
+    # U-Net stage
+    unet_blocks: tuple[int, ...] = (64, 128, 128)
+    latent_pool: int = 24_000  # images encoded once to latents, then reused
+    unet_steps: int = 2000
+    unet_batch: int = 48
+    unet_lr: float = 5e-4
+    unet_warmup: int = 200
+    caption_dropout: float = 0.1  # share of empty captions, so classifier-free guidance works
+    ema_decay: float = 0.999
+    # bookkeeping
+    log_every: int = 25
+    checkpoint_every: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field."""
+        return asdict(self)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The shipped model.
+    "default": TrainConfig(),
+    # Rough but recognisable in about 10 minutes on a 2-core CPU: one-object scenes only, fewer steps.
+    "classroom": TrainConfig(
+        name="classroom",
+        two_object_share=0.0,
+        vae_blocks=(32, 64, 64),
+        vae_steps=150,
+        unet_blocks=(32, 64, 64),
+        latent_pool=4096,
+        unet_steps=500,
+        unet_batch=48,
+        unet_lr=1e-3,
+        unet_warmup=50,
+        ema_decay=0.99,
+        checkpoint_every=100,
+    ),
+    # For tests: seconds.
+    "tiny": TrainConfig(
+        name="tiny",
+        image_size=32,
+        vae_blocks=(8, 16),
+        vae_steps=4,
+        vae_batch=4,
+        unet_blocks=(16, 32, 32),
+        latent_pool=32,
+        unet_steps=6,
+        unet_batch=8,
+        unet_warmup=1,
+        ema_decay=0.9,
+        log_every=1,
+        checkpoint_every=3,
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    """A fresh copy of the preset called ``name``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+    return TrainConfig(**PRESETS[name].to_dict())

@@ -1,0 +1,124 @@
+"""Stage 2: train the U-Net to predict noise in the VAE's latent space.
+
+Notation: z0 = scaling_factor · E(x) (clean latents), ε ~ N(0, I), t ~ U{0..T−1},
+z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε (closed form, via the scheduler's ``add_noise``), loss = ‖ε_θ(z_t, t, c) − ε‖².
+A share ``caption_dropout`` of captions is replaced by the empty caption, so the same network also
+learns ε_θ(z_t, t, ∅), which classifier-free guidance needs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from tqdm.auto import tqdm
+
+from diffexplain.data import ShapesDataset
+from diffexplain.models.config import TrainConfig, scheduler_config, unet_config
+from diffexplain.models.text import encode_captions, load_text_encoder
+from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, save_checkpoint
+
+
+@torch.no_grad()
+def encode_pool(
+    vae: AutoencoderKL, data: ShapesDataset, n: int, *, batch: int = 128, progress: bool = True
+) -> tuple[torch.Tensor, list[str]]:
+    """Encode ``n`` dataset images once: posterior means [n, 4, h, w] and their captions."""
+    device = next(vae.parameters()).device
+    latents, captions = [], []
+    for i in tqdm(range(0, n, batch), desc="encode latents", disable=not progress):
+        x, caps = data.batch(range(i, min(n, i + batch)))
+        latents.append(vae.encode(x.to(device)).latent_dist.mean.cpu())
+        captions += caps
+    return torch.cat(latents), captions
+
+
+class CaptionCache:
+    """MiniLM token states per caption, computed once (the dataset has a few thousand distinct captions)."""
+
+    def __init__(self, device: str):
+        self.tokenizer, self.encoder = load_text_encoder(device)
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        missing = sorted({c for c in captions if c not in self.cache})
+        if missing:
+            for cap, emb in zip(missing, encode_captions(self.tokenizer, self.encoder, missing), strict=True):
+                self.cache[cap] = emb
+        return torch.stack([self.cache[c] for c in captions])
+
+
+def train_unet(
+    cfg: TrainConfig, out: Path, vae: AutoencoderKL, *, device: str = "cpu", progress: bool = True
+) -> tuple[UNet2DConditionModel, EMA, float]:
+    """Train (or resume) the U-Net stage into ``out/unet``; returns the model, its EMA and the latent scale."""
+    stage = out / "unet"
+    stage.mkdir(parents=True, exist_ok=True)
+    data = ShapesDataset(seed=cfg.seed + 1, size=cfg.image_size, two_object_share=cfg.two_object_share)
+    pool_file = stage / "latent_pool.pt.safetensors"
+    if pool_file.exists():
+        from safetensors.torch import load_file
+
+        pool = load_file(str(pool_file))["latents"]
+        captions = json.loads((stage / "latent_pool.json").read_text())
+    else:
+        pool, captions = encode_pool(vae, data, cfg.latent_pool, progress=progress)
+        from safetensors.torch import save_file
+
+        save_file({"latents": pool.contiguous()}, str(pool_file))
+        (stage / "latent_pool.json").write_text(json.dumps(captions))
+    scaling_factor = float(1.0 / pool.std())
+    pool = pool * scaling_factor
+
+    torch.manual_seed(cfg.seed)
+    sample_size = pool.shape[-1]
+    unet = UNet2DConditionModel(**unet_config(tuple(cfg.unet_blocks), sample_size)).to(device)
+    ema = EMA(unet, cfg.ema_decay)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
+    noise_scheduler = DDPMScheduler(**scheduler_config())
+    ckpt = stage / "checkpoint"
+    start = 0
+    if ckpt.with_suffix(".json").exists():
+        start = load_checkpoint(ckpt, model=unet, optimizer=opt, ema=ema)["step"]
+    text = CaptionCache(device)
+    empty = text([""])[0]
+    log = (stage / "log.jsonl").open("a")
+    bar = tqdm(
+        range(start, cfg.unet_steps), desc="U-Net", disable=not progress, initial=start, total=cfg.unet_steps
+    )
+    t0, running = time.time(), None
+    for step in bar:
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # same batch after a resume
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, base=cfg.unet_lr, warmup=cfg.unet_warmup, total=cfg.unet_steps)
+        idx = torch.randint(0, len(pool), (cfg.unet_batch,), generator=gen)
+        z0 = pool[idx].to(device)
+        cond = text([captions[i] for i in idx.tolist()])
+        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
+        cond[drop.to(device)] = empty
+        noise = torch.randn(z0.shape, generator=gen).to(device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen).to(
+            device
+        )
+        z_t = noise_scheduler.add_noise(z0, noise, t)
+        eps_pred = unet(z_t, t, encoder_hidden_states=cond).sample
+        loss = torch.nn.functional.mse_loss(eps_pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema.update(unet)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}")
+        last = step + 1 == cfg.unet_steps
+        if (step + 1) % cfg.log_every == 0 or last:
+            entry = {"step": step + 1, "loss": loss.item(), "loss_avg": running, "time_s": time.time() - t0}
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+        if (step + 1) % cfg.checkpoint_every == 0 or last:
+            info = {"config": cfg.to_dict(), "scaling_factor": scaling_factor}
+            save_checkpoint(ckpt, model=unet, optimizer=opt, ema=ema, step=step + 1, info=info)
+    return unet.eval(), ema, scaling_factor
