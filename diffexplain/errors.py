@@ -1,0 +1,19 @@
+"""Exceptions raised by diffexplain."""
+
+from __future__ import annotations
+
+
+class TraceFileError(ValueError):
+    """A trace file is corrupt, truncated, of the wrong format or version, or names something not allowed."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"cannot load trace file {self.path!r}: {problem}")
+
+
+class TraceKeyError(KeyError):
+    """A name that a trace does not hold: unknown, or not kept (the message says which, and what to do)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

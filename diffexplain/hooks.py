@@ -1,0 +1,201 @@
+"""Hooks: named places in the loop where a function may read or replace a tensor.
+
+A hook is ``def hook(x: Tensor, *, ctx: HookContext) -> Tensor | None``: returning ``None`` keeps
+``x``, returning a tensor replaces it. Hooks are registered per call (``hooks=`` on ``run``/``fork``)
+or per block (``with explainer.hooks(...)``); there is no module-level hook state.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from diffexplain.names import HOOK_NAMES
+
+if TYPE_CHECKING:
+    from diffexplain.trace import Trace
+
+
+class HookFn(Protocol):
+    """The hook signature: return ``None`` to keep ``x``, or a tensor of the same shape/dtype/device to replace it."""
+
+    def __call__(self, x: torch.Tensor, *, ctx: HookContext) -> torch.Tensor | None: ...
+
+
+StepFilter = int | range | Iterable[int] | Callable[[int], bool] | None
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """What a hook knows about where it is called. Frozen: hooks communicate only by return value."""
+
+    name: str  # the hook point, e.g. "step.guidance"
+    step: int | None  # loop step index (one per model evaluation); None at run-level points
+    timestep: float | None  # the scheduler's timestep t at this step; None at run-level points
+    num_steps: int  # number of loop steps in the run (len(scheduler.timesteps))
+    guidance_scale: float  # w of this run
+    init_noise_sigma: float  # the scheduler's x_T scale (1 for DDIM-like, σ_max for Euler-like)
+    current: Mapping[str, torch.Tensor]  # read-only: this step's tensors computed so far, by hook name
+    trace: Trace  # the partial trace so far (finished steps only); read it, do not modify it
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """A record that a hook (or a fork) replaced a tensor: where, when and by whom."""
+
+    name: str  # hook point name
+    step: int | None  # loop step, None for run-level points
+    hook: str  # name of the hook function
+
+
+def resolve_names(pattern: str) -> tuple[str, ...]:
+    """Hook point names matching an exact name or a glob pattern; ``ValueError`` with close names if none."""
+    if pattern in HOOK_NAMES:
+        return (pattern,)
+    matches = tuple(n for n in HOOK_NAMES if fnmatch.fnmatchcase(n, pattern))
+    if matches:
+        return matches
+    close = difflib.get_close_matches(pattern, HOOK_NAMES, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown hook point {pattern!r}.{hint} Valid names: {', '.join(HOOK_NAMES)}.")
+
+
+def _step_test(steps: StepFilter) -> Callable[[int, int], bool]:
+    """Turn a ``steps=`` filter into ``test(step, num_steps)``; negative ints count from the end."""
+    if steps is None:
+        return lambda step, num_steps: True
+    if isinstance(steps, bool):
+        raise TypeError("steps= must be an int, a range, an iterable of ints or a predicate, not a bool")
+    if isinstance(steps, int):
+        steps = (steps,)
+    if isinstance(steps, range):
+        rng = steps
+        return lambda step, num_steps: step in rng
+    if callable(steps):
+        predicate = steps
+        return lambda step, num_steps: bool(predicate(step))
+    chosen = frozenset(int(s) for s in steps)
+    return lambda step, num_steps: step in chosen or (step - num_steps) in chosen
+
+
+def hook_name(fn: Callable[..., Any]) -> str:
+    """A readable name for a hook function (``__qualname__`` where there is one)."""
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A hook function bound to a hook point name (exact or glob) and an optional step filter."""
+
+    name: str  # hook point name or glob pattern, e.g. "step.unet.*"
+    fn: Callable[..., Any]  # hook(x, *, ctx) -> Tensor | None
+    steps: StepFilter = None  # int, range, iterable of ints, or predicate(step) -> bool; None: every step
+    points: tuple[str, ...] = field(init=False, repr=False)
+    _test: Callable[[int, int], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError(f"hook for {self.name!r} must be callable, got {type(self.fn).__name__}")
+        object.__setattr__(self, "points", resolve_names(self.name))
+        object.__setattr__(self, "_test", _step_test(self.steps))
+
+    def applies_to(self, step: int | None, num_steps: int) -> bool:
+        """Whether this hook runs at ``step`` (run-level points, step None, always match)."""
+        return step is None or self._test(step, num_steps)
+
+
+HookSpec = Mapping[str, Callable[..., Any]] | Iterable[Hook | tuple[str, Callable[..., Any]]] | Hook | None
+
+
+def as_hooks(spec: HookSpec) -> list[Hook]:
+    """Normalise ``hooks=``: a dict name→fn, a list of ``(name, fn)`` / ``Hook``, a single ``Hook``, or None."""
+    if spec is None:
+        return []
+    if isinstance(spec, Hook):
+        return [spec]
+    if isinstance(spec, Mapping):
+        return [Hook(name, fn) for name, fn in spec.items()]
+    hooks = []
+    for item in spec:
+        if isinstance(item, Hook):
+            hooks.append(item)
+        elif isinstance(item, tuple) and len(item) == 2:
+            hooks.append(Hook(item[0], item[1]))
+        else:
+            raise TypeError(f"hooks= items must be Hook objects or (name, fn) tuples, got {item!r}")
+    return hooks
+
+
+def check_replacement(
+    new: object, old: torch.Tensor, *, point: str, step: int | None, hook: str
+) -> torch.Tensor:
+    """Validate a replacement tensor: same shape, dtype and device as ``old``, all finite; else ``ValueError``."""
+    where = f"hook {hook!r} at {point!r} (step {step})"
+    if not isinstance(new, torch.Tensor):
+        raise ValueError(f"{where} returned {type(new).__name__}; expected None or a torch.Tensor")
+    for what, expected, given in (
+        ("shape", tuple(old.shape), tuple(new.shape)),
+        ("dtype", old.dtype, new.dtype),
+        ("device", old.device, new.device),
+    ):
+        if expected != given:
+            raise ValueError(
+                f"{where} returned a tensor with the wrong {what}: expected {expected}, given {given} "
+                f"(shape {tuple(old.shape)} -> {tuple(new.shape)}, dtype {old.dtype} -> {new.dtype}, "
+                f"device {old.device} -> {new.device})"
+            )
+    if new.is_floating_point() or new.is_complex():
+        bad = int((~torch.isfinite(new)).sum().item())
+        if bad:
+            raise ValueError(f"{where} returned a tensor with {bad} non-finite (NaN or inf) values")
+    return new.detach() if new.requires_grad else new
+
+
+class HookRunner:
+    """The hooks of one run or fork, grouped by hook point in registration order."""
+
+    def __init__(self, hooks: Sequence[Hook], num_steps: int) -> None:
+        self.num_steps = num_steps
+        self._by_point: dict[str, list[Hook]] = {}
+        for h in hooks:
+            for point in h.points:
+                self._by_point.setdefault(point, []).append(h)
+
+    def has(self, point: str) -> bool:
+        """Whether any hook is registered at ``point``."""
+        return point in self._by_point
+
+    def apply(
+        self,
+        point: str,
+        x: torch.Tensor,
+        step: int | None,
+        make_ctx: Callable[[str], HookContext],
+        record: Callable[[Replacement], None],
+    ) -> torch.Tensor:
+        """Run the hooks at ``point`` in order, each seeing the previous result; record each replacement."""
+        hooks = self._by_point.get(point)
+        if not hooks:
+            return x
+        ctx = None
+        for h in hooks:
+            if not h.applies_to(step, self.num_steps):
+                continue
+            ctx = ctx or make_ctx(point)
+            version = x._version
+            out = h.fn(x, ctx=ctx)
+            if x._version != version:
+                raise ValueError(
+                    f"hook {hook_name(h.fn)!r} at {point!r} (step {step}) modified its input in place; "
+                    "return a new tensor instead (e.g. x * 2, not x.mul_(2))"
+                )
+            if out is None:
+                continue
+            x = check_replacement(out, x, point=point, step=step, hook=hook_name(h.fn))
+            record(Replacement(point, step, hook_name(h.fn)))
+        return x

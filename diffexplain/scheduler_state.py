@@ -1,0 +1,154 @@
+"""Schedulers: short names, an allow-list of classes, and generic snapshots of their mutable state.
+
+A fork restarts the loop at step k. For that, the trace keeps, per step, a snapshot of the
+scheduler's mutable attributes (everything in ``scheduler.__dict__`` except the config):
+tensors by reference (diffusers schedulers reassign tensors rather than mutate them),
+containers (``model_outputs``, ``ets``, ``derivatives``, ``timestep_list`` ...) shallow-copied,
+since schedulers do mutate those in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DEISMultistepScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+# The only scheduler classes a trace file may name, looked up by exact class name.
+SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
+    cls.__name__: cls
+    for cls in (
+        DDIMScheduler,
+        DDPMScheduler,
+        DEISMultistepScheduler,
+        DPMSolverMultistepScheduler,
+        DPMSolverSinglestepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+        HeunDiscreteScheduler,
+        KDPM2AncestralDiscreteScheduler,
+        KDPM2DiscreteScheduler,
+        LCMScheduler,
+        LMSDiscreteScheduler,
+        PNDMScheduler,
+        UniPCMultistepScheduler,
+    )
+}
+
+# Short names for Explainer.set_scheduler: class and config overrides.
+SCHEDULER_NAMES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+    "dpm++2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
+
+_CONFIG_ATTR = "_internal_dict"
+
+
+def scheduler_by_name(name: str, base_config: Any, **config_overrides: Any) -> SchedulerMixin:
+    """A scheduler from a short name (``"euler_a"``, ``"dpm++2m"``, ...) built on ``base_config``."""
+    if name not in SCHEDULER_NAMES:
+        raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULER_NAMES)}")
+    cls, defaults = SCHEDULER_NAMES[name]
+    return cls.from_config(base_config, **{**defaults, **config_overrides})
+
+
+def scheduler_class(name: str) -> type[SchedulerMixin]:
+    """The allowed scheduler class called ``name``; ``KeyError`` if it is not on the allow-list."""
+    cls = SCHEDULER_CLASSES[name]
+    if not issubclass(cls, SchedulerMixin):  # pragma: no cover - the table holds only schedulers
+        raise KeyError(name)
+    return cls
+
+
+def fresh_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """A new scheduler of the same class and config, with no state (so runs never leak into each other)."""
+    return type(scheduler).from_config(scheduler.config)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    return value
+
+
+def snapshot(scheduler: SchedulerMixin) -> dict[str, Any]:
+    """The scheduler's mutable state: its ``__dict__`` minus the config, containers shallow-copied."""
+    return {k: _copy(v) for k, v in vars(scheduler).items() if k != _CONFIG_ATTR}
+
+
+def restore(
+    class_name: str, config: dict[str, Any], state: dict[str, Any], device: torch.device | None = None
+) -> SchedulerMixin:
+    """A scheduler rebuilt from class name, config and a ``snapshot``.
+
+    Tensors that lived off the CPU (on the original device, or per the ``DEVICES_KEY`` map a loaded
+    snapshot carries) are moved to ``device``; CPU tensors stay on the CPU, as the scheduler keeps them.
+    """
+    scheduler = scheduler_class(class_name).from_config(config)
+    devices = state.get(DEVICES_KEY, {})
+    for key, value in state.items():
+        if key == DEVICES_KEY:
+            continue
+        value = _copy(value)
+        if device is not None:
+            value = _to_device(value, device, devices.get(key))
+        setattr(scheduler, key, value)
+    return scheduler
+
+
+DEVICES_KEY = "__devices__"  # attribute name -> device type, in snapshots loaded from a file
+
+
+def _to_device(value: Any, device: torch.device, recorded: str | None) -> Any:
+    if isinstance(value, list):
+        return [_to_device(v, device, recorded) for v in value]
+    if isinstance(value, torch.Tensor) and (recorded or value.device.type) != "cpu":
+        return value.to(device)
+    return value
+
+
+def describe(scheduler: SchedulerMixin) -> dict[str, Any]:
+    """Class name and config of a scheduler, JSON-ready."""
+    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    return {"class": type(scheduler).__name__, "config": _jsonable(config)}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,297 @@
+"""The trace: a step × stage cache of every tensor the loop computed, plus what a fork needs to restart.
+
+``trace["step.pred_x0", 5]`` is x̂0 at loop step 5; ``trace["step.pred_x0"]`` stacks all steps into
+[S, B, C, h, w]; ``trace["prompt.cond"]`` is a run-level tensor. Saving and loading live in ``trace_io``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from diffexplain.errors import TraceKeyError
+from diffexplain.hooks import Replacement, resolve_names
+from diffexplain.names import HOOK_NAMES, STEP_HOOK_NAMES
+from diffexplain.noise_levels import NoiseLevel
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from diffexplain.explainer import Explainer
+
+_UNCOND_NAMES = ("prompt.uncond", "step.prompt.uncond", "step.unet.uncond")
+
+
+@dataclass
+class RestartPoint:
+    """What a fork needs to restart the loop at one step; always kept, at full precision."""
+
+    latents: torch.Tensor  # x_t entering the step, before any hook          [B, C, h, w]
+    scheduler_state: dict[str, Any]  # the scheduler's mutable attributes (see scheduler_state.snapshot)
+    generator_state: torch.Tensor | None  # generator.get_state() entering the step (uint8)
+
+
+@dataclass
+class StepRecord:
+    """One loop step (one model evaluation): timestep, noise level, kept tensors and restart state."""
+
+    index: int  # loop step index
+    timestep: float  # the scheduler's t
+    stage: str | None  # "first_order" / "second_order" for 2nd-order schedulers (Heun, KDPM2), else None
+    level: NoiseLevel  # ᾱ_t, σ_t and x̂0 = a·x_t + b·ε
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # kept tensors, by hook point name
+    restart: RestartPoint | None = None
+
+
+class Reguided(NamedTuple):
+    """The result of re-guiding one step from cached ε_c and ε_u."""
+
+    eps_guided: torch.Tensor  # ε̂ = ε_u + w·(ε_c − ε_u)      [B, C, h, w]
+    pred_x0: torch.Tensor  # x̂0 = a·x_t + b·ε̂               [B, C, h, w]
+
+
+def resolve_keep(keep: str | Iterable[str] | None) -> frozenset[str]:
+    """Hook point names selected by ``keep=`` (names or glob patterns); None keeps everything."""
+    if keep is None:
+        return frozenset(HOOK_NAMES)
+    if isinstance(keep, str):
+        keep = [keep]
+    return frozenset(name for pattern in keep for name in resolve_names(pattern))
+
+
+def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    seen: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        key = (str(t.device), storage.data_ptr() if t.device.type != "meta" else id(storage))
+        seen[key] = max(seen.get(key, 0), storage.nbytes())
+    return sum(seen.values())
+
+
+class Trace:
+    """Every tensor of one run by hook point and step, the settings, and the restart state for forks."""
+
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        *,
+        keep: str | Iterable[str] | None = None,
+        store_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.settings: dict[str, Any] = settings  # JSON-ready: prompt, steps, guidance_scale, seed, scheduler...
+        self.kept: frozenset[str] = resolve_keep(keep)
+        self.store_dtype: torch.dtype | None = store_dtype
+        self.run_tensors: dict[str, torch.Tensor] = {}  # run-level hook points (prompt.*, latents.init, decode.image)
+        self.steps: list[StepRecord] = []
+        self.final_latents: torch.Tensor | None = None  # latents after the last step     [B, C, h, w]
+        self.prompt_embeds: dict[str, torch.Tensor] = {}  # restart state: "cond" / "uncond" at full precision
+        self.replacements: list[Replacement] = []
+        self.status: str = "running"  # "complete" | "interrupted" (| "running" while the loop runs)
+        self.message: str | None = None  # for interrupted traces: what happened, and where
+        self.forked_from: int | None = None  # the step a fork restarted at
+        self.explainer: Explainer | None = None  # the Explainer that made it (not saved)
+        self._stored: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # id(src) -> copy
+
+    # ---- building (used by the loop) -------------------------------------------------------------
+    def store(self, x: torch.Tensor) -> torch.Tensor:
+        """The tensor to keep for ``x``: detached, in ``store_dtype``; one stored copy per source tensor."""
+        if self.store_dtype is None or x.dtype == self.store_dtype or not x.is_floating_point():
+            return x.detach() if x.requires_grad else x
+        hit = self._stored.get(id(x))
+        if hit is not None and hit[0] is x:
+            self._stored.move_to_end(id(x))
+            return hit[1]
+        stored = x.detach().to(self.store_dtype)
+        self._stored[id(x)] = (x, stored)
+        if len(self._stored) > 16:  # a few recent sources: the same tensor often recurs (prompt, x_t)
+            self._stored.popitem(last=False)
+        return stored
+
+    def keep_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The kept subset of ``tensors``, converted for storage."""
+        return {name: self.store(x) for name, x in tensors.items() if name in self.kept}
+
+    # ---- indexing --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def _check_name(self, name: str) -> None:
+        if name not in HOOK_NAMES:
+            close = difflib.get_close_matches(name, HOOK_NAMES, n=3, cutoff=0.4)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise TraceKeyError(f"unknown name {name!r}.{hint} Names: {', '.join(HOOK_NAMES)}.")
+
+    def _index(self, step: int) -> int:
+        n = len(self.steps)
+        if not -n <= step < n:
+            raise IndexError(f"step {step} out of range: this trace has {n} steps")
+        return step % n
+
+    def _not_kept(self, name: str, step: int | None = None) -> TraceKeyError:
+        where = f" at step {step}" if step is not None else ""
+        if name in _UNCOND_NAMES and not self.settings.get("do_cfg", True):
+            why = "guidance was off (guidance_scale ≤ 1), so the unconditional branch was never computed"
+        elif name == "decode.image" and not self.settings.get("decode", True):
+            why = "the run was made with decode=False"
+        elif name not in self.kept:
+            why = (
+                f"it was not kept (keep={sorted(self.kept)}); run with keep=None to keep everything, "
+                f"or add {name!r} to keep="
+            )
+        else:
+            why = "it was not recorded (an interrupted run, or a fork that changed guidance)"
+        return TraceKeyError(f"{name!r}{where} is not in this trace: {why}")
+
+    def __getitem__(self, key: str | tuple[str, int]) -> torch.Tensor:
+        """``trace[name, step]``: one step's tensor; ``trace[name]``: a run-level tensor or a per-step stack."""
+        if isinstance(key, tuple):
+            name, step = key
+            self._check_name(name)
+            if name not in STEP_HOOK_NAMES:
+                raise TraceKeyError(f"{name!r} is a run-level name with no steps; use trace[{name!r}]")
+            record = self.steps[self._index(step)]
+            if name not in record.tensors:
+                raise self._not_kept(name, record.index)
+            return record.tensors[name]
+        self._check_name(key)
+        if key in STEP_HOOK_NAMES:
+            return self.stack(key)
+        if key not in self.run_tensors:
+            raise self._not_kept(key)
+        return self.run_tensors[key]
+
+    def __contains__(self, name: object) -> bool:
+        if name in self.run_tensors:
+            return True
+        return bool(self.steps) and all(name in s.tensors for s in self.steps)
+
+    def stack(self, name: str) -> torch.Tensor:
+        """A per-step tensor for every step, stacked: [S, ...] (e.g. [S, B, C, h, w])."""
+        self._check_name(name)
+        if name not in STEP_HOOK_NAMES:
+            raise TraceKeyError(f"{name!r} is a run-level name; use trace[{name!r}]")
+        if not self.steps:
+            raise TraceKeyError(f"this trace has no finished steps to stack {name!r} over")
+        return torch.stack([self[name, i] for i in range(len(self.steps))])
+
+    @property
+    def timesteps(self) -> list[float]:
+        """The scheduler's timestep of each loop step."""
+        return [s.timestep for s in self.steps]
+
+    @property
+    def noise_levels(self) -> list[NoiseLevel]:
+        """ᾱ_t, σ_t and the x̂0 coefficients (a, b) of each loop step."""
+        return [s.level for s in self.steps]
+
+    @property
+    def image(self) -> torch.Tensor | None:
+        """The decoded image [B, 3, H, W] in [-1, 1] (None if not decoded or not kept)."""
+        return self.run_tensors.get("decode.image")
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """The decoded images as PIL images."""
+        from PIL import Image
+
+        if self.image is None:
+            raise ValueError("this trace holds no decoded image (decode=False, or 'decode.image' not kept)")
+        pixels = (self.image.detach().float().cpu() / 2 + 0.5).clamp(0, 1)
+        pixels = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        if pixels.shape[-1] == 1:
+            return [Image.fromarray(p[..., 0], mode="L") for p in pixels]
+        return [Image.fromarray(p[..., :3]) for p in pixels]
+
+    # ---- guidance without the U-Net ----------------------------------------------------------------
+    def reguide(self, step: int, guidance_scale: float) -> Reguided:
+        """ε̂ and x̂0 of ``step`` at another guidance scale, from the cached ε_c and ε_u (no U-Net call)."""
+        record = self.steps[self._index(step)]
+        for name in ("step.unet.cond", "step.unet.uncond"):
+            if name not in record.tensors:
+                raise self._not_kept(name, record.index)
+        eps_cond, eps_uncond = record.tensors["step.unet.cond"], record.tensors["step.unet.uncond"]
+        eps_guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        latents = record.tensors.get("step.latents")
+        if latents is None:
+            latents = record.restart.latents.to(eps_guided.device, eps_guided.dtype)
+        level = record.level
+        pred_x0 = eps_guided * level.b if level.a == 0.0 else level.a * latents + level.b * eps_guided
+        return Reguided(eps_guided, pred_x0)
+
+    # ---- memory and devices ------------------------------------------------------------------------
+    def _all_tensors(self, include_restart: bool = True) -> Iterable[torch.Tensor]:
+        yield from self.run_tensors.values()
+        if self.final_latents is not None:
+            yield self.final_latents
+        for record in self.steps:
+            yield from record.tensors.values()
+        if include_restart:
+            yield from self.prompt_embeds.values()
+            for record in self.steps:
+                if record.restart is not None:
+                    yield record.restart.latents
+                    if record.restart.generator_state is not None:
+                        yield record.restart.generator_state
+
+    def memory_bytes(self, include_restart: bool = True) -> int:
+        """Bytes held by this trace's tensors, each storage counted once (scheduler tables not counted)."""
+        return _unique_bytes(self._all_tensors(include_restart))
+
+    def memory_per_step(self) -> float:
+        """Mean bytes per loop step of the per-step tensors and restart state."""
+        if not self.steps:
+            return 0.0
+        per_step = [t for r in self.steps for t in r.tensors.values()]
+        per_step += [r.restart.latents for r in self.steps if r.restart is not None]
+        return _unique_bytes(per_step) / len(self.steps)
+
+    def to(self, device: torch.device | str) -> Trace:
+        """A copy with every tensor on ``device`` (the scheduler snapshots and generator states stay put)."""
+        moved = copy.copy(self)
+        moved._stored = OrderedDict()
+        moved.run_tensors = {k: v.to(device) for k, v in self.run_tensors.items()}
+        moved.prompt_embeds = {k: v.to(device) for k, v in self.prompt_embeds.items()}
+        moved.final_latents = None if self.final_latents is None else self.final_latents.to(device)
+        moved.steps = [
+            replace(
+                r,
+                tensors={k: v.to(device) for k, v in r.tensors.items()},
+                restart=None if r.restart is None else replace(r.restart, latents=r.restart.latents.to(device)),
+            )
+            for r in self.steps
+        ]
+        return moved
+
+    # ---- files -----------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the trace to ``path``: safetensors for the tensors, JSON metadata for the rest."""
+        from diffexplain.trace_io import save_trace
+
+        save_trace(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, explainer: Explainer | None = None) -> Trace:
+        """Read a trace written by ``save``; pass ``explainer`` to fork it. Raises ``TraceFileError``."""
+        from diffexplain.trace_io import load_trace
+
+        trace = load_trace(path)
+        trace.explainer = explainer
+        return trace
+
+    def __repr__(self) -> str:
+        s = self.settings
+        prompt = s.get("prompt")
+        status = self.status if self.message is None else f"{self.status}: {self.message}"
+        fork = f", forked_from={self.forked_from}" if self.forked_from is not None else ""
+        return (
+            f"Trace(prompt={prompt!r}, steps={len(self)}, scheduler={s.get('scheduler', {}).get('class')}, "
+            f"guidance_scale={s.get('guidance_scale')}, seed={s.get('seed')}{fork}, "
+            f"kept={len(self.kept)} names, {self.memory_bytes() / 2**20:.1f} MiB, {status})"
+        )
