@@ -1,0 +1,219 @@
+"""Shared pieces of the widgets: image panels, a decoded-frame cache, a progress bar fed by a hook,
+and callbacks whose errors land in the widget's own output area.
+
+Widgets never call the U-Net: they ask the Explainer for traces (``run``, ``fork``) and read them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import traceback
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+import torch
+from PIL import Image
+
+from diffexplain import render
+from diffexplain.hooks import Hook, HookContext, HookSpec, as_hooks
+
+if TYPE_CHECKING:
+    from diffexplain.explainer import Explainer
+    from diffexplain.trace import Trace
+
+DEFAULT_SIZE = 160  # displayed picture width in pixels
+
+
+def png(image: Image.Image) -> bytes:
+    """PNG bytes of a PIL image (what ``ipywidgets.Image`` shows)."""
+    return render.png_bytes(image)
+
+
+def blank(size: int = DEFAULT_SIZE, text: str = "") -> bytes:
+    """A light grey placeholder picture with an optional short text."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (size, size), (235, 235, 235))
+    if text:
+        draw = ImageDraw.Draw(img)
+        for i, line in enumerate(text.split("\n")):
+            draw.text((6, 6 + 14 * i), line, fill=(90, 90, 90))
+    return png(img)
+
+
+def image_panel(title: str, css: str, size: int = DEFAULT_SIZE) -> tuple[W.VBox, W.Image]:
+    """A titled picture: returns (box, image widget); both get CSS classes (``css`` on the image)."""
+    image = W.Image(value=blank(size), format="png", width=size)
+    image.add_class(css)
+    label = W.HTML(f"<b>{title}</b>")
+    box = W.VBox([label, image], layout=W.Layout(align_items="center", margin="2px 6px"))
+    box.add_class("dx-panel")
+    return box, image
+
+
+def help_box(html: str) -> W.HTML:
+    """The short help text shown at the top of a widget."""
+    box = W.HTML(f"<div style='font-size:0.9em;color:#444;max-width:900px'>{html}</div>")
+    box.add_class("dx-help")
+    return box
+
+
+def rms(t: torch.Tensor) -> float:
+    """Root mean square of a tensor (‖x‖ / √numel): comparable across model sizes."""
+    return float(t.detach().float().pow(2).mean().sqrt())
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two tensors, flattened."""
+    a, b = a.detach().float().flatten(), b.detach().float().flatten()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def default_steps(explainer: Explainer, fallback: int = 25) -> int:
+    """The model's default number of steps (``explainer.defaults``, set by ``load_model``), else ``fallback``."""
+    return int(getattr(explainer, "defaults", {}).get("num_inference_steps", fallback))
+
+
+def default_guidance(explainer: Explainer, fallback: float = 7.5) -> float:
+    """The model's default guidance scale (``explainer.defaults``), else ``fallback``."""
+    return float(getattr(explainer, "defaults", {}).get("guidance_scale", fallback))
+
+
+def is_pixel_space(trace: Trace, explainer: Explainer | None = None) -> bool:
+    """True when the trace's model has no VAE (the U-Net denoises pixels)."""
+    if explainer is not None:
+        return explainer.vae is None
+    return (trace.settings.get("model") or {}).get("vae") is None
+
+
+def vp_scale(trace: Trace, step: int) -> float:
+    """Factor that shows x_t at unit variance: 1/√(1+σ²) for σ-space schedulers (Euler, Heun ...), else 1."""
+    name = (trace.settings.get("scheduler") or {}).get("class", "")
+    sigma_space = any(key in name for key in ("Euler", "Heun", "LMS", "KDPM2"))
+    return 1.0 / math.sqrt(1.0 + trace.steps[step].level.sigma ** 2) if sigma_space else 1.0
+
+
+class Frames:
+    """Pictures of latents for one widget: VAE-decoded (cached per trace, name and step) or fast previews."""
+
+    def __init__(self, explainer: Explainer | None, size: int = DEFAULT_SIZE) -> None:
+        self.explainer = explainer
+        self.size = size
+        self._cache: weakref.WeakKeyDictionary[Any, dict[tuple, bytes]] = weakref.WeakKeyDictionary()
+
+    def can_decode(self, trace: Trace | None = None) -> bool:
+        """Whether a VAE is available (an explainer with a VAE)."""
+        return self.explainer is not None and self.explainer.vae is not None
+
+    def latents(
+        self, owner: Any, key: tuple, latents: torch.Tensor, *, preview: bool, pixel_space: bool = False
+    ) -> bytes:
+        """PNG of latents [B, C, h, w]: decoded with the VAE unless ``preview`` (cached under ``(owner, key)``)."""
+        decode = not preview and not pixel_space and self.can_decode()
+        cache = self._cache.setdefault(owner, {})
+        full_key = (*key, "vae" if decode else "preview")
+        if full_key not in cache:
+            if pixel_space:
+                image = render.to_pil(latents.float().clamp(-1, 1), size=self.size)
+            elif decode:
+                from diffexplain.probe import decode_latents
+
+                image = render.to_pil(decode_latents(self.explainer, latents[:1]), size=self.size)
+            else:
+                rgb = getattr(self.explainer, "latent_rgb", None)
+                image = render.latent_preview(latents, rgb, size=self.size)
+            cache[full_key] = png(image)
+        return cache[full_key]
+
+    def noise(self, latents: torch.Tensor) -> bytes:
+        """PNG of a noise-like tensor (ε): each of the first three channels stretched to its range."""
+        return png(render.latent_preview(latents[:, :3] if latents.shape[1] > 3 else latents, size=self.size))
+
+    def channels(self, t: torch.Tensor, *, limit: float | None = None) -> bytes:
+        """PNG of every channel side by side on one diverging scale (blue −, white 0, red +)."""
+        return png(render.channel_grid(t, size=self.size * 2, limit=limit))
+
+    def final(self, trace: Trace, *, preview: bool = False) -> bytes:
+        """PNG of the trace's final picture: its decoded image, else its final latents."""
+        if trace.image is not None and not preview:
+            return png(render.to_pil(trace.image.float(), size=self.size))
+        latents = trace.final_latents if trace.final_latents is not None else trace["step.next", -1]
+        pixel = is_pixel_space(trace, self.explainer)
+        return self.latents(trace, ("final",), latents, preview=preview, pixel_space=pixel)
+
+
+class ProgressBar(W.IntProgress):
+    """A progress bar fed by a hook on ``step.next``: shows loop step k+1 of N (forks start at k)."""
+
+    def __init__(self) -> None:
+        super().__init__(value=0, min=0, max=1, description="steps", layout=W.Layout(width="320px"))
+        self.add_class("dx-progress")
+
+    def _tick(self, x: torch.Tensor, *, ctx: HookContext) -> None:
+        self.max = max(ctx.num_steps, 1)
+        self.value = (ctx.step or 0) + 1
+
+    def with_hooks(self, hooks: HookSpec = None) -> list[Hook]:
+        """``hooks`` plus the progress hook (it only reads, so traces are unchanged)."""
+        self.value = 0
+        return [*as_hooks(hooks), Hook("step.next", self._tick)]
+
+
+class DxWidget(W.VBox):
+    """Base of the diffexplain widgets: an output area for errors, a status line and a progress bar."""
+
+    css_class = "dx-widget"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.output = W.Output(layout=W.Layout(max_height="240px", overflow="auto"))
+        self.output.add_class("dx-output")
+        self.status = W.HTML("")
+        self.status.add_class("dx-status")
+        self.progress = ProgressBar()
+        self.add_class("dx-widget")
+        self.add_class(self.css_class)
+
+    def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a callback: any exception is shown in this widget's output area (and the status line)."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                self.show_error(exc)
+                return None
+
+        return wrapper
+
+    def show_error(self, exc: BaseException) -> None:
+        """Print ``exc`` with its traceback into the output area; a one-line summary goes to the status line."""
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.output.append_stderr(text)
+        self.status.value = (
+            f"<span style='color:#b00'>Error: {type(exc).__name__}: {_escape(str(exc))}</span>"
+        )
+
+    def say(self, html: str) -> None:
+        """Show a short message on the status line."""
+        self.status.value = html
+
+    def clear_errors(self) -> None:
+        """Empty the output area."""
+        self.output.outputs = ()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")[:500]
+
+
+def button(description: str, css: str, *, style: str = "", tooltip: str = "") -> W.Button:
+    """A button with a CSS class."""
+    b = W.Button(description=description, button_style=style, tooltip=tooltip or description)
+    b.layout.width = "auto"
+    b.add_class(css)
+    return b

@@ -1,0 +1,280 @@
+"""StepExplorer: walk through a trace step by step: x_t, x̂0, ε_c, ε_u, Δ, ε̂ and a timeline."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from diffexplain.probe import trace_fingerprint
+from diffexplain.widgets.base import (
+    DEFAULT_SIZE,
+    DxWidget,
+    Frames,
+    blank,
+    cosine,
+    help_box,
+    image_panel,
+    is_pixel_space,
+    rms,
+    vp_scale,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from diffexplain.explainer import Explainer
+    from diffexplain.trace import Trace
+
+HELP = (
+    "Move the <b>step</b> slider (or press ▶) to walk through the denoising loop. At each step the U-Net "
+    "looks at the noisy picture <b>x_t</b> and predicts the noise twice: with the prompt (<b>ε_c</b>) and "
+    "without it (<b>ε_u</b>). Their difference <b>Δ = ε_c − ε_u</b> is what the prompt adds; guidance "
+    "pushes along it: <b>ε̂ = ε_u + w·Δ</b>. From ε̂ the model's current guess of the final picture, "
+    "<b>x̂0</b>, follows. The timeline shows the sizes (RMS) of these predictions at every step."
+)
+
+
+def _get(trace: Trace, name: str, step: int) -> torch.Tensor | None:
+    try:
+        return trace[name, step]
+    except KeyError:
+        return None
+
+
+class StepExplorer(DxWidget):
+    """Explore one trace step by step: pictures of x_t, x̂0, ε_c, ε_u, Δ, ε̂, the latent channels, and a timeline.
+
+    ``explainer`` (default: the trace's own) lets x_t and x̂0 be decoded with the VAE; without one,
+    pictures use the fast latent preview. ``set_trace`` shows another trace in the same widget.
+    """
+
+    css_class = "dx-step-explorer"
+
+    def __init__(self, trace: Trace, explainer: Explainer | None = None, *, size: int = DEFAULT_SIZE) -> None:
+        super().__init__()
+        self.explainer = explainer if explainer is not None else trace.explainer
+        self.frames = Frames(self.explainer, size)
+        self.trace: Trace = trace
+        self.slider = W.IntSlider(value=0, min=0, max=1, description="step", continuous_update=True)
+        self.slider.add_class("dx-step-slider")
+        self.play = W.Play(value=0, min=0, max=1, interval=600, description="play")
+        self.play.add_class("dx-play")
+        W.jslink((self.play, "value"), (self.slider, "value"))
+        self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
+        self.preview.add_class("dx-preview-toggle")
+        self.header = W.HTML()
+        self.header.add_class("dx-header")
+        self.info = W.HTML()
+        self.info.add_class("dx-step-info")
+        self.unet_row = W.HTML()
+        self.unet_row.add_class("dx-unet-row")
+
+        names = {
+            "xt": ("x_t (noisy latents entering the step)", "dx-xt-image"),
+            "x0": ("x̂0 (the model's current guess)", "dx-x0-image"),
+            "channels": ("latent channels of x_t", "dx-channels-image"),
+            "eps_c": ("ε_c (noise predicted with prompt)", "dx-eps-cond-image"),
+            "eps_u": ("ε_u (noise predicted without)", "dx-eps-uncond-image"),
+            "delta": ("Δ = ε_c − ε_u (red +, blue −)", "dx-delta-image"),
+            "guided": ("ε̂ = ε_u + w·Δ (what is used)", "dx-eps-guided-image"),
+        }
+        boxes, self.images = {}, {}
+        for key, (title, css) in names.items():
+            boxes[key], self.images[key] = image_panel(title, css, size)
+        self.channel_box = boxes["channels"]
+        self.fig = self._make_figure()
+
+        self.slider.observe(self.guard(self._on_step), names="value")
+        self.preview.observe(self.guard(self._on_step), names="value")
+        self.children = [
+            help_box(HELP),
+            self.header,
+            W.HBox([self.play, self.slider, self.preview]),
+            W.HBox([boxes["xt"], boxes["x0"], boxes["channels"]]),
+            W.HBox([boxes["eps_c"], boxes["eps_u"], boxes["delta"], boxes["guided"]]),
+            self.info,
+            self.unet_row,
+            self.fig,
+            self.status,
+            self.output,
+        ]
+        self.guard(self.set_trace)(trace)
+
+    # ---- figure ----------------------------------------------------------------------------------
+    def _make_figure(self) -> go.FigureWidget:
+        base = make_subplots(specs=[[{"secondary_y": True}]])
+        fig = go.FigureWidget(base)
+        for name, dash in (("‖ε_c‖ (RMS)", None), ("‖ε_u‖ (RMS)", None), ("‖Δ‖ (RMS)", None)):
+            fig.add_scatter(
+                x=[], y=[], name=name, mode="lines+markers", line={"dash": dash}, secondary_y=False
+            )
+        fig.add_scatter(
+            x=[], y=[], name="cos(ε_c, ε_u)", mode="lines", line={"dash": "dot"}, secondary_y=True
+        )
+        fig.add_scatter(
+            x=[], y=[], name="ᾱ_t (signal fraction)", mode="lines", line={"dash": "dash"}, secondary_y=True
+        )
+        fig.add_scatter(
+            x=[],
+            y=[],
+            name="current step",
+            mode="markers",
+            marker={"size": 14, "symbol": "diamond"},
+            secondary_y=False,
+        )
+        fig.update_layout(
+            height=300,
+            margin={"l": 50, "r": 50, "t": 30, "b": 40},
+            legend={"orientation": "h", "y": -0.25},
+            title={"text": "per-step sizes of the predictions", "font": {"size": 13}},
+        )
+        fig.update_xaxes(title_text="loop step")
+        fig.update_yaxes(title_text="RMS", secondary_y=False)
+        fig.update_yaxes(title_text="cos, ᾱ_t", range=[-0.05, 1.05], secondary_y=True)
+        fig.add_class("dx-timeline")
+        return fig
+
+    def _series(self) -> dict[str, list[Any]]:
+        trace = self.trace
+        out: dict[str, list[Any]] = {k: [] for k in ("c", "u", "d", "cos", "abar")}
+        for i in range(len(trace)):
+            ec, eu = _get(trace, "step.unet.cond", i), _get(trace, "step.unet.uncond", i)
+            out["c"].append(None if ec is None else rms(ec))
+            out["u"].append(None if eu is None else rms(eu))
+            out["d"].append(None if ec is None or eu is None else rms(ec - eu))
+            out["cos"].append(None if ec is None or eu is None else cosine(ec, eu))
+            out["abar"].append(trace.steps[i].level.alpha_bar)
+        return out
+
+    # ---- switching traces ------------------------------------------------------------------------
+    def set_trace(self, trace: Trace, explainer: Explainer | None = None) -> None:
+        """Show ``trace`` (keeping the current step where it exists)."""
+        if len(trace) == 0:
+            raise ValueError("this trace has no finished steps to show")
+        self.trace = trace
+        if explainer is not None or self.explainer is None:
+            self.explainer = explainer if explainer is not None else trace.explainer
+            self.frames.explainer = self.explainer
+        n = len(trace)
+        can_decode = self.frames.can_decode() and not is_pixel_space(trace, self.explainer)
+        self.preview.disabled = not can_decode
+        self.preview.layout.display = (
+            None if can_decode or not is_pixel_space(trace, self.explainer) else "none"
+        )
+        if not can_decode and not is_pixel_space(trace, self.explainer):
+            self.preview.value = True
+        self.channel_box.layout.display = "none" if is_pixel_space(trace, self.explainer) else None
+        self.cfg = trace.settings.get("do_cfg", True) and _get(trace, "step.unet.uncond", 0) is not None
+        s = trace.settings
+        fork = "" if trace.forked_from is None else f" · forked at step {trace.forked_from}"
+        self.header.value = (
+            f"<b>prompt</b>: “{s.get('prompt')}” · <b>w</b> = {s.get('guidance_scale')} · "
+            f"seed {s.get('seed')} · {(s.get('scheduler') or {}).get('class', '?')} · {n} steps{fork}"
+        )
+        series = self._series()
+        steps = list(range(n))
+        with self.fig.batch_update():
+            data = self.fig.data
+            data[0].x, data[0].y = steps, series["c"]
+            data[1].x, data[1].y = (steps, series["u"]) if self.cfg else ([], [])
+            data[2].x, data[2].y = (steps, series["d"]) if self.cfg else ([], [])
+            data[3].x, data[3].y = (steps, series["cos"]) if self.cfg else ([], [])
+            data[4].x, data[4].y = steps, series["abar"]
+            self.fig.layout.xaxis.range = [-0.5, n - 0.5]
+        self._series_cache = series
+        step = min(self.slider.value, n - 1)
+        self.slider.max = self.play.max = n - 1
+        self.slider.value = step
+        self._on_step()
+
+    # ---- one step --------------------------------------------------------------------------------
+    def _latent_picture(self, name: str, step: int, latents: torch.Tensor | None) -> bytes:
+        if latents is None:
+            return blank(self.frames.size, f"{name}\nnot kept in this trace")
+        return self.frames.latents(
+            self.trace,
+            (name, step),
+            latents,
+            preview=self.preview.value,
+            pixel_space=is_pixel_space(self.trace, self.explainer),
+        )
+
+    def _on_step(self, change: dict | None = None) -> None:
+        trace, k = self.trace, self.slider.value
+        record = trace.steps[k]
+        xt = _get(trace, "step.latents", k)
+        if xt is None and record.restart is not None:
+            xt = record.restart.latents
+        scale = vp_scale(trace, k)
+        self.images["xt"].value = self._latent_picture("x_t", k, None if xt is None else xt * scale)
+        self.images["x0"].value = self._latent_picture("x̂0", k, _get(trace, "step.pred_x0", k))
+        if xt is not None and not is_pixel_space(trace, self.explainer):
+            self.images["channels"].value = self.frames.channels(xt * scale)
+        ec, eu, guided = (_get(trace, n, k) for n in ("step.unet.cond", "step.unet.uncond", "step.guidance"))
+        size = self.frames.size
+        self.images["eps_c"].value = blank(size, "ε_c not kept") if ec is None else self.frames.noise(ec)
+        self.images["guided"].value = (
+            blank(size, "ε̂ not kept") if guided is None else self.frames.noise(guided)
+        )
+        if not self.cfg:
+            off = "guidance off (w ≤ 1):\nthe U-Net ran once per\nstep, with the prompt only,\nso there is no ε_u and no Δ"
+            self.images["eps_u"].value = blank(size, off)
+            self.images["delta"].value = blank(size, off)
+        elif ec is not None and eu is not None:
+            self.images["eps_u"].value = self.frames.noise(eu)
+            self.images["delta"].value = self.frames.channels(ec - eu)
+        lv = record.level
+        s = self._series_cache
+        parts = [
+            f"<b>step {k}</b> of {len(trace)} (0-based)",
+            f"t = {record.timestep:g}",
+            f"ᾱ_t = {lv.alpha_bar:.4f}",
+            f"σ_t = {lv.sigma:.3f}",
+        ]
+        if s["c"][k] is not None:
+            parts.append(f"‖ε_c‖ = {s['c'][k]:.3f}")
+        if self.cfg and s["d"][k] is not None:
+            parts += [f"‖Δ‖ = {s['d'][k]:.3f}", f"cos(ε_c, ε_u) = {s['cos'][k]:.3f}"]
+        elif not self.cfg:
+            parts.append("guidance off: no ε_u, no Δ")
+        self.info.value = " · ".join(parts)
+        self._draw_unet_row(k)
+        with self.fig.batch_update():
+            y = s["c"][k] if s["c"][k] is not None else 0.0
+            self.fig.data[5].x, self.fig.data[5].y = [k], [y]
+            self.fig.layout.shapes = [
+                {
+                    "type": "line",
+                    "x0": k,
+                    "x1": k,
+                    "yref": "paper",
+                    "y0": 0,
+                    "y1": 1,
+                    "line": {"color": "#888", "width": 1},
+                }
+            ]
+
+    def _draw_unet_row(self, k: int) -> None:
+        trace = self.trace
+        n = len(trace)
+        fp = trace_fingerprint(trace, self.explainer)
+        label = f"#{fp}" if fp else "U-Net"
+        chips = []
+        for i, t in enumerate(trace.timesteps):
+            on = i == k
+            style = (
+                "display:inline-block;margin:1px;padding:1px 3px;border-radius:3px;font-size:10px;"
+                f"border:1px solid {'#d33' if on else '#99a'};background:{'#fdd' if on else '#eef'}"
+            )
+            chips.append(
+                f"<span class='dx-unet-chip' title='step {i}, t = {t:g}' style='{style}'>{label}<br>t={t:g}</span>"
+            )
+        if fp:
+            text = f"The same U-Net, same weights (fingerprint <code>{fp}</code>): <b>same weights at all {n} steps</b>."
+        else:
+            text = f"The same U-Net runs at all {n} steps (this trace records no weight fingerprint)."
+        text += " Only its inputs change: x_t, the timestep t and the prompt."
+        self.unet_row.value = f"<div>{text}</div><div style='line-height:1.1'>{''.join(chips)}</div>"
