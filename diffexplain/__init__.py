@@ -1,7 +1,34 @@
 """diffexplain: see inside text-to-image diffusion, and change it while it runs."""
 
+from diffexplain import interventions, schedules
+from diffexplain.errors import TraceFileError, TraceKeyError
+from diffexplain.explainer import Explainer
+from diffexplain.fork import fork
+from diffexplain.hooks import Hook, HookContext, Replacement
 from diffexplain.names import HOOK_NAMES, HOOK_POINTS, HookPoint
+from diffexplain.noise_levels import NoiseLevel
+from diffexplain.scheduler_state import SCHEDULER_NAMES
+from diffexplain.trace import Reguided, StepRecord, Trace
 
 __version__ = "0.1.0"
 
-__all__ = ["HOOK_NAMES", "HOOK_POINTS", "HookPoint", "__version__"]
+__all__ = [
+    "HOOK_NAMES",
+    "HOOK_POINTS",
+    "SCHEDULER_NAMES",
+    "Explainer",
+    "Hook",
+    "HookContext",
+    "HookPoint",
+    "NoiseLevel",
+    "Reguided",
+    "Replacement",
+    "StepRecord",
+    "Trace",
+    "TraceFileError",
+    "TraceKeyError",
+    "__version__",
+    "fork",
+    "interventions",
+    "schedules",
+]

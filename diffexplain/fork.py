@@ -138,4 +138,3 @@ def resume(
         # 5. the loop from step k, and 6. decode
         final = denoise(unet, inputs, sites, trace, progress)
         return finish(explainer, trace, sites, final, settings.get("decode", True))
-

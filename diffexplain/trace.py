@@ -75,6 +75,14 @@ def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(seen.values())
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
 class Trace:
     """Every tensor of one run by hook point and step, the settings, and the restart state for forks."""
 
@@ -85,10 +93,12 @@ class Trace:
         keep: str | Iterable[str] | None = None,
         store_dtype: torch.dtype | None = None,
     ) -> None:
-        self.settings: dict[str, Any] = settings  # JSON-ready: prompt, steps, guidance_scale, seed, scheduler...
+        # JSON-ready: prompt, steps, guidance_scale, seed, scheduler class and config, model...
+        self.settings: dict[str, Any] = settings
         self.kept: frozenset[str] = resolve_keep(keep)
         self.store_dtype: torch.dtype | None = store_dtype
-        self.run_tensors: dict[str, torch.Tensor] = {}  # run-level hook points (prompt.*, latents.init, decode.image)
+        # run-level hook points: prompt.cond, prompt.uncond, latents.init, decode.image
+        self.run_tensors: dict[str, torch.Tensor] = {}
         self.steps: list[StepRecord] = []
         self.final_latents: torch.Tensor | None = None  # latents after the last step     [B, C, h, w]
         self.prompt_embeds: dict[str, torch.Tensor] = {}  # restart state: "cond" / "uncond" at full precision
@@ -263,7 +273,7 @@ class Trace:
             replace(
                 r,
                 tensors={k: v.to(device) for k, v in r.tensors.items()},
-                restart=None if r.restart is None else replace(r.restart, latents=r.restart.latents.to(device)),
+                restart=r.restart and replace(r.restart, latents=r.restart.latents.to(device)),
             )
             for r in self.steps
         ]
@@ -293,5 +303,5 @@ class Trace:
         return (
             f"Trace(prompt={prompt!r}, steps={len(self)}, scheduler={s.get('scheduler', {}).get('class')}, "
             f"guidance_scale={s.get('guidance_scale')}, seed={s.get('seed')}{fork}, "
-            f"kept={len(self.kept)} names, {self.memory_bytes() / 2**20:.1f} MiB, {status})"
+            f"kept={len(self.kept)} names, {_human(self.memory_bytes())}, {status})"
         )

@@ -1,0 +1,355 @@
+"""Saving and loading traces: one safetensors file, everything else as JSON in its metadata.
+
+Never pickle, never ``torch.load``. Loading validates everything and raises ``TraceFileError`` for
+a corrupt, truncated, wrong-format or hostile file; nothing named by the file is imported or run
+(scheduler classes are looked up by exact name in ``SCHEDULER_CLASSES``, dtypes in a fixed table).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from diffexplain.errors import TraceFileError
+from diffexplain.hooks import Replacement
+from diffexplain.names import HOOK_NAMES, RUN_HOOK_NAMES, STEP_HOOK_NAMES
+from diffexplain.noise_levels import NoiseLevel
+from diffexplain.scheduler_state import DEVICES_KEY, SCHEDULER_CLASSES
+from diffexplain.trace import RestartPoint, StepRecord, Trace
+
+FORMAT = "diffexplain.trace"
+VERSION = 1
+METADATA_KEY = "diffexplain"
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the header
+MAX_CONFIG_INT = 10**7  # larger ints in a scheduler config are treated as hostile (huge allocations)
+STORE_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+GENERATOR_DEVICES = ("cpu", "cuda", "mps", "xpu")
+_ATTR = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$|^_[A-Za-z0-9][A-Za-z0-9_]*$")
+
+
+# ---- saving ---------------------------------------------------------------------------------------
+class _Tensors:
+    """Collects tensors for the file, each storage view once (same object or same view: one entry)."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._keys: dict[tuple[Any, ...], str] = {}
+        self._storages: set[tuple[str, int]] = set()
+
+    def ref(self, t: torch.Tensor) -> str:
+        storage = t.untyped_storage()
+        where = (str(t.device), storage.data_ptr())
+        key = (*where, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if key in self._keys:
+            return self._keys[key]
+        whole = (
+            t.is_contiguous() and t.storage_offset() == 0 and t.numel() * t.element_size() == storage.nbytes()
+        )
+        data = t.detach().cpu()
+        if not whole or where in self._storages:
+            data = data.contiguous().clone()
+        self._storages.add(where)
+        name = f"t{len(self.tensors)}"
+        self.tensors[name] = data
+        self._keys[key] = name
+        return name
+
+
+def _encode(value: Any, tensors: _Tensors) -> Any:
+    if isinstance(value, torch.Tensor):
+        return {"tensor": tensors.ref(value), "device": value.device.type}
+    if isinstance(value, np.ndarray):
+        return {"ndarray": tensors.ref(torch.from_numpy(np.ascontiguousarray(value)))}
+    if isinstance(value, np.generic):
+        return {"npscalar": str(value.dtype), "value": value.item()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return {"list" if isinstance(value, list) else "tuple": [_encode(v, tensors) for v in value]}
+    raise TypeError(f"cannot save scheduler attribute value of type {type(value).__name__}")
+
+
+def save_trace(trace: Trace, path: str | Path) -> None:
+    """Write ``trace`` to ``path`` (see the module docstring for the format)."""
+    tensors = _Tensors()
+    ref = tensors.ref
+
+    def step_doc(r: StepRecord) -> dict[str, Any]:
+        restart = None
+        if r.restart is not None:
+            restart = {
+                "latents": ref(r.restart.latents),
+                "generator_state": None
+                if r.restart.generator_state is None
+                else ref(r.restart.generator_state),
+                "scheduler_state": {k: _encode(v, tensors) for k, v in r.restart.scheduler_state.items()},
+            }
+        level = [r.level.a, r.level.b, r.level.alpha_bar, r.level.sigma]
+        tensor_refs = {k: ref(v) for k, v in r.tensors.items()}
+        return {
+            "index": r.index,
+            "timestep": r.timestep,
+            "stage": r.stage,
+            "level": level,
+            "tensors": tensor_refs,
+            "restart": restart,
+        }
+
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "settings": trace.settings,
+        "kept": sorted(trace.kept),
+        "store_dtype": None if trace.store_dtype is None else str(trace.store_dtype).removeprefix("torch."),
+        "status": trace.status,
+        "message": trace.message,
+        "forked_from": trace.forked_from,
+        "run_tensors": {k: ref(v) for k, v in trace.run_tensors.items()},
+        "prompt_embeds": {k: ref(v) for k, v in trace.prompt_embeds.items()},
+        "final_latents": None if trace.final_latents is None else ref(trace.final_latents),
+        "steps": [step_doc(r) for r in trace.steps],
+        "replacements": [[r.name, r.step, r.hook] for r in trace.replacements],
+    }
+    save_file(tensors.tensors, str(path), metadata={METADATA_KEY: json.dumps(doc)})
+
+
+# ---- loading --------------------------------------------------------------------------------------
+class _Reader:
+    """Validating reader: every problem becomes a ``TraceFileError`` naming the file."""
+
+    def __init__(self, path: str | Path, handle: Any) -> None:
+        self.path, self.handle = path, handle
+        self.keys = set(handle.keys())
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def fail(self, problem: str) -> TraceFileError:
+        return TraceFileError(self.path, problem)
+
+    def get(self, doc: Any, key: str, types: type | tuple[type, ...], where: str) -> Any:
+        if not isinstance(doc, dict):
+            raise self.fail(f"{where} should be a JSON object")
+        if key not in doc:
+            raise self.fail(f"missing key {key!r} in {where}")
+        value = doc[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+            raise self.fail(f"{where}.{key} has the wrong type ({type(value).__name__})")
+        return value
+
+    def tensor(self, name: Any, where: str) -> torch.Tensor:
+        if not isinstance(name, str) or name not in self.keys:
+            raise self.fail(f"{where} refers to a tensor {name!r} that the file does not hold")
+        if name not in self.cache:
+            try:
+                self.cache[name] = self.handle.get_tensor(name)
+            except Exception as exc:  # safetensors errors on bad offsets or dtypes
+                raise self.fail(f"tensor {name!r} cannot be read: {exc}") from None
+        return self.cache[name]
+
+    def names(self, doc: Any, allowed: tuple[str, ...], where: str) -> dict[str, torch.Tensor]:
+        if not isinstance(doc, dict):
+            raise self.fail(f"{where} should be a JSON object")
+        for name in doc:
+            if name not in allowed:
+                raise self.fail(f"{where} holds an unknown name {name!r}")
+        return {name: self.tensor(ref, f"{where}[{name!r}]") for name, ref in doc.items()}
+
+    def value(self, doc: Any, where: str, depth: int = 0) -> Any:
+        if doc is None or isinstance(doc, bool | int | float | str):
+            return doc
+        if depth > 4 or not isinstance(doc, dict) or len(doc) not in (1, 2):
+            raise self.fail(f"{where} is not a valid scheduler value")
+        if "tensor" in doc:
+            return self.tensor(doc["tensor"], where)
+        if "ndarray" in doc:
+            return self.tensor(doc["ndarray"], where).numpy().copy()
+        if "npscalar" in doc:
+            dtype = doc["npscalar"]
+            if dtype not in ("float32", "float64", "int32", "int64", "bool") or "value" not in doc:
+                raise self.fail(f"{where} has an unsupported numpy scalar type {dtype!r}")
+            return np.dtype(dtype).type(doc["value"])
+        for kind in ("list", "tuple"):
+            if kind in doc and isinstance(doc[kind], list):
+                items = [self.value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(doc[kind])]
+                return items if kind == "list" else tuple(items)
+        raise self.fail(f"{where} is not a valid scheduler value")
+
+    def scheduler_state(self, doc: Any, where: str) -> dict[str, Any]:
+        if not isinstance(doc, dict):
+            raise self.fail(f"{where} should be a JSON object")
+        state: dict[str, Any] = {}
+        devices: dict[str, str] = {}
+        for attr, value in doc.items():
+            if not _ATTR.match(attr) or attr in ("_internal_dict", "config"):
+                raise self.fail(f"{where} names a forbidden attribute {attr!r}")
+            state[attr] = self.value(value, f"{where}.{attr}")
+            device = _device_of(value)
+            if device is not None:
+                if device not in GENERATOR_DEVICES:
+                    raise self.fail(f"{where}.{attr} names an unknown device {device!r}")
+                devices[attr] = device
+        state[DEVICES_KEY] = devices
+        return state
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _device_of(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if isinstance(value.get("device"), str):
+            return value["device"]
+        for kind in ("list", "tuple"):
+            for item in value.get(kind, []) if isinstance(value.get(kind), list) else []:
+                found = _device_of(item)
+                if found is not None:
+                    return found
+    return None
+
+
+def _check_settings(r: _Reader, settings: Any) -> None:
+    where = "settings"
+    prompt = r.get(settings, "prompt", (str, list), where)
+    if isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt):
+        raise r.fail("settings.prompt should be a string or a list of strings")
+    r.get(settings, "negative_prompt", (str, list), where)
+    r.get(settings, "guidance_scale", (int, float), where)
+    r.get(settings, "eta", (int, float), where)
+    if r.get(settings, "generator_device", str, where) not in GENERATOR_DEVICES:
+        raise r.fail(f"settings.generator_device must be one of {GENERATOR_DEVICES}")
+    scheduler = r.get(settings, "scheduler", dict, where)
+    name = r.get(scheduler, "class", str, "settings.scheduler")
+    if name not in SCHEDULER_CLASSES:
+        raise r.fail(
+            f"scheduler class {name!r} is not allowed; allowed: {', '.join(sorted(SCHEDULER_CLASSES))}"
+        )
+    config = r.get(scheduler, "config", dict, "settings.scheduler")
+    for key, value in config.items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_CONFIG_INT for v in values):
+            raise r.fail(f"settings.scheduler.config.{key} = {value!r} is absurdly large")
+        if any(isinstance(v, dict | list) for v in values):
+            raise r.fail(f"settings.scheduler.config.{key} is nested too deeply")
+
+
+def _read_header(path: str | Path) -> None:
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise TraceFileError(path, f"cannot read the file: {exc}") from None
+    if len(head) < 8:
+        raise TraceFileError(
+            path, f"the file is {size} bytes: too short to be a safetensors trace (truncated?)"
+        )
+    header_len = int.from_bytes(head, "little")
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+        raise TraceFileError(
+            path, f"the header declares {header_len} bytes but the file has {size}: truncated or not a trace"
+        )
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read and validate a trace file; ``TraceFileError`` on any problem."""
+    _read_header(path)
+    try:
+        handle_cm = safe_open(str(path), framework="pt", device="cpu")
+        handle = handle_cm.__enter__()
+    except Exception as exc:
+        raise TraceFileError(path, f"not a valid safetensors file: {exc}") from None
+    try:
+        return _load(_Reader(path, handle), handle.metadata() or {})
+    finally:
+        handle_cm.__exit__(None, None, None)
+
+
+def _load(r: _Reader, metadata: dict[str, str]) -> Trace:
+    if METADATA_KEY not in metadata:
+        raise r.fail("no diffexplain metadata: a safetensors file, but not a trace")
+    try:
+        doc = json.loads(metadata[METADATA_KEY])
+    except (ValueError, RecursionError) as exc:
+        raise r.fail(f"the metadata is not valid JSON: {exc}") from None
+    if r.get(doc, "format", str, "file") != FORMAT:
+        raise r.fail(f"format is {doc['format']!r}, expected {FORMAT!r}")
+    version = r.get(doc, "version", int, "file")
+    if version != VERSION:
+        raise r.fail(f"format version {version} is not supported (this diffexplain reads version {VERSION})")
+    settings = r.get(doc, "settings", dict, "file")
+    _check_settings(r, settings)
+    kept = r.get(doc, "kept", list, "file")
+    if not all(isinstance(k, str) and k in HOOK_NAMES for k in kept):
+        raise r.fail("'kept' lists names that are not hook points")
+    store_dtype = doc.get("store_dtype")
+    if store_dtype is not None and store_dtype not in STORE_DTYPES:
+        raise r.fail(f"store_dtype {store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
+
+    trace = Trace(settings, keep=kept, store_dtype=None if store_dtype is None else STORE_DTYPES[store_dtype])
+    status = r.get(doc, "status", str, "file")
+    if status not in ("complete", "interrupted", "running"):
+        raise r.fail(f"unknown status {status!r}")
+    trace.status, trace.message = status, doc.get("message")
+    forked = doc.get("forked_from")
+    if forked is not None and (not isinstance(forked, int) or isinstance(forked, bool)):
+        raise r.fail("forked_from should be an int or null")
+    trace.forked_from = forked
+    trace.run_tensors = r.names(r.get(doc, "run_tensors", dict, "file"), RUN_HOOK_NAMES, "run_tensors")
+    trace.prompt_embeds = r.names(
+        r.get(doc, "prompt_embeds", dict, "file"), ("cond", "uncond"), "prompt_embeds"
+    )
+    final = doc.get("final_latents")
+    trace.final_latents = None if final is None else r.tensor(final, "final_latents")
+    for i, step in enumerate(r.get(doc, "steps", list, "file")):
+        trace.steps.append(_load_step(r, step, f"steps[{i}]"))
+    for i, rep in enumerate(r.get(doc, "replacements", list, "file")):
+        ok = isinstance(rep, list) and len(rep) == 3 and rep[0] in HOOK_NAMES and isinstance(rep[2], str)
+        if not ok or not (rep[1] is None or (isinstance(rep[1], int) and not isinstance(rep[1], bool))):
+            raise r.fail(f"replacements[{i}] is not [hook point, step or null, hook name]")
+        trace.replacements.append(Replacement(rep[0], rep[1], rep[2]))
+    return trace
+
+
+def _load_step(r: _Reader, doc: Any, where: str) -> StepRecord:
+    index = r.get(doc, "index", int, where)
+    timestep = float(r.get(doc, "timestep", (int, float), where))
+    stage = doc.get("stage") if isinstance(doc, dict) else None
+    if stage not in (None, "first_order", "second_order"):
+        raise r.fail(f"{where}.stage {stage!r} is not valid")
+    level = r.get(doc, "level", list, where)
+    if len(level) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in level):
+        raise r.fail(f"{where}.level should be 4 numbers [a, b, alpha_bar, sigma]")
+    tensors = r.names(r.get(doc, "tensors", dict, where), STEP_HOOK_NAMES, f"{where}.tensors")
+    restart = None
+    restart_doc = doc.get("restart")
+    if restart_doc is not None:
+        gen_ref = r.get(restart_doc, "generator_state", (str, type(None)), f"{where}.restart")
+        generator_state = None if gen_ref is None else r.tensor(gen_ref, f"{where}.restart.generator_state")
+        if generator_state is not None and (
+            generator_state.dtype != torch.uint8 or generator_state.dim() != 1
+        ):
+            raise r.fail(f"{where}.restart.generator_state should be a 1-D uint8 tensor")
+        restart = RestartPoint(
+            latents=r.tensor(
+                r.get(restart_doc, "latents", str, f"{where}.restart"), f"{where}.restart.latents"
+            ),
+            scheduler_state=r.scheduler_state(
+                r.get(restart_doc, "scheduler_state", dict, f"{where}.restart"),
+                f"{where}.restart.scheduler_state",
+            ),
+            generator_state=generator_state,
+        )
+    return StepRecord(index, timestep, stage, NoiseLevel(*map(float, level)), tensors, restart)
