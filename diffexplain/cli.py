@@ -14,6 +14,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from diffexplain.report import write_report
+
+    paths = write_report(
+        args.prompt,
+        args.out,
+        model=args.model,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        scheduler=args.scheduler,
+        device=args.device,
+    )
+    for label, path in paths.items():
+        print(f"{label:>14}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``diffexplain`` command."""
     parser = argparse.ArgumentParser(prog="diffexplain", description=__doc__)
@@ -26,6 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--export-to", default=None, help="where to write the model folder (default: OUT/model)"
     )
     train.set_defaults(func=_train)
+    explain = sub.add_parser(
+        "explain",
+        help="run one prompt and write the image, an x̂0 strip, a CFG on/off comparison and the trace",
+    )
+    explain.add_argument("prompt", help='e.g. "a red circle on the left and a blue square on the right"')
+    explain.add_argument("--out", default="diffexplain-out", help="output folder (default: diffexplain-out)")
+    explain.add_argument(
+        "--model",
+        default=None,
+        help="a model folder from `diffexplain train`, or a diffusers "
+        "Stable Diffusion folder/id (default: the embedded model)",
+    )
+    explain.add_argument("--steps", type=int, default=None, help="inference steps (default: the model's)")
+    explain.add_argument(
+        "--guidance-scale", type=float, default=None, help="CFG scale (default: the model's)"
+    )
+    explain.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    explain.add_argument("--scheduler", default=None, help="ddim, euler, dpm++2m, ... (default: the model's)")
+    explain.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    explain.set_defaults(func=_explain)
     return parser
 
 

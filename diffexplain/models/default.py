@@ -1,0 +1,65 @@
+"""``load_default()``: the embedded default model, offline, as an :class:`~diffexplain.Explainer`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from diffexplain.models.store import load_model_parts, read_model_json
+from diffexplain.models.text import load_text_encoder
+
+if TYPE_CHECKING:
+    from diffexplain.explainer import Explainer
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
+
+
+def default_model_info() -> dict[str, Any]:
+    """The shipped model's description: configs, training recipe and measured figures."""
+    return read_model_json(DEFAULT_MODEL_DIR)
+
+
+def load_model(
+    folder: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> Explainer:
+    """An :class:`~diffexplain.Explainer` over a model folder written by ``diffexplain train``."""
+    from diffexplain.explainer import Explainer
+
+    parts = load_model_parts(folder, device=device, dtype=dtype)
+    tokenizer, text_encoder = load_text_encoder(device)
+    explainer = Explainer(
+        unet=parts["unet"],
+        scheduler=parts["scheduler"],
+        tokenizer=tokenizer,
+        text_encoder=text_encoder.to(dtype=dtype),
+        vae=parts["vae"],
+        progress=progress,
+    )
+    meta = parts["meta"]
+    explainer.model_name = str(meta.get("name", Path(folder).name))
+    explainer.latent_rgb = meta.get("latent_rgb")
+    explainer.defaults = dict(meta.get("defaults", {}))
+    return explainer
+
+
+def load_default(
+    *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True
+) -> Explainer:
+    """The embedded default model (64×64 coloured shapes), loaded offline in a few seconds.
+
+    It knows only its dataset's words: six colours (red, orange, yellow, green, blue, purple), three
+    shapes (circle, square, triangle), five positions (left, right, top, bottom, centre), two sizes
+    (small, large) and light or dark backgrounds, e.g. "a red circle on the left and a blue square on the right".
+    """
+    if not (DEFAULT_MODEL_DIR / "model.json").is_file():
+        raise FileNotFoundError(
+            f"the default model's files are missing from {DEFAULT_MODEL_DIR}; reinstall diffexplain "
+            "or train one with `diffexplain train` and use diffexplain.load_model(folder)"
+        )
+    return load_model(DEFAULT_MODEL_DIR, device=device, dtype=dtype, progress=progress)

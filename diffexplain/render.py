@@ -1,0 +1,123 @@
+"""Tensors → pictures: PIL images, PNG bytes, cheap latent previews and channel grids.
+
+Conventions: images are [3, H, W] (or [B, 3, H, W], first item used) in [-1, 1]; latents and
+noise predictions are [C, h, w]. Nothing here calls a model.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+# Approximate linear maps from Stable Diffusion 1.x/2.x latents (4 channels) to RGB, widely used for
+# previews (rows: latent channels; columns: R, G, B).
+SD_LATENT_RGB = (
+    (0.298, 0.207, 0.208),
+    (0.187, 0.286, 0.173),
+    (-0.158, 0.189, 0.264),
+    (-0.184, -0.271, -0.473),
+)
+
+
+def _first(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if t.ndim == 4:
+        t = t[0]
+    if t.ndim != 3:
+        raise ValueError(f"expected a [C, H, W] or [B, C, H, W] tensor, got shape {tuple(t.shape)}")
+    return t.float().cpu()
+
+
+def to_pil(image: torch.Tensor, *, size: int | None = None) -> Image.Image:
+    """An image tensor in [-1, 1] ([3, H, W] or [B, 3, H, W]; first item) as a PIL image, upscaled to ``size``."""
+    t = _first(image)
+    if t.shape[0] != 3:
+        raise ValueError(f"expected 3 colour channels, got {t.shape[0]} (shape {tuple(t.shape)})")
+    arr = ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    return _resize(Image.fromarray(arr), size)
+
+
+def _resize(img: Image.Image, size: int | None) -> Image.Image:
+    if size is None or img.width == size:
+        return img
+    return img.resize((size, round(size * img.height / img.width)), Image.Resampling.NEAREST)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """PNG-encode a PIL image (what ``ipywidgets.Image`` displays)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def latent_preview(
+    latents: torch.Tensor,
+    projection: Sequence[Sequence[float]] | torch.Tensor | None = None,
+    *,
+    size: int | None = None,
+) -> Image.Image:
+    """A fast RGB picture of latents [C, h, w] through a linear map C → 3 (no VAE call).
+
+    ``projection`` is [C, 3]; without one, 4-channel latents use Stable Diffusion's usual factors and
+    other latents show their first three channels, each stretched to its own range.
+    """
+    t = _first(latents)
+    if projection is None and t.shape[0] == 4:
+        projection = SD_LATENT_RGB
+    if projection is not None:
+        proj = torch.as_tensor(projection, dtype=torch.float32)
+        if proj.shape != (t.shape[0], 3):
+            raise ValueError(
+                f"projection must be [{t.shape[0]}, 3] for {t.shape[0]}-channel latents, got {tuple(proj.shape)}"
+            )
+        rgb = torch.einsum("chw,cd->dhw", t, proj)
+        rgb = rgb.clamp(-1, 1)
+    else:
+        rgb = t[:3] if t.shape[0] >= 3 else t[:1].expand(3, -1, -1)
+        lo = rgb.amin(dim=(1, 2), keepdim=True)
+        hi = rgb.amax(dim=(1, 2), keepdim=True)
+        rgb = (rgb - lo) / (hi - lo).clamp_min(1e-8) * 2 - 1
+    return to_pil(rgb, size=size)
+
+
+def diverging(t: torch.Tensor, *, limit: float | None = None) -> np.ndarray:
+    """A 2-D tensor as an RGB array: blue for negative, white for 0, red for positive (symmetric scale)."""
+    x = t.detach().float().cpu()
+    lim = float(limit) if limit else float(x.abs().max().clamp_min(1e-8))
+    v = (x / lim).clamp(-1, 1).numpy()
+    pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
+    rgb = np.stack([1 - neg, 1 - pos - neg, 1 - pos], axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def channel_grid(
+    t: torch.Tensor, *, size: int | None = None, limit: float | None = None, gap: int = 1
+) -> Image.Image:
+    """Each channel of [C, h, w] side by side on one diverging colour scale (shared unless ``limit`` is set)."""
+    x = _first(t)
+    lim = limit if limit else float(x.abs().max().clamp_min(1e-8))
+    tiles = [diverging(ch, limit=lim) for ch in x]
+    h, w = tiles[0].shape[:2]
+    canvas = np.full((h, len(tiles) * (w + gap) - gap, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        canvas[:, i * (w + gap) : i * (w + gap) + w] = tile
+    return _resize(Image.fromarray(canvas), size)
+
+
+def strip(images: Sequence[Image.Image], labels: Sequence[str] | None = None, *, gap: int = 4) -> Image.Image:
+    """Images in a row on white, each with an optional label underneath."""
+    if not images:
+        raise ValueError("strip needs at least one image")
+    label_h = 14 if labels else 0
+    w, h = images[0].size
+    canvas = Image.new("RGB", (len(images) * (w + gap) - gap, h + label_h), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, img in enumerate(images):
+        canvas.paste(img.resize((w, h)), (i * (w + gap), 0))
+        if labels:
+            draw.text((i * (w + gap) + 2, h + 1), labels[i], fill="black")
+    return canvas

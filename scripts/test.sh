@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Everything CI checks, from a fresh machine: set-up, lint, the whole test suite (slow, notebook and
+# browser tests included) and the documentation build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh dev
+bash scripts/install-browser.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PLOTLY_RENDERER=json HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+unset DISPLAY
+echo "== ruff"
+ruff check diffexplain tests benchmarks
+ruff format --check diffexplain tests benchmarks
+echo "== pytest"
+python -m pytest -q --timeout=900 "$@"
+if [ -f mkdocs.yml ]; then
+  echo "== docs"
+  mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+fi
