@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,13 @@ def load_default(
     It knows only its dataset's words: six colours (red, orange, yellow, green, blue, purple), three
     shapes (circle, square, triangle), five positions (left, right, top, bottom, centre), two sizes
     (small, large) and light or dark backgrounds, e.g. "a red circle on the left and a blue square on the right".
+
+    Set the environment variable ``DIFFEXPLAIN_MODEL`` to a folder written by ``diffexplain train`` to
+    use that model instead (a classroom model, say) wherever the default one is loaded.
     """
+    override = os.environ.get("DIFFEXPLAIN_MODEL")
+    if override:
+        return load_model(override, device=device, dtype=dtype, progress=progress)
     if not (DEFAULT_MODEL_DIR / "model.json").is_file():
         raise FileNotFoundError(
             f"the default model's files are missing from {DEFAULT_MODEL_DIR}; reinstall diffexplain "
