@@ -1,0 +1,18 @@
+"""Jupyter widgets over traces: each reads a ``Trace`` and asks an ``Explainer`` for new ones (run, fork).
+
+- :class:`StepExplorer`: walk through one trace step by step (x_t, x̂0, ε_c, ε_u, Δ, ε̂, timeline).
+- :class:`GuidanceLab`: guidance off vs on, re-guiding at any w without a U-Net call.
+- :class:`NoiseLab`: choose the starting noise; add noise at step k and fork.
+- :class:`PromptSwap`: switch prompt at step k; sweep k to see when the layout is decided.
+- :class:`ForwardProcess`: the forward noising x0 → x_t for several schedules, and the model's x̂0.
+- :class:`TracePlayer`: open a saved trace file and explore it without a model.
+"""
+
+from diffexplain.widgets.forward_process import ForwardProcess
+from diffexplain.widgets.guidance_lab import GuidanceLab
+from diffexplain.widgets.noise_lab import NoiseLab
+from diffexplain.widgets.prompt_swap import PromptSwap
+from diffexplain.widgets.step_explorer import StepExplorer
+from diffexplain.widgets.trace_player import TracePlayer
+
+__all__ = ["ForwardProcess", "GuidanceLab", "NoiseLab", "PromptSwap", "StepExplorer", "TracePlayer"]

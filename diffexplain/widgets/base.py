@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
+import numpy as np
 import torch
 from PIL import Image
 
@@ -89,11 +90,15 @@ def is_pixel_space(trace: Trace, explainer: Explainer | None = None) -> bool:
     return (trace.settings.get("model") or {}).get("vae") is None
 
 
+def is_sigma_space(scheduler_class: str) -> bool:
+    """Whether a scheduler holds x_t = x0 + σ·ε (Euler, Heun, LMS, KDPM2) rather than √ᾱ·x0 + √(1−ᾱ)·ε."""
+    return any(key in scheduler_class for key in ("Euler", "Heun", "LMS", "KDPM2"))
+
+
 def vp_scale(trace: Trace, step: int) -> float:
     """Factor that shows x_t at unit variance: 1/√(1+σ²) for σ-space schedulers (Euler, Heun ...), else 1."""
     name = (trace.settings.get("scheduler") or {}).get("class", "")
-    sigma_space = any(key in name for key in ("Euler", "Heun", "LMS", "KDPM2"))
-    return 1.0 / math.sqrt(1.0 + trace.steps[step].level.sigma ** 2) if sigma_space else 1.0
+    return 1.0 / math.sqrt(1.0 + trace.steps[step].level.sigma ** 2) if is_sigma_space(name) else 1.0
 
 
 class Frames:
@@ -108,25 +113,39 @@ class Frames:
         """Whether a VAE is available (an explainer with a VAE)."""
         return self.explainer is not None and self.explainer.vae is not None
 
+    def picture(
+        self,
+        owner: Any,
+        key: tuple,
+        latents: torch.Tensor,
+        *,
+        preview: bool,
+        pixel_space: bool = False,
+        size: int | None = None,
+    ) -> Image.Image:
+        """Latents [B, C, h, w] as a picture: VAE-decoded unless ``preview`` (cached under ``(owner, key)``)."""
+        decode = not preview and not pixel_space and self.can_decode()
+        size = size or self.size
+        cache = self._cache.setdefault(owner, {})
+        full_key = (*key, size, "vae" if decode else "preview")
+        if full_key not in cache:
+            if pixel_space:
+                image = render.to_pil(latents.float().clamp(-1, 1), size=size)
+            elif decode:
+                from diffexplain.probe import decode_latents
+
+                image = render.to_pil(decode_latents(self.explainer, latents[:1]), size=size)
+            else:
+                rgb = getattr(self.explainer, "latent_rgb", None)
+                image = render.latent_preview(latents, rgb, size=size)
+            cache[full_key] = image
+        return cache[full_key]
+
     def latents(
         self, owner: Any, key: tuple, latents: torch.Tensor, *, preview: bool, pixel_space: bool = False
     ) -> bytes:
         """PNG of latents [B, C, h, w]: decoded with the VAE unless ``preview`` (cached under ``(owner, key)``)."""
-        decode = not preview and not pixel_space and self.can_decode()
-        cache = self._cache.setdefault(owner, {})
-        full_key = (*key, "vae" if decode else "preview")
-        if full_key not in cache:
-            if pixel_space:
-                image = render.to_pil(latents.float().clamp(-1, 1), size=self.size)
-            elif decode:
-                from diffexplain.probe import decode_latents
-
-                image = render.to_pil(decode_latents(self.explainer, latents[:1]), size=self.size)
-            else:
-                rgb = getattr(self.explainer, "latent_rgb", None)
-                image = render.latent_preview(latents, rgb, size=self.size)
-            cache[full_key] = png(image)
-        return cache[full_key]
+        return png(self.picture(owner, key, latents, preview=preview, pixel_space=pixel_space))
 
     def noise(self, latents: torch.Tensor) -> bytes:
         """PNG of a noise-like tensor (ε): each of the first three channels stretched to its range."""
@@ -136,13 +155,30 @@ class Frames:
         """PNG of every channel side by side on one diverging scale (blue −, white 0, red +)."""
         return png(render.channel_grid(t, size=self.size * 2, limit=limit))
 
-    def final(self, trace: Trace, *, preview: bool = False) -> bytes:
-        """PNG of the trace's final picture: its decoded image, else its final latents."""
-        if trace.image is not None and not preview:
-            return png(render.to_pil(trace.image.float(), size=self.size))
+    def final_picture(self, trace: Trace, *, preview: bool = False, size: int | None = None) -> Image.Image:
+        """The trace's final picture: its decoded image, else (or with ``preview``) its final latents."""
+        if trace.image is not None and (not preview or is_pixel_space(trace, self.explainer)):
+            return render.to_pil(trace.image.float(), size=size or self.size)
         latents = trace.final_latents if trace.final_latents is not None else trace["step.next", -1]
         pixel = is_pixel_space(trace, self.explainer)
-        return self.latents(trace, ("final",), latents, preview=preview, pixel_space=pixel)
+        return self.picture(trace, ("final",), latents, preview=preview, pixel_space=pixel, size=size)
+
+    def final(self, trace: Trace, *, preview: bool = False) -> bytes:
+        """PNG of the trace's final picture (see ``final_picture``)."""
+        return png(self.final_picture(trace, preview=preview))
+
+    def difference(self, a: Trace, b: Trace, *, preview: bool = False) -> bytes:
+        """PNG of |a − b| between two traces' final pictures: white where equal, dark where they differ."""
+        pa = np.asarray(self.final_picture(a, preview=preview), dtype=np.float32)
+        pb = np.asarray(self.final_picture(b, preview=preview), dtype=np.float32)
+        return png(difference_image(pa, pb))
+
+
+def difference_image(a: np.ndarray, b: np.ndarray) -> Image.Image:
+    """|a − b| of two HxWx3 arrays (0..255), summed over colours: white = equal, black = the largest change."""
+    diff = np.abs(a - b).sum(axis=-1)
+    scale = max(float(diff.max()), 1e-6)
+    return Image.fromarray((255 - diff / scale * 255).round().astype(np.uint8)).convert("RGB")
 
 
 class ProgressBar(W.IntProgress):
@@ -201,6 +237,16 @@ class DxWidget(W.VBox):
     def say(self, html: str) -> None:
         """Show a short message on the status line."""
         self.status.value = html
+
+    def run_trace(self, explainer: Explainer, prompt: str, **kwargs: Any) -> Trace:
+        """``explainer.run`` with this widget's progress bar (extra ``hooks=`` are kept)."""
+        hooks = self.progress.with_hooks(kwargs.pop("hooks", None))
+        return explainer.run(prompt, hooks=hooks, progress=False, **kwargs)
+
+    def fork_trace(self, explainer: Explainer, trace: Trace, step: int, **kwargs: Any) -> Trace:
+        """``explainer.fork`` with this widget's progress bar (extra ``hooks=`` are kept)."""
+        hooks = self.progress.with_hooks(kwargs.pop("hooks", None))
+        return explainer.fork(trace, step, hooks=hooks, progress=False, **kwargs)
 
     def clear_errors(self) -> None:
         """Empty the output area."""

@@ -1,0 +1,257 @@
+"""GuidanceLab: the same seed and prompt with classifier-free guidance off and on, and a scale slider."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import ipywidgets as W
+import plotly.graph_objects as go
+
+from diffexplain import interventions, render
+from diffexplain.widgets.base import (
+    DEFAULT_SIZE,
+    DxWidget,
+    Frames,
+    button,
+    default_guidance,
+    default_steps,
+    help_box,
+    image_panel,
+    is_pixel_space,
+    png,
+    rms,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from diffexplain.explainer import Explainer
+    from diffexplain.trace import Trace
+
+HELP = (
+    "Classifier-free guidance: at every step the U-Net predicts the noise with the prompt (<b>ε_c</b>) and "
+    "without it (<b>ε_u</b>); the loop uses <b>ε̂ = ε_u + w·(ε_c − ε_u)</b>. With <b>w = 1</b> guidance is off. "
+    "Moving the <b>w</b> slider re-guides the steps already computed (no new U-Net call): the strip shows "
+    "the guess x̂0 each step would make at that w. <b>Run at this scale</b> runs the whole loop again. "
+    "<b>Guidance off for steps</b> turns guidance off in a range of steps only (a fork from the range start)."
+)
+STRIP_STEPS = 8  # at most this many steps in the re-guided strip
+
+
+class GuidanceLab(DxWidget):
+    """Guidance off vs on for one prompt and seed; re-guide cached steps at any w; guidance off in a step range.
+
+    The constructor runs the loop twice (w = 1 and w = ``guidance_scale``); ``traces`` holds the results.
+    """
+
+    css_class = "dx-guidance-lab"
+
+    def __init__(
+        self,
+        explainer: Explainer,
+        prompt: str,
+        seed: int = 0,
+        *,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        negative_prompt: str = "",
+        size: int = DEFAULT_SIZE,
+    ) -> None:
+        super().__init__()
+        self.explainer = explainer
+        self.frames = Frames(explainer, size)
+        w0 = default_guidance(explainer) if guidance_scale is None else float(guidance_scale)
+        w0 = w0 if w0 > 1 else 7.5  # the guided run needs w > 1
+        self.negative_prompt = negative_prompt
+        self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="480px"))
+        self.prompt.add_class("dx-prompt")
+        self.seed = W.IntText(value=seed, description="seed", layout=W.Layout(width="160px"))
+        self.steps = W.BoundedIntText(
+            value=num_inference_steps or default_steps(explainer), min=1, max=1000, description="steps"
+        )
+        self.steps.layout.width = "160px"
+        self.run_button = button("Run guidance off and on", "dx-run", style="primary")
+        self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
+        self.preview.add_class("dx-preview-toggle")
+        self.preview.disabled = explainer.vae is None
+
+        self.scale = W.FloatSlider(
+            value=w0, min=1.0, max=20.0, step=0.5, description="w", continuous_update=True
+        )
+        self.scale.add_class("dx-guidance-slider")
+        self.run_scale_button = button("Run at this scale", "dx-run-scale")
+        self.range = W.IntRangeSlider(
+            value=(0, 1), min=0, max=1, description="steps", continuous_update=False
+        )
+        self.range.add_class("dx-cfg-range")
+        self.range_button = button("Guidance off for these steps", "dx-cfg-off-button")
+
+        boxes = {}
+        self.images: dict[str, W.Image] = {}
+        for key, title, css in (
+            ("off", "guidance off (w = 1)", "dx-off-image"),
+            ("on", "guidance on", "dx-on-image"),
+            ("diff", "difference |on − off|", "dx-diff-image"),
+            ("range", "guidance off in a step range", "dx-range-image"),
+        ):
+            boxes[key], self.images[key] = image_panel(title, css, size)
+        self.on_title = boxes["on"].children[0]
+        self.range_title = boxes["range"].children[0]
+        self.strip = W.Image(format="png")
+        self.strip.add_class("dx-reguide-strip")
+        self.strip_label = W.HTML()
+        self.fig = go.FigureWidget()
+        for name in ("‖Δ‖ of the run (RMS)", "‖w·Δ‖ at the slider's w", "‖Δ‖, guidance off in the range"):
+            self.fig.add_scatter(x=[], y=[], name=name, mode="lines+markers")
+        self.fig.update_layout(
+            height=280,
+            margin={"l": 50, "r": 20, "t": 30, "b": 40},
+            title={"text": "what the prompt adds, per step: Δ = ε_c − ε_u", "font": {"size": 13}},
+            xaxis_title="loop step",
+            yaxis_title="RMS",
+            legend={"orientation": "h", "y": -0.3},
+        )
+        self.fig.add_class("dx-guidance-plot")
+
+        self.run_button.on_click(self.guard(lambda _: self.run()))
+        self.run_scale_button.on_click(self.guard(lambda _: self.run_at_scale()))
+        self.range_button.on_click(self.guard(lambda _: self.guidance_off_range()))
+        self.scale.observe(self.guard(self._on_scale), names="value")
+        self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
+
+        self.children = [
+            help_box(HELP),
+            W.HBox([self.prompt, self.seed, self.steps, self.run_button]),
+            W.HBox([boxes["off"], boxes["on"], boxes["diff"], boxes["range"]]),
+            W.HBox([self.scale, self.run_scale_button, self.preview]),
+            self.strip_label,
+            self.strip,
+            W.HBox([self.range, self.range_button]),
+            self.progress,
+            self.fig,
+            self.status,
+            self.output,
+        ]
+        self.off: Trace | None = None
+        self.on: Trace | None = None
+        self.ranged: Trace | None = None
+        self._w_on = w0
+        self.guard(self.run)()
+
+    @property
+    def traces(self) -> dict[str, Trace | None]:
+        """The current traces: "off" (w = 1), "on" (w > 1) and "range" (guidance off in a range, or None)."""
+        return {"off": self.off, "on": self.on, "range": self.ranged}
+
+    # ---- actions ---------------------------------------------------------------------------------
+    def _run(self, w: float) -> Trace:
+        return self.run_trace(
+            self.explainer,
+            self.prompt.value,
+            seed=self.seed.value,
+            guidance_scale=w,
+            num_inference_steps=self.steps.value,
+            negative_prompt=self.negative_prompt,
+        )
+
+    def run(self) -> None:
+        """Run the loop with guidance off (w = 1) and on (w = the slider's value, at least 1.5)."""
+        self.say("running with guidance off, then on …")
+        w = self.scale.value if self.scale.value > 1 else self._w_on
+        self.off = self._run(1.0)
+        self.on = self._run(w)
+        self.ranged = None
+        n = len(self.on)
+        self.range.max = n - 1
+        self.range.value = (0, max(0, n // 2 - 1))
+        self.say(f"done: {n} steps each, seed {self.seed.value}")
+        self._redraw()
+
+    def run_at_scale(self) -> None:
+        """Run the full loop again at the slider's w (replaces the "guidance on" result)."""
+        w = self.scale.value
+        if w <= 1:
+            self.say("w = 1 is guidance off: that is the left picture")
+            return
+        self.say(f"running the whole loop at w = {w:g} …")
+        self.on = self._run(w)
+        self.ranged = None
+        self.say(f"ran at w = {w:g}")
+        self._redraw()
+
+    def guidance_off_range(self) -> None:
+        """Fork the guided run at the range start with guidance off (ε̂ = ε_c) in the chosen steps."""
+        if self.on is None:
+            raise RuntimeError("run first: there is no guided trace to fork")
+        a, b = self.range.value
+        hooks = interventions.cfg_off(steps=range(a, b + 1))
+        self.say(f"forking at step {a}: guidance off for steps {a}–{b} …")
+        self.ranged = self.fork_trace(self.explainer, self.on, a, hooks=hooks)
+        copied = (
+            "" if a == 0 else f"; steps 0–{a - 1} copied from the guided run" if a > 1 else "; step 0 copied"
+        )
+        self.say(f"guidance off for steps {a}–{b} (a fork from step {a}{copied})")
+        self._redraw()
+
+    # ---- drawing ---------------------------------------------------------------------------------
+    def _delta(self, trace: Trace) -> list[float | None]:
+        out: list[float | None] = []
+        for i in range(len(trace)):
+            try:
+                out.append(rms(trace["step.unet.cond", i] - trace["step.unet.uncond", i]))
+            except KeyError:
+                out.append(None)
+        return out
+
+    def _redraw(self) -> None:
+        if self.off is None or self.on is None:
+            return
+        preview = self.preview.value
+        self.images["off"].value = self.frames.final(self.off, preview=preview)
+        self.images["on"].value = self.frames.final(self.on, preview=preview)
+        self.on_title.value = f"<b>guidance on (w = {self.on.settings['guidance_scale']:g})</b>"
+        self.images["diff"].value = self.frames.difference(self.on, self.off, preview=preview)
+        if self.ranged is not None:
+            a, b = self.range.value
+            self.images["range"].value = self.frames.final(self.ranged, preview=preview)
+            self.range_title.value = f"<b>guidance off in steps {a}–{b}</b>"
+        self._base_delta = self._delta(self.on)
+        steps = list(range(len(self.on)))
+        with self.fig.batch_update():
+            self.fig.data[0].x, self.fig.data[0].y = steps, self._base_delta
+            if self.ranged is not None:
+                self.fig.data[2].x, self.fig.data[2].y = steps, self._delta(self.ranged)
+            else:
+                self.fig.data[2].x, self.fig.data[2].y = [], []
+        self._on_scale()
+
+    def _strip_steps(self, n: int) -> list[int]:
+        if n <= STRIP_STEPS:
+            return list(range(n))
+        return sorted({round(i * (n - 1) / (STRIP_STEPS - 1)) for i in range(STRIP_STEPS)})
+
+    def _on_scale(self, change: dict | None = None) -> None:
+        """Re-guide every cached step at the slider's w (``trace.reguide``: no U-Net call)."""
+        trace = self.on
+        if trace is None:
+            return
+        w = float(self.scale.value)
+        pixel = is_pixel_space(trace, self.explainer)
+        tiles: list[Image.Image] = []
+        labels = []
+        for k in self._strip_steps(len(trace)):
+            x0 = trace.reguide(k, w).pred_x0
+            tiles.append(
+                self.frames.picture(
+                    trace, ("reguide", k, w), x0, preview=self.preview.value, pixel_space=pixel, size=96
+                )
+            )
+            labels.append(f"step {k}")
+        self.strip.value = png(render.strip(tiles, labels))
+        self.strip_label.value = (
+            f"<b>x̂0 at each step, re-guided at w = {w:g}</b> from the cached ε_c and ε_u of the "
+            f"w = {trace.settings['guidance_scale']:g} run (no U-Net call)"
+        )
+        with self.fig.batch_update():
+            push = [None if d is None else w * d for d in self._base_delta]
+            self.fig.data[1].x, self.fig.data[1].y = list(range(len(trace))), push

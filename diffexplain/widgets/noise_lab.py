@@ -1,0 +1,250 @@
+"""NoiseLab: choose the starting noise, then add noise at step k (optionally in a rectangle) and fork."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+import torch
+from PIL import ImageDraw
+
+from diffexplain import interventions
+from diffexplain.hooks import Hook
+from diffexplain.probe import image_size, image_tensor
+from diffexplain.widgets.base import (
+    DEFAULT_SIZE,
+    DxWidget,
+    Frames,
+    button,
+    default_guidance,
+    default_steps,
+    help_box,
+    image_panel,
+    is_pixel_space,
+    png,
+    vp_scale,
+)
+
+if TYPE_CHECKING:
+    from diffexplain.explainer import Explainer
+    from diffexplain.trace import Trace
+
+HELP = (
+    "Every picture starts as noise <b>x_T</b>. Choose it: Gaussian noise from a <b>seed</b>, a structured "
+    "<b>pattern</b>, an <b>image</b> encoded to latents, or your own tensor (<code>set_initial_noise</code>). "
+    "Then disturb the run: at step <b>k</b> add noise of a chosen <b>strength</b> to x_t (in latent units), "
+    "everywhere or only inside a rectangle. The run is <b>forked</b> at k: steps before k are copied, only "
+    "steps k… run again, and the two branches are shown side by side."
+)
+SOURCES = ("seed", *interventions.PATTERNS, "image", "my tensor")
+
+
+def first_upload(upload: W.FileUpload) -> bytes | None:
+    """The content of the first file in a ``FileUpload`` (ipywidgets 8 value format), or None."""
+    value = upload.value
+    if not value:
+        return None
+    item: Any = value[0] if isinstance(value, list | tuple) else next(iter(value.values()))
+    content = item["content"] if isinstance(item, dict) else item.content
+    return bytes(content)
+
+
+class NoiseLab(DxWidget):
+    """Choose x_T (seed, pattern, image or tensor); add noise at step k, optionally in a rectangle, and fork.
+
+    ``original`` is the run from the chosen start; ``branch`` the fork with the added noise.
+    """
+
+    css_class = "dx-noise-lab"
+
+    def __init__(
+        self,
+        explainer: Explainer,
+        prompt: str,
+        *,
+        seed: int = 0,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        size: int = DEFAULT_SIZE,
+    ) -> None:
+        super().__init__()
+        self.explainer = explainer
+        self.frames = Frames(explainer, size)
+        self.guidance_scale = default_guidance(explainer) if guidance_scale is None else float(guidance_scale)
+        self.custom_noise: torch.Tensor | None = None
+        self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="480px"))
+        self.prompt.add_class("dx-prompt")
+        self.steps = W.BoundedIntText(
+            value=num_inference_steps or default_steps(explainer), min=1, max=1000, description="steps"
+        )
+        self.steps.layout.width = "160px"
+        self.source = W.Dropdown(options=SOURCES, value="seed", description="start from")
+        self.source.add_class("dx-noise-source")
+        self.seed = W.IntText(value=seed, description="seed", layout=W.Layout(width="160px"))
+        self.dataset_index = W.BoundedIntText(value=0, min=0, max=99_999, description="dataset #")
+        self.dataset_index.layout.width = "180px"
+        self.upload = W.FileUpload(accept="image/*", multiple=False, description="image")
+        self.upload.add_class("dx-noise-upload")
+        self.run_button = button("Run from this start", "dx-run", style="primary")
+        self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
+        self.preview.add_class("dx-preview-toggle")
+        self.preview.disabled = explainer.vae is None
+
+        self.step = W.IntSlider(value=0, min=0, max=1, description="step k", continuous_update=False)
+        self.step.add_class("dx-inject-step")
+        self.strength = W.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.1, description="strength")
+        self.strength.add_class("dx-noise-strength")
+        self.noise_seed = W.IntText(value=1, description="noise seed", layout=W.Layout(width="180px"))
+        self.use_rect = W.Checkbox(value=False, description="only inside the rectangle", indent=False)
+        self.use_rect.add_class("dx-use-rect")
+        self.rows = W.IntRangeSlider(value=(25, 75), min=0, max=100, description="rows %")
+        self.rows.add_class("dx-rect-rows")
+        self.cols = W.IntRangeSlider(value=(0, 50), min=0, max=100, description="columns %")
+        self.cols.add_class("dx-rect-cols")
+        self.inject_button = button("Add noise at step k and fork", "dx-inject-button", style="warning")
+
+        boxes = {}
+        self.images: dict[str, W.Image] = {}
+        for key, title, css in (
+            ("init", "starting noise x_T", "dx-init-image"),
+            ("xk", "x_k of the original, and the region", "dx-xk-image"),
+            ("original", "original", "dx-original-image"),
+            ("branch", "new branch", "dx-branch-image"),
+            ("diff", "difference", "dx-diff-image"),
+        ):
+            boxes[key], self.images[key] = image_panel(title, css, size)
+        self.branch_title = boxes["branch"].children[0]
+
+        self.run_button.on_click(self.guard(lambda _: self.run()))
+        self.inject_button.on_click(self.guard(lambda _: self.inject()))
+        for control in (self.step, self.rows, self.cols, self.use_rect, self.preview):
+            control.observe(self.guard(lambda _: self._draw_region()), names="value")
+        self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
+
+        self.children = [
+            help_box(HELP),
+            W.HBox([self.prompt, self.steps, self.preview]),
+            W.HBox([self.source, self.seed, self.dataset_index, self.upload, self.run_button]),
+            W.HBox([self.step, self.strength, self.noise_seed]),
+            W.HBox([self.use_rect, self.rows, self.cols, self.inject_button]),
+            self.progress,
+            W.HBox([boxes["init"], boxes["xk"], boxes["original"], boxes["branch"], boxes["diff"]]),
+            self.status,
+            self.output,
+        ]
+        self.original: Trace | None = None
+        self.branch: Trace | None = None
+        self.guard(self.run)()
+
+    # ---- the starting noise ----------------------------------------------------------------------
+    def set_initial_noise(self, noise: torch.Tensor, *, run: bool = True) -> None:
+        """Start from your own tensor ([C, h, w] or [1, C, h, w], unit scale, like ``torch.randn``) and run."""
+        if noise.dim() not in (3, 4):
+            raise ValueError(
+                f"initial noise must be [C, h, w] or [1, C, h, w], got shape {tuple(noise.shape)}"
+            )
+        self.custom_noise = noise.detach().float().cpu()
+        self.source.value = "my tensor"
+        if run:
+            self.guard(self.run)()
+
+    def _start_hooks(self) -> list[Hook]:
+        source = self.source.value
+        if source == "seed":
+            return []
+        if source in interventions.PATTERNS:
+            return [interventions.noise_pattern(source)]
+        if source == "my tensor":
+            if self.custom_noise is None:
+                raise ValueError("no tensor set: call lab.set_initial_noise(torch.randn(C, h, w)) first")
+            return [interventions.replace_initial_noise(self.custom_noise)]
+        content = first_upload(self.upload)
+        if content is not None:
+            image = image_tensor(content, image_size(self.explainer))[0]
+        else:
+            from diffexplain.data import ShapesDataset
+
+            height = image_size(self.explainer)[0]
+            example = ShapesDataset(size=height)[self.dataset_index.value]
+            image = torch.from_numpy(example.pixels).float()
+        return [interventions.initial_noise_from_image(self.explainer, image)]
+
+    # ---- actions ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run the loop from the chosen starting noise (replaces the original; clears the branch)."""
+        self.say(f"running from: {self.source.value} …")
+        self.original = self.run_trace(
+            self.explainer,
+            self.prompt.value,
+            seed=self.seed.value,
+            guidance_scale=self.guidance_scale,
+            num_inference_steps=self.steps.value,
+            hooks=self._start_hooks(),
+        )
+        self.branch = None
+        self.step.max = len(self.original) - 1
+        self.step.value = min(self.step.value, self.step.max) or len(self.original) // 2
+        self.say(f"ran {len(self.original)} steps from: {self.source.value}")
+        self._redraw()
+
+    def mask(self) -> tuple[float, float, float, float] | None:
+        """The rectangle as (top, bottom, left, right) fractions, or None when it is not used."""
+        if not self.use_rect.value:
+            return None
+        (top, bottom), (left, right) = self.rows.value, self.cols.value
+        return top / 100, bottom / 100, left / 100, right / 100
+
+    def inject(self) -> None:
+        """Add noise at step k (``interventions.add_noise``) and fork the original from k."""
+        if self.original is None:
+            raise RuntimeError("run first: there is no trace to fork")
+        k = self.step.value
+        hook = interventions.add_noise(k, self.strength.value, seed=self.noise_seed.value, mask=self.mask())
+        where = "inside the rectangle" if self.use_rect.value else "everywhere"
+        self.say(f"forking at step {k}: adding noise of strength {self.strength.value:g} {where} …")
+        self.branch = self.fork_trace(self.explainer, self.original, k, hooks=[hook])
+        self.branch_title.value = f"<b>new branch (noise at step {k})</b>"
+        self.say(
+            f"forked at step {k}: steps 0–{k - 1} are copied, steps {k}–{len(self.branch) - 1} ran again"
+        )
+        self._redraw()
+
+    # ---- drawing ---------------------------------------------------------------------------------
+    def _redraw(self) -> None:
+        trace = self.original
+        if trace is None:
+            return
+        preview, pixel = self.preview.value, is_pixel_space(trace, self.explainer)
+        init = trace.steps[0].restart.latents if trace.steps[0].restart is not None else trace["latents.init"]
+        scale = vp_scale(trace, 0)
+        self.images["init"].value = png(
+            self.frames.picture(trace, ("init",), init * scale, preview=preview, pixel_space=pixel)
+        )
+        self.images["original"].value = self.frames.final(trace, preview=preview)
+        if self.branch is not None:
+            self.images["branch"].value = self.frames.final(self.branch, preview=preview)
+            self.images["diff"].value = self.frames.difference(self.branch, trace, preview=preview)
+        self._draw_region()
+
+    def _draw_region(self) -> None:
+        trace = self.original
+        if trace is None:
+            return
+        k = self.step.value
+        record = trace.steps[k]
+        xk = record.restart.latents if record.restart is not None else trace["step.latents", k]
+        picture = self.frames.picture(
+            trace,
+            ("xk", k),
+            xk * vp_scale(trace, k),
+            preview=self.preview.value,
+            pixel_space=is_pixel_space(trace, self.explainer),
+        ).copy()
+        box = self.mask()
+        if box is not None:
+            top, bottom, left, right = box
+            w, h = picture.size
+            ImageDraw.Draw(picture).rectangle(
+                (left * w, top * h, right * w - 1, bottom * h - 1), outline=(255, 0, 0), width=2
+            )
+        self.images["xk"].value = png(picture)

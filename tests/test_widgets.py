@@ -1,0 +1,281 @@
+"""Python-level tests of the widgets: move a control, press a button, check pictures and figures change.
+
+Tiny random parts (pictures are noise, which is fine for the logic), 3 inference steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import pytest
+import torch
+
+from diffexplain import Explainer, Trace
+from diffexplain.probe import trace_fingerprint, unet_fingerprint
+from diffexplain.widgets import ForwardProcess, GuidanceLab, NoiseLab, PromptSwap, StepExplorer, TracePlayer
+
+PROMPT = "a red circle on the left"
+STEPS = 3  # PNDM makes 4 loop steps of 3 inference steps
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: far faster for tiny models on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ex(parts: dict) -> Explainer:
+    """One Explainer for the module (shared parts; tests never modify it)."""
+    return Explainer(**parts, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trace_on(ex: Explainer) -> Trace:
+    """A guided run (w = 5)."""
+    return ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=5.0)
+
+
+@contextmanager
+def unet_calls(explainer: Explainer) -> Iterator[list[int]]:
+    """Count U-Net forward calls inside the block."""
+    calls: list[int] = []
+    handle = explainer.unet.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def errors(widget) -> str:
+    """All text in a widget's output area."""
+    return "".join(o.get("text", "") for o in widget.output.outputs)
+
+
+def assert_clean(widget) -> None:
+    """No error in the output area or the status line."""
+    assert errors(widget) == "", errors(widget)
+    assert "Error" not in widget.status.value
+
+
+# ---- StepExplorer -----------------------------------------------------------------------------------
+def test_step_explorer_slider_changes_pictures_and_timeline(trace_on: Trace, ex: Explainer) -> None:
+    w = StepExplorer(trace_on)
+    assert w.explainer is ex  # taken from the trace
+    before = {k: w.images[k].value for k in ("xt", "x0", "eps_c", "eps_u", "delta", "guided", "channels")}
+    marker, unet_row = w.fig.data[5].x, w.unet_row.value
+    w.slider.value = 2
+    for key, value in before.items():
+        assert w.images[key].value != value, key
+    assert w.fig.data[5].x == (2,) and marker == (0,)
+    assert w.fig.layout.shapes[0].x0 == 2
+    assert w.unet_row.value != unet_row
+    assert f"same weights at all {len(trace_on)} steps" in w.unet_row.value
+    assert unet_fingerprint(ex) in w.unet_row.value
+    assert len(w.fig.data[0].y) == len(trace_on) and len(w.fig.data[2].y) == len(trace_on)
+    decoded = w.images["x0"].value
+    w.preview.value = True  # fast latent preview instead of the VAE
+    assert w.images["x0"].value != decoded
+    assert_clean(w)
+
+
+def test_step_explorer_guidance_off_trace(ex: Explainer) -> None:
+    trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=1.0)
+    w = StepExplorer(trace)
+    assert w.fig.data[1].x == () and w.fig.data[2].x == ()  # no ε_u, no Δ
+    assert "guidance off" in w.info.value
+    before = w.images["eps_c"].value
+    w.slider.value = 1
+    assert w.images["eps_c"].value != before
+    assert_clean(w)
+
+
+def test_fingerprint_is_stable_and_weight_sensitive(ex: Explainer, trace_on: Trace) -> None:
+    from diffexplain.probe import weight_fingerprint
+    from tests.tiny_parts import tiny_unet
+
+    assert trace_fingerprint(trace_on) == unet_fingerprint(ex)
+    assert weight_fingerprint(tiny_unet(seed=1)) != weight_fingerprint(tiny_unet(seed=2))
+    assert weight_fingerprint(tiny_unet(seed=1)) == weight_fingerprint(tiny_unet(seed=1))
+
+
+# ---- GuidanceLab ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lab(ex: Explainer) -> GuidanceLab:
+    return GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
+
+
+def test_guidance_slider_reguides_without_unet_call(lab: GuidanceLab, ex: Explainer) -> None:
+    assert lab.off.settings["guidance_scale"] == 1.0 and lab.on.settings["guidance_scale"] == 5.0
+    assert lab.progress.value == lab.progress.max == len(lab.on)  # the progress bar followed the run
+    strip, push = lab.strip.value, lab.fig.data[1].y
+    with unet_calls(ex) as calls:
+        lab.scale.value = 9.0
+    assert calls == []
+    assert lab.strip.value != strip
+    assert lab.fig.data[1].y != push
+    assert_clean(lab)
+
+
+def test_guidance_run_at_scale_runs_the_loop(lab: GuidanceLab, ex: Explainer) -> None:
+    lab.scale.value = 3.0
+    on_image = lab.images["on"].value
+    with unet_calls(ex) as calls:
+        lab.run_scale_button.click()
+    assert len(calls) == len(lab.on)
+    assert lab.on.settings["guidance_scale"] == 3.0
+    assert lab.images["on"].value != on_image
+    assert_clean(lab)
+
+
+def test_guidance_off_for_a_step_range_forks(lab: GuidanceLab) -> None:
+    lab.range.value = (1, 2)
+    image, delta = lab.images["range"].value, lab.fig.data[2].y
+    lab.range_button.click()
+    ranged = lab.ranged
+    assert ranged is not None and ranged.forked_from == 1
+    assert torch.equal(ranged["step.next", 0], lab.on["step.next", 0])  # step 0 copied
+    assert not torch.equal(ranged["step.guidance", 1], lab.on["step.guidance", 1])
+    assert torch.equal(ranged["step.guidance", 1], ranged["step.unet.cond", 1])  # ε̂ = ε_c
+    assert lab.images["range"].value != image
+    assert lab.fig.data[2].y != delta
+    assert_clean(lab)
+
+
+# ---- NoiseLab ---------------------------------------------------------------------------------------
+def test_noise_lab_injection_forks_at_k(ex: Explainer) -> None:
+    nl = NoiseLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
+    region = nl.images["xk"].value
+    nl.use_rect.value = True
+    assert nl.images["xk"].value != region  # the rectangle is drawn
+    nl.rows.value, nl.cols.value = (0, 50), (50, 100)
+    nl.step.value, nl.strength.value = 2, 2.0
+    branch, diff = nl.images["branch"].value, nl.images["diff"].value
+    nl.inject_button.click()
+    b, o = nl.branch, nl.original
+    assert b is not None and b.forked_from == 2
+    for i in range(2):
+        assert torch.equal(b["step.latents", i], o["step.latents", i])
+    added = b["step.latents", 2] - o["step.latents", 2]
+    h, w = added.shape[-2:]
+    assert added[..., : h // 2, w // 2 :].abs().sum() > 0  # noise inside the rectangle
+    assert added[..., h // 2 :, :].abs().sum() == 0 and added[..., :, : w // 2].abs().sum() == 0
+    assert nl.images["branch"].value != branch and nl.images["diff"].value != diff
+    assert_clean(nl)
+
+
+def test_noise_lab_start_sources(ex: Explainer) -> None:
+    nl = NoiseLab(ex, PROMPT, num_inference_steps=STEPS)
+    init = nl.images["init"].value
+    nl.source.value = "checkerboard"
+    nl.run_button.click()
+    assert nl.images["init"].value != init
+    image_init = nl.images["init"].value
+    nl.source.value = "image"  # dataset picture #0, encoded by the VAE
+    nl.run_button.click()
+    assert nl.images["init"].value != image_init
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    nl.set_initial_noise(noise)
+    assert nl.source.value == "my tensor"
+    sigma = ex.scheduler.init_noise_sigma
+    torch.testing.assert_close(nl.original["latents.init"], noise * sigma)
+    assert_clean(nl)
+
+
+# ---- PromptSwap -------------------------------------------------------------------------------------
+def test_prompt_swap_and_sweep(ex: Explainer) -> None:
+    ps = PromptSwap(ex, PROMPT, "a blue square on the right", num_inference_steps=STEPS, sweep_points=3)
+    ps.step.value = 2
+    swap = ps.images["swap"].value
+    ps.swap_button.click()
+    s = ps.swapped
+    assert s is not None and s.forked_from == 2 and s.settings["prompt"] == "a blue square on the right"
+    assert torch.equal(s["step.next", 1], ps.original["step.next", 1])
+    assert ps.images["swap"].value != swap
+    strip = ps.strip.value
+    ps.sweep_button.click()
+    assert sorted(ps.sweep) == ps.sweep_steps() == [0, 2, 3]
+    assert all(ps.sweep[k].forked_from == k for k in ps.sweep)
+    assert ps.strip.value != strip
+    assert list(ps.fig.data[0].x) == [0, 2, 3]
+    assert_clean(ps)
+
+
+# ---- ForwardProcess ---------------------------------------------------------------------------------
+def test_forward_process_without_model() -> None:
+    fp = ForwardProcess(t=100)
+    xt, marker, abar = fp.images["xt"].value, fp.fig.data[4].y, fp.fig.data[0].y
+    fp.t.value = 900
+    assert fp.images["xt"].value != xt and fp.fig.data[4].y != marker
+    fp.schedule.value = "squaredcos_cap_v2"
+    assert fp.fig.data[0].y != abar
+    clean = fp.images["x0"].value
+    fp.dataset_index.value = 5
+    assert fp.images["x0"].value != clean
+    assert_clean(fp)
+
+
+def test_forward_process_with_model(ex: Explainer) -> None:
+    fp = ForwardProcess(ex, t=200)
+    assert fp.prompt.value  # the dataset caption
+    guess = fp.images["model_x0"].value
+    with unet_calls(ex) as calls:
+        fp.t.value = 800
+    assert len(calls) == 1  # one U-Net evaluation for the guess
+    assert fp.images["model_x0"].value != guess
+    assert_clean(fp)
+
+
+# ---- errors land in the widget ---------------------------------------------------------------------
+def test_callback_errors_show_in_the_widget_output(ex: Explainer, monkeypatch: pytest.MonkeyPatch) -> None:
+    own = Explainer(**{k: getattr(ex, k) for k in ("unet", "scheduler", "tokenizer", "text_encoder", "vae")})
+    own.progress = False
+    ps = PromptSwap(own, PROMPT, "a blue square", num_inference_steps=STEPS)
+
+    def broken_fork(*args, **kwargs):
+        raise RuntimeError("boom from fork")
+
+    monkeypatch.setattr(own, "fork", broken_fork)
+    ps.swap_button.click()  # must not raise
+    assert "boom from fork" in errors(ps) and "Traceback" in errors(ps)
+    assert "RuntimeError" in ps.status.value
+
+
+# ---- TracePlayer ------------------------------------------------------------------------------------
+def test_trace_player_without_a_model(trace_on: Trace, tmp_path) -> None:
+    path = tmp_path / "run.trace"
+    trace_on.save(path)
+    tp = TracePlayer(str(path))
+    assert tp.explorer is not None and tp.explorer.explainer is None
+    assert tp.explorer.preview.value and tp.explorer.preview.disabled  # no VAE: fast preview only
+    xt, marker = tp.explorer.images["xt"].value, tp.explorer.fig.data[5].x
+    tp.explorer.slider.value = 3
+    assert tp.explorer.images["xt"].value != xt and tp.explorer.fig.data[5].x != marker
+    assert "same weights" in tp.explorer.unet_row.value or "fingerprint" in tp.explorer.unet_row.value
+    assert_clean(tp)
+
+    bad = tmp_path / "bad.trace"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    tp.path.value = str(bad)
+    tp.load_button.click()
+    assert "TraceFileError" in errors(tp) and "cannot load trace file" in errors(tp)
+
+    tp.path.value = str(tmp_path / "missing.trace")
+    tp.load_button.click()
+    assert "no trace file at" in errors(tp)
+
+
+def test_trace_player_upload(trace_on: Trace, tmp_path) -> None:
+    path = tmp_path / "run.trace"
+    trace_on.save(path)
+    tp = TracePlayer()
+    content = path.read_bytes()
+    upload = {"name": "run.trace", "type": "", "size": len(content), "content": memoryview(content)}
+    tp.upload.value = ({**upload, "last_modified": datetime.now(UTC)},)
+    assert tp.trace is not None and len(tp.trace) == len(trace_on)
+    assert_clean(tp)
