@@ -1,0 +1,147 @@
+"""The documentation site: hook-point table, notebook links, docstrings, screenshots, and the strict build.
+
+The checks shared with the build live in ``docs/hooks/diffexplain_docs.py`` (the MkDocs hooks file), so
+``mkdocs build --strict`` and these tests fail for the same reasons.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+
+# Each concept page and the notebooks it must link to (as ``notebook:NN``).
+CONCEPT_NOTEBOOKS = {
+    "concepts/same-network.md": ("00", "03"),
+    "concepts/forward-process.md": ("01",),
+    "concepts/predicting-noise.md": ("02",),
+    "concepts/sampling-loop.md": ("03",),
+    "concepts/text-conditioning.md": ("04",),
+    "concepts/guidance.md": ("05",),
+    "concepts/latent-space.md": ("06",),
+}
+
+
+def _docs_hooks():
+    """The MkDocs hooks module, imported from its file."""
+    name = "diffexplain_docs_hooks"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, DOCS / "hooks" / "diffexplain_docs.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def docs_hooks():
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install -e '.[docs]')")
+    return _docs_hooks()
+
+
+def _table_names(markdown: str) -> list[str]:
+    """First-column names (in backticks) of the 4-column table rows of a page."""
+    names = []
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and (m := re.fullmatch(r"`([a-z0-9_.]+)`", cells[0])):
+            names.append(m.group(1))
+    return names
+
+
+def test_hook_point_table_lists_exactly_the_hook_points():
+    from diffexplain.names import HOOK_POINTS
+
+    names = _table_names((DOCS / "hook-points.md").read_text(encoding="utf-8"))
+    expected = [p.name for p in HOOK_POINTS]
+    assert sorted(set(names)) == sorted(expected), (
+        f"extra in the docs: {sorted(set(names) - set(expected))}, "
+        f"missing from the docs: {sorted(set(expected) - set(names))}"
+    )
+    assert names == expected, "the table should list the hook points once each, in HOOK_POINTS order"
+
+
+def test_hook_point_table_rows_match_the_code(docs_hooks):
+    markdown = (DOCS / "hook-points.md").read_text(encoding="utf-8")
+    assert docs_hooks.hook_table_problems(markdown) == []
+
+
+@pytest.mark.parametrize("page", sorted(CONCEPT_NOTEBOOKS))
+def test_concept_page_links_its_notebook(page):
+    text = (DOCS / page).read_text(encoding="utf-8")
+    for number in CONCEPT_NOTEBOOKS[page]:
+        assert f"](notebook:{number})" in text, f"{page} should link to notebook {number} as [...](notebook:{number})"
+        found = sorted((REPO / "notebooks").glob(f"{number}_*.ipynb"))
+        assert found, f"{page} links to notebook {number}, but notebooks/{number}_*.ipynb does not exist"
+
+
+def test_every_concept_page_is_covered():
+    pages = {p.relative_to(DOCS).as_posix() for p in (DOCS / "concepts").glob("*.md")} - {"concepts/index.md"}
+    assert pages == set(CONCEPT_NOTEBOOKS)
+
+
+def test_notebook_links_resolve(docs_hooks):
+    missing = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for number in re.findall(r"\]\(notebook:(\d{2})\)", page.read_text(encoding="utf-8")):
+            if docs_hooks.find_notebook(number) is None:
+                missing.append(f"{page.relative_to(DOCS)} -> notebooks/{number}_*.ipynb")
+    assert not missing, missing
+
+
+def test_public_names_have_docstrings(docs_hooks):
+    pytest.importorskip("griffe", reason="griffe is not installed (pip install -e '.[docs]')")
+    missing = docs_hooks.missing_docstrings()
+    assert not missing, "public names without a docstring:\n" + "\n".join(missing)
+
+
+def test_public_names_exist():
+    import diffexplain
+    import diffexplain.interventions
+    import diffexplain.widgets
+
+    for module in (diffexplain, diffexplain.widgets):
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.__all__ names {name!r}, which is not defined"
+    for name in getattr(diffexplain.interventions, "__all__", []):
+        assert hasattr(diffexplain.interventions, name), name
+
+
+def test_widgets_page_shows_every_widget():
+    import diffexplain.widgets
+
+    text = (DOCS / "widgets.md").read_text(encoding="utf-8")
+    for name in diffexplain.widgets.__all__:
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+        assert f"## {name}" in text, f"widgets.md has no section for {name}"
+        assert f"(assets/screenshots/{snake}.png)" in text, f"widgets.md shows no screenshot of {name}"
+        assert (DOCS / "assets" / "screenshots" / f"{snake}.png").is_file(), f"missing screenshot {snake}.png"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_mkdocs_build_strict(tmp_path):
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+    for plugin in ("material", "mkdocstrings", "mkdocs_jupyter"):
+        if importlib.util.find_spec(plugin) is None:
+            pytest.skip(f"{plugin} is not installed (pip install -e '.[docs]')")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    assert (tmp_path / "site" / "hook-points" / "index.html").is_file()
