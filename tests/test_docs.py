@@ -78,7 +78,9 @@ def test_hook_point_table_rows_match_the_code(docs_hooks):
 def test_concept_page_links_its_notebook(page):
     text = (DOCS / page).read_text(encoding="utf-8")
     for number in CONCEPT_NOTEBOOKS[page]:
-        assert f"](notebook:{number})" in text, f"{page} should link to notebook {number} as [...](notebook:{number})"
+        assert f"](notebook:{number})" in text, (
+            f"{page} should link to notebook {number} as [...](notebook:{number})"
+        )
         found = sorted((REPO / "notebooks").glob(f"{number}_*.ipynb"))
         assert found, f"{page} links to notebook {number}, but notebooks/{number}_*.ipynb does not exist"
 
@@ -136,12 +138,23 @@ def test_mkdocs_build_strict(tmp_path):
             pytest.skip(f"{plugin} is not installed (pip install -e '.[docs]')")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site")],
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--quiet",
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
         env=env,
         timeout=1200,
     )
-    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"mkdocs build --strict failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    )
     assert (tmp_path / "site" / "hook-points" / "index.html").is_file()

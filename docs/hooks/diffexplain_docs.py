@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -70,6 +69,12 @@ def notebook_title(path: Path) -> str:
     return path.stem.replace("_", " ")
 
 
+def notebook_label(path: Path) -> str:
+    """``NN · title`` for a notebook (its title already starts so in most notebooks)."""
+    number, title = path.name[:2], notebook_title(path)
+    return title if title.startswith(number) else f"{number} · {title}"
+
+
 # ---- docstrings -----------------------------------------------------------------------------------
 def _where(obj: Any) -> str:
     """``diffexplain/file.py: name`` for a griffe object (its defining file, relative to the repo)."""
@@ -121,7 +126,9 @@ def missing_docstrings() -> list[str]:
             missing.append(_where(target))
 
     for module_path in API_MODULES:
-        module = package if module_path == "diffexplain" else package[module_path.removeprefix("diffexplain.")]
+        module = (
+            package if module_path == "diffexplain" else package[module_path.removeprefix("diffexplain.")]
+        )
         for name in _public_names(module):
             if name.startswith("__") and name.endswith("__"):
                 continue  # __version__ and friends
@@ -191,7 +198,7 @@ def hook_table_problems(markdown: str) -> list[str]:
 # ---- mkdocs events --------------------------------------------------------------------------------
 def on_config(config: Any) -> Any:
     """Add a Notebooks section to the navigation (one entry per notebook) and watch the notebooks."""
-    entries = [{notebook_title(p): f"{NOTEBOOK_URI}/{p.name}"} for p in notebook_files()]
+    entries = [{notebook_label(p): f"{NOTEBOOK_URI}/{p.name}"} for p in notebook_files()]
     if entries and config.nav is not None:
         config.nav = [item for item in config.nav if not (isinstance(item, dict) and "Notebooks" in item)]
         config.nav.append({"Notebooks": entries})
@@ -205,8 +212,6 @@ def on_config(config: Any) -> Any:
 
 def on_pre_build(config: Any) -> None:
     """Warn (an error under --strict) about every public name without a docstring."""
-    if os.environ.get("DIFFEXPLAIN_DOCS_SKIP_DOCSTRINGS") == "1":
-        return
     for entry in missing_docstrings():
         log.warning("missing docstring: %s", entry)
 
@@ -218,7 +223,12 @@ def on_files(files: Files, config: Any) -> Files:
         uri = f"{NOTEBOOK_URI}/{path.name}"
         if files.get_file_from_path(uri) is None:
             files.append(
-                File(uri, src_dir=str(REPO_ROOT), dest_dir=config.site_dir, use_directory_urls=config.use_directory_urls)
+                File(
+                    uri,
+                    src_dir=str(REPO_ROOT),
+                    dest_dir=config.site_dir,
+                    use_directory_urls=config.use_directory_urls,
+                )
             )
     return files
 
@@ -231,9 +241,14 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         text, number = match.group(1), match.group(2)
         path = find_notebook(number)
         if path is None:
-            log.warning("%s links to notebook %s, but notebooks/%s_*.ipynb does not exist", page.file.src_uri, number, number)
+            log.warning(
+                "%s links to notebook %s, but notebooks/%s_*.ipynb does not exist",
+                page.file.src_uri,
+                number,
+                number,
+            )
             return text or f"notebook {number}"
-        label = text or f"Notebook {number}: {notebook_title(path)}"
+        label = text or f"Notebook {notebook_label(path)}"
         return f"[{label}]({'../' * depth}{NOTEBOOK_URI}/{path.name})"
 
     markdown = _NOTEBOOK_LINK.sub(link, markdown)
