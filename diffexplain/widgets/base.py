@@ -55,6 +55,13 @@ def image_panel(title: str, css: str, size: int = DEFAULT_SIZE) -> tuple[W.VBox,
     return box, image
 
 
+def figure_box(fig: W.DOMWidget, css: str) -> W.Box:
+    """A box around a plotly ``FigureWidget`` carrying its CSS class (the figure's own classes do not reach the page)."""
+    box = W.Box([fig], layout=W.Layout(width="100%"))
+    box.add_class(css)
+    return box
+
+
 def help_box(html: str) -> W.HTML:
     """The short help text shown at the top of a widget."""
     box = W.HTML(f"<div style='font-size:0.9em;color:#444;max-width:900px'>{html}</div>")

@@ -14,6 +14,7 @@ from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
     button,
+    figure_box,
     help_box,
     image_panel,
     is_sigma_space,
@@ -115,7 +116,7 @@ class ForwardProcess(DxWidget):
                 [boxes["x0"], boxes["xt"]] + ([boxes["model_xt"], boxes["model_x0"]] if explainer else [])
             ),
             self.info,
-            self.fig,
+            figure_box(self.fig, "dx-schedule-plot"),
             self.status,
             self.output,
         ]
@@ -168,7 +169,6 @@ class ForwardProcess(DxWidget):
         fig.update_layout(
             height=300, margin={"l": 50, "r": 50, "t": 40, "b": 40}, legend={"orientation": "h", "y": -0.3}
         )
-        fig.add_class("dx-schedule-plot")
         return fig
 
     # ---- redraw ----------------------------------------------------------------------------------

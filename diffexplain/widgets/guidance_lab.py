@@ -15,6 +15,7 @@ from diffexplain.widgets.base import (
     button,
     default_guidance,
     default_steps,
+    figure_box,
     help_box,
     image_panel,
     is_pixel_space,
@@ -111,7 +112,6 @@ class GuidanceLab(DxWidget):
             yaxis_title="RMS",
             legend={"orientation": "h", "y": -0.3},
         )
-        self.fig.add_class("dx-guidance-plot")
 
         self.run_button.on_click(self.guard(lambda _: self.run()))
         self.run_scale_button.on_click(self.guard(lambda _: self.run_at_scale()))
@@ -128,7 +128,7 @@ class GuidanceLab(DxWidget):
             self.strip,
             W.HBox([self.range, self.range_button]),
             self.progress,
-            self.fig,
+            figure_box(self.fig, "dx-guidance-plot"),
             self.status,
             self.output,
         ]

@@ -16,6 +16,7 @@ from diffexplain.widgets.base import (
     button,
     default_guidance,
     default_steps,
+    figure_box,
     help_box,
     image_panel,
     png,
@@ -100,7 +101,6 @@ class PromptSwap(DxWidget):
             yaxis_title="mean |difference| (0–1)",
             legend={"orientation": "h", "y": -0.35},
         )
-        self.fig.add_class("dx-sweep-plot")
 
         self.run_button.on_click(self.guard(lambda _: self.run()))
         self.swap_button.on_click(self.guard(lambda _: self.swap()))
@@ -116,7 +116,7 @@ class PromptSwap(DxWidget):
             W.HBox([boxes["a"], boxes["swap"], boxes["diff"]]),
             self.strip_label,
             self.strip,
-            self.fig,
+            figure_box(self.fig, "dx-sweep-plot"),
             self.status,
             self.output,
         ]

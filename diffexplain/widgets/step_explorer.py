@@ -15,6 +15,7 @@ from diffexplain.widgets.base import (
     Frames,
     blank,
     cosine,
+    figure_box,
     help_box,
     image_panel,
     is_pixel_space,
@@ -97,7 +98,7 @@ class StepExplorer(DxWidget):
             W.HBox([boxes["eps_c"], boxes["eps_u"], boxes["delta"], boxes["guided"]]),
             self.info,
             self.unet_row,
-            self.fig,
+            figure_box(self.fig, "dx-timeline"),
             self.status,
             self.output,
         ]
@@ -134,7 +135,6 @@ class StepExplorer(DxWidget):
         fig.update_xaxes(title_text="loop step")
         fig.update_yaxes(title_text="RMS", secondary_y=False)
         fig.update_yaxes(title_text="cos, ᾱ_t", range=[-0.05, 1.05], secondary_y=True)
-        fig.add_class("dx-timeline")
         return fig
 
     def _series(self) -> dict[str, list[Any]]:

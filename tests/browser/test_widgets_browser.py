@@ -1,0 +1,175 @@
+"""Each widget in a real JupyterLab: it renders, a slider or button changes the picture, no error output.
+
+Notebooks are written per test (the default model when it is installed, else tiny random parts) and
+served with ``lab_server.add_notebook``. Screenshots: ``docs_screenshot`` (docs/assets/screenshots/
+with DIFFEXPLAIN_UPDATE_SCREENSHOTS=1, else test-artifacts/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from lab_helpers import (
+    click_button,
+    count_error_outputs,
+    docs_screenshot,
+    error_outputs,
+    open_notebook,
+    press_slider,
+    run_all,
+    wait_for_plotly,
+    wait_for_widget_image,
+)
+
+SETUP = """\
+import os, warnings
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+warnings.filterwarnings("ignore")
+import torch
+torch.set_num_threads(1)
+from diffexplain import Explainer
+from diffexplain.widgets import ForwardProcess, GuidanceLab, NoiseLab, PromptSwap, StepExplorer, TracePlayer
+try:
+    from diffexplain.models.default import load_default
+    ex = load_default(progress=False)
+    STEPS = 12
+except FileNotFoundError:  # the default model is not installed: tiny random parts (noise pictures)
+    from tests.tiny_parts import tiny_parts
+    ex = Explainer(**tiny_parts(), progress=False)
+    STEPS = 4
+PROMPT = "a red circle on the left and a blue square on the right"
+"""
+
+WIDGETS = {
+    "step_explorer": """\
+trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=5.0)
+widget = StepExplorer(trace)
+widget""",
+    "guidance_lab": """\
+widget = GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
+widget""",
+    "noise_lab": """\
+widget = NoiseLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
+widget.use_rect.value = True
+widget.strength.value = 2.0
+widget""",
+    "prompt_swap": """\
+widget = PromptSwap(ex, PROMPT, "a green triangle on the top", num_inference_steps=STEPS, sweep_points=4)
+widget""",
+    "forward_process": """\
+widget = ForwardProcess(ex, t=300)
+widget""",
+    "trace_player": """\
+import tempfile, pathlib
+path = pathlib.Path(tempfile.mkdtemp()) / "run.trace"
+ex.run(PROMPT, num_inference_steps=STEPS, seed=1, guidance_scale=5.0).save(path)
+del ex  # no model from here on
+widget = TracePlayer(str(path))
+widget""",
+}
+
+
+def _serve(lab_server, tmp_path: Path, name: str) -> str:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(WIDGETS[name])]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    path = tmp_path / f"widget_{name}.ipynb"
+    nbformat.write(nb, path)
+    return lab_server.add_notebook(path)
+
+
+def _open(page, lab_server, tmp_path: Path, name: str) -> None:
+    open_notebook(page, _serve(lab_server, tmp_path, name))
+    state = run_all(page, timeout=300)
+    assert state["done"] == state["total"] == 2 and state["errors"] == 0, (state, error_outputs(page))
+
+
+def _no_errors(page) -> None:
+    assert count_error_outputs(page) == 0, error_outputs(page)
+
+
+@pytest.mark.timeout(600)
+def test_step_explorer_in_lab(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "step_explorer")
+    src = wait_for_widget_image(page, "dx-xt-image")
+    fig = wait_for_plotly(page, "dx-timeline")
+    press_slider(page, "dx-step-slider", "ArrowRight", times=2)
+    wait_for_widget_image(page, "dx-xt-image", changed_from=src)
+    wait_for_plotly(page, "dx-timeline", changed_from=fig)
+    _no_errors(page)
+    docs_screenshot(page, "step_explorer", "dx-step-explorer")
+
+
+@pytest.mark.timeout(600)
+def test_guidance_lab_in_lab(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "guidance_lab")
+    wait_for_widget_image(page, "dx-on-image")
+    src = wait_for_widget_image(page, "dx-reguide-strip")
+    fig = wait_for_plotly(page, "dx-guidance-plot")
+    press_slider(page, "dx-guidance-slider", "ArrowRight", times=4)
+    wait_for_widget_image(page, "dx-reguide-strip", changed_from=src)
+    wait_for_plotly(page, "dx-guidance-plot", changed_from=fig)
+    _no_errors(page)
+    docs_screenshot(page, "guidance_lab", "dx-guidance-lab")
+
+
+@pytest.mark.timeout(600)
+def test_noise_lab_in_lab(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "noise_lab")
+    wait_for_widget_image(page, "dx-original-image")
+    src = wait_for_widget_image(page, "dx-branch-image")
+    click_button(page, "dx-inject-button")
+    wait_for_widget_image(page, "dx-branch-image", changed_from=src)
+    _no_errors(page)
+    docs_screenshot(page, "noise_lab", "dx-noise-lab")
+
+
+@pytest.mark.timeout(600)
+def test_prompt_swap_in_lab(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "prompt_swap")
+    src = wait_for_widget_image(page, "dx-swap-image")
+    click_button(page, "dx-swap-button")
+    wait_for_widget_image(page, "dx-swap-image", changed_from=src)
+    click_button(page, "dx-sweep-button")
+    wait_for_plotly(page, "dx-sweep-plot")
+    wait_for_widget_image(page, "dx-sweep-strip")
+    _no_errors(page)
+    docs_screenshot(page, "prompt_swap", "dx-prompt-swap")
+
+
+@pytest.mark.timeout(600)
+def test_forward_process_in_lab(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "forward_process")
+    src = wait_for_widget_image(page, "dx-forward-image")
+    guess = wait_for_widget_image(page, "dx-model-x0-image")
+    fig = wait_for_plotly(page, "dx-schedule-plot")
+    press_slider(page, "dx-t-slider", "PageUp")
+    wait_for_widget_image(page, "dx-forward-image", changed_from=src)
+    wait_for_widget_image(page, "dx-model-x0-image", changed_from=guess)
+    wait_for_plotly(page, "dx-schedule-plot", changed_from=fig)
+    _no_errors(page)
+    docs_screenshot(page, "forward_process", "dx-forward-process")
+
+
+@pytest.mark.timeout(600)
+def test_trace_player_in_lab(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "trace_player")
+    src = wait_for_widget_image(page, "dx-xt-image")
+    fig = wait_for_plotly(page, "dx-timeline")
+    press_slider(page, "dx-step-slider", "ArrowRight")
+    wait_for_widget_image(page, "dx-xt-image", changed_from=src)
+    wait_for_plotly(page, "dx-timeline", changed_from=fig)
+    _no_errors(page)
+    docs_screenshot(page, "trace_player", "dx-trace-player")
