@@ -1,0 +1,158 @@
+"""Fixtures for the browser tests: one JupyterLab per session, one headless Chromium, a page per test.
+
+``lab_page`` is all a test needs::
+
+    def test_my_widget(lab_page):
+        open_notebook(lab_page, "my_widget.ipynb")
+        run_all(lab_page)
+        wait_for_widget_image(lab_page, "my-image")
+
+A failing test leaves ``test-artifacts/browser/<test name>.png`` (full page), and its report gets the
+screenshot path, the browser console and the tail of the server log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from lab_helpers import (
+    ARTIFACTS_DIR,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    TIMEOUT_S,
+    LabServer,
+    current_server,
+    full_page_screenshot,
+    start_lab,
+    stop_lab,
+)
+
+BROWSER_DIR = Path(__file__).resolve().parent
+# Console lines left out of failure reports: debug chatter and slow-plugin timings on a loaded machine.
+_CONSOLE_NOISE = re.compile(r"^\[debug\]|to activate\.$|Registering (pairing|create new text notebook)")
+TIMINGS: dict[str, float] = {}  # "lab_server" and "browser" start-up seconds, for the curious (-s)
+
+
+def _missing_browser_reason() -> str | None:
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"{CHROMIUM} is missing: run `bash scripts/install-browser.sh` as root (Debian's chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed (pip install playwright)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test under tests/browser as browser + slow; skip them all when Chromium is missing."""
+    reason = _missing_browser_reason()
+    for item in items:
+        if BROWSER_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure with a live ``lab_page``: save a full-page screenshot and attach diagnostics."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+    if not rep.failed or rep.when == "teardown":
+        return
+    page = getattr(item, "_lab_page", None)
+    if page is None or page.is_closed():
+        return
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.name)
+    path = ARTIFACTS_DIR / f"{name}.png"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        full_page_screenshot(page, path)
+        rep.sections.append(("browser screenshot", str(path)))
+    except Exception as exc:  # the page may be wedged; the report matters more than the picture
+        rep.sections.append(("browser screenshot", f"could not save {path}: {exc!r}"))
+    console = [line for line in getattr(item, "_lab_console", []) if not _CONSOLE_NOISE.search(line)]
+    if console:
+        rep.sections.append(("browser console (last 60)", "\n".join(console[-60:])))
+    with contextlib.suppress(RuntimeError):
+        rep.sections.append(("jupyterlab log (tail)", current_server().log_tail()))
+
+
+@pytest.fixture(scope="session")
+def lab_server():
+    """JupyterLab on 127.0.0.1 (free port, token) serving a temp copy of tests/browser/notebooks.
+
+    Isolated HOME and JUPYTER_* dirs, PLOTLY_RENDERER=json, no DISPLAY, kernel = this interpreter.
+    Use ``lab_server.add_notebook(path)`` to serve another notebook (e.g. one of the examples).
+    """
+    reason = _missing_browser_reason()
+    if reason:
+        pytest.skip(reason)
+    with tempfile.TemporaryDirectory(prefix="diffexplain-lab-") as tmp:
+        t0 = time.monotonic()
+        server = start_lab(Path(tmp))
+        TIMINGS["lab_server"] = time.monotonic() - t0
+        try:
+            yield server
+        finally:
+            stop_lab(server)
+
+
+@pytest.fixture(scope="session")
+def lab_browser(lab_server):
+    """A persistent Chromium context (fresh user-data dir) shared by the session's tests."""
+    reason = _missing_browser_reason()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    t0 = time.monotonic()
+    pw = sync_playwright().start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="diffexplain-chromium-") as user_data:
+            context = pw.chromium.launch_persistent_context(
+                user_data,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1400, "height": 1000},
+                device_scale_factor=1,
+            )
+            context.set_default_timeout(TIMEOUT_S * 1000)
+            for extra in context.pages:  # the persistent context opens with a blank tab
+                extra.close()
+            TIMINGS["browser"] = time.monotonic() - t0
+            try:
+                yield context
+            finally:
+                context.close()
+    finally:
+        pw.stop()
+
+
+@pytest.fixture
+def lab_page(request, lab_server: LabServer, lab_browser):
+    """A fresh tab for one test; afterwards the tab closes and every kernel is shut down."""
+    page = lab_browser.new_page()
+    page.set_default_timeout(TIMEOUT_S * 1000)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
+    request.node._lab_page = page
+    request.node._lab_console = console
+    try:
+        yield page
+    finally:
+        request.node._lab_page = None
+        try:
+            page.close()
+        finally:
+            lab_server.shutdown_kernels()

@@ -1,0 +1,533 @@
+"""Drive a real JupyterLab in headless Chromium: the server, and helpers for widget tests.
+
+The fixtures live in ``conftest.py``; tests import the helpers from here::
+
+    from lab_helpers import open_notebook, run_all, wait_for_widget_image
+
+Every helper takes a Playwright ``Page`` (sync API) and waits explicitly, with generous
+timeouts: the test machines have 2 cores, and plotly renders seconds after the widgets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS_DIR = Path(__file__).resolve().parent / "notebooks"
+ARTIFACTS_DIR = REPO_ROOT / "test-artifacts" / "browser"
+DOCS_SCREENSHOTS_DIR = REPO_ROOT / "docs" / "assets" / "screenshots"
+CHROMIUM = os.environ.get("DIFFEXPLAIN_CHROMIUM", "/usr/bin/chromium")
+# Flags checked on these machines (see /work/shared/design/BROWSER_TESTS.md); Playwright adds --headless.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+# Default explicit wait for anything that depends on the kernel or plotly. Generous: on a loaded 2-core
+# machine a trivial Run All took 80 s; DIFFEXPLAIN_BROWSER_TIMEOUT (seconds) overrides it.
+TIMEOUT_S = float(os.environ.get("DIFFEXPLAIN_BROWSER_TIMEOUT", "180"))
+KERNEL_IDLE_TEXT = "(ipykernel) | Idle"
+
+# User settings for the isolated JupyterLab: no autosave (the served copy stays as committed), every cell
+# in the DOM (no windowing, so widgets below the fold render), no news / update toasts over the page.
+LAB_USER_SETTINGS = {
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------- server
+
+
+@dataclass
+class LabServer:
+    """A running JupyterLab: ``url`` (no trailing slash), ``token``, ``root_dir`` (the served temp copy)."""
+
+    url: str
+    token: str
+    root_dir: Path
+    log_path: Path
+    proc: subprocess.Popen
+    env: dict[str, str] = field(repr=False)
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+        """Call the REST API (``path`` like ``/api/sessions``); returns the decoded JSON, or None."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Authorization", f"token {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def add_notebook(self, src: str | os.PathLike, name: str | None = None) -> str:
+        """Copy a notebook (or any file) into the served folder; returns its name for ``open_notebook``."""
+        src = Path(src)
+        dest = self.root_dir / (name or src.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+        return dest.relative_to(self.root_dir).as_posix()
+
+    def shutdown_kernels(self) -> None:
+        """Shut down every session and kernel (between tests, so kernels do not pile up)."""
+        try:
+            for s in self.api("GET", "/api/sessions") or []:
+                self.api("DELETE", f"/api/sessions/{s['id']}")
+            for k in self.api("GET", "/api/kernels") or []:
+                self.api("DELETE", f"/api/kernels/{k['id']}")
+        except (OSError, urllib.error.URLError):
+            pass
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.shutdown_kernels()
+            self.proc.terminate()  # SIGTERM: jupyter_server shuts its kernels down and exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        # The server runs in its own process group (start_new_session): clean up anything left in it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+_CURRENT: LabServer | None = None  # set by the session fixture; the page helpers read url/token from it
+
+
+def current_server() -> LabServer:
+    if _CURRENT is None:
+        raise RuntimeError("no JupyterLab is running: use the lab_server or lab_page fixture")
+    return _CURRENT
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def isolated_env(base: Path) -> dict[str, str]:
+    """Environment for the server and its kernels: every Jupyter/IPython dir under ``base``."""
+    env = dict(os.environ)
+    home = Path(env.get("HOME", str(Path.home())))
+    dirs = {
+        "HOME": "home",
+        "JUPYTER_CONFIG_DIR": "jupyter_config",
+        "JUPYTER_DATA_DIR": "jupyter_data",
+        "JUPYTER_RUNTIME_DIR": "jupyter_runtime",
+        "IPYTHONDIR": "ipython",
+        "JUPYTERLAB_WORKSPACES_DIR": "lab_workspaces",
+        "JUPYTERLAB_SETTINGS_DIR": "lab_settings",
+    }
+    for var, sub in dirs.items():
+        (base / sub).mkdir(parents=True, exist_ok=True)
+        env[var] = str(base / sub)
+    # Keep the real caches reachable (models, tokenizers) although HOME moved.
+    env.setdefault("HF_HOME", str(home / ".cache" / "huggingface"))
+    env.setdefault("TORCH_HOME", str(home / ".cache" / "torch"))
+    env.update(
+        PLOTLY_RENDERER="json",
+        JUPYTER_PLATFORM_DIRS="1",
+        PYTHONUNBUFFERED="1",
+        MPLBACKEND="Agg",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
+    )
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    env.pop("JUPYTER_PATH", None)  # nothing may shadow the kernelspec written below
+    return env
+
+
+def write_kernelspec(data_dir: Path) -> Path:
+    """Kernelspec ``python3`` running this very interpreter (the project's venv), so diffexplain imports."""
+    spec_dir = data_dir / "kernels" / "python3"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+        "metadata": {"debugger": True},
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    return spec_dir
+
+
+def start_lab(base: Path, notebooks: Path = NOTEBOOKS_DIR, timeout: float = TIMEOUT_S) -> LabServer:
+    """Start JupyterLab on loopback serving a temp copy of ``notebooks``; returns once /api/status answers."""
+    global _CURRENT
+    root = base / "notebooks"
+    shutil.copytree(notebooks, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    env = isolated_env(base)
+    write_kernelspec(Path(env["JUPYTER_DATA_DIR"]))
+    for rel, settings in LAB_USER_SETTINGS.items():
+        path = Path(env["JUPYTERLAB_SETTINGS_DIR"]) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
+    token = os.urandom(16).hex()
+    last_error = ""
+    for _attempt in range(3):  # the free port may be taken between choosing and binding it
+        port = _free_port()
+        log_path = base / f"jupyterlab-{port}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--ServerApp.terminals_enabled=False",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+            "--LabApp.expose_app_in_browser=True",
+            "--MappingKernelManager.default_kernel_name=python3",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        server = LabServer(f"http://127.0.0.1:{port}", token, root, log_path, proc, env)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"JupyterLab exited with {proc.returncode}")
+                try:
+                    server.api("GET", "/api/status", timeout=5)
+                    _CURRENT = server
+                    return server
+                except (OSError, urllib.error.URLError):
+                    time.sleep(0.25)
+            raise RuntimeError(f"JupyterLab did not answer /api/status within {timeout:.0f} s")
+        except BaseException as exc:
+            server.stop()
+            last_error = f"{exc}\n--- server log ---\n{server.log_tail()}"
+            if isinstance(exc, KeyboardInterrupt) or "already in use" not in last_error:
+                raise RuntimeError(last_error) from exc
+    raise RuntimeError(last_error)
+
+
+def stop_lab(server: LabServer) -> None:
+    global _CURRENT
+    server.stop()
+    if _CURRENT is server:
+        _CURRENT = None
+
+
+# ----------------------------------------------------------------------------------------- page helpers
+
+
+@contextlib.contextmanager
+def timed(what: str) -> Iterator[None]:
+    """Print how long a step took (pytest shows it with a failure, or with ``-s``)."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        print(f"[lab] {what}: {time.monotonic() - t0:.1f} s", flush=True)
+
+
+def _ms(timeout: float) -> float:
+    return timeout * 1000.0
+
+
+def _scope(css_class: str | None) -> str:
+    """``'.cls'`` for a widget CSS class (as given to ``add_class``), ``''`` for the whole page."""
+    if not css_class:
+        return ""
+    return css_class if css_class[:1] in ".#[" else "." + css_class
+
+
+def wait_for_kernel_idle(page, timeout: float = TIMEOUT_S) -> None:
+    """Wait until the status bar says "(ipykernel) | Idle" (the toolbar shows idle before any kernel)."""
+    page.wait_for_function(
+        "(text) => { const s = document.getElementById('jp-main-statusbar');"
+        " return !!s && s.innerText.includes(text); }",
+        arg=KERNEL_IDLE_TEXT,
+        polling=250,
+        timeout=_ms(timeout),
+    )
+
+
+def open_notebook(page, name: str, timeout: float = TIMEOUT_S) -> None:
+    """Open ``name`` (relative to the served folder) in a fresh workspace and wait for an idle kernel."""
+    server = current_server()
+    with timed(f"open_notebook {name}"):
+        page.goto(f"{server.url}/lab/tree/{name}?reset&token={server.token}", timeout=_ms(timeout))
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=_ms(timeout))
+        wait_for_kernel_idle(page, timeout)
+
+
+_RUN_STATE_JS = """
+() => {
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputArea-prompt')]
+    .map((p) => p.innerText.trim());
+  const running = prompts.filter((t) => t.includes('*')).length;
+  const done = prompts.filter((t) => /\\[\\d+\\]/.test(t)).length;
+  const errors = document.querySelectorAll(
+    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length;
+  return {total: prompts.length, running, done, errors};
+}
+"""
+
+
+def run_all(page, timeout: float = TIMEOUT_S) -> dict:
+    """Run All Cells and wait until no cell is running and every code cell ran (or an error stopped it).
+
+    Returns ``{"total", "running", "done", "errors"}`` counted over the code cells.
+    """
+    with timed("run_all"):
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        page.wait_for_function(
+            f"() => {{ const s = ({_RUN_STATE_JS})();"
+            " return s.running === 0 && (s.done === s.total || s.errors > 0); }",
+            polling=250,
+            timeout=_ms(timeout),
+        )
+        wait_for_kernel_idle(page, timeout)
+        return page.evaluate(_RUN_STATE_JS)
+
+
+def _wait_value(page, js: str, arg: Any, timeout: float) -> Any:
+    """``page.wait_for_function`` polling every 250 ms (not every frame), returning the truthy value."""
+    return page.wait_for_function(js, arg=arg, polling=250, timeout=_ms(timeout)).json_value()
+
+
+def wait_for_widget_image(
+    page, css_class: str, changed_from: str | None = None, timeout: float = TIMEOUT_S
+) -> str:
+    """Wait for the widget image with ``css_class`` to be loaded (``naturalWidth > 0``); returns its src.
+
+    With ``changed_from``, wait until the src differs from it (each image update gets a new blob URL).
+    """
+    with timed(f"wait_for_widget_image {css_class}"):
+        return _wait_value(
+            page,
+            """([sel, old]) => {
+              const img = document.querySelector(`img${sel}, ${sel} img`);
+              if (!img || !img.complete || img.naturalWidth === 0) return null;
+              return (old === null || img.src !== old) ? img.src : null;
+            }""",
+            [_scope(css_class), changed_from],
+            timeout,
+        )
+
+
+_PLOTLY_STATE_JS = """
+(sel) => {
+  const gd = document.querySelector(sel ? `${sel}.js-plotly-plot, ${sel} .js-plotly-plot` : '.js-plotly-plot');
+  if (!gd || !gd.querySelector('.main-svg') || !gd.data) return null;
+  const plain = (k, v) => (ArrayBuffer.isView(v) ? Array.from(v) : v);
+  const full = gd._fullLayout || {};  // the layout as drawn
+  const title = (full.title && full.title.text) || null;
+  return JSON.parse(JSON.stringify({data: gd.data, title}, plain));
+}
+"""
+
+
+def plotly_state(page, css_class: str | None = None) -> dict | None:
+    """The rendered figure's ``{"data": [traces...], "title": ...}`` as the browser has it, or None."""
+    return page.evaluate(_PLOTLY_STATE_JS, _scope(css_class))
+
+
+def wait_for_plotly(
+    page,
+    css_class: str | None = None,
+    changed_from: dict | None = None,
+    title: str | None = None,
+    min_traces: int = 1,
+    timeout: float = TIMEOUT_S,
+) -> dict:
+    """Wait for a plotly figure (inside the widget with ``css_class``, or anywhere) to be drawn.
+
+    Note: ``FigureWidget.add_class`` does not reach the DOM (plotly 7 + anywidget); put the class on
+    a ``widgets.Box([fig])`` around it (or on any container of the figure).
+
+    Returns its ``plotly_state``. A FigureWidget first draws empty axes and gets its traces later, so
+    this waits for at least ``min_traces`` traces. With ``changed_from`` (an earlier state), wait until
+    the state differs; with ``title``, until the figure's title text equals it.
+    """
+    with timed(f"wait_for_plotly {css_class or ''}"):
+        return _wait_value(
+            page,
+            f"""([sel, old, title, minTraces]) => {{
+              const s = ({_PLOTLY_STATE_JS})(sel);
+              if (s === null || s.data.length < minTraces) return null;
+              if (title !== null && s.title !== title) return null;
+              return (old === null || JSON.stringify(s) !== JSON.stringify(old)) ? s : null;
+            }}""",
+            [_scope(css_class), changed_from, title, min_traces],
+            timeout,
+        )
+
+
+def press_slider(page, css_class: str, key: str = "ArrowRight", times: int = 1) -> None:
+    """Focus the slider handle inside the widget with ``css_class`` and press ``key`` ``times`` times."""
+    handle = page.locator(f"{_scope(css_class)} .noUi-handle").first
+    handle.wait_for(state="visible", timeout=_ms(TIMEOUT_S))
+    handle.focus()
+    for _ in range(times):
+        handle.press(key)
+
+
+def click_button(page, css_class: str | None = None, *, text: str | None = None) -> None:
+    """Click the ipywidgets Button with ``css_class``, or else the one whose label is ``text``."""
+    if css_class:
+        sel = _scope(css_class)
+        button = page.locator(f"button{sel}, {sel} button").first
+    elif text is not None:
+        button = page.locator("button.jupyter-button").filter(
+            has_text=re.compile(rf"^\s*{re.escape(text)}\s*$")
+        )
+        button = button.first
+    else:
+        raise ValueError("click_button needs a css_class or text")
+    button.click(timeout=_ms(TIMEOUT_S))
+
+
+_ERRORS_JS = """
+(stderr) => {
+  const out = [];
+  const nb = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+  const cells = nb && nb.content && nb.content.model ? nb.content.model.cells : null;
+  if (cells) {  // the notebook model knows tracebacks from stderr text
+    for (let i = 0; i < cells.length; i++) {
+      const outputs = cells.get(i).outputs;
+      if (!outputs) continue;
+      for (let j = 0; j < outputs.length; j++) {
+        const o = outputs.get(j).toJSON();
+        if (o.output_type === 'error')
+          out.push(`cell ${i} error: ${o.ename}: ${o.evalue}\n` + (o.traceback || []).join('\n').slice(-3000));
+        else if (stderr && o.output_type === 'stream' && o.name === 'stderr')
+          out.push(`cell ${i} stderr: ` + [].concat(o.text).join('').slice(0, 3000));
+      }
+    }
+  } else if (stderr) {  // no exposed app: tracebacks render as stderr too
+    document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+      .forEach((e) => out.push('stderr/error: ' + e.innerText.slice(0, 3000)));
+  }
+  document.querySelectorAll('.jupyter-widgets-error-widget')
+    .forEach((e) => out.push('widget error: ' + e.innerText.slice(0, 2000)));
+  document.querySelectorAll('.jp-OutputArea-output').forEach((e) => {
+    if (e.innerText.trim().startsWith('Error displaying widget'))
+      out.push('widget error: ' + e.innerText.slice(0, 2000));
+  });
+  return out;
+}
+"""
+
+
+def error_outputs(page, stderr: bool = True) -> list[str]:
+    """Error outputs (tracebacks), widgets that failed to render and, with ``stderr``, stderr text.
+
+    Stderr counts by default: warnings printed by an import show up there too, so a test that must
+    tolerate a known warning passes ``stderr=False`` (tracebacks and widget errors still count).
+    """
+    return page.evaluate(_ERRORS_JS, stderr)
+
+
+def count_error_outputs(page, stderr: bool = True) -> int:
+    """How many outputs ``error_outputs`` finds (0 for a clean notebook)."""
+    return len(error_outputs(page, stderr))
+
+
+def output_text(page) -> str:
+    """All cell outputs' text, in order (for asserting on printed values)."""
+    return page.evaluate(
+        "() => [...document.querySelectorAll('.jp-OutputArea-output')].map((e) => e.innerText).join('\\n')"
+    )
+
+
+def screenshot(page, path: str | os.PathLike, css_class: str | None = None) -> Path:
+    """Save a PNG of the whole page, or only of the (first) widget with ``css_class``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if css_class:
+        page.locator(_scope(css_class)).first.screenshot(path=str(path), timeout=_ms(TIMEOUT_S))
+    else:
+        full_page_screenshot(page, path)
+    return path
+
+
+_HIDDEN_HEIGHT_JS = """
+() => {
+  let extra = 0;  // JupyterLab scrolls inside panels, not the document: find the tallest overflow
+  document.querySelectorAll('.jp-WindowedPanel-outer, .jp-Notebook, .jp-OutputArea').forEach((e) => {
+    extra = Math.max(extra, e.scrollHeight - e.clientHeight);
+  });
+  return extra;
+}
+"""
+
+
+def full_page_screenshot(page, path: str | os.PathLike, max_height: int = 8000) -> Path:
+    """Screenshot with the viewport stretched so the whole open notebook is visible.
+
+    ``full_page=True`` alone shows only the viewport: JupyterLab's document never scrolls.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    try:
+        extra = int(page.evaluate(_HIDDEN_HEIGHT_JS)) if size else 0
+        if extra > 0:
+            page.set_viewport_size(
+                {"width": size["width"], "height": min(size["height"] + extra, max_height)}
+            )
+            page.wait_for_timeout(500)  # let lumino lay out the taller panel
+        page.screenshot(path=str(path), full_page=True, timeout=_ms(TIMEOUT_S))
+    finally:
+        if size and page.viewport_size != size:
+            page.set_viewport_size(size)
+    return path
+
+
+def docs_screenshot(page, name: str, css_class: str | None = None) -> Path:
+    """Save the screenshot the documentation shows as ``docs/assets/screenshots/<name>.png``.
+
+    Tracked docs images are only rewritten when ``DIFFEXPLAIN_UPDATE_SCREENSHOTS=1``; otherwise the PNG
+    goes to ``test-artifacts/browser/screenshots/`` so an ordinary test run leaves the tree clean.
+    """
+    folder = (
+        DOCS_SCREENSHOTS_DIR
+        if os.environ.get("DIFFEXPLAIN_UPDATE_SCREENSHOTS") == "1"
+        else ARTIFACTS_DIR / "screenshots"
+    )
+    return screenshot(page, folder / f"{name}.png", css_class)
