@@ -14,6 +14,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from diffexplain.training.export import export_model
+
+    folder = export_model(args.out, args.to)
+    print(f"model written to {folder}")
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from diffexplain.report import write_report
 
@@ -44,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--export-to", default=None, help="where to write the model folder (default: OUT/model)"
     )
     train.set_defaults(func=_train)
+    export = sub.add_parser(
+        "export", help="write a model folder from a run's latest checkpoints (also mid-run)"
+    )
+    export.add_argument(
+        "--out", default="runs/default", help="the run's checkpoint folder (default: runs/default)"
+    )
+    export.add_argument("--to", required=True, help="the model folder to write")
+    export.set_defaults(func=_export)
     explain = sub.add_parser(
         "explain",
         help="run one prompt and write the image, an x̂0 strip, a CFG on/off comparison and the trace",

@@ -79,6 +79,8 @@ class TrainConfig:
     unet_warmup: int = 200
     caption_dropout: float = 0.1  # share of empty captions, so classifier-free guidance works
     ema_decay: float = 0.999
+    # Stage 3: decoder-only fine-tune (the encoder, so the U-Net's latent space, stays fixed)
+    decoder_steps: int = 400
     # bookkeeping
     log_every: int = 25
     checkpoint_every: int = 100
@@ -105,6 +107,7 @@ PRESETS: dict[str, TrainConfig] = {
         unet_lr=1e-3,
         unet_warmup=50,
         ema_decay=0.99,
+        decoder_steps=0,
         checkpoint_every=100,
     ),
     # For tests: seconds.
@@ -120,6 +123,7 @@ PRESETS: dict[str, TrainConfig] = {
         unet_batch=8,
         unet_warmup=1,
         ema_decay=0.9,
+        decoder_steps=2,
         log_every=1,
         checkpoint_every=3,
     ),

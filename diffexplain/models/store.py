@@ -107,13 +107,15 @@ def load_model_parts(
         weights = folder / f"{name}.safetensors"
         if not weights.is_file():
             raise ModelFolderError(f"{folder}: missing {weights.name}")
-        model = cls(**cfg)
+        model = cls(**cfg).to(dtype) if dtype != torch.float32 else cls(**cfg)
         try:
             state = load_file(str(weights))
             model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
         except Exception as err:  # safetensors and load_state_dict raise several types
             raise ModelFolderError(f"{weights}: could not load weights ({err})") from err
-        parts[name] = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if torch.device(device) != torch.device("cpu"):
+            model = model.to(device)
+        parts[name] = model.eval().requires_grad_(False)
     sched = meta["scheduler"]
     parts["scheduler"] = getattr(diffusers, sched["class"]).from_config(sched.get("config", {}))
     return parts

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from diffexplain.models.config import TrainConfig, preset, scheduler_config, unet_config, vae_config
-from diffexplain.models.store import save_model
+from diffexplain.models.config import TrainConfig, preset
+from diffexplain.training.export import export_model
 from diffexplain.training.unet import train_unet
-from diffexplain.training.vae import train_vae
+from diffexplain.training.vae import finetune_decoder, train_vae
 
 
 def pick_device(device: str | None = None) -> str:
@@ -37,7 +37,7 @@ def train(
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
-    """Train the VAE, then the U-Net in its latent space, and export a model folder.
+    """Train the VAE, then the U-Net in its latent space, then (optionally) sharpen the decoder; export.
 
     ``config`` is a :class:`TrainConfig` or a preset name ("default", "classroom", "tiny").
     Checkpoints go to ``out`` (safetensors + JSON); running the same call again resumes.
@@ -50,11 +50,11 @@ def train(
     device = pick_device(device)
     started = time.time()
     vae = train_vae(cfg, out, device=device, progress=progress)
-    unet, ema, scaling_factor = train_unet(cfg, out, vae, device=device, progress=progress)
-    unet.load_state_dict({k: v.to(unet.dtype) for k, v in ema.state_dict().items()})
+    train_unet(cfg, out, vae, device=device, progress=progress)
+    if cfg.decoder_steps:
+        finetune_decoder(vae, cfg, out, steps=cfg.decoder_steps, device=device, progress=progress)
     recipe = {
         "preset": cfg.name,
-        "config": cfg.to_dict(),
         "command": command
         or " ".join(shlex.quote(a) for a in ["diffexplain", "train", "--preset", cfg.name]),
         "device": device,
@@ -63,16 +63,7 @@ def train(
         "train_time_s": round(time.time() - started, 1),
     }
     target = Path(export_to) if export_to else out / "model"
-    save_model(
-        target,
-        unet=unet,
-        vae=vae,
-        unet_config=unet_config(tuple(cfg.unet_blocks), unet.config.sample_size),
-        vae_config=vae_config(tuple(cfg.vae_blocks))
-        | {"sample_size": cfg.image_size, "scaling_factor": scaling_factor},
-        scheduler={"class": "DDIMScheduler", "config": scheduler_config()},
-        recipe=recipe,
-    )
+    export_model(out, target, recipe=recipe)
     return target
 
 

@@ -87,3 +87,59 @@ def train_vae(cfg: TrainConfig, out: Path, *, device: str = "cpu", progress: boo
                 ckpt, model=vae, optimizer=opt, ema=None, step=step + 1, info={"config": cfg.to_dict()}
             )
     return vae.eval()
+
+
+def finetune_decoder(
+    vae: AutoencoderKL,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    steps: int,
+    lr: float = 3e-4,
+    device: str = "cpu",
+    progress: bool = True,
+) -> AutoencoderKL:
+    """Sharpen the decoder alone on posterior means (the encoder, and so every latent, stays fixed).
+
+    Safe after the U-Net is trained: the latent space it learned does not move. Resumes from
+    ``out/vae_decoder/checkpoint``.
+    """
+    vae = vae.to(device).train()
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "post_quant_conv."))]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    ckpt = out / "vae_decoder" / "checkpoint"
+    (out / "vae_decoder").mkdir(parents=True, exist_ok=True)
+    start = 0
+    if ckpt.with_suffix(".json").exists():
+        start = load_checkpoint(ckpt, model=vae, optimizer=opt, ema=None)["step"]
+    data = ShapesDataset(seed=cfg.seed + 2, size=cfg.image_size, two_object_share=cfg.two_object_share)
+    val_pixels, _ = held_out(64, size=cfg.image_size).batch(range(64))
+    log = (out / "vae_decoder" / "log.jsonl").open("a")
+    batches = data.batches(cfg.vae_batch, start=start * cfg.vae_batch)
+    bar = tqdm(range(start, steps), desc="VAE decoder", disable=not progress, initial=start, total=steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, base=lr, warmup=20, total=steps)
+        x, _ = next(batches)
+        x = x.to(device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        recon = vae.decode(z).sample
+        loss = (recon - x).pow(2).mean() + 0.5 * (recon - x).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        last = step + 1 == steps
+        if (step + 1) % cfg.checkpoint_every == 0 or last:
+            entry = {"step": step + 1, "loss": loss.item(), "psnr_val": vae_psnr(vae.eval(), val_pixels)}
+            vae.train()
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            save_checkpoint(
+                ckpt, model=vae, optimizer=opt, ema=None, step=step + 1, info={"config": cfg.to_dict()}
+            )
+    return vae.eval()

@@ -1,0 +1,88 @@
+"""Turn a training folder's checkpoints into a model folder (``diffexplain export``).
+
+Works on a finished run or mid-run (the latest checkpoints), so a model can be looked at while it trains.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file
+
+from diffexplain.data import ShapesDataset
+from diffexplain.models.config import TrainConfig, scheduler_config, unet_config, vae_config
+from diffexplain.models.store import save_model
+
+DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 5.0}
+
+
+def _checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.with_suffix(".json").is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}.json; run `diffexplain train` first")
+    return load_file(str(path.with_suffix(".safetensors"))), json.loads(path.with_suffix(".json").read_text())
+
+
+def load_trained_vae(out: Path, cfg: TrainConfig) -> tuple[AutoencoderKL, dict[str, Any]]:
+    """The VAE of a run: the decoder fine-tune's checkpoint if there is one, else stage 1's."""
+    vae = AutoencoderKL(**vae_config(tuple(cfg.vae_blocks)) | {"sample_size": cfg.image_size})
+    for stage in ("vae_decoder", "vae"):
+        if (out / stage / "checkpoint.json").is_file():
+            tensors, meta = _checkpoint(out / stage / "checkpoint")
+            vae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            return vae.eval(), {"stage": stage, "step": meta["step"]}
+    raise FileNotFoundError(f"no VAE checkpoint under {out}")
+
+
+@torch.no_grad()
+def fit_latent_rgb(
+    vae: AutoencoderKL, scaling_factor: float, cfg: TrainConfig, n: int = 256
+) -> list[list[float]]:
+    """Least-squares map [C, 3] from scaled latents to the image averaged over each latent pixel (for previews)."""
+    pixels, _ = ShapesDataset(seed=cfg.seed + 3, size=cfg.image_size).batch(range(n))
+    latents = vae.encode(pixels).latent_dist.mode() * scaling_factor  # [n, C, h, w]
+    target = torch.nn.functional.adaptive_avg_pool2d(pixels, latents.shape[-2:])  # [n, 3, h, w]
+    a = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    b = target.permute(0, 2, 3, 1).reshape(-1, 3)
+    return torch.linalg.lstsq(a, b).solution.tolist()
+
+
+def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] | None = None) -> Path:
+    """Write ``target`` from the run in ``out``: EMA U-Net weights, the VAE, configs and the recipe."""
+    out = Path(out)
+    cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
+    vae, vae_info = load_trained_vae(out, cfg)
+    tensors, meta = _checkpoint(out / "unet" / "checkpoint")
+    scaling_factor = float(meta["scaling_factor"])
+    ucfg = unet_config(tuple(cfg.unet_blocks), cfg.image_size // 4)
+    unet = UNet2DConditionModel(**ucfg)
+    unet.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    recipe = dict(recipe or {})
+    recipe.update(
+        {
+            "config": cfg.to_dict(),
+            "unet_step": meta["step"],
+            "unet_steps_planned": cfg.unet_steps,
+            "vae": vae_info,
+        }
+    )
+    folder = save_model(
+        target,
+        unet=unet,
+        vae=vae,
+        unet_config=ucfg,
+        vae_config=vae_config(tuple(cfg.vae_blocks))
+        | {"sample_size": cfg.image_size, "scaling_factor": scaling_factor},
+        scheduler={"class": "DDIMScheduler", "config": scheduler_config()},
+        recipe=recipe,
+    )
+    model_json = folder / "model.json"
+    info = json.loads(model_json.read_text())
+    info["name"] = f"diffexplain-shapes-{cfg.image_size}"
+    info["defaults"] = DEFAULTS
+    info["latent_rgb"] = fit_latent_rgb(vae, scaling_factor, cfg)
+    model_json.write_text(json.dumps(info, indent=1))
+    return folder
