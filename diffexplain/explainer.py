@@ -51,6 +51,7 @@ class Explainer:
     ) -> None:
         self.unet = unet
         self.scheduler = scheduler  # a template: every run uses a fresh copy
+        self._base_scheduler_config = scheduler.config  # set_scheduler(name) builds on this, not the last one
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.vae = vae
@@ -105,9 +106,14 @@ class Explainer:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def set_scheduler(self, name_or_scheduler: str | Any, **config_overrides: Any) -> Explainer:
-        """Switch scheduler by short name (see ``SCHEDULER_NAMES``) or instance; config overrides apply."""
+        """Switch scheduler by short name (see ``SCHEDULER_NAMES``) or instance; config overrides apply.
+
+        A name builds on the config of the scheduler the Explainer was created with (its betas,
+        prediction type, spacing), so earlier ``set_scheduler`` overrides do not carry over.
+        """
         if isinstance(name_or_scheduler, str):
-            self.scheduler = scheduler_by_name(name_or_scheduler, self.scheduler.config, **config_overrides)
+            base = self._base_scheduler_config
+            self.scheduler = scheduler_by_name(name_or_scheduler, base, **config_overrides)
         elif config_overrides:
             self.scheduler = type(name_or_scheduler).from_config(name_or_scheduler.config, **config_overrides)
         else:

@@ -109,6 +109,8 @@ def resume(
                 prompt_uncond = uncond
         if not do_cfg:
             prompt_uncond = None
+        prompt_cond = prompt_cond.to(unet.dtype)  # as in a run: embeddings in the U-Net's dtype
+        prompt_uncond = None if prompt_uncond is None else prompt_uncond.to(unet.dtype)
         prompt_cond = sites("prompt.cond", prompt_cond)
         if prompt_uncond is not None:
             prompt_uncond = sites("prompt.uncond", prompt_uncond)

@@ -192,7 +192,7 @@ def denoise(unet: Any, inputs: LoopInputs, sites: Sites, trace: Trace, progress:
             prompt_cond = sites("step.prompt.cond", inputs.prompt_cond)  # [B, T, D]
             if do_cfg:
                 prompt_uncond = sites("step.prompt.uncond", inputs.prompt_uncond)  # [B, T, D]
-                if embeds_key != (prompt_uncond, prompt_cond):
+                if not embeds_key or embeds_key[0] is not prompt_uncond or embeds_key[1] is not prompt_cond:
                     embeds_key = (prompt_uncond, prompt_cond)
                     encoder_hidden_states = torch.cat([prompt_uncond, prompt_cond])  # [2B, T, D]
             else:
@@ -311,15 +311,15 @@ def generate(
     prompt_cond, prompt_uncond = encode_prompt(
         explainer.tokenizer, explainer.text_encoder, prompt, device, do_cfg, negative_prompt
     )
-    prompt_cond = sites("prompt.cond", prompt_cond)
+    prompt_cond = sites("prompt.cond", prompt_cond.to(unet.dtype))  # the U-Net's dtype (a no-op when equal)
     if prompt_uncond is not None:
-        prompt_uncond = sites("prompt.uncond", prompt_uncond)
+        prompt_uncond = sites("prompt.uncond", prompt_uncond.to(unet.dtype))
     trace.prompt_embeds = {"cond": prompt_cond, **({"uncond": prompt_uncond} if do_cfg else {})}
 
-    # 3. latents: x_T = noise · init_noise_sigma                                       [B, C, h, w]
+    # 3. latents: x_T = noise · init_noise_sigma, in the U-Net's dtype                  [B, C, h, w]
     scale = explainer.vae_scale_factor
     shape = (batch_size, unet.config.in_channels, int(height) // scale, int(width) // scale)
-    latents = prepare_latents(scheduler, shape, prompt_cond.dtype, device, generator, latents)
+    latents = prepare_latents(scheduler, shape, unet.dtype, device, generator, latents)
     latents = sites("latents.init", latents)
 
     # 4. extra step kwargs (eta, generator) and, for guidance-distilled U-Nets, timestep_cond

@@ -56,6 +56,7 @@ def tiny_unet(
     sample_size: int = 8,
     block_out_channels: tuple[int, ...] = (32, 64),
     seed: int = 0,
+    **extra_config,
 ) -> UNet2DConditionModel:
     """A two-level conditional U-Net (~0.4M parameters at the default size)."""
     torch.manual_seed(seed)
@@ -70,6 +71,7 @@ def tiny_unet(
         cross_attention_dim=TEXT_DIM,
         norm_num_groups=8,
         attention_head_dim=8,
+        **extra_config,
     ).eval()
 
 
