@@ -1,0 +1,374 @@
+"""Measure a model folder against diffexplain's quality bar (a script, not a test).
+
+Sections (``--skip`` any of them): ``vae`` reconstruction PSNR on held-out images; ``checker``
+accuracy on real dataset images (must be 100%); ``generation`` with and without classifier-free
+guidance, scored by the attribute checker; ``speed`` of one image, warm; ``cold`` start in a fresh
+process. Generation uses a plain diffusers ``StableDiffusionPipeline`` built from the folder's parts.
+
+    python benchmarks/bench_model.py [FOLDER] [--quick] [--json out.json] [--grid samples.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_FOLDER = "diffexplain/models/default"
+SECTIONS = ("vae", "checker", "generation", "speed", "cold")
+GOALS = {  # key: (comparison, target, unit)
+    "psnr_db": (">=", 32.0, " dB"),
+    "checker": (">=", 100.0, "%"),
+    "guidance_gain_points": (">=", 10.0, " pts"),
+    "image_s": ("<=", 1.5, " s"),
+    "cold_start_s": ("<=", 15.0, " s"),
+}
+
+
+def model_settings(folder: str) -> dict:
+    """Image size, default guidance scale and steps, and scheduler class from ``model.json``."""
+    from diffexplain.models.store import read_model_json
+
+    meta = read_model_json(folder)
+    recipe = meta.get("recipe") or {}
+    return {
+        "image_size": int(meta["vae_config"].get("sample_size", 64)),
+        "guidance_scale": float(recipe.get("guidance_scale", meta.get("guidance_scale", 5.0))),
+        "steps": int(recipe.get("num_inference_steps", recipe.get("steps", 25))),
+        "scheduler": meta["scheduler"]["class"],
+    }
+
+
+def build_pipeline(folder: str, device: str = "cpu"):
+    """A ``StableDiffusionPipeline`` from the folder's U-Net, VAE and scheduler, and MiniLM."""
+    from diffusers import StableDiffusionPipeline
+
+    from diffexplain.models.store import load_model_parts
+    from diffexplain.models.text import load_text_encoder
+
+    parts = load_model_parts(folder, device=device)
+    tokenizer, text_encoder = load_text_encoder(device)
+    pipe = StableDiffusionPipeline(
+        vae=parts["vae"],
+        unet=parts["unet"],
+        scheduler=parts["scheduler"],
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], settings: dict, *, scale=None, batch: int = 1):
+    """Images [H, W, 3] in [0, 1], one per prompt; sample ``k`` starts from noise seeded ``seeds[k]``.
+
+    Steps and size come from ``settings`` (:func:`model_settings`), so does the guidance ``scale``
+    unless given.
+    """
+    import torch
+
+    out = []
+    for i in range(0, len(prompts), batch):
+        result = pipe(
+            prompts[i : i + batch],
+            height=settings["image_size"],
+            width=settings["image_size"],
+            num_inference_steps=settings["steps"],
+            guidance_scale=settings["guidance_scale"] if scale is None else scale,
+            generator=[torch.Generator().manual_seed(s) for s in seeds[i : i + batch]],
+            output_type="np",
+        )
+        out.extend(result.images)
+    return out
+
+
+def bench_vae(pipe, n: int, size: int) -> dict:
+    """Reconstruction PSNR (posterior mean, images in [0, 1]) on ``n`` held-out images."""
+    import torch
+
+    from diffexplain.data import held_out
+
+    ds = held_out(n, size=size)
+    mse = []
+    with torch.no_grad():
+        for i in range(0, n, 64):
+            x, _ = ds.batch(range(i, min(n, i + 64)))
+            recon = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+            mse.extend((((recon - x) / 2) ** 2).mean(dim=(1, 2, 3)).tolist())
+    psnr = [10 * torch.log10(torch.tensor(1.0 / max(m, 1e-12))).item() for m in mse]
+    pooled = 10 * torch.log10(torch.tensor(1.0 / max(statistics.fmean(mse), 1e-12))).item()
+    return {
+        "n": n,
+        "psnr_pooled_db": pooled,
+        "psnr_mean_db": statistics.fmean(psnr),
+        "psnr_min_db": min(psnr),
+    }
+
+
+def bench_checker(n: int, size: int) -> dict:
+    """The attribute checker's accuracy on ``n`` held-out dataset images."""
+    from diffexplain.data import ShapesDataset
+    from diffexplain.data.checker import score, summarise
+    from diffexplain.data.dataset import HELD_OUT_SEED
+
+    ds = ShapesDataset(seed=HELD_OUT_SEED, length=n, size=size)
+    return summarise(score(ds[i].pixels, ds[i].scene) for i in range(n))
+
+
+def prompt_mix(quick: bool) -> tuple[list, list]:
+    """One-object scenes (every combination, several seeds each) and two-object dataset scenes."""
+    import random
+
+    from diffexplain.data.scenes import one_object_scenes, sample_scene
+
+    combos = one_object_scenes()
+    one = combos[::3] if quick else combos * 4  # 30 or 360 samples
+    rng = random.Random(20_240_601)
+    two = [sample_scene(rng, two_object_share=1.0) for _ in range(10 if quick else 210)]
+    return one, two
+
+
+def bench_generation(pipe, settings: dict, quick: bool, batch: int) -> tuple[dict, dict]:
+    """Checker scores of generated images, guided and unguided; also the samples for the grid."""
+    from diffexplain.data.checker import score, summarise
+    from diffexplain.data.scenes import caption
+
+    one, two = prompt_mix(quick)
+    scenes = one + two
+    prompts = [caption(s) for s in scenes]
+    seeds = list(range(len(scenes)))
+    results: dict = {}
+    samples: dict = {}
+    for name, scale in (("guided", settings["guidance_scale"]), ("unguided", 1.0)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        images = generate(pipe, prompts, seeds, settings, scale=scale, batch=batch)
+        scores = [score(img, scene) for img, scene in zip(images, scenes, strict=True)]
+        results[name] = {
+            "guidance_scale": scale,
+            "one_object": summarise(scores[: len(one)]),
+            "two_object": summarise(scores[len(one) :]),
+            "all_right": summarise(scores)["all_right"],
+            "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
+        }
+        samples[name] = (images, prompts, [s.all_right for s in scores], len(one))
+    results["guidance_gain_points"] = 100 * (
+        results["guided"]["all_right"] - results["unguided"]["all_right"]
+    )
+    return results, samples
+
+
+def bench_speed(pipe, settings: dict, reps: int) -> dict:
+    """Median seconds for one image at the default steps and guidance, batch 1, after a warm-up."""
+    times, cpu = [], []
+    for k in range(reps + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        generate(pipe, ["a red circle on the left"], [k], settings)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {
+        "image_s": statistics.median(times[1:]),
+        "image_cpu_s": statistics.median(cpu[1:]),  # process CPU time: all threads together
+        "times_s": times[1:],
+        "warmup_s": times[0],
+    }
+
+
+def bench_cold(folder: str, device: str, threads: int) -> dict:
+    """Import + load + first image in a fresh interpreter (wall time of the whole subprocess)."""
+    t0 = time.perf_counter()
+    child = subprocess.run(
+        [sys.executable, __file__, folder, "--cold-child", "--device", device, "--threads", str(threads)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    total = time.perf_counter() - t0
+    return {"cold_start_s": total, **json.loads(child.stdout.strip().splitlines()[-1])}
+
+
+def cold_child(folder: str, device: str, threads: int | None) -> None:
+    """Run in the fresh process of :func:`bench_cold`; prints its phase timings as JSON."""
+    t0 = time.perf_counter()
+    import diffusers  # noqa: F401
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+    import diffexplain.models.store  # noqa: F401
+    import diffexplain.models.text  # noqa: F401
+
+    t1 = time.perf_counter()
+    pipe, settings = build_pipeline(folder, device), model_settings(folder)
+    t2 = time.perf_counter()
+    generate(pipe, ["a blue square at the top"], [0], settings)
+    t3 = time.perf_counter()
+    print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_image_s": t3 - t2}))
+
+
+def save_grid(samples: dict, path: str, per_group: int = 12, columns: int = 6) -> None:
+    """Rows of guided samples, each above the same prompts and seeds without guidance; red/green borders."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sample_grid import make_grid
+
+    n_one = samples["guided"][3]
+    n_all = len(samples["guided"][0])
+    picks = (
+        list(range(0, n_one, max(1, n_one // per_group)))[:per_group] + list(range(n_one, n_all))[:per_group]
+    )
+    images, captions, marks = [], [], []
+    for row in range(0, len(picks), columns):
+        for name, label in (("guided", ""), ("unguided", "[no CFG] ")):
+            imgs, prompts, rights, _ = samples[name]
+            chunk = picks[row : row + columns]
+            images += [imgs[i] for i in chunk] + [None] * (columns - len(chunk))
+            captions += [label + prompts[i] for i in chunk] + [""] * (columns - len(chunk))
+            marks += [rights[i] for i in chunk] + [None] * (columns - len(chunk))
+    make_grid(images, captions, marks, columns=columns).save(path)
+
+
+def _goal(r: dict, key: str, value: float) -> tuple[str, str]:
+    """The goal's text and PASS/FAIL for ``value``; also recorded in ``r["goals_met"]``."""
+    op, target, unit = GOALS[key]
+    ok = value >= target if op == ">=" else value <= target
+    r.setdefault("goals_met", {})[key] = ok
+    return f"{op} {target:g}{unit}", "PASS" if ok else "FAIL"
+
+
+def report(r: dict) -> None:
+    """Print the figures as a table, with goals where there are goals."""
+    rows: list[tuple[str, str, tuple[str, str]]] = []
+    if "vae" in r:
+        v = r["vae"]
+        rows.append((f"VAE PSNR, pooled MSE ({v['n']} held-out)", f"{v['psnr_pooled_db']:.2f} dB",
+                     _goal(r, "psnr_db", v["psnr_pooled_db"])))  # fmt: skip
+        rows.append(
+            ("  mean / min per image", f"{v['psnr_mean_db']:.2f} / {v['psnr_min_db']:.2f} dB", ("", ""))
+        )
+    if "checker" in r:
+        c = r["checker"]
+        rows.append((f"checker on real images ({c['n']})", f"{100 * c['all_right']:.2f}%",
+                     _goal(r, "checker", 100 * c["all_right"])))  # fmt: skip
+    if "generation" in r:
+        for name in ("guided", "unguided"):
+            s = r["generation"][name]
+            o, t = s["one_object"], s["two_object"]
+            cells = " / ".join(f"{100 * o[k]:.1f}" for k in ("colour", "shape", "position", "all_right"))
+            rows.append(
+                (
+                    f"[{name}, scale {s['guidance_scale']:g}] 1 object ({o['n']}): c/s/p/all",
+                    cells + "%",
+                    ("", ""),
+                )
+            )
+            rows.append(
+                (f"[{name}] 2 objects both right ({t['n']})", f"{100 * t['all_right']:.1f}%", ("", ""))
+            )
+            rows.append((f"[{name}] all right, whole mix", f"{100 * s['all_right']:.1f}%", ("", "")))
+        gain = r["generation"]["guidance_gain_points"]
+        rows.append(
+            ("guidance gain (guided - unguided)", f"{gain:+.1f} pts", _goal(r, "guidance_gain_points", gain))
+        )
+    if "speed" in r:
+        sp = r["speed"]
+        rows.append(
+            (
+                "one image, warm, batch 1 (median)",
+                f"{sp['image_s']:.2f} s",
+                _goal(r, "image_s", sp["image_s"]),
+            )
+        )
+        rows.append(("  its CPU time (all threads)", f"{sp['image_cpu_s']:.2f} s", ("", "")))
+    if "cold" in r:
+        c = r["cold"]
+        rows.append(("cold start: import + load + 1st image", f"{c['cold_start_s']:.1f} s",
+                     _goal(r, "cold_start_s", c["cold_start_s"])))  # fmt: skip
+        phases = " / ".join(f"{c[k]:.1f}" for k in ("import_s", "load_s", "first_image_s"))
+        rows.append(("  import / load / first image", phases + " s", ("", "")))
+    s, m = r["settings"], r["machine"]
+    busy = "  BUSY: timings are pessimistic" if m["load_avg"][0] > m["cpus"] else ""
+    print(f"\nmodel {r['model']}: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']:g}, "
+          f"{s['image_size']} px; {r['device']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
+          f"load {m['load_avg'][0]:.1f}{busy}")  # fmt: skip
+    width = max(len(x[0]) for x in rows) if rows else 0
+    for name, value, (goal, mark) in rows:
+        print(f"  {name:<{width}}  {value:>26}  {goal:>9}  {mark}")
+    print("  section seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["section_seconds"].items()))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse arguments, run the sections, print the table; returns all figures."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "folder", nargs="?", default=DEFAULT_FOLDER, help=f"model folder (default {DEFAULT_FOLDER})"
+    )
+    parser.add_argument("--guidance-scale", type=float, default=None, help="default: model.json's, else 5.0")
+    parser.add_argument("--steps", type=int, default=None, help="default: model.json's, else 25")
+    parser.add_argument("--batch", type=int, default=30, help="prompts per pipeline call (default 30)")
+    parser.add_argument("--quick", action="store_true", help="few samples: a smoke run")
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
+    parser.add_argument("--json", default=None, help="write every figure to this JSON file")
+    parser.add_argument("--grid", default=None, help="save a PNG of samples with their captions")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--cold-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.cold_child:
+        cold_child(args.folder, args.device, args.threads)
+        return {}
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = model_settings(args.folder)
+    settings["steps"] = args.steps or settings["steps"]
+    if args.guidance_scale is not None:
+        settings["guidance_scale"] = args.guidance_scale
+    r: dict = {"model": args.folder, "device": args.device, "quick": args.quick, "settings": settings}
+    r["machine"] = {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg": os.getloadavg(),
+    }
+    r["section_seconds"] = timing = {}
+    t0 = time.perf_counter()
+    pipe = build_pipeline(args.folder, args.device)
+    timing["load"] = time.perf_counter() - t0
+    size = settings["image_size"]
+    jobs = {
+        "vae": lambda: bench_vae(pipe, 32 if args.quick else 256, size),
+        "checker": lambda: bench_checker(100 if args.quick else 1000, size),
+        "speed": lambda: bench_speed(pipe, settings, 2 if args.quick else 5),
+        "cold": lambda: bench_cold(args.folder, args.device, torch.get_num_threads()),
+    }
+    for name in SECTIONS:
+        if name in args.skip:
+            continue
+        t0 = time.perf_counter()
+        if name == "generation":
+            r[name], samples = bench_generation(pipe, settings, args.quick, args.batch)
+            if args.grid:
+                save_grid(samples, args.grid)
+        else:
+            r[name] = jobs[name]()
+        timing[name] = time.perf_counter() - t0
+        print(f"{name}: done in {timing[name]:.1f} s", file=sys.stderr, flush=True)
+    report(r)
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=1))
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Draw images with their captions as one PNG, so a person can look at samples at a glance.
+
+As a script it draws dataset items (what the model was trained to draw), for comparison::
+
+    python benchmarks/sample_grid.py --out /tmp/dataset.png --n 24 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def make_grid(
+    images: Sequence[np.ndarray | Image.Image | None],
+    captions: Sequence[str],
+    marks: Sequence[bool | None] | None = None,
+    *,
+    cell: int = 128,
+    columns: int = 6,
+) -> Image.Image:
+    """A white sheet of ``cell``-pixel tiles, each image above its wrapped caption.
+
+    ``images`` are PIL images, uint8 arrays [H, W, 3] or float arrays [H, W, 3] in [0, 1]. ``marks``
+    (True / False / None per image) draws a green or red border: scored right or wrong. A ``None``
+    image leaves its tile empty (to start a new row).
+    """
+    font = ImageFont.load_default()
+    chars = max(8, cell // 6)
+    lines = [textwrap.wrap(c, chars)[:5] for c in captions]
+    text_h = 11 * max((len(x) for x in lines), default=1) + 4
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * (cell + 8), rows * (cell + 8 + text_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, image in enumerate(images):
+        if image is None:
+            continue
+        if not isinstance(image, Image.Image):
+            arr = np.asarray(image)
+            if arr.dtype != np.uint8:
+                arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+            image = Image.fromarray(arr)
+        x, y = (k % columns) * (cell + 8) + 4, (k // columns) * (cell + 8 + text_h) + 4
+        mark = marks[k] if marks is not None else None
+        if mark is not None:
+            draw.rectangle([x - 3, y - 3, x + cell + 2, y + cell + 2], fill="#2a2" if mark else "#d22")
+        sheet.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
+        for j, line in enumerate(lines[k]):
+            draw.text((x, y + cell + 4 + 11 * j), line, fill="black", font=font)
+    return sheet
+
+
+def main() -> None:
+    """Save a grid of dataset items."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="dataset_grid.png")
+    parser.add_argument("--n", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64)
+    args = parser.parse_args()
+    from diffexplain.data import ShapesDataset
+
+    ds = ShapesDataset(seed=args.seed, size=args.size)
+    items = [ds[i] for i in range(args.n)]
+    images = [((it.pixels.transpose(1, 2, 0) + 1) / 2) for it in items]
+    make_grid(images, [it.caption for it in items]).save(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
