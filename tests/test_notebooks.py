@@ -76,3 +76,16 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         if out.get("output_type") == "error"
     ]
     assert not errors, errors
+    widget_errors = swallowed_widget_errors(nb)
+    assert not widget_errors, f"a widget showed an error in its status line: {widget_errors}"
+
+
+def swallowed_widget_errors(nb: nbformat.NotebookNode) -> list[str]:
+    """Errors that widget callbacks caught and showed in their own status line (no cell error for those)."""
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    found = []
+    for model in state.get("state", {}).values():
+        value = model.get("state", {}).get("value")
+        if isinstance(value, str) and "'>Error: " in value:
+            found.append(value)
+    return found
