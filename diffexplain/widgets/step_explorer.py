@@ -159,6 +159,8 @@ class StepExplorer(DxWidget):
             self.explainer = explainer if explainer is not None else trace.explainer
             self.frames.explainer = self.explainer
         n = len(trace)
+        # set before anything below can fire a redraw (the preview toggle observes "value")
+        self.cfg = trace.settings.get("do_cfg", True) and _get(trace, "step.unet.uncond", 0) is not None
         can_decode = self.frames.can_decode() and not is_pixel_space(trace, self.explainer)
         self.preview.disabled = not can_decode
         self.preview.layout.display = (
@@ -167,7 +169,6 @@ class StepExplorer(DxWidget):
         if not can_decode and not is_pixel_space(trace, self.explainer):
             self.preview.value = True
         self.channel_box.layout.display = "none" if is_pixel_space(trace, self.explainer) else None
-        self.cfg = trace.settings.get("do_cfg", True) and _get(trace, "step.unet.uncond", 0) is not None
         s = trace.settings
         fork = "" if trace.forked_from is None else f" · forked at step {trace.forked_from}"
         self.header.value = (
@@ -203,7 +204,8 @@ class StepExplorer(DxWidget):
         )
 
     def _on_step(self, change: dict | None = None) -> None:
-        trace, k = self.trace, self.slider.value
+        trace = self.trace
+        k = min(self.slider.value, len(trace) - 1)
         record = trace.steps[k]
         xt = _get(trace, "step.latents", k)
         if xt is None and record.restart is not None:
