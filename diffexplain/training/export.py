@@ -50,6 +50,18 @@ def fit_latent_rgb(
     return torch.linalg.lstsq(a, b).solution.tolist()
 
 
+def debiased_ema(
+    ema: dict[str, torch.Tensor], *, decay: float, updates: int, init: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Remove the initial weights' share from an EMA that started at θ0.
+
+    After n updates ema = dⁿ·θ0 + (1 − d)·Σ d^(n−i)·θ_i, so (ema − dⁿ·θ0) / (1 − dⁿ) is the average of
+    the trained weights alone (Adam-style bias correction). θ0 is regenerated from the run's seed.
+    """
+    w = decay**updates
+    return {k: ((v.float() - w * init[k].float()) / (1 - w)).to(v.dtype) for k, v in ema.items()}
+
+
 def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] | None = None) -> Path:
     """Write ``target`` from the run in ``out``: EMA U-Net weights, the VAE, configs and the recipe."""
     out = Path(out)
@@ -58,8 +70,10 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
     tensors, meta = _checkpoint(out / "unet" / "checkpoint")
     scaling_factor = float(meta["scaling_factor"])
     ucfg = unet_config(tuple(cfg.unet_blocks), cfg.image_size // 4)
+    torch.manual_seed(cfg.seed)  # exactly as train_unet builds it, so this is θ0
     unet = UNet2DConditionModel(**ucfg)
-    unet.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    unet.load_state_dict(debiased_ema(ema, decay=cfg.ema_decay, updates=meta["step"], init=unet.state_dict()))
     recipe = dict(recipe or {})
     recipe.update(
         {
