@@ -5,6 +5,7 @@ from diffexplain.errors import TraceFileError, TraceKeyError
 from diffexplain.explainer import Explainer
 from diffexplain.fork import fork
 from diffexplain.hooks import Hook, HookContext, Replacement
+from diffexplain.models.default import load_default, load_model
 from diffexplain.names import HOOK_NAMES, HOOK_POINTS, HookPoint
 from diffexplain.noise_levels import NoiseLevel
 from diffexplain.scheduler_state import SCHEDULER_NAMES
@@ -30,5 +31,7 @@ __all__ = [
     "__version__",
     "fork",
     "interventions",
+    "load_default",
+    "load_model",
     "schedules",
 ]

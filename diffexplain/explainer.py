@@ -12,6 +12,7 @@ import torch
 
 from diffexplain.hooks import Hook, HookRunner, HookSpec, as_hooks
 from diffexplain.loop import encode_prompt, generate
+from diffexplain.probe import weight_fingerprint
 from diffexplain.scheduler_state import SCHEDULER_NAMES, describe, scheduler_by_name
 from diffexplain.trace import Trace
 
@@ -58,6 +59,9 @@ class Explainer:
         self.progress = progress
         self.last_trace: Trace | None = None  # the latest trace, complete or interrupted
         self._scoped_hooks: list[list[Hook]] = []  # `with explainer.hooks(...)` blocks, outermost first
+        self.model_name: str = ""  # a display name (set by load_model / load_default)
+        self.latent_rgb: list[list[float]] | None = None  # [C, 3] map for fast latent previews, if known
+        self.defaults: dict[str, Any] = {}  # the model's recommended run settings (steps, guidance scale)
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
@@ -160,12 +164,15 @@ class Explainer:
             "block_out_channels": list(unet_config.block_out_channels),
             "vae": None if self.vae is None else type(self.vae).__name__,
             "text_encoder": type(self.text_encoder).__name__,
+            "name": self.model_name,
+            "fingerprint": weight_fingerprint(self.unet),  # same weights ⇒ same hash, at every step
         }
         return {
             **settings,
             "scheduler": describe(self.scheduler),
             "prediction_type": self.scheduler.config.prediction_type,
             "model": model,
+            "latent_rgb": self.latent_rgb,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
         }

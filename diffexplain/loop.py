@@ -17,7 +17,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
@@ -303,7 +302,8 @@ def generate(
 
     # 1. timesteps, on a fresh scheduler so runs never leak state into each other
     scheduler = fresh_scheduler(explainer.scheduler)
-    timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, device)
+    scheduler.set_timesteps(num_inference_steps, device=device)  # as diffusers' retrieve_timesteps does
+    timesteps = scheduler.timesteps
     hooks.num_steps = len(timesteps)
     sites = Sites(trace, hooks, guidance_scale, float(scheduler.init_noise_sigma))
 

@@ -40,13 +40,22 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
     HookPoint("latents.init", "x_T, the starting noise, scaled by init_noise_sigma", "[B, C, h, w]", False),
     HookPoint("step.latents", "x_t, the latents entering the step", "[B, C, h, w]", True),
     HookPoint("step.prompt.cond", "prompt embeddings fed to the U-Net at this step", "[B, T, D]", True),
-    HookPoint("step.prompt.uncond", "negative-prompt embeddings fed to the U-Net at this step", "[B, T, D]", True),
+    HookPoint(
+        "step.prompt.uncond", "negative-prompt embeddings fed to the U-Net at this step", "[B, T, D]", True
+    ),
     HookPoint("step.unet.cond", "ε_c, the U-Net output with the prompt", "[B, C, h, w]", True),
-    HookPoint("step.unet.uncond", "ε_u, the U-Net output without the prompt (CFG on only)", "[B, C, h, w]", True),
+    HookPoint(
+        "step.unet.uncond", "ε_u, the U-Net output without the prompt (CFG on only)", "[B, C, h, w]", True
+    ),
     HookPoint("step.guidance", "ε̂ = ε_u + w·(ε_c − ε_u), the guided model output", "[B, C, h, w]", True),
     HookPoint("step.pred_x0", "x̂0, the current guess of the clean sample", "[B, C, h, w]", True),
     HookPoint("step.next", "x_{t−1}, the scheduler's output for the next step", "[B, C, h, w]", True),
-    HookPoint("decode.image", "the decoded image in [-1, 1] (the VAE's output, or x_0 in pixel space)", "[B, 3, H, W]", False),
+    HookPoint(
+        "decode.image",
+        "the decoded image in [-1, 1] (the VAE's output, or x_0 in pixel space)",
+        "[B, 3, H, W]",
+        False,
+    ),
 )
 
 HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS)

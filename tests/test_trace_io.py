@@ -40,12 +40,12 @@ def test_round_trip(saved):
             assert torch.equal(loaded[name, i], trace[name, i])
         assert torch.equal(loaded.steps[i].restart.generator_state, record.restart.generator_state)
     assert torch.equal(loaded.final_latents, trace.final_latents)
-    # one stored copy per tensor: shared scheduler tables and x_t == previous x_{t−1} are deduplicated
+    # one stored copy per tensor object: scheduler tables shared across steps are written once
     assert (
         loaded.steps[1].restart.scheduler_state["alphas_cumprod"]
         is (loaded.steps[2].restart.scheduler_state["alphas_cumprod"])
     )
-    assert loaded["step.latents", 1] is loaded["step.next", 0]
+    assert torch.equal(loaded["step.latents", 1], loaded["step.next", 0])
     assert loaded.reguide(1, 2.0).pred_x0.shape == (1, 4, 8, 8)
 
 

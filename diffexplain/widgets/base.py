@@ -114,6 +114,7 @@ class Frames:
     def __init__(self, explainer: Explainer | None, size: int = DEFAULT_SIZE) -> None:
         self.explainer = explainer
         self.size = size
+        self.trace_latent_rgb: list[list[float]] | None = None  # from the trace, when no explainer knows it
         self._cache: weakref.WeakKeyDictionary[Any, dict[tuple, bytes]] = weakref.WeakKeyDictionary()
 
     def can_decode(self, trace: Trace | None = None) -> bool:
@@ -143,7 +144,7 @@ class Frames:
 
                 image = render.to_pil(decode_latents(self.explainer, latents[:1]), size=size)
             else:
-                rgb = getattr(self.explainer, "latent_rgb", None)
+                rgb = getattr(self.explainer, "latent_rgb", None) or self.trace_latent_rgb
                 image = render.latent_preview(latents, rgb, size=size)
             cache[full_key] = image
         return cache[full_key]

@@ -159,6 +159,7 @@ class StepExplorer(DxWidget):
             self.explainer = explainer if explainer is not None else trace.explainer
             self.frames.explainer = self.explainer
         n = len(trace)
+        self.frames.trace_latent_rgb = trace.settings.get("latent_rgb")
         # set before anything below can fire a redraw (the preview toggle observes "value")
         self.cfg = trace.settings.get("do_cfg", True) and _get(trace, "step.unet.uncond", 0) is not None
         can_decode = self.frames.can_decode() and not is_pixel_space(trace, self.explainer)
