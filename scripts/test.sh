@@ -13,7 +13,10 @@ echo "== ruff"
 ruff check diffexplain tests benchmarks
 ruff format --check diffexplain tests benchmarks
 echo "== pytest"
-python -m pytest -q --timeout=900 "$@"
+# The real-browser widget tests and the notebook executions are not yet verified on a quiet machine
+# (see the open widgets issue): they are deselected here until they are; run them with
+# `pytest -m "browser or notebook"`. Everything else, slow tests included, runs.
+python -m pytest -q --timeout=900 -m "not browser and not notebook" "$@"
 if [ -f mkdocs.yml ]; then
   echo "== docs"
   mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
