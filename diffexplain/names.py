@@ -57,8 +57,10 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         False,
     ),
 )
+"""Every hook point of the loop, in the order the loop reaches them."""
 
 HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS)
+"""The names of all hook points."""
 STEP_HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS if p.per_step)
 RUN_HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS if not p.per_step)
 

@@ -65,6 +65,7 @@ SCHEDULER_NAMES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "dpm++2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
     "unipc": (UniPCMultistepScheduler, {}),
 }
+"""Short scheduler names for ``Explainer.set_scheduler``: name → (diffusers class, config overrides)."""
 
 _CONFIG_ATTR = "_internal_dict"
 
