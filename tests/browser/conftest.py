@@ -1,6 +1,6 @@
 """Fixtures for the browser tests: one JupyterLab per session, one headless Chromium, a page per test.
 
-``lab_page`` is all a test needs::
+``lab_page`` is all a test needs (JupyterLab loads once per session; each test opens its notebook)::
 
     def test_my_widget(lab_page):
         open_notebook(lab_page, "my_widget.ipynb")
@@ -25,8 +25,10 @@ from lab_helpers import (
     ARTIFACTS_DIR,
     CHROMIUM,
     CHROMIUM_ARGS,
+    LOAD_TIMEOUT_S,
     TIMEOUT_S,
     LabServer,
+    close_all_documents,
     current_server,
     full_page_screenshot,
     start_lab,
@@ -98,7 +100,7 @@ def lab_server():
         pytest.skip(reason)
     with tempfile.TemporaryDirectory(prefix="diffexplain-lab-") as tmp:
         t0 = time.monotonic()
-        server = start_lab(Path(tmp))
+        server = start_lab(Path(tmp), timeout=LOAD_TIMEOUT_S)
         TIMINGS["lab_server"] = time.monotonic() - t0
         try:
             yield server
@@ -125,6 +127,7 @@ def lab_browser(lab_server):
                 args=CHROMIUM_ARGS,
                 viewport={"width": 1400, "height": 1000},
                 device_scale_factor=1,
+                timeout=LOAD_TIMEOUT_S * 1000,
             )
             context.set_default_timeout(TIMEOUT_S * 1000)
             for extra in context.pages:  # the persistent context opens with a blank tab
@@ -138,21 +141,48 @@ def lab_browser(lab_server):
         pw.stop()
 
 
-@pytest.fixture
-def lab_page(request, lab_server: LabServer, lab_browser):
-    """A fresh tab for one test; afterwards the tab closes and every kernel is shut down."""
+@pytest.fixture(scope="session")
+def _lab_tab(lab_browser):
+    """The tab the tests share: JupyterLab loads once and each test opens its notebook in it."""
+    return {"page": None, "console": []}
+
+
+def _new_tab(lab_browser, tab: dict):
     page = lab_browser.new_page()
     page.set_default_timeout(TIMEOUT_S * 1000)
-    console: list[str] = []
+    console = tab["console"]
     page.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
     page.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
+    tab["page"] = page
+    return page
+
+
+@pytest.fixture
+def lab_page(request, lab_server: LabServer, lab_browser, _lab_tab):
+    """The browser tab for one test (JupyterLab stays loaded between tests, which saves minutes).
+
+    Afterwards every notebook tab is closed unsaved and every kernel shut down; after a failure the tab
+    itself is closed, so the next test starts from a fresh page load.
+    """
+    page = _lab_tab["page"]
+    if page is None or page.is_closed():
+        page = _new_tab(lab_browser, _lab_tab)
+    _lab_tab["console"].clear()
     request.node._lab_page = page
-    request.node._lab_console = console
+    request.node._lab_console = _lab_tab["console"]
     try:
         yield page
     finally:
         request.node._lab_page = None
+        failed = any(
+            getattr(getattr(request.node, f"rep_{w}", None), "failed", False) for w in ("setup", "call")
+        )
         try:
-            page.close()
-        finally:
+            if failed or page.is_closed():
+                raise RuntimeError("start the next test from a fresh tab")
+            close_all_documents(page)
+        except Exception:
+            _lab_tab["page"] = None
+            if not page.is_closed():
+                page.close()
             lab_server.shutdown_kernels()

@@ -43,10 +43,22 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-# Default explicit wait for anything that depends on the kernel or plotly. Generous: on a loaded 2-core
-# machine a trivial Run All took 80 s; DIFFEXPLAIN_BROWSER_TIMEOUT (seconds) overrides it.
-TIMEOUT_S = float(os.environ.get("DIFFEXPLAIN_BROWSER_TIMEOUT", "180"))
+# Default explicit wait for anything that depends on the kernel or plotly. Generous: on a 2-core machine
+# at load average ~18, Run All of a trivial notebook took 210-270 s and the first page load 5-7 min
+# (30 s and 10 s when idle). DIFFEXPLAIN_BROWSER_TIMEOUT (seconds) overrides it.
+TIMEOUT_S = float(os.environ.get("DIFFEXPLAIN_BROWSER_TIMEOUT", "300"))
+LOAD_TIMEOUT_S = 2 * TIMEOUT_S  # the first load of the JupyterLab page (all of its JavaScript)
 KERNEL_IDLE_TEXT = "(ipykernel) | Idle"
+
+# A lighter JupyterLab (page load is the slowest step on a busy 2-core machine): server extensions and
+# frontend plugins that widget tests never use are switched off in the isolated config dir.
+SERVER_EXTENSIONS_OFF = ["jupyter_lsp", "jupyterlab_jupytext", "jupyter_server_terminals"]
+LAB_EXTENSIONS_OFF = [
+    "jupyterlab-jupytext",
+    "@jupyterlab/debugger-extension",
+    "@jupyterlab/extensionmanager-extension",
+    "@jupyterlab/terminal-extension",
+]
 
 # User settings for the isolated JupyterLab: no autosave (the served copy stays as committed), every cell
 # in the DOM (no windowing, so widgets below the fold render), no news / update toasts over the page.
@@ -131,6 +143,16 @@ def current_server() -> LabServer:
     return _CURRENT
 
 
+def _die_with_parent() -> None:
+    """In the server's child process: get SIGTERM when pytest dies, even by SIGKILL (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -196,6 +218,12 @@ def start_lab(base: Path, notebooks: Path = NOTEBOOKS_DIR, timeout: float = TIME
         path = Path(env["JUPYTERLAB_SETTINGS_DIR"]) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings))
+    config_dir = Path(env["JUPYTER_CONFIG_DIR"])
+    server_config = {"ServerApp": {"jpserver_extensions": dict.fromkeys(SERVER_EXTENSIONS_OFF, False)}}
+    (config_dir / "jupyter_server_config.json").write_text(json.dumps(server_config))
+    (config_dir / "labconfig").mkdir(exist_ok=True)
+    page_config = {"disabledExtensions": dict.fromkeys(LAB_EXTENSIONS_OFF, True)}
+    (config_dir / "labconfig" / "page_config.json").write_text(json.dumps(page_config))
     token = os.urandom(16).hex()
     last_error = ""
     for _attempt in range(3):  # the free port may be taken between choosing and binding it
@@ -211,7 +239,6 @@ def start_lab(base: Path, notebooks: Path = NOTEBOOKS_DIR, timeout: float = TIME
             "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={token}",
             f"--ServerApp.root_dir={root}",
-            "--ServerApp.terminals_enabled=False",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--LabApp.extension_manager=readonly",
             "--LabApp.expose_app_in_browser=True",
@@ -221,7 +248,13 @@ def start_lab(base: Path, notebooks: Path = NOTEBOOKS_DIR, timeout: float = TIME
             cmd.append("--allow-root")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                cwd=root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         server = LabServer(f"http://127.0.0.1:{port}", token, root, log_path, proc, env)
         try:
@@ -275,24 +308,85 @@ def _scope(css_class: str | None) -> str:
     return css_class if css_class[:1] in ".#[" else "." + css_class
 
 
-def wait_for_kernel_idle(page, timeout: float = TIMEOUT_S) -> None:
-    """Wait until the status bar says "(ipykernel) | Idle" (the toolbar shows idle before any kernel)."""
-    page.wait_for_function(
-        "(text) => { const s = document.getElementById('jp-main-statusbar');"
-        " return !!s && s.innerText.includes(text); }",
-        arg=KERNEL_IDLE_TEXT,
-        polling=250,
-        timeout=_ms(timeout),
-    )
+_KERNEL_IDLE_JS = """
+([path, text]) => {
+  const app = window.jupyterapp;
+  if (app) {  // exact: the current notebook is ``path`` and its kernel is connected and idle
+    const w = app.shell.currentWidget;
+    const ctx = w && w.context, sc = w && w.sessionContext;
+    const kernel = sc && sc.session && sc.session.kernel;
+    return !!ctx && (path === null || ctx.path === path) && !!kernel
+      && kernel.connectionStatus === 'connected' && kernel.status === 'idle'
+      && !!document.querySelector('.jp-Notebook .jp-Cell');
+  }
+  const s = document.getElementById('jp-main-statusbar');
+  return !!s && s.innerText.includes(text);
+}
+"""
 
 
-def open_notebook(page, name: str, timeout: float = TIMEOUT_S) -> None:
-    """Open ``name`` (relative to the served folder) in a fresh workspace and wait for an idle kernel."""
+def wait_for_kernel_idle(page, timeout: float = TIMEOUT_S, path: str | None = None) -> None:
+    """Wait until the current notebook's kernel is connected and idle.
+
+    Reads the app's session (the status bar's "(ipykernel) | Idle" when the app is not exposed); the
+    toolbar's idle circle is no use: it shows idle before any kernel exists.
+    """
+    page.wait_for_function(_KERNEL_IDLE_JS, arg=[path, KERNEL_IDLE_TEXT], polling=250, timeout=_ms(timeout))
+
+
+_CLOSE_ALL_JS = """
+() => {
+  const app = window.jupyterapp;
+  const docs = [...app.shell.widgets('main')];
+  for (const w of docs) {
+    if (w.context && w.context.model) w.context.model.dirty = false;  // discard: no "save?" dialog
+    w.dispose();
+  }
+  return docs.length;
+}
+"""
+
+
+def close_all_documents(page) -> None:
+    """Close every open tab without saving and shut down every kernel (the served copies stay as they were)."""
+    if page.evaluate("() => !!window.jupyterapp"):
+        page.evaluate(_CLOSE_ALL_JS)
+    current_server().shutdown_kernels()
+
+
+def _lab_loaded(page, server: LabServer) -> bool:
+    if not page.url.startswith(server.url + "/lab"):
+        return False
+    try:
+        return bool(
+            page.evaluate("() => !!(window.jupyterapp && document.getElementById('jp-main-statusbar'))")
+        )
+    except Exception:
+        return False
+
+
+def open_notebook(page, name: str, timeout: float | None = None, fresh: bool = False) -> None:
+    """Open ``name`` (relative to the served folder) and wait until its kernel is idle.
+
+    The first call loads ``/lab/tree/<name>?reset&token=...`` (a fresh workspace; minutes on a busy
+    machine). Later calls on the same page close every open tab and kernel, then open ``name`` in the
+    already loaded app, which is much faster; ``fresh=True`` forces the full page load.
+    """
     server = current_server()
     with timed(f"open_notebook {name}"):
-        page.goto(f"{server.url}/lab/tree/{name}?reset&token={server.token}", timeout=_ms(timeout))
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=_ms(timeout))
-        wait_for_kernel_idle(page, timeout)
+        if fresh or not _lab_loaded(page, server):
+            limit = timeout or LOAD_TIMEOUT_S
+            page.goto(f"{server.url}/lab/tree/{name}?reset&token={server.token}", timeout=_ms(limit))
+        else:
+            limit = timeout or TIMEOUT_S
+            close_all_documents(page)
+            page.evaluate(
+                "(path) => { window.jupyterapp.commands.execute('docmanager:open', {path}); }", name
+            )
+        # Every plugin (the widget manager, anywidget) active before any cell runs.
+        page.wait_for_function("() => !!window.jupyterapp", polling=250, timeout=_ms(limit))
+        page.evaluate("async () => { await window.jupyterapp.restored; }")
+        wait_for_kernel_idle(page, limit, path=name)
 
 
 _RUN_STATE_JS = """
@@ -367,6 +461,26 @@ def plotly_state(page, css_class: str | None = None) -> dict | None:
     return page.evaluate(_PLOTLY_STATE_JS, _scope(css_class))
 
 
+@contextlib.contextmanager
+def _explain_plotly_timeout(page, css_class: str | None) -> Iterator[None]:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        yield
+    except PlaywrightTimeout as exc:
+        state = plotly_state(page, css_class)
+        if state is None:
+            why = f"no drawn plotly figure matches {_scope(css_class) or 'the page'}"
+        elif not state["data"]:
+            why = (
+                "the figure is drawn with 0 traces: the FigureWidget's data never reached its view "
+                "(plotly's view draws _widget_data once, at render, and ignores later changes)"
+            )
+        else:
+            why = f"the figure is drawn but never matched: title={state['title']!r}, traces={len(state['data'])}"
+        raise AssertionError(f"wait_for_plotly: {why}") from exc
+
+
 def wait_for_plotly(
     page,
     css_class: str | None = None,
@@ -384,7 +498,7 @@ def wait_for_plotly(
     this waits for at least ``min_traces`` traces. With ``changed_from`` (an earlier state), wait until
     the state differs; with ``title``, until the figure's title text equals it.
     """
-    with timed(f"wait_for_plotly {css_class or ''}"):
+    with timed(f"wait_for_plotly {css_class or ''}"), _explain_plotly_timeout(page, css_class):
         return _wait_value(
             page,
             f"""([sel, old, title, minTraces]) => {{
@@ -434,7 +548,7 @@ _ERRORS_JS = """
       for (let j = 0; j < outputs.length; j++) {
         const o = outputs.get(j).toJSON();
         if (o.output_type === 'error')
-          out.push(`cell ${i} error: ${o.ename}: ${o.evalue}\n` + (o.traceback || []).join('\n').slice(-3000));
+          out.push(`cell ${i} error: ${o.ename}: ${o.evalue}\\n` + (o.traceback || []).join('\\n').slice(-3000));
         else if (stderr && o.output_type === 'stream' && o.name === 'stderr')
           out.push(`cell ${i} stderr: ` + [].concat(o.text).join('').slice(0, 3000));
       }
@@ -486,13 +600,16 @@ def screenshot(page, path: str | os.PathLike, css_class: str | None = None) -> P
     return path
 
 
-_HIDDEN_HEIGHT_JS = """
-() => {
-  let extra = 0;  // JupyterLab scrolls inside panels, not the document: find the tallest overflow
-  document.querySelectorAll('.jp-WindowedPanel-outer, .jp-Notebook, .jp-OutputArea').forEach((e) => {
-    extra = Math.max(extra, e.scrollHeight - e.clientHeight);
-  });
-  return extra;
+_SCROLLERS_JS = """
+(tops) => {
+  // JupyterLab scrolls inside its panels, not the document. Without ``tops``: scroll them to the top
+  // and return [how much is hidden, their old scroll positions]; with ``tops``: restore those.
+  const panels = [...document.querySelectorAll('.jp-WindowedPanel-outer')];
+  if (tops) { panels.forEach((e, i) => { e.scrollTop = tops[i] || 0; }); return null; }
+  const old = panels.map((e) => e.scrollTop);
+  let extra = 0;
+  panels.forEach((e) => { extra = Math.max(extra, e.scrollHeight - e.clientHeight); e.scrollTop = 0; });
+  return [extra, old];
 }
 """
 
@@ -505,8 +622,9 @@ def full_page_screenshot(page, path: str | os.PathLike, max_height: int = 8000) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = page.viewport_size
+    old_tops = None
     try:
-        extra = int(page.evaluate(_HIDDEN_HEIGHT_JS)) if size else 0
+        extra, old_tops = page.evaluate(_SCROLLERS_JS, None) if size else (0, None)
         if extra > 0:
             page.set_viewport_size(
                 {"width": size["width"], "height": min(size["height"] + extra, max_height)}
@@ -516,6 +634,8 @@ def full_page_screenshot(page, path: str | os.PathLike, max_height: int = 8000) 
     finally:
         if size and page.viewport_size != size:
             page.set_viewport_size(size)
+        if old_tops is not None:
+            page.evaluate(_SCROLLERS_JS, old_tops)
     return path
 
 

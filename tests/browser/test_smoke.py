@@ -53,3 +53,16 @@ def test_smoke_slider_drives_image_and_figure(lab_page):
     assert fig_reset["data"][0]["y"] == fig0["data"][0]["y"]
 
     assert count_error_outputs(page) == 0, error_outputs(page)
+
+
+def test_second_notebook_reuses_the_loaded_lab(lab_page, lab_server):
+    """A later test opens its notebook in the loaded app: fresh document, one kernel, same widgets."""
+    page = lab_page
+    open_notebook(page, "smoke.ipynb")
+    assert len(lab_server.api("GET", "/api/kernels")) == 1
+    assert output_text(page).strip() == ""  # the served copy was not saved with the last test's outputs
+    state = run_all(page)
+    assert state["done"] == state["total"] == 2, state
+    wait_for_widget_image(page, "smoke-image")
+    wait_for_plotly(page, "smoke-figure", title="step 0")
+    assert count_error_outputs(page) == 0, error_outputs(page)
