@@ -38,7 +38,7 @@ from lab_helpers import (
 BROWSER_DIR = Path(__file__).resolve().parent
 # Console lines left out of failure reports: debug chatter and slow-plugin timings on a loaded machine.
 _CONSOLE_NOISE = re.compile(r"^\[debug\]|to activate\.$|Registering (pairing|create new text notebook)")
-TIMINGS: dict[str, float] = {}  # "lab_server" and "browser" start-up seconds, for the curious (-s)
+TIMINGS: dict[str, float] = {}  # start-up seconds of "lab_server" and "browser", in the terminal summary
 
 
 def _missing_browser_reason() -> str | None:
@@ -186,3 +186,9 @@ def lab_page(request, lab_server: LabServer, lab_browser, _lab_tab):
             if not page.is_closed():
                 page.close()
             lab_server.shutdown_kernels()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        parts = ", ".join(f"{k} started in {v:.1f} s" for k, v in TIMINGS.items())
+        terminalreporter.write_line(f"browser harness: {parts}")
