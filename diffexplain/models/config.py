@@ -1,7 +1,7 @@
 """Configs of the embedded default model and its training presets.
 
 One dataclass per training run; every field has a comment. The shipped weights record the preset
-and the exact command that produced them in ``models/default/recipe.json``.
+and the exact command that produced them under ``recipe`` in ``models/default/model.json``.
 """
 
 from __future__ import annotations
