@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 DEFAULT_FOLDER = "diffexplain/models/default"
@@ -31,15 +32,16 @@ GOALS = {  # key: (comparison, target, unit)
 
 
 def model_settings(folder: str) -> dict:
-    """Image size, default guidance scale and steps, and scheduler class from ``model.json``."""
+    """Image size, scheduler class, and default guidance scale and steps from ``model.json``'s
+    ``defaults`` (else its ``recipe``; else 5.0 and 25)."""
     from diffexplain.models.store import read_model_json
 
     meta = read_model_json(folder)
-    recipe = meta.get("recipe") or {}
+    found = {**(meta.get("recipe") or {}), **(meta.get("defaults") or {})}  # "defaults" wins
     return {
         "image_size": int(meta["vae_config"].get("sample_size", 64)),
-        "guidance_scale": float(recipe.get("guidance_scale", meta.get("guidance_scale", 5.0))),
-        "steps": int(recipe.get("num_inference_steps", recipe.get("steps", 25))),
+        "guidance_scale": float(found.get("guidance_scale", 5.0)),
+        "steps": int(found.get("num_inference_steps", 25)),
         "scheduler": meta["scheduler"]["class"],
     }
 
@@ -215,27 +217,6 @@ def cold_child(folder: str, device: str, threads: int | None) -> None:
     print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_image_s": t3 - t2}))
 
 
-def save_grid(samples: dict, path: str, per_group: int = 12, columns: int = 6) -> None:
-    """Rows of guided samples, each above the same prompts and seeds without guidance; red/green borders."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from sample_grid import make_grid
-
-    n_one = samples["guided"][3]
-    n_all = len(samples["guided"][0])
-    picks = (
-        list(range(0, n_one, max(1, n_one // per_group)))[:per_group] + list(range(n_one, n_all))[:per_group]
-    )
-    images, captions, marks = [], [], []
-    for row in range(0, len(picks), columns):
-        for name, label in (("guided", ""), ("unguided", "[no CFG] ")):
-            imgs, prompts, rights, _ = samples[name]
-            chunk = picks[row : row + columns]
-            images += [imgs[i] for i in chunk] + [None] * (columns - len(chunk))
-            captions += [label + prompts[i] for i in chunk] + [""] * (columns - len(chunk))
-            marks += [rights[i] for i in chunk] + [None] * (columns - len(chunk))
-    make_grid(images, captions, marks, columns=columns).save(path)
-
-
 def _goal(r: dict, key: str, value: float) -> tuple[str, str]:
     """The goal's text and PASS/FAIL for ``value``; also recorded in ``r["goals_met"]``."""
     op, target, unit = GOALS[key]
@@ -313,8 +294,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "folder", nargs="?", default=DEFAULT_FOLDER, help=f"model folder (default {DEFAULT_FOLDER})"
     )
-    parser.add_argument("--guidance-scale", type=float, default=None, help="default: model.json's, else 5.0")
-    parser.add_argument("--steps", type=int, default=None, help="default: model.json's, else 25")
+    parser.add_argument(
+        "--guidance-scale", type=float, default=None, help="default: model.json defaults, else 5.0"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="default: model.json defaults, else 25")
     parser.add_argument("--batch", type=int, default=30, help="prompts per pipeline call (default 30)")
     parser.add_argument("--quick", action="store_true", help="few samples: a smoke run")
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
@@ -324,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cold-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # diffusers' scheduler-config notices
     if args.cold_child:
         cold_child(args.folder, args.device, args.threads)
         return {}
@@ -359,7 +343,10 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "generation":
             r[name], samples = bench_generation(pipe, settings, args.quick, args.batch)
             if args.grid:
-                save_grid(samples, args.grid)
+                sys.path.insert(0, str(Path(__file__).resolve().parent))
+                from sample_grid import comparison_grid
+
+                comparison_grid(samples).save(args.grid)
         else:
             r[name] = jobs[name]()
         timing[name] = time.perf_counter() - t0

@@ -54,6 +54,29 @@ def make_grid(
     return sheet
 
 
+def comparison_grid(samples: dict, per_group: int = 12, columns: int = 6) -> Image.Image:
+    """Rows of guided samples, each above the same prompts and seeds without guidance.
+
+    ``samples[name]`` (name: "guided", "unguided") is ``(images, prompts, all_right flags,
+    number of one-object prompts)``, as ``bench_model.py`` collects them; ``per_group`` one-object
+    and two-object samples are shown.
+    """
+    n_one = samples["guided"][3]
+    n_all = len(samples["guided"][0])
+    picks = list(range(0, n_one, max(1, n_one // per_group)))[:per_group]
+    picks += list(range(n_one, n_all))[:per_group]
+    images, captions, marks = [], [], []
+    for row in range(0, len(picks), columns):
+        chunk = picks[row : row + columns]
+        pad = columns - len(chunk)
+        for name, label in (("guided", ""), ("unguided", "[no CFG] ")):
+            imgs, prompts, rights, _ = samples[name]
+            images += [imgs[i] for i in chunk] + [None] * pad
+            captions += [label + prompts[i] for i in chunk] + [""] * pad
+            marks += [rights[i] for i in chunk] + [None] * pad
+    return make_grid(images, captions, marks, columns=columns)
+
+
 def main() -> None:
     """Save a grid of dataset items."""
     parser = argparse.ArgumentParser(

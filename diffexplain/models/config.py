@@ -71,16 +71,18 @@ class TrainConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4  # a light KL (per pixel value) keeps latents tame without blurring
     # U-Net stage
-    unet_blocks: tuple[int, ...] = (64, 128, 128)
+    # Stage 2: decoder-only fine-tune (the encoder, so the U-Net's latent space, stays fixed)
+    decoder_steps: int = 600
+    # Stage 3: U-Net
+    unet_blocks: tuple[int, ...] = (32, 64, 128)
     latent_pool: int = 24_000  # images encoded once to latents, then reused
-    unet_steps: int = 2000
-    unet_batch: int = 48
-    unet_lr: float = 5e-4
+    unet_steps: int = 3600
+    unet_batch: int = 64
+    unet_lr: float = 1e-3
     unet_warmup: int = 200
     caption_dropout: float = 0.1  # share of empty captions, so classifier-free guidance works
     ema_decay: float = 0.999
-    # Stage 3: decoder-only fine-tune (the encoder, so the U-Net's latent space, stays fixed)
-    decoder_steps: int = 400
+    min_snr_gamma: float = 5.0  # loss weight min(SNR_t, γ)/SNR_t: less effort on nearly clean steps; 0 = off
     # bookkeeping
     log_every: int = 25
     checkpoint_every: int = 100

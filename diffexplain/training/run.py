@@ -37,7 +37,7 @@ def train(
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
-    """Train the VAE, then the U-Net in its latent space, then (optionally) sharpen the decoder; export.
+    """Train the VAE, (optionally) sharpen its decoder, then train the U-Net in its latent space; export.
 
     ``config`` is a :class:`TrainConfig` or a preset name ("default", "classroom", "tiny").
     Checkpoints go to ``out`` (safetensors + JSON); running the same call again resumes.
@@ -50,9 +50,9 @@ def train(
     device = pick_device(device)
     started = time.time()
     vae = train_vae(cfg, out, device=device, progress=progress)
+    if cfg.decoder_steps:  # the encoder stays fixed, so the U-Net's latents do not depend on this stage
+        vae = finetune_decoder(vae, cfg, out, steps=cfg.decoder_steps, device=device, progress=progress)
     train_unet(cfg, out, vae, device=device, progress=progress)
-    if cfg.decoder_steps:
-        finetune_decoder(vae, cfg, out, steps=cfg.decoder_steps, device=device, progress=progress)
     recipe = {
         "preset": cfg.name,
         "command": command

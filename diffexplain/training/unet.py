@@ -1,7 +1,9 @@
 """Stage 2: train the U-Net to predict noise in the VAE's latent space.
 
 Notation: z0 = scaling_factor · E(x) (clean latents), ε ~ N(0, I), t ~ U{0..T−1},
-z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε (closed form, via the scheduler's ``add_noise``), loss = ‖ε_θ(z_t, t, c) − ε‖².
+z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε (closed form, via the scheduler's ``add_noise``),
+loss = w_t·‖ε_θ(z_t, t, c) − ε‖² with the min-SNR weight w_t = min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1−ᾱ_t)
+(Hang et al. 2023): nearly clean steps, where ε is hard to see and matters little, count less.
 A share ``caption_dropout`` of captions is replaced by the empty caption, so the same network also
 learns ε_θ(z_t, t, ∅), which classifier-free guidance needs.
 """
@@ -51,6 +53,14 @@ class CaptionCache:
         return torch.stack([self.cache[c] for c in captions])
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-timestep loss weights min(SNR_t, γ)/SNR_t for ε-prediction (all ones when ``gamma`` is 0)."""
+    if gamma <= 0:
+        return torch.ones_like(alphas_cumprod)
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return (gamma / snr).clamp(max=1.0)
+
+
 def train_unet(
     cfg: TrainConfig, out: Path, vae: AutoencoderKL, *, device: str = "cpu", progress: bool = True
 ) -> tuple[UNet2DConditionModel, EMA, float]:
@@ -79,6 +89,7 @@ def train_unet(
     ema = EMA(unet, cfg.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
     noise_scheduler = DDPMScheduler(**scheduler_config())
+    snr_weight = min_snr_weights(noise_scheduler.alphas_cumprod, cfg.min_snr_gamma).to(device)  # [T]
     ckpt = stage / "checkpoint"
     start = 0
     if ckpt.with_suffix(".json").exists():
@@ -105,7 +116,8 @@ def train_unet(
         )
         z_t = noise_scheduler.add_noise(z0, noise, t)
         eps_pred = unet(z_t, t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(eps_pred, noise)
+        per_sample = (eps_pred - noise).pow(2).mean(dim=(1, 2, 3))  # [B]
+        loss = (snr_weight[t] * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
