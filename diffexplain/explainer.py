@@ -183,8 +183,8 @@ class Explainer:
         prompt: str | list[str],
         *,
         negative_prompt: str | list[str] = "",
-        num_inference_steps: int = 25,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         height: int | None = None,
@@ -199,6 +199,8 @@ class Explainer:
     ) -> Trace:
         """Generate from ``prompt`` and return the trace of every step (diffusers' argument names).
 
+        ``num_inference_steps`` and ``guidance_scale`` default to the model's recommended settings
+        (``explainer.defaults``, from the model folder), else 25 steps and scale 7.5.
         ``seed`` and ``generator`` are exclusive; with neither, a random seed is drawn and recorded in
         ``trace.settings["seed"]`` so the run can be repeated. Guidance is on iff ``guidance_scale > 1``.
         ``keep`` selects hook points to store (names or globs, default all); ``store_dtype`` stores them
@@ -206,6 +208,10 @@ class Explainer:
         """
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
+        if num_inference_steps is None:
+            num_inference_steps = int(self.defaults.get("num_inference_steps", 25))
+        if guidance_scale is None:
+            guidance_scale = float(self.defaults.get("guidance_scale", 7.5))
         if generator is None:
             seed = secrets.randbits(63) if seed is None else int(seed)
             generator = torch.Generator(device="cpu").manual_seed(seed)

@@ -20,8 +20,26 @@ if TYPE_CHECKING:
 
     from diffexplain.explainer import Explainer
 
+__all__ = [
+    "PATTERNS",
+    "Mask",
+    "add_noise",
+    "cfg_off",
+    "initial_noise_from_image",
+    "latent_mask",
+    "noise_pattern",
+    "pattern",
+    "replace_initial_noise",
+    "scale_delta",
+    "set_guidance",
+    "swap_prompt",
+]
+
 Mask = torch.Tensor | tuple[float, float, float, float]
+"""Where to act: a 2-D [h, w] tensor (1 = inside; resized to the latents), or a rectangle
+``(top, bottom, left, right)`` as fractions in [0, 1] of the image's height and width."""
 PATTERNS = ("stripes", "checkerboard", "blob")
+"""Names :func:`pattern` and :func:`noise_pattern` accept."""
 
 
 def _branches(ctx: HookContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,8 +20,19 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+__all__ = [
+    "BETA_SCHEDULES",
+    "BetaSchedule",
+    "ScheduleCurves",
+    "add_noise",
+    "noise_scheduler",
+    "schedule_curves",
+]
+
 BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
+"""A diffusers ``beta_schedule`` name (``squaredcos_cap_v2`` is the cosine schedule)."""
 BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+"""Every :data:`BetaSchedule`, in the order the widgets list them."""
 
 
 @dataclass(frozen=True)

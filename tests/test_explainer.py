@@ -42,6 +42,18 @@ def test_seed_generator_and_reproducibility(explainer):
     assert explainer.last_trace is with_gen
 
 
+def test_run_defaults_come_from_the_model(explainer):
+    explainer.defaults = {"num_inference_steps": 3, "guidance_scale": 2.5}
+    trace = explainer.run(PROMPT, seed=0, decode=False)
+    assert trace.settings["num_inference_steps"] == 3
+    assert trace.settings["guidance_scale"] == 2.5
+    assert len(trace.timesteps) == 3
+    explicit = explainer.run(PROMPT, seed=0, decode=False, num_inference_steps=2, guidance_scale=1.0)
+    assert explicit.settings["num_inference_steps"] == 2 and not explicit.settings["do_cfg"]
+    explainer.defaults = {}
+    assert explainer.run(PROMPT, seed=0, decode=False).settings["guidance_scale"] == 7.5
+
+
 def test_from_pipeline_and_from_pretrained(parts, tmp_path):
     pipe = StableDiffusionPipeline(
         **parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False

