@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffexplain.models.store import load_model_parts, read_model_json
+from diffexplain.models.store import ModelFolderError, load_model_parts, read_model_json
 from diffexplain.models.text import load_text_encoder
 
 if TYPE_CHECKING:
@@ -63,7 +63,10 @@ def load_default(
     """
     override = os.environ.get("DIFFEXPLAIN_MODEL")
     if override:
-        return load_model(override, device=device, dtype=dtype, progress=progress)
+        try:
+            return load_model(override, device=device, dtype=dtype, progress=progress)
+        except ModelFolderError as err:  # say where the folder came from: the variable may be long forgotten
+            raise ModelFolderError(f"the environment variable DIFFEXPLAIN_MODEL={override!r}: {err}") from err
     if not (DEFAULT_MODEL_DIR / "model.json").is_file():
         raise FileNotFoundError(
             f"the default model's files are missing from {DEFAULT_MODEL_DIR}; reinstall diffexplain "

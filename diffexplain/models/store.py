@@ -50,9 +50,11 @@ def save_model(
     """Write weights (in ``dtype``) and configs to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    weights = []
     for name, model in (("unet", unet), ("vae", vae)):
         state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(folder / f"{name}.safetensors"))
+        weights.append(folder / f"{name}.safetensors")
+        save_file(state, str(weights[-1]))
     meta = {
         "format": "diffexplain-model",
         "version": FORMAT_VERSION,
@@ -63,6 +65,11 @@ def save_model(
         "recipe": recipe,
     }
     (folder / "model.json").write_text(json.dumps(meta, indent=1))
+    # safetensors creates files readable by their owner only (0600); give the weights model.json's
+    # permissions (0644 under the usual umask) so that other users can load a shared model folder.
+    mode = (folder / "model.json").stat().st_mode & 0o777
+    for path in weights:
+        path.chmod(mode)
     return folder
 
 
@@ -93,6 +100,34 @@ def read_model_json(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _check_fits(
+    weights: Path, config_name: str, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """Raise a short :class:`ModelFolderError` if ``state`` does not fit the model built from the config.
+
+    (``load_state_dict`` would list every tensor, hundreds of lines for a wrong block size.)
+    """
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & state.keys() if state[k].shape != expected[k].shape)
+    if not (missing or unexpected or reshaped):
+        return
+    problems = [
+        f"{len(found)} {what} (e.g. {found[0]!r})"
+        for what, found in (("missing", missing), ("unexpected", unexpected))
+        if found
+    ]
+    if reshaped:
+        key = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} of another shape (e.g. {key!r}: {list(state[key].shape)} in the file, "
+            f"{list(expected[key].shape)} for the config)"
+        )
+    raise ModelFolderError(
+        f"{weights}: the tensors do not fit {config_name} in model.json: {'; '.join(problems)}"
+    )
+
+
 def load_model_parts(
     folder: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> dict[str, Any]:
@@ -107,12 +142,19 @@ def load_model_parts(
         weights = folder / f"{name}.safetensors"
         if not weights.is_file():
             raise ModelFolderError(f"{folder}: missing {weights.name}")
-        model = cls(**cfg).to(dtype) if dtype != torch.float32 else cls(**cfg)
+        try:
+            model = cls(**cfg)
+        except Exception as err:  # an unknown key, or values that do not fit together (several types)
+            raise ModelFolderError(
+                f"{folder / 'model.json'}: {name}_config does not describe a {cls.__name__} ({err})"
+            ) from err
+        model = model.to(dtype) if dtype != torch.float32 else model
         try:
             state = load_file(str(weights))
-            model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
-        except Exception as err:  # safetensors and load_state_dict raise several types
+        except Exception as err:  # safetensors raises several types for truncated or garbled files
             raise ModelFolderError(f"{weights}: could not load weights ({err})") from err
+        _check_fits(weights, f"{name}_config", state, model.state_dict())
+        model.load_state_dict({k: v.to(dtype) for k, v in state.items()})
         if torch.device(device) != torch.device("cpu"):
             model = model.to(device)
         parts[name] = model.eval().requires_grad_(False)
