@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image, ImageChops
 
+from diffexplain.probe import decode_latents
 from diffexplain.render import strip, to_pil
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def pred_x0_strip(
     """x̂0, decoded, at ``frames`` evenly spaced steps, labelled by step."""
     n = len(trace)
     steps = sorted({round(i * (n - 1) / max(1, frames - 1)) for i in range(frames)})
-    images = [to_pil(explainer.decode(trace["step.pred_x0", k]), size=size) for k in steps]
+    images = [to_pil(decode_latents(explainer, trace["step.pred_x0", k]), size=size) for k in steps]
     return strip(images, [f"step {k}" for k in steps])
 
 
