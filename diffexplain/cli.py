@@ -4,6 +4,41 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from diffexplain.models.config import PRESETS
+from diffexplain.models.store import ModelFolderError
+from diffexplain.scheduler_state import SCHEDULER_NAMES
+
+
+class UsageError(Exception):
+    """A command-line value that cannot work; reported like argparse's own errors (exit code 2)."""
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_model_arg(model: str) -> None:
+    """Fail fast on a ``--model`` that is neither a model folder nor (plausibly) a hub id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not ((path / "model.json").is_file() or (path / "model_index.json").is_file()):
+            raise UsageError(
+                f"--model {model}: the folder has neither model.json (a `diffexplain train` model) "
+                "nor model_index.json (a diffusers Stable Diffusion folder)"
+            )
+    elif path.exists():
+        raise UsageError(f"--model {model}: not a folder")
+    elif path.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
+        raise UsageError(f"--model {model}: no such folder")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -25,6 +60,10 @@ def _export(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from diffexplain.report import write_report
 
+    if args.model is not None:
+        check_model_arg(args.model)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: a file is in the way (expected a folder)")
     paths = write_report(
         args.prompt,
         args.out,
@@ -45,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffexplain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model (VAE, then U-Net); run again to resume")
-    train.add_argument("--preset", default="default", help="default | classroom | tiny (default: default)")
+    train.add_argument(
+        "--preset", default="default", choices=list(PRESETS), help="%(choices)s (default: %(default)s)"
+    )
     train.add_argument("--out", default="runs/default", help="checkpoint folder (default: runs/default)")
     train.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     train.add_argument(
@@ -72,12 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model folder from `diffexplain train`, or a diffusers "
         "Stable Diffusion folder/id (default: the embedded model)",
     )
-    explain.add_argument("--steps", type=int, default=None, help="inference steps (default: the model's)")
+    explain.add_argument(
+        "--steps", type=positive_int, default=None, help="inference steps (default: the model's)"
+    )
     explain.add_argument(
         "--guidance-scale", type=float, default=None, help="CFG scale (default: the model's)"
     )
     explain.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    explain.add_argument("--scheduler", default=None, help="ddim, euler, dpm++2m, ... (default: the model's)")
+    explain.add_argument(
+        "--scheduler",
+        default=None,
+        choices=list(SCHEDULER_NAMES),
+        metavar="NAME",
+        help="one of %(choices)s (default: the model's)",
+    )
     explain.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     explain.set_defaults(func=_explain)
     return parser
@@ -85,8 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``diffexplain`` command."""
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        parser.error(str(err))  # exits with code 2
+    except (ModelFolderError, FileNotFoundError) as err:  # a damaged model folder, a run not started
+        print(f"diffexplain: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
