@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -42,9 +43,11 @@ def check_model_arg(model: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from diffexplain.training.run import main_argv, train
+    from diffexplain.training.run import train
 
-    folder = train(args.preset, args.out, device=args.device, export_to=args.export_to, command=main_argv())
+    folder = train(
+        args.preset, args.out, device=args.device, export_to=args.export_to, command=args.command_line
+    )
     print(f"model written to {folder}")
     return 0
 
@@ -136,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``diffexplain`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the recipe records this command; sys.argv would be the host's when main() is called in-process
+    given = sys.argv[1:] if argv is None else argv
+    args.command_line = " ".join(shlex.quote(a) for a in ["diffexplain", *given])
     try:
         return args.func(args)
     except UsageError as err:
