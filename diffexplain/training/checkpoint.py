@@ -63,26 +63,37 @@ def save_checkpoint(
     step: int,
     info: dict[str, Any],
 ) -> None:
-    """Write ``path.safetensors`` (weights, EMA, optimiser) and ``path.json`` (step, config) atomically."""
+    """Write ``path.safetensors`` (weights, EMA, optimiser) and ``path.json`` (step, config).
+
+    Each file is replaced atomically; the weights file also carries its step in its metadata, so a reader
+    that catches the two files between replacements (``diffexplain export`` mid-run) still knows it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v.contiguous() for k, v in ema.state_dict().items()})
     opt_tensors, opt_scalars = _optimizer_tensors(optimizer)
     tensors.update(opt_tensors)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path.with_suffix(".safetensors"))
     meta = {"step": step, "optimizer": opt_scalars, **info}
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    tmp_weights, tmp_json = path.with_suffix(".safetensors.tmp"), path.with_suffix(".json.tmp")
+    save_file(tensors, str(tmp_weights), metadata={"step": str(step)})  # readers trust this step
+    tmp_json.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_weights, path.with_suffix(".safetensors"))
+    os.replace(tmp_json, path.with_suffix(".json"))
 
 
 def load_checkpoint(
     path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None
 ) -> dict[str, Any]:
     """Restore what :func:`save_checkpoint` wrote; returns its JSON (with ``step``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path.with_suffix(".safetensors")), framework="pt") as handle:
+        weights_step = (handle.metadata() or {}).get("step")
     tensors = load_file(str(path.with_suffix(".safetensors")))
     meta = json.loads(path.with_suffix(".json").read_text())
+    if weights_step is not None:  # the weights file's own step wins (see save_checkpoint)
+        meta["step"] = int(weights_step)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         for k in ema.shadow:

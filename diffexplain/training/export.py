@@ -23,7 +23,14 @@ DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 5.0}
 def _checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.with_suffix(".json").is_file():
         raise FileNotFoundError(f"no checkpoint at {path}.json; run `diffexplain train` first")
-    return load_file(str(path.with_suffix(".safetensors"))), json.loads(path.with_suffix(".json").read_text())
+    from safetensors import safe_open
+
+    weights = path.with_suffix(".safetensors")
+    with safe_open(str(weights), framework="pt") as handle:
+        weights_metadata = handle.metadata() or {}
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["weights_metadata"] = weights_metadata
+    return load_file(str(weights)), meta
 
 
 def load_trained_vae(out: Path, cfg: TrainConfig) -> tuple[AutoencoderKL, dict[str, Any]]:
@@ -68,8 +75,11 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
     cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
     vae, vae_info = load_trained_vae(out, cfg)
     tensors, meta = _checkpoint(out / "unet" / "checkpoint")
+    if "step" in meta.get("weights_metadata", {}):  # the weights file's own step wins over the JSON's
+        meta["step"] = int(meta["weights_metadata"]["step"])
     scaling_factor = float(meta["scaling_factor"])
-    ucfg = unet_config(tuple(cfg.unet_blocks), cfg.image_size // 4)
+    latent_size = cfg.image_size // 2 ** (len(cfg.vae_blocks) - 1)  # each VAE level but the last halves
+    ucfg = unet_config(tuple(cfg.unet_blocks), latent_size)
     torch.manual_seed(cfg.seed)  # exactly as train_unet builds it, so this is θ0
     unet = UNet2DConditionModel(**ucfg)
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}

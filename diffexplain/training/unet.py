@@ -68,7 +68,9 @@ def train_unet(
     stage = out / "unet"
     stage.mkdir(parents=True, exist_ok=True)
     data = ShapesDataset(seed=cfg.seed + 1, size=cfg.image_size, two_object_share=cfg.two_object_share)
-    pool_file = stage / "latent_pool.pt.safetensors"
+    pool_file = stage / "latent_pool.safetensors"
+    if not pool_file.exists() and (stage / "latent_pool.pt.safetensors").exists():  # older runs' name
+        pool_file = stage / "latent_pool.pt.safetensors"
     if pool_file.exists():
         from safetensors.torch import load_file
 

@@ -45,7 +45,6 @@ def train_vae(cfg: TrainConfig, out: Path, *, device: str = "cpu", progress: boo
     val_pixels, _ = held_out(64, size=cfg.image_size).batch(range(64))
     (out / "vae").mkdir(parents=True, exist_ok=True)
     log = (out / "vae" / "log.jsonl").open("a")
-    gen = torch.Generator().manual_seed(cfg.seed)
     batches = data.batches(cfg.vae_batch, start=start * cfg.vae_batch)
     bar = tqdm(
         range(start, cfg.vae_steps), desc="VAE", disable=not progress, initial=start, total=cfg.vae_steps
@@ -57,6 +56,7 @@ def train_vae(cfg: TrainConfig, out: Path, *, device: str = "cpu", progress: boo
         x, _ = next(batches)
         x = x.to(device)
         posterior = vae.encode(x).latent_dist
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # the same noise after a resume
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
         recon = vae.decode(z).sample
         rec = (recon - x).pow(2).mean() + 0.5 * (recon - x).abs().mean()
