@@ -123,7 +123,19 @@ def save_trace(trace: Trace, path: str | Path) -> None:
         "steps": [step_doc(r) for r in trace.steps],
         "replacements": [[r.name, r.step, r.hook] for r in trace.replacements],
     }
-    save_file(tensors.tensors, str(path), metadata={METADATA_KEY: json.dumps(doc)})
+    # Write next to the target, then replace it: a failed save never leaves a half-written trace behind.
+    # safetensors creates files readable by their owner only; a trace is for sharing, so give it the
+    # permissions any new file gets (0644 under the usual umask).
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.touch()
+    mode = tmp.stat().st_mode & 0o777
+    try:
+        save_file(tensors.tensors, str(tmp), metadata={METADATA_KEY: json.dumps(doc)})
+        tmp.chmod(mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- loading --------------------------------------------------------------------------------------

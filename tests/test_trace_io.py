@@ -137,3 +137,15 @@ def test_huge_declared_tensor_and_plain_safetensors(tmp_path):
     save_file({"x": torch.zeros(2)}, str(bad_json), metadata={"diffexplain": "{[" * 50000})
     with pytest.raises(TraceFileError, match="not valid JSON"):
         Trace.load(bad_json)
+
+
+def test_save_is_shareable_and_leaves_no_temporary_file(saved, tmp_path):
+    trace, _ = saved
+    fresh = tmp_path / "fresh.txt"
+    fresh.touch()
+    path = tmp_path / "class.trace.safetensors"
+    path.write_text("an older trace")  # replaced whole, never half-written
+    trace.save(path)
+    assert path.stat().st_mode & 0o777 == fresh.stat().st_mode & 0o777  # not safetensors' 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["class.trace.safetensors", "fresh.txt"]
+    assert Trace.load(path).settings == trace.settings
