@@ -76,7 +76,7 @@ class TrainConfig:
     # Stage 3: U-Net
     unet_blocks: tuple[int, ...] = (32, 64, 128)
     latent_pool: int = 24_000  # images encoded once to latents, then reused
-    unet_steps: int = 2600
+    unet_steps: int = 2200
     unet_batch: int = 64
     unet_lr: float = 1e-3
     unet_warmup: int = 200

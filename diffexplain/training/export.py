@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from diffexplain.data import ShapesDataset
 from diffexplain.models.config import TrainConfig, scheduler_config, unet_config, vae_config
 from diffexplain.models.store import save_model
+from diffexplain.training.latent_norm import fold_into_vae
 
 DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 5.0}
 
@@ -78,6 +79,9 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
     if "step" in meta.get("weights_metadata", {}):  # the weights file's own step wins over the JSON's
         meta["step"] = int(meta["weights_metadata"]["step"])
     scaling_factor = float(meta["scaling_factor"])
+    if "latent_mean" in meta:  # per-channel standardisation, folded into the VAE (scaling_factor 1)
+        fold_into_vae(vae, torch.tensor(meta["latent_mean"]), torch.tensor(meta["latent_std"]))
+        scaling_factor = 1.0
     latent_size = cfg.image_size // 2 ** (len(cfg.vae_blocks) - 1)  # each VAE level but the last halves
     ucfg = unet_config(tuple(cfg.unet_blocks), latent_size)
     torch.manual_seed(cfg.seed)  # exactly as train_unet builds it, so this is θ0

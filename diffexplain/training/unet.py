@@ -1,7 +1,7 @@
 """Stage 2: train the U-Net to predict noise in the VAE's latent space.
 
-Notation: z0 = scaling_factor · E(x) (clean latents), ε ~ N(0, I), t ~ U{0..T−1},
-z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε (closed form, via the scheduler's ``add_noise``),
+Notation: z0 = (E(x) − μ)/σ per channel (clean latents, standardised over the pool; see
+latent_norm.py), ε ~ N(0, I), t ~ U{0..T−1}, z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε (closed form, via the scheduler's ``add_noise``),
 loss = w_t·‖ε_θ(z_t, t, c) − ε‖² with the min-SNR weight w_t = min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1−ᾱ_t)
 (Hang et al. 2023): nearly clean steps, where ε is hard to see and matters little, count less.
 A share ``caption_dropout`` of captions is replaced by the empty caption, so the same network also
@@ -22,6 +22,7 @@ from diffexplain.data import ShapesDataset
 from diffexplain.models.config import TrainConfig, scheduler_config, unet_config
 from diffexplain.models.text import encode_captions, load_text_encoder
 from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, save_checkpoint
+from diffexplain.training.latent_norm import latent_stats, standardise
 
 
 @torch.no_grad()
@@ -82,8 +83,9 @@ def train_unet(
 
         save_file({"latents": pool.contiguous()}, str(pool_file))
         (stage / "latent_pool.json").write_text(json.dumps(captions))
-    scaling_factor = float(1.0 / pool.std())
-    pool = pool * scaling_factor
+    latent_mean, latent_std = latent_stats(pool)  # [C] each; export folds them into the VAE
+    pool = standardise(pool, latent_mean, latent_std)  # zero mean, unit variance per channel
+    scaling_factor = 1.0
 
     torch.manual_seed(cfg.seed)
     sample_size = pool.shape[-1]
@@ -133,6 +135,11 @@ def train_unet(
             log.write(json.dumps(entry) + "\n")
             log.flush()
         if (step + 1) % cfg.checkpoint_every == 0 or last:
-            info = {"config": cfg.to_dict(), "scaling_factor": scaling_factor}
+            info = {
+                "config": cfg.to_dict(),
+                "scaling_factor": scaling_factor,
+                "latent_mean": latent_mean.tolist(),
+                "latent_std": latent_std.tolist(),
+            }
             save_checkpoint(ckpt, model=unet, optimizer=opt, ema=ema, step=step + 1, info=info)
     return unet.eval(), ema, scaling_factor
