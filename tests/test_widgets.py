@@ -258,6 +258,7 @@ def test_trace_player_without_a_model(trace_on: Trace, tmp_path) -> None:
     assert tp.explorer.images["xt"].value != xt and tp.explorer.fig.data[5].x != marker
     assert "same weights" in tp.explorer.unet_row.value or "fingerprint" in tp.explorer.unet_row.value
     assert_clean(tp)
+    assert_clean(tp.explorer)  # its own output area: the preview toggle once redrew before the series existed
 
     bad = tmp_path / "bad.trace"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
@@ -279,3 +280,4 @@ def test_trace_player_upload(trace_on: Trace, tmp_path) -> None:
     tp.upload.value = ({**upload, "last_modified": datetime.now(UTC)},)
     assert tp.trace is not None and len(tp.trace) == len(trace_on)
     assert_clean(tp)
+    assert_clean(tp.explorer)

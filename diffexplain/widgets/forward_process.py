@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
-import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
@@ -13,6 +12,7 @@ from diffexplain import probe, render, schedules
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
+    LiveFigure,
     button,
     figure_box,
     help_box,
@@ -71,6 +71,7 @@ class ForwardProcess(DxWidget):
             options=[(label, name) for name, label in SCHEDULE_LABELS.items()],
             value=schedule,
             description="schedule",
+            layout=W.Layout(width="360px"),
         )
         self.schedule.add_class("dx-schedule")
         self.t = W.IntSlider(value=t, min=0, max=T_MAX, description="t", continuous_update=explainer is None)
@@ -143,8 +144,8 @@ class ForwardProcess(DxWidget):
         self.redraw()
 
     # ---- figure ----------------------------------------------------------------------------------
-    def _make_figure(self) -> go.FigureWidget:
-        fig = go.FigureWidget(
+    def _make_figure(self) -> LiveFigure:
+        fig = LiveFigure(
             make_subplots(
                 rows=1, cols=2, specs=[[{"secondary_y": True}, {}]], subplot_titles=("ᾱ_t and β_t", "SNR_t")
             )

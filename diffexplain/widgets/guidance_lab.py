@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import ipywidgets as W
-import plotly.graph_objects as go
 
 from diffexplain import interventions, render
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
     Frames,
+    LiveFigure,
     button,
     default_guidance,
     default_steps,
@@ -101,7 +101,8 @@ class GuidanceLab(DxWidget):
         self.strip = W.Image(format="png")
         self.strip.add_class("dx-reguide-strip")
         self.strip_label = W.HTML()
-        self.fig = go.FigureWidget()
+        self.strip_label.add_class("dx-reguide-label")
+        self.fig = LiveFigure()
         for name in ("‖Δ‖ of the run (RMS)", "‖w·Δ‖ at the slider's w", "‖Δ‖, guidance off in the range"):
             self.fig.add_scatter(x=[], y=[], name=name, mode="lines+markers")
         self.fig.update_layout(

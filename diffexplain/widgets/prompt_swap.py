@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 
 from diffexplain import render
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
     Frames,
+    LiveFigure,
     button,
     default_guidance,
     default_steps,
@@ -74,8 +74,14 @@ class PromptSwap(DxWidget):
         self.step = W.IntSlider(value=0, min=0, max=1, description="swap at k", continuous_update=False)
         self.step.add_class("dx-swap-step")
         self.swap_button = button("Switch to B from step k", "dx-swap-button", style="warning")
-        self.points = W.BoundedIntText(value=sweep_points, min=2, max=50, description="sweep points")
-        self.points.layout.width = "200px"
+        self.points = W.BoundedIntText(
+            value=sweep_points,
+            min=2,
+            max=50,
+            description="sweep points",
+            style={"description_width": "initial"},
+            layout=W.Layout(width="170px"),
+        )
         self.sweep_button = button("Sweep k", "dx-sweep-button")
 
         boxes = {}
@@ -90,7 +96,7 @@ class PromptSwap(DxWidget):
         self.strip = W.Image(format="png")
         self.strip.add_class("dx-sweep-strip")
         self.strip_label = W.HTML()
-        self.fig = go.FigureWidget()
+        self.fig = LiveFigure()
         self.fig.add_scatter(x=[], y=[], name="change from A (mean |Δpixel|)", mode="lines+markers")
         self.fig.add_scatter(x=[], y=[], name="change from B-from-step-0", mode="lines+markers")
         self.fig.update_layout(

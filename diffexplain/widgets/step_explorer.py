@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
-import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from diffexplain.probe import trace_fingerprint
@@ -13,6 +12,7 @@ from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
     Frames,
+    LiveFigure,
     blank,
     cosine,
     figure_box,
@@ -88,8 +88,9 @@ class StepExplorer(DxWidget):
         self.channel_box = boxes["channels"]
         self.fig = self._make_figure()
 
-        self.slider.observe(self.guard(self._on_step), names="value")
-        self.preview.observe(self.guard(self._on_step), names="value")
+        self._switching = False  # True while set_trace changes controls: their observers wait
+        self.slider.observe(self.guard(self._on_control), names="value")
+        self.preview.observe(self.guard(self._on_control), names="value")
         self.children = [
             help_box(HELP),
             self.header,
@@ -105,9 +106,9 @@ class StepExplorer(DxWidget):
         self.guard(self.set_trace)(trace)
 
     # ---- figure ----------------------------------------------------------------------------------
-    def _make_figure(self) -> go.FigureWidget:
+    def _make_figure(self) -> LiveFigure:
         base = make_subplots(specs=[[{"secondary_y": True}]])
-        fig = go.FigureWidget(base)
+        fig = LiveFigure(base)
         for name, dash in (("‖ε_c‖ (RMS)", None), ("‖ε_u‖ (RMS)", None), ("‖Δ‖ (RMS)", None)):
             fig.add_scatter(
                 x=[], y=[], name=name, mode="lines+markers", line={"dash": dash}, secondary_y=False
@@ -154,13 +155,20 @@ class StepExplorer(DxWidget):
         """Show ``trace`` (keeping the current step where it exists)."""
         if len(trace) == 0:
             raise ValueError("this trace has no finished steps to show")
+        self._switching = True  # the controls change below; draw once, at the end
+        try:
+            self._switch(trace, explainer)
+        finally:
+            self._switching = False
+        self._on_step()
+
+    def _switch(self, trace: Trace, explainer: Explainer | None) -> None:
         self.trace = trace
         if explainer is not None or self.explainer is None:
             self.explainer = explainer if explainer is not None else trace.explainer
             self.frames.explainer = self.explainer
         n = len(trace)
         self.frames.trace_latent_rgb = trace.settings.get("latent_rgb")
-        # set before anything below can fire a redraw (the preview toggle observes "value")
         self.cfg = trace.settings.get("do_cfg", True) and _get(trace, "step.unet.uncond", 0) is not None
         can_decode = self.frames.can_decode() and not is_pixel_space(trace, self.explainer)
         self.preview.disabled = not can_decode
@@ -190,7 +198,6 @@ class StepExplorer(DxWidget):
         step = min(self.slider.value, n - 1)
         self.slider.max = self.play.max = n - 1
         self.slider.value = step
-        self._on_step()
 
     # ---- one step --------------------------------------------------------------------------------
     def _latent_picture(self, name: str, step: int, latents: torch.Tensor | None) -> bytes:
@@ -203,6 +210,10 @@ class StepExplorer(DxWidget):
             preview=self.preview.value,
             pixel_space=is_pixel_space(self.trace, self.explainer),
         )
+
+    def _on_control(self, change: dict) -> None:
+        if not self._switching:
+            self._on_step()
 
     def _on_step(self, change: dict | None = None) -> None:
         trace = self.trace
