@@ -386,6 +386,8 @@ def open_notebook(page, name: str, timeout: float | None = None, fresh: bool = F
         # Every plugin (the widget manager, anywidget) active before any cell runs.
         page.wait_for_function("() => !!window.jupyterapp", polling=250, timeout=_ms(limit))
         page.evaluate("async () => { await window.jupyterapp.restored; }")
+        # No file browser: the notebook gets the page's width (widgets' rows are wide; screenshots too).
+        page.evaluate("() => { const s = window.jupyterapp.shell; if (s.collapseLeft) s.collapseLeft(); }")
         wait_for_kernel_idle(page, limit, path=name)
 
 
@@ -395,8 +397,7 @@ _RUN_STATE_JS = """
     .map((p) => p.innerText.trim());
   const running = prompts.filter((t) => t.includes('*')).length;
   const done = prompts.filter((t) => /\\[\\d+\\]/.test(t)).length;
-  const errors = document.querySelectorAll(
-    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length;
+  const errors = (__ERRORS__)(true).length;
   return {total: prompts.length, running, done, errors};
 }
 """
@@ -405,7 +406,8 @@ _RUN_STATE_JS = """
 def run_all(page, timeout: float = TIMEOUT_S) -> dict:
     """Run All Cells and wait until no cell is running and every code cell ran (or an error stopped it).
 
-    Returns ``{"total", "running", "done", "errors"}`` counted over the code cells.
+    Returns ``{"total", "running", "done", "errors"}``: code cells, and ``errors`` as counted by
+    ``count_error_outputs(page)`` (stderr included).
     """
     with timed("run_all"):
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
@@ -451,13 +453,17 @@ _PLOTLY_STATE_JS = """
   const plain = (k, v) => (ArrayBuffer.isView(v) ? Array.from(v) : v);
   const full = gd._fullLayout || {};  // the layout as drawn
   const title = (full.title && full.title.text) || null;
-  return JSON.parse(JSON.stringify({data: gd.data, title}, plain));
+  const height = Math.round(gd.getBoundingClientRect().height);  // 0: drawn, but takes no room
+  return JSON.parse(JSON.stringify({data: gd.data, title, height}, plain));
 }
 """
 
 
+MIN_PLOT_HEIGHT = 50  # pixels: a drawn figure lower than this has collapsed
+
+
 def plotly_state(page, css_class: str | None = None) -> dict | None:
-    """The rendered figure's ``{"data": [traces...], "title": ...}`` as the browser has it, or None."""
+    """The rendered figure's ``{"data": [traces...], "title": ..., "height": px}`` as drawn, or None."""
     return page.evaluate(_PLOTLY_STATE_JS, _scope(css_class))
 
 
@@ -473,9 +479,11 @@ def _explain_plotly_timeout(page, css_class: str | None) -> Iterator[None]:
             why = f"no drawn plotly figure matches {_scope(css_class) or 'the page'}"
         elif not state["data"]:
             why = (
-                "the figure is drawn with 0 traces: the FigureWidget's data never reached its view "
-                "(plotly's view draws _widget_data once, at render, and ignores later changes)"
+                "the figure is drawn with 0 traces (a go.FigureWidget does this when its 5 MB module loads "
+                "slower than anywidget's 2 s limit: it never hears of its traces; use LiveFigure)"
             )
+        elif state["height"] < MIN_PLOT_HEIGHT:
+            why = f"the figure is drawn {state['height']} px high (collapsed: it would overlap what follows)"
         else:
             why = f"the figure is drawn but never matched: title={state['title']!r}, traces={len(state['data'])}"
         raise AssertionError(f"wait_for_plotly: {why}") from exc
@@ -491,25 +499,45 @@ def wait_for_plotly(
 ) -> dict:
     """Wait for a plotly figure (inside the widget with ``css_class``, or anywhere) to be drawn.
 
-    Note: ``FigureWidget.add_class`` does not reach the DOM (plotly 7 + anywidget); put the class on
-    a ``widgets.Box([fig])`` around it (or on any container of the figure).
+    The widgets draw their figures with ``LiveFigure`` (plotly's mimetype in an ``Output`` widget, sent
+    again after each change); ``css_class`` is the class of a box around it (``figure_box``).
 
-    Returns its ``plotly_state``. A FigureWidget first draws empty axes and gets its traces later, so
-    this waits for at least ``min_traces`` traces. With ``changed_from`` (an earlier state), wait until
-    the state differs; with ``title``, until the figure's title text equals it.
+    Returns its ``plotly_state``, once it has at least ``min_traces`` traces and takes room on the page
+    (``MIN_PLOT_HEIGHT``). With ``changed_from`` (an earlier state), wait until its traces or title
+    differ; with ``title``, until the figure's title text equals it.
     """
     with timed(f"wait_for_plotly {css_class or ''}"), _explain_plotly_timeout(page, css_class):
         return _wait_value(
             page,
-            f"""([sel, old, title, minTraces]) => {{
+            f"""([sel, old, title, minTraces, minHeight]) => {{
               const s = ({_PLOTLY_STATE_JS})(sel);
-              if (s === null || s.data.length < minTraces) return null;
+              if (s === null || s.data.length < minTraces || s.height < minHeight) return null;
               if (title !== null && s.title !== title) return null;
-              return (old === null || JSON.stringify(s) !== JSON.stringify(old)) ? s : null;
+              const key = (x) => JSON.stringify([x.data, x.title]);
+              return (old === null || key(s) !== key(old)) ? s : null;
             }}""",
-            [_scope(css_class), changed_from, title, min_traces],
+            [_scope(css_class), changed_from, title, min_traces, MIN_PLOT_HEIGHT],
             timeout,
         )
+
+
+def wait_for_text(page, css_class: str, text: str, timeout: float = TIMEOUT_S) -> str:
+    """Wait until the (first) element with ``css_class`` shows ``text`` in its text; returns that text."""
+    with timed(f"wait_for_text {css_class} {text!r}"):
+        return _wait_value(
+            page,
+            """([sel, text]) => {
+              const e = document.querySelector(sel);
+              return e && e.innerText.includes(text) ? e.innerText : null;
+            }""",
+            [_scope(css_class), text],
+            timeout,
+        )
+
+
+def slider_readout(page, css_class: str) -> str:
+    """The value an ipywidgets slider shows next to it (its readout text)."""
+    return page.locator(f"{_scope(css_class)} .widget-readout").first.inner_text().strip()
 
 
 def press_slider(page, css_class: str, key: str = "ArrowRight", times: int = 1) -> None:
@@ -554,9 +582,16 @@ _ERRORS_JS = """
       }
     }
   } else if (stderr) {  // no exposed app: tracebacks render as stderr too
-    document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+    document.querySelectorAll('.jp-Cell-outputArea > * > [data-mime-type="application/vnd.jupyter.stderr"]')
       .forEach((e) => out.push('stderr/error: ' + e.innerText.slice(0, 3000)));
   }
+  // ipywidgets Output widgets keep their outputs out of the notebook model: read their DOM. A traceback
+  // renders as stderr there too, so without ``stderr`` only text that looks like one counts.
+  document.querySelectorAll('.widget-output [data-mime-type="application/vnd.jupyter.stderr"]')
+    .forEach((e) => {
+      const t = e.innerText;
+      if (stderr || /Traceback|\\w+(Error|Exception)\b/.test(t)) out.push('Output widget stderr: ' + t.slice(0, 3000));
+    });
   document.querySelectorAll('.jupyter-widgets-error-widget')
     .forEach((e) => out.push('widget error: ' + e.innerText.slice(0, 2000)));
   document.querySelectorAll('.jp-OutputArea-output').forEach((e) => {
@@ -566,6 +601,9 @@ _ERRORS_JS = """
   return out;
 }
 """
+
+
+_RUN_STATE_JS = _RUN_STATE_JS.replace("__ERRORS__", _ERRORS_JS.strip())
 
 
 def error_outputs(page, stderr: bool = True) -> list[str]:
@@ -590,14 +628,10 @@ def output_text(page) -> str:
 
 
 def screenshot(page, path: str | os.PathLike, css_class: str | None = None) -> Path:
-    """Save a PNG of the whole page, or only of the (first) widget with ``css_class``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save a PNG of the whole notebook, or only of the (first) widget with ``css_class``; returns the path."""
     if css_class:
-        page.locator(_scope(css_class)).first.screenshot(path=str(path), timeout=_ms(TIMEOUT_S))
-    else:
-        full_page_screenshot(page, path)
-    return path
+        return widget_screenshot(page, path, css_class)
+    return full_page_screenshot(page, path)
 
 
 _SCROLLERS_JS = """
@@ -614,13 +648,13 @@ _SCROLLERS_JS = """
 """
 
 
-def full_page_screenshot(page, path: str | os.PathLike, max_height: int = 8000) -> Path:
-    """Screenshot with the viewport stretched so the whole open notebook is visible.
+@contextlib.contextmanager
+def _tall_viewport(page, max_height: int = 8000) -> Iterator[None]:
+    """Stretch the viewport (for the block) so that the whole open notebook is on screen.
 
-    ``full_page=True`` alone shows only the viewport: JupyterLab's document never scrolls.
+    JupyterLab's document never scrolls, its panels do: ``full_page=True`` and element screenshots
+    alone are clipped at the panel's edge.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     size = page.viewport_size
     old_tops = None
     try:
@@ -630,24 +664,59 @@ def full_page_screenshot(page, path: str | os.PathLike, max_height: int = 8000) 
                 {"width": size["width"], "height": min(size["height"] + extra, max_height)}
             )
             page.wait_for_timeout(500)  # let lumino lay out the taller panel
-        page.screenshot(path=str(path), full_page=True, timeout=_ms(TIMEOUT_S))
+        yield
     finally:
         if size and page.viewport_size != size:
             page.set_viewport_size(size)
         if old_tops is not None:
             page.evaluate(_SCROLLERS_JS, old_tops)
+
+
+def full_page_screenshot(page, path: str | os.PathLike, max_height: int = 8000) -> Path:
+    """Screenshot of the page with the viewport stretched so the whole open notebook is visible."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _tall_viewport(page, max_height):
+        page.screenshot(path=str(path), full_page=True, timeout=_ms(TIMEOUT_S))
     return path
 
 
-def docs_screenshot(page, name: str, css_class: str | None = None) -> Path:
+def widget_screenshot(page, path: str | os.PathLike, css_class: str, max_bytes: int = 0) -> Path:
+    """Screenshot of the whole widget with ``css_class`` (not clipped by the notebook panel).
+
+    The mouse is moved off the page first (no hover toolbars). With ``max_bytes``, a larger PNG is
+    reduced to a 256-colour palette (UI screenshots stay sharp; the docs keep each image small).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.mouse.move(0, 0)
+    with _tall_viewport(page):
+        widget = page.locator(_scope(css_class)).first
+        widget.scroll_into_view_if_needed(timeout=_ms(TIMEOUT_S))
+        widget.screenshot(path=str(path), timeout=_ms(TIMEOUT_S), animations="disabled", caret="hide")
+    if max_bytes and path.stat().st_size > max_bytes:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            small = img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+        small.save(path, optimize=True)
+    return path
+
+
+DOCS_SCREENSHOT_MAX_BYTES = 280_000
+
+
+def docs_screenshot(page, name: str, css_class: str) -> Path:
     """Save the screenshot the documentation shows as ``docs/assets/screenshots/<name>.png``.
 
     Tracked docs images are only rewritten when ``DIFFEXPLAIN_UPDATE_SCREENSHOTS=1``; otherwise the PNG
     goes to ``test-artifacts/browser/screenshots/`` so an ordinary test run leaves the tree clean.
+    Either way it is the whole widget, at most ``DOCS_SCREENSHOT_MAX_BYTES``.
     """
     folder = (
         DOCS_SCREENSHOTS_DIR
         if os.environ.get("DIFFEXPLAIN_UPDATE_SCREENSHOTS") == "1"
         else ARTIFACTS_DIR / "screenshots"
     )
-    return screenshot(page, folder / f"{name}.png", css_class)
+    wait_for_kernel_idle(page)  # every change the test made has been drawn
+    return widget_screenshot(page, folder / f"{name}.png", css_class, DOCS_SCREENSHOT_MAX_BYTES)

@@ -1,4 +1,4 @@
-"""The harness itself: a slider drives an image widget and a plotly FigureWidget in a real JupyterLab."""
+"""The harness itself: a slider drives an image widget and a plotly figure (in an Output widget) in JupyterLab."""
 
 from __future__ import annotations
 

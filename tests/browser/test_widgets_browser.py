@@ -19,7 +19,9 @@ from lab_helpers import (
     open_notebook,
     press_slider,
     run_all,
+    slider_readout,
     wait_for_plotly,
+    wait_for_text,
     wait_for_widget_image,
 )
 
@@ -103,6 +105,7 @@ def test_step_explorer_in_lab(lab_page, lab_server, tmp_path):
     press_slider(page, "dx-step-slider", "ArrowRight", times=2)
     wait_for_widget_image(page, "dx-xt-image", changed_from=src)
     wait_for_plotly(page, "dx-timeline", changed_from=fig)
+    wait_for_text(page, "dx-step-info", f"step {slider_readout(page, 'dx-step-slider')} of")
     _no_errors(page)
     docs_screenshot(page, "step_explorer", "dx-step-explorer")
 
@@ -117,6 +120,12 @@ def test_guidance_lab_in_lab(lab_page, lab_server, tmp_path):
     press_slider(page, "dx-guidance-slider", "ArrowRight", times=4)
     wait_for_widget_image(page, "dx-reguide-strip", changed_from=src)
     wait_for_plotly(page, "dx-guidance-plot", changed_from=fig)
+    w = float(slider_readout(page, "dx-guidance-slider"))
+    wait_for_text(page, "dx-reguide-label", f"re-guided at w = {w:g} ")
+    ranged = wait_for_widget_image(page, "dx-range-image")
+    click_button(page, "dx-cfg-off-button")
+    wait_for_widget_image(page, "dx-range-image", changed_from=ranged)
+    wait_for_text(page, "dx-status", "guidance off for steps")
     _no_errors(page)
     docs_screenshot(page, "guidance_lab", "dx-guidance-lab")
 
@@ -129,6 +138,8 @@ def test_noise_lab_in_lab(lab_page, lab_server, tmp_path):
     src = wait_for_widget_image(page, "dx-branch-image")
     click_button(page, "dx-inject-button")
     wait_for_widget_image(page, "dx-branch-image", changed_from=src)
+    wait_for_widget_image(page, "dx-diff-image")
+    wait_for_text(page, "dx-status", "ran again")
     _no_errors(page)
     docs_screenshot(page, "noise_lab", "dx-noise-lab")
 
@@ -141,8 +152,9 @@ def test_prompt_swap_in_lab(lab_page, lab_server, tmp_path):
     click_button(page, "dx-swap-button")
     wait_for_widget_image(page, "dx-swap-image", changed_from=src)
     click_button(page, "dx-sweep-button")
-    wait_for_plotly(page, "dx-sweep-plot")
+    wait_for_plotly(page, "dx-sweep-plot", min_traces=2)
     wait_for_widget_image(page, "dx-sweep-strip")
+    wait_for_text(page, "dx-status", "sweep done")
     _no_errors(page)
     docs_screenshot(page, "prompt_swap", "dx-prompt-swap")
 
@@ -171,5 +183,6 @@ def test_trace_player_in_lab(lab_page, lab_server, tmp_path):
     press_slider(page, "dx-step-slider", "ArrowRight")
     wait_for_widget_image(page, "dx-xt-image", changed_from=src)
     wait_for_plotly(page, "dx-timeline", changed_from=fig)
+    wait_for_text(page, "dx-step-info", f"step {slider_readout(page, 'dx-step-slider')} of")
     _no_errors(page)
     docs_screenshot(page, "trace_player", "dx-trace-player")
