@@ -53,9 +53,7 @@ def image_panel(title: str, css: str, size: int = DEFAULT_SIZE) -> tuple[W.VBox,
     image = W.Image(value=blank(size), format="png", width=size)
     image.add_class(css)
     label = W.HTML(f"<b>{title}</b>")
-    # pictures line up along a row even when a long title wraps onto two lines
-    layout = W.Layout(align_items="center", justify_content="flex-end", margin="2px 6px")
-    box = W.VBox([label, image], layout=layout)
+    box = W.VBox([label, image], layout=W.Layout(align_items="center", margin="2px 6px"))
     box.add_class("dx-panel")
     return box, image
 

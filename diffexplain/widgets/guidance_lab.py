@@ -98,7 +98,7 @@ class GuidanceLab(DxWidget):
             boxes[key], self.images[key] = image_panel(title, css, size)
         self.on_title = boxes["on"].children[0]
         self.range_title = boxes["range"].children[0]
-        self.strip = W.Image(format="png")
+        self.strip = W.Image(format="png", layout=W.Layout(align_self="flex-start"))  # not stretched
         self.strip.add_class("dx-reguide-strip")
         self.strip_label = W.HTML()
         self.strip_label.add_class("dx-reguide-label")

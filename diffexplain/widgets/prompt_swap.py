@@ -93,7 +93,7 @@ class PromptSwap(DxWidget):
         ):
             boxes[key], self.images[key] = image_panel(title, css, size)
         self.swap_title = boxes["swap"].children[0]
-        self.strip = W.Image(format="png")
+        self.strip = W.Image(format="png", layout=W.Layout(align_self="flex-start"))  # not stretched
         self.strip.add_class("dx-sweep-strip")
         self.strip_label = W.HTML()
         self.fig = LiveFigure()

@@ -64,11 +64,10 @@ widget""",
 widget = ForwardProcess(ex, t=300)
 widget""",
     "trace_player": """\
-import tempfile, pathlib
-path = pathlib.Path(tempfile.mkdtemp()) / "run.trace"
+path = "run.trace"  # next to the served copy of this notebook (a temp folder)
 ex.run(PROMPT, num_inference_steps=STEPS, seed=1, guidance_scale=5.0).save(path)
 del ex  # no model from here on
-widget = TracePlayer(str(path))
+widget = TracePlayer(path)
 widget""",
 }
 
