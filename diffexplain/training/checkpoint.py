@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 
 class EMA:
@@ -82,18 +83,25 @@ def save_checkpoint(
     os.replace(tmp_json, path.with_suffix(".json"))
 
 
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and JSON that :func:`save_checkpoint` wrote, in one read of the weights file.
+
+    ``step`` comes from the weights file's metadata where it has one (see :func:`save_checkpoint`).
+    """
+    with safe_open(str(path.with_suffix(".safetensors")), framework="pt") as handle:
+        weights_step = (handle.metadata() or {}).get("step")
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if weights_step is not None:
+        meta["step"] = int(weights_step)
+    return tensors, meta
+
+
 def load_checkpoint(
     path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None
 ) -> dict[str, Any]:
     """Restore what :func:`save_checkpoint` wrote; returns its JSON (with ``step``)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path.with_suffix(".safetensors")), framework="pt") as handle:
-        weights_step = (handle.metadata() or {}).get("step")
-    tensors = load_file(str(path.with_suffix(".safetensors")))
-    meta = json.loads(path.with_suffix(".json").read_text())
-    if weights_step is not None:  # the weights file's own step wins (see save_checkpoint)
-        meta["step"] = int(weights_step)
+    tensors, meta = read_checkpoint(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         for k in ema.shadow:

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_file
 
 from diffexplain.data import ShapesDataset
 from diffexplain.models.config import TrainConfig, scheduler_config, unet_config, vae_config
 from diffexplain.models.store import save_model
+from diffexplain.training.checkpoint import read_checkpoint
 from diffexplain.training.latent_norm import fold_into_vae
 
 DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 5.0}
@@ -24,14 +24,7 @@ DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 5.0}
 def _checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not path.with_suffix(".json").is_file():
         raise FileNotFoundError(f"no checkpoint at {path}.json; run `diffexplain train` first")
-    from safetensors import safe_open
-
-    weights = path.with_suffix(".safetensors")
-    with safe_open(str(weights), framework="pt") as handle:
-        weights_metadata = handle.metadata() or {}
-    meta = json.loads(path.with_suffix(".json").read_text())
-    meta["weights_metadata"] = weights_metadata
-    return load_file(str(weights)), meta
+    return read_checkpoint(path)
 
 
 def load_trained_vae(out: Path, cfg: TrainConfig) -> tuple[AutoencoderKL, dict[str, Any]]:
@@ -76,8 +69,6 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
     cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
     vae, vae_info = load_trained_vae(out, cfg)
     tensors, meta = _checkpoint(out / "unet" / "checkpoint")
-    if "step" in meta.get("weights_metadata", {}):  # the weights file's own step wins over the JSON's
-        meta["step"] = int(meta["weights_metadata"]["step"])
     scaling_factor = float(meta["scaling_factor"])
     if "latent_mean" in meta:  # per-channel standardisation, folded into the VAE (scaling_factor 1)
         fold_into_vae(vae, torch.tensor(meta["latent_mean"]), torch.tensor(meta["latent_std"]))
