@@ -212,6 +212,14 @@ class Explainer:
             num_inference_steps = int(self.defaults.get("num_inference_steps", 25))
         if guidance_scale is None:
             guidance_scale = float(self.defaults.get("guidance_scale", 7.5))
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(
+                f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps!r}"
+            )
         if generator is None:
             seed = secrets.randbits(63) if seed is None else int(seed)
             generator = torch.Generator(device="cpu").manual_seed(seed)

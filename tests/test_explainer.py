@@ -113,3 +113,9 @@ def test_timestep_cond_unet_runs_unguided(parts):
         PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="latent"
     ).images
     assert torch.equal(ref, trace.final_latents)
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True, "25"])
+def test_run_refuses_a_step_count_that_is_not_a_positive_whole_number(explainer, steps):
+    with pytest.raises(ValueError, match="num_inference_steps must be a whole number of at least 1"):
+        explainer.run(PROMPT, num_inference_steps=steps, seed=0, decode=False)

@@ -21,7 +21,7 @@ from diffexplain.cli import main
 from diffexplain.data import held_out
 from diffexplain.models.config import PRESETS, preset, scheduler_config, unet_config, vae_config
 from diffexplain.training.checkpoint import EMA, load_checkpoint, save_checkpoint
-from diffexplain.training.export import debiased_ema, load_trained_vae
+from diffexplain.training.export import debiased_ema, export_model, load_trained_vae
 from diffexplain.training.run import train
 from diffexplain.training.unet import CaptionCache, min_snr_weights, train_unet
 from diffexplain.training.vae import finetune_decoder, train_vae, vae_psnr
@@ -89,6 +89,27 @@ def test_exported_unet_sample_size_is_the_latent_size(run: Path) -> None:
     info = json.loads((run / "model" / "model.json").read_text())
     pool = load_file(str(run / "unet" / "latent_pool.safetensors"))["latents"]
     assert info["unet_config"]["sample_size"] == pool.shape[-1]
+
+
+def test_exported_unet_has_the_presets_norm_groups(run: Path) -> None:
+    info = json.loads((run / "model" / "model.json").read_text())
+    assert info["unet_config"]["norm_num_groups"] == min(TINY.unet_norm_groups, TINY.unet_blocks[0])
+
+
+def test_unet_norm_groups_are_capped_at_the_first_block_width() -> None:
+    assert unet_config((32, 64, 128), 16, 8)["norm_num_groups"] == 8
+    assert unet_config((16, 32, 32), 8, 32)["norm_num_groups"] == 16
+    assert unet_config((32, 64, 128), 16)["norm_num_groups"] == 32  # diffusers' own default, capped
+
+
+def test_export_of_a_run_from_before_norm_groups_uses_32_groups(run: Path, tmp_path: Path) -> None:
+    old = copy_run(run, tmp_path / "old")
+    saved = json.loads((old / "config.json").read_text())
+    del saved["unet_norm_groups"]
+    (old / "config.json").write_text(json.dumps(saved))
+    export_model(old, tmp_path / "m")
+    info = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert info["unet_config"]["norm_num_groups"] == min(32, TINY.unet_blocks[0])
 
 
 def test_run_folder_holds_only_safetensors_and_json(run: Path) -> None:

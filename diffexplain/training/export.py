@@ -66,7 +66,9 @@ def debiased_ema(
 def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] | None = None) -> Path:
     """Write ``target`` from the run in ``out``: EMA U-Net weights, the VAE, configs and the recipe."""
     out = Path(out)
-    cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
+    saved = json.loads((out / "config.json").read_text())
+    saved.setdefault("unet_norm_groups", 32)  # runs from before the field existed used 32 groups
+    cfg = TrainConfig(**saved)
     vae, vae_info = load_trained_vae(out, cfg)
     tensors, meta = _checkpoint(out / "unet" / "checkpoint")
     scaling_factor = float(meta["scaling_factor"])
@@ -74,7 +76,7 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
         fold_into_vae(vae, torch.tensor(meta["latent_mean"]), torch.tensor(meta["latent_std"]))
         scaling_factor = 1.0
     latent_size = cfg.image_size // 2 ** (len(cfg.vae_blocks) - 1)  # each VAE level but the last halves
-    ucfg = unet_config(tuple(cfg.unet_blocks), latent_size)
+    ucfg = unet_config(tuple(cfg.unet_blocks), latent_size, cfg.unet_norm_groups)
     torch.manual_seed(cfg.seed)  # exactly as train_unet builds it, so this is θ0
     unet = UNet2DConditionModel(**ucfg)
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
