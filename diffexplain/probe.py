@@ -25,26 +25,34 @@ if TYPE_CHECKING:
     from diffexplain.trace import Trace
 
 
-_FINGERPRINTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+def _version_key(state: dict[str, torch.Tensor]) -> tuple:
+    """Which tensors a state holds and how often each was changed in place (torch's version counter)."""
+    return tuple((name, id(t), t._version) for name, t in state.items())
 
 
 # ---- weights --------------------------------------------------------------------------------------
 def weight_fingerprint(module: Any, *, length: int = 10) -> str:
     """A short SHA-256 hash of a module's parameters and buffers (names, shapes, dtypes and values).
 
-    Computed once per module object and cached: two U-Nets with the same weights get the same hash.
+    Cached per module object and recomputed when any weight is replaced or changed in place (a
+    ``load_state_dict``, an optimiser step, a hand edit), so it always describes the current weights.
+    Two U-Nets with the same weights get the same hash.
     """
+    state = module.state_dict(keep_vars=True)
+    key = _version_key(state)
     cached = _FINGERPRINTS.get(module)
-    if cached is not None:
-        return cached[:length]
+    if cached is not None and cached[0] == key:
+        return cached[1][:length]
     digest = hashlib.sha256()
-    state = module.state_dict()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     value = digest.hexdigest()
-    _FINGERPRINTS[module] = value
+    _FINGERPRINTS[module] = (key, value)
     return value[:length]
 
 

@@ -281,3 +281,18 @@ def test_trace_player_upload(trace_on: Trace, tmp_path) -> None:
     assert tp.trace is not None and len(tp.trace) == len(trace_on)
     assert_clean(tp)
     assert_clean(tp.explorer)
+
+
+def test_weight_fingerprint_follows_weight_changes() -> None:
+    from diffexplain.probe import weight_fingerprint
+    from tests.tiny_parts import tiny_unet
+
+    unet, other = tiny_unet(seed=1), tiny_unet(seed=2)
+    first = weight_fingerprint(unet)
+    assert weight_fingerprint(unet) == first  # cached: same weights, same hash
+    with torch.no_grad():
+        next(unet.parameters()).add_(1.0)  # an in-place edit
+    edited = weight_fingerprint(unet)
+    assert edited != first
+    unet.load_state_dict(other.state_dict())  # copies in place
+    assert weight_fingerprint(unet) == weight_fingerprint(other) != edited
