@@ -102,14 +102,39 @@ def test_unet_norm_groups_are_capped_at_the_first_block_width() -> None:
     assert unet_config((32, 64, 128), 16)["norm_num_groups"] == 32  # diffusers' own default, capped
 
 
-def test_export_of_a_run_from_before_norm_groups_uses_32_groups(run: Path, tmp_path: Path) -> None:
-    old = copy_run(run, tmp_path / "old")
+def test_pooled_text_changes_the_prediction_with_no_extra_input() -> None:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**unet_config((16, 32, 32), 8, 8, pooled_text=True)).eval()
+    assert unet.config.addition_embed_type == "text"
+    z, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    states = torch.randn(2, 5, 384)
+    with torch.no_grad():
+        a = unet(z, t, encoder_hidden_states=states[:1]).sample
+        # drop the cross-attention path: only the pooled summary in the timestep embedding remains
+        for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks):
+            for attn in getattr(block, "attentions", []):
+                for tb in attn.transformer_blocks:
+                    tb.attn2.to_out[0].weight.zero_()
+                    tb.attn2.to_out[0].bias.zero_()
+        b = unet(z, t, encoder_hidden_states=states[:1]).sample
+        c = unet(z, t, encoder_hidden_states=states[1:]).sample
+    assert not torch.allclose(a, b)  # cross-attention mattered
+    assert not torch.allclose(b, c)  # and so does the pooled caption, without any cross-attention
+
+
+def test_export_of_a_run_from_before_norm_groups_and_pooled_text(tmp_path: Path) -> None:
+    """A run folder written before these two fields existed exports with their old values."""
+    old_style = dataclasses.replace(TINY, unet_norm_groups=32, unet_pooled_text=False)
+    old = tmp_path / "old"
+    train(old_style, old, device="cpu", progress=False, export_to=tmp_path / "first")
     saved = json.loads((old / "config.json").read_text())
-    del saved["unet_norm_groups"]
+    del saved["unet_norm_groups"], saved["unet_pooled_text"]
     (old / "config.json").write_text(json.dumps(saved))
     export_model(old, tmp_path / "m")
     info = json.loads((tmp_path / "m" / "model.json").read_text())
     assert info["unet_config"]["norm_num_groups"] == min(32, TINY.unet_blocks[0])
+    assert "addition_embed_type" not in info["unet_config"]
+    assert load_model(tmp_path / "m", progress=False).unet.config.addition_embed_type is None
 
 
 def test_run_folder_holds_only_safetensors_and_json(run: Path) -> None:
@@ -174,7 +199,9 @@ def test_unet_steps_lower_the_loss(run: Path) -> None:
         return (weight * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean().item()
 
     torch.manual_seed(TINY.seed)  # θ0 exactly as train_unet builds it
-    unet = UNet2DConditionModel(**unet_config(tuple(TINY.unet_blocks), pool.shape[-1]))
+    unet = UNet2DConditionModel(
+        **unet_config(tuple(TINY.unet_blocks), pool.shape[-1], TINY.unet_norm_groups, TINY.unet_pooled_text)
+    )
     before = loss(unet)
     ckpt = load_file(str(run / "unet" / "checkpoint.safetensors"))
     unet.load_state_dict({k[6:]: v for k, v in ckpt.items() if k.startswith("model.")})

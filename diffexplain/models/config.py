@@ -29,7 +29,10 @@ def vae_config(block_out_channels: tuple[int, ...] = (32, 64, 64)) -> dict[str, 
 
 
 def unet_config(
-    block_out_channels: tuple[int, ...] = (64, 128, 128), sample_size: int = 16, norm_groups: int = 32
+    block_out_channels: tuple[int, ...] = (64, 128, 128),
+    sample_size: int = 16,
+    norm_groups: int = 32,
+    pooled_text: bool = False,
 ) -> dict[str, Any]:
     """diffusers ``UNet2DConditionModel`` config with cross-attention on 384-d MiniLM token states.
 
@@ -37,8 +40,16 @@ def unet_config(
     channel per group, GroupNorm removes each channel's mean per image, and the image-wide offsets
     (a light or dark background; the exact level of the noise at the noisiest steps) must then be
     rebuilt from deeper layers.
+
+    ``pooled_text`` adds diffusers' ``addition_embed_type="text"`` (as DeepFloyd IF does): an
+    attention-pooled summary of the token states joins the timestep embedding, so the caption reaches
+    every ResNet block, not only the cross-attention layers. It needs no extra input: the U-Net pools
+    the same ``encoder_hidden_states`` it attends to.
     """
-    return {
+    extra: dict[str, Any] = {}
+    if pooled_text:
+        extra = {"addition_embed_type": "text", "addition_embed_type_num_heads": 8}
+    return extra | {
         "sample_size": sample_size,
         "in_channels": 4,
         "out_channels": 4,
@@ -82,6 +93,7 @@ class TrainConfig:
     # Stage 3: U-Net
     unet_blocks: tuple[int, ...] = (32, 64, 128)
     unet_norm_groups: int = 8  # GroupNorm groups in the U-Net (4 channels per group in the first block)
+    unet_pooled_text: bool = True  # pooled caption added to the timestep embedding (see unet_config)
     latent_pool: int = 24_000  # images encoded once to latents, then reused
     unet_steps: int = 2200
     unet_batch: int = 64

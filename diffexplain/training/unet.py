@@ -89,7 +89,7 @@ def train_unet(
 
     torch.manual_seed(cfg.seed)
     sample_size = pool.shape[-1]
-    ucfg = unet_config(tuple(cfg.unet_blocks), sample_size, cfg.unet_norm_groups)
+    ucfg = unet_config(tuple(cfg.unet_blocks), sample_size, cfg.unet_norm_groups, cfg.unet_pooled_text)
     unet = UNet2DConditionModel(**ucfg).to(device)
     ema = EMA(unet, cfg.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
