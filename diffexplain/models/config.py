@@ -115,7 +115,8 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     # The shipped model.
     "default": TrainConfig(),
-    # Rough but recognisable in about 10 minutes on a 2-core CPU: one-object scenes only, fewer steps.
+    # Aims at rough but recognisable in 10 minutes on 2 CPU cores; measured 13.8 min and not yet
+    # recognisable (docs/model-card.md). One-object scenes only, fewer steps.
     "classroom": TrainConfig(
         name="classroom",
         two_object_share=0.0,
