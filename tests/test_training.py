@@ -199,9 +199,7 @@ def test_unet_steps_lower_the_loss(run: Path) -> None:
         return (weight * (eps - noise).pow(2).mean(dim=(1, 2, 3))).mean().item()
 
     torch.manual_seed(TINY.seed)  # θ0 exactly as train_unet builds it
-    unet = UNet2DConditionModel(
-        **unet_config(tuple(TINY.unet_blocks), pool.shape[-1], TINY.unet_norm_groups, TINY.unet_pooled_text)
-    )
+    unet = UNet2DConditionModel(**TINY.unet_config(pool.shape[-1]))
     before = loss(unet)
     ckpt = load_file(str(run / "unet" / "checkpoint.safetensors"))
     unet.load_state_dict({k[6:]: v for k, v in ckpt.items() if k.startswith("model.")})

@@ -111,6 +111,22 @@ class TrainConfig:
         """A JSON-safe dict of every field."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> TrainConfig:
+        """The config a run folder's ``config.json`` describes, also one written before a field existed.
+
+        Fields added later take the value that reproduces what such older runs trained.
+        """
+        return cls(**(_BEFORE_FIELDS | saved))
+
+    def unet_config(self, sample_size: int) -> dict[str, Any]:
+        """The U-Net config this run trains, for latents of ``sample_size`` per side."""
+        return unet_config(tuple(self.unet_blocks), sample_size, self.unet_norm_groups, self.unet_pooled_text)
+
+
+# What runs trained before these fields existed: 32 GroupNorm groups, cross-attention only.
+_BEFORE_FIELDS: dict[str, Any] = {"unet_norm_groups": 32, "unet_pooled_text": False}
+
 
 PRESETS: dict[str, TrainConfig] = {
     # The shipped model.

@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from diffexplain.data import ShapesDataset
-from diffexplain.models.config import TrainConfig, scheduler_config, unet_config, vae_config
+from diffexplain.models.config import TrainConfig, scheduler_config, vae_config
 from diffexplain.models.store import save_model
 from diffexplain.training.checkpoint import read_checkpoint
 from diffexplain.training.latent_norm import fold_into_vae
@@ -66,10 +66,7 @@ def debiased_ema(
 def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] | None = None) -> Path:
     """Write ``target`` from the run in ``out``: EMA U-Net weights, the VAE, configs and the recipe."""
     out = Path(out)
-    saved = json.loads((out / "config.json").read_text())
-    saved.setdefault("unet_norm_groups", 32)  # runs from before these fields existed: 32 groups,
-    saved.setdefault("unet_pooled_text", False)  # cross-attention only
-    cfg = TrainConfig(**saved)
+    cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     vae, vae_info = load_trained_vae(out, cfg)
     tensors, meta = _checkpoint(out / "unet" / "checkpoint")
     scaling_factor = float(meta["scaling_factor"])
@@ -77,7 +74,7 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
         fold_into_vae(vae, torch.tensor(meta["latent_mean"]), torch.tensor(meta["latent_std"]))
         scaling_factor = 1.0
     latent_size = cfg.image_size // 2 ** (len(cfg.vae_blocks) - 1)  # each VAE level but the last halves
-    ucfg = unet_config(tuple(cfg.unet_blocks), latent_size, cfg.unet_norm_groups, cfg.unet_pooled_text)
+    ucfg = cfg.unet_config(latent_size)
     torch.manual_seed(cfg.seed)  # exactly as train_unet builds it, so this is θ0
     unet = UNet2DConditionModel(**ucfg)
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}

@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from diffexplain.data import ShapesDataset
-from diffexplain.models.config import TrainConfig, scheduler_config, unet_config
+from diffexplain.models.config import TrainConfig, scheduler_config
 from diffexplain.models.text import encode_captions, load_text_encoder
 from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, save_checkpoint
 from diffexplain.training.latent_norm import latent_stats, standardise
@@ -89,8 +89,7 @@ def train_unet(
 
     torch.manual_seed(cfg.seed)
     sample_size = pool.shape[-1]
-    ucfg = unet_config(tuple(cfg.unet_blocks), sample_size, cfg.unet_norm_groups, cfg.unet_pooled_text)
-    unet = UNet2DConditionModel(**ucfg).to(device)
+    unet = UNet2DConditionModel(**cfg.unet_config(sample_size)).to(device)
     ema = EMA(unet, cfg.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
     noise_scheduler = DDPMScheduler(**scheduler_config())
