@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import PRESETS
 from diffexplain.models.store import ModelFolderError
 from diffexplain.scheduler_state import SCHEDULER_NAMES
@@ -46,7 +47,12 @@ def _train(args: argparse.Namespace) -> int:
     from diffexplain.training.run import train
 
     folder = train(
-        args.preset, args.out, device=args.device, export_to=args.export_to, command=args.command_line
+        args.preset,
+        args.out,
+        device=args.device,
+        export_to=args.export_to,
+        command=args.command_line,
+        unet_init=args.unet_init,
     )
     print(f"model written to {folder}")
     return 0
@@ -94,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     train.add_argument(
         "--export-to", default=None, help="where to write the model folder (default: OUT/model)"
+    )
+    train.add_argument(
+        "--unet-init",
+        default=None,
+        metavar="RUN",
+        help="start the U-Net from the run folder RUN (its EMA weights, VAE and latents); "
+        "the refine preset needs it",
     )
     train.set_defaults(func=_train)
     export = sub.add_parser(
@@ -146,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UsageError as err:
         parser.error(str(err))  # exits with code 2
-    except (ModelFolderError, FileNotFoundError) as err:  # a damaged model folder, a run not started
+    except (ModelFolderError, FileNotFoundError, TrainConfigError) as err:  # a damaged model folder, a run
+        # not started, a run to start from that does not fit
         print(f"diffexplain: error: {err}", file=sys.stderr)
         return 1
 

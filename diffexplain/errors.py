@@ -17,3 +17,8 @@ class TraceKeyError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class TrainConfigError(ValueError):
+    """A training run that cannot start as configured: an unknown preset, or a run or model to start
+    from that does not fit (the message names the field, both values, and what to do)."""

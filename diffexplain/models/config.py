@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from diffexplain.errors import TrainConfigError
+
 TEXT_MAX_LENGTH = 32  # tokens per caption (captions are at most ~26 word pieces)
 
 
@@ -87,6 +89,7 @@ class TrainConfig:
     vae_batch: int = 24
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4  # a light KL (per pixel value) keeps latents tame without blurring
+    vae_init: str = ""  # a model folder ("default": the shipped one) whose VAE is used; no VAE stages then
     # U-Net stage
     # Stage 2: decoder-only fine-tune (the encoder, so the U-Net's latent space, stays fixed)
     decoder_steps: int = 600
@@ -102,6 +105,10 @@ class TrainConfig:
     caption_dropout: float = 0.1  # share of empty captions, so classifier-free guidance works
     ema_decay: float = 0.995  # ~200-step average; a longer one lags a model that still improves fast
     min_snr_gamma: float = 5.0  # loss weight min(SNR_t, γ)/SNR_t: less effort on nearly clean steps; 0 = off
+    # Floor β on the weight of the noisiest steps, in clean-image terms: max(min(SNR_t, γ), β)/SNR_t, at
+    # most LOW_SNR_WEIGHT_CAP. Plain ε-loss weighs a wrong layout at t = 960 by SNR ≈ 0.004 (see unet.py).
+    low_snr_floor: float = 0.0
+    unet_init: str = ""  # a run folder whose U-Net (EMA weights), VAE and latent pool this run starts from
     # bookkeeping
     log_every: int = 25
     checkpoint_every: int = 100
@@ -124,13 +131,31 @@ class TrainConfig:
         return unet_config(tuple(self.unet_blocks), sample_size, self.unet_norm_groups, self.unet_pooled_text)
 
 
-# What runs trained before these fields existed: 32 GroupNorm groups, cross-attention only.
-_BEFORE_FIELDS: dict[str, Any] = {"unet_norm_groups": 32, "unet_pooled_text": False}
+# What runs trained before these fields existed: 32 GroupNorm groups, cross-attention only, plain
+# min-SNR weights, from scratch.
+_BEFORE_FIELDS: dict[str, Any] = {
+    "unet_norm_groups": 32,
+    "unet_pooled_text": False,
+    "low_snr_floor": 0.0,
+    "unet_init": "",
+    "vae_init": "",
+}
 
 
 PRESETS: dict[str, TrainConfig] = {
     # The shipped model.
     "default": TrainConfig(),
+    # Continues a finished `default` run (`--unet-init RUN`): the noisiest steps weigh more
+    # (low_snr_floor, see training/unet.py), so the caption, not the starting noise, decides where objects
+    # go; and a longer decoder fine-tune.
+    "refine": TrainConfig(
+        name="refine",
+        decoder_steps=1500,
+        unet_steps=2000,
+        unet_lr=5e-4,
+        unet_warmup=100,
+        low_snr_floor=0.2,
+    ),
     # Aims at rough but recognisable in 10 minutes on 2 CPU cores; measured 13.8 min and not yet
     # recognisable (docs/model-card.md). One-object scenes only, fewer steps.
     "classroom": TrainConfig(
@@ -168,8 +193,12 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+PRESETS_NEEDING_INIT: frozenset[str] = frozenset({"refine"})
+"""Presets that continue another run, so need ``unet_init`` (``--unet-init``)."""
+
+
 def preset(name: str) -> TrainConfig:
     """A fresh copy of the preset called ``name``."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
+        raise TrainConfigError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
     return TrainConfig(**PRESETS[name].to_dict())

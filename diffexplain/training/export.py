@@ -17,6 +17,7 @@ from diffexplain.models.config import TrainConfig, scheduler_config, vae_config
 from diffexplain.models.store import save_model
 from diffexplain.training.checkpoint import read_checkpoint
 from diffexplain.training.latent_norm import fold_into_vae
+from diffexplain.training.vae import vae_from_model
 
 DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 5.0}
 
@@ -28,7 +29,10 @@ def _checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def load_trained_vae(out: Path, cfg: TrainConfig) -> tuple[AutoencoderKL, dict[str, Any]]:
-    """The VAE of a run: the decoder fine-tune's checkpoint if there is one, else stage 1's."""
+    """The VAE of a run: ``cfg.vae_init``'s, else the decoder fine-tune's checkpoint if there is one,
+    else stage 1's."""
+    if cfg.vae_init:
+        return vae_from_model(cfg.vae_init, cfg)
     vae = AutoencoderKL(**vae_config(tuple(cfg.vae_blocks)) | {"sample_size": cfg.image_size})
     for stage in ("vae_decoder", "vae"):
         if (out / stage / "checkpoint.json").is_file():
@@ -78,7 +82,12 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
     torch.manual_seed(cfg.seed)  # exactly as train_unet builds it, so this is θ0
     unet = UNet2DConditionModel(**ucfg)
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    unet.load_state_dict(debiased_ema(ema, decay=cfg.ema_decay, updates=meta["step"], init=unet.state_dict()))
+    if cfg.unet_init:  # the average started at trained weights, which belong in it
+        unet.load_state_dict(ema)
+    else:
+        unet.load_state_dict(
+            debiased_ema(ema, decay=cfg.ema_decay, updates=meta["step"], init=unet.state_dict())
+        )
     recipe = dict(recipe or {})
     recipe.update(
         {

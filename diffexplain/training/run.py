@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from diffexplain.models.config import TrainConfig, preset
+from diffexplain.errors import TrainConfigError
+from diffexplain.models.config import PRESETS_NEEDING_INIT, TrainConfig, preset
 from diffexplain.training.export import export_model
 from diffexplain.training.unet import train_unet
-from diffexplain.training.vae import finetune_decoder, train_vae
+from diffexplain.training.vae import finetune_decoder, train_vae, vae_from_model
 
 
 def pick_device(device: str | None = None) -> str:
@@ -36,27 +39,46 @@ def train(
     export_to: str | Path | None = None,
     progress: bool = True,
     command: str | None = None,
+    unet_init: str | Path | None = None,
 ) -> Path:
     """Train the VAE, (optionally) sharpen its decoder, then train the U-Net in its latent space; export.
 
     ``config`` is a :class:`TrainConfig` or a preset name ("default", "classroom", "tiny").
     Checkpoints go to ``out`` (safetensors + JSON); running the same call again resumes.
+    ``unet_init`` (a run folder) starts the U-Net from that run's EMA weights and reuses its VAE and
+    latents (see :func:`copy_first_stages`); the ``refine`` preset needs it.
     Returns the exported folder (``export_to``, default ``out/model``).
     """
     cfg = preset(config) if isinstance(config, str) else config
+    if unet_init is not None:
+        cfg = dataclasses.replace(cfg, unet_init=str(unet_init))
+    if cfg.name in PRESETS_NEEDING_INIT and not cfg.unet_init:
+        raise TrainConfigError(
+            f"preset {cfg.name!r} continues a finished run: give the run folder to start from "
+            "(--unet-init RUN_FOLDER, or unet_init=...)"
+        )
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     device = pick_device(device)
     started = time.time()
-    vae = train_vae(cfg, out, device=device, progress=progress)
-    if cfg.decoder_steps:  # the encoder stays fixed, so the U-Net's latents do not depend on this stage
+    # What this run starts from is checked (and copied) before anything is written.
+    if cfg.unet_init:
+        copy_first_stages(Path(cfg.unet_init), out, cfg)
+    vae = vae_from_model(cfg.vae_init, cfg)[0].to(device) if cfg.vae_init else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    if vae is None:
+        vae = train_vae(cfg, out, device=device, progress=progress)
+    if cfg.decoder_steps and not cfg.vae_init:  # the encoder stays fixed, so the latents do not change
         vae = finetune_decoder(vae, cfg, out, steps=cfg.decoder_steps, device=device, progress=progress)
     train_unet(cfg, out, vae, device=device, progress=progress)
     recipe = {
         "preset": cfg.name,
         "command": command
-        or " ".join(shlex.quote(a) for a in ["diffexplain", "train", "--preset", cfg.name]),
+        or " ".join(
+            shlex.quote(a)
+            for a in ["diffexplain", "train", "--preset", cfg.name]
+            + (["--unet-init", cfg.unet_init] if cfg.unet_init else [])
+        ),
         "device": device,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -65,6 +87,47 @@ def train(
     target = Path(export_to) if export_to else out / "model"
     export_model(out, target, recipe=recipe)
     return target
+
+
+# Fields that must match for a run to reuse another run's VAE and latent pool.
+_SHARED_FIELDS = (
+    "seed",
+    "image_size",
+    "two_object_share",
+    "vae_blocks",
+    "vae_steps",
+    "vae_batch",
+    "vae_lr",
+    "vae_kl_weight",
+    "decoder_steps",
+    "latent_pool",
+)
+
+
+def copy_first_stages(source: Path, out: Path, cfg: TrainConfig) -> None:
+    """Copy ``source``'s VAE, decoder fine-tune and latent pool into ``out`` (once), for ``unet_init``.
+
+    The U-Net it starts from learned that VAE's latent space, so the new run must keep it.
+    """
+    if not (source / "config.json").exists() or not (source / "unet" / "checkpoint.json").exists():
+        raise FileNotFoundError(
+            f"unet_init={str(source)!r} is not a finished-U-Net run folder: expected config.json and "
+            "unet/checkpoint.json in it (the --out folder of an earlier `diffexplain train`)"
+        )
+    theirs = TrainConfig.from_dict(json.loads((source / "config.json").read_text())).to_dict()
+    mine = json.loads(json.dumps(cfg.to_dict()))  # tuples as JSON lists, like the saved config
+    differ = [f"{k}: {theirs[k]!r} there, {mine[k]!r} here" for k in _SHARED_FIELDS if theirs[k] != mine[k]]
+    if differ:
+        raise TrainConfigError(
+            f"unet_init={str(source)!r} was trained on another VAE or data: " + "; ".join(differ)
+        )
+    for stage in ("vae", "vae_decoder"):
+        if (source / stage).exists() and not (out / stage).exists():
+            shutil.copytree(source / stage, out / stage)
+    (out / "unet").mkdir(parents=True, exist_ok=True)
+    for pool in (source / "unet").glob("latent_pool*"):
+        if not (out / "unet" / pool.name).exists():
+            shutil.copy2(pool, out / "unet" / pool.name)
 
 
 def main_argv() -> str:

@@ -4,6 +4,11 @@ Notation: z0 = (E(x) − μ)/σ per channel (clean latents, standardised over th
 latent_norm.py), ε ~ N(0, I), t ~ U{0..T−1}, z_t = √ᾱ_t·z0 + √(1−ᾱ_t)·ε (closed form, via the scheduler's ``add_noise``),
 loss = w_t·‖ε_θ(z_t, t, c) − ε‖² with the min-SNR weight w_t = min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1−ᾱ_t)
 (Hang et al. 2023): nearly clean steps, where ε is hard to see and matters little, count less.
+
+The noisiest steps need the opposite. ε̂ − ε = √SNR_t·(ẑ0 − z0), so plain ε-loss weighs an error in the
+clean latents by SNR_t: about 0.004 at t = 960, where sampling from pure noise decides the layout. An
+optional floor β raises that weight to β (w_t = max(min(SNR_t, γ), β)/SNR_t, at most
+LOW_SNR_WEIGHT_CAP), so "on the left" has to win over what the noise happens to suggest.
 A share ``caption_dropout`` of captions is replaced by the empty caption, so the same network also
 learns ε_θ(z_t, t, ∅), which classifier-free guidance needs.
 """
@@ -19,9 +24,10 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from diffexplain.data import ShapesDataset
+from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import TrainConfig, scheduler_config
 from diffexplain.models.text import encode_captions, load_text_encoder
-from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, save_checkpoint
+from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, read_checkpoint, save_checkpoint
 from diffexplain.training.latent_norm import latent_stats, standardise
 
 
@@ -54,12 +60,36 @@ class CaptionCache:
         return torch.stack([self.cache[c] for c in captions])
 
 
-def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Per-timestep loss weights min(SNR_t, γ)/SNR_t for ε-prediction (all ones when ``gamma`` is 0)."""
-    if gamma <= 0:
-        return torch.ones_like(alphas_cumprod)
+LOW_SNR_WEIGHT_CAP = 20.0
+"""Largest loss weight of the low-SNR floor (from t ≈ 935 of 1000 on, with β = 0.2)."""
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, floor: float = 0.0) -> torch.Tensor:
+    """Per-timestep ε-loss weights max(min(SNR_t, γ), β)/SNR_t, capped at :data:`LOW_SNR_WEIGHT_CAP`.
+
+    ``gamma`` 0 turns the min-SNR part off (weight 1); ``floor`` (β) 0 turns the floor off.
+    """
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    return (gamma / snr).clamp(max=1.0)
+    weights = (gamma / snr).clamp(max=1.0) if gamma > 0 else torch.ones_like(snr)
+    if floor > 0:
+        weights = torch.maximum(weights, (floor / snr).clamp(max=LOW_SNR_WEIGHT_CAP))
+    return weights
+
+
+def init_from_run(unet: UNet2DConditionModel, ema: EMA, source: Path) -> int:
+    """Start ``unet`` and its EMA from the EMA weights of the run folder ``source``; returns that run's step."""
+    tensors, meta = read_checkpoint(source / "unet" / "checkpoint")
+    weights = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    try:
+        unet.load_state_dict(weights)
+    except RuntimeError as err:
+        raise TrainConfigError(
+            f"unet_init={str(source)!r}: its U-Net does not match this config's "
+            f"(unet_blocks, unet_norm_groups, unet_pooled_text must be the same): {err}"
+        ) from err
+    for k in ema.shadow:
+        ema.shadow[k] = weights[k].float().clone()
+    return int(meta["step"])
 
 
 def train_unet(
@@ -93,11 +123,16 @@ def train_unet(
     ema = EMA(unet, cfg.ema_decay)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
     noise_scheduler = DDPMScheduler(**scheduler_config())
-    snr_weight = min_snr_weights(noise_scheduler.alphas_cumprod, cfg.min_snr_gamma).to(device)  # [T]
+    snr_weight = min_snr_weights(noise_scheduler.alphas_cumprod, cfg.min_snr_gamma, cfg.low_snr_floor)  # [T]
+    snr_weight = snr_weight.to(device)
     ckpt = stage / "checkpoint"
     start = 0
     if ckpt.with_suffix(".json").exists():
         start = load_checkpoint(ckpt, model=unet, optimizer=opt, ema=ema)["step"]
+    elif cfg.unet_init:
+        init_step = init_from_run(unet, ema, Path(cfg.unet_init))
+        if progress:
+            tqdm.write(f"U-Net starts from {cfg.unet_init} (its EMA weights after {init_step} steps)")
     text = CaptionCache(device)
     empty = text([""])[0]
     log = (stage / "log.jsonl").open("a")

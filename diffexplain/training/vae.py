@@ -9,12 +9,14 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from diffexplain.data import ShapesDataset, held_out
+from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import TrainConfig, vae_config
 from diffexplain.training.checkpoint import load_checkpoint, lr_at, save_checkpoint
 
@@ -143,3 +145,26 @@ def finetune_decoder(
                 ckpt, model=vae, optimizer=opt, ema=None, step=step + 1, info={"config": cfg.to_dict()}
             )
     return vae.eval()
+
+
+def vae_from_model(source: str, cfg: TrainConfig) -> tuple[AutoencoderKL, dict[str, Any]]:
+    """The VAE of the model folder ``source`` ("default": the shipped model), for ``cfg.vae_init``.
+
+    Its latents are already standardised (see latent_norm.py); the U-Net stage measures them again
+    and the export folds the (nearly identity) correction in, exactly.
+    """
+    from diffexplain.models.default import DEFAULT_MODEL_DIR
+    from diffexplain.models.store import load_model_parts, read_model_json
+
+    folder = DEFAULT_MODEL_DIR if source == "default" else Path(source)
+    found = read_model_json(folder)["vae_config"]
+    wanted = vae_config(tuple(cfg.vae_blocks)) | {"sample_size": cfg.image_size}
+    differ = [
+        f"{k}: {found.get(k)!r} there, {wanted[k]!r} here"
+        for k in ("block_out_channels", "latent_channels", "sample_size")
+        if found.get(k) != wanted[k]
+    ]
+    if differ:
+        raise TrainConfigError(f"vae_init={source!r}: its VAE does not fit this config: " + "; ".join(differ))
+    vae = load_model_parts(folder)["vae"]
+    return vae, {"stage": "vae_init", "from": source}
