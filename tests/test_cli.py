@@ -85,7 +85,10 @@ def test_explain_strip_frames_differ(explained: tuple[Path, str]) -> None:
         (["explain", PROMPT, "--guidance-scale", "high"], "--guidance-scale: invalid float value"),
         (["explain", PROMPT, "--scheduler", "bogus"], "--scheduler: invalid choice: 'bogus'"),
         (["explain", PROMPT, "--seed", "1.5"], "--seed: invalid int value"),
-        (["train", "--preset", "huge"], "invalid choice: 'huge' (choose from default, classroom, tiny)"),
+        (
+            ["train", "--preset", "huge"],
+            "invalid choice: 'huge' (choose from default, refine, classroom, tiny)",
+        ),
         (["export"], "--to"),
     ],
 )

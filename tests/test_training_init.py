@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,20 @@ def test_cli_unet_init_is_recorded_in_the_recipe(source: Path, tmp_path: Path) -
     recipe = json.loads((out / "model" / "model.json").read_text())["recipe"]
     assert recipe["config"]["unet_init"] == str(source)
     assert f"--unet-init {source}" in recipe["command"]
+
+
+# ---- resuming ---------------------------------------------------------------------------------------------
+def test_resume_with_another_unet_is_refused_and_changes_nothing(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(TrainConfigError, match=r"unet_blocks: \[16, 32, 32\] there, \[16, 32, 64\] now"):
+        quiet_train(dataclasses.replace(TINY, unet_blocks=(16, 32, 64)), out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_with_more_steps_continues(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    quiet_train(dataclasses.replace(TINY, unet_steps=TINY.unet_steps + 2), out)
+    assert read_checkpoint(out / "unet" / "checkpoint")[1]["step"] == TINY.unet_steps + 2

@@ -58,6 +58,7 @@ def train(
             "(--unet-init RUN_FOLDER, or unet_init=...)"
         )
     out = Path(out)
+    check_resume(out, cfg)
     device = pick_device(device)
     started = time.time()
     # What this run starts from is checked (and copied) before anything is written.
@@ -89,7 +90,8 @@ def train(
     return target
 
 
-# Fields that must match for a run to reuse another run's VAE and latent pool.
+# Fields that must match for a run to reuse another run's VAE and latent pool (the decoder fine-tune
+# may differ: it leaves the encoder, so the latents, as they are).
 _SHARED_FIELDS = (
     "seed",
     "image_size",
@@ -99,9 +101,28 @@ _SHARED_FIELDS = (
     "vae_batch",
     "vae_lr",
     "vae_kl_weight",
-    "decoder_steps",
     "latent_pool",
+    "vae_init",
 )
+
+
+# Fields a run folder's checkpoints depend on: a resume must keep them (step counts may grow or shrink).
+_FIXED_FIELDS = _SHARED_FIELDS + ("unet_blocks", "unet_norm_groups", "unet_pooled_text", "unet_init")
+
+
+def check_resume(out: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume the checkpoints in ``out`` with a config that built other models or data."""
+    saved = out / "config.json"
+    if not saved.is_file() or not any(out.glob("*/checkpoint.json")):
+        return
+    theirs = TrainConfig.from_dict(json.loads(saved.read_text())).to_dict()
+    mine = json.loads(json.dumps(cfg.to_dict()))
+    differ = [f"{k}: {theirs[k]!r} there, {mine[k]!r} now" for k in _FIXED_FIELDS if theirs[k] != mine[k]]
+    if differ:
+        raise TrainConfigError(
+            f"{out} holds checkpoints of another config ({'; '.join(differ)}); "
+            "resume it with the config it was started with, or train into a new --out folder"
+        )
 
 
 def copy_first_stages(source: Path, out: Path, cfg: TrainConfig) -> None:
