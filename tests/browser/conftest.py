@@ -21,16 +21,15 @@ import time
 from pathlib import Path
 
 import pytest
-from lab_helpers import (
+from lab_helpers import close_all_documents, full_page_screenshot
+from lab_server import (
     ARTIFACTS_DIR,
     CHROMIUM,
     CHROMIUM_ARGS,
     LOAD_TIMEOUT_S,
     TIMEOUT_S,
     LabServer,
-    close_all_documents,
     current_server,
-    full_page_screenshot,
     start_lab,
     stop_lab,
 )
