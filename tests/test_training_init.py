@@ -99,10 +99,45 @@ def test_unet_init_refuses_another_unet_shape(source: Path, tmp_path: Path) -> N
         quiet_train(cfg, tmp_path / "out")
 
 
+def test_unet_init_from_a_model_folder_uses_its_unet_and_vae(source: Path, tmp_path: Path) -> None:
+    model = source / "model"
+    cfg = dataclasses.replace(TINY, unet_init=str(model), unet_lr=0.0, unet_steps=2, decoder_steps=2)
+    out = tmp_path / "run"
+    folder = quiet_train(cfg, out)
+    assert not (out / "vae").exists()  # no VAE training: the model's VAE is used ...
+    assert (out / "vae_decoder" / "checkpoint.json").is_file()  # ... and its decoder fine-tuned further
+    recipe = json.loads((folder / "model.json").read_text())["recipe"]
+    assert recipe["config"]["vae_init"] == str(model)
+    assert recipe["vae"] == {"stage": "vae_decoder", "step": 2, "from": str(model)}
+    theirs = load_model_parts(model)
+    mine = load_model_parts(folder)
+    for key, value in mine["unet"].state_dict().items():  # lr 0: the U-Net it started from
+        assert torch.allclose(value, theirs["unet"].state_dict()[key], atol=2e-3, rtol=1e-3), key
+    encoder_keys = [k for k in mine["vae"].state_dict() if k.startswith("encoder.")]
+    assert encoder_keys
+    for key in encoder_keys:  # the encoder, so the latent space, is the model's
+        assert torch.equal(mine["vae"].state_dict()[key], theirs["vae"].state_dict()[key]), key
+
+
+def test_unet_init_from_a_model_folder_refuses_another_unet(source: Path, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, unet_init=str(source / "model"), unet_blocks=(8, 16, 16))
+    with pytest.raises(
+        TrainConfigError, match=r"block_out_channels: \[16, 32, 32\] there, \[8, 16, 16\] here"
+    ):
+        quiet_train(cfg, tmp_path / "run")
+
+
+def test_unet_init_from_a_model_folder_refuses_another_vae_init(source: Path, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, unet_init=str(source / "model"), vae_init="default")
+    with pytest.raises(TrainConfigError, match="is a model folder, so its VAE is used"):
+        quiet_train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 # ---- vae_init -----------------------------------------------------------------------------------------
 def test_vae_init_trains_only_the_unet_on_the_shipped_vae(tmp_path: Path) -> None:
     cfg = dataclasses.replace(
-        TINY, image_size=64, vae_blocks=(32, 64, 64), vae_init="default", latent_pool=16
+        TINY, image_size=64, vae_blocks=(32, 64, 64), vae_init="default", latent_pool=16, decoder_steps=0
     )
     out = tmp_path / "run"
     folder = quiet_train(cfg, out)
@@ -132,7 +167,7 @@ def test_refine_preset_without_a_run_to_start_from_is_a_clear_error(
 ) -> None:
     assert main(["train", "--preset", "refine", "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
-    assert "preset 'refine' continues a finished run" in err and "--unet-init" in err
+    assert "preset 'refine' continues a trained model" in err and "--unet-init" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -108,7 +108,9 @@ class TrainConfig:
     # Floor β on the weight of the noisiest steps, in clean-image terms: max(min(SNR_t, γ), β)/SNR_t, at
     # most LOW_SNR_WEIGHT_CAP. Plain ε-loss weighs a wrong layout at t = 960 by SNR ≈ 0.004 (see unet.py).
     low_snr_floor: float = 0.0
-    unet_init: str = ""  # a run folder whose U-Net (EMA weights), VAE and latent pool this run starts from
+    # A model folder ("default": the shipped one) whose U-Net and VAE this run starts from, or a run folder
+    # whose EMA U-Net, VAE and latent pool it starts from.
+    unet_init: str = ""
     # bookkeeping
     log_every: int = 25
     checkpoint_every: int = 100
@@ -145,13 +147,14 @@ _BEFORE_FIELDS: dict[str, Any] = {
 PRESETS: dict[str, TrainConfig] = {
     # The shipped model.
     "default": TrainConfig(),
-    # Continues a finished `default` run (`--unet-init RUN`): the noisiest steps weigh more
-    # (low_snr_floor, see training/unet.py), so the caption, not the starting noise, decides where objects
-    # go; and a longer decoder fine-tune.
+    # Continues a trained `default` model (`--unet-init runs/default/model`): the noisiest steps weigh
+    # more (low_snr_floor, see training/unet.py), so the caption, not the starting noise, decides where
+    # objects go; and a further decoder fine-tune. Its steps count from 0 from a model folder; from a
+    # run folder (`--unet-init RUN`) its decoder stage continues to `decoder_steps` in all.
     "refine": TrainConfig(
         name="refine",
-        decoder_steps=1500,
-        unet_steps=2000,
+        decoder_steps=900,
+        unet_steps=1200,
         unet_lr=5e-4,
         unet_warmup=100,
         low_snr_floor=0.2,

@@ -73,6 +73,11 @@ def save_model(
     return folder
 
 
+def is_model_folder(source: str | Path) -> bool:
+    """Whether ``source`` names a model folder (one with ``model.json``; "default" is the shipped model)."""
+    return str(source) == "default" or (Path(source) / "model.json").is_file()
+
+
 def read_model_json(folder: str | Path) -> dict[str, Any]:
     """Parse and check ``model.json``; raise :class:`ModelFolderError` naming what is wrong."""
     path = Path(folder) / "model.json"

@@ -29,17 +29,22 @@ def _checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def load_trained_vae(out: Path, cfg: TrainConfig) -> tuple[AutoencoderKL, dict[str, Any]]:
-    """The VAE of a run: ``cfg.vae_init``'s, else the decoder fine-tune's checkpoint if there is one,
-    else stage 1's."""
+    """The VAE of a run: the decoder fine-tune's checkpoint if there is one, else stage 1's, else
+    ``cfg.vae_init``'s as it was."""
     if cfg.vae_init:
-        return vae_from_model(cfg.vae_init, cfg)
-    vae = AutoencoderKL(**vae_config(tuple(cfg.vae_blocks)) | {"sample_size": cfg.image_size})
+        vae, info = vae_from_model(cfg.vae_init, cfg)
+    else:
+        vae, info = AutoencoderKL(**vae_config(tuple(cfg.vae_blocks)) | {"sample_size": cfg.image_size}), None
     for stage in ("vae_decoder", "vae"):
         if (out / stage / "checkpoint.json").is_file():
             tensors, meta = _checkpoint(out / stage / "checkpoint")
             vae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-            return vae.eval(), {"stage": stage, "step": meta["step"]}
-    raise FileNotFoundError(f"no VAE checkpoint under {out}")
+            return vae.eval(), {"stage": stage, "step": meta["step"]} | (
+                {"from": info["from"]} if info else {}
+            )
+    if info is None:
+        raise FileNotFoundError(f"no VAE checkpoint under {out}")
+    return vae.eval(), info
 
 
 @torch.no_grad()

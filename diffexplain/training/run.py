@@ -15,6 +15,7 @@ import torch
 
 from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import PRESETS_NEEDING_INIT, TrainConfig, preset
+from diffexplain.models.store import is_model_folder
 from diffexplain.training.export import export_model
 from diffexplain.training.unet import train_unet
 from diffexplain.training.vae import finetune_decoder, train_vae, vae_from_model
@@ -45,31 +46,40 @@ def train(
 
     ``config`` is a :class:`TrainConfig` or a preset name ("default", "classroom", "tiny").
     Checkpoints go to ``out`` (safetensors + JSON); running the same call again resumes.
-    ``unet_init`` (a run folder) starts the U-Net from that run's EMA weights and reuses its VAE and
-    latents (see :func:`copy_first_stages`); the ``refine`` preset needs it.
+    ``unet_init`` starts the U-Net from trained weights; the ``refine`` preset needs it. It is either a
+    run folder (its EMA U-Net, VAE, decoder fine-tune and latents are reused, see
+    :func:`copy_first_stages`) or a model folder ("default": the shipped model; its U-Net and VAE are
+    used, and the latents are encoded with that VAE).
     Returns the exported folder (``export_to``, default ``out/model``).
     """
     cfg = preset(config) if isinstance(config, str) else config
     if unet_init is not None:
         cfg = dataclasses.replace(cfg, unet_init=str(unet_init))
+    if cfg.unet_init and is_model_folder(cfg.unet_init):  # its VAE comes with it
+        if cfg.vae_init and cfg.vae_init != cfg.unet_init:
+            raise TrainConfigError(
+                f"unet_init={cfg.unet_init!r} is a model folder, so its VAE is used; "
+                f"vae_init={cfg.vae_init!r} names another one (leave vae_init empty)"
+            )
+        cfg = dataclasses.replace(cfg, vae_init=cfg.unet_init)
     if cfg.name in PRESETS_NEEDING_INIT and not cfg.unet_init:
         raise TrainConfigError(
-            f"preset {cfg.name!r} continues a finished run: give the run folder to start from "
-            "(--unet-init RUN_FOLDER, or unet_init=...)"
+            f"preset {cfg.name!r} continues a trained model: give the model or run folder to start from "
+            "(--unet-init FOLDER, or unet_init=...; 'default' is the shipped model)"
         )
     out = Path(out)
     check_resume(out, cfg)
     device = pick_device(device)
     started = time.time()
     # What this run starts from is checked (and copied) before anything is written.
-    if cfg.unet_init:
+    if cfg.unet_init and not is_model_folder(cfg.unet_init):
         copy_first_stages(Path(cfg.unet_init), out, cfg)
     vae = vae_from_model(cfg.vae_init, cfg)[0].to(device) if cfg.vae_init else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     if vae is None:
         vae = train_vae(cfg, out, device=device, progress=progress)
-    if cfg.decoder_steps and not cfg.vae_init:  # the encoder stays fixed, so the latents do not change
+    if cfg.decoder_steps:  # the encoder stays fixed, so the latents do not change
         vae = finetune_decoder(vae, cfg, out, steps=cfg.decoder_steps, device=device, progress=progress)
     train_unet(cfg, out, vae, device=device, progress=progress)
     recipe = {

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from diffexplain.data import ShapesDataset
 from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import TrainConfig, scheduler_config
+from diffexplain.models.store import is_model_folder, read_model_json
 from diffexplain.models.text import encode_captions, load_text_encoder
 from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, read_checkpoint, save_checkpoint
 from diffexplain.training.latent_norm import latent_stats, standardise
@@ -92,6 +93,27 @@ def init_from_run(unet: UNet2DConditionModel, ema: EMA, source: Path) -> int:
     return int(meta["step"])
 
 
+def init_from_model(unet: UNet2DConditionModel, ema: EMA, source: str) -> None:
+    """Start ``unet`` and its EMA from the U-Net of the model folder ``source`` ("default": the shipped one)."""
+    from diffexplain.models.default import DEFAULT_MODEL_DIR
+    from diffexplain.models.store import load_model_parts
+
+    folder = DEFAULT_MODEL_DIR if source == "default" else Path(source)
+    found = read_model_json(folder)["unet_config"]
+    mine = json.loads(json.dumps(dict(unet.config)))  # tuples as JSON lists
+    differ = [
+        f"{k}: {found[k]!r} there, {mine[k]!r} here" for k in found if k in mine and found[k] != mine[k]
+    ]
+    if differ:
+        raise TrainConfigError(
+            f"unet_init={source!r}: its U-Net does not match this config's: " + "; ".join(differ)
+        )
+    weights = {k: v.float() for k, v in load_model_parts(folder)["unet"].state_dict().items()}
+    unet.load_state_dict(weights)
+    for k in ema.shadow:
+        ema.shadow[k] = weights[k].clone()
+
+
 def train_unet(
     cfg: TrainConfig, out: Path, vae: AutoencoderKL, *, device: str = "cpu", progress: bool = True
 ) -> tuple[UNet2DConditionModel, EMA, float]:
@@ -129,6 +151,10 @@ def train_unet(
     start = 0
     if ckpt.with_suffix(".json").exists():
         start = load_checkpoint(ckpt, model=unet, optimizer=opt, ema=ema)["step"]
+    elif cfg.unet_init and is_model_folder(cfg.unet_init):
+        init_from_model(unet, ema, cfg.unet_init)
+        if progress:
+            tqdm.write(f"U-Net starts from the model {cfg.unet_init}")
     elif cfg.unet_init:
         init_step = init_from_run(unet, ema, Path(cfg.unet_init))
         if progress:

@@ -107,6 +107,7 @@ def finetune_decoder(
     ``out/vae_decoder/checkpoint``.
     """
     vae = vae.to(device).train()
+    vae.requires_grad_(True)  # a loaded model folder's VAE comes frozen
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
     params = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "post_quant_conv."))]
