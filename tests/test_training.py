@@ -338,3 +338,13 @@ def test_checkpoint_step_comes_from_the_weights_file(tmp_path: Path) -> None:
     path.with_suffix(".json").write_text(old_json)  # as if caught between the two replacements
     assert load_checkpoint(path, model=model, optimizer=opt, ema=None)["step"] == 200
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_weights_get_the_permissions_of_its_json(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    path = tmp_path / "checkpoint"
+    save_checkpoint(
+        path, model=model, optimizer=torch.optim.AdamW(model.parameters()), ema=None, step=1, info={}
+    )
+    weights_mode = path.with_suffix(".safetensors").stat().st_mode & 0o777
+    assert weights_mode == path.with_suffix(".json").stat().st_mode & 0o777  # safetensors alone: 0600

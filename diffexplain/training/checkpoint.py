@@ -79,6 +79,9 @@ def save_checkpoint(
     tmp_weights, tmp_json = path.with_suffix(".safetensors.tmp"), path.with_suffix(".json.tmp")
     save_file(tensors, str(tmp_weights), metadata={"step": str(step)})  # readers trust this step
     tmp_json.write_text(json.dumps(meta, indent=1))
+    # safetensors writes 0600; give the weights the JSON's permissions (0644 under the usual umask), so
+    # a run folder shared with a class can be exported or resumed by others, as its JSON already can.
+    tmp_weights.chmod(tmp_json.stat().st_mode & 0o777)
     os.replace(tmp_weights, path.with_suffix(".safetensors"))
     os.replace(tmp_json, path.with_suffix(".json"))
 
