@@ -11,7 +11,12 @@ attribute checker reads where each picture's object landed. Each pair is one of:
 A model that has learned the position words has ``follows the caption`` near 100 %. It also prints
 position accuracy per word, over the same pictures.
 
-    python benchmarks/bench_position.py [FOLDER] [--seeds 2] [--json out.json]
+Then, for two-object scenes (``--pairs`` dataset scenes, as in bench_model.py), it asks whether the
+mistakes are mistakes of *binding*: each picture is scored against its scene and against the scene
+with the two objects' colours, shapes, or both exchanged. ``objects swapped`` means the picture is right
+for the scene with the two objects' places exchanged: every word drawn, bound to the wrong place.
+
+    python benchmarks/bench_position.py [FOLDER] [--seeds 2] [--pairs 72] [--json out.json]
 """
 
 from __future__ import annotations
@@ -74,6 +79,48 @@ def measure(folder: str, seeds: int, batch: int = 18) -> dict:
     }
 
 
+def exchanged(scene, *, colours: bool, shapes: bool):
+    """``scene`` with its two objects' colours and/or shapes exchanged (places and sizes kept)."""
+    import dataclasses
+
+    a, b = scene.objects
+    a2 = dataclasses.replace(
+        a, colour=b.colour if colours else a.colour, shape=b.shape if shapes else a.shape
+    )
+    b2 = dataclasses.replace(
+        b, colour=a.colour if colours else b.colour, shape=a.shape if shapes else b.shape
+    )
+    return dataclasses.replace(scene, objects=(a2, b2))
+
+
+def measure_binding(folder: str, n: int, batch: int = 18) -> dict:
+    """Outcome shares over ``n`` two-object dataset scenes: right, exchanged attributes, or other."""
+    from bench_model import prompt_mix
+
+    from diffexplain.data.checker import detect_objects, score
+    from diffexplain.data.scenes import caption
+
+    pipe = build_pipeline(folder)
+    settings = model_settings(folder)
+    scenes = prompt_mix(quick=False)[1][:n]
+    images = generate(pipe, [caption(x) for x in scenes], list(range(n)), settings, batch=batch)
+    counts: collections.Counter = collections.Counter()
+    for image, scene in zip(images, scenes, strict=True):
+        found = detect_objects(image, n_objects=2)
+        for name, variant in (
+            ("both right", scene),
+            ("objects swapped", exchanged(scene, colours=True, shapes=True)),
+            ("colours swapped", exchanged(scene, colours=True, shapes=False)),
+            ("shapes swapped", exchanged(scene, colours=False, shapes=True)),
+        ):
+            if score(image, variant, detected=found).all_right:
+                counts[name] += 1
+                break
+        else:
+            counts["other"] += 1
+    return {name: counts[name] / n for name in counts} | {"n": n}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,10 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
         "folder", nargs="?", default=DEFAULT_FOLDER, help=f"model folder (default {DEFAULT_FOLDER})"
     )
     parser.add_argument("--seeds", type=int, default=2, help="seeds per colour and shape (default 2)")
+    parser.add_argument("--pairs", type=int, default=72, help="two-object scenes for binding (default 72)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     r = measure(args.folder, args.seeds)
+    r["two_objects"] = measure_binding(args.folder, args.pairs) if args.pairs else {}
     s = r["settings"]
     print(f"model {args.folder}: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']:g}")
     for pair, shares in r["pairs"].items():
@@ -95,6 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
         "  position right per word: "
         + ", ".join(f"{w} {100 * v:.0f} %" for w, v in r["position_right_per_word"].items())
     )
+    if r["two_objects"]:
+        shares = r["two_objects"]
+        text = ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items() if k != "n")
+        print(f"  two objects   ({shares['n']} scenes): {text}")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
     return r

@@ -2,10 +2,11 @@
 
 Each case runs the model's default sampler, steps and guidance scale through ``Explainer.run``, with
 the network switched off (``HF_HUB_OFFLINE``), and asks the attribute checker whether every object
-has the colour, shape and position the prompt names. The cases were picked from 16 prompts × seeds 0–2
-as ones the shipped weights draw right (the model gets about half of one-object prompts fully right:
-see docs/model-card.md); new weights that draw one of them wrong fail here, so the cases are picked
-again whenever the weights change.
+has the colour, shape and position the prompt names. The cases are those of
+``scripts/pick_default_prompt_cases.py`` (16 prompts × seeds 0–2): for each prompt, the first seed the
+shipped weights draw fully right. The one-object prompts are drawn right at nearly every seed; of the
+four two-object prompts, two are drawn right at some seed (see docs/model-card.md). New weights that
+draw one of them wrong fail here, so the cases are picked again whenever the weights change.
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ from diffexplain.data.checker import score
 
 CASES = [
     ("a red circle on the left", 0),
-    ("a blue square at the top", 1),
-    ("a small yellow triangle on the right on a dark background", 1),
+    ("a blue square at the top", 0),
+    ("a small yellow triangle on the right on a dark background", 0),
     ("a large green circle in the centre on a light background", 0),
     ("an orange triangle on the left", 0),
-    ("a green triangle at the bottom", 1),
+    ("a green triangle at the bottom", 0),
     ("a yellow circle at the top", 0),
     ("a purple circle on the right", 0),
+    ("a small red square at the bottom", 0),
+    ("a blue triangle in the centre on a dark background", 0),
+    ("an orange circle on the right", 0),
+    ("a large purple square on the left", 0),
     ("a yellow square on the left and a purple triangle on the right", 0),
+    ("a green triangle on the left and an orange circle on the right", 1),
 ]
 
 

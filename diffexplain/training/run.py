@@ -142,8 +142,9 @@ def copy_first_stages(source: Path, out: Path, cfg: TrainConfig) -> None:
     """
     if not (source / "config.json").exists() or not (source / "unet" / "checkpoint.json").exists():
         raise FileNotFoundError(
-            f"unet_init={str(source)!r} is not a finished-U-Net run folder: expected config.json and "
-            "unet/checkpoint.json in it (the --out folder of an earlier `diffexplain train`)"
+            f"unet_init={str(source)!r} is not a finished-U-Net run folder (config.json and "
+            "unet/checkpoint.json: the --out folder of an earlier `diffexplain train`) nor a model folder "
+            "(model.json; 'default' is the shipped model)"
         )
     theirs = TrainConfig.from_dict(json.loads((source / "config.json").read_text())).to_dict()
     mine = json.loads(json.dumps(cfg.to_dict()))  # tuples as JSON lists, like the saved config
