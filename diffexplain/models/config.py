@@ -161,7 +161,7 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # Rough but recognisable in at most 10 minutes on 2 CPU cores, so a class can watch a model learn:
     # only the U-Net trains (the default architecture, from scratch), in the shipped model's VAE
-    # latents, on one-object scenes.
+    # latents, on one-object scenes. Measured: 8 min 9 s; colour and position 70 %, shape 40 %.
     "classroom": TrainConfig(
         name="classroom",
         two_object_share=0.0,

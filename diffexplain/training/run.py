@@ -44,7 +44,7 @@ def train(
 ) -> Path:
     """Train the VAE, (optionally) sharpen its decoder, then train the U-Net in its latent space; export.
 
-    ``config`` is a :class:`TrainConfig` or a preset name ("default", "classroom", "tiny").
+    ``config`` is a :class:`TrainConfig` or a preset name ("default", "refine", "classroom", "tiny").
     Checkpoints go to ``out`` (safetensors + JSON); running the same call again resumes.
     ``unet_init`` starts the U-Net from trained weights; the ``refine`` preset needs it. It is either a
     run folder (its EMA U-Net, VAE, decoder fine-tune and latents are reused, see
