@@ -125,6 +125,7 @@ def test_unet_init_from_a_model_folder_refuses_another_unet(source: Path, tmp_pa
         TrainConfigError, match=r"block_out_channels: \[16, 32, 32\] there, \[8, 16, 16\] here"
     ):
         quiet_train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the decoder stage or anything else ran
 
 
 def test_unet_init_from_a_model_folder_refuses_another_vae_init(source: Path, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import PRESETS_NEEDING_INIT, TrainConfig, preset
 from diffexplain.models.store import is_model_folder
 from diffexplain.training.export import export_model
-from diffexplain.training.unet import train_unet
+from diffexplain.training.unet import check_model_unet, train_unet
 from diffexplain.training.vae import finetune_decoder, train_vae, vae_from_model
 
 
@@ -72,7 +72,9 @@ def train(
     device = pick_device(device)
     started = time.time()
     # What this run starts from is checked (and copied) before anything is written.
-    if cfg.unet_init and not is_model_folder(cfg.unet_init):
+    if cfg.unet_init and is_model_folder(cfg.unet_init):
+        check_model_unet(cfg.unet_init, cfg)
+    elif cfg.unet_init:
         copy_first_stages(Path(cfg.unet_init), out, cfg)
     vae = vae_from_model(cfg.vae_init, cfg)[0].to(device) if cfg.vae_init else None
     out.mkdir(parents=True, exist_ok=True)

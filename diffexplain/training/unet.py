@@ -93,22 +93,31 @@ def init_from_run(unet: UNet2DConditionModel, ema: EMA, source: Path) -> int:
     return int(meta["step"])
 
 
-def init_from_model(unet: UNet2DConditionModel, ema: EMA, source: str) -> None:
-    """Start ``unet`` and its EMA from the U-Net of the model folder ``source`` ("default": the shipped one)."""
+def model_folder(source: str) -> Path:
+    """The folder ``source`` names ("default": the shipped model)."""
     from diffexplain.models.default import DEFAULT_MODEL_DIR
-    from diffexplain.models.store import load_model_parts
 
-    folder = DEFAULT_MODEL_DIR if source == "default" else Path(source)
-    found = read_model_json(folder)["unet_config"]
-    mine = json.loads(json.dumps(dict(unet.config)))  # tuples as JSON lists
-    differ = [
-        f"{k}: {found[k]!r} there, {mine[k]!r} here" for k in found if k in mine and found[k] != mine[k]
-    ]
+    return DEFAULT_MODEL_DIR if source == "default" else Path(source)
+
+
+def check_model_unet(source: str, cfg: TrainConfig) -> None:
+    """Refuse a model folder whose U-Net config is not the one ``cfg`` trains (names the fields)."""
+    found = read_model_json(model_folder(source))["unet_config"]
+    latent_size = cfg.image_size // 2 ** (len(cfg.vae_blocks) - 1)  # each VAE level but the last halves
+    mine = json.loads(json.dumps(cfg.unet_config(latent_size)))  # tuples as JSON lists
+    differ = [f"{k}: {found.get(k)!r} there, {v!r} here" for k, v in mine.items() if found.get(k) != v]
     if differ:
         raise TrainConfigError(
             f"unet_init={source!r}: its U-Net does not match this config's: " + "; ".join(differ)
         )
-    weights = {k: v.float() for k, v in load_model_parts(folder)["unet"].state_dict().items()}
+
+
+def init_from_model(unet: UNet2DConditionModel, ema: EMA, source: str, cfg: TrainConfig) -> None:
+    """Start ``unet`` and its EMA from the U-Net of the model folder ``source`` ("default": the shipped one)."""
+    from diffexplain.models.store import load_model_parts
+
+    check_model_unet(source, cfg)
+    weights = {k: v.float() for k, v in load_model_parts(model_folder(source))["unet"].state_dict().items()}
     unet.load_state_dict(weights)
     for k in ema.shadow:
         ema.shadow[k] = weights[k].clone()
@@ -152,7 +161,7 @@ def train_unet(
     if ckpt.with_suffix(".json").exists():
         start = load_checkpoint(ckpt, model=unet, optimizer=opt, ema=ema)["step"]
     elif cfg.unet_init and is_model_folder(cfg.unet_init):
-        init_from_model(unet, ema, cfg.unet_init)
+        init_from_model(unet, ema, cfg.unet_init, cfg)
         if progress:
             tqdm.write(f"U-Net starts from the model {cfg.unet_init}")
     elif cfg.unet_init:
