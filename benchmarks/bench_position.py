@@ -15,6 +15,8 @@ Then, for two-object scenes (``--pairs`` dataset scenes, as in bench_model.py), 
 mistakes are mistakes of *binding*: each picture is scored against its scene and against the scene
 with the two objects' colours, shapes, or both exchanged. ``objects swapped`` means the picture is right
 for the scene with the two objects' places exchanged: every word drawn, bound to the wrong place.
+Of the rest, ``one colour on both`` counts pictures whose two objects share one of the caption's
+colours (the colour leaked), ``a colour not asked for`` those with a colour the caption does not name.
 
     python benchmarks/bench_position.py [FOLDER] [--seeds 2] [--pairs 72] [--json out.json]
 """
@@ -117,7 +119,14 @@ def measure_binding(folder: str, n: int, batch: int = 18) -> dict:
                 counts[name] += 1
                 break
         else:
-            counts["other"] += 1
+            wanted = {o.colour for o in scene.objects}
+            drawn = {d.colour for d in found}
+            if len(found) == 2 and len(drawn) == 1 and drawn <= wanted:
+                counts["one colour on both"] += 1  # a caption colour leaked onto the other object
+            elif drawn - wanted:
+                counts["a colour not asked for"] += 1
+            else:
+                counts["other"] += 1
     return {name: counts[name] / n for name in counts} | {"n": n}
 
 
