@@ -37,14 +37,12 @@ from bench_model import DEFAULT_FOLDER, build_pipeline, generate, model_settings
 OPPOSITES = (("left", "right"), ("top", "bottom"))
 
 
-def measure(folder: str, seeds: int, batch: int = 18) -> dict:
+def measure(folder: str, pipe, settings: dict, seeds: int, batch: int = 18) -> dict:
     """Pair outcomes per pair of opposite words, and position accuracy per word."""
     from diffexplain.data.checker import score
     from diffexplain.data.scenes import Scene, SceneObject, caption
     from diffexplain.data.vocab import COLOURS, SHAPES
 
-    pipe = build_pipeline(folder)
-    settings = model_settings(folder)
     outcomes: dict[str, collections.Counter] = {}
     per_word: dict[str, list[bool]] = collections.defaultdict(list)
     for first, second in OPPOSITES:
@@ -95,15 +93,13 @@ def exchanged(scene, *, colours: bool, shapes: bool):
     return dataclasses.replace(scene, objects=(a2, b2))
 
 
-def measure_binding(folder: str, n: int, batch: int = 18) -> dict:
+def measure_binding(pipe, settings: dict, n: int, batch: int = 18) -> dict:
     """Outcome shares over ``n`` two-object dataset scenes: right, exchanged attributes, or other."""
     from bench_model import prompt_mix
 
     from diffexplain.data.checker import detect_objects, score
     from diffexplain.data.scenes import caption
 
-    pipe = build_pipeline(folder)
-    settings = model_settings(folder)
     scenes = prompt_mix(quick=False)[1][:n]
     images = generate(pipe, [caption(x) for x in scenes], list(range(n)), settings, batch=batch)
     counts: collections.Counter = collections.Counter()
@@ -142,8 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    r = measure(args.folder, args.seeds)
-    r["two_objects"] = measure_binding(args.folder, args.pairs) if args.pairs else {}
+    pipe, settings = build_pipeline(args.folder), model_settings(args.folder)
+    r = measure(args.folder, pipe, settings, args.seeds)
+    r["two_objects"] = measure_binding(pipe, settings, args.pairs) if args.pairs else {}
     s = r["settings"]
     print(f"model {args.folder}: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']:g}")
     for pair, shares in r["pairs"].items():

@@ -128,6 +128,11 @@ class TrainConfig:
         """
         return cls(**(_BEFORE_FIELDS | saved))
 
+    @property
+    def latent_size(self) -> int:
+        """Latent pixels per side: each VAE level but the last halves the picture."""
+        return self.image_size // 2 ** (len(self.vae_blocks) - 1)
+
     def unet_config(self, sample_size: int) -> dict[str, Any]:
         """The U-Net config this run trains, for latents of ``sample_size`` per side."""
         return unet_config(tuple(self.unet_blocks), sample_size, self.unet_norm_groups, self.unet_pooled_text)

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
 
 
+def model_folder(source: str | Path) -> Path:
+    """The folder ``source`` names: "default" is the shipped model, anything else a path."""
+    return DEFAULT_MODEL_DIR if str(source) == "default" else Path(source)
+
+
 def default_model_info() -> dict[str, Any]:
     """The shipped model's description: configs, training recipe and measured figures."""
     return read_model_json(DEFAULT_MODEL_DIR)

@@ -82,8 +82,7 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
     if "latent_mean" in meta:  # per-channel standardisation, folded into the VAE (scaling_factor 1)
         fold_into_vae(vae, torch.tensor(meta["latent_mean"]), torch.tensor(meta["latent_std"]))
         scaling_factor = 1.0
-    latent_size = cfg.image_size // 2 ** (len(cfg.vae_blocks) - 1)  # each VAE level but the last halves
-    ucfg = cfg.unet_config(latent_size)
+    ucfg = cfg.unet_config(cfg.latent_size)
     torch.manual_seed(cfg.seed)  # exactly as train_unet builds it, so this is θ0
     unet = UNet2DConditionModel(**ucfg)
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}

@@ -55,7 +55,8 @@ def train(
     cfg = preset(config) if isinstance(config, str) else config
     if unet_init is not None:
         cfg = dataclasses.replace(cfg, unet_init=str(unet_init))
-    if cfg.unet_init and is_model_folder(cfg.unet_init):  # its VAE comes with it
+    from_model = bool(cfg.unet_init) and is_model_folder(cfg.unet_init)
+    if from_model:  # its VAE comes with it
         if cfg.vae_init and cfg.vae_init != cfg.unet_init:
             raise TrainConfigError(
                 f"unet_init={cfg.unet_init!r} is a model folder, so its VAE is used; "
@@ -72,7 +73,7 @@ def train(
     device = pick_device(device)
     started = time.time()
     # What this run starts from is checked (and copied) before anything is written.
-    if cfg.unet_init and is_model_folder(cfg.unet_init):
+    if from_model:
         check_model_unet(cfg.unet_init, cfg)
     elif cfg.unet_init:
         copy_first_stages(Path(cfg.unet_init), out, cfg)

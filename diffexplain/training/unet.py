@@ -93,18 +93,12 @@ def init_from_run(unet: UNet2DConditionModel, ema: EMA, source: Path) -> int:
     return int(meta["step"])
 
 
-def model_folder(source: str) -> Path:
-    """The folder ``source`` names ("default": the shipped model)."""
-    from diffexplain.models.default import DEFAULT_MODEL_DIR
-
-    return DEFAULT_MODEL_DIR if source == "default" else Path(source)
-
-
 def check_model_unet(source: str, cfg: TrainConfig) -> None:
     """Refuse a model folder whose U-Net config is not the one ``cfg`` trains (names the fields)."""
+    from diffexplain.models.default import model_folder
+
     found = read_model_json(model_folder(source))["unet_config"]
-    latent_size = cfg.image_size // 2 ** (len(cfg.vae_blocks) - 1)  # each VAE level but the last halves
-    mine = json.loads(json.dumps(cfg.unet_config(latent_size)))  # tuples as JSON lists
+    mine = json.loads(json.dumps(cfg.unet_config(cfg.latent_size)))  # tuples as JSON lists
     differ = [f"{k}: {found.get(k)!r} there, {v!r} here" for k, v in mine.items() if found.get(k) != v]
     if differ:
         raise TrainConfigError(
@@ -112,11 +106,14 @@ def check_model_unet(source: str, cfg: TrainConfig) -> None:
         )
 
 
-def init_from_model(unet: UNet2DConditionModel, ema: EMA, source: str, cfg: TrainConfig) -> None:
-    """Start ``unet`` and its EMA from the U-Net of the model folder ``source`` ("default": the shipped one)."""
+def init_from_model(unet: UNet2DConditionModel, ema: EMA, source: str) -> None:
+    """Start ``unet`` and its EMA from the U-Net of the model folder ``source`` ("default": the shipped one).
+
+    :func:`~diffexplain.training.run.train` has checked it with :func:`check_model_unet`.
+    """
+    from diffexplain.models.default import model_folder
     from diffexplain.models.store import load_model_parts
 
-    check_model_unet(source, cfg)
     weights = {k: v.float() for k, v in load_model_parts(model_folder(source))["unet"].state_dict().items()}
     unet.load_state_dict(weights)
     for k in ema.shadow:
@@ -161,7 +158,7 @@ def train_unet(
     if ckpt.with_suffix(".json").exists():
         start = load_checkpoint(ckpt, model=unet, optimizer=opt, ema=ema)["step"]
     elif cfg.unet_init and is_model_folder(cfg.unet_init):
-        init_from_model(unet, ema, cfg.unet_init, cfg)
+        init_from_model(unet, ema, cfg.unet_init)
         if progress:
             tqdm.write(f"U-Net starts from the model {cfg.unet_init}")
     elif cfg.unet_init:

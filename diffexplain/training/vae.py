@@ -154,10 +154,10 @@ def vae_from_model(source: str, cfg: TrainConfig) -> tuple[AutoencoderKL, dict[s
     Its latents are already standardised (see latent_norm.py); the U-Net stage measures them again
     and the export folds the (nearly identity) correction in, exactly.
     """
-    from diffexplain.models.default import DEFAULT_MODEL_DIR
+    from diffexplain.models.default import model_folder
     from diffexplain.models.store import load_model_parts, read_model_json
 
-    folder = DEFAULT_MODEL_DIR if source == "default" else Path(source)
+    folder = model_folder(source)
     found = read_model_json(folder)["vae_config"]
     wanted = vae_config(tuple(cfg.vae_blocks)) | {"sample_size": cfg.image_size}
     differ = [
