@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from diffexplain.errors import TraceFileError
 from diffexplain.hooks import Replacement
 from diffexplain.names import HOOK_NAMES, RUN_HOOK_NAMES, STEP_HOOK_NAMES
 from diffexplain.noise_levels import NoiseLevel
+from diffexplain.safetensors_file import save_readable
 from diffexplain.scheduler_state import DEVICES_KEY, SCHEDULER_CLASSES
 from diffexplain.trace import RestartPoint, StepRecord, Trace
 
@@ -124,15 +124,12 @@ def save_trace(trace: Trace, path: str | Path) -> None:
         "replacements": [[r.name, r.step, r.hook] for r in trace.replacements],
     }
     # Write next to the target, then replace it: a failed save never leaves a half-written trace behind.
-    # safetensors creates files readable by their owner only; a trace is for sharing, so give it the
-    # permissions any new file gets (0644 under the usual umask).
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.touch()
-    mode = tmp.stat().st_mode & 0o777
     try:
-        save_file(tensors.tensors, str(tmp), metadata={METADATA_KEY: json.dumps(doc)})
-        tmp.chmod(mode)
+        save_readable(
+            tensors.tensors, tmp, metadata={METADATA_KEY: json.dumps(doc)}
+        )  # a trace is for sharing
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -16,7 +16,9 @@ from typing import Any
 import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from diffexplain.safetensors_file import save_readable
 
 FORMAT_VERSION = 1
 SCHEDULERS = (
@@ -50,11 +52,9 @@ def save_model(
     """Write weights (in ``dtype``) and configs to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = []
     for name, model in (("unet", unet), ("vae", vae)):
         state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-        weights.append(folder / f"{name}.safetensors")
-        save_file(state, str(weights[-1]))
+        save_readable(state, folder / f"{name}.safetensors")  # others may load a shared model folder
     meta = {
         "format": "diffexplain-model",
         "version": FORMAT_VERSION,
@@ -65,11 +65,6 @@ def save_model(
         "recipe": recipe,
     }
     (folder / "model.json").write_text(json.dumps(meta, indent=1))
-    # safetensors creates files readable by their owner only (0600); give the weights model.json's
-    # permissions (0644 under the usual umask) so that other users can load a shared model folder.
-    mode = (folder / "model.json").stat().st_mode & 0o777
-    for path in weights:
-        path.chmod(mode)
     return folder
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from diffexplain.safetensors_file import save_readable
 
 
 class EMA:
@@ -77,11 +78,9 @@ def save_checkpoint(
     tensors.update(opt_tensors)
     meta = {"step": step, "optimizer": opt_scalars, **info}
     tmp_weights, tmp_json = path.with_suffix(".safetensors.tmp"), path.with_suffix(".json.tmp")
-    save_file(tensors, str(tmp_weights), metadata={"step": str(step)})  # readers trust this step
+    # readable by others, like the JSON, so a run folder shared with a class can be exported or resumed
+    save_readable(tensors, tmp_weights, metadata={"step": str(step)})  # readers trust this step
     tmp_json.write_text(json.dumps(meta, indent=1))
-    # safetensors writes 0600; give the weights the JSON's permissions (0644 under the usual umask), so
-    # a run folder shared with a class can be exported or resumed by others, as its JSON already can.
-    tmp_weights.chmod(tmp_json.stat().st_mode & 0o777)
     os.replace(tmp_weights, path.with_suffix(".safetensors"))
     os.replace(tmp_json, path.with_suffix(".json"))
 
