@@ -208,3 +208,24 @@ def test_resume_with_more_steps_continues(source: Path, tmp_path: Path) -> None:
     shutil.copytree(source, out)
     quiet_train(dataclasses.replace(TINY, unet_steps=TINY.unet_steps + 2), out)
     assert read_checkpoint(out / "unet" / "checkpoint")[1]["step"] == TINY.unet_steps + 2
+
+
+def test_resume_after_the_start_model_changed_is_refused(source: Path, tmp_path: Path) -> None:
+    """A run pins the weights of the model folder it starts from: a changed folder (an upgrade of
+    "default", a re-export) cannot be mixed into its checkpoints on resume."""
+    model = tmp_path / "start_model"
+    shutil.copytree(source / "model", model)
+    cfg = dataclasses.replace(TINY, unet_init=str(model), unet_steps=2)
+    out = tmp_path / "run"
+    quiet_train(cfg, out)
+    pinned = json.loads((out / "init_weights.json").read_text())
+    assert set(pinned) == {"vae_init", "unet_init"}  # a model folder as unet_init also gives the VAE
+    quiet_train(dataclasses.replace(cfg, unet_steps=3), out)  # unchanged: the resume goes on
+    assert read_checkpoint(out / "unet" / "checkpoint")[1]["step"] == 3
+
+    vae = (model / "vae.safetensors").read_bytes()
+    (model / "vae.safetensors").write_bytes(vae[:-2] + bytes([vae[-2] ^ 1, vae[-1]]))  # one bit of one weight
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(TrainConfigError, match=r"vae_init='.*start_model' \(vae.safetensors\) changed"):
+        quiet_train(dataclasses.replace(cfg, unet_steps=4), out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -17,6 +17,7 @@ from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import PRESETS_NEEDING_INIT, TrainConfig, preset
 from diffexplain.models.store import is_model_folder
 from diffexplain.training.export import export_model
+from diffexplain.training.init_weights import pin_or_check_init_weights
 from diffexplain.training.unet import check_model_unet, train_unet
 from diffexplain.training.vae import finetune_decoder, train_vae, vae_from_model
 
@@ -70,6 +71,8 @@ def train(
         )
     out = Path(out)
     check_resume(out, cfg)
+    if any(out.glob("*/checkpoint.json")):
+        pin_or_check_init_weights(out, cfg)  # a resume: the model folders it started from are unchanged
     device = pick_device(device)
     started = time.time()
     # What this run starts from is checked (and copied) before anything is written.
@@ -80,6 +83,7 @@ def train(
     vae = vae_from_model(cfg.vae_init, cfg)[0].to(device) if cfg.vae_init else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    pin_or_check_init_weights(out, cfg)
     if vae is None:
         vae = train_vae(cfg, out, device=device, progress=progress)
     if cfg.decoder_steps:  # the encoder stays fixed, so the latents do not change
