@@ -48,7 +48,16 @@ def model_settings(folder: str) -> dict:
 
 def build_pipeline(folder: str, device: str = "cpu"):
     """A ``StableDiffusionPipeline`` from the folder's U-Net, VAE and scheduler, and MiniLM."""
-    from diffusers import StableDiffusionPipeline
+    from transformers.utils import logging as transformers_logging
+
+    # Importing the pipeline imports CLIP's and SigLIP's image processors, which warn that torchvision is
+    # missing; the pipeline gets no feature extractor, so the warning is noise here.
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        from diffusers import StableDiffusionPipeline
+    finally:
+        transformers_logging.set_verbosity(level)
 
     from diffexplain.models.store import load_model_parts
     from diffexplain.models.text import load_text_encoder

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from diffexplain import load_model
 from diffexplain.cli import main
 from diffexplain.data import held_out
+from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import PRESETS, preset, scheduler_config, unet_config, vae_config
 from diffexplain.training.checkpoint import EMA, load_checkpoint, save_checkpoint
 from diffexplain.training.export import debiased_ema, export_model, load_trained_vae
@@ -100,6 +101,22 @@ def test_unet_norm_groups_are_capped_at_the_first_block_width() -> None:
     assert unet_config((32, 64, 128), 16, 8)["norm_num_groups"] == 8
     assert unet_config((16, 32, 32), 8, 32)["norm_num_groups"] == 16
     assert unet_config((32, 64, 128), 16)["norm_num_groups"] == 32  # diffusers' own default, capped
+
+
+def test_cross_attention_per_level_sets_the_block_types() -> None:
+    default = unet_config((16, 32, 32), 8)
+    assert default["down_block_types"] == ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+    assert default["up_block_types"] == ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+    everywhere = unet_config((16, 32, 32), 8, cross_attention=(True, True, True))
+    assert set(everywhere["down_block_types"]) == {"CrossAttnDownBlock2D"}
+    # the up path mirrors the down path: its first block is the lowest level
+    lowest_only = unet_config((16, 32, 32), 8, cross_attention=(False, False, True))
+    assert lowest_only["down_block_types"] == ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"]
+    assert lowest_only["up_block_types"] == ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"]
+    unet = UNet2DConditionModel(**everywhere)
+    assert len(unet.down_blocks[2].attentions) == 1 and len(unet.up_blocks[0].attentions) == 2
+    with pytest.raises(TrainConfigError, match="cross_attention has 2 levels, block_out_channels 3"):
+        unet_config((16, 32, 32), 8, cross_attention=(True, True))
 
 
 def test_pooled_text_changes_the_prediction_with_no_extra_input() -> None:

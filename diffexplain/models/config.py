@@ -35,6 +35,7 @@ def unet_config(
     sample_size: int = 16,
     norm_groups: int = 32,
     pooled_text: bool = False,
+    cross_attention: tuple[bool, ...] = (True, True, False),
 ) -> dict[str, Any]:
     """diffusers ``UNet2DConditionModel`` config with cross-attention on 384-d MiniLM token states.
 
@@ -47,7 +48,17 @@ def unet_config(
     attention-pooled summary of the token states joins the timestep embedding, so the caption reaches
     every ResNet block, not only the cross-attention layers. It needs no extra input: the U-Net pools
     the same ``encoder_hidden_states`` it attends to.
+
+    ``cross_attention`` says, per resolution level (16×16, 8×8, 4×4 for 16×16 latents), whether its down
+    and up blocks attend to the caption (the middle block, at the lowest level, always does). Only the
+    lowest level's queries know well where they are (zero padding reaches every pixel there), so only
+    attention there can send "red" to the left object and "blue" to the right one.
     """
+    if len(cross_attention) != len(block_out_channels):
+        raise TrainConfigError(
+            f"cross_attention has {len(cross_attention)} levels, block_out_channels {len(block_out_channels)}; "
+            "expected one flag per level"
+        )
     extra: dict[str, Any] = {}
     if pooled_text:
         extra = {"addition_embed_type": "text", "addition_embed_type_num_heads": 8}
@@ -57,8 +68,8 @@ def unet_config(
         "out_channels": 4,
         "block_out_channels": list(block_out_channels),
         "layers_per_block": 1,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+        "down_block_types": [("CrossAttnDownBlock2D" if a else "DownBlock2D") for a in cross_attention],
+        "up_block_types": [("CrossAttnUpBlock2D" if a else "UpBlock2D") for a in reversed(cross_attention)],
         "cross_attention_dim": 384,
         "attention_head_dim": 4,
         "norm_num_groups": min(norm_groups, block_out_channels[0]),
@@ -97,6 +108,7 @@ class TrainConfig:
     unet_blocks: tuple[int, ...] = (32, 64, 128)
     unet_norm_groups: int = 8  # GroupNorm groups in the U-Net (4 channels per group in the first block)
     unet_pooled_text: bool = True  # pooled caption added to the timestep embedding (see unet_config)
+    unet_cross_attention: tuple[bool, ...] = (True, True, False)  # per level, from the finest (unet_config)
     latent_pool: int = 24_000  # images encoded once to latents, then reused
     unet_steps: int = 2200
     unet_batch: int = 64
@@ -135,7 +147,13 @@ class TrainConfig:
 
     def unet_config(self, sample_size: int) -> dict[str, Any]:
         """The U-Net config this run trains, for latents of ``sample_size`` per side."""
-        return unet_config(tuple(self.unet_blocks), sample_size, self.unet_norm_groups, self.unet_pooled_text)
+        return unet_config(
+            tuple(self.unet_blocks),
+            sample_size,
+            self.unet_norm_groups,
+            self.unet_pooled_text,
+            tuple(self.unet_cross_attention),
+        )
 
 
 # What runs trained before these fields existed: 32 GroupNorm groups, cross-attention only, plain

@@ -124,7 +124,13 @@ _SHARED_FIELDS = (
 
 
 # Fields a run folder's checkpoints depend on: a resume must keep them (step counts may grow or shrink).
-_FIXED_FIELDS = _SHARED_FIELDS + ("unet_blocks", "unet_norm_groups", "unet_pooled_text", "unet_init")
+_FIXED_FIELDS = _SHARED_FIELDS + (
+    "unet_blocks",
+    "unet_norm_groups",
+    "unet_pooled_text",
+    "unet_cross_attention",
+    "unet_init",
+)
 
 
 def check_resume(out: Path, cfg: TrainConfig) -> None:
