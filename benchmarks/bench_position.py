@@ -18,6 +18,10 @@ for the scene with the two objects' places exchanged: every word drawn, bound to
 Of the rest, ``one colour on both`` counts pictures whose two objects share one of the caption's
 colours (the colour leaked), ``a colour not asked for`` those with a colour the caption does not name.
 
+Last, the same-noise test for binding: each of those scenes again, from the same starting noise, with
+the two objects' words exchanged. ``same picture`` counts pairs where both pictures are right for the
+same caption: the noise, not the word order, chose which object went where.
+
     python benchmarks/bench_position.py [FOLDER] [--seeds 2] [--pairs 72] [--json out.json]
 """
 
@@ -93,6 +97,38 @@ def exchanged(scene, *, colours: bool, shapes: bool):
     return dataclasses.replace(scene, objects=(a2, b2))
 
 
+def measure_exchange(pipe, settings: dict, n: int, batch: int = 18) -> dict:
+    """Same noise, the two objects' words exchanged: does the caption or the noise decide which goes where?
+
+    For ``n`` two-object scenes, one picture of the scene and one, from the same starting noise, of the
+    scene with its objects' colours and shapes exchanged ("a blue square on the left and a red circle
+    on the right"). ``follows the caption``: each picture right for its own caption; ``same picture``:
+    both right for the same one of the two captions, so the noise chose; ``other``: anything else.
+    """
+    from bench_model import prompt_mix
+
+    from diffexplain.data.checker import detect_objects, score
+    from diffexplain.data.scenes import caption
+
+    scenes = prompt_mix(quick=False)[1][:n]
+    swapped = [exchanged(x, colours=True, shapes=True) for x in scenes]
+    seeds = list(range(n))
+    first = generate(pipe, [caption(x) for x in scenes], seeds, settings, batch=batch)
+    second = generate(pipe, [caption(x) for x in swapped], seeds, settings, batch=batch)
+    counts: collections.Counter = collections.Counter()
+    for image_a, image_b, scene_a, scene_b in zip(first, second, scenes, swapped, strict=True):
+        found_a, found_b = detect_objects(image_a, n_objects=2), detect_objects(image_b, n_objects=2)
+        a_is = [score(image_a, x, detected=found_a).all_right for x in (scene_a, scene_b)]
+        b_is = [score(image_b, x, detected=found_b).all_right for x in (scene_a, scene_b)]
+        if a_is[0] and b_is[1]:
+            counts["follows the caption"] += 1
+        elif (a_is[0] and b_is[0]) or (a_is[1] and b_is[1]):
+            counts["same picture"] += 1
+        else:
+            counts["other"] += 1
+    return {name: counts[name] / n for name in ("follows the caption", "same picture", "other")} | {"n": n}
+
+
 def measure_binding(pipe, settings: dict, n: int, batch: int = 18) -> dict:
     """Outcome shares over ``n`` two-object dataset scenes: right, exchanged attributes, or other."""
     from bench_model import prompt_mix
@@ -141,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     pipe, settings = build_pipeline(args.folder), model_settings(args.folder)
     r = measure(args.folder, pipe, settings, args.seeds)
     r["two_objects"] = measure_binding(pipe, settings, args.pairs) if args.pairs else {}
+    r["exchanged_words"] = measure_exchange(pipe, settings, args.pairs) if args.pairs else {}
     s = r["settings"]
     print(f"model {args.folder}: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']:g}")
     for pair, shares in r["pairs"].items():
@@ -154,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
         shares = r["two_objects"]
         text = ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items() if k != "n")
         print(f"  two objects   ({shares['n']} scenes): {text}")
+        shares = r["exchanged_words"]
+        text = ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items() if k != "n")
+        print(f"  same noise, objects' words exchanged ({shares['n']} pairs): {text}")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=1))
     return r
