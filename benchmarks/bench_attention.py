@@ -22,7 +22,6 @@ everywhere, 1 for a word read in one half only.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_model import DEFAULT_FOLDER, build_pipeline, generate, model_settings  # noqa: E402
+from bench_model import build_pipeline, generate, model_parser, model_settings  # noqa: E402
 
 STEPS_RECORDED = (0.2, 0.5, 0.8)  # fractions of the way through sampling
 
@@ -123,14 +122,8 @@ def halves(attention, position: str) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "folder", nargs="?", default=DEFAULT_FOLDER, help=f"model folder (default {DEFAULT_FOLDER})"
-    )
+    parser = model_parser(__doc__)
     parser.add_argument("--scenes", type=int, default=24, help="two-object scenes (default 24)")
-    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     pipe, settings = build_pipeline(args.folder), model_settings(args.folder)

@@ -1,7 +1,7 @@
 """Does the model's x̂0 put each caption colour on its own side during sampling? (a script, not a test)
 
-For two-object left/right scenes, it samples with DDIM and classifier-free guidance at the model's
-defaults and, at a few steps, decodes the guess of the clean picture,
+For two-object left/right scenes, it samples with diffexplain's own loop at the model's defaults (DDIM,
+classifier-free guidance) and, at a few steps, decodes the kept guess of the clean picture,
 x̂0 = (x_t − √(1 − ᾱ_t)·ε̂) / √ᾱ_t, and measures how far object A's colour sits on A's side:
 
     side score = (mean RGB of A's half − mean RGB of B's half) · (RGB of A's colour − RGB of B's colour)
@@ -17,7 +17,6 @@ colours on their sides there already, whatever the noise.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_model import DEFAULT_FOLDER, build_pipeline, model_settings, prompt_mix  # noqa: E402
+from bench_model import model_parser, prompt_mix  # noqa: E402
 from bench_position import exchanged  # noqa: E402
 
 STEPS_REPORTED = (0, 2, 5, 10)
@@ -56,43 +55,32 @@ def render_array(scene):
     return (to_array(render_scene(scene)) + 1) / 2  # to_array: [3, H, W] in [-1, 1]
 
 
-def measure(pipe, settings: dict, n: int) -> dict:
-    """Mean side score and share of positive ones per reported step, over ``n`` scenes × 2 word orders."""
+def measure(explainer, n: int) -> dict:
+    """Mean side score and share of positive ones per reported step, over ``n`` scenes × 2 word orders.
+
+    Runs diffexplain's own traced loop at the model's default steps and guidance, keeping x̂0.
+    """
     import numpy as np
-    import torch
 
     from diffexplain.data.scenes import caption
+    from diffexplain.probe import decode_latents
 
     scenes = [s for s in prompt_mix(quick=False)[1] if s.objects[0].position in ("left", "right")][:n]
-    scheduler, guidance = pipe.scheduler, settings["guidance_scale"]
-    size = settings["image_size"] // pipe.vae_scale_factor
+    versions = [v for s in scenes for v in (s, exchanged(s, colours=True, shapes=True))]
     scores: dict[int, list[float]] = {step: [] for step in STEPS_REPORTED}
-    for k, scene in enumerate(scenes):
-        for version in (scene, exchanged(scene, colours=True, shapes=True)):
-            cond, uncond = pipe.encode_prompt([caption(version)], "cpu", 1, True, negative_prompt=[""])
-            states = torch.cat([uncond, cond])
-            latents = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(k))  # same noise
-            scheduler.set_timesteps(settings["steps"])
-            for i, t in enumerate(scheduler.timesteps):
-                with torch.no_grad():
-                    eps = pipe.unet(torch.cat([latents, latents]), t, encoder_hidden_states=states).sample
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps_guided = eps_uncond + guidance * (eps_cond - eps_uncond)
-                if i in scores:
-                    alpha_bar = scheduler.alphas_cumprod[t]
-                    pred_x0 = (latents - (1 - alpha_bar).sqrt() * eps_guided) / alpha_bar.sqrt()
-                    with torch.no_grad():
-                        picture = (pipe.vae.decode(pred_x0).sample[0].clamp(-1, 1) + 1) / 2
-                    scores[i].append(side_score(picture.numpy(), version))
-                latents = scheduler.step(eps_guided, t, latents).prev_sample
-    timesteps = [int(t) for t in scheduler.timesteps]
-    reference = [  # the dataset's own pictures of the same scenes: the score's sign is right on all
-        side_score(render_array(version), version)
-        for scene in scenes
-        for version in (scene, exchanged(scene, colours=True, shapes=True))
-    ]
+    timesteps: list[int] = []
+    for j, version in enumerate(versions):
+        # seed j // 2: both word orders of a scene start from the same noise
+        trace = explainer.run(
+            caption(version), seed=j // 2, keep="step.pred_x0", decode=False, progress=False
+        )
+        timesteps = [int(record.timestep) for record in trace.steps]
+        for i in (i for i in scores if i < len(timesteps)):
+            picture = (decode_latents(explainer, trace["step.pred_x0", i])[0] + 1) / 2  # [3, H, W] in [0, 1]
+            scores[i].append(side_score(picture.numpy(), version))
+    reference = [side_score(render_array(v), v) for v in versions]  # the score's sign is right on all
     scores_by_name = {"dataset pictures": reference} | {
-        f"step {i} (t={timesteps[i]})": v for i, v in scores.items() if i < len(timesteps)
+        f"step {i} (t={timesteps[i]})": v for i, v in scores.items() if v
     }
     return {
         name: {
@@ -106,18 +94,13 @@ def measure(pipe, settings: dict, n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "folder", nargs="?", default=DEFAULT_FOLDER, help=f"model folder (default {DEFAULT_FOLDER})"
-    )
+    parser = model_parser(__doc__)
     parser.add_argument("--scenes", type=int, default=24, help="left/right scenes (default 24)")
-    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    pipe, settings = build_pipeline(args.folder), model_settings(args.folder)
-    r = measure(pipe, settings, args.scenes)
+    from diffexplain import load_model
+
+    r = measure(load_model(args.folder, progress=False), args.scenes)
     print(f"model {args.folder}: {args.scenes} left/right scenes, each in both word orders, same noise")
     for step, v in r.items():
         print(

@@ -31,6 +31,16 @@ GOALS = {  # key: (comparison, target, unit)
 }
 
 
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser with the model ``folder`` and ``--json``; each script adds its own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "folder", nargs="?", default=DEFAULT_FOLDER, help=f"model folder (default {DEFAULT_FOLDER})"
+    )
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    return parser
+
+
 def model_settings(folder: str) -> dict:
     """Image size, scheduler class, and default guidance scale and steps from ``model.json``'s
     ``defaults`` (else its ``recipe``; else 5.0 and 25)."""
@@ -297,12 +307,7 @@ def report(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse arguments, run the sections, print the table; returns all figures."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "folder", nargs="?", default=DEFAULT_FOLDER, help=f"model folder (default {DEFAULT_FOLDER})"
-    )
+    parser = model_parser(__doc__)
     parser.add_argument(
         "--guidance-scale", type=float, default=None, help="default: model.json defaults, else 5.0"
     )
@@ -310,7 +315,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=30, help="prompts per pipeline call (default 30)")
     parser.add_argument("--quick", action="store_true", help="few samples: a smoke run")
     parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
-    parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     parser.add_argument("--grid", default=None, help="save a PNG of samples with their captions")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -27,7 +27,6 @@ same caption: the noise, not the word order, chose which object went where.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import sys
@@ -36,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_model import DEFAULT_FOLDER, build_pipeline, generate, model_settings  # noqa: E402
+from bench_model import build_pipeline, generate, model_parser, model_settings  # noqa: E402
 
 OPPOSITES = (("left", "right"), ("top", "bottom"))
 
@@ -163,15 +162,9 @@ def measure_binding(pipe, settings: dict, n: int, batch: int = 18) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "folder", nargs="?", default=DEFAULT_FOLDER, help=f"model folder (default {DEFAULT_FOLDER})"
-    )
+    parser = model_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per colour and shape (default 2)")
     parser.add_argument("--pairs", type=int, default=72, help="two-object scenes for binding (default 72)")
-    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     pipe, settings = build_pipeline(args.folder), model_settings(args.folder)

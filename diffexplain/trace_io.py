@@ -127,9 +127,8 @@ def save_trace(trace: Trace, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        save_readable(
-            tensors.tensors, tmp, metadata={METADATA_KEY: json.dumps(doc)}
-        )  # a trace is for sharing
+        # readable by others, not safetensors' 0600: a trace is for sharing
+        save_readable(tensors.tensors, tmp, metadata={METADATA_KEY: json.dumps(doc)})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ and the exact command that produced them under ``recipe`` in ``models/default/mo
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,9 +51,9 @@ def unet_config(
     the same ``encoder_hidden_states`` it attends to.
 
     ``cross_attention`` says, per resolution level (16×16, 8×8, 4×4 for 16×16 latents), whether its down
-    and up blocks attend to the caption (the middle block, at the lowest level, always does). Only the
-    lowest level's queries know well where they are (zero padding reaches every pixel there), so only
-    attention there can send "red" to the left object and "blue" to the right one.
+    and up blocks attend to the caption (the middle block, at the lowest level, always does). The
+    default attends at the two finest levels; ``benchmarks/bench_attention.py`` shows where each layer
+    reads an object's words.
     """
     if len(cross_attention) != len(block_out_channels):
         raise TrainConfigError(
@@ -74,6 +75,24 @@ def unet_config(
         "attention_head_dim": 4,
         "norm_num_groups": min(norm_groups, block_out_channels[0]),
     }
+
+
+def differences(
+    theirs: dict[str, Any],
+    mine: dict[str, Any],
+    keys: Iterable[str] | None = None,
+    *,
+    mine_label: str = "here",
+) -> list[str]:
+    """``"key: X there, Y here"`` for each of ``keys`` (default: all of ``mine``'s) whose values differ.
+
+    For errors that refuse a run, a checkpoint or a model folder built with another config.
+    """
+    return [
+        f"{k}: {theirs.get(k)!r} there, {mine[k]!r} {mine_label}"
+        for k in (mine if keys is None else keys)
+        if theirs.get(k) != mine[k]
+    ]
 
 
 def scheduler_config() -> dict[str, Any]:

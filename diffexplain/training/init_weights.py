@@ -32,16 +32,14 @@ def init_weights(cfg: TrainConfig) -> dict[str, dict[str, str]]:
     return pinned
 
 
-def pin_or_check_init_weights(out: Path, cfg: TrainConfig) -> None:
-    """Record the start's weights in ``out`` the first time; afterwards refuse a run whose have changed.
+def check_init_weights(out: Path, cfg: TrainConfig, now: dict[str, dict[str, str]]) -> None:
+    """Refuse to go on with ``out`` if the weights it recorded at its start differ from ``now``.
 
-    Run folders written before this file existed are not checked.
+    ``now`` is :func:`init_weights` of ``cfg``. Run folders without a record (new ones, or written before
+    this file existed) pass.
     """
     record = out / INIT_WEIGHTS_FILE
-    now = init_weights(cfg)
     if not record.is_file():
-        out.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(now, indent=1))
         return
     then = json.loads(record.read_text())
     changed = [
@@ -56,6 +54,13 @@ def pin_or_check_init_weights(out: Path, cfg: TrainConfig) -> None:
             "changed since (an upgrade or a re-export?). Resuming would mix two models; train into a new "
             "--out folder, or put the original model folder back"
         )
+
+
+def pin_init_weights(out: Path, now: dict[str, dict[str, str]]) -> None:
+    """Record ``now`` (:func:`init_weights`) in ``out`` unless a record is there already."""
+    record = out / INIT_WEIGHTS_FILE
+    if not record.is_file():
+        record.write_text(json.dumps(now, indent=1))
 
 
 def _sha256(path: Path) -> str:

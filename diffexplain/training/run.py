@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from diffexplain.errors import TrainConfigError
-from diffexplain.models.config import PRESETS_NEEDING_INIT, TrainConfig, preset
+from diffexplain.models.config import PRESETS_NEEDING_INIT, TrainConfig, differences, preset
 from diffexplain.models.store import is_model_folder
 from diffexplain.training.export import export_model
-from diffexplain.training.init_weights import pin_or_check_init_weights
+from diffexplain.training.init_weights import check_init_weights, init_weights, pin_init_weights
 from diffexplain.training.unet import check_model_unet, train_unet
 from diffexplain.training.vae import finetune_decoder, train_vae, vae_from_model
 
@@ -71,8 +71,8 @@ def train(
         )
     out = Path(out)
     check_resume(out, cfg)
-    if any(out.glob("*/checkpoint.json")):
-        pin_or_check_init_weights(out, cfg)  # a resume: the model folders it started from are unchanged
+    start_weights = init_weights(cfg)
+    check_init_weights(out, cfg, start_weights)  # a resume: the model folders it started from are unchanged
     device = pick_device(device)
     started = time.time()
     # What this run starts from is checked (and copied) before anything is written.
@@ -83,7 +83,7 @@ def train(
     vae = vae_from_model(cfg.vae_init, cfg)[0].to(device) if cfg.vae_init else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    pin_or_check_init_weights(out, cfg)
+    pin_init_weights(out, start_weights)
     if vae is None:
         vae = train_vae(cfg, out, device=device, progress=progress)
     if cfg.decoder_steps:  # the encoder stays fixed, so the latents do not change
@@ -140,7 +140,7 @@ def check_resume(out: Path, cfg: TrainConfig) -> None:
         return
     theirs = TrainConfig.from_dict(json.loads(saved.read_text())).to_dict()
     mine = json.loads(json.dumps(cfg.to_dict()))
-    differ = [f"{k}: {theirs[k]!r} there, {mine[k]!r} now" for k in _FIXED_FIELDS if theirs[k] != mine[k]]
+    differ = differences(theirs, mine, _FIXED_FIELDS, mine_label="now")
     if differ:
         raise TrainConfigError(
             f"{out} holds checkpoints of another config ({'; '.join(differ)}); "
@@ -161,7 +161,7 @@ def copy_first_stages(source: Path, out: Path, cfg: TrainConfig) -> None:
         )
     theirs = TrainConfig.from_dict(json.loads((source / "config.json").read_text())).to_dict()
     mine = json.loads(json.dumps(cfg.to_dict()))  # tuples as JSON lists, like the saved config
-    differ = [f"{k}: {theirs[k]!r} there, {mine[k]!r} here" for k in _SHARED_FIELDS if theirs[k] != mine[k]]
+    differ = differences(theirs, mine, _SHARED_FIELDS)
     if differ:
         raise TrainConfigError(
             f"unet_init={str(source)!r} was trained on another VAE or data: " + "; ".join(differ)

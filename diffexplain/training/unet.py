@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from diffexplain.data import ShapesDataset
 from diffexplain.errors import TrainConfigError
-from diffexplain.models.config import TrainConfig, scheduler_config
+from diffexplain.models.config import TrainConfig, differences, scheduler_config
 from diffexplain.models.store import is_model_folder, read_model_json
 from diffexplain.models.text import encode_captions, load_text_encoder
 from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, read_checkpoint, save_checkpoint
@@ -99,7 +99,7 @@ def check_model_unet(source: str, cfg: TrainConfig) -> None:
 
     found = read_model_json(model_folder(source))["unet_config"]
     mine = json.loads(json.dumps(cfg.unet_config(cfg.latent_size)))  # tuples as JSON lists
-    differ = [f"{k}: {found.get(k)!r} there, {v!r} here" for k, v in mine.items() if found.get(k) != v]
+    differ = differences(found, mine)
     if differ:
         raise TrainConfigError(
             f"unet_init={source!r}: its U-Net does not match this config's: " + "; ".join(differ)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from diffexplain.data import ShapesDataset, held_out
 from diffexplain.errors import TrainConfigError
-from diffexplain.models.config import TrainConfig, vae_config
+from diffexplain.models.config import TrainConfig, differences, vae_config
 from diffexplain.training.checkpoint import load_checkpoint, lr_at, save_checkpoint
 
 
@@ -160,11 +160,7 @@ def vae_from_model(source: str, cfg: TrainConfig) -> tuple[AutoencoderKL, dict[s
     folder = model_folder(source)
     found = read_model_json(folder)["vae_config"]
     wanted = vae_config(tuple(cfg.vae_blocks)) | {"sample_size": cfg.image_size}
-    differ = [
-        f"{k}: {found.get(k)!r} there, {wanted[k]!r} here"
-        for k in ("block_out_channels", "latent_channels", "sample_size")
-        if found.get(k) != wanted[k]
-    ]
+    differ = differences(found, wanted, ("block_out_channels", "latent_channels", "sample_size"))
     if differ:
         raise TrainConfigError(f"vae_init={source!r}: its VAE does not fit this config: " + "; ".join(differ))
     vae = load_model_parts(folder)["vae"]
