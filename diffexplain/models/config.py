@@ -139,6 +139,9 @@ class TrainConfig:
     # Floor β on the weight of the noisiest steps, in clean-image terms: max(min(SNR_t, γ), β)/SNR_t, at
     # most LOW_SNR_WEIGHT_CAP. Plain ε-loss weighs a wrong layout at t = 960 by SNR ≈ 0.004 (see unet.py).
     low_snr_floor: float = 0.0
+    # Weight of the cross-attention loss (training/attention_loss.py): in two-object scenes, each object's
+    # colour and shape words are to be read in the object's half of the picture. 0 = off.
+    attention_loss_weight: float = 0.0
     # A model folder ("default": the shipped one) whose U-Net and VAE this run starts from, or a run folder
     # whose EMA U-Net, VAE and latent pool it starts from.
     unet_init: str = ""
@@ -181,6 +184,7 @@ _BEFORE_FIELDS: dict[str, Any] = {
     "unet_norm_groups": 32,
     "unet_pooled_text": False,
     "low_snr_floor": 0.0,
+    "attention_loss_weight": 0.0,
     "unet_init": "",
     "vae_init": "",
 }

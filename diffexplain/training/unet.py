@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import TrainConfig, differences, scheduler_config
 from diffexplain.models.store import is_model_folder, read_model_json
 from diffexplain.models.text import encode_captions, load_text_encoder
+from diffexplain.training.attention_loss import AttentionSupervision
 from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, read_checkpoint, save_checkpoint
 from diffexplain.training.latent_norm import latent_stats, standardise
 
@@ -172,41 +174,55 @@ def train_unet(
         range(start, cfg.unet_steps), desc="U-Net", disable=not progress, initial=start, total=cfg.unet_steps
     )
     t0, running = time.time(), None
-    for step in bar:
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # same batch after a resume
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, base=cfg.unet_lr, warmup=cfg.unet_warmup, total=cfg.unet_steps)
-        idx = torch.randint(0, len(pool), (cfg.unet_batch,), generator=gen)
-        z0 = pool[idx].to(device)
-        cond = text([captions[i] for i in idx.tolist()])
-        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
-        cond[drop.to(device)] = empty
-        noise = torch.randn(z0.shape, generator=gen).to(device)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen).to(
-            device
-        )
-        z_t = noise_scheduler.add_noise(z0, noise, t)
-        eps_pred = unet(z_t, t, encoder_hidden_states=cond).sample
-        per_sample = (eps_pred - noise).pow(2).mean(dim=(1, 2, 3))  # [B]
-        loss = (snr_weight[t] * per_sample).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema.update(unet)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.set_postfix(loss=f"{running:.4f}")
-        last = step + 1 == cfg.unet_steps
-        if (step + 1) % cfg.log_every == 0 or last:
-            entry = {"step": step + 1, "loss": loss.item(), "loss_avg": running, "time_s": time.time() - t0}
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
-        if (step + 1) % cfg.checkpoint_every == 0 or last:
-            info = {
-                "config": cfg.to_dict(),
-                "scaling_factor": scaling_factor,
-                "latent_mean": latent_mean.tolist(),
-                "latent_std": latent_std.tolist(),
-            }
-            save_checkpoint(ckpt, model=unet, optimizer=opt, ema=ema, step=step + 1, info=info)
+    # The cross-attention loss records the supervised layers' attention inside this block only.
+    attend = AttentionSupervision(unet, text.tokenizer) if cfg.attention_loss_weight > 0 else nullcontext()
+    with attend as supervision:
+        for step in bar:
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # same batch after a resume
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, base=cfg.unet_lr, warmup=cfg.unet_warmup, total=cfg.unet_steps)
+            idx = torch.randint(0, len(pool), (cfg.unet_batch,), generator=gen)
+            z0 = pool[idx].to(device)
+            cond = text([captions[i] for i in idx.tolist()])
+            drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
+            cond[drop.to(device)] = empty
+            noise = torch.randn(z0.shape, generator=gen).to(device)
+            t = torch.randint(
+                0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen
+            ).to(device)
+            z_t = noise_scheduler.add_noise(z0, noise, t)
+            eps_pred = unet(z_t, t, encoder_hidden_states=cond).sample
+            per_sample = (eps_pred - noise).pow(2).mean(dim=(1, 2, 3))  # [B]
+            loss = loss_eps = (snr_weight[t] * per_sample).mean()
+            if supervision is not None:
+                seen = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
+                loss_attn = supervision.loss(seen)
+                loss = loss_eps + cfg.attention_loss_weight * loss_attn
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            ema.update(unet)
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            bar.set_postfix(loss=f"{running:.4f}")
+            last = step + 1 == cfg.unet_steps
+            if (step + 1) % cfg.log_every == 0 or last:
+                entry = {
+                    "step": step + 1,
+                    "loss": loss.item(),
+                    "loss_avg": running,
+                    "time_s": time.time() - t0,
+                }
+                if supervision is not None:
+                    entry |= {"loss_eps": loss_eps.item(), "loss_attention": loss_attn.item()}
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+            if (step + 1) % cfg.checkpoint_every == 0 or last:
+                info = {
+                    "config": cfg.to_dict(),
+                    "scaling_factor": scaling_factor,
+                    "latent_mean": latent_mean.tolist(),
+                    "latent_std": latent_std.tolist(),
+                }
+                save_checkpoint(ckpt, model=unet, optimizer=opt, ema=ema, step=step + 1, info=info)
     return unet.eval(), ema, scaling_factor
