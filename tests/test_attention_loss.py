@@ -132,7 +132,9 @@ def test_a_few_steps_on_the_loss_move_the_words_to_their_halves(tokenizer) -> No
 
 
 def test_training_with_the_loss_logs_both_terms(tmp_path: Path) -> None:
-    cfg = dataclasses.replace(preset("tiny"), two_object_share=1.0, attention_loss_weight=0.1)
+    cfg = dataclasses.replace(
+        preset("tiny"), two_object_share=1.0, attention_loss_weight=0.1, high_noise_share=0.5
+    )
     train(cfg, tmp_path / "run", device="cpu", progress=False)
     entries = [
         json.loads(line) for line in (tmp_path / "run" / "unet" / "log.jsonl").read_text().splitlines()

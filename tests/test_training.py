@@ -24,7 +24,13 @@ from diffexplain.models.config import PRESETS, preset, scheduler_config, unet_co
 from diffexplain.training.checkpoint import EMA, load_checkpoint, save_checkpoint
 from diffexplain.training.export import debiased_ema, export_model, load_trained_vae
 from diffexplain.training.run import train
-from diffexplain.training.unet import CaptionCache, min_snr_weights, train_unet
+from diffexplain.training.unet import (
+    HIGH_NOISE_FROM,
+    CaptionCache,
+    draw_timesteps,
+    min_snr_weights,
+    train_unet,
+)
 from diffexplain.training.vae import finetune_decoder, train_vae, vae_psnr
 
 PROMPT = "a red circle on the left"
@@ -314,6 +320,18 @@ def test_min_snr_weights_on_the_training_schedule() -> None:
     assert torch.equal(min_snr_weights(alphas_cumprod, 0.0), torch.ones_like(alphas_cumprod))
 
 
+def test_high_noise_share_draws_that_share_from_the_noisiest_steps() -> None:
+    n, T = 40_000, 1000
+    uniform = draw_timesteps(n, T, 0.0, torch.Generator().manual_seed(3))
+    assert torch.equal(uniform, torch.randint(0, T, (n,), generator=torch.Generator().manual_seed(3)))
+    skewed = draw_timesteps(n, T, 0.25, torch.Generator().manual_seed(3))
+    assert skewed.min() >= 0 and skewed.max() < T
+    noisiest = (T - HIGH_NOISE_FROM) / T  # uniform t lands there too
+    expected = 0.25 + 0.75 * noisiest
+    assert (skewed >= HIGH_NOISE_FROM).float().mean().item() == pytest.approx(expected, abs=0.01)
+    assert (uniform >= HIGH_NOISE_FROM).float().mean().item() == pytest.approx(noisiest, abs=0.01)
+
+
 def test_debiased_ema_recovers_the_weighted_average_of_the_trained_weights() -> None:
     decay, n = 0.9, 7
     model = torch.nn.Linear(3, 2)
@@ -365,3 +383,8 @@ def test_checkpoint_weights_get_the_permissions_of_its_json(tmp_path: Path) -> N
     )
     weights_mode = path.with_suffix(".safetensors").stat().st_mode & 0o777
     assert weights_mode == path.with_suffix(".json").stat().st_mode & 0o777  # safetensors alone: 0600
+
+
+def test_latent_pool_gets_the_permissions_of_its_captions(run: Path) -> None:
+    pool = run / "unet" / "latent_pool.safetensors"
+    assert pool.stat().st_mode & 0o777 == (run / "unet" / "latent_pool.json").stat().st_mode & 0o777

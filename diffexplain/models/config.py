@@ -142,6 +142,9 @@ class TrainConfig:
     # Weight of the cross-attention loss (training/attention_loss.py): in two-object scenes, each object's
     # colour and shape words are to be read in the object's half of the picture. 0 = off.
     attention_loss_weight: float = 0.0
+    # Share of each batch whose t is drawn from the noisiest steps (t ≥ HIGH_NOISE_FROM, where sampling
+    # chooses the layout) instead of from all of 0..T−1. 0 = uniform t, as plain diffusion training.
+    high_noise_share: float = 0.0
     # A model folder ("default": the shipped one) whose U-Net and VAE this run starts from, or a run folder
     # whose EMA U-Net, VAE and latent pool it starts from.
     unet_init: str = ""
@@ -185,6 +188,7 @@ _BEFORE_FIELDS: dict[str, Any] = {
     "unet_pooled_text": False,
     "low_snr_floor": 0.0,
     "attention_loss_weight": 0.0,
+    "high_noise_share": 0.0,
     "unet_init": "",
     "vae_init": "",
 }

@@ -29,6 +29,7 @@ from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import TrainConfig, differences, scheduler_config
 from diffexplain.models.store import is_model_folder, read_model_json
 from diffexplain.models.text import encode_captions, load_text_encoder
+from diffexplain.safetensors_file import save_readable
 from diffexplain.training.attention_loss import AttentionSupervision
 from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, read_checkpoint, save_checkpoint
 from diffexplain.training.latent_norm import latent_stats, standardise
@@ -65,6 +66,25 @@ class CaptionCache:
 
 LOW_SNR_WEIGHT_CAP = 20.0
 """Largest loss weight of the low-SNR floor (from t ≈ 935 of 1000 on, with β = 0.2)."""
+
+
+HIGH_NOISE_FROM = 880
+"""First t of the noisiest steps that ``TrainConfig.high_noise_share`` draws more often: 25-step DDIM's
+first three steps (t = 960, 920, 880), where sampling from pure noise chooses the layout."""
+
+
+def draw_timesteps(
+    batch: int, num_train_timesteps: int, high_noise_share: float, gen: torch.Generator
+) -> torch.Tensor:
+    """t for one batch [B]: uniform on 0..T−1, and for a share ``high_noise_share`` uniform on
+    HIGH_NOISE_FROM..T−1 instead. With share 0 it draws exactly what ``torch.randint`` alone draws, so
+    runs without it keep their random stream (and their checkpoints resume bit-exactly)."""
+    t = torch.randint(0, num_train_timesteps, (batch,), generator=gen)
+    if high_noise_share > 0:
+        noisy = torch.rand(batch, generator=gen) < high_noise_share
+        t_noisy = torch.randint(HIGH_NOISE_FROM, num_train_timesteps, (batch,), generator=gen)
+        t = torch.where(noisy, t_noisy, t)
+    return t
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, floor: float = 0.0) -> torch.Tensor:
@@ -139,9 +159,7 @@ def train_unet(
         captions = json.loads((stage / "latent_pool.json").read_text())
     else:
         pool, captions = encode_pool(vae, data, cfg.latent_pool, progress=progress)
-        from safetensors.torch import save_file
-
-        save_file({"latents": pool.contiguous()}, str(pool_file))
+        save_readable({"latents": pool.contiguous()}, pool_file)
         (stage / "latent_pool.json").write_text(json.dumps(captions))
     latent_mean, latent_std = latent_stats(pool)  # [C] each; export folds them into the VAE
     pool = standardise(pool, latent_mean, latent_std)  # zero mean, unit variance per channel
@@ -155,6 +173,7 @@ def train_unet(
     noise_scheduler = DDPMScheduler(**scheduler_config())
     snr_weight = min_snr_weights(noise_scheduler.alphas_cumprod, cfg.min_snr_gamma, cfg.low_snr_floor)  # [T]
     snr_weight = snr_weight.to(device)
+    num_train_timesteps = noise_scheduler.config.num_train_timesteps
     ckpt = stage / "checkpoint"
     start = 0
     if ckpt.with_suffix(".json").exists():
@@ -187,9 +206,7 @@ def train_unet(
             drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.caption_dropout
             cond[drop.to(device)] = empty
             noise = torch.randn(z0.shape, generator=gen).to(device)
-            t = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=gen
-            ).to(device)
+            t = draw_timesteps(cfg.unet_batch, num_train_timesteps, cfg.high_noise_share, gen).to(device)
             z_t = noise_scheduler.add_noise(z0, noise, t)
             eps_pred = unet(z_t, t, encoder_hidden_states=cond).sample
             per_sample = (eps_pred - noise).pow(2).mean(dim=(1, 2, 3))  # [B]
