@@ -163,12 +163,13 @@ def test_vae_init_refuses_a_vae_of_another_size(tmp_path: Path) -> None:
 
 
 # ---- the command line -----------------------------------------------------------------------------------
-def test_refine_preset_without_a_run_to_start_from_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("name", ["refine", "bind"])
+def test_continuing_preset_without_a_run_to_start_from_is_a_clear_error(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["train", "--preset", "refine", "--out", str(tmp_path / "run")]) == 1
+    assert main(["train", "--preset", name, "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
-    assert "preset 'refine' continues a trained model" in err and "--unet-init" in err
+    assert f"preset '{name}' continues a trained model" in err and "--unet-init" in err
     assert not (tmp_path / "run").exists()
 
 
