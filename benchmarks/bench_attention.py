@@ -55,19 +55,12 @@ def record_attention(pipe) -> dict[str, list]:
     return store
 
 
-def word_index(tokens: list[str], word: str, occurrence: int) -> int:
-    """Index of the ``occurrence``-th (0 or 1) token equal to ``word``."""
-    hits = [i for i, t in enumerate(tokens) if t == word]
-    if len(hits) <= occurrence:
-        raise ValueError(f"{word!r} is not a single token {occurrence + 1} time(s) in {tokens}")
-    return hits[occurrence]
-
-
 def measure(pipe, settings: dict, n: int) -> dict:
     """Place shares per layer (colour and shape words), over ``n`` two-object scenes."""
     from bench_model import prompt_mix
 
     from diffexplain.data.scenes import caption
+    from diffexplain.training.attention_loss import object_words
 
     store = record_attention(pipe)
     scenes = prompt_mix(quick=False)[1][:n]
@@ -79,13 +72,11 @@ def measure(pipe, settings: dict, n: int) -> dict:
         store.clear()
         text = caption(scene)
         generate(pipe, [text], [k], settings)
-        tokens = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(text).input_ids)
-        seen: collections.Counter = collections.Counter()
-        words = []  # (object, kind, token index)
-        for obj in scene.objects:
-            for kind, word in (("colour", obj.colour), ("shape", obj.shape)):
-                words.append((obj, kind, word_index(tokens, word, seen[word])))
-                seen[word] += 1
+        tokens = pipe.tokenizer(text).input_ids
+        # (object, kind, token index): object_words gives each object's colour, then shape word
+        found = object_words(pipe.tokenizer, text)
+        kinds = [(obj, kind) for obj in scene.objects for kind in ("colour", "shape")]
+        words = [(obj, kind, index) for (obj, kind), (index, _) in zip(kinds, found, strict=True)]
         for layer, per_call in store.items():
             for step in recorded:
                 probs = per_call[step]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention
 from transformers import PreTrainedTokenizerBase
 
 from diffexplain.data.checker import parse_caption
@@ -136,7 +136,7 @@ class AttentionSupervision:
     def __exit__(self, *exc) -> None:
         modules = dict(self.unet.named_modules())
         for name, processor in self._saved.items():
-            modules[name].set_processor(processor if processor is not None else AttnProcessor2_0())
+            modules[name].set_processor(processor)
         self._saved.clear()
         self.store.clear()
 
@@ -172,17 +172,15 @@ class AttentionSupervision:
             maps.clear()
         if not rows:
             return {}
+        rows_t, tokens_t, halves_t = (torch.tensor(v) for v in (rows, tokens, halves))
         shares = {}
         for name, maps in recorded.items():
-            probs = torch.cat(maps) if len(maps) > 1 else maps[0]  # [calls·B, h·w, T]
-            calls = probs.shape[0] // len(captions)
-            side = int(probs.shape[1] ** 0.5)
-            index_b = torch.tensor(
-                [c * len(captions) + b for c in range(calls) for b in rows], device=probs.device
-            )
-            index_t = torch.tensor(tokens * calls, device=probs.device)
-            reading = probs[index_b, :, index_t]  # [N, h·w]: where each word is read
-            reading = reading / reading.sum(-1, keepdim=True).clamp_min(1e-12)
-            masks = half_masks(side).to(probs.device)[torch.tensor(halves * calls, device=probs.device)]
-            shares[name] = (reading * masks).sum(-1)  # [N]: share read in the object's own half
+            per_call = []
+            for probs in maps:  # one [B, h·w, T] per U-Net call since the last loss
+                side = int(probs.shape[1] ** 0.5)
+                reading = probs[rows_t.to(probs.device), :, tokens_t.to(probs.device)]  # [N, h·w]
+                reading = reading / reading.sum(-1, keepdim=True).clamp_min(1e-12)
+                masks = half_masks(side).to(probs.device)[halves_t.to(probs.device)]  # [N, h·w]
+                per_call.append((reading * masks).sum(-1))  # [N]: share read in the object's own half
+            shares[name] = torch.cat(per_call)
         return shares
