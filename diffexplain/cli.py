@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN",
         help="start the U-Net from the run folder RUN (its EMA weights, VAE and latents); "
-        "the refine and bind presets need it",
+        "the refine, bind and settle presets need it",
     )
     train.set_defaults(func=_train)
     export = sub.add_parser(

@@ -224,6 +224,20 @@ PRESETS: dict[str, TrainConfig] = {
         attention_loss_weight=1.0,
         high_noise_share=0.25,
     ),
+    # Continues a `bind` model (`--unet-init runs/bind/model`): a tenth of the attention weight, so the
+    # noise loss wins back the shapes that the full weight cost, while the layers keep reading each
+    # object's words in its half.
+    "settle": TrainConfig(
+        name="settle",
+        two_object_share=0.6,
+        decoder_steps=0,
+        unet_steps=400,
+        unet_lr=3e-4,
+        unet_warmup=50,
+        low_snr_floor=0.2,
+        attention_loss_weight=0.1,
+        high_noise_share=0.25,
+    ),
     # Rough but recognisable in at most 10 minutes on 2 CPU cores, so a class can watch a model learn:
     # only the U-Net trains (the default architecture, from scratch), in the shipped model's VAE
     # latents, on one-object scenes. Measured: 8 min 9 s; colour and position 70 %, shape 40 %.
@@ -261,7 +275,7 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
-PRESETS_NEEDING_INIT: frozenset[str] = frozenset({"refine", "bind"})
+PRESETS_NEEDING_INIT: frozenset[str] = frozenset({"refine", "bind", "settle"})
 """Presets that continue another run, so need ``unet_init`` (``--unet-init``)."""
 
 
