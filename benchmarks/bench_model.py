@@ -25,6 +25,10 @@ SECTIONS = ("vae", "checker", "generation", "speed", "cold")
 GOALS = {  # key: (comparison, target, unit)
     "psnr_db": (">=", 32.0, " dB"),
     "checker": (">=", 100.0, "%"),
+    "one_object_colour": (">=", 98.0, "%"),  # guided, at the model's default scale and steps
+    "one_object_shape": (">=", 95.0, "%"),
+    "one_object_position": (">=", 97.0, "%"),
+    "two_object_all_right": (">=", 75.0, "%"),
     "guidance_gain_points": (">=", 10.0, " pts"),
     "image_s": ("<=", 1.5, " s"),
     "cold_start_s": ("<=", 15.0, " s"),
@@ -244,6 +248,13 @@ def _goal(r: dict, key: str, value: float) -> tuple[str, str]:
     return f"{op} {target:g}{unit}", "PASS" if ok else "FAIL"
 
 
+def _one_object_goals(r: dict, one_object: dict) -> tuple[str, str]:
+    """The colour, shape and position goals in one cell; PASS only if all three are met."""
+    marks = [_goal(r, f"one_object_{k}", 100 * one_object[k])[1] for k in ("colour", "shape", "position")]
+    targets = "/".join(f"{GOALS[f'one_object_{k}'][1]:g}" for k in ("colour", "shape", "position"))
+    return f">= {targets}%", "PASS" if all(m == "PASS" for m in marks) else "FAIL"
+
+
 def report(r: dict) -> None:
     """Print the figures as a table, with goals where there are goals."""
     rows: list[tuple[str, str, tuple[str, str]]] = []
@@ -267,11 +278,14 @@ def report(r: dict) -> None:
                 (
                     f"[{name}, scale {s['guidance_scale']:g}] 1 object ({o['n']}): c/s/p/all",
                     cells + "%",
-                    ("", ""),
+                    _one_object_goals(r, o) if name == "guided" else ("", ""),
                 )
             )
+            two_goal = (
+                _goal(r, "two_object_all_right", 100 * t["all_right"]) if name == "guided" else ("", "")
+            )
             rows.append(
-                (f"[{name}] 2 objects both right ({t['n']})", f"{100 * t['all_right']:.1f}%", ("", ""))
+                (f"[{name}] 2 objects both right ({t['n']})", f"{100 * t['all_right']:.1f}%", two_goal)
             )
             rows.append((f"[{name}] all right, whole mix", f"{100 * s['all_right']:.1f}%", ("", "")))
         gain = r["generation"]["guidance_gain_points"]
@@ -300,8 +314,9 @@ def report(r: dict) -> None:
           f"{s['image_size']} px; {r['device']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
           f"load {m['load_avg'][0]:.1f}{busy}")  # fmt: skip
     width = max(len(x[0]) for x in rows) if rows else 0
+    goal_width = max((len(x[2][0]) for x in rows), default=0)
     for name, value, (goal, mark) in rows:
-        print(f"  {name:<{width}}  {value:>26}  {goal:>9}  {mark}")
+        print(f"  {name:<{width}}  {value:>26}  {goal:>{goal_width}}  {mark}")
     print("  section seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in r["section_seconds"].items()))
 
 

@@ -226,12 +226,12 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # Continues a `bind` model (`--unet-init runs/bind/model`): a tenth of the attention weight, so the
     # noise loss wins back the shapes that the full weight cost, while the layers keep reading each
-    # object's words in its half.
+    # object's words in its half. The last stage of the shipped weights.
     "settle": TrainConfig(
         name="settle",
         two_object_share=0.6,
         decoder_steps=0,
-        unet_steps=400,
+        unet_steps=1200,
         unet_lr=3e-4,
         unet_warmup=50,
         low_snr_floor=0.2,
