@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Train the shipped default model's recipe from scratch: four `diffexplain train` stages, each starting
+# from the model the one before wrote (docs/model-card.md, "Training"). About 4 hours on 2 CPU cores.
+#
+#   bash scripts/train_shipped.sh [OUT]        # default OUT: runs/shipped
+#
+# Every stage resumes: run the script again after an interruption and finished stages are skipped
+# (their model folder exists), the interrupted one continues from its last checkpoint.
+# Extra arguments after OUT go to every stage (for example --device cuda).
+set -euo pipefail
+out=${1:-runs/shipped}
+shift || true
+
+stage() {
+  local preset=$1 folder=$2
+  shift 2
+  if [ -f "$out/$folder/model/model.json" ]; then
+    echo "== $preset: done ($out/$folder/model)"
+    return
+  fi
+  echo "== $preset -> $out/$folder"
+  diffexplain train --preset "$preset" --out "$out/$folder" "$@"
+}
+
+stage default default "$@"                                          # stages 1-3: VAE, decoder, U-Net
+stage refine refine --unet-init "$out/default/model" "$@"           # stage 4: the noisiest steps weigh more
+stage bind bind --unet-init "$out/refine/model" "$@"                # stage 5: cross-attention loss, weight 1
+stage settle settle --unet-init "$out/bind/model" "$@"              # stage 6: the same at weight 0.1
+echo "== the model: $out/settle/model (use it with DIFFEXPLAIN_MODEL=$out/settle/model)"
