@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from diffexplain.errors import TrainConfigError
-from diffexplain.models.config import PRESETS
+from diffexplain.models.config import PRESETS, PRESETS_NEEDING_INIT
 from diffexplain.models.store import ModelFolderError
 from diffexplain.scheduler_state import SCHEDULER_NAMES
 
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="RUN",
         help="start the U-Net from the run folder RUN (its EMA weights, VAE and latents); "
-        "the refine, bind and settle presets need it",
+        f"the {', '.join(p for p in PRESETS if p in PRESETS_NEEDING_INIT)} presets need it",
     )
     train.set_defaults(func=_train)
     export = sub.add_parser(

@@ -11,19 +11,20 @@ set -euo pipefail
 out=${1:-runs/shipped}
 shift || true
 
+# stage PRESET [ARGS...]: train PRESET into $out/PRESET unless its model folder is already there.
 stage() {
-  local preset=$1 folder=$2
-  shift 2
-  if [ -f "$out/$folder/model/model.json" ]; then
-    echo "== $preset: done ($out/$folder/model)"
+  local preset=$1
+  shift
+  if [ -f "$out/$preset/model/model.json" ]; then
+    echo "== $preset: done ($out/$preset/model)"
     return
   fi
-  echo "== $preset -> $out/$folder"
-  diffexplain train --preset "$preset" --out "$out/$folder" "$@"
+  echo "== $preset -> $out/$preset"
+  diffexplain train --preset "$preset" --out "$out/$preset" "$@"
 }
 
-stage default default "$@"                                          # stages 1-3: VAE, decoder, U-Net
-stage refine refine --unet-init "$out/default/model" "$@"           # stage 4: the noisiest steps weigh more
-stage bind bind --unet-init "$out/refine/model" "$@"                # stage 5: cross-attention loss, weight 1
-stage settle settle --unet-init "$out/bind/model" "$@"              # stage 6: the same at weight 0.1
+stage default "$@"                                          # stages 1-3: VAE, decoder, U-Net
+stage refine --unet-init "$out/default/model" "$@"          # stage 4: the noisiest steps weigh more
+stage bind --unet-init "$out/refine/model" "$@"             # stage 5: cross-attention loss, weight 1
+stage settle --unet-init "$out/bind/model" "$@"             # stage 6: the same at weight 0.1
 echo "== the model: $out/settle/model (use it with DIFFEXPLAIN_MODEL=$out/settle/model)"

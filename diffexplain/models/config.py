@@ -7,7 +7,7 @@ and the exact command that produced them under ``recipe`` in ``models/default/mo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from diffexplain.errors import TrainConfigError
@@ -194,6 +194,22 @@ _BEFORE_FIELDS: dict[str, Any] = {
 }
 
 
+# Continues a trained model (`--unet-init`, e.g. `default`): binds each two-object caption's words to
+# their object's half. The cross-attention loss asks every layer after the first to read an object's
+# colour and shape words in its half (training/attention_loss.py), and a quarter of each batch is
+# drawn from the noisiest steps, where the queries have to know their place from noise alone.
+_BIND = TrainConfig(
+    name="bind",
+    two_object_share=0.6,
+    decoder_steps=0,
+    unet_steps=1200,
+    unet_lr=5e-4,
+    unet_warmup=100,
+    low_snr_floor=0.2,
+    attention_loss_weight=1.0,
+    high_noise_share=0.25,
+)
+
 PRESETS: dict[str, TrainConfig] = {
     # The shipped model.
     "default": TrainConfig(),
@@ -209,35 +225,11 @@ PRESETS: dict[str, TrainConfig] = {
         unet_warmup=100,
         low_snr_floor=0.2,
     ),
-    # Continues a trained model (`--unet-init`, e.g. `default`): binds each two-object caption's words to
-    # their object's half. The cross-attention loss asks every layer after the first to read an object's
-    # colour and shape words in its half (training/attention_loss.py), and a quarter of each batch is
-    # drawn from the noisiest steps, where the queries have to know their place from noise alone.
-    "bind": TrainConfig(
-        name="bind",
-        two_object_share=0.6,
-        decoder_steps=0,
-        unet_steps=1200,
-        unet_lr=5e-4,
-        unet_warmup=100,
-        low_snr_floor=0.2,
-        attention_loss_weight=1.0,
-        high_noise_share=0.25,
-    ),
+    "bind": _BIND,
     # Continues a `bind` model (`--unet-init runs/bind/model`): a tenth of the attention weight, so the
     # noise loss wins back the shapes that the full weight cost, while the layers keep reading each
     # object's words in its half. The last stage of the shipped weights.
-    "settle": TrainConfig(
-        name="settle",
-        two_object_share=0.6,
-        decoder_steps=0,
-        unet_steps=1200,
-        unet_lr=3e-4,
-        unet_warmup=50,
-        low_snr_floor=0.2,
-        attention_loss_weight=0.1,
-        high_noise_share=0.25,
-    ),
+    "settle": replace(_BIND, name="settle", unet_lr=3e-4, unet_warmup=50, attention_loss_weight=0.1),
     # Rough but recognisable in at most 10 minutes on 2 CPU cores, so a class can watch a model learn:
     # only the U-Net trains (the default architecture, from scratch), in the shipped model's VAE
     # latents, on one-object scenes. Measured: 8 min 9 s; colour and position 70 %, shape 40 %.

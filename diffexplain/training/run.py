@@ -45,11 +45,10 @@ def train(
 ) -> Path:
     """Train the VAE, (optionally) sharpen its decoder, then train the U-Net in its latent space; export.
 
-    ``config`` is a :class:`TrainConfig` or a preset name ("default", "refine", "bind", "settle",
-    "classroom", "tiny").
+    ``config`` is a :class:`TrainConfig` or a preset name (a key of ``PRESETS``).
     Checkpoints go to ``out`` (safetensors + JSON); running the same call again resumes.
-    ``unet_init`` starts the U-Net from trained weights; the ``refine``, ``bind`` and ``settle`` presets need it. It is either a
-    run folder (its EMA U-Net, VAE, decoder fine-tune and latents are reused, see
+    ``unet_init`` starts the U-Net from trained weights; the presets in ``PRESETS_NEEDING_INIT`` need it.
+    It is either a run folder (its EMA U-Net, VAE, decoder fine-tune and latents are reused, see
     :func:`copy_first_stages`) or a model folder ("default": the shipped model; its U-Net and VAE are
     used, and the latents are encoded with that VAE).
     Returns the exported folder (``export_to``, default ``out/model``).
