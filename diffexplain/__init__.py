@@ -3,7 +3,9 @@
 from diffexplain import interventions, schedules
 from diffexplain.errors import TraceFileError, TraceKeyError
 from diffexplain.explainer import Explainer
+from diffexplain.families import FAMILIES, Family
 from diffexplain.fork import fork
+from diffexplain.guidance import guide
 from diffexplain.hooks import Hook, HookContext, Replacement
 from diffexplain.models.default import load_default, load_model
 from diffexplain.names import HOOK_NAMES, HOOK_POINTS, HookPoint
@@ -17,7 +19,9 @@ __all__ = [
     "HOOK_NAMES",
     "HOOK_POINTS",
     "SCHEDULER_NAMES",
+    "FAMILIES",
     "Explainer",
+    "Family",
     "Hook",
     "HookContext",
     "HookPoint",
@@ -30,6 +34,7 @@ __all__ = [
     "TraceKeyError",
     "__version__",
     "fork",
+    "guide",
     "interventions",
     "load_default",
     "load_model",

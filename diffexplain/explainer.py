@@ -1,4 +1,4 @@
-"""Explainer: owns the Stable Diffusion parts and runs the hookable loop, returning traces."""
+"""Explainer: a pipeline family's parts, defaults and hook scopes; ``run`` and ``fork`` enter one loop."""
 
 from __future__ import annotations
 
@@ -10,121 +10,184 @@ from typing import Any
 
 import torch
 
-from diffexplain.hooks import Hook, HookRunner, HookSpec, as_hooks
-from diffexplain.loop import encode_prompt, generate
-from diffexplain.probe import weight_fingerprint
-from diffexplain.scheduler_state import SCHEDULER_NAMES, describe, scheduler_by_name
+from diffexplain.families import FAMILIES, Family, family_from_pipeline, supported_pipelines
+from diffexplain.families.base import Conditioning
+from diffexplain.fingerprint import LazyFingerprint
+from diffexplain.guidance import guidance_on
+from diffexplain.hooks import Hook, HookSpec, as_hooks
+from diffexplain.loop import Components, Plan, Resume, run_loop
+from diffexplain.names import HookPoint
+from diffexplain.scheduler_state import describe, effective_config, scheduler_by_name
 from diffexplain.trace import Trace
 
 
-@contextmanager
-def keep_partial_trace(explainer: Explainer, trace: Trace) -> Iterator[None]:
-    """On Ctrl-C or an error, keep the trace of the finished steps and re-raise the original exception."""
-    try:
-        yield
-    except (Exception, KeyboardInterrupt) as exc:
-        trace.status = "interrupted"
-        trace.message = f"{type(exc).__name__} during step {len(trace)}; steps 0..{len(trace) - 1} finished"
-        explainer.last_trace = trace
-        exc.partial_trace = trace  # type: ignore[attr-defined]
-        exc.add_note(
-            f"diffexplain: the partial trace ({len(trace)} finished steps) is in exc.partial_trace "
-            "and explainer.last_trace"
-        )
-        raise
+def family_from_parts(parts: dict[str, Any]) -> Family:
+    """The family whose pipeline takes exactly these parts (``vae`` optional); ``TypeError`` if none does."""
+    given = set(parts) - {"vae"}
+    for family in FAMILIES.values():
+        if given == set(family.part_names) - {"vae"}:
+            return family(**parts)
+    expected = "; ".join(f"{f.label}: {', '.join(f.part_names)}" for f in FAMILIES.values())
+    raise TypeError(
+        f"no pipeline family takes the parts {', '.join(sorted(parts))}; expected one of: {expected}"
+    )
 
 
 class Explainer:
-    """A Stable Diffusion model (U-Net, scheduler, tokenizer, text encoder, optional VAE) with a hookable loop.
+    """A diffusion model (one pipeline family's parts) with a hookable, forkable loop.
 
-    ``vae=None`` means pixel space: the U-Net denoises images directly and decoding is the identity.
+    Build it from a pipeline (``from_pipeline``, ``from_pretrained``) or from parts, named as the
+    pipeline names them: ``Explainer(unet=..., scheduler=..., tokenizer=..., text_encoder=..., vae=...)``
+    for Stable Diffusion; SDXL's and SD3's parts pick those families. ``vae=None`` means pixel space.
     """
 
     def __init__(
         self,
         *,
-        unet: Any,
         scheduler: Any,
-        tokenizer: Any,
-        text_encoder: Any,
-        vae: Any | None = None,
+        family: Family | None = None,
         progress: bool = True,
+        model_name: str = "",
+        latent_rgb: list[list[float]] | None = None,
+        defaults: dict[str, Any] | None = None,
+        **parts: Any,
     ) -> None:
-        self.unet = unet
+        if family is None:
+            family = family_from_parts({**parts, "vae": parts.get("vae")})
+        elif parts:
+            raise TypeError("pass family= or the parts, not both")
+        self.family = family
         self.scheduler = scheduler  # a template: every run uses a fresh copy
-        self._base_scheduler_config = scheduler.config  # set_scheduler(name) builds on this, not the last one
-        self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
-        self.vae = vae
+        self._base_scheduler_config = effective_config(scheduler.config)  # what set_scheduler(name) builds on
         self.progress = progress
         self.last_trace: Trace | None = None  # the latest trace, complete or interrupted
         self._scoped_hooks: list[list[Hook]] = []  # `with explainer.hooks(...)` blocks, outermost first
-        self.model_name: str = ""  # a display name (set by load_model / load_default)
-        self.latent_rgb: list[list[float]] | None = None  # [C, 3] map for fast latent previews, if known
-        self.defaults: dict[str, Any] = {}  # the model's recommended run settings (steps, guidance scale)
+        self.model_name = model_name  # a display name
+        self.latent_rgb = latent_rgb  # [C, 3] map for fast latent previews, if known
+        self.defaults: dict[str, Any] = dict(defaults or {})  # recommended run settings (steps, guidance)
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
     def from_pipeline(cls, pipe: Any, **kwargs: Any) -> Explainer:
-        """An Explainer sharing the parts of a diffusers ``StableDiffusionPipeline`` (SD 1.x / 2.x)."""
-        return cls(
-            unet=pipe.unet,
-            scheduler=pipe.scheduler,
-            tokenizer=pipe.tokenizer,
-            text_encoder=pipe.text_encoder,
-            vae=getattr(pipe, "vae", None),
-            **kwargs,
-        )
+        """An Explainer sharing a diffusers pipeline's parts; the family is picked from the pipeline's class."""
+        return cls(family=family_from_pipeline(pipe), scheduler=pipe.scheduler, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Explainer:
-        """Load with ``StableDiffusionPipeline.from_pretrained(path, **kwargs)``, then ``from_pipeline``."""
-        from diffusers import StableDiffusionPipeline
+        """Load a pipeline folder with diffusers (its ``model_index.json`` names the class), then ``from_pipeline``.
 
-        kwargs.setdefault("safety_checker", None)
-        kwargs.setdefault("requires_safety_checker", False)
-        return cls.from_pipeline(StableDiffusionPipeline.from_pretrained(path, **kwargs))
+        ``kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype=torch.float16``).
+        """
+        import diffusers
+
+        loader = diffusers.DiffusionPipeline
+        index = Path(path) / "model_index.json"
+        if index.is_file():
+            import json
+
+            name = json.loads(index.read_text()).get("_class_name", "")
+            if name not in {f.pipeline_class for f in FAMILIES.values()}:
+                raise ValueError(
+                    f"{path}: {name or 'this pipeline'} is not supported; supported: {supported_pipelines()}"
+                )
+            loader = getattr(diffusers, name)
+            if name == "StableDiffusionPipeline":
+                kwargs.setdefault("safety_checker", None)
+                kwargs.setdefault("requires_safety_checker", False)
+        return cls.from_pipeline(loader.from_pretrained(path, **kwargs))
 
     def to(self, *args: Any, **kwargs: Any) -> Explainer:
-        """Move the U-Net, text encoder and VAE, like ``nn.Module.to`` (device and/or dtype); returns self."""
-        for module in (self.unet, self.text_encoder, self.vae):
-            if module is not None:
-                module.to(*args, **kwargs)
+        """Move every model part, like ``nn.Module.to`` (device and/or dtype); returns self."""
+        for module in self.family.modules():
+            module.to(*args, **kwargs)
         return self
+
+    # ---- parts -------------------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The denoiser: a U-Net (SD, SDXL) or a transformer (SD3)."""
+        return self.family.model
+
+    @property
+    def unet(self) -> Any:
+        """The U-Net (SD, SDXL); for a transformer family an ``AttributeError`` that points to ``model``."""
+        if self.family.model_attr != "unet":
+            raise AttributeError(
+                f"{self.family.label} has no U-Net but a {self.family.model_attr}: use explainer.model"
+            )
+        return self.family.model
+
+    @unet.setter
+    def unet(self, module: Any) -> None:
+        self.unet  # noqa: B018 - the same AttributeError for a transformer family
+        self.family.parts["unet"] = module
+
+    @property
+    def tokenizer(self) -> Any:
+        """The (first) tokenizer."""
+        return self.family.parts["tokenizer"]
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        self.family.parts["tokenizer"] = tokenizer
+
+    @property
+    def text_encoder(self) -> Any:
+        """The (first) text encoder."""
+        return self.family.parts["text_encoder"]
+
+    @text_encoder.setter
+    def text_encoder(self, module: Any) -> None:
+        self.family.parts["text_encoder"] = module
+
+    @property
+    def vae(self) -> Any | None:
+        """The VAE, or None in pixel space."""
+        return self.family.vae
+
+    @vae.setter
+    def vae(self, module: Any | None) -> None:
+        self.family.parts["vae"] = module
 
     @property
     def device(self) -> torch.device:
-        """The device the U-Net is on (where the loop runs)."""
-        return self.unet.device
+        """The device the model is on (where the loop runs)."""
+        return self.family.model.device
 
     @property
     def dtype(self) -> torch.dtype:
-        """The U-Net's dtype."""
-        return self.unet.dtype
+        """The model's dtype."""
+        return self.family.model.dtype
 
     @property
     def vae_scale_factor(self) -> int:
         """Image size / latent size: 2^(VAE levels − 1), or 1 in pixel space."""
-        if self.vae is None:
-            return 1
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.family.vae_scale_factor
+
+    @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        """The short scheduler names ``set_scheduler`` takes for this family."""
+        return tuple(self.family.scheduler_names)
 
     def set_scheduler(self, name_or_scheduler: str | Any, **config_overrides: Any) -> Explainer:
-        """Switch scheduler by short name (see ``SCHEDULER_NAMES``) or instance; config overrides apply.
+        """Switch scheduler by short name (see ``scheduler_names``) or instance; config overrides apply.
 
         A name builds on the config of the scheduler the Explainer was created with (its betas,
         prediction type, spacing), so earlier ``set_scheduler`` overrides do not carry over.
         """
         if isinstance(name_or_scheduler, str):
-            base = self._base_scheduler_config
-            self.scheduler = scheduler_by_name(name_or_scheduler, base, **config_overrides)
+            base, names = self._base_scheduler_config, self.family.scheduler_names
+            self.scheduler = scheduler_by_name(name_or_scheduler, base, names, **config_overrides)
         elif config_overrides:
-            self.scheduler = type(name_or_scheduler).from_config(name_or_scheduler.config, **config_overrides)
+            config = effective_config(name_or_scheduler.config)
+            self.scheduler = type(name_or_scheduler).from_config(config, **config_overrides)
         else:
             self.scheduler = name_or_scheduler
         return self
 
-    scheduler_names: tuple[str, ...] = tuple(SCHEDULER_NAMES)
+    def hook_points(self) -> tuple[HookPoint, ...]:
+        """Every hook point of this model: the loop's and its family's, with tensor, shape and per-step flag."""
+        return self.family.hook_points()
 
     # ---- hooks -------------------------------------------------------------------------------------
     @contextmanager
@@ -137,11 +200,23 @@ class Explainer:
         finally:
             self._scoped_hooks.remove(block)
 
-    def _runner(self, hooks: HookSpec) -> HookRunner:
-        scoped = [h for block in self._scoped_hooks for h in block]
-        return HookRunner(scoped + as_hooks(hooks), num_steps=0)
+    def _hooks(self, hooks: HookSpec) -> list[Hook]:
+        return [h for block in self._scoped_hooks for h in block] + as_hooks(hooks)
 
     # ---- running -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        *,
+        guidance: bool = True,
+        **options: Any,
+    ) -> tuple[Conditioning, Conditioning | None]:
+        """Each branch's conditioning as the loop computes it: (cond, uncond or None), named tensors."""
+        h, w = self.family.default_size()
+        return self.family.encode(prompt, negative_prompt, guidance, self.family.run_options(h, w, **options))
+
     @torch.no_grad()
     def encode_prompt(
         self,
@@ -150,32 +225,29 @@ class Explainer:
         *,
         guidance: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Prompt embeddings (cond, uncond) [B, T, D] as the pipeline computes them; uncond None if not guidance."""
-        return encode_prompt(
-            self.tokenizer, self.text_encoder, prompt, self.device, guidance, negative_prompt
-        )
+        """Token embeddings (cond, uncond) [B, T, D] as the pipeline computes them; uncond None if not guidance."""
+        cond, uncond = self.encode(prompt, negative_prompt, guidance=guidance)
+        return cond["embeds"], None if uncond is None else uncond["embeds"]
 
     def _settings(self, **settings: Any) -> dict[str, Any]:
-        unet_config = self.unet.config
-        model = {
-            "unet": type(self.unet).__name__,
-            "name_or_path": getattr(unet_config, "_name_or_path", "") or "",
-            "in_channels": unet_config.in_channels,
-            "block_out_channels": list(unet_config.block_out_channels),
-            "vae": None if self.vae is None else type(self.vae).__name__,
-            "text_encoder": type(self.text_encoder).__name__,
-            "name": self.model_name,
-            "fingerprint": weight_fingerprint(self.unet),  # same weights ⇒ same hash, at every step
-        }
         return {
             **settings,
             "scheduler": describe(self.scheduler),
-            "prediction_type": self.scheduler.config.prediction_type,
-            "model": model,
+            "prediction_type": self.scheduler.config.get(
+                "prediction_type", "flow" if self.family.output_kind == "velocity" else None
+            ),
+            "model": {**self.family.describe(), "name": self.model_name},
             "latent_rgb": self.latent_rgb,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+
+    def _new_trace(self, settings: dict[str, Any], keep: Any, store_dtype: torch.dtype | None) -> Trace:
+        trace = Trace(settings, keep=keep, store_dtype=store_dtype, points=self.hook_points())
+        trace.explainer = self
+        trace.fingerprint_source = LazyFingerprint(self.model)
+        self.last_trace = trace
+        return trace
 
     @torch.no_grad()
     def run(
@@ -196,15 +268,20 @@ class Explainer:
         store_dtype: torch.dtype | None = None,
         progress: bool | None = None,
         decode: bool = True,
+        restart: bool = True,
+        **options: Any,
     ) -> Trace:
         """Generate from ``prompt`` and return the trace of every step (diffusers' argument names).
 
         ``num_inference_steps`` and ``guidance_scale`` default to the model's recommended settings
         (``explainer.defaults``, from the model folder), else 25 steps and scale 7.5.
         ``seed`` and ``generator`` are exclusive; with neither, a random seed is drawn and recorded in
-        ``trace.settings["seed"]`` so the run can be repeated. Guidance is on iff ``guidance_scale > 1``.
-        ``keep`` selects hook points to store (names or globs, default all); ``store_dtype`` stores them
-        in a smaller dtype (restart state for forks stays at full precision).
+        ``trace.settings["seed"]`` so the run can be repeated. Guidance is on iff ``guidance_scale > 1``
+        (and the model is not guidance-distilled). ``keep`` selects hook points to store (names or
+        globs, default all but the heavy ones); ``store_dtype`` stores them in a smaller dtype (restart
+        state for forks stays at full precision). ``options`` are the family's own settings, e.g.
+        SDXL's ``original_size`` or SD3's ``max_sequence_length``. ``restart=False`` makes no restart
+        points (no scheduler snapshot or generator state per step): such a trace cannot be forked.
         """
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
@@ -223,45 +300,45 @@ class Explainer:
         if generator is None:
             seed = secrets.randbits(63) if seed is None else int(seed)
             generator = torch.Generator(device="cpu").manual_seed(seed)
-        runner = self._runner(hooks)
-        sample_size = self.unet.config.sample_size
-        sample_size = sample_size if isinstance(sample_size, int) else sample_size[0]
-        height = height or sample_size * self.vae_scale_factor
-        width = width or sample_size * self.vae_scale_factor
-        do_cfg = guidance_scale > 1 and getattr(self.unet.config, "time_cond_proj_dim", None) is None
-        settings = self._settings(
+        default_h, default_w = self.family.default_size()
+        height, width = int(height or default_h), int(width or default_w)
+        plan = Plan(
             prompt=prompt,
             negative_prompt=negative_prompt,
             num_inference_steps=num_inference_steps,
             guidance_scale=float(guidance_scale),
-            do_cfg=do_cfg,
-            seed=seed,
-            generator_device=generator.device.type,
-            height=int(height),
-            width=int(width),
+            do_cfg=guidance_on(float(guidance_scale), distilled=self.family.guidance_distilled()),
+            height=height,
+            width=width,
             eta=float(eta),
             decode=decode,
+            options=self.family.run_options(height, width, **options),
+            restart=restart,
         )
-        trace = Trace(settings, keep=keep, store_dtype=store_dtype)
-        trace.explainer = self
-        self.last_trace = trace
-        with keep_partial_trace(self, trace):
-            return generate(
-                self,
-                trace,
-                runner,
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=float(guidance_scale),
-                height=int(height),
-                width=int(width),
-                latents=latents,
-                eta=float(eta),
-                generator=generator,
-                decode_image=decode,
-                progress=self.progress if progress is None else progress,
-            )
+        settings = self._settings(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=plan.guidance_scale,
+            do_cfg=plan.do_cfg,
+            seed=seed,
+            generator_device=generator.device.type,
+            height=height,
+            width=width,
+            eta=plan.eta,
+            decode=decode,
+            options=plan.options,
+        )
+        trace = self._new_trace(settings, keep, store_dtype)
+        return run_loop(
+            Components(self.family, self.scheduler),
+            plan,
+            trace,
+            self._hooks(hooks),
+            generator=generator,
+            latents=latents,
+            progress=self.progress if progress is None else progress,
+        )
 
     @torch.no_grad()
     def fork(
@@ -276,28 +353,61 @@ class Explainer:
         latents: torch.Tensor | None = None,
         progress: bool | None = None,
     ) -> Trace:
-        """Re-run only loop steps ``step``..N−1 of ``trace`` with the given changes; steps before are copied.
+        """Re-run only loop steps ``step``..N−1 of ``trace`` with the given changes; steps before are kept.
 
         With no change (and no hooks) the fork reproduces the original bit for bit. The original run's
         hooks are not re-applied: pass them again in ``hooks=`` to keep them.
         """
-        from diffexplain.fork import resume
-
-        runner = self._runner(hooks)
-        return resume(
-            self,
-            trace,
-            step,
-            runner,
-            guidance_scale=guidance_scale,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            latents=latents,
+        n = len(trace.steps)
+        if not -n <= step < n:
+            raise IndexError(f"cannot fork at step {step}: the trace has {n} finished steps (0..{n - 1})")
+        k = step % n
+        if trace.steps[k].restart is None:
+            raise ValueError(f"step {k} of this trace has no restart state, so it cannot be forked")
+        family = trace.settings.get("model", {}).get("family", "sd")
+        if family != self.family.name:
+            raise ValueError(
+                f"this trace was made by a {FAMILIES[family].label if family in FAMILIES else family} model; "
+                f"this Explainer holds a {self.family.label} model: fork it with an Explainer of its family"
+            )
+        source = trace.settings
+        changed = {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance_scale}
+        settings = {**source, **{key: value for key, value in changed.items() if value is not None}}
+        settings["guidance_scale"] = w = float(settings["guidance_scale"])
+        settings["do_cfg"] = guidance_on(w, distilled=self.family.guidance_distilled())
+        settings["model"] = {**self.family.describe(), "name": self.model_name}  # the model that runs now
+        options = settings.get("options", {})
+        plan = Plan(
+            prompt=settings["prompt"],
+            negative_prompt=settings["negative_prompt"],
+            num_inference_steps=int(settings["num_inference_steps"]),
+            guidance_scale=w,
+            do_cfg=settings["do_cfg"],
+            height=int(settings["height"]),
+            width=int(settings["width"]),
+            eta=float(settings["eta"]),
+            decode=bool(settings.get("decode", True)),
+            options=self.family.run_options(int(settings["height"]), int(settings["width"]), **options),
+        )
+        forked = self._new_trace(settings, None, trace.store_dtype)
+        forked.kept = trace.kept
+        forked.forked_from = k
+        forked.steps = list(trace.steps[:k])
+        forked.replacements = [r for r in trace.replacements if r.step is None or r.step < k]
+        forked.run_tensors = {name: x for name, x in trace.run_tensors.items() if name != "decode.image"}
+        resume = Resume(trace, k, prompt is not None, negative_prompt is not None, latents)
+        return run_loop(
+            Components(self.family, self.scheduler),
+            plan,
+            forked,
+            self._hooks(hooks),
+            resume=resume,
             progress=self.progress if progress is None else progress,
         )
 
     def __repr__(self) -> str:
+        vae = None if self.vae is None else type(self.vae).__name__
         return (
-            f"Explainer(unet={type(self.unet).__name__}, scheduler={type(self.scheduler).__name__}, "
-            f"vae={None if self.vae is None else type(self.vae).__name__}, device={self.device}, dtype={self.dtype})"
+            f"Explainer({self.family.model_attr}={type(self.model).__name__}, family={self.family.name}, "
+            f"scheduler={type(self.scheduler).__name__}, vae={vae}, device={self.device}, dtype={self.dtype})"
         )

@@ -7,15 +7,14 @@ or per block (``with explainer.hooks(...)``); there is no module-level hook stat
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from diffexplain.names import HOOK_NAMES
+from diffexplain.families import ALL_HOOK_NAMES
+from diffexplain.names import current_name, resolve_names, unknown_name_message
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
@@ -28,6 +27,28 @@ class HookFn(Protocol):
 
 
 StepFilter = int | range | Iterable[int] | Callable[[int], bool] | None
+
+
+class StepTensors(Mapping[str, torch.Tensor]):
+    """A read-only view of this step's tensors by hook name (``ctx.current``); old names still work."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._tensors = tensors
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._tensors[current_name(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and current_name(name) in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __repr__(self) -> str:
+        return f"StepTensors({list(self._tensors)})"
 
 
 @dataclass(frozen=True)
@@ -51,18 +72,6 @@ class Replacement:
     name: str  # hook point name
     step: int | None  # loop step, None for run-level points
     hook: str  # name of the hook function
-
-
-def resolve_names(pattern: str) -> tuple[str, ...]:
-    """Hook point names matching an exact name or a glob pattern; ``ValueError`` with close names if none."""
-    if pattern in HOOK_NAMES:
-        return (pattern,)
-    matches = tuple(n for n in HOOK_NAMES if fnmatch.fnmatchcase(n, pattern))
-    if matches:
-        return matches
-    close = difflib.get_close_matches(pattern, HOOK_NAMES, n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown hook point {pattern!r}.{hint} Valid names: {', '.join(HOOK_NAMES)}.")
 
 
 def _step_test(steps: StepFilter) -> Callable[[int, int], bool]:
@@ -92,7 +101,7 @@ def hook_name(fn: Callable[..., Any]) -> str:
 class Hook:
     """A hook function bound to a hook point name (exact or glob) and an optional step filter."""
 
-    name: str  # hook point name or glob pattern, e.g. "step.unet.*"
+    name: str  # hook point name or glob pattern, e.g. "step.model.*"
     fn: Callable[..., Any]  # hook(x, *, ctx) -> Tensor | None
     steps: StepFilter = None  # int, range, iterable of ints, or predicate(step) -> bool; None: every step
     points: tuple[str, ...] = field(init=False, repr=False)
@@ -101,7 +110,7 @@ class Hook:
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise TypeError(f"hook for {self.name!r} must be callable, got {type(self.fn).__name__}")
-        object.__setattr__(self, "points", resolve_names(self.name))
+        object.__setattr__(self, "points", resolve_names(self.name, ALL_HOOK_NAMES))
         object.__setattr__(self, "_test", _step_test(self.steps))
 
     def applies_to(self, step: int | None, num_steps: int) -> bool:
@@ -157,13 +166,25 @@ def check_replacement(
 
 
 class HookRunner:
-    """The hooks of one run or fork, grouped by hook point in registration order."""
+    """The hooks of one run or fork, grouped by hook point in registration order.
 
-    def __init__(self, hooks: Sequence[Hook], num_steps: int) -> None:
+    Built by the loop once the number of steps N is known, for the hook names of the run's model.
+    """
+
+    def __init__(self, hooks: Sequence[Hook], num_steps: int, names: Sequence[str] | None = None) -> None:
         self.num_steps = num_steps
         self._by_point: dict[str, list[Hook]] = {}
+        names = ALL_HOOK_NAMES if names is None else tuple(names)
+        valid = frozenset(names)
         for h in hooks:
-            for point in h.points:
+            points = [p for p in h.points if p in valid]
+            if not points:
+                raise ValueError(
+                    unknown_name_message("hook point for this model", h.name, names).replace(
+                        "Valid names", "This model's names"
+                    )
+                )
+            for point in points:
                 self._by_point.setdefault(point, []).append(h)
 
     def has(self, point: str) -> bool:

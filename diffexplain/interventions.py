@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
+from diffexplain.guidance import guide
 from diffexplain.hooks import Hook, HookContext, StepFilter
 
 if TYPE_CHECKING:
@@ -44,12 +45,12 @@ PATTERNS = ("stripes", "checkerboard", "blob")
 
 def _branches(ctx: HookContext) -> tuple[torch.Tensor, torch.Tensor]:
     """(ε_c, ε_u) of the current step; a clear error when guidance is off."""
-    if "step.unet.uncond" not in ctx.current:
+    if "step.model.uncond" not in ctx.current:
         raise ValueError(
             f"{ctx.name!r} at step {ctx.step}: this run has guidance off (guidance_scale ≤ 1), so there is no ε_u; "
             "run with guidance_scale > 1 to change guidance"
         )
-    return ctx.current["step.unet.cond"], ctx.current["step.unet.uncond"]
+    return ctx.current["step.model.cond"], ctx.current["step.model.uncond"]
 
 
 def cfg_off(steps: StepFilter = None) -> Hook:
@@ -67,7 +68,7 @@ def set_guidance(scale: float, steps: StepFilter = None) -> Hook:
 
     def set_guidance_hook(x: torch.Tensor, *, ctx: HookContext) -> torch.Tensor:
         eps_cond, eps_uncond = _branches(ctx)
-        return eps_uncond + scale * (eps_cond - eps_uncond)
+        return guide(eps_cond, eps_uncond, scale)
 
     return Hook("step.guidance", set_guidance_hook, steps=steps)
 
@@ -77,7 +78,7 @@ def scale_delta(factor: float, steps: StepFilter = None) -> Hook:
 
     def scale_delta_hook(x: torch.Tensor, *, ctx: HookContext) -> torch.Tensor:
         eps_cond, eps_uncond = _branches(ctx)
-        return eps_uncond + ctx.guidance_scale * factor * (eps_cond - eps_uncond)
+        return guide(eps_cond, eps_uncond, ctx.guidance_scale * factor)
 
     return Hook("step.guidance", scale_delta_hook, steps=steps)
 
@@ -205,14 +206,8 @@ def initial_noise_from_image(explainer: Explainer, image: Image.Image | torch.Te
             pixels = F.interpolate(
                 _image_tensor(image).float(), size=(shape[-2] * scale, shape[-1] * scale), mode="bilinear"
             )
-            vae = explainer.vae
-            if vae is None:
-                latents = pixels
-            else:
-                with torch.no_grad():
-                    z = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mean
-                shift = getattr(vae.config, "shift_factor", None) or 0.0
-                latents = (z - shift) * vae.config.scaling_factor
+            with torch.no_grad():
+                latents = explainer.family.encode_image(pixels)
             cache[shape] = _standardise(latents.float())
         return cache[shape]
 

@@ -1,4 +1,10 @@
-"""The denoising loop, in numbered sections that mirror ``StableDiffusionPipeline.__call__``.
+"""The denoising loop, for every pipeline family, and for a run and a fork alike.
+
+Sections follow diffusers' pipelines (``StableDiffusionPipeline.__call__`` numbers them 3 prompt,
+4 timesteps, 5 latents, 6 step kwargs, 7 loop); here the timesteps come first, so hooks know N.
+A fork is the same function entered at step k with the trace's restart state: nothing is copied.
+What differs between families (conditioning, the model call, what its output means, x̂0, latent
+layout, decoding) is the family adapter's (``diffexplain.families``).
 
 Notation (``diffexplain.names``): x_t ``latents``, ε_c ``eps_cond``, ε_u ``eps_uncond``,
 w ``guidance_scale``, ε̂ = ε_u + w·(ε_c − ε_u) ``eps_guided``, x̂0 ``pred_x0``, x_{t−1} ``next_latents``.
@@ -10,99 +16,80 @@ return a replacement), the result goes into ``ctx.current`` and, if kept, into t
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from diffexplain.hooks import HookContext, HookRunner, Replacement
-from diffexplain.noise_levels import model_output_from, noise_level, pred_x0_from
-from diffexplain.scheduler_state import fresh_scheduler, snapshot
+from diffexplain.families.base import Conditioning, Family, conditioning_point
+from diffexplain.guidance import guide
+from diffexplain.hooks import Hook, HookContext, HookRunner, Replacement, StepTensors, check_replacement
+from diffexplain.noise_levels import model_output_from, pred_x0_from
+from diffexplain.scheduler_state import fresh_scheduler, restore, snapshot
 from diffexplain.trace import RestartPoint, StepRecord, Trace
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-    from diffexplain.explainer import Explainer
+
+@dataclass(frozen=True)
+class Components:
+    """The parts a loop runs with: the family adapter (model, text encoders, VAE) and the scheduler template."""
+
+    family: Family
+    scheduler: SchedulerMixin  # a template: every run uses a fresh copy
 
 
-# ---- helpers mirroring StableDiffusionPipeline ------------------------------------------------------
-def encode_prompt(
-    tokenizer: Any,
-    text_encoder: Any,
-    prompt: str | list[str],
-    device: torch.device,
-    do_cfg: bool,
-    negative_prompt: str | list[str] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Text embeddings (cond [B, T, D], uncond [B, T, D] or None), as ``StableDiffusionPipeline.encode_prompt``."""
-    batch_size = 1 if isinstance(prompt, str) else len(prompt)
-    use_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
+@dataclass(frozen=True)
+class Plan:
+    """The settings of one run (or fork), decided before the loop starts; ``trace.settings`` records them."""
 
-    def embed(text: str | list[str], max_length: int) -> torch.Tensor:
-        tokens = tokenizer(
-            text, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    prompt: str | list[str]
+    negative_prompt: str | list[str] | None
+    num_inference_steps: int
+    guidance_scale: float
+    do_cfg: bool  # guidance on: decided once, from w and the model (guidance.guidance_on)
+    height: int
+    width: int
+    eta: float
+    decode: bool
+    options: dict[str, Any] = field(default_factory=dict)  # the family's own settings (JSON-ready)
+    restart: bool = True  # keep a restart point per step (what a fork needs); False: this run is never forked
+
+    @property
+    def batch_size(self) -> int:
+        """B: the number of prompts."""
+        return 1 if isinstance(self.prompt, str) else len(self.prompt)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where and how a fork re-enters the loop: the source trace, step k, and what changed."""
+
+    source: Trace
+    step: int  # k: the first step that runs again
+    prompt_changed: bool  # re-encode the cond branch
+    negative_changed: bool  # re-encode the uncond branch
+    latents: torch.Tensor | None  # a replacement for x_t entering step k, or None
+
+
+@contextmanager
+def keep_partial_trace(trace: Trace) -> Iterator[None]:
+    """On Ctrl-C or an error, keep the trace of the finished steps and re-raise the original exception."""
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as exc:
+        trace.status = "interrupted"
+        trace.message = f"{type(exc).__name__} during step {len(trace)}; steps 0..{len(trace) - 1} finished"
+        exc.partial_trace = trace  # type: ignore[attr-defined]
+        exc.add_note(
+            f"diffexplain: the partial trace ({len(trace)} finished steps) is in exc.partial_trace "
+            "and explainer.last_trace"
         )
-        mask = tokens.attention_mask.to(device) if use_mask else None
-        return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
-
-    prompt_embeds = embed(prompt, tokenizer.model_max_length)
-    dtype = text_encoder.dtype
-    prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)  # [B, T, D]
-    if not do_cfg:
-        return prompt_embeds, None
-    if negative_prompt is None or negative_prompt == "":
-        uncond_tokens = [""] * batch_size
-    elif isinstance(negative_prompt, str):
-        uncond_tokens = [negative_prompt] * batch_size
-    elif len(negative_prompt) != batch_size:
-        raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch_size}")
-    else:
-        uncond_tokens = list(negative_prompt)
-    negative_prompt_embeds = embed(uncond_tokens, prompt_embeds.shape[1]).to(dtype=dtype, device=device)
-    return prompt_embeds, negative_prompt_embeds  # [B, T, D] each
-
-
-def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """Fourier embedding of w − 1 for guidance-distilled U-Nets (``time_cond_proj_dim``), as diffusers."""
-    w = w * 1000.0
-    half_dim = embedding_dim // 2
-    emb = torch.log(torch.tensor(10000.0)) / (half_dim - 1)
-    emb = torch.exp(torch.arange(half_dim, dtype=dtype) * -emb)
-    emb = w.to(dtype)[:, None] * emb[None, :]
-    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
-    if embedding_dim % 2 == 1:
-        emb = torch.nn.functional.pad(emb, (0, 1))
-    return emb
-
-
-def timestep_cond_for(
-    unet: Any, guidance_scale: float, batch_size: int, latents: torch.Tensor
-) -> torch.Tensor | None:
-    """The U-Net's ``timestep_cond`` (only when ``unet.config.time_cond_proj_dim`` is set)."""
-    dim = getattr(unet.config, "time_cond_proj_dim", None)
-    if dim is None:
-        return None
-    w = torch.tensor(guidance_scale - 1).repeat(batch_size)
-    return guidance_scale_embedding(w, dim, torch.float32).to(device=latents.device, dtype=latents.dtype)
-
-
-def extra_step_kwargs(
-    scheduler: SchedulerMixin, generator: torch.Generator | None, eta: float
-) -> dict[str, Any]:
-    """``eta`` and ``generator`` for ``scheduler.step``, where its signature accepts them."""
-    params = set(inspect.signature(scheduler.step).parameters)
-    kwargs: dict[str, Any] = {}
-    if "eta" in params:
-        kwargs["eta"] = eta
-    if "generator" in params:
-        kwargs["generator"] = generator
-    return kwargs
+        raise
 
 
 # ---- hook sites ---------------------------------------------------------------------------------------
@@ -137,7 +124,7 @@ class Sites:
             num_steps=self.hooks.num_steps,
             guidance_scale=self.guidance_scale,
             init_noise_sigma=self.init_noise_sigma,
-            current=MappingProxyType(self.current),
+            current=StepTensors(self.current),
             trace=self.trace,
         )
 
@@ -151,74 +138,165 @@ class Sites:
         self.step, self.timestep, self.current = None, None, {}
 
 
-@dataclass
-class LoopInputs:
-    """Everything the denoising loop (section 5) needs, whether it starts at step 0 or resumes at step k."""
+# ---- conditioning -------------------------------------------------------------------------------------
+def prepare_conditioning(
+    family: Family, plan: Plan, resume: Resume | None
+) -> tuple[Conditioning, Conditioning | None]:
+    """Each branch's conditioning: encoded for a run; for a fork the source's, re-encoded where it changed."""
+    if resume is None:
+        return family.encode(plan.prompt, plan.negative_prompt, plan.do_cfg, plan.options)
+    device = family.model.device
+    saved = {b: {k: x.to(device) for k, x in c.items()} for b, c in resume.source.conditioning.items()}
+    cond, uncond = saved["cond"], saved.get("uncond")
+    needs_uncond = plan.do_cfg and (uncond is None or resume.negative_changed)
+    if resume.prompt_changed or needs_uncond:
+        new_cond, new_uncond = family.encode(plan.prompt, plan.negative_prompt, plan.do_cfg, plan.options)
+        cond = new_cond if resume.prompt_changed else cond
+        uncond = new_uncond if needs_uncond else uncond
+    return cond, uncond if plan.do_cfg else None
 
-    scheduler: SchedulerMixin  # set up for the run (timesteps set), or restored for a fork
-    timesteps: torch.Tensor  # scheduler.timesteps: one entry per model evaluation
-    start: int  # first loop step to run
-    latents: torch.Tensor  # x_t entering step `start`                 [B, C, h, w]
-    prompt_cond: torch.Tensor  # [B, T, D]
-    prompt_uncond: torch.Tensor | None  # [B, T, D], None when guidance is off
-    guidance_scale: float
-    generator: torch.Generator | None
-    step_kwargs: dict[str, Any]  # eta / generator for scheduler.step
-    timestep_cond: torch.Tensor | None  # for guidance-distilled U-Nets
+
+def batched(cond: Conditioning, uncond: Conditioning | None) -> Conditioning:
+    """The model's input conditioning: uncond then cond along the batch, as the pipelines concatenate it."""
+    if uncond is None:
+        return cond
+    return {key: torch.cat([uncond[key], cond[key]]) for key in cond}  # [2B, ...] each
 
 
-def denoise(unet: Any, inputs: LoopInputs, sites: Sites, trace: Trace, progress: bool) -> torch.Tensor:
-    """5. The denoising loop from ``inputs.start``: one U-Net call per step (two branches batched with CFG on)."""
-    scheduler, w = inputs.scheduler, inputs.guidance_scale
-    do_cfg = inputs.prompt_uncond is not None
-    latents = inputs.latents
-    embeds_key: tuple[torch.Tensor, ...] = ()
-    encoder_hidden_states = inputs.prompt_cond
-    stage_of: Callable[[], str | None] = (
-        (lambda: "first_order" if scheduler.state_in_first_order else "second_order")
-        if hasattr(scheduler, "state_in_first_order")
-        else (lambda: None)
-    )
-    with tqdm(total=len(inputs.timesteps) - inputs.start, disable=not progress, desc="denoising") as bar:
-        for i in range(inputs.start, len(inputs.timesteps)):
-            t = inputs.timesteps[i]
-            # 5.1 restart point, then x_t and the prompt embeddings enter the step
-            generator = inputs.generator
-            restart = RestartPoint(latents, snapshot(scheduler), generator.get_state() if generator else None)
-            stage = stage_of()
+def _generator(
+    settings: dict[str, Any], state: torch.Tensor | None, device: torch.device
+) -> torch.Generator | None:
+    """The random generator as it was entering the fork's step (None where the scheduler draws no noise)."""
+    if state is None:
+        return None
+    kind = settings.get("generator_device", "cpu")
+    generator = torch.Generator(device=device if kind == device.type else kind)
+    generator.set_state(state)
+    return generator
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+def run_loop(
+    components: Components,
+    plan: Plan,
+    trace: Trace,
+    hooks: Sequence[Hook],
+    *,
+    generator: torch.Generator | None = None,
+    latents: torch.Tensor | None = None,
+    resume: Resume | None = None,
+    progress: bool = True,
+) -> Trace:
+    """One run (``resume=None``: steps 0..N−1 from ``latents`` or fresh noise) or one fork (steps k..N−1)."""
+    family = components.family
+    device = family.model.device
+    with keep_partial_trace(trace):
+        # 1. timesteps: a fresh scheduler (runs never leak state into each other), or the one entering step k
+        if resume is None:
+            scheduler = fresh_scheduler(components.scheduler)
+            family.set_timesteps(scheduler, plan.num_inference_steps, plan.height, plan.width)
+            start = 0
+        else:
+            restart = resume.source.steps[resume.step].restart
+            info = trace.settings["scheduler"]
+            scheduler = restore(info["class"], info["config"], restart.scheduler_state, device)
+            generator = _generator(trace.settings, restart.generator_state, device)
+            start = resume.step
+        timesteps = scheduler.timesteps
+        runner = HookRunner(hooks, num_steps=len(timesteps), names=trace.hook_names)
+        sites = Sites(trace, runner, plan.guidance_scale, family.init_noise_sigma(scheduler))
+
+        # 2. conditioning: named tensors per branch (cond, and uncond with guidance on)   e.g. embeds [B, T, D]
+        cond, uncond = prepare_conditioning(family, plan, resume)
+        cond = {key: sites(conditioning_point(key, "cond"), x) for key, x in cond.items()}
+        if uncond is not None:
+            uncond = {key: sites(conditioning_point(key, "uncond"), x) for key, x in uncond.items()}
+        trace.conditioning = {"cond": cond, **({"uncond": uncond} if uncond is not None else {})}
+
+        # 3. latents: x_T = noise · init_noise_sigma, or x_t entering step k (or its replacement)  [B, C, h, w]
+        if resume is None:
+            shape = family.latent_shape(plan.batch_size, plan.height, plan.width)
+            latents = sites("latents.init", family.prepare_latents(scheduler, shape, generator, latents))
+        else:
+            latents = resume.source.steps[start].restart.latents.to(device)
+            if resume.latents is not None:
+                where = dict(point="step.latents", step=start, hook="fork(latents=...)")
+                latents = check_replacement(resume.latents, latents, **where)
+                trace.replacements.append(Replacement("step.latents", start, "fork(latents=...)"))
+
+        # 4. extra step kwargs (eta, generator) and the model's per-run kwargs (a distilled model's w)
+        step_kwargs = family.step_kwargs(scheduler, generator, plan.eta)
+        model_kwargs = family.model_kwargs(plan.guidance_scale, latents)
+
+        # 5. the denoising loop
+        latents = denoise(
+            family, scheduler, sites, trace, plan, cond, uncond, latents, start,
+            step_kwargs, model_kwargs, generator, plan.restart, progress,
+        )  # fmt: skip
+
+        # 6. decode
+        trace.final_latents = latents  # [B, C, h, w], full precision
+        if plan.decode:
+            sites("decode.image", family.decode(latents))  # [B, 3, H, W]
+        trace.status, trace.message = "complete", None
+    return trace
+
+
+def denoise(
+    family: Family,
+    scheduler: SchedulerMixin,
+    sites: Sites,
+    trace: Trace,
+    plan: Plan,
+    cond: Conditioning,
+    uncond: Conditioning | None,
+    latents: torch.Tensor,
+    start: int,
+    step_kwargs: dict[str, Any],
+    model_kwargs: dict[str, Any],
+    generator: torch.Generator | None,
+    make_restart: bool,
+    progress: bool,
+) -> torch.Tensor:
+    """5. Steps ``start``..N−1: one model call per step (both branches batched with guidance on)."""
+    timesteps, w, do_cfg = scheduler.timesteps, plan.guidance_scale, uncond is not None
+    second_order = hasattr(scheduler, "state_in_first_order")
+    with tqdm(total=len(timesteps) - start, disable=not progress, desc="denoising") as bar:
+        for i in range(start, len(timesteps)):
+            t = timesteps[i]
+            # 5.1 restart point, then x_t and the token embeddings enter the step
+            restart = None
+            if make_restart:
+                generator_state = generator.get_state() if generator is not None else None
+                restart = RestartPoint(latents, snapshot(scheduler), generator_state)
+            stage = (
+                ("first_order" if scheduler.state_in_first_order else "second_order")
+                if second_order
+                else None
+            )
             sites.begin_step(i, float(t))
             latents = sites("step.latents", latents)  # [B, C, h, w]
-            prompt_cond = sites("step.prompt.cond", inputs.prompt_cond)  # [B, T, D]
+            step_cond = {**cond, "embeds": sites("step.prompt.cond", cond["embeds"])}  # embeds [B, T, D]
+            step_uncond = None
             if do_cfg:
-                prompt_uncond = sites("step.prompt.uncond", inputs.prompt_uncond)  # [B, T, D]
-                if not embeds_key or embeds_key[0] is not prompt_uncond or embeds_key[1] is not prompt_cond:
-                    embeds_key = (prompt_uncond, prompt_cond)
-                    encoder_hidden_states = torch.cat([prompt_uncond, prompt_cond])  # [2B, T, D]
-            else:
-                encoder_hidden_states = prompt_cond  # [B, T, D]
+                step_uncond = {**uncond, "embeds": sites("step.prompt.uncond", uncond["embeds"])}
 
-            # 5.2 U-Net: ε_u and ε_c in one batched call with guidance on, ε_c alone with it off
-            latent_model_input = torch.cat([latents] * 2) if do_cfg else latents  # [2B or B, C, h, w]
-            latent_model_input = scheduler.scale_model_input(latent_model_input, t)
-            noise_pred = unet(
-                latent_model_input,
-                t,
-                encoder_hidden_states=encoder_hidden_states,
-                timestep_cond=inputs.timestep_cond,
-                return_dict=False,
-            )[0]
+            # 5.2 the model: ε_u and ε_c in one batched call with guidance on, ε_c alone with it off
+            model_input = torch.cat([latents] * 2) if do_cfg else latents  # [2B or B, C, h, w]
+            model_output = family.predict(
+                scheduler, model_input, t, batched(step_cond, step_uncond), model_kwargs
+            )
             if do_cfg:
-                eps_uncond, eps_cond = noise_pred.chunk(2)  # [B, C, h, w] each
-                eps_cond = sites("step.unet.cond", eps_cond)
-                eps_uncond = sites("step.unet.uncond", eps_uncond)
-                eps_guided = eps_uncond + w * (eps_cond - eps_uncond)  # [B, C, h, w]
+                eps_uncond, eps_cond = model_output.chunk(2)  # [B, C, h, w] each
+                eps_cond = sites("step.model.cond", eps_cond)
+                eps_uncond = sites("step.model.uncond", eps_uncond)
+                eps_guided = guide(eps_cond, eps_uncond, w)  # [B, C, h, w]
             else:
-                eps_cond = sites("step.unet.cond", noise_pred)
-                eps_guided = eps_cond
+                eps_guided = sites("step.model.cond", model_output)
             eps_guided = sites("step.guidance", eps_guided)  # [B, C, h, w]
 
-            # 5.3 x̂0 = a·x_t + b·ε̂, from the scheduler's own noise level at this step
-            level = noise_level(scheduler, t)
+            # 5.3 x̂0 = a·x_t + b·ε̂, from the family's reading of the output at this step's noise level
+            level = family.noise_level(scheduler, t)
             pred_x0 = pred_x0_from(latents, eps_guided, level)  # [B, C, h, w]
             hooked_x0 = sites("step.pred_x0", pred_x0)
             x0_replaced = hooked_x0 is not pred_x0
@@ -234,119 +312,18 @@ def denoise(unet: Any, inputs: LoopInputs, sites: Sites, trace: Trace, progress:
                 )
 
             # 5.4 scheduler step: x_t → x_{t−1}
-            out = scheduler.step(eps_guided, t, latents, **inputs.step_kwargs, return_dict=True)
+            out = scheduler.step(eps_guided, t, latents, **step_kwargs, return_dict=True)
             scheduler_x0 = getattr(out, "pred_original_sample", None)
             if scheduler_x0 is not None and not x0_replaced:
                 sites.current["step.pred_x0"] = scheduler_x0  # the scheduler's own x̂0 where it returns one
             next_latents = sites("step.next", out.prev_sample)  # [B, C, h, w]
 
             # 5.5 the step is finished: record it
-            record = StepRecord(i, float(t), stage, level, trace.keep_tensors(sites.current), restart)
-            trace.steps.append(record)
+            trace.steps.append(
+                StepRecord(i, float(t), stage, level, trace.keep_tensors(sites.current), restart)
+            )
             trace.replacements.extend(sites.pending)
             latents = next_latents
             bar.update()
     sites.end_step()
     return latents
-
-
-def decode(explainer: Explainer, latents: torch.Tensor) -> torch.Tensor:
-    """6. Latents → image [B, 3, H, W] in [-1, 1]; in pixel space (no VAE) the image is the latents."""
-    vae = explainer.vae
-    if vae is None:
-        return latents
-    z = latents / vae.config.scaling_factor
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:
-        z = z + shift
-    return vae.decode(z.to(vae.dtype), return_dict=False)[0]
-
-
-def prepare_latents(
-    scheduler: SchedulerMixin,
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
-    device: torch.device,
-    generator: torch.Generator | None,
-    latents: torch.Tensor | None,
-) -> torch.Tensor:
-    """x_T: Gaussian noise (or the given latents) times ``scheduler.init_noise_sigma``, as diffusers."""
-    if latents is None:
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    else:
-        latents = latents.to(device)
-    return latents * scheduler.init_noise_sigma
-
-
-def generate(
-    explainer: Explainer,
-    trace: Trace,
-    hooks: HookRunner,
-    *,
-    prompt: str | list[str],
-    negative_prompt: str | list[str] | None,
-    num_inference_steps: int,
-    guidance_scale: float,
-    height: int,
-    width: int,
-    latents: torch.Tensor | None,
-    eta: float,
-    generator: torch.Generator | None,
-    decode_image: bool,
-    progress: bool,
-) -> Trace:
-    """One full run, sections 1–6 as in ``StableDiffusionPipeline.__call__`` (timesteps first, so hooks know N)."""
-    unet, device = explainer.unet, explainer.device
-    do_cfg = guidance_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
-    batch_size = 1 if isinstance(prompt, str) else len(prompt)
-
-    # 1. timesteps, on a fresh scheduler so runs never leak state into each other
-    scheduler = fresh_scheduler(explainer.scheduler)
-    scheduler.set_timesteps(num_inference_steps, device=device)  # as diffusers' retrieve_timesteps does
-    timesteps = scheduler.timesteps
-    hooks.num_steps = len(timesteps)
-    sites = Sites(trace, hooks, guidance_scale, float(scheduler.init_noise_sigma))
-
-    # 2. encode prompt: cond and (guidance on) uncond embeddings                       [B, T, D] each
-    prompt_cond, prompt_uncond = encode_prompt(
-        explainer.tokenizer, explainer.text_encoder, prompt, device, do_cfg, negative_prompt
-    )
-    prompt_cond = sites("prompt.cond", prompt_cond.to(unet.dtype))  # the U-Net's dtype (a no-op when equal)
-    if prompt_uncond is not None:
-        prompt_uncond = sites("prompt.uncond", prompt_uncond.to(unet.dtype))
-    trace.prompt_embeds = {"cond": prompt_cond, **({"uncond": prompt_uncond} if do_cfg else {})}
-
-    # 3. latents: x_T = noise · init_noise_sigma, in the U-Net's dtype                  [B, C, h, w]
-    scale = explainer.vae_scale_factor
-    shape = (batch_size, unet.config.in_channels, int(height) // scale, int(width) // scale)
-    latents = prepare_latents(scheduler, shape, unet.dtype, device, generator, latents)
-    latents = sites("latents.init", latents)
-
-    # 4. extra step kwargs (eta, generator) and, for guidance-distilled U-Nets, timestep_cond
-    inputs = LoopInputs(
-        scheduler=scheduler,
-        timesteps=timesteps,
-        start=0,
-        latents=latents,
-        prompt_cond=prompt_cond,
-        prompt_uncond=prompt_uncond,
-        guidance_scale=guidance_scale,
-        generator=generator,
-        step_kwargs=extra_step_kwargs(scheduler, generator, eta),
-        timestep_cond=timestep_cond_for(unet, guidance_scale, batch_size, latents),
-    )
-
-    # 5. denoising loop, then 6. decode
-    latents = denoise(unet, inputs, sites, trace, progress)
-    return finish(explainer, trace, sites, latents, decode_image)
-
-
-def finish(
-    explainer: Explainer, trace: Trace, sites: Sites, latents: torch.Tensor, decode_image: bool
-) -> Trace:
-    """6. Keep the final latents, decode them to an image ("decode.image"), mark the trace complete."""
-    trace.final_latents = latents  # [B, C, h, w], full precision
-    if decode_image:
-        sites("decode.image", decode(explainer, latents))  # [B, 3, H, W]
-    trace.status, trace.message = "complete", None
-    return trace

@@ -1,26 +1,32 @@
-"""The hook-point table and the notation used everywhere in diffexplain.
+"""The hook-point table, the name lookups and the notation used everywhere in diffexplain.
 
 Notation (one scheme in code, docs and widgets)::
 
     x_t        latents            the noisy sample entering step t          [B, C, h, w]
     x_T        latents.init       the starting Gaussian noise (times the scheduler's init_noise_sigma)
-    ε_c        eps_cond           U-Net output with the prompt              [B, C, h, w]
-    ε_u        eps_uncond         U-Net output with the negative/empty prompt
+    ε_c        eps_cond           the denoiser's output with the prompt     [B, C, h, w]
+    ε_u        eps_uncond         its output with the negative/empty prompt
     Δ          delta              ε_c − ε_u, what the text adds
-    w          guidance_scale     classifier-free guidance scale (w ≤ 1: guidance off, one U-Net call)
+    w          guidance_scale     classifier-free guidance scale (w ≤ 1: guidance off, one model call)
     ε̂          eps_guided         ε_u + w·(ε_c − ε_u)
     x̂0         pred_x0            the model's current guess of the clean sample
     ᾱ_t        alpha_bar          cumulative signal fraction; x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε
     σ_t        sigma              noise level in the "variance exploding" view, σ² = (1−ᾱ)/ᾱ
     x_{t−1}    next_latents       the scheduler's output, the latents of the next step
 
-For v-prediction models "ε" names the model output, which is v; x̂0 is derived accordingly.
+"ε" names the model output whatever it predicts: noise ε, v (v-prediction) or a flow velocity
+v = ε − x0 (SD3, Flux); each family's adapter derives x̂0 from it accordingly.
 
-Step numbers are never part of a name: filter hooks by step with ``steps=``.
+Step numbers are never part of a name: filter hooks by step with ``steps=``. The table below is the
+loop's own; each model family adds its points (``Explainer.hook_points()`` lists them all).
 """
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -32,20 +38,32 @@ class HookPoint:
     tensor: str  # what the tensor is, in words
     shape: str  # its shape, in the notation above
     per_step: bool  # True: called once per model evaluation; False: once per run
+    cfg_only: bool = False  # True: only computed with guidance on (the unconditional branch)
+    heavy: bool = False  # True: large; not kept unless asked for by name in keep=
 
 
 HOOK_POINTS: tuple[HookPoint, ...] = (
     HookPoint("prompt.cond", "text token embeddings of the prompt", "[B, T, D]", False),
-    HookPoint("prompt.uncond", "text token embeddings of the negative (or empty) prompt", "[B, T, D]", False),
+    HookPoint(
+        "prompt.uncond", "text token embeddings of the negative (or empty) prompt", "[B, T, D]", False, True
+    ),
     HookPoint("latents.init", "x_T, the starting noise, scaled by init_noise_sigma", "[B, C, h, w]", False),
     HookPoint("step.latents", "x_t, the latents entering the step", "[B, C, h, w]", True),
-    HookPoint("step.prompt.cond", "prompt embeddings fed to the U-Net at this step", "[B, T, D]", True),
+    HookPoint("step.prompt.cond", "prompt embeddings fed to the model at this step", "[B, T, D]", True),
     HookPoint(
-        "step.prompt.uncond", "negative-prompt embeddings fed to the U-Net at this step", "[B, T, D]", True
+        "step.prompt.uncond",
+        "negative-prompt embeddings fed to the model at this step",
+        "[B, T, D]",
+        True,
+        True,
     ),
-    HookPoint("step.unet.cond", "ε_c, the U-Net output with the prompt", "[B, C, h, w]", True),
+    HookPoint("step.model.cond", "ε_c, the model output with the prompt", "[B, C, h, w]", True),
     HookPoint(
-        "step.unet.uncond", "ε_u, the U-Net output without the prompt (CFG on only)", "[B, C, h, w]", True
+        "step.model.uncond",
+        "ε_u, the model output without the prompt (CFG on only)",
+        "[B, C, h, w]",
+        True,
+        True,
     ),
     HookPoint("step.guidance", "ε̂ = ε_u + w·(ε_c − ε_u), the guided model output", "[B, C, h, w]", True),
     HookPoint("step.pred_x0", "x̂0, the current guess of the clean sample", "[B, C, h, w]", True),
@@ -57,21 +75,63 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
         False,
     ),
 )
-"""Every hook point of the loop, in the order the loop reaches them."""
+"""Every hook point of the loop itself, in the order the loop reaches them (families add theirs)."""
 
 HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS)
-"""The names of all hook points."""
+"""The names of the loop's hook points."""
 STEP_HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS if p.per_step)
 RUN_HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS if not p.per_step)
 
+RENAMED: dict[str, str] = {
+    "step.unet.cond": "step.model.cond",
+    "step.unet.uncond": "step.model.uncond",
+}
+"""Old names that still work (with a ``DeprecationWarning``): old → new."""
 
-def hook_point(name: str) -> HookPoint:
-    """Return the hook point called ``name``; raise ``KeyError`` listing close names if unknown."""
-    for point in HOOK_POINTS:
+
+def current_name(name: str, *, warn: bool = True) -> str:
+    """``name`` with a deprecated prefix renamed (``step.unet.cond`` → ``step.model.cond``), warning once per call."""
+    for old_prefix, new_prefix in (("step.unet.", "step.model."),):
+        if name.startswith(old_prefix):
+            new = new_prefix + name.removeprefix(old_prefix)
+            if warn:
+                warnings.warn(
+                    f"hook point {name!r} was renamed {new!r} (the model may be a transformer); use {new!r}",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
+            return new
+    return name
+
+
+def unknown_name_message(what: str, name: str, valid: Iterable[str]) -> str:
+    """ "unknown hook point 'x'. Did you mean 'y'? Valid names: ..." (the one close-match message)."""
+    valid = tuple(valid)
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.4)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {what} {name!r}.{hint} Valid names: {', '.join(valid)}."
+
+
+def resolve_names(pattern: str, names: Iterable[str] = HOOK_NAMES) -> tuple[str, ...]:
+    """Names in ``names`` matching an exact name or a glob pattern; ``ValueError`` with close names if none.
+
+    Deprecated names (``step.unet.*``) resolve to their new names with a ``DeprecationWarning``.
+    """
+    names = tuple(names)
+    pattern = current_name(pattern)
+    if pattern in names:
+        return (pattern,)
+    matches = tuple(n for n in names if fnmatch.fnmatchcase(n, pattern))
+    if matches:
+        return matches
+    raise ValueError(unknown_name_message("hook point", pattern, names))
+
+
+def hook_point(name: str, points: Iterable[HookPoint] = HOOK_POINTS) -> HookPoint:
+    """The hook point called ``name`` among ``points`` (default: the loop's); ``ValueError`` if unknown."""
+    points = tuple(points)
+    name = current_name(name)
+    for point in points:
         if point.name == name:
             return point
-    import difflib
-
-    close = difflib.get_close_matches(name, HOOK_NAMES, n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise KeyError(f"unknown hook point {name!r}.{hint} Valid names: {', '.join(HOOK_NAMES)}.")
+    raise ValueError(unknown_name_message("hook point", name, (p.name for p in points)))

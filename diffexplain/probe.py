@@ -8,70 +8,57 @@ Notation (``diffexplain.names``): x0 clean latents, x_t noisy latents, ε noise,
 
 from __future__ import annotations
 
-import hashlib
 import io
-import weakref
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
-from diffexplain.loop import decode, timestep_cond_for
-from diffexplain.noise_levels import NoiseLevel, noise_level, pred_x0_from
+from diffexplain.fingerprint import weight_fingerprint
+from diffexplain.guidance import guidance_on, guide
+from diffexplain.loop import batched
+from diffexplain.noise_levels import NoiseLevel, pred_x0_from
 from diffexplain.scheduler_state import fresh_scheduler
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
 
-
-_FINGERPRINTS: weakref.WeakKeyDictionary[Any, tuple[tuple, str]] = weakref.WeakKeyDictionary()
-
-
-def _version_key(state: dict[str, torch.Tensor]) -> tuple:
-    """Which tensors a state holds and how often each was changed in place (torch's version counter)."""
-    return tuple((name, id(t), t._version) for name, t in state.items())
+__all__ = [
+    "X0Guess",
+    "decode_latents",
+    "encode_image",
+    "image_size",
+    "image_tensor",
+    "model_fingerprint",
+    "noise_latents_at",
+    "predict_x0_at",
+    "scheduler_at",
+    "trace_fingerprint",
+    "unet_fingerprint",
+    "weight_fingerprint",
+]
 
 
 # ---- weights --------------------------------------------------------------------------------------
-def weight_fingerprint(module: Any, *, length: int = 10) -> str:
-    """A short SHA-256 hash of a module's parameters and buffers (names, shapes, dtypes and values).
-
-    Cached per module object and recomputed when any weight is replaced or changed in place (a
-    ``load_state_dict``, an optimiser step, a hand edit), so it always describes the current weights.
-    Two U-Nets with the same weights get the same hash.
-    """
-    state = module.state_dict(keep_vars=True)
-    key = _version_key(state)
-    cached = _FINGERPRINTS.get(module)
-    if cached is not None and cached[0] == key:
-        return cached[1][:length]
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    value = digest.hexdigest()
-    _FINGERPRINTS[module] = (key, value)
-    return value[:length]
+def model_fingerprint(explainer: Explainer, *, length: int = 10) -> str:
+    """The weight fingerprint of the explainer's denoiser (see :func:`diffexplain.fingerprint.weight_fingerprint`)."""
+    return weight_fingerprint(explainer.model, length=length)
 
 
-def unet_fingerprint(explainer: Explainer, *, length: int = 10) -> str:
-    """The weight fingerprint of the explainer's U-Net (see :func:`weight_fingerprint`)."""
-    return weight_fingerprint(explainer.unet, length=length)
+unet_fingerprint = model_fingerprint  # the name it had while every model was a U-Net
 
 
 def trace_fingerprint(trace: Trace, explainer: Explainer | None = None) -> str | None:
-    """The U-Net fingerprint a trace records (``settings["model"]["fingerprint"]``), else the explainer's.
+    """The fingerprint of the weights that made a trace (``Trace.fingerprint``), else the explainer's.
 
     None when neither is available (a trace file without one, and no model loaded).
     """
-    model = trace.settings.get("model") or {}
-    for value in (model.get("fingerprint"), model.get("unet_fingerprint"), trace.settings.get("fingerprint")):
-        if value:
-            return str(value)[:10]
+    value = trace.fingerprint()
+    if value:
+        return str(value)[:10]
     explainer = explainer or trace.explainer
-    return None if explainer is None else unet_fingerprint(explainer)
+    return None if explainer is None else model_fingerprint(explainer)
 
 
 # ---- images <-> latents ---------------------------------------------------------------------------
@@ -109,11 +96,8 @@ def image_tensor(image: Any, size: int | tuple[int, int] | None = None) -> torch
 
 
 def image_size(explainer: Explainer) -> tuple[int, int]:
-    """(H, W) of the images the model makes by default: U-Net sample size × VAE scale factor."""
-    sample = explainer.unet.config.sample_size
-    h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    scale = explainer.vae_scale_factor
-    return int(h) * scale, int(w) * scale
+    """(H, W) of the images the model makes by default: its sample size × VAE scale factor."""
+    return explainer.family.default_size()
 
 
 @torch.no_grad()
@@ -122,21 +106,14 @@ def encode_image(explainer: Explainer, image: Any) -> torch.Tensor:
 
     The image is resized to the model's size first. In pixel space (no VAE) x0 is the image itself.
     """
-    pixels = image_tensor(image, image_size(explainer)).to(explainer.device)
-    vae = explainer.vae
-    if vae is None:
-        return pixels.to(explainer.dtype)
-    latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mean
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:
-        latents = latents - shift
-    return (latents * vae.config.scaling_factor).to(explainer.dtype)
+    pixels = image_tensor(image, image_size(explainer))
+    return explainer.family.encode_image(pixels)
 
 
 @torch.no_grad()
 def decode_latents(explainer: Explainer, latents: torch.Tensor) -> torch.Tensor:
     """Latents [B, C, h, w] → image [B, 3, H, W] in [-1, 1] with the explainer's VAE (identity in pixel space)."""
-    return decode(explainer, latents.to(explainer.device)).float().clamp(-1, 1).cpu()
+    return explainer.family.decode(latents.to(explainer.device)).float().clamp(-1, 1).cpu()
 
 
 # ---- one model evaluation on a user-made x_t ------------------------------------------------------
@@ -191,32 +168,25 @@ def predict_x0_at(
 ) -> X0Guess:
     """The model's guess x̂0 from ``noisy_latents`` (x_t as the scheduler holds it) at timestep ``t``.
 
-    One U-Net call (two branches batched when ``guidance_scale > 1``), scaled and converted exactly
-    as the loop does it: ``scale_model_input``, then x̂0 = a·x_t + b·ε̂ from ``noise_level``.
+    One model call (two branches batched when ``guidance_scale > 1``), scaled and converted exactly
+    as the loop does it (the family's ``predict`` and ``noise_level``): x̂0 = a·x_t + b·ε̂.
     """
     scheduler, timestep = scheduler_at(explainer, t)
+    family = explainer.family
     x_t = noisy_latents.to(explainer.device, explainer.dtype)
-    unet = explainer.unet
-    do_cfg = guidance_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
-    cond, uncond = explainer.encode_prompt(
+    do_cfg = guidance_on(guidance_scale, distilled=family.guidance_distilled())
+    cond, uncond = explainer.encode(
         [prompt] * x_t.shape[0], [negative_prompt] * x_t.shape[0], guidance=do_cfg
     )
     model_input = torch.cat([x_t, x_t]) if do_cfg else x_t
-    model_input = scheduler.scale_model_input(model_input, timestep)
-    embeds = torch.cat([uncond, cond]) if do_cfg else cond
-    out = unet(
-        model_input,
-        timestep,
-        encoder_hidden_states=embeds,
-        timestep_cond=timestep_cond_for(unet, guidance_scale, x_t.shape[0], x_t),
-        return_dict=False,
-    )[0]
+    model_kwargs = family.model_kwargs(guidance_scale, x_t)
+    out = family.predict(scheduler, model_input, timestep, batched(cond, uncond), model_kwargs)
     if do_cfg:
         eps_uncond, eps_cond = out.chunk(2)
-        eps_guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        eps_guided = guide(eps_cond, eps_uncond, guidance_scale)
     else:
         eps_cond, eps_uncond, eps_guided = out, None, out
-    level = noise_level(scheduler, timestep)
+    level = family.noise_level(scheduler, timestep)
     return X0Guess(
         pred_x0_from(x_t, eps_guided, level), eps_cond, eps_uncond, eps_guided, float(timestep), level
     )

@@ -21,6 +21,8 @@ from diffusers import (
     DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
@@ -42,6 +44,8 @@ SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
         DPMSolverSinglestepScheduler,
         EulerAncestralDiscreteScheduler,
         EulerDiscreteScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FlowMatchHeunDiscreteScheduler,
         HeunDiscreteScheduler,
         KDPM2AncestralDiscreteScheduler,
         KDPM2DiscreteScheduler,
@@ -65,17 +69,39 @@ SCHEDULER_NAMES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "dpm++2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
     "unipc": (UniPCMultistepScheduler, {}),
 }
-"""Short scheduler names for ``Explainer.set_scheduler``: name → (diffusers class, config overrides)."""
+"""Short scheduler names of the ε/v families (SD, SDXL): name → (diffusers class, config overrides)."""
+
+FLOW_SCHEDULER_NAMES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "flow_euler": (FlowMatchEulerDiscreteScheduler, {}),
+    "flow_heun": (FlowMatchHeunDiscreteScheduler, {}),
+}
+"""Short scheduler names of the flow-matching families (SD3): name → (diffusers class, config overrides)."""
 
 _CONFIG_ATTR = "_internal_dict"
 
 
-def scheduler_by_name(name: str, base_config: Any, **config_overrides: Any) -> SchedulerMixin:
-    """A scheduler from a short name (``"euler_a"``, ``"dpm++2m"``, ...) built on ``base_config``."""
-    if name not in SCHEDULER_NAMES:
-        raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(SCHEDULER_NAMES)}")
-    cls, defaults = SCHEDULER_NAMES[name]
-    return cls.from_config(base_config, **{**defaults, **config_overrides})
+def effective_config(config: Any) -> dict[str, Any]:
+    """A scheduler config as the scheduler uses it, safe to pass to ``from_config``.
+
+    diffusers lists the keys a scheduler was built with by default in ``_use_default_values``, and
+    ``from_config`` drops those keys. But a pipeline may have patched them since:
+    ``StableDiffusionPipeline.__init__`` writes ``steps_offset=1`` and ``clip_sample=False`` into a
+    default-built scheduler's config. Dropping the list keeps every value the scheduler really uses.
+    """
+    return {k: v for k, v in dict(config).items() if k != "_use_default_values"}
+
+
+def scheduler_by_name(
+    name: str,
+    base_config: Any,
+    names: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = SCHEDULER_NAMES,
+    **config_overrides: Any,
+) -> SchedulerMixin:
+    """A scheduler from a short name in ``names`` (``"euler_a"``, ``"dpm++2m"``, ...) built on ``base_config``."""
+    if name not in names:
+        raise ValueError(f"unknown scheduler {name!r}; valid names: {', '.join(names)}")
+    cls, defaults = names[name]
+    return cls.from_config(effective_config(base_config), **{**defaults, **config_overrides})
 
 
 def scheduler_class(name: str) -> type[SchedulerMixin]:
@@ -88,7 +114,7 @@ def scheduler_class(name: str) -> type[SchedulerMixin]:
 
 def fresh_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
     """A new scheduler of the same class and config, with no state (so runs never leak into each other)."""
-    return type(scheduler).from_config(scheduler.config)
+    return type(scheduler).from_config(effective_config(scheduler.config))
 
 
 def _copy(value: Any) -> Any:
@@ -114,7 +140,7 @@ def restore(
     Tensors that lived off the CPU (on the original device, or per the ``DEVICES_KEY`` map a loaded
     snapshot carries) are moved to ``device``; CPU tensors stay on the CPU, as the scheduler keeps them.
     """
-    scheduler = scheduler_class(class_name).from_config(config)
+    scheduler = scheduler_class(class_name).from_config(effective_config(config))
     devices = state.get(DEVICES_KEY, {})
     for key, value in state.items():
         if key == DEVICES_KEY:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -17,16 +16,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from diffexplain.errors import TraceKeyError
-from diffexplain.hooks import Replacement, resolve_names
-from diffexplain.names import HOOK_NAMES, STEP_HOOK_NAMES
-from diffexplain.noise_levels import NoiseLevel
+from diffexplain.guidance import guide
+from diffexplain.hooks import Replacement
+from diffexplain.names import HOOK_POINTS, HookPoint, current_name, resolve_names, unknown_name_message
+from diffexplain.noise_levels import NoiseLevel, pred_x0_from
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from diffexplain.explainer import Explainer
-
-_UNCOND_NAMES = ("prompt.uncond", "step.prompt.uncond", "step.unet.uncond")
 
 
 @dataclass
@@ -57,13 +55,24 @@ class Reguided(NamedTuple):
     pred_x0: torch.Tensor  # x̂0 = a·x_t + b·ε̂               [B, C, h, w]
 
 
-def resolve_keep(keep: str | Iterable[str] | None) -> frozenset[str]:
-    """Hook point names selected by ``keep=`` (names or glob patterns); None keeps everything."""
+def resolve_keep(
+    keep: str | Iterable[str] | None, points: tuple[HookPoint, ...] = HOOK_POINTS
+) -> frozenset[str]:
+    """Hook point names selected by ``keep=`` (names or glob patterns); None keeps all but the heavy ones.
+
+    A heavy point is kept only when ``keep=`` names it exactly (a glob does not pull it in).
+    """
     if keep is None:
-        return frozenset(HOOK_NAMES)
+        return frozenset(p.name for p in points if not p.heavy)
     if isinstance(keep, str):
         keep = [keep]
-    return frozenset(name for pattern in keep for name in resolve_names(pattern))
+    names = tuple(p.name for p in points)
+    heavy = {p.name for p in points if p.heavy}
+    chosen: set[str] = set()
+    for pattern in keep:
+        matches = resolve_names(pattern, names)
+        chosen.update(m for m in matches if m not in heavy or len(matches) == 1)
+    return frozenset(chosen)
 
 
 def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
@@ -92,21 +101,26 @@ class Trace:
         *,
         keep: str | Iterable[str] | None = None,
         store_dtype: torch.dtype | None = None,
+        points: tuple[HookPoint, ...] = HOOK_POINTS,
     ) -> None:
         # JSON-ready: prompt, steps, guidance_scale, seed, scheduler class and config, model...
         self.settings: dict[str, Any] = settings
-        self.kept: frozenset[str] = resolve_keep(keep)
+        self.hook_points: tuple[HookPoint, ...] = points  # the names it was made with (loop + family)
+        self._points = {p.name: p for p in points}
+        self.kept: frozenset[str] = resolve_keep(keep, points)
         self.store_dtype: torch.dtype | None = store_dtype
         # run-level hook points: prompt.cond, prompt.uncond, latents.init, decode.image
         self.run_tensors: dict[str, torch.Tensor] = {}
         self.steps: list[StepRecord] = []
         self.final_latents: torch.Tensor | None = None  # latents after the last step     [B, C, h, w]
-        self.prompt_embeds: dict[str, torch.Tensor] = {}  # restart state: "cond" / "uncond" at full precision
+        # restart state, full precision: each branch's conditioning by key ("cond" → {"embeds": ...})
+        self.conditioning: dict[str, dict[str, torch.Tensor]] = {}
         self.replacements: list[Replacement] = []
         self.status: str = "running"  # "complete" | "interrupted" (| "running" while the loop runs)
         self.message: str | None = None  # for interrupted traces: what happened, and where
         self.forked_from: int | None = None  # the step a fork restarted at
         self.explainer: Explainer | None = None  # the Explainer that made it (not saved)
+        self.fingerprint_source: Any = None  # a fingerprint.LazyFingerprint of the weights the run used
         self._stored: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # id(src) -> copy
 
     # ---- building (used by the loop) -------------------------------------------------------------
@@ -128,15 +142,42 @@ class Trace:
         """The kept subset of ``tensors``, converted for storage."""
         return {name: self.store(x) for name, x in tensors.items() if name in self.kept}
 
+    @property
+    def prompt_embeds(self) -> dict[str, torch.Tensor]:
+        """The token embeddings of each branch ("cond", and "uncond" with guidance on), full precision."""
+        return {branch: c["embeds"] for branch, c in self.conditioning.items()}
+
+    def fingerprint(self) -> str | None:
+        """The weight fingerprint of the model that made this trace, hashed on first request.
+
+        Recorded in ``settings["model"]["fingerprint"]`` (so it is saved); None when unknown: a file
+        without one, or weights that changed after the run and before anyone asked.
+        """
+        model = self.settings.setdefault("model", {})
+        if not model.get("fingerprint") and self.fingerprint_source is not None:
+            value = self.fingerprint_source.get()
+            if value is not None:
+                model["fingerprint"] = value
+        return model.get("fingerprint") or None
+
+    @property
+    def hook_names(self) -> tuple[str, ...]:
+        """The hook-point names this trace was made with, in loop order."""
+        return tuple(self._points)
+
     # ---- indexing --------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.steps)
 
-    def _check_name(self, name: str) -> None:
-        if name not in HOOK_NAMES:
-            close = difflib.get_close_matches(name, HOOK_NAMES, n=3, cutoff=0.4)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise TraceKeyError(f"unknown name {name!r}.{hint} Names: {', '.join(HOOK_NAMES)}.")
+    def _check_name(self, name: str) -> str:
+        """``name`` as this trace knows it (a deprecated name renamed, with a warning); else ``TraceKeyError``."""
+        name = current_name(name)
+        if name not in self._points:
+            raise TraceKeyError(unknown_name_message("name", name, self._points))
+        return name
+
+    def _per_step(self, name: str) -> bool:
+        return self._points[name].per_step
 
     def _index(self, step: int) -> int:
         n = len(self.steps)
@@ -146,7 +187,7 @@ class Trace:
 
     def _not_kept(self, name: str, step: int | None = None) -> TraceKeyError:
         where = f" at step {step}" if step is not None else ""
-        if name in _UNCOND_NAMES and not self.settings.get("do_cfg", True):
+        if self._points[name].cfg_only and not self.settings.get("do_cfg", True):
             why = "guidance was off (guidance_scale ≤ 1), so the unconditional branch was never computed"
         elif name == "decode.image" and not self.settings.get("decode", True):
             why = "the run was made with decode=False"
@@ -163,29 +204,31 @@ class Trace:
         """``trace[name, step]``: one step's tensor; ``trace[name]``: a run-level tensor or a per-step stack."""
         if isinstance(key, tuple):
             name, step = key
-            self._check_name(name)
-            if name not in STEP_HOOK_NAMES:
+            name = self._check_name(name)
+            if not self._per_step(name):
                 raise TraceKeyError(f"{name!r} is a run-level name with no steps; use trace[{name!r}]")
             record = self.steps[self._index(step)]
             if name not in record.tensors:
                 raise self._not_kept(name, record.index)
             return record.tensors[name]
-        self._check_name(key)
-        if key in STEP_HOOK_NAMES:
+        key = self._check_name(key)
+        if self._per_step(key):
             return self.stack(key)
         if key not in self.run_tensors:
             raise self._not_kept(key)
         return self.run_tensors[key]
 
     def __contains__(self, name: object) -> bool:
+        if isinstance(name, str):
+            name = current_name(name)
         if name in self.run_tensors:
             return True
         return bool(self.steps) and all(name in s.tensors for s in self.steps)
 
     def stack(self, name: str) -> torch.Tensor:
         """A per-step tensor for every step, stacked: [S, ...] (e.g. [S, B, C, h, w])."""
-        self._check_name(name)
-        if name not in STEP_HOOK_NAMES:
+        name = self._check_name(name)
+        if not self._per_step(name):
             raise TraceKeyError(f"{name!r} is a run-level name; use trace[{name!r}]")
         if not self.steps:
             raise TraceKeyError(f"this trace has no finished steps to stack {name!r} over")
@@ -219,21 +262,19 @@ class Trace:
             return [Image.fromarray(p[..., 0], mode="L") for p in pixels]
         return [Image.fromarray(p[..., :3]) for p in pixels]
 
-    # ---- guidance without the U-Net ----------------------------------------------------------------
+    # ---- guidance without the model ----------------------------------------------------------------
     def reguide(self, step: int, guidance_scale: float) -> Reguided:
-        """ε̂ and x̂0 of ``step`` at another guidance scale, from the cached ε_c and ε_u (no U-Net call)."""
+        """ε̂ and x̂0 of ``step`` at another guidance scale, from the cached ε_c and ε_u (no model call)."""
         record = self.steps[self._index(step)]
-        for name in ("step.unet.cond", "step.unet.uncond"):
+        for name in ("step.model.cond", "step.model.uncond"):
             if name not in record.tensors:
                 raise self._not_kept(name, record.index)
-        eps_cond, eps_uncond = record.tensors["step.unet.cond"], record.tensors["step.unet.uncond"]
-        eps_guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        eps_cond, eps_uncond = record.tensors["step.model.cond"], record.tensors["step.model.uncond"]
+        eps_guided = guide(eps_cond, eps_uncond, guidance_scale)
         latents = record.tensors.get("step.latents")
         if latents is None:
             latents = record.restart.latents.to(eps_guided.device, eps_guided.dtype)
-        level = record.level
-        pred_x0 = eps_guided * level.b if level.a == 0.0 else level.a * latents + level.b * eps_guided
-        return Reguided(eps_guided, pred_x0)
+        return Reguided(eps_guided, pred_x0_from(latents, eps_guided, record.level))
 
     # ---- memory and devices ------------------------------------------------------------------------
     def _all_tensors(self, include_restart: bool = True) -> Iterable[torch.Tensor]:
@@ -243,7 +284,8 @@ class Trace:
         for record in self.steps:
             yield from record.tensors.values()
         if include_restart:
-            yield from self.prompt_embeds.values()
+            for branch in self.conditioning.values():
+                yield from branch.values()
             for record in self.steps:
                 if record.restart is not None:
                     yield record.restart.latents
@@ -267,7 +309,9 @@ class Trace:
         moved = copy.copy(self)
         moved._stored = OrderedDict()
         moved.run_tensors = {k: v.to(device) for k, v in self.run_tensors.items()}
-        moved.prompt_embeds = {k: v.to(device) for k, v in self.prompt_embeds.items()}
+        moved.conditioning = {
+            b: {k: v.to(device) for k, v in c.items()} for b, c in self.conditioning.items()
+        }
         moved.final_latents = None if self.final_latents is None else self.final_latents.to(device)
         moved.steps = [
             replace(

@@ -18,15 +18,16 @@ import torch
 from safetensors import safe_open
 
 from diffexplain.errors import TraceFileError
+from diffexplain.families import FAMILIES
 from diffexplain.hooks import Replacement
-from diffexplain.names import HOOK_NAMES, RUN_HOOK_NAMES, STEP_HOOK_NAMES
+from diffexplain.names import HookPoint, current_name
 from diffexplain.noise_levels import NoiseLevel
 from diffexplain.safetensors_file import save_readable
 from diffexplain.scheduler_state import DEVICES_KEY, SCHEDULER_CLASSES
 from diffexplain.trace import RestartPoint, StepRecord, Trace
 
 FORMAT = "diffexplain.trace"
-VERSION = 1
+VERSION = 2  # 2: hook points named per family (step.model.*), conditioning per branch; 1 still loads
 METADATA_KEY = "diffexplain"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the header
 MAX_CONFIG_INT = 10**7  # larger ints in a scheduler config are treated as hostile (huge allocations)
@@ -108,17 +109,19 @@ def save_trace(trace: Trace, path: str | Path) -> None:
             "restart": restart,
         }
 
+    trace.fingerprint()  # hashed now, while the weights are still those the run used (else left out)
     doc = {
         "format": FORMAT,
         "version": VERSION,
         "settings": trace.settings,
+        "hook_points": list(trace.hook_names),
         "kept": sorted(trace.kept),
         "store_dtype": None if trace.store_dtype is None else str(trace.store_dtype).removeprefix("torch."),
         "status": trace.status,
         "message": trace.message,
         "forked_from": trace.forked_from,
         "run_tensors": {k: ref(v) for k, v in trace.run_tensors.items()},
-        "prompt_embeds": {k: ref(v) for k, v in trace.prompt_embeds.items()},
+        "conditioning": {b: {k: ref(v) for k, v in c.items()} for b, c in trace.conditioning.items()},
         "final_latents": None if trace.final_latents is None else ref(trace.final_latents),
         "steps": [step_doc(r) for r in trace.steps],
         "replacements": [[r.name, r.step, r.hook] for r in trace.replacements],
@@ -295,18 +298,39 @@ def _load(r: _Reader, metadata: dict[str, str]) -> Trace:
     if r.get(doc, "format", str, "file") != FORMAT:
         raise r.fail(f"format is {doc['format']!r}, expected {FORMAT!r}")
     version = r.get(doc, "version", int, "file")
-    if version != VERSION:
-        raise r.fail(f"format version {version} is not supported (this diffexplain reads version {VERSION})")
+    if version not in (1, VERSION):
+        raise r.fail(
+            f"format version {version} is not supported (this diffexplain reads versions 1 and {VERSION})"
+        )
     settings = r.get(doc, "settings", dict, "file")
     _check_settings(r, settings)
-    kept = r.get(doc, "kept", list, "file")
-    if not all(isinstance(k, str) and k in HOOK_NAMES for k in kept):
-        raise r.fail("'kept' lists names that are not hook points")
+    points = _hook_points(r, doc, settings, version)
+    names = tuple(p.name for p in points)
+    step_names = tuple(p.name for p in points if p.per_step)
+    run_names = tuple(p.name for p in points if not p.per_step)
+
+    def renamed(mapping: dict[str, Any]) -> dict[str, Any]:  # version 1 files: step.unet.* → step.model.*
+        return (
+            {current_name(k, warn=False): v for k, v in mapping.items()}
+            if isinstance(mapping, dict)
+            else mapping
+        )
+
+    kept = [
+        current_name(k, warn=False) if isinstance(k, str) else k for k in r.get(doc, "kept", list, "file")
+    ]
+    if not all(isinstance(k, str) and k in names for k in kept):
+        raise r.fail("'kept' lists names that are not hook points of this trace")
     store_dtype = doc.get("store_dtype")
     if store_dtype is not None and store_dtype not in STORE_DTYPES:
         raise r.fail(f"store_dtype {store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
 
-    trace = Trace(settings, keep=kept, store_dtype=None if store_dtype is None else STORE_DTYPES[store_dtype])
+    trace = Trace(
+        settings,
+        keep=kept,
+        store_dtype=None if store_dtype is None else STORE_DTYPES[store_dtype],
+        points=points,
+    )
     status = r.get(doc, "status", str, "file")
     if status not in ("complete", "interrupted", "running"):
         raise r.fail(f"unknown status {status!r}")
@@ -315,23 +339,66 @@ def _load(r: _Reader, metadata: dict[str, str]) -> Trace:
     if forked is not None and (not isinstance(forked, int) or isinstance(forked, bool)):
         raise r.fail("forked_from should be an int or null")
     trace.forked_from = forked
-    trace.run_tensors = r.names(r.get(doc, "run_tensors", dict, "file"), RUN_HOOK_NAMES, "run_tensors")
-    trace.prompt_embeds = r.names(
-        r.get(doc, "prompt_embeds", dict, "file"), ("cond", "uncond"), "prompt_embeds"
-    )
+    trace.run_tensors = r.names(renamed(r.get(doc, "run_tensors", dict, "file")), run_names, "run_tensors")
+    trace.conditioning = _conditioning(r, doc, settings, version)
     final = doc.get("final_latents")
     trace.final_latents = None if final is None else r.tensor(final, "final_latents")
     for i, step in enumerate(r.get(doc, "steps", list, "file")):
-        trace.steps.append(_load_step(r, step, f"steps[{i}]"))
+        if isinstance(step, dict) and isinstance(step.get("tensors"), dict):
+            step = {**step, "tensors": renamed(step["tensors"])}
+        trace.steps.append(_load_step(r, step, f"steps[{i}]", step_names))
     for i, rep in enumerate(r.get(doc, "replacements", list, "file")):
-        ok = isinstance(rep, list) and len(rep) == 3 and rep[0] in HOOK_NAMES and isinstance(rep[2], str)
+        if isinstance(rep, list) and rep and isinstance(rep[0], str):
+            rep = [current_name(rep[0], warn=False), *rep[1:]]
+        ok = isinstance(rep, list) and len(rep) == 3 and rep[0] in names and isinstance(rep[2], str)
         if not ok or not (rep[1] is None or (isinstance(rep[1], int) and not isinstance(rep[1], bool))):
             raise r.fail(f"replacements[{i}] is not [hook point, step or null, hook name]")
         trace.replacements.append(Replacement(rep[0], rep[1], rep[2]))
     return trace
 
 
-def _load_step(r: _Reader, doc: Any, where: str) -> StepRecord:
+def _hook_points(
+    r: _Reader, doc: dict[str, Any], settings: dict[str, Any], version: int
+) -> tuple[HookPoint, ...]:
+    """The hook points the trace was made with: its family's, checked against the names the file records."""
+    model = settings.get("model")
+    family_name = model.get("family", "sd") if isinstance(model, dict) else "sd"
+    if family_name not in FAMILIES:
+        raise r.fail(f"settings.model.family {family_name!r} is not one of {', '.join(FAMILIES)}")
+    points = FAMILIES[family_name].hook_points()
+    if version == 1:  # written before the names were recorded: Stable Diffusion's, with step.unet.*
+        return points
+    recorded = r.get(doc, "hook_points", list, "file")
+    known = [p.name for p in points]
+    if recorded != known:
+        extra = [n for n in recorded if n not in known]
+        missing = [n for n in known if n not in recorded]
+        raise r.fail(
+            f"the trace was made with hook points that differ from this diffexplain's for {family_name!r}: "
+            f"unknown {extra or 'none'}, missing {missing or 'none'}"
+            + ("" if extra or missing else " (the same names in another order)")
+        )
+    return points
+
+
+def _conditioning(r: _Reader, doc: dict[str, Any], settings: dict[str, Any], version: int) -> dict[str, Any]:
+    """Each branch's conditioning tensors; version 1 files hold the token embeddings only."""
+    if version == 1:
+        embeds = r.names(r.get(doc, "prompt_embeds", dict, "file"), ("cond", "uncond"), "prompt_embeds")
+        return {branch: {"embeds": x} for branch, x in embeds.items()}
+    family = FAMILIES[settings.get("model", {}).get("family", "sd")]
+    found = r.get(doc, "conditioning", dict, "file")
+    conditioning = {}
+    for branch, tensors in found.items():
+        if branch not in ("cond", "uncond"):
+            raise r.fail(f"conditioning holds an unknown branch {branch!r} (expected cond, uncond)")
+        conditioning[branch] = r.names(tensors, family.conditioning_keys, f"conditioning.{branch}")
+    if "cond" not in conditioning:
+        raise r.fail("conditioning has no 'cond' branch")
+    return conditioning
+
+
+def _load_step(r: _Reader, doc: Any, where: str, step_names: tuple[str, ...]) -> StepRecord:
     index = r.get(doc, "index", int, where)
     timestep = float(r.get(doc, "timestep", (int, float), where))
     stage = doc.get("stage") if isinstance(doc, dict) else None
@@ -340,7 +407,7 @@ def _load_step(r: _Reader, doc: Any, where: str) -> StepRecord:
     level = r.get(doc, "level", list, where)
     if len(level) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in level):
         raise r.fail(f"{where}.level should be 4 numbers [a, b, alpha_bar, sigma]")
-    tensors = r.names(r.get(doc, "tensors", dict, where), STEP_HOOK_NAMES, f"{where}.tensors")
+    tensors = r.names(r.get(doc, "tensors", dict, where), step_names, f"{where}.tensors")
     restart = None
     restart_doc = doc.get("restart")
     if restart_doc is not None:

@@ -87,7 +87,7 @@ def test_dtype_and_device_follow_the_parts(parts):
         PROMPT, num_inference_steps=2, seed=0, decode=False, hooks={"prompt.cond": lambda x, *, ctx: None}
     )
     assert trace.settings["dtype"] == "bfloat16"
-    assert trace["step.unet.cond", 0].dtype == torch.bfloat16
+    assert trace["step.model.cond", 0].dtype == torch.bfloat16
 
 
 def test_progress_bar_switches(explainer, capsys):
@@ -101,7 +101,7 @@ def test_timestep_cond_unet_runs_unguided(parts):
     unet = tiny_unet(time_cond_proj_dim=8)
     explainer = Explainer(**{**parts, "unet": unet}, progress=False).set_scheduler("ddim")
     trace = explainer.run(PROMPT, num_inference_steps=2, seed=0, decode=False, guidance_scale=7.5)
-    assert trace.settings["do_cfg"] is False and "step.unet.uncond" not in trace.steps[0].tensors
+    assert trace.settings["do_cfg"] is False and "step.model.uncond" not in trace.steps[0].tensors
     pipe = StableDiffusionPipeline(
         **{**parts, "unet": unet, "scheduler": explainer.scheduler},
         safety_checker=None,

@@ -93,10 +93,10 @@ def test_fork_can_switch_guidance_on_and_off(explainer):
     off = explainer.run(PROMPT, num_inference_steps=STEPS, seed=3, guidance_scale=1.0)
     on = explainer.fork(off, 1, guidance_scale=7.5)
     full_on = explainer.run(PROMPT, num_inference_steps=STEPS, seed=3)
-    assert "step.unet.uncond" in on.steps[1].tensors and "step.unet.uncond" not in on.steps[0].tensors
+    assert "step.model.uncond" in on.steps[1].tensors and "step.model.uncond" not in on.steps[0].tensors
     assert not torch.equal(on.final_latents, full_on.final_latents)  # step 0 was unguided
     back_off = explainer.fork(full_on, 2, guidance_scale=1.0)
-    assert "step.unet.uncond" not in back_off.steps[2].tensors
+    assert "step.model.uncond" not in back_off.steps[2].tensors
 
 
 def test_fork_rejects_bad_latents_and_steps(explainer):

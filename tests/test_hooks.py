@@ -71,8 +71,8 @@ def test_context_current_holds_this_steps_tensors(explainer):
         "step.latents",
         "step.prompt.cond",
         "step.prompt.uncond",
-        "step.unet.cond",
-        "step.unet.uncond",
+        "step.model.cond",
+        "step.model.uncond",
     }
 
 
@@ -93,9 +93,9 @@ def test_bad_replacements_raise_naming_the_hook(explainer, make_bad, match):
         return make_bad(x)
 
     with pytest.raises(ValueError, match=match) as info:
-        run(explainer, hooks={"step.unet.cond": bad_hook})
+        run(explainer, hooks={"step.model.cond": bad_hook})
     message = str(info.value)
-    assert "'step.unet.cond'" in message and "bad_hook" in message and "(step 0)" in message
+    assert "'step.model.cond'" in message and "bad_hook" in message and "(step 0)" in message
 
 
 def test_in_place_modification_is_refused(explainer):
@@ -116,9 +116,9 @@ def test_glob_names_and_forms_of_hooks(explainer):
     def rec(x, *, ctx):
         calls.append(ctx.name)
 
-    assert resolve_names("step.unet.*") == ("step.unet.cond", "step.unet.uncond")
-    run(explainer, hooks=[("step.unet.*", rec), Hook("prompt.*", rec)], num_inference_steps=1)
-    assert sorted(calls) == ["prompt.cond", "prompt.uncond", "step.unet.cond", "step.unet.uncond"]
+    assert resolve_names("step.model.*") == ("step.model.cond", "step.model.uncond")
+    run(explainer, hooks=[("step.model.*", rec), Hook("prompt.*", rec)], num_inference_steps=1)
+    assert sorted(calls) == ["prompt.cond", "prompt.uncond", "step.model.cond", "step.model.uncond"]
 
 
 @pytest.mark.parametrize(
@@ -187,7 +187,7 @@ def test_call_hooks_do_not_outlive_the_call(explainer):
 def test_heun_exposes_every_model_evaluation(explainer):
     explainer.set_scheduler("heun")
     seen = []
-    trace = run(explainer, hooks={"step.unet.cond": lambda x, *, ctx: seen.append((ctx.step, ctx.timestep))})
+    trace = run(explainer, hooks={"step.model.cond": lambda x, *, ctx: seen.append((ctx.step, ctx.timestep))})
     assert len(seen) == len(trace) == 2 * STEPS - 1
     assert [s.stage for s in trace.steps[:3]] == ["first_order", "second_order", "first_order"]
     assert trace.timesteps == [t for _, t in seen]
@@ -201,5 +201,5 @@ def test_guidance_off_makes_one_unet_call_per_step_with_cond_only(explainer):
     finally:
         handle.remove()
     assert batches == [1] * STEPS
-    assert "step.unet.uncond" not in trace.steps[0].tensors and "prompt.uncond" not in trace.run_tensors
-    assert trace["step.guidance", 0] is trace["step.unet.cond", 0]
+    assert "step.model.uncond" not in trace.steps[0].tensors and "prompt.uncond" not in trace.run_tensors
+    assert trace["step.guidance", 0] is trace["step.model.cond", 0]

@@ -24,7 +24,7 @@ def base(explainer):
 def test_cfg_off_and_set_guidance(explainer, base):
     off = run(explainer, hooks=[iv.cfg_off(steps=1)])
     assert torch.equal(off["step.guidance", 0], base["step.guidance", 0])
-    assert torch.equal(off["step.guidance", 1], off["step.unet.cond", 1])
+    assert torch.equal(off["step.guidance", 1], off["step.model.cond", 1])
     assert [(r.name, r.step) for r in off.replacements] == [("step.guidance", 1)]
     three = run(explainer, hooks=[iv.set_guidance(3.0)])
     direct = explainer.run(PROMPT, num_inference_steps=STEPS, seed=1, decode=False, guidance_scale=3.0)
@@ -38,7 +38,7 @@ def test_scale_delta(explainer, base):
     expected = base.reguide(0, 7.5 * 0.5).eps_guided
     assert torch.allclose(scaled["step.guidance", 0], expected, atol=1e-6)
     none = run(explainer, hooks=[iv.scale_delta(0.0, steps=0)])
-    assert torch.equal(none["step.guidance", 0], base["step.unet.uncond", 0])
+    assert torch.equal(none["step.guidance", 0], base["step.model.uncond", 0])
 
 
 def test_swap_prompt(explainer, base):

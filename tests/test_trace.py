@@ -60,8 +60,8 @@ def test_keep_and_store_dtype(explainer):
     assert set(small.steps[0].tensors) == {"step.pred_x0"}
     assert small.steps[0].restart.latents.dtype == torch.float32  # restart state stays full precision
     with pytest.raises(TraceKeyError, match="was not kept.*keep=None") as info:
-        small["step.unet.cond", 0]
-    assert "'step.unet.cond'" in str(info.value)
+        small["step.model.cond", 0]
+    assert "'step.model.cond'" in str(info.value)
     assert small.memory_bytes() < full.memory_bytes()
     assert 0 < small.memory_per_step() < full.memory_per_step()
     with pytest.raises(ValueError, match="unknown hook point"):
@@ -71,7 +71,7 @@ def test_keep_and_store_dtype(explainer):
 def test_guidance_off_explains_missing_uncond(explainer):
     trace = explainer.run(PROMPT, num_inference_steps=2, seed=0, guidance_scale=1.0, decode=False)
     with pytest.raises(TraceKeyError, match="guidance was off"):
-        trace["step.unet.uncond", 0]
+        trace["step.model.uncond", 0]
     with pytest.raises(TraceKeyError, match="guidance was off"):
         trace.reguide(0, 3.0)
     with pytest.raises(TraceKeyError, match="decode=False"):

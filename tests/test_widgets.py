@@ -141,7 +141,7 @@ def test_guidance_off_for_a_step_range_forks(lab: GuidanceLab) -> None:
     assert ranged is not None and ranged.forked_from == 1
     assert torch.equal(ranged["step.next", 0], lab.on["step.next", 0])  # step 0 copied
     assert not torch.equal(ranged["step.guidance", 1], lab.on["step.guidance", 1])
-    assert torch.equal(ranged["step.guidance", 1], ranged["step.unet.cond", 1])  # ε̂ = ε_c
+    assert torch.equal(ranged["step.guidance", 1], ranged["step.model.cond", 1])  # ε̂ = ε_c
     assert lab.images["range"].value != image
     assert lab.fig.data[2].y != delta
     assert_clean(lab)

@@ -199,7 +199,7 @@ class GuidanceLab(DxWidget):
         out: list[float | None] = []
         for i in range(len(trace)):
             try:
-                out.append(rms(trace["step.unet.cond", i] - trace["step.unet.uncond", i]))
+                out.append(rms(trace["step.model.cond", i] - trace["step.model.uncond", i]))
             except KeyError:
                 out.append(None)
         return out

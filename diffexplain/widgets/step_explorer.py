@@ -142,7 +142,7 @@ class StepExplorer(DxWidget):
         trace = self.trace
         out: dict[str, list[Any]] = {k: [] for k in ("c", "u", "d", "cos", "abar")}
         for i in range(len(trace)):
-            ec, eu = _get(trace, "step.unet.cond", i), _get(trace, "step.unet.uncond", i)
+            ec, eu = _get(trace, "step.model.cond", i), _get(trace, "step.model.uncond", i)
             out["c"].append(None if ec is None else rms(ec))
             out["u"].append(None if eu is None else rms(eu))
             out["d"].append(None if ec is None or eu is None else rms(ec - eu))
@@ -169,7 +169,7 @@ class StepExplorer(DxWidget):
             self.frames.explainer = self.explainer
         n = len(trace)
         self.frames.trace_latent_rgb = trace.settings.get("latent_rgb")
-        self.cfg = trace.settings.get("do_cfg", True) and _get(trace, "step.unet.uncond", 0) is not None
+        self.cfg = trace.settings.get("do_cfg", True) and _get(trace, "step.model.uncond", 0) is not None
         can_decode = self.frames.can_decode() and not is_pixel_space(trace, self.explainer)
         self.preview.disabled = not can_decode
         self.preview.layout.display = (
@@ -227,7 +227,9 @@ class StepExplorer(DxWidget):
         self.images["x0"].value = self._latent_picture("x̂0", k, _get(trace, "step.pred_x0", k))
         if xt is not None and not is_pixel_space(trace, self.explainer):
             self.images["channels"].value = self.frames.channels(xt * scale)
-        ec, eu, guided = (_get(trace, n, k) for n in ("step.unet.cond", "step.unet.uncond", "step.guidance"))
+        ec, eu, guided = (
+            _get(trace, n, k) for n in ("step.model.cond", "step.model.uncond", "step.guidance")
+        )
         size = self.frames.size
         self.images["eps_c"].value = blank(size, "ε_c not kept") if ec is None else self.frames.noise(ec)
         self.images["guided"].value = (

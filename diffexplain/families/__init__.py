@@ -1,0 +1,64 @@
+"""Pipeline families: one adapter each, picked from the pipeline's class (see ``families.base``).
+
+Adding a family is an addition: its adapter module, its entry in ``FAMILIES``, its tests and its
+docs page; nothing in the loop changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffexplain.families.base import Conditioning, Family, conditioning_point
+from diffexplain.families.sd import StableDiffusion
+from diffexplain.families.sd3 import StableDiffusion3
+from diffexplain.families.sdxl import StableDiffusionXL
+from diffexplain.names import HOOK_NAMES
+
+FAMILIES: dict[str, type[Family]] = {
+    f.name: f for f in (StableDiffusion, StableDiffusionXL, StableDiffusion3)
+}
+"""Every supported family by short name."""
+
+ALL_HOOK_NAMES: tuple[str, ...] = HOOK_NAMES + tuple(
+    p.name for family in FAMILIES.values() for p in family.extra_points if p.name not in HOOK_NAMES
+)
+"""The loop's hook names and every family's own (what a ``Hook`` may name before it meets a model)."""
+
+
+def supported_pipelines() -> str:
+    """ "StableDiffusionPipeline (Stable Diffusion 1.x / 2.x), ...", for error messages and docs."""
+    return ", ".join(f"{f.pipeline_class} ({f.label})" for f in FAMILIES.values())
+
+
+def family_for_pipeline(pipe: Any) -> type[Family]:
+    """The family of a diffusers pipeline, by its class (or a base class); ``ValueError`` naming the supported ones."""
+    for cls in type(pipe).__mro__:
+        for family in FAMILIES.values():
+            if cls.__name__ == family.pipeline_class:
+                return family
+    raise ValueError(
+        f"{type(pipe).__name__} is not supported by diffexplain; supported pipelines: {supported_pipelines()}"
+    )
+
+
+def family_from_pipeline(pipe: Any) -> Family:
+    """The adapter over a pipeline's own parts (shared, not copied)."""
+    family = family_for_pipeline(pipe)
+    parts = {name: getattr(pipe, name, None) for name in family.part_names}
+    extra = {} if family is StableDiffusion else {"pipeline": pipe}
+    return family(**parts, **extra)
+
+
+__all__ = [
+    "ALL_HOOK_NAMES",
+    "FAMILIES",
+    "Conditioning",
+    "Family",
+    "StableDiffusion",
+    "StableDiffusion3",
+    "StableDiffusionXL",
+    "conditioning_point",
+    "family_for_pipeline",
+    "family_from_pipeline",
+    "supported_pipelines",
+]

@@ -1,0 +1,239 @@
+"""The model seam: what a pipeline family's adapter owns, so that the loop owns none of it.
+
+The loop (``diffexplain.loop``) is the same for every family. A ``Family`` adapter owns, in the
+spirit of k-diffusion's denoiser wrappers (``external.py``: the wrapper knows what the output means)
+and of Modular Diffusers' guider inputs (conditioning as named (cond, uncond) pairs):
+
+- how a prompt becomes each branch's conditioning: a mapping of named tensors per branch
+  (``"embeds"`` always; SDXL adds ``"pooled"`` and ``"time_ids"``, SD3 ``"pooled"``);
+- the model call (U-Net or transformer) on both branches batched, uncond first, as the pipelines do;
+- what the output means (ε, v or flow velocity) and the x̂0 it implies at this step (``noise_level``);
+- the latent layout, and decoding and encoding images.
+
+Notation (``diffexplain.names``): x_t ``latents``, ε the model output, x̂0 = a·x_t + b·ε.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from diffexplain.names import HOOK_POINTS, HookPoint
+from diffexplain.noise_levels import NoiseLevel, noise_level
+from diffexplain.scheduler_state import SCHEDULER_NAMES
+
+Conditioning = dict[str, torch.Tensor]
+"""One branch's conditioning: named tensors, ``"embeds"`` [B, T, D] always first."""
+
+
+def conditioning_point(key: str, branch: str) -> str:
+    """The run-level hook point of one conditioning tensor: ``prompt.cond``, ``prompt.pooled.uncond``..."""
+    return f"prompt.{branch}" if key == "embeds" else f"prompt.{key}.{branch}"
+
+
+def conditioning_points(key: str, tensor: str, shape: str) -> tuple[HookPoint, HookPoint]:
+    """The cond and uncond hook points of an extra conditioning tensor (e.g. SDXL's pooled embeddings)."""
+    return (
+        HookPoint(conditioning_point(key, "cond"), f"{tensor} of the prompt", shape, False),
+        HookPoint(
+            conditioning_point(key, "uncond"),
+            f"{tensor} of the negative (or empty) prompt",
+            shape,
+            False,
+            True,
+        ),
+    )
+
+
+class Family:
+    """A pipeline family's adapter: its parts and what only it knows (see the module docstring).
+
+    Subclasses set the class attributes and override the methods that differ from Stable Diffusion's.
+    """
+
+    name: ClassVar[str]  # short name, e.g. "sd"
+    label: ClassVar[str]  # for people, e.g. "Stable Diffusion 1.x / 2.x"
+    pipeline_class: ClassVar[str]  # the diffusers pipeline it mirrors
+    model_attr: ClassVar[str] = "unet"  # the pipeline's attribute holding the denoiser
+    output_kind: ClassVar[str] = "noise"  # what the model predicts, in words: "noise" or "velocity"
+    conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds",)
+    extra_points: ClassVar[tuple[HookPoint, ...]] = ()  # hook points this family adds to the loop's
+    scheduler_names: ClassVar[dict[str, tuple[type, dict[str, Any]]]] = SCHEDULER_NAMES
+    part_names: ClassVar[tuple[str, ...]]  # the constructor arguments it takes (the pipeline's parts)
+
+    def __init__(self, **parts: Any) -> None:
+        missing = [n for n in self.part_names if n not in parts and n != "vae"]
+        unknown = sorted(set(parts) - set(self.part_names) - {"scheduler"})
+        if missing or unknown:
+            raise TypeError(
+                f"{self.label} ({self.pipeline_class}) takes the parts {', '.join(self.part_names)}; "
+                f"missing: {missing or 'none'}, unknown: {unknown or 'none'}"
+            )
+        self.parts: dict[str, Any] = {n: parts.get(n) for n in self.part_names}
+
+    # ---- parts -------------------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The denoiser: a U-Net or a transformer."""
+        return self.parts[self.model_attr]
+
+    @property
+    def vae(self) -> Any | None:
+        """The VAE, or None in pixel space."""
+        return self.parts.get("vae")
+
+    def modules(self) -> Iterator[torch.nn.Module]:
+        """Every torch module among the parts (for ``Explainer.to``)."""
+        for part in self.parts.values():
+            if isinstance(part, torch.nn.Module):
+                yield part
+
+    @classmethod
+    def hook_points(cls) -> tuple[HookPoint, ...]:
+        """The loop's hook points plus this family's, in the order a run reaches them."""
+        extra_run = tuple(p for p in cls.extra_points if not p.per_step)
+        extra_step = tuple(p for p in cls.extra_points if p.per_step)
+        head = tuple(p for p in HOOK_POINTS if p.name.startswith("prompt."))
+        rest = tuple(p for p in HOOK_POINTS if not p.name.startswith("prompt.") and p.name != "decode.image")
+        tail = tuple(p for p in HOOK_POINTS if p.name == "decode.image")
+        return head + extra_run + rest + extra_step + tail
+
+    def describe(self) -> dict[str, Any]:
+        """What a trace records about the model (JSON-ready): family, classes and the denoiser's shape."""
+        model = self.model
+        config = model.config
+        return {
+            "family": self.name,
+            "pipeline": self.pipeline_class,
+            "model_class": type(model).__name__,
+            "name_or_path": getattr(config, "_name_or_path", "") or "",
+            "in_channels": int(config.in_channels),
+            "vae": None if self.vae is None else type(self.vae).__name__,
+            "text_encoders": [
+                type(p).__name__
+                for n, p in self.parts.items()
+                if n.startswith("text_encoder") and p is not None
+            ],
+        }
+
+    # ---- sizes and latents -------------------------------------------------------------------------
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image size / latent size: 2^(VAE levels − 1), or 1 in pixel space."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def default_size(self) -> tuple[int, int]:
+        """(H, W) of the images the model makes by default: its sample size × the VAE scale factor."""
+        sample = self.model.config.sample_size
+        h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+        return int(h) * self.vae_scale_factor, int(w) * self.vae_scale_factor
+
+    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, ...]:
+        """The shape of x_t for images of ``height`` × ``width``: [B, C, h, w]."""
+        scale = self.vae_scale_factor
+        return (batch_size, int(self.model.config.in_channels), int(height) // scale, int(width) // scale)
+
+    def init_noise_sigma(self, scheduler: Any) -> float:
+        """The scale of x_T: σ_max for σ-space schedulers, 1 for the others (and for flow matching)."""
+        return float(getattr(scheduler, "init_noise_sigma", 1.0))
+
+    def prepare_latents(
+        self,
+        scheduler: Any,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None,
+        latents: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """x_T: Gaussian noise (or the given latents) times ``init_noise_sigma``, as diffusers."""
+        model = self.model
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=model.device, dtype=model.dtype)
+        else:
+            latents = latents.to(model.device)
+        return latents * scheduler.init_noise_sigma
+
+    # ---- timesteps and the scheduler ---------------------------------------------------------------
+    def set_timesteps(self, scheduler: Any, num_inference_steps: int, height: int, width: int) -> None:
+        """``scheduler.set_timesteps`` as the family's pipeline calls it (``retrieve_timesteps``)."""
+        scheduler.set_timesteps(num_inference_steps, device=self.model.device)
+
+    def step_kwargs(self, scheduler: Any, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
+        """``eta`` and ``generator`` for ``scheduler.step``, where its signature accepts them."""
+        params = set(inspect.signature(scheduler.step).parameters)
+        kwargs: dict[str, Any] = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    def noise_level(self, scheduler: Any, timestep: torch.Tensor) -> NoiseLevel:
+        """ᾱ_t, σ_t and the x̂0 map (a, b) of this step, for ε or v prediction (``prediction_type``)."""
+        return noise_level(scheduler, timestep)
+
+    # ---- guidance and conditioning -----------------------------------------------------------------
+    def guidance_distilled(self) -> bool:
+        """Whether the model takes w as an input instead of running two branches (no CFG then)."""
+        return False
+
+    def encode(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None,
+        do_cfg: bool,
+        options: dict[str, Any],
+    ) -> tuple[Conditioning, Conditioning | None]:
+        """The conditioning of each branch (cond, uncond or None with guidance off), in the model's dtype."""
+        raise NotImplementedError
+
+    def run_options(self, height: int, width: int, **options: Any) -> dict[str, Any]:
+        """The family's own run settings (JSON-ready), with defaults filled in; unknown ones are an error."""
+        if options:
+            raise TypeError(f"{self.label} takes no extra run settings; got {', '.join(sorted(options))}")
+        return {}
+
+    def model_kwargs(self, guidance_scale: float, latents: torch.Tensor) -> dict[str, Any]:
+        """Extra keyword arguments of every model call of a run (e.g. a distilled model's w embedding)."""
+        return {}
+
+    # ---- the model call ----------------------------------------------------------------------------
+    def predict(
+        self,
+        scheduler: Any,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: Conditioning,
+        model_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """One model call on both branches batched ([2B or B, C, h, w] in and out)."""
+        raise NotImplementedError
+
+    # ---- images ------------------------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents → image [B, 3, H, W] in [-1, 1]; in pixel space (no VAE) the image is the latents."""
+        vae = self.vae
+        if vae is None:
+            return latents
+        z = latents / vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            z = z + shift
+        return vae.decode(z.to(vae.dtype), return_dict=False)[0]
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Image [B, 3, H, W] in [-1, 1] → clean latents x0 (the VAE's posterior mean, shifted and scaled)."""
+        model, vae = self.model, self.vae
+        pixels = pixels.to(model.device)
+        if vae is None:
+            return pixels.to(model.dtype)
+        latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mean
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            latents = latents - shift
+        return (latents * vae.config.scaling_factor).to(model.dtype)

@@ -1,0 +1,126 @@
+"""Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``), and the embedded default model.
+
+One CLIP-style text encoder, a ``UNet2DConditionModel`` predicting ε or v, a VAE (or none: pixel
+space). Guidance-distilled U-Nets (``time_cond_proj_dim``, e.g. LCM) take w as ``timestep_cond``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from diffexplain.families.base import Conditioning, Family
+
+
+def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Fourier embedding of w − 1 for guidance-distilled U-Nets (``time_cond_proj_dim``), as diffusers."""
+    w = w * 1000.0
+    half_dim = embedding_dim // 2
+    emb = torch.log(torch.tensor(10000.0)) / (half_dim - 1)
+    emb = torch.exp(torch.arange(half_dim, dtype=dtype) * -emb)
+    emb = w.to(dtype)[:, None] * emb[None, :]
+    emb = torch.cat([torch.sin(emb), torch.cos(emb)], dim=1)
+    if embedding_dim % 2 == 1:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+def uncond_prompts(negative_prompt: str | list[str] | None, batch_size: int) -> list[str]:
+    """The unconditional branch's prompts: "" or the negative prompt, one per image (a list must match)."""
+    if negative_prompt is None or negative_prompt == "":
+        return [""] * batch_size
+    if isinstance(negative_prompt, str):
+        return [negative_prompt] * batch_size
+    if len(negative_prompt) != batch_size:
+        raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch_size}")
+    return list(negative_prompt)
+
+
+def encode_prompt(
+    tokenizer: Any,
+    text_encoder: Any,
+    prompt: str | list[str],
+    device: torch.device,
+    do_cfg: bool,
+    negative_prompt: str | list[str] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text embeddings (cond [B, T, D], uncond [B, T, D] or None), as ``StableDiffusionPipeline.encode_prompt``."""
+    batch_size = 1 if isinstance(prompt, str) else len(prompt)
+    use_mask = bool(getattr(text_encoder.config, "use_attention_mask", False))
+
+    def embed(text: str | list[str], max_length: int) -> torch.Tensor:
+        tokens = tokenizer(
+            text, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
+        mask = tokens.attention_mask.to(device) if use_mask else None
+        return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+
+    prompt_embeds = embed(prompt, tokenizer.model_max_length)
+    dtype = text_encoder.dtype
+    prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)  # [B, T, D]
+    if not do_cfg:
+        return prompt_embeds, None
+    uncond_tokens = uncond_prompts(negative_prompt, batch_size)
+    negative_prompt_embeds = embed(uncond_tokens, prompt_embeds.shape[1]).to(dtype=dtype, device=device)
+    return prompt_embeds, negative_prompt_embeds  # [B, T, D] each
+
+
+class StableDiffusion(Family):
+    """SD 1.x / 2.x: ``StableDiffusionPipeline``'s parts (the default model is one of these)."""
+
+    name: ClassVar[str] = "sd"
+    label: ClassVar[str] = "Stable Diffusion 1.x / 2.x"
+    pipeline_class: ClassVar[str] = "StableDiffusionPipeline"
+    part_names: ClassVar[tuple[str, ...]] = ("unet", "tokenizer", "text_encoder", "vae")
+
+    def describe(self) -> dict[str, Any]:
+        """The base description plus the U-Net's block widths (kept for older readers of trace files)."""
+        return {**super().describe(), "block_out_channels": list(self.model.config.block_out_channels)}
+
+    def guidance_distilled(self) -> bool:
+        """A U-Net with ``time_cond_proj_dim`` (LCM-style) takes w as an input."""
+        return getattr(self.model.config, "time_cond_proj_dim", None) is not None
+
+    def encode(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None,
+        do_cfg: bool,
+        options: dict[str, Any],
+    ) -> tuple[Conditioning, Conditioning | None]:
+        """``{"embeds": [B, T, D]}`` per branch, in the U-Net's dtype (a no-op when equal)."""
+        model = self.model
+        cond, uncond = encode_prompt(
+            self.parts["tokenizer"], self.parts["text_encoder"], prompt, model.device, do_cfg, negative_prompt
+        )
+        return {"embeds": cond.to(model.dtype)}, None if uncond is None else {
+            "embeds": uncond.to(model.dtype)
+        }
+
+    def model_kwargs(self, guidance_scale: float, latents: torch.Tensor) -> dict[str, Any]:
+        """``timestep_cond``: the w embedding of a guidance-distilled U-Net, else None."""
+        dim = getattr(self.model.config, "time_cond_proj_dim", None)
+        if dim is None:
+            return {"timestep_cond": None}
+        w = torch.tensor(guidance_scale - 1).repeat(latents.shape[0])
+        cond = guidance_scale_embedding(w, dim, torch.float32).to(device=latents.device, dtype=latents.dtype)
+        return {"timestep_cond": cond}
+
+    def predict(
+        self,
+        scheduler: Any,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: Conditioning,
+        model_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """``scale_model_input``, then the U-Net on both branches: [2B or B, C, h, w] → ε or v."""
+        model_input = scheduler.scale_model_input(model_input, t)
+        return self.model(
+            model_input,
+            t,
+            encoder_hidden_states=conditioning["embeds"],
+            return_dict=False,
+            **model_kwargs,
+        )[0]

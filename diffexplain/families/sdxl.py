@@ -1,0 +1,153 @@
+"""Stable Diffusion XL (``StableDiffusionXLPipeline``): two text encoders, pooled embeddings, time ids.
+
+Per branch the U-Net reads three tensors: the two encoders' penultimate token states side by side
+(``embeds`` [B, T, D₁ + D₂]), the second encoder's pooled projection (``pooled`` [B, P]) and the
+micro-conditioning time ids (``time_ids`` [B, 6]: original size, crop corner, target size). The text
+is encoded by the pipeline's own ``encode_prompt``, so every detail (clip skip, zeroed negative
+embeddings for an empty negative prompt) is diffusers'. The refiner is not covered.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from diffexplain.families.base import Conditioning, conditioning_points
+from diffexplain.families.sd import StableDiffusion
+from diffexplain.names import HookPoint
+
+
+def _size(value: Any, what: str) -> list[int]:
+    if not (isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise ValueError(f"{what} must be two whole numbers (height, width), got {value!r}")
+    return [int(v) for v in value]
+
+
+class StableDiffusionXL(StableDiffusion):
+    """SDXL base: ``StableDiffusionXLPipeline``'s parts."""
+
+    name: ClassVar[str] = "sdxl"
+    label: ClassVar[str] = "Stable Diffusion XL"
+    pipeline_class: ClassVar[str] = "StableDiffusionXLPipeline"
+    part_names: ClassVar[tuple[str, ...]] = (
+        "unet",
+        "tokenizer",
+        "tokenizer_2",
+        "text_encoder",
+        "text_encoder_2",
+        "vae",
+    )
+    conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds", "pooled", "time_ids")
+    extra_points: ClassVar[tuple[HookPoint, ...]] = (
+        *conditioning_points("pooled", "pooled text embedding (text_encoder_2's projection)", "[B, P]"),
+        *conditioning_points(
+            "time_ids", "micro-conditioning: original size, crop corner, target size", "[B, 6]"
+        ),
+    )
+
+    def __init__(self, *, pipeline: Any = None, **parts: Any) -> None:
+        super().__init__(**parts)
+        if pipeline is None:  # the pipeline's encode_prompt and time ids are the reference: keep one
+            from diffusers import StableDiffusionXLPipeline
+
+            pipeline = StableDiffusionXLPipeline(**self.parts, scheduler=parts.get("scheduler"))
+        self.pipeline = pipeline
+
+    def run_options(
+        self,
+        height: int,
+        width: int,
+        *,
+        original_size: tuple[int, int] | None = None,
+        target_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+    ) -> dict[str, Any]:
+        """SDXL's micro-conditioning (diffusers' argument names); sizes default to (height, width)."""
+        return {
+            "original_size": _size(original_size or (height, width), "original_size"),
+            "target_size": _size(target_size or (height, width), "target_size"),
+            "crops_coords_top_left": _size(crops_coords_top_left, "crops_coords_top_left"),
+        }
+
+    def encode(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None,
+        do_cfg: bool,
+        options: dict[str, Any],
+    ) -> tuple[Conditioning, Conditioning | None]:
+        """``embeds`` [B, T, D], ``pooled`` [B, P] and ``time_ids`` [B, 6] per branch, as the pipeline makes them."""
+        pipe, model = self.pipeline, self.model
+        batch_size = 1 if isinstance(prompt, str) else len(prompt)
+        embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
+            prompt=prompt,
+            device=model.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=do_cfg,
+            negative_prompt=negative_prompt or None,  # "" means the pipeline's default: None
+        )
+        encoder_2 = self.parts["text_encoder_2"]
+        projection_dim = int(pooled.shape[-1]) if encoder_2 is None else encoder_2.config.projection_dim
+        time_ids = pipe._get_add_time_ids(
+            tuple(options["original_size"]),
+            tuple(options["crops_coords_top_left"]),
+            tuple(options["target_size"]),
+            dtype=embeds.dtype,
+            text_encoder_projection_dim=projection_dim,
+        ).to(model.device)
+        time_ids = time_ids.repeat(batch_size, 1)  # [B, 6]
+        cond = {"embeds": embeds.to(model.device), "pooled": pooled.to(model.device), "time_ids": time_ids}
+        if not do_cfg:
+            return cond, None
+        uncond = {"embeds": neg_embeds.to(model.device), "pooled": neg_pooled.to(model.device)}
+        return cond, {**uncond, "time_ids": time_ids}
+
+    def set_timesteps(self, scheduler: Any, num_inference_steps: int, height: int, width: int) -> None:
+        """As the pipeline: ``set_timesteps``, then ``set_begin_index(0)`` where the scheduler has it."""
+        scheduler.set_timesteps(num_inference_steps, device=self.model.device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+
+    def predict(
+        self,
+        scheduler: Any,
+        model_input: torch.Tensor,
+        t: torch.Tensor,
+        conditioning: Conditioning,
+        model_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """``scale_model_input``, then the U-Net with ``added_cond_kwargs`` (pooled text and time ids)."""
+        model_input = scheduler.scale_model_input(model_input, t)
+        added = {"text_embeds": conditioning["pooled"], "time_ids": conditioning["time_ids"]}
+        return self.model(
+            model_input,
+            t,
+            encoder_hidden_states=conditioning["embeds"],
+            added_cond_kwargs=added,
+            return_dict=False,
+            **model_kwargs,
+        )[0]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """As the pipeline: in float32 when an fp16 VAE asks for it (``force_upcast``); latents_mean/std if set."""
+        vae = self.vae
+        if vae is None:
+            return latents
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            vae.to(dtype=torch.float32)
+        try:
+            mean = getattr(vae.config, "latents_mean", None)
+            std = getattr(vae.config, "latents_std", None)
+            z = latents.to(vae.dtype)
+            if mean is not None and std is not None:
+                mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+                std_t = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
+                z = z * std_t / vae.config.scaling_factor + mean_t
+            else:
+                z = z / vae.config.scaling_factor
+            return vae.decode(z, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(dtype=torch.float16)
