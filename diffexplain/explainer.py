@@ -274,7 +274,8 @@ class Explainer:
         """Generate from ``prompt`` and return the trace of every step (diffusers' argument names).
 
         ``num_inference_steps`` and ``guidance_scale`` default to the model's recommended settings
-        (``explainer.defaults``, from the model folder), else 25 steps and scale 7.5.
+        (``explainer.defaults``, from the model folder), else the family's: 25 steps and the scale of
+        its pipeline (7.5 for SD, 5 for SDXL; SD3: 28 steps, scale 7).
         ``seed`` and ``generator`` are exclusive; with neither, a random seed is drawn and recorded in
         ``trace.settings["seed"]`` so the run can be repeated. Guidance is on iff ``guidance_scale > 1``
         (and the model is not guidance-distilled). ``keep`` selects hook points to store (names or
@@ -286,9 +287,9 @@ class Explainer:
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
         if num_inference_steps is None:
-            num_inference_steps = int(self.defaults.get("num_inference_steps", 25))
+            num_inference_steps = int(self.defaults.get("num_inference_steps", self.family.default_steps))
         if guidance_scale is None:
-            guidance_scale = float(self.defaults.get("guidance_scale", 7.5))
+            guidance_scale = float(self.defaults.get("guidance_scale", self.family.default_guidance_scale))
         if (
             isinstance(num_inference_steps, bool)
             or not isinstance(num_inference_steps, int)

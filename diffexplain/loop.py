@@ -208,9 +208,10 @@ def run_loop(
 
         # 2. conditioning: named tensors per branch (cond, and uncond with guidance on)   e.g. embeds [B, T, D]
         cond, uncond = prepare_conditioning(family, plan, resume)
-        cond = {key: sites(conditioning_point(key, "cond"), x) for key, x in cond.items()}
-        if uncond is not None:
-            uncond = {key: sites(conditioning_point(key, "uncond"), x) for key, x in uncond.items()}
+        for key in cond:  # in hook-point order: prompt.cond, prompt.uncond, prompt.pooled.cond, ...
+            cond[key] = sites(conditioning_point(key, "cond"), cond[key])
+            if uncond is not None:
+                uncond[key] = sites(conditioning_point(key, "uncond"), uncond[key])
         trace.conditioning = {"cond": cond, **({"uncond": uncond} if uncond is not None else {})}
 
         # 3. latents: x_T = noise · init_noise_sigma, or x_t entering step k (or its replacement)  [B, C, h, w]

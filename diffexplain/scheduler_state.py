@@ -9,72 +9,94 @@ since schedulers do mutate those in place.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import diffusers
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DEISMultistepScheduler,
-    DPMSolverMultistepScheduler,
-    DPMSolverSinglestepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    FlowMatchHeunDiscreteScheduler,
-    HeunDiscreteScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
-    LCMScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-# The only scheduler classes a trace file may name, looked up by exact class name.
-SCHEDULER_CLASSES: dict[str, type[SchedulerMixin]] = {
-    cls.__name__: cls
-    for cls in (
-        DDIMScheduler,
-        DDPMScheduler,
-        DEISMultistepScheduler,
-        DPMSolverMultistepScheduler,
-        DPMSolverSinglestepScheduler,
-        EulerAncestralDiscreteScheduler,
-        EulerDiscreteScheduler,
-        FlowMatchEulerDiscreteScheduler,
-        FlowMatchHeunDiscreteScheduler,
-        HeunDiscreteScheduler,
-        KDPM2AncestralDiscreteScheduler,
-        KDPM2DiscreteScheduler,
-        LCMScheduler,
-        LMSDiscreteScheduler,
-        PNDMScheduler,
-        UniPCMultistepScheduler,
-    )
-}
 
-# Short names for Explainer.set_scheduler: class and config overrides.
-SCHEDULER_NAMES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
-    "ddim": (DDIMScheduler, {}),
-    "ddpm": (DDPMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
-    "lms": (LMSDiscreteScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "heun": (HeunDiscreteScheduler, {}),
-    "dpm++2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-    "dpm++2m_sde": (DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
-    "unipc": (UniPCMultistepScheduler, {}),
-}
+class _Classes(Mapping[str, type[SchedulerMixin]]):
+    """Scheduler classes by exact name, imported from diffusers on first use (some pull in scipy)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._names = names
+
+    def __getitem__(self, name: str) -> type[SchedulerMixin]:
+        if name not in self._names:
+            raise KeyError(name)
+        return getattr(diffusers, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class _Names(Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]]):
+    """Short scheduler names → (class, config overrides), the class imported on first use."""
+
+    def __init__(self, table: dict[str, tuple[str, dict[str, Any]]]) -> None:
+        self._table = table
+
+    def __getitem__(self, name: str) -> tuple[type[SchedulerMixin], dict[str, Any]]:
+        class_name, overrides = self._table[name]
+        return SCHEDULER_CLASSES[class_name], dict(overrides)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+# The only scheduler classes a trace file may name, looked up by exact class name.
+SCHEDULER_CLASSES: Mapping[str, type[SchedulerMixin]] = _Classes(
+    (
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "DEISMultistepScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "EulerDiscreteScheduler",
+        "FlowMatchEulerDiscreteScheduler",
+        "FlowMatchHeunDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "LCMScheduler",
+        "LMSDiscreteScheduler",
+        "PNDMScheduler",
+        "UniPCMultistepScheduler",
+    )
+)
+
+SCHEDULER_NAMES: Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]] = _Names(
+    {
+        "ddim": ("DDIMScheduler", {}),
+        "ddpm": ("DDPMScheduler", {}),
+        "pndm": ("PNDMScheduler", {}),
+        "lms": ("LMSDiscreteScheduler", {}),
+        "euler": ("EulerDiscreteScheduler", {}),
+        "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+        "heun": ("HeunDiscreteScheduler", {}),
+        "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+        "dpm++2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+        "unipc": ("UniPCMultistepScheduler", {}),
+    }
+)
 """Short scheduler names of the ε/v families (SD, SDXL): name → (diffusers class, config overrides)."""
 
-FLOW_SCHEDULER_NAMES: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
-    "flow_euler": (FlowMatchEulerDiscreteScheduler, {}),
-    "flow_heun": (FlowMatchHeunDiscreteScheduler, {}),
-}
+FLOW_SCHEDULER_NAMES: Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]] = _Names(
+    {
+        "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}),
+        "flow_heun": ("FlowMatchHeunDiscreteScheduler", {}),
+    }
+)
 """Short scheduler names of the flow-matching families (SD3): name → (diffusers class, config overrides)."""
 
 _CONFIG_ATTR = "_internal_dict"
@@ -94,7 +116,7 @@ def effective_config(config: Any) -> dict[str, Any]:
 def scheduler_by_name(
     name: str,
     base_config: Any,
-    names: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = SCHEDULER_NAMES,
+    names: Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]] = SCHEDULER_NAMES,
     **config_overrides: Any,
 ) -> SchedulerMixin:
     """A scheduler from a short name in ``names`` (``"euler_a"``, ``"dpm++2m"``, ...) built on ``base_config``."""
@@ -106,10 +128,7 @@ def scheduler_by_name(
 
 def scheduler_class(name: str) -> type[SchedulerMixin]:
     """The allowed scheduler class called ``name``; ``KeyError`` if it is not on the allow-list."""
-    cls = SCHEDULER_CLASSES[name]
-    if not issubclass(cls, SchedulerMixin):  # pragma: no cover - the table holds only schedulers
-        raise KeyError(name)
-    return cls
+    return SCHEDULER_CLASSES[name]
 
 
 def fresh_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
@@ -118,6 +137,8 @@ def fresh_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
 
 
 def _copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() > 1:
+        return value.clone()  # sample-shaped state, which some schedulers update in place (PNDM's PRK +=)
     if isinstance(value, list):
         return list(value)
     if isinstance(value, dict):

@@ -16,7 +16,7 @@ Notation (``diffexplain.names``): x_t ``latents``, ε the model output, x̂0 = a
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -62,8 +62,10 @@ class Family:
     output_kind: ClassVar[str] = "noise"  # what the model predicts, in words: "noise" or "velocity"
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds",)
     extra_points: ClassVar[tuple[HookPoint, ...]] = ()  # hook points this family adds to the loop's
-    scheduler_names: ClassVar[dict[str, tuple[type, dict[str, Any]]]] = SCHEDULER_NAMES
+    scheduler_names: ClassVar[Mapping[str, tuple[type, dict[str, Any]]]] = SCHEDULER_NAMES
     part_names: ClassVar[tuple[str, ...]]  # the constructor arguments it takes (the pipeline's parts)
+    default_steps: ClassVar[int] = 25  # run() defaults where the model folder recommends none
+    default_guidance_scale: ClassVar[float] = 7.5  # the family's pipeline default
 
     def __init__(self, **parts: Any) -> None:
         missing = [n for n in self.part_names if n not in parts and n != "vae"]

@@ -15,6 +15,7 @@ encoders' states side by side, padded to T5's width, then T5's) and the pooled p
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -52,11 +53,13 @@ class StableDiffusion3(Family):
         "text_encoder_3",
         "vae",
     )
+    default_steps: ClassVar[int] = 28  # StableDiffusion3Pipeline's defaults
+    default_guidance_scale: ClassVar[float] = 7.0
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds", "pooled")
     extra_points: ClassVar[tuple[HookPoint, ...]] = conditioning_points(
         "pooled", "pooled text embedding (both CLIP encoders' projections)", "[B, P]"
     )
-    scheduler_names: ClassVar[dict[str, tuple[type, dict[str, Any]]]] = FLOW_SCHEDULER_NAMES
+    scheduler_names: ClassVar[Mapping[str, tuple[type, dict[str, Any]]]] = FLOW_SCHEDULER_NAMES
 
     def __init__(self, *, pipeline: Any = None, **parts: Any) -> None:
         super().__init__(**parts)

@@ -38,6 +38,7 @@ class StableDiffusionXL(StableDiffusion):
         "text_encoder_2",
         "vae",
     )
+    default_guidance_scale: ClassVar[float] = 5.0  # StableDiffusionXLPipeline's default
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds", "pooled", "time_ids")
     extra_points: ClassVar[tuple[HookPoint, ...]] = (
         *conditioning_points("pooled", "pooled text embedding (text_encoder_2's projection)", "[B, P]"),
@@ -51,7 +52,9 @@ class StableDiffusionXL(StableDiffusion):
         if pipeline is None:  # the pipeline's encode_prompt and time ids are the reference: keep one
             from diffusers import StableDiffusionXLPipeline
 
-            pipeline = StableDiffusionXLPipeline(**self.parts, scheduler=parts.get("scheduler"))
+            pipeline = StableDiffusionXLPipeline(
+                **self.parts, scheduler=parts.get("scheduler"), add_watermarker=False
+            )
         self.pipeline = pipeline
 
     def run_options(

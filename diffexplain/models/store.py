@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from diffexplain.safetensors_file import save_readable
+
+if TYPE_CHECKING:  # diffusers' model classes load the model stack: imported when a model is loaded
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
 FORMAT_VERSION = 1
 SCHEDULERS = (
@@ -136,8 +138,8 @@ def load_model_parts(
     meta = read_model_json(folder)
     parts: dict[str, Any] = {"meta": meta}
     for name, cls, cfg in (
-        ("unet", UNet2DConditionModel, meta["unet_config"]),
-        ("vae", AutoencoderKL, meta["vae_config"]),
+        ("unet", diffusers.UNet2DConditionModel, meta["unet_config"]),
+        ("vae", diffusers.AutoencoderKL, meta["vae_config"]),
     ):
         weights = folder / f"{name}.safetensors"
         if not weights.is_file():

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
-import transformers.utils.logging as hf_logging
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from diffexplain.models.config import TEXT_MAX_LENGTH
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def minilm_path() -> str:
@@ -30,6 +32,8 @@ def minilm_path() -> str:
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """No "Loading weights" bar or info lines while MiniLM loads; the user's settings come back after."""
+    import transformers.utils.logging as hf_logging  # the model stack loads with the model, not on import
+
     bar, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -43,6 +47,8 @@ def _quiet_transformers() -> Iterator[None]:
 
 def load_text_encoder(device: str | torch.device = "cpu") -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """MiniLM's tokenizer and frozen encoder, offline. Captions are padded to ``TEXT_MAX_LENGTH`` tokens."""
+    from transformers import AutoModel, AutoTokenizer
+
     path = minilm_path()
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(
