@@ -138,10 +138,10 @@ def scheduler_at(explainer: Explainer, timestep: float) -> tuple[Any, torch.Tens
 def noise_latents_at(
     explainer: Explainer, clean_latents: torch.Tensor, timestep: float, noise: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t from x0 and ε with the model's own scheduler (``scheduler.add_noise``); returns (x_t, t)."""
+    """x_t from x0 and ε with the model's own scheduler (its family's forward process); returns (x_t, t)."""
     scheduler, t = scheduler_at(explainer, timestep)
     x0 = clean_latents.to(explainer.device)
-    noisy = scheduler.add_noise(x0, noise.to(x0.device, x0.dtype), t.reshape(1))
+    noisy = explainer.family.add_noise(scheduler, x0, noise.to(x0.device, x0.dtype), t)
     return noisy, t
 
 

@@ -175,6 +175,12 @@ class Family:
             kwargs["generator"] = generator
         return kwargs
 
+    def add_noise(
+        self, scheduler: Any, clean_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
+    ) -> torch.Tensor:
+        """The forward process with the model's own scheduler: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (``add_noise``)."""
+        return scheduler.add_noise(clean_latents, noise, timestep.reshape(1))
+
     def noise_level(self, scheduler: Any, timestep: torch.Tensor) -> NoiseLevel:
         """ᾱ_t, σ_t and the x̂0 map (a, b) of this step, for ε or v prediction (``prediction_type``)."""
         return noise_level(scheduler, timestep)

@@ -136,6 +136,12 @@ class StableDiffusion3(Family):
             )
         scheduler.set_timesteps(num_inference_steps, device=self.model.device, **kwargs)
 
+    def add_noise(
+        self, scheduler: Any, clean_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
+    ) -> torch.Tensor:
+        """The forward process of flow matching: x_t = (1 − σ)·x0 + σ·ε (the scheduler's ``scale_noise``)."""
+        return scheduler.scale_noise(clean_latents, timestep.reshape(1), noise)
+
     def noise_level(self, scheduler: Any, timestep: torch.Tensor) -> NoiseLevel:
         """σ of this step from the scheduler's own table; x̂0 = x_t − σ·v."""
         sigma = scheduler.sigmas[step_index(scheduler, timestep)]

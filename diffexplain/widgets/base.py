@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from diffexplain import render
+from diffexplain.families import FAMILIES
 from diffexplain.hooks import Hook, HookContext, HookSpec, as_hooks
 
 if TYPE_CHECKING:
@@ -127,14 +128,30 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
 
 
-def default_steps(explainer: Explainer, fallback: int = 25) -> int:
-    """The model's default number of steps (``explainer.defaults``, set by ``load_model``), else ``fallback``."""
+def default_steps(explainer: Explainer, fallback: int | None = None) -> int:
+    """The model's default number of steps (``explainer.defaults``), else ``fallback``, else its family's."""
+    fallback = explainer.family.default_steps if fallback is None else fallback
     return int(getattr(explainer, "defaults", {}).get("num_inference_steps", fallback))
 
 
-def default_guidance(explainer: Explainer, fallback: float = 7.5) -> float:
-    """The model's default guidance scale (``explainer.defaults``), else ``fallback``."""
+def default_guidance(explainer: Explainer, fallback: float | None = None) -> float:
+    """The model's default guidance scale (``explainer.defaults``), else ``fallback``, else its family's."""
+    fallback = explainer.family.default_guidance_scale if fallback is None else fallback
     return float(getattr(explainer, "defaults", {}).get("guidance_scale", fallback))
+
+
+def words(trace: Trace | None, explainer: Explainer | None = None) -> dict[str, str]:
+    """How to name the model and its output in labels: ``{"model": "U-Net", "output": "noise"}`` for
+    Stable Diffusion, ``{"model": "transformer", "output": "velocity"}`` for a flow model (SD3)."""
+    family = explainer.family if explainer is not None else None
+    if family is None and trace is not None:
+        family = FAMILIES.get((trace.settings.get("model") or {}).get("family", "sd"))
+    if family is None:
+        return {"model": "U-Net", "output": "noise"}
+    return {
+        "model": "U-Net" if family.model_attr == "unet" else family.model_attr,
+        "output": family.output_kind,
+    }
 
 
 def is_pixel_space(trace: Trace, explainer: Explainer | None = None) -> bool:
@@ -146,6 +163,8 @@ def is_pixel_space(trace: Trace, explainer: Explainer | None = None) -> bool:
 
 def is_sigma_space(scheduler_class: str) -> bool:
     """Whether a scheduler holds x_t = x0 + σ·ε (Euler, Heun, LMS, KDPM2) rather than √ᾱ·x0 + √(1−ᾱ)·ε."""
+    if "FlowMatch" in scheduler_class:  # x_t = (1 − σ)·x0 + σ·ε: already about unit variance
+        return False
     return any(key in scheduler_class for key in ("Euler", "Heun", "LMS", "KDPM2"))
 
 

@@ -21,6 +21,7 @@ from diffexplain.widgets.base import (
     is_pixel_space,
     png,
     rms,
+    words,
 )
 
 if TYPE_CHECKING:
@@ -30,9 +31,9 @@ if TYPE_CHECKING:
     from diffexplain.trace import Trace
 
 HELP = (
-    "Classifier-free guidance: at every step the U-Net predicts the noise with the prompt (<b>ε_c</b>) and "
+    "Classifier-free guidance: at every step the {model} predicts the {output} with the prompt (<b>ε_c</b>) and "
     "without it (<b>ε_u</b>); the loop uses <b>ε̂ = ε_u + w·(ε_c − ε_u)</b>. With <b>w = 1</b> guidance is off. "
-    "Moving the <b>w</b> slider re-guides the steps already computed (no new U-Net call): the strip shows "
+    "Moving the <b>w</b> slider re-guides the steps already computed (no new {model} call): the strip shows "
     "the guess x̂0 each step would make at that w. <b>Run at this scale</b> runs the whole loop again. "
     "<b>Guidance off for steps</b> turns guidance off in a range of steps only (a fork from the range start)."
 )
@@ -121,7 +122,7 @@ class GuidanceLab(DxWidget):
         self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
 
         self.children = [
-            help_box(HELP),
+            help_box(HELP.format(**words(None, explainer))),
             W.HBox([self.prompt, self.seed, self.steps, self.run_button]),
             W.HBox([boxes["off"], boxes["on"], boxes["diff"], boxes["range"]]),
             W.HBox([self.scale, self.run_scale_button, self.preview]),
@@ -251,7 +252,7 @@ class GuidanceLab(DxWidget):
         self.strip.value = png(render.strip(tiles, labels))
         self.strip_label.value = (
             f"<b>x̂0 at each step, re-guided at w = {w:g}</b> from the cached ε_c and ε_u of the "
-            f"w = {trace.settings['guidance_scale']:g} run (no U-Net call)"
+            f"w = {trace.settings['guidance_scale']:g} run (no {words(trace, self.explainer)['model']} call)"
         )
         with self.fig.batch_update():
             push = [None if d is None else w * d for d in self._base_delta]

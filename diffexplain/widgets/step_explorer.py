@@ -21,6 +21,7 @@ from diffexplain.widgets.base import (
     is_pixel_space,
     rms,
     vp_scale,
+    words,
 )
 
 if TYPE_CHECKING:
@@ -30,8 +31,8 @@ if TYPE_CHECKING:
     from diffexplain.trace import Trace
 
 HELP = (
-    "Move the <b>step</b> slider (or press ▶) to walk through the denoising loop. At each step the U-Net "
-    "looks at the noisy picture <b>x_t</b> and predicts the noise twice: with the prompt (<b>ε_c</b>) and "
+    "Move the <b>step</b> slider (or press ▶) to walk through the denoising loop. At each step the {model} "
+    "looks at the noisy picture <b>x_t</b> and predicts the {output} twice: with the prompt (<b>ε_c</b>) and "
     "without it (<b>ε_u</b>). Their difference <b>Δ = ε_c − ε_u</b> is what the prompt adds; guidance "
     "pushes along it: <b>ε̂ = ε_u + w·Δ</b>. From ε̂ the model's current guess of the final picture, "
     "<b>x̂0</b>, follows. The timeline shows the sizes (RMS) of these predictions at every step."
@@ -73,18 +74,19 @@ class StepExplorer(DxWidget):
         self.unet_row = W.HTML()
         self.unet_row.add_class("dx-unet-row")
 
+        vocab = words(trace, self.explainer)  # "noise" and "U-Net", or "velocity" and "transformer"
         names = {
             "xt": ("x_t (noisy latents entering the step)", "dx-xt-image"),
             "x0": ("x̂0 (the model's current guess)", "dx-x0-image"),
             "channels": ("latent channels of x_t", "dx-channels-image"),
-            "eps_c": ("ε_c (noise predicted with prompt)", "dx-eps-cond-image"),
-            "eps_u": ("ε_u (noise predicted without)", "dx-eps-uncond-image"),
+            "eps_c": ("ε_c ({output} predicted with prompt)", "dx-eps-cond-image"),
+            "eps_u": ("ε_u ({output} predicted without)", "dx-eps-uncond-image"),
             "delta": ("Δ = ε_c − ε_u (red +, blue −)", "dx-delta-image"),
             "guided": ("ε̂ = ε_u + w·Δ (what is used)", "dx-eps-guided-image"),
         }
         boxes, self.images = {}, {}
         for key, (title, css) in names.items():
-            boxes[key], self.images[key] = image_panel(title, css, size)
+            boxes[key], self.images[key] = image_panel(title.format(**vocab), css, size)
         self.channel_box = boxes["channels"]
         self.fig = self._make_figure()
 
@@ -92,7 +94,7 @@ class StepExplorer(DxWidget):
         self.slider.observe(self.guard(self._on_control), names="value")
         self.preview.observe(self.guard(self._on_control), names="value")
         self.children = [
-            help_box(HELP),
+            help_box(HELP.format(**vocab)),
             self.header,
             W.HBox([self.play, self.slider, self.preview]),
             W.HBox([boxes["xt"], boxes["x0"], boxes["channels"]]),
@@ -236,7 +238,8 @@ class StepExplorer(DxWidget):
             blank(size, "ε̂ not kept") if guided is None else self.frames.noise(guided)
         )
         if not self.cfg:
-            off = "guidance off (w ≤ 1):\nthe U-Net ran once per\nstep, with the prompt only,\nso there is no ε_u and no Δ"
+            model = words(self.trace, self.explainer)["model"]
+            off = f"guidance off (w ≤ 1):\nthe {model} ran once per\nstep, with the prompt only,\nso there is no ε_u and no Δ"
             self.images["eps_u"].value = blank(size, off)
             self.images["delta"].value = blank(size, off)
         elif ec is not None and eu is not None:
@@ -277,7 +280,8 @@ class StepExplorer(DxWidget):
         trace = self.trace
         n = len(trace)
         fp = trace_fingerprint(trace, self.explainer)
-        label = f"#{fp}" if fp else "U-Net"
+        model = words(self.trace, self.explainer)["model"]
+        label = f"#{fp}" if fp else model
         chips = []
         for i, t in enumerate(trace.timesteps):
             on = i == k
@@ -289,8 +293,8 @@ class StepExplorer(DxWidget):
                 f"<span class='dx-unet-chip' title='step {i}, t = {t:g}' style='{style}'>{label}<br>t={t:g}</span>"
             )
         if fp:
-            text = f"The same U-Net, same weights (fingerprint <code>{fp}</code>): <b>same weights at all {n} steps</b>."
+            text = f"The same {model}, same weights (fingerprint <code>{fp}</code>): <b>same weights at all {n} steps</b>."
         else:
-            text = f"The same U-Net runs at all {n} steps (this trace records no weight fingerprint)."
+            text = f"The same {model} runs at all {n} steps (this trace records no weight fingerprint)."
         text += " Only its inputs change: x_t, the timestep t and the prompt."
         self.unet_row.value = f"<div>{text}</div><div style='line-height:1.1'>{''.join(chips)}</div>"
