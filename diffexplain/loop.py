@@ -28,8 +28,9 @@ from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.guidance import guide
 from diffexplain.hooks import Hook, HookContext, HookRunner, Replacement, StepTensors, check_replacement
 from diffexplain.noise_levels import model_output_from, pred_x0_from
+from diffexplain.records import RestartPoint, StepRecord
 from diffexplain.scheduler_state import fresh_scheduler, restore, snapshot
-from diffexplain.trace import RestartPoint, StepRecord, Trace
+from diffexplain.trace import Trace
 
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin

@@ -20,8 +20,8 @@ STRIP_FRAMES = 8
 
 def open_model(model: str | None = None, *, device: str | None = None) -> Explainer:
     """The embedded model (``None``), a ``diffexplain train`` folder, or a diffusers Stable Diffusion folder/id."""
+    from diffexplain.devices import pick_device
     from diffexplain.models.default import load_default, load_model
-    from diffexplain.training.run import pick_device
 
     device = pick_device(device)
     dtype = torch.float16 if device == "cuda" else torch.float32

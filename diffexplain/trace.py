@@ -1,7 +1,7 @@
 """The trace: a step × stage cache of every tensor the loop computed, plus what a fork needs to restart.
 
 ``trace["step.pred_x0", 5]`` is x̂0 at loop step 5; ``trace["step.pred_x0"]`` stacks all steps into
-[S, B, C, h, w]; ``trace["prompt.cond"]`` is a run-level tensor. Saving and loading live in ``trace_io``.
+[S, B, C, h, w]; ``trace["prompt.cond"]`` is a run-level tensor. Files: ``trace_io`` (which needs no import of this module).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -20,32 +20,13 @@ from diffexplain.guidance import guide
 from diffexplain.hooks import Replacement
 from diffexplain.names import HOOK_POINTS, HookPoint, current_name, resolve_names, unknown_name_message
 from diffexplain.noise_levels import NoiseLevel, pred_x0_from
+from diffexplain.records import StepRecord
+from diffexplain.trace_io import load_trace, save_trace
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from diffexplain.explainer import Explainer
-
-
-@dataclass
-class RestartPoint:
-    """What a fork needs to restart the loop at one step; always kept, at full precision."""
-
-    latents: torch.Tensor  # x_t entering the step, before any hook          [B, C, h, w]
-    scheduler_state: dict[str, Any]  # the scheduler's mutable attributes (see scheduler_state.snapshot)
-    generator_state: torch.Tensor | None  # generator.get_state() entering the step (uint8)
-
-
-@dataclass
-class StepRecord:
-    """One loop step (one model evaluation): timestep, noise level, kept tensors and restart state."""
-
-    index: int  # loop step index
-    timestep: float  # the scheduler's t
-    stage: str | None  # "first_order" / "second_order" for 2nd-order schedulers (Heun, KDPM2), else None
-    level: NoiseLevel  # ᾱ_t, σ_t and x̂0 = a·x_t + b·ε
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # kept tensors, by hook point name
-    restart: RestartPoint | None = None
 
 
 class Reguided(NamedTuple):
@@ -326,16 +307,12 @@ class Trace:
     # ---- files -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the trace to ``path``: safetensors for the tensors, JSON metadata for the rest."""
-        from diffexplain.trace_io import save_trace
-
         save_trace(self, path)
 
     @classmethod
     def load(cls, path: str | Path, *, explainer: Explainer | None = None) -> Trace:
         """Read a trace written by ``save``; pass ``explainer`` to fork it. Raises ``TraceFileError``."""
-        from diffexplain.trace_io import load_trace
-
-        trace = load_trace(path)
+        trace = load_trace(path, cls)
         trace.explainer = explainer
         return trace
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,9 +23,12 @@ from diffexplain.families import FAMILIES
 from diffexplain.hooks import Replacement
 from diffexplain.names import HookPoint, current_name
 from diffexplain.noise_levels import NoiseLevel
+from diffexplain.records import RestartPoint, StepRecord
 from diffexplain.safetensors_file import save_readable
 from diffexplain.scheduler_state import DEVICES_KEY, SCHEDULER_CLASSES
-from diffexplain.trace import RestartPoint, StepRecord, Trace
+
+if TYPE_CHECKING:
+    from diffexplain.trace import Trace
 
 FORMAT = "diffexplain.trace"
 VERSION = 2  # 2: hook points named per family (step.model.*), conditioning per branch; 1 still loads
@@ -274,8 +278,10 @@ def _read_header(path: str | Path) -> None:
         )
 
 
-def load_trace(path: str | Path) -> Trace:
-    """Read and validate a trace file; ``TraceFileError`` on any problem."""
+def load_trace(path: str | Path, new_trace: Callable[..., Trace]) -> Trace:
+    """Read and validate a trace file into ``new_trace(settings, keep=, store_dtype=, points=)`` (the
+    ``Trace`` class: ``Trace.load`` passes itself, so this module needs no import of it); ``TraceFileError``
+    on any problem."""
     _read_header(path)
     try:
         handle_cm = safe_open(str(path), framework="pt", device="cpu")
@@ -283,12 +289,12 @@ def load_trace(path: str | Path) -> Trace:
     except Exception as exc:
         raise TraceFileError(path, f"not a valid safetensors file: {exc}") from None
     try:
-        return _load(_Reader(path, handle), handle.metadata() or {})
+        return _load(_Reader(path, handle), handle.metadata() or {}, new_trace)
     finally:
         handle_cm.__exit__(None, None, None)
 
 
-def _load(r: _Reader, metadata: dict[str, str]) -> Trace:
+def _load(r: _Reader, metadata: dict[str, str], new_trace: Callable[..., Trace]) -> Trace:
     if METADATA_KEY not in metadata:
         raise r.fail("no diffexplain metadata: a safetensors file, but not a trace")
     try:
@@ -325,7 +331,7 @@ def _load(r: _Reader, metadata: dict[str, str]) -> Trace:
     if store_dtype is not None and store_dtype not in STORE_DTYPES:
         raise r.fail(f"store_dtype {store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
 
-    trace = Trace(
+    trace = new_trace(
         settings,
         keep=kept,
         store_dtype=None if store_dtype is None else STORE_DTYPES[store_dtype],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from diffexplain.devices import pick_device
 from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import PRESETS_NEEDING_INIT, TrainConfig, differences, preset
 from diffexplain.models.store import is_model_folder
@@ -20,17 +21,6 @@ from diffexplain.training.export import export_model
 from diffexplain.training.init_weights import check_init_weights, init_weights, pin_init_weights
 from diffexplain.training.unet import check_model_unet, train_unet
 from diffexplain.training.vae import finetune_decoder, train_vae, vae_from_model
-
-
-def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else CUDA when present, else Apple's MPS, else the CPU."""
-    if device:
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def train(
