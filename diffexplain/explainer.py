@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -74,27 +75,26 @@ class Explainer:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Explainer:
-        """Load a pipeline folder with diffusers (its ``model_index.json`` names the class), then ``from_pipeline``.
+        """Load a pipeline (folder or Hub id) with the diffusers class its ``model_index.json`` names, then ``from_pipeline``.
 
         ``kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype=torch.float16``).
         """
         import diffusers
 
-        loader = diffusers.DiffusionPipeline
         index = Path(path) / "model_index.json"
         if index.is_file():
-            import json
-
-            name = json.loads(index.read_text()).get("_class_name", "")
-            if name not in {f.pipeline_class for f in FAMILIES.values()}:
-                raise ValueError(
-                    f"{path}: {name or 'this pipeline'} is not supported; supported: {supported_pipelines()}"
-                )
-            loader = getattr(diffusers, name)
-            if name == "StableDiffusionPipeline":
-                kwargs.setdefault("safety_checker", None)
-                kwargs.setdefault("requires_safety_checker", False)
-        return cls.from_pipeline(loader.from_pretrained(path, **kwargs))
+            config = json.loads(index.read_text(encoding="utf-8"))
+        else:  # a Hub id: diffusers fetches (or finds in its cache) just the model index first
+            config = diffusers.DiffusionPipeline.load_config(str(path))
+        name = config.get("_class_name", "")
+        if name not in {f.pipeline_class for f in FAMILIES.values()}:
+            raise ValueError(
+                f"{path}: {name or 'this pipeline'} is not supported; supported: {supported_pipelines()}"
+            )
+        if name == "StableDiffusionPipeline":
+            kwargs.setdefault("safety_checker", None)
+            kwargs.setdefault("requires_safety_checker", False)
+        return cls.from_pipeline(getattr(diffusers, name).from_pretrained(path, **kwargs))
 
     def to(self, *args: Any, **kwargs: Any) -> Explainer:
         """Move every model part, like ``nn.Module.to`` (device and/or dtype); returns self."""

@@ -158,3 +158,13 @@ def test_mkdocs_build_strict(tmp_path):
         f"mkdocs build --strict failed:\n{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
     )
     assert (tmp_path / "site" / "hook-points" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+def test_each_family_page_lists_exactly_its_hook_points(docs_hooks, family):
+    from diffexplain.families import FAMILIES
+
+    markdown = (DOCS / "families" / f"{family}.md").read_text(encoding="utf-8")
+    assert docs_hooks.hook_table_problems(markdown, FAMILIES[family].extra_points) == []
+    index = (DOCS / "families" / "index.md").read_text(encoding="utf-8")
+    assert f"`{FAMILIES[family].pipeline_class}`" in index and f"]({family}.md)" in index

@@ -169,9 +169,16 @@ def hook_points() -> tuple[Any, ...]:
     return sys.modules[name].HOOK_POINTS
 
 
-def hook_table_problems(markdown: str) -> list[str]:
-    """Differences between the page's hook-point table and ``diffexplain.names.HOOK_POINTS``."""
-    HOOK_POINTS = hook_points()
+def family_points(name: str) -> tuple[Any, ...]:
+    """The hook points a model family adds (``diffexplain.families.FAMILIES[name].extra_points``)."""
+    from diffexplain.families import FAMILIES  # imports torch: only for the family pages
+
+    return FAMILIES[name].extra_points
+
+
+def hook_table_problems(markdown: str, points: tuple[Any, ...] | None = None) -> list[str]:
+    """Differences between the page's hook-point table and ``points`` (default ``names.HOOK_POINTS``)."""
+    HOOK_POINTS = hook_points() if points is None else points
     rows = hook_point_rows(markdown)
     problems = []
     names = [r[0] for r in rows]
@@ -255,4 +262,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
     if page.file.src_uri == HOOK_POINTS_PAGE:
         for problem in hook_table_problems(markdown):
             log.warning("%s: %s", HOOK_POINTS_PAGE, problem)
+    family = re.fullmatch(r"families/([a-z0-9]+)\.md", page.file.src_uri)
+    if family and family.group(1) != "index":
+        for problem in hook_table_problems(markdown, family_points(family.group(1))):
+            log.warning("%s: %s", page.file.src_uri, problem)
     return markdown
