@@ -19,6 +19,7 @@ from diffexplain.widgets.base import (
     image_panel,
     is_sigma_space,
     png,
+    words,
 )
 from diffexplain.widgets.noise_lab import first_upload
 
@@ -200,7 +201,7 @@ class ForwardProcess(DxWidget):
             self._draw_model()
 
     def _draw_model(self) -> None:
-        """The model's side: encode x0, noise it to t with the model's scheduler, one U-Net call, decode."""
+        """The model's side: encode x0, noise it to t with the model's scheduler, one model call, decode."""
         explainer = self.explainer
         if explainer is None:
             return
@@ -221,5 +222,5 @@ class ForwardProcess(DxWidget):
         )
         self.say(
             f"model: t = {float(used):g} with its own schedule (ᾱ_t = {level.alpha_bar:.4f}), "
-            f"prompt “{self.prompt.value}”, w = {self.guidance.value:g}: one U-Net call"
+            f"prompt “{self.prompt.value}”, w = {self.guidance.value:g}: one {words(None, explainer)['model']} call"
         )
