@@ -103,15 +103,27 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None) -> dict[
 
     run_pipeline()  # warm-up of torch's kernels, on the pipeline only
     # the first run of a fresh Explainer against its second: no hidden first-run work
-    fresh = Explainer.from_pipeline(pipe, progress=False).set_scheduler(explainer.scheduler)
-    first = median_time(lambda: run_traced(fresh), 1)
-    second = median_time(lambda: run_traced(fresh), 1)
+    first_over_second = []
+    for _ in range(repeats):
+        fresh = Explainer.from_pipeline(pipe, progress=False).set_scheduler(explainer.scheduler)
+        first = median_time(lambda fresh=fresh: run_traced(fresh), 1)
+        first_over_second.append(first / median_time(lambda fresh=fresh: run_traced(fresh), 1))
 
-    pipe_times, run_times = [], []
+    # the pipeline, the traced run and the forks interleaved, so that background load affects all alike
+    trace = run_traced()
+    loop_steps = len(trace)  # one per model call: more than n for PNDM's warm-up or 2nd-order schedulers
+    ks = (loop_steps // 4, loop_steps // 2, 3 * loop_steps // 4)
+    pipe_times, run_times, fork_fractions = [], [], {k: [] for k in ks}
     for _ in range(repeats):
         pipe_times.append(median_time(run_pipeline, 1))
         run_times.append(median_time(run_traced, 1))
+        for k in ks:
+            fork_fractions[k].append(median_time(lambda k=k: explainer.fork(trace, k), 1) / run_times[-1])
     t_pipe, t_run = statistics.median(pipe_times), statistics.median(run_times)
+    forks = {
+        str(k): {"fraction": statistics.median(v), "goal": (loop_steps - k) / loop_steps + 0.05}
+        for k, v in fork_fractions.items()
+    }
 
     trace = run_traced()
     expected = pipe(
@@ -124,11 +136,6 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None) -> dict[
         **options,
     ).images
     assert torch.equal(trace.final_latents, expected), f"{family}: the traced run differs from the pipeline"
-    forks = {}
-    loop_steps = len(trace)  # one per model call: more than n for PNDM's warm-up or 2nd-order schedulers
-    for k in (loop_steps // 4, loop_steps // 2, 3 * loop_steps // 4):
-        t_fork = median_time(lambda k=k: explainer.fork(trace, k), repeats)
-        forks[str(k)] = {"fraction": t_fork / t_run, "goal": (loop_steps - k) / loop_steps + 0.05}
     return {
         "family": family,
         "model": type(explainer.model).__name__,
@@ -140,9 +147,7 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None) -> dict[
         "run_s": t_run,
         "run_over_pipeline": t_run / t_pipe,
         "fork": forks,
-        "first_run_s": first,
-        "second_run_s": second,
-        "first_over_second": first / second,
+        "first_over_second": statistics.median(first_over_second),
         "trace_bytes_per_step": trace.memory_per_step(),
         "latents_shape": list(trace.final_latents.shape),
     }
@@ -156,9 +161,10 @@ def main() -> None:
     parser.add_argument(
         "--scheduler", help="a short scheduler name of every chosen family (default: its own)"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared CPU)")
     parser.add_argument("--json", action="store_true", help="print machine-readable figures")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
 
     results = [
         bench(f, args.steps, args.repeats, args.scheduler) for f in args.family or ["sd", "sdxl", "sd3"]
