@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from diffexplain import checks
 from diffexplain.families import FAMILIES, Family, family_from_pipeline, supported_pipelines
 from diffexplain.families.base import Conditioning
 from diffexplain.fingerprint import LazyFingerprint
@@ -286,23 +287,22 @@ class Explainer:
         """
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
+        checks.check_prompt(prompt)
+        checks.check_negative_prompt(negative_prompt, 1 if isinstance(prompt, str) else len(prompt))
         if num_inference_steps is None:
             num_inference_steps = int(self.defaults.get("num_inference_steps", self.family.default_steps))
+        num_inference_steps = checks.check_steps(num_inference_steps)
         if guidance_scale is None:
             guidance_scale = float(self.defaults.get("guidance_scale", self.family.default_guidance_scale))
-        if (
-            isinstance(num_inference_steps, bool)
-            or not isinstance(num_inference_steps, int)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(
-                f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps!r}"
-            )
-        if generator is None:
-            seed = secrets.randbits(63) if seed is None else int(seed)
-            generator = torch.Generator(device="cpu").manual_seed(seed)
+        guidance_scale = checks.check_guidance_scale(guidance_scale)
+        seed = checks.check_seed(seed)
+        multiple, why = self.family.size_multiple()
         default_h, default_w = self.family.default_size()
-        height, width = int(height or default_h), int(width or default_w)
+        height = checks.check_size("height", default_h if height is None else height, multiple, why)
+        width = checks.check_size("width", default_w if width is None else width, multiple, why)
+        if generator is None:
+            seed = secrets.randbits(63) if seed is None else seed
+            generator = torch.Generator(device="cpu").manual_seed(seed)
         plan = Plan(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -356,13 +356,13 @@ class Explainer:
     ) -> Trace:
         """Re-run only loop steps ``step``..N−1 of ``trace`` with the given changes; steps before are kept.
 
+        ``step`` is a loop step index, 0..N−1; a negative one counts from the end, as in Python
+        (−1 forks at the last step), and the fork records the step it took in ``forked_from``.
+
         With no change (and no hooks) the fork reproduces the original bit for bit. The original run's
         hooks are not re-applied: pass them again in ``hooks=`` to keep them.
         """
-        n = len(trace.steps)
-        if not -n <= step < n:
-            raise IndexError(f"cannot fork at step {step}: the trace has {n} finished steps (0..{n - 1})")
-        k = step % n
+        k = checks.check_fork_step(step, len(trace.steps))
         if trace.steps[k].restart is None:
             raise ValueError(f"step {k} of this trace has no restart state, so it cannot be forked")
         family = trace.settings.get("model", {}).get("family", "sd")
@@ -372,6 +372,10 @@ class Explainer:
                 f"this Explainer holds a {self.family.label} model: fork it with an Explainer of its family"
             )
         source = trace.settings
+        if prompt is not None:
+            checks.check_prompt(prompt)
+        if guidance_scale is not None:
+            guidance_scale = checks.check_guidance_scale(guidance_scale)
         changed = {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance_scale}
         settings = {**source, **{key: value for key, value in changed.items() if value is not None}}
         settings["guidance_scale"] = w = float(settings["guidance_scale"])

@@ -136,6 +136,10 @@ class Family:
         h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
         return int(h) * self.vae_scale_factor, int(w) * self.vae_scale_factor
 
+    def size_multiple(self) -> tuple[int, str]:
+        """What image sides must be a multiple of, and why (for the error message)."""
+        return self.vae_scale_factor, "the VAE's scale factor" if self.vae is not None else "pixel space"
+
     def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, ...]:
         """The shape of x_t for images of ``height`` × ``width``: [B, C, h, w]."""
         scale = self.vae_scale_factor

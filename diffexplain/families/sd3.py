@@ -73,6 +73,11 @@ class StableDiffusion3(Family):
         """The base description plus the transformer's patch size."""
         return {**super().describe(), "patch_size": int(self.model.config.patch_size)}
 
+    def size_multiple(self) -> tuple[int, str]:
+        """The VAE's scale factor × the transformer's patch size, as the pipeline checks."""
+        patch = int(self.model.config.patch_size)
+        return self.vae_scale_factor * patch, f"the VAE's scale factor × the patch size {patch}"
+
     def run_options(self, height: int, width: int, *, max_sequence_length: int = 256) -> dict[str, Any]:
         """T5's token count (diffusers' ``max_sequence_length``, at most 512)."""
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):

@@ -1,0 +1,109 @@
+"""Argument checks of ``Explainer.run`` and ``Explainer.fork``: each error names the argument, the value
+and what is expected, before anything runs."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes without overflowing
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number (Python or numpy integer, not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_prompt(prompt: Any, name: str = "prompt") -> None:
+    """A string, or a non-empty list of strings."""
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list | tuple) and prompt and all(isinstance(p, str) for p in prompt):
+        if isinstance(prompt, tuple):
+            raise TypeError(f"{name} must be a string or a list of strings, got a tuple: pass list({name})")
+        return
+    if isinstance(prompt, list | tuple) and not prompt:
+        raise ValueError(f"{name} is an empty list: give at least one prompt")
+    raise TypeError(f"{name} must be a string or a list of strings, got {_show(prompt)}")
+
+
+def check_negative_prompt(negative_prompt: Any, batch_size: int) -> None:
+    """None, a string, or a list of strings with one entry per prompt."""
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        return
+    check_prompt(negative_prompt, "negative_prompt")
+    if len(negative_prompt) != batch_size:
+        raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch_size}")
+
+
+def check_guidance_scale(guidance_scale: Any) -> float:
+    """A finite number ≥ 0 (w ≤ 1 turns guidance off); returned as a float."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+        raise TypeError(
+            f"guidance_scale must be a number (w; ≤ 1 turns guidance off), got {_show(guidance_scale)}"
+        )
+    guidance_scale = float(guidance_scale)
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(
+            f"guidance_scale must be a finite number ≥ 0 (w; ≤ 1 turns guidance off), got {guidance_scale!r}"
+        )
+    return float(guidance_scale)
+
+
+def check_steps(num_inference_steps: Any) -> int:
+    """A whole number ≥ 1."""
+    steps = _whole(num_inference_steps)
+    if steps is None or steps < 1:
+        raise ValueError(
+            f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps!r}"
+        )
+    return steps
+
+
+def check_seed(seed: Any) -> int | None:
+    """None, or a whole number in ``SEED_RANGE``."""
+    if seed is None:
+        return None
+    low, high = SEED_RANGE
+    whole = _whole(seed)
+    if whole is None:
+        raise TypeError(f"seed must be a whole number from {low} to 2**64 − 1, got {_show(seed)}")
+    if not low <= whole <= high:
+        raise ValueError(f"seed must be a whole number from {low} to 2**64 − 1, got {whole}")
+    return whole
+
+
+def check_size(name: str, value: Any, multiple: int, why: str) -> int:
+    """A positive whole number of pixels that is a multiple of ``multiple`` (the model's size factor)."""
+    whole = _whole(value)
+    if whole is None or whole < 1:
+        raise ValueError(f"{name} must be a positive whole number of pixels, got {value!r}")
+    value = whole
+    if value % multiple:
+        lower = value - value % multiple
+        options = f"{lower} or {lower + multiple}" if lower else f"{multiple}"
+        raise ValueError(f"{name} must be a multiple of {multiple} ({why}), got {value}: use {options}")
+    return value
+
+
+def check_fork_step(step: Any, num_steps: int) -> int:
+    """A loop step index: 0..N−1, or negative counting from the end (−1 is the last step); returns 0..N−1."""
+    whole = _whole(step)
+    if whole is None:
+        raise TypeError(f"step must be a whole number (a loop step index), got {_show(step)}")
+    step = whole
+    if num_steps == 0:
+        raise IndexError(f"cannot fork at step {step}: the trace has no finished steps")
+    if not -num_steps <= step < num_steps:
+        raise IndexError(
+            f"cannot fork at step {step}: the trace has {num_steps} finished steps "
+            f"(0..{num_steps - 1}, or −1..−{num_steps} from the end)"
+        )
+    return step % num_steps
