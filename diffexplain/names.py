@@ -79,8 +79,6 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
 
 HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS)
 """The names of the loop's hook points."""
-STEP_HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS if p.per_step)
-RUN_HOOK_NAMES: tuple[str, ...] = tuple(p.name for p in HOOK_POINTS if not p.per_step)
 
 RENAMED: dict[str, str] = {
     "step.unet.cond": "step.model.cond",

@@ -77,6 +77,14 @@ class Family:
             )
         self.parts: dict[str, Any] = {n: parts.get(n) for n in self.part_names}
 
+    def reference_pipeline(self, pipeline: Any, scheduler: Any, **extra: Any) -> Any:
+        """``pipeline``, or one of ``pipeline_class`` over these parts: its ``encode_prompt`` is the reference."""
+        if pipeline is not None:
+            return pipeline
+        import diffusers  # the pipeline classes load lazily: only a family built from parts needs one
+
+        return getattr(diffusers, self.pipeline_class)(**self.parts, scheduler=scheduler, **extra)
+
     # ---- parts -------------------------------------------------------------------------------------
     @property
     def model(self) -> Any:

@@ -63,11 +63,7 @@ class StableDiffusion3(Family):
 
     def __init__(self, *, pipeline: Any = None, **parts: Any) -> None:
         super().__init__(**parts)
-        if pipeline is None:  # the pipeline's encode_prompt is the reference: keep one
-            from diffusers import StableDiffusion3Pipeline
-
-            pipeline = StableDiffusion3Pipeline(**self.parts, scheduler=parts.get("scheduler"))
-        self.pipeline = pipeline
+        self.pipeline = self.reference_pipeline(pipeline, parts.get("scheduler"))
 
     def describe(self) -> dict[str, Any]:
         """The base description plus the transformer's patch size."""

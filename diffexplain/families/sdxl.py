@@ -49,13 +49,8 @@ class StableDiffusionXL(StableDiffusion):
 
     def __init__(self, *, pipeline: Any = None, **parts: Any) -> None:
         super().__init__(**parts)
-        if pipeline is None:  # the pipeline's encode_prompt and time ids are the reference: keep one
-            from diffusers import StableDiffusionXLPipeline
-
-            pipeline = StableDiffusionXLPipeline(
-                **self.parts, scheduler=parts.get("scheduler"), add_watermarker=False
-            )
-        self.pipeline = pipeline
+        # the pipeline's encode_prompt and time ids are the reference
+        self.pipeline = self.reference_pipeline(pipeline, parts.get("scheduler"), add_watermarker=False)
 
     def run_options(
         self,
