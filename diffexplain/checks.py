@@ -107,3 +107,10 @@ def check_fork_step(step: Any, num_steps: int) -> int:
             f"(0..{num_steps - 1}, or −1..−{num_steps} from the end)"
         )
     return step % num_steps
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A True/False setting; ``TypeError`` naming it for anything else (a string "False" is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value

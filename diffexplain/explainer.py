@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from diffexplain import checks
+from diffexplain.attention.layers import with_attention_points
 from diffexplain.families import FAMILIES, Family, family_from_pipeline, supported_pipelines
 from diffexplain.families.base import Conditioning
 from diffexplain.fingerprint import LazyFingerprint
@@ -187,8 +188,12 @@ class Explainer:
         return self
 
     def hook_points(self) -> tuple[HookPoint, ...]:
-        """Every hook point of this model: the loop's and its family's, with tensor, shape and per-step flag."""
-        return self.family.hook_points()
+        """Every hook point of this model: the loop's, its family's and its attention layers' (``attn.*``).
+
+        Each has its tensor, shape and flags: per step, only with guidance on (``cfg_only``), and heavy
+        (kept only when ``keep=`` asks for it: the attention points are heavy).
+        """
+        return with_attention_points(self.family.hook_points(), self.family.attention_layers())
 
     # ---- hooks -------------------------------------------------------------------------------------
     @contextmanager
@@ -270,6 +275,7 @@ class Explainer:
         progress: bool | None = None,
         decode: bool = True,
         restart: bool = True,
+        attention_maps: bool = True,
         **options: Any,
     ) -> Trace:
         """Generate from ``prompt`` and return the trace of every step (diffusers' argument names).
@@ -284,6 +290,9 @@ class Explainer:
         state for forks stays at full precision). ``options`` are the family's own settings, e.g.
         SDXL's ``original_size`` or SD3's ``max_sequence_length``. ``restart=False`` makes no restart
         points (no scheduler snapshot or generator state per step): such a trace cannot be forked.
+        ``attention_maps`` keeps each step's cross-attention maps (``trace.attention("red")``); the
+        text-attention layers are then computed with an explicit softmax, which matches the model's
+        own (SDPA) processors to float precision, not bit for bit: ``False`` leaves the model untouched.
         """
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
@@ -315,6 +324,7 @@ class Explainer:
             decode=decode,
             options=self.family.run_options(height, width, **options),
             restart=restart,
+            attention_maps=checks.check_flag("attention_maps", attention_maps),
         )
         settings = self._settings(
             prompt=prompt,
@@ -353,6 +363,7 @@ class Explainer:
         negative_prompt: str | list[str] | None = None,
         latents: torch.Tensor | None = None,
         progress: bool | None = None,
+        attention_maps: bool | None = None,
     ) -> Trace:
         """Re-run only loop steps ``step``..N−1 of ``trace`` with the given changes; steps before are kept.
 
@@ -360,7 +371,8 @@ class Explainer:
         (−1 forks at the last step), and the fork records the step it took in ``forked_from``.
 
         With no change (and no hooks) the fork reproduces the original bit for bit. The original run's
-        hooks are not re-applied: pass them again in ``hooks=`` to keep them.
+        hooks are not re-applied: pass them again in ``hooks=`` to keep them. ``attention_maps`` is the
+        original run's unless given.
         """
         k = checks.check_fork_step(step, len(trace.steps))
         if trace.steps[k].restart is None:
@@ -393,6 +405,11 @@ class Explainer:
             eta=float(settings["eta"]),
             decode=bool(settings.get("decode", True)),
             options=self.family.run_options(int(settings["height"]), int(settings["width"]), **options),
+            attention_maps=(
+                bool(source.get("attention", {}).get("maps", False))
+                if attention_maps is None
+                else checks.check_flag("attention_maps", attention_maps)
+            ),
         )
         forked = self._new_trace(settings, None, trace.store_dtype)
         forked.kept = trace.kept

@@ -7,12 +7,14 @@ or per block (``with explainer.hooks(...)``); there is no module-level hook stat
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from diffexplain.attention.layers import PREFIX as ATTENTION_PREFIX
 from diffexplain.families import ALL_HOOK_NAMES
 from diffexplain.names import current_name, resolve_names, unknown_name_message
 
@@ -110,7 +112,10 @@ class Hook:
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise TypeError(f"hook for {self.name!r} must be callable, got {type(self.fn).__name__}")
-        object.__setattr__(self, "points", resolve_names(self.name, ALL_HOOK_NAMES))
+        if self.name.startswith(ATTENTION_PREFIX):  # a model's own layer names: resolved when it runs
+            object.__setattr__(self, "points", ())
+        else:
+            object.__setattr__(self, "points", resolve_names(self.name, ALL_HOOK_NAMES))
         object.__setattr__(self, "_test", _step_test(self.steps))
 
     def applies_to(self, step: int | None, num_steps: int) -> bool:
@@ -177,7 +182,17 @@ class HookRunner:
         names = ALL_HOOK_NAMES if names is None else tuple(names)
         valid = frozenset(names)
         for h in hooks:
-            points = [p for p in h.points if p in valid]
+            if h.name.startswith(ATTENTION_PREFIX):
+                points = [n for n in names if n == h.name or fnmatch.fnmatchcase(n, h.name)]
+            else:
+                points = [p for p in h.points if p in valid]
+            if not points and h.name.startswith(ATTENTION_PREFIX):
+                layers = sorted({n.rsplit(".", 2)[0] for n in names if n.startswith(ATTENTION_PREFIX)})
+                raise ValueError(
+                    f"no attention hook point of this model matches {h.name!r}; its layers are "
+                    f"{', '.join(layers) or 'none (it has no text attention)'}, each with "
+                    "attn.<layer>.probs.cond/.uncond and attn.<layer>.out.cond/.uncond"
+                )
             if not points:
                 raise ValueError(
                     unknown_name_message("hook point for this model", h.name, names).replace(

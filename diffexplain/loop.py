@@ -17,13 +17,15 @@ return a replacement), the result goes into ``ctx.current`` and, if kept, into t
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
 
+from diffexplain.attention.capture import AttentionCapture, attention_settings
+from diffexplain.attention.layers import PREFIX as ATTENTION_PREFIX
 from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.guidance import guide
 from diffexplain.hooks import Hook, HookContext, HookRunner, Replacement, StepTensors, check_replacement
@@ -59,6 +61,7 @@ class Plan:
     decode: bool
     options: dict[str, Any] = field(default_factory=dict)  # the family's own settings (JSON-ready)
     restart: bool = True  # keep a restart point per step (what a fork needs); False: this run is never forked
+    attention_maps: bool = True  # keep per-step cross-attention maps (the text layers computed explicitly)
 
     @property
     def batch_size(self) -> int:
@@ -164,6 +167,31 @@ def batched(cond: Conditioning, uncond: Conditioning | None) -> Conditioning:
     return {key: torch.cat([uncond[key], cond[key]]) for key in cond}  # [2B, ...] each
 
 
+def attention_capture(
+    family: Family, plan: Plan, sites: Sites, latent_size: Sequence[int]
+) -> AttentionCapture | None:
+    """The run's attention capture, or None where nothing needs it (no maps, no attention hook or keep)."""
+    trace = sites.trace
+    wanted = any(
+        name.startswith(ATTENTION_PREFIX) and (sites.hooks.has(name) or name in trace.kept)
+        for name in trace.hook_names
+    )
+    if not (plan.attention_maps or wanted):
+        return None
+    layers = family.attention_layers()
+    if not layers:
+        return None
+    trace.settings["attention"] = attention_settings(family, plan, layers)
+    return AttentionCapture(
+        layers,
+        sites,
+        batch_size=plan.batch_size,
+        do_cfg=plan.do_cfg,
+        latent_size=(int(latent_size[0]), int(latent_size[1])),
+        maps=plan.attention_maps,
+    )
+
+
 def _generator(
     settings: dict[str, Any], state: torch.Tensor | None, device: torch.device
 ) -> torch.Generator | None:
@@ -226,15 +254,19 @@ def run_loop(
                 latents = check_replacement(resume.latents, latents, **where)
                 trace.replacements.append(Replacement("step.latents", start, "fork(latents=...)"))
 
+        # 3b. attention capture: the text-attention layers' hook points and maps, for this run only
+        capture = attention_capture(family, plan, sites, latents.shape[-2:])
+
         # 4. extra step kwargs (eta, generator) and the model's per-run kwargs (a distilled model's w)
         step_kwargs = family.step_kwargs(scheduler, generator, plan.eta)
         model_kwargs = family.model_kwargs(plan.guidance_scale, latents)
 
-        # 5. the denoising loop
-        latents = denoise(
-            family, scheduler, sites, trace, plan, cond, uncond, latents, start,
-            step_kwargs, model_kwargs, generator, plan.restart, progress,
-        )  # fmt: skip
+        # 5. the denoising loop (the layers' own attention processors come back when it ends)
+        with capture.installed() if capture is not None else nullcontext():
+            latents = denoise(
+                family, scheduler, sites, trace, plan, cond, uncond, latents, start,
+                step_kwargs, model_kwargs, generator, plan.restart, progress, capture,
+            )  # fmt: skip
 
         # 6. decode
         trace.final_latents = latents  # [B, C, h, w], full precision
@@ -259,6 +291,7 @@ def denoise(
     generator: torch.Generator | None,
     make_restart: bool,
     progress: bool,
+    capture: AttentionCapture | None = None,
 ) -> torch.Tensor:
     """5. Steps ``start``..N−1: one model call per step (both branches batched with guidance on)."""
     timesteps, w, do_cfg = scheduler.timesteps, plan.guidance_scale, uncond is not None
@@ -320,10 +353,13 @@ def denoise(
                 sites.current["step.pred_x0"] = scheduler_x0  # the scheduler's own x̂0 where it returns one
             next_latents = sites("step.next", out.prev_sample)  # [B, C, h, w]
 
-            # 5.5 the step is finished: record it
+            # 5.5 the step is finished: record it, with its attention maps  "cond@16x16": [B, T, 16, 16]
+            maps = {} if capture is None else trace.keep_maps(capture.finish_step())
             trace.steps.append(
-                StepRecord(i, float(t), stage, level, trace.keep_tensors(sites.current), restart)
+                StepRecord(i, float(t), stage, level, trace.keep_tensors(sites.current), restart, maps)
             )
+            if capture is not None and i == start:
+                trace.settings["attention"]["resolutions"] = capture.layers_by_resolution()
             trace.replacements.extend(sites.pending)
             latents = next_latents
             bar.update()

@@ -29,3 +29,5 @@ class StepRecord:
     level: NoiseLevel  # ᾱ_t, σ_t and x̂0 = a·x_t + b·ε
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # kept tensors, by hook point name
     restart: RestartPoint | None = None
+    # cross-attention maps, "cond@16x16" → [B, T, 16, 16]: mean over heads and the layers at that resolution
+    attention: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -121,3 +121,27 @@ def strip(images: Sequence[Image.Image], labels: Sequence[str] | None = None, *,
         if labels:
             draw.text((i * (w + gap) + 2, h + 1), labels[i], fill="black")
     return canvas
+
+
+HEAT_STOPS = np.array(  # an "inferno"-like ramp: dark (not read) → purple → orange → pale yellow (read most)
+    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32
+)
+
+
+def heat(values: torch.Tensor, *, limit: float | None = None) -> np.ndarray:
+    """A 2-D map as an RGB array (H, W, 3) on the heat ramp: 0 dark, ``limit`` (default its max) brightest."""
+    x = values.detach().float().cpu().numpy()
+    top = float(limit) if limit else max(float(x.max()), 1e-8)
+    pos = np.clip(x / top, 0, 1) * (len(HEAT_STOPS) - 1)
+    low = np.floor(pos).astype(int).clip(0, len(HEAT_STOPS) - 2)
+    frac = (pos - low)[..., None]
+    rgb = HEAT_STOPS[low] * (1 - frac) + HEAT_STOPS[low + 1] * frac
+    return rgb.round().astype(np.uint8)
+
+
+def overlay(
+    image: Image.Image, values: torch.Tensor, *, alpha: float = 0.6, limit: float | None = None
+) -> Image.Image:
+    """``values`` [H, W] on the heat ramp laid over ``image`` (resized to it), ``alpha`` the map's weight."""
+    colours = Image.fromarray(heat(values, limit=limit)).resize(image.size, Image.Resampling.BILINEAR)
+    return Image.blend(image.convert("RGB"), colours, alpha)

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from diffexplain.attention import maps as reading
+from diffexplain.attention.maps import LayerFilter
+from diffexplain.attention.tokens import Token
 from diffexplain.errors import TraceKeyError
 from diffexplain.guidance import guide
 from diffexplain.hooks import Replacement
@@ -41,7 +44,8 @@ def resolve_keep(
 ) -> frozenset[str]:
     """Hook point names selected by ``keep=`` (names or glob patterns); None keeps all but the heavy ones.
 
-    A heavy point is kept only when ``keep=`` names it exactly (a glob does not pull it in).
+    A heavy point is kept only when ``keep=`` names it exactly, or by a glob that matches heavy
+    points only (``"attn.*.probs.cond"``); a glob such as ``"*"`` does not pull them in.
     """
     if keep is None:
         return frozenset(p.name for p in points if not p.heavy)
@@ -52,7 +56,8 @@ def resolve_keep(
     chosen: set[str] = set()
     for pattern in keep:
         matches = resolve_names(pattern, names)
-        chosen.update(m for m in matches if m not in heavy or len(matches) == 1)
+        only_heavy = all(m in heavy for m in matches)  # e.g. "attn.*.probs.cond": asked for by name
+        chosen.update(m for m in matches if m not in heavy or len(matches) == 1 or only_heavy)
     return frozenset(chosen)
 
 
@@ -122,6 +127,11 @@ class Trace:
     def keep_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The kept subset of ``tensors``, converted for storage."""
         return {name: self.store(x) for name, x in tensors.items() if name in self.kept}
+
+    def keep_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A step's attention maps converted for storage (``store_dtype``, else float32)."""
+        dtype = self.store_dtype or torch.float32
+        return {key: x.detach().to(dtype) for key, x in maps.items()}
 
     @property
     def prompt_embeds(self) -> dict[str, torch.Tensor]:
@@ -243,6 +253,51 @@ class Trace:
             return [Image.fromarray(p[..., 0], mode="L") for p in pixels]
         return [Image.fromarray(p[..., :3]) for p in pixels]
 
+    # ---- cross-attention maps (diffexplain.attention.maps) ------------------------------------------
+    def attention(
+        self,
+        word_or_token: str | int | Token,
+        *,
+        steps: int | Iterable[int] | None = None,
+        layers: LayerFilter = None,
+        branch: str = "cond",
+    ) -> torch.Tensor:
+        """Where the image reads a word (all its tokens) or a token: [B, H, W], at the image size.
+
+        Averaged over ``steps`` (None: all; an int, a range or a list) and ``layers`` (None: every
+        layer; a resolution "16x16" or 16; a layer name or glob, which needs that layer's probabilities
+        kept). ``branch="uncond"`` reads the negative prompt's tokens. Each pixel's maps sum to 1 over
+        the tokens. ``ValueError`` lists the prompt's words for a word it does not have.
+        """
+        return reading.attention(self, word_or_token, steps=steps, layers=layers, branch=branch)
+
+    def attention_maps(
+        self,
+        *,
+        steps: int | Iterable[int] | None = None,
+        layers: LayerFilter = None,
+        branch: str = "cond",
+    ) -> torch.Tensor:
+        """Every token's map, [B, T, H, W] (``trace.tokens`` names the T), as ``attention`` averages them."""
+        return reading.attention_maps(self, steps=steps, layers=layers, branch=branch)
+
+    @property
+    def tokens(self) -> list[Token]:
+        """The prompt's tokens, one per text position (special and padding tokens too), with their words.
+
+        For a batch, the first prompt's; ``token_lists()`` has each prompt's (and the negative prompts').
+        """
+        return reading.token_lists(self, "cond")[0]
+
+    def token_lists(self, branch: str = "cond") -> list[list[Token]]:
+        """Each prompt's tokens (``branch="uncond"``: each negative prompt's)."""
+        return reading.token_lists(self, branch)
+
+    @property
+    def attention_resolutions(self) -> dict[str, list[str]]:
+        """Resolution ("16x16") → the attention layers its maps average over."""
+        return reading.resolutions(self)
+
     # ---- guidance without the model ----------------------------------------------------------------
     def reguide(self, step: int, guidance_scale: float) -> Reguided:
         """ε̂ and x̂0 of ``step`` at another guidance scale, from the cached ε_c and ε_u (no model call)."""
@@ -264,6 +319,7 @@ class Trace:
             yield self.final_latents
         for record in self.steps:
             yield from record.tensors.values()
+            yield from record.attention.values()
         if include_restart:
             for branch in self.conditioning.values():
                 yield from branch.values()
@@ -281,7 +337,7 @@ class Trace:
         """Mean bytes per loop step of the per-step tensors and restart state."""
         if not self.steps:
             return 0.0
-        per_step = [t for r in self.steps for t in r.tensors.values()]
+        per_step = [t for r in self.steps for t in (*r.tensors.values(), *r.attention.values())]
         per_step += [r.restart.latents for r in self.steps if r.restart is not None]
         return _unique_bytes(per_step) / len(self.steps)
 
@@ -298,6 +354,7 @@ class Trace:
             replace(
                 r,
                 tensors={k: v.to(device) for k, v in r.tensors.items()},
+                attention={k: v.to(device) for k, v in r.attention.items()},
                 restart=r.restart and replace(r.restart, latents=r.restart.latents.to(device)),
             )
             for r in self.steps

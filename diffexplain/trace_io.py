@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from diffexplain.attention.layers import with_attention_points
+from diffexplain.attention.tokens import tokens_from_json
 from diffexplain.errors import TraceFileError
 from diffexplain.families import FAMILIES
 from diffexplain.hooks import Replacement
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from diffexplain.trace import Trace
 
 FORMAT = "diffexplain.trace"
-VERSION = 2  # 2: hook points named per family (step.model.*), conditioning per branch; 1 still loads
+VERSION = 3  # 3: attention maps and hook points; 2: names per family (step.model.*), conditioning per branch
 METADATA_KEY = "diffexplain"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the header
 MAX_CONFIG_INT = 10**7  # larger ints in a scheduler config are treated as hostile (huge allocations)
@@ -42,6 +44,7 @@ STORE_DTYPES = {
     "float64": torch.float64,
 }
 GENERATOR_DEVICES = ("cpu", "cuda", "mps", "xpu")
+MAP_KEY = re.compile(r"(cond|uncond)@(\d+)x(\d+)")
 _ATTR = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$|^_[A-Za-z0-9][A-Za-z0-9_]*$")
 
 
@@ -110,6 +113,7 @@ def save_trace(trace: Trace, path: str | Path) -> None:
             "stage": r.stage,
             "level": level,
             "tensors": tensor_refs,
+            "attention": {k: ref(v) for k, v in r.attention.items()},
             "restart": restart,
         }
 
@@ -304,9 +308,9 @@ def _load(r: _Reader, metadata: dict[str, str], new_trace: Callable[..., Trace])
     if r.get(doc, "format", str, "file") != FORMAT:
         raise r.fail(f"format is {doc['format']!r}, expected {FORMAT!r}")
     version = r.get(doc, "version", int, "file")
-    if version not in (1, VERSION):
+    if version not in (1, 2, VERSION):
         raise r.fail(
-            f"format version {version} is not supported (this diffexplain reads versions 1 and {VERSION})"
+            f"format version {version} is not supported (this diffexplain reads versions 1 to {VERSION})"
         )
     settings = r.get(doc, "settings", dict, "file")
     _check_settings(r, settings)
@@ -374,6 +378,8 @@ def _hook_points(
     points = FAMILIES[family_name].hook_points()
     if version == 1:  # written before the names were recorded: Stable Diffusion's, with step.unet.*
         return points
+    layers = _attention_layers(r, settings)
+    points = with_attention_points(points, layers)
     recorded = r.get(doc, "hook_points", list, "file")
     known = [p.name for p in points]
     if recorded != known:
@@ -385,6 +391,42 @@ def _hook_points(
             + ("" if extra or missing else " (the same names in another order)")
         )
     return points
+
+
+def _attention_layers(r: _Reader, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, kind) of each attention layer the trace records (none for a run without attention)."""
+    info = settings.get("attention")
+    if info is None:
+        return []
+    layers = info.get("layers") if isinstance(info, dict) else None
+    ok = isinstance(layers, list) and all(
+        isinstance(x, dict) and isinstance(x.get("name"), str) and x.get("kind") in ("cross", "joint")
+        for x in layers
+    )
+    tokens = info.get("tokens")
+    if not ok or not isinstance(tokens, dict) or "cond" not in tokens:
+        raise r.fail("settings.attention should hold 'layers' ({name, kind} each) and 'tokens' per branch")
+    try:
+        for branch_tokens in tokens.values():
+            tokens_from_json(branch_tokens)
+    except (TypeError, ValueError) as exc:
+        raise r.fail(f"settings.attention.tokens cannot be read: {exc}") from None
+    return [(x["name"], x["kind"]) for x in layers]
+
+
+def _attention_maps(r: _Reader, doc: Any, where: str) -> dict[str, torch.Tensor]:
+    """A step's maps, "cond@16x16" → [B, T, 16, 16]; absent in files written before version 3."""
+    refs = doc.get("attention", {}) if isinstance(doc, dict) else {}
+    if not isinstance(refs, dict):
+        raise r.fail(f"{where}.attention should be a JSON object")
+    maps = {}
+    for key, ref in refs.items():
+        match = MAP_KEY.fullmatch(key) if isinstance(key, str) else None
+        tensor = r.tensor(ref, f"{where}.attention[{key!r}]")
+        if match is None or tensor.dim() != 4 or list(tensor.shape[2:]) != [int(match[2]), int(match[3])]:
+            raise r.fail(f"{where}.attention[{key!r}] is not a 'branch@RxC' map of shape [B, T, R, C]")
+        maps[key] = tensor
+    return maps
 
 
 def _conditioning(r: _Reader, doc: dict[str, Any], settings: dict[str, Any], version: int) -> dict[str, Any]:
@@ -433,4 +475,5 @@ def _load_step(r: _Reader, doc: Any, where: str, step_names: tuple[str, ...]) ->
             ),
             generator_state=generator_state,
         )
-    return StepRecord(index, timestep, stage, NoiseLevel(*map(float, level)), tensors, restart)
+    maps = _attention_maps(r, doc, where)
+    return StepRecord(index, timestep, stage, NoiseLevel(*map(float, level)), tensors, restart, maps)

@@ -55,6 +55,7 @@ def test_run_equals_the_pipeline_and_a_fork_replays_it(pipes, family, scheduler_
         guidance_scale=guidance_scale,
         seed=3,
         decode=False,
+        attention_maps=False,  # the model's own processors; with maps: tests/test_attention.py
         **options(family),
     )
     scheduler = scheduler_by_name(scheduler_name, pipe.scheduler.config, explainer.family.scheduler_names)
@@ -74,7 +75,12 @@ def test_negative_prompt_and_batch_equal_the_pipeline(pipes, family):
     explainer = Explainer.from_pipeline(pipe, progress=False)
     prompts = [PROMPT, "a blue circle"]
     trace = explainer.run(
-        prompts, negative_prompt=["green", "red"], num_inference_steps=STEPS, seed=1, **options(family)
+        prompts,
+        negative_prompt=["green", "red"],
+        num_inference_steps=STEPS,
+        seed=1,
+        attention_maps=False,
+        **options(family),
     )
     expected = pipe(
         prompts,
@@ -196,4 +202,6 @@ def test_from_pretrained_picks_the_family(pipes, tmp_path):
         PROMPT, num_inference_steps=2, seed=0, decode=False
     )
     b = loaded.run(PROMPT, num_inference_steps=2, seed=0, decode=False)
-    assert torch.equal(a.final_latents, b.final_latents)
+    # the same weights, but loaded tensors may sit at other alignments, so CPU kernels may round
+    # differently in the last bits (seen on the pooled text embedding): equal to float precision
+    torch.testing.assert_close(a.final_latents, b.final_latents, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from diffexplain.attention.layers import AttentionLayer, find_attention_layers
+from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.names import HOOK_POINTS, HookPoint
 from diffexplain.noise_levels import NoiseLevel, noise_level
 from diffexplain.scheduler_state import SCHEDULER_NAMES
@@ -66,6 +68,7 @@ class Family:
     part_names: ClassVar[tuple[str, ...]]  # the constructor arguments it takes (the pipeline's parts)
     default_steps: ClassVar[int] = 25  # run() defaults where the model folder recommends none
     default_guidance_scale: ClassVar[float] = 7.5  # the family's pipeline default
+    attention_kind: ClassVar[str] = "cross"  # how the image reads the text: "cross" or "joint" attention
 
     def __init__(self, **parts: Any) -> None:
         missing = [n for n in self.part_names if n not in parts and n != "vae"]
@@ -111,6 +114,15 @@ class Family:
         rest = tuple(p for p in HOOK_POINTS if not p.name.startswith("prompt.") and p.name != "decode.image")
         tail = tuple(p for p in HOOK_POINTS if p.name == "decode.image")
         return head + extra_run + rest + extra_step + tail
+
+    def attention_layers(self) -> tuple[AttentionLayer, ...]:
+        """The denoiser's layers where the image reads the text (found from its modules each time)."""
+        return find_attention_layers(self.model, self.attention_kind)
+
+    def prompt_tokens(self, prompt: str, options: dict[str, Any]) -> list[Token]:
+        """One entry per text position T the model's attention sees, for one prompt (padding included)."""
+        tokenizer = self.parts["tokenizer"]
+        return tokenize(tokenizer, prompt, int(tokenizer.model_max_length))
 
     def describe(self) -> dict[str, Any]:
         """What a trace records about the model (JSON-ready): family, classes and the denoiser's shape."""

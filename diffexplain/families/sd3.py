@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.names import HookPoint
 from diffexplain.noise_levels import NoiseLevel, step_index
@@ -60,10 +61,21 @@ class StableDiffusion3(Family):
         "pooled", "pooled text embedding (both CLIP encoders' projections)", "[B, P]"
     )
     scheduler_names: ClassVar[Mapping[str, tuple[type, dict[str, Any]]]] = FLOW_SCHEDULER_NAMES
+    attention_kind: ClassVar[str] = "joint"
 
     def __init__(self, *, pipeline: Any = None, **parts: Any) -> None:
         super().__init__(**parts)
         self.pipeline = self.reference_pipeline(pipeline, parts.get("scheduler"))
+
+    def prompt_tokens(self, prompt: str, options: dict[str, Any]) -> list[Token]:
+        """CLIP's 77 positions, then T5's ``max_sequence_length`` (zeros without a T5: no words there)."""
+        clip = self.parts["tokenizer"]
+        tokens = tokenize(clip, prompt, int(clip.model_max_length), source="clip")
+        length = int(options["max_sequence_length"])
+        t5 = self.parts.get("tokenizer_3")
+        if t5 is not None and self.parts.get("text_encoder_3") is not None:
+            return tokens + tokenize(t5, prompt, length, source="t5", offset=len(tokens))
+        return tokens + [Token(len(tokens) + i, "<zeros>", None, "pad", None, "t5") for i in range(length)]
 
     def describe(self) -> dict[str, Any]:
         """The base description plus the transformer's patch size."""

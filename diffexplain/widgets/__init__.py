@@ -5,9 +5,11 @@
 - :class:`NoiseLab`: choose the starting noise; add noise at step k and fork.
 - :class:`PromptSwap`: switch prompt at step k; sweep k to see when the layout is decided.
 - :class:`ForwardProcess`: the forward noising x0 → x_t for several schedules, and the model's x̂0.
+- :class:`AttentionMaps`: which pixels read which token, per step and layer; reweight a token and fork.
 - :class:`TracePlayer`: open a saved trace file and explore it without a model.
 """
 
+from diffexplain.widgets.attention_maps import AttentionMaps
 from diffexplain.widgets.forward_process import ForwardProcess
 from diffexplain.widgets.guidance_lab import GuidanceLab
 from diffexplain.widgets.noise_lab import NoiseLab
@@ -15,4 +17,12 @@ from diffexplain.widgets.prompt_swap import PromptSwap
 from diffexplain.widgets.step_explorer import StepExplorer
 from diffexplain.widgets.trace_player import TracePlayer
 
-__all__ = ["ForwardProcess", "GuidanceLab", "NoiseLab", "PromptSwap", "StepExplorer", "TracePlayer"]
+__all__ = [
+    "AttentionMaps",
+    "ForwardProcess",
+    "GuidanceLab",
+    "NoiseLab",
+    "PromptSwap",
+    "StepExplorer",
+    "TracePlayer",
+]

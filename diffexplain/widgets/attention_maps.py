@@ -1,0 +1,268 @@
+"""AttentionMaps: which pixels read which token, at every step, and what a reweighted token does."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as W
+import numpy as np
+import torch
+from PIL import Image
+
+from diffexplain import render
+from diffexplain.attention import edits
+from diffexplain.attention.tokens import find_token
+from diffexplain.widgets.base import (
+    DEFAULT_SIZE,
+    DxWidget,
+    Frames,
+    LiveFigure,
+    blank,
+    button,
+    figure_box,
+    help_box,
+    image_panel,
+    is_pixel_space,
+    png,
+    words,
+)
+
+if TYPE_CHECKING:
+    from diffexplain.attention.tokens import Token
+    from diffexplain.explainer import Explainer
+    from diffexplain.trace import Trace
+    from diffexplain.widgets.step_explorer import StepExplorer
+
+ALL = "all"  # the layer chooser's "every layer" (a Dropdown's None would mean "nothing chosen")
+
+HELP = (
+    "At every step each pixel of the {model} <b>reads</b> the prompt's tokens through cross-attention: "
+    "its attention over the tokens sums to 1. Pick a <b>token</b> and a <b>step</b>: the map shows where "
+    "the picture reads that token (bright: read most), laid over <b>x̂0</b>, the model's guess at that "
+    "step. Special and padding tokens are listed too: they often take most of the attention. "
+    "<b>Reweight</b> scales the chosen token's attention by a factor from a step on (a fork): at 0 the "
+    "token is no longer read, and the new picture appears beside the old one."
+)
+
+
+def token_label(token: Token) -> str:
+    """ "2 · red", "0 · [CLS] (start)", "15 · [PAD] (padding)": how the chooser lists a token."""
+    if token.kind == "word":
+        same = token.text.lstrip("#").removesuffix("</w>")
+        return f"{token.index} · {token.text}" + ("" if same == token.word else f" ({token.word})")
+    kind = {"pad": "padding", "start": "start", "end": "end"}.get(token.kind, token.kind)
+    return f"{token.index} · {token.text} ({kind})"
+
+
+class AttentionMaps(DxWidget):
+    """Cross-attention maps of one trace: a token, a step, a layer or resolution, cond or uncond.
+
+    ``explainer`` (default: the trace's own) decodes x̂0 and runs the reweight fork; without one the
+    maps are still shown (over the fast latent preview). ``link(explorer)`` ties the step slider to a
+    ``StepExplorer``'s. ``forked`` is the latest reweighted trace.
+    """
+
+    css_class = "dx-attention-maps"
+
+    def __init__(
+        self,
+        trace: Trace,
+        explainer: Explainer | None = None,
+        *,
+        token: str | int | None = None,
+        size: int = DEFAULT_SIZE,
+    ) -> None:
+        super().__init__()
+        self.explainer = explainer if explainer is not None else trace.explainer
+        self.frames = Frames(self.explainer, size)
+        self.trace: Trace = trace
+        self.forked: Trace | None = None
+        self.header = W.HTML()
+        self.header.add_class("dx-header")
+        self.token = W.Dropdown(description="token", layout=W.Layout(width="300px"))
+        self.token.add_class("dx-token")
+        self.step = W.IntSlider(value=0, min=0, max=1, description="step", continuous_update=True)
+        self.step.add_class("dx-attention-step")
+        self.all_steps = W.Checkbox(value=False, description="average over all steps", indent=False)
+        self.all_steps.add_class("dx-all-steps")
+        self.layer = W.Dropdown(description="layers", layout=W.Layout(width="300px"))
+        self.layer.add_class("dx-layer")
+        self.branch = W.ToggleButtons(options=[("with the prompt", "cond"), ("negative / empty", "uncond")])
+        self.branch.add_class("dx-branch")
+        self.branch.style.button_width = "130px"
+        self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
+        self.preview.add_class("dx-preview-toggle")
+        self.factor = W.FloatSlider(
+            value=0.0, min=0.0, max=3.0, step=0.1, description="reweight", continuous_update=False
+        )
+        self.factor.add_class("dx-factor")
+        self.fork_step = W.IntSlider(value=0, min=0, max=1, description="from step", continuous_update=False)
+        self.fork_step.add_class("dx-fork-step")
+        self.fork_button = button("Fork with the token reweighted", "dx-reweight-button", style="warning")
+        self.info = W.HTML()
+        self.info.add_class("dx-attention-info")
+
+        panels = {}
+        self.images: dict[str, W.Image] = {}
+        for key, title, css in (
+            ("overlay", "map over x̂0 at this step", "dx-overlay-image"),
+            ("map", "the map alone", "dx-map-image"),
+            ("before", "final picture", "dx-before-image"),
+            ("after", "reweighted (fork)", "dx-after-image"),
+        ):
+            panels[key], self.images[key] = image_panel(title, css, size)
+        self.after_title = panels["after"].children[0]
+        self.fig = LiveFigure()
+        self.fig.add_bar(x=[], y=[], name="share of attention")
+        self.fig.update_layout(
+            height=240,
+            margin={"l": 50, "r": 20, "t": 30, "b": 80},
+            title={"text": "share of the picture's attention per token, at this step", "font": {"size": 13}},
+            yaxis_title="mean over pixels",
+            xaxis={"tickangle": -60, "type": "category"},
+        )
+
+        redraw = self.guard(lambda _: self._redraw())
+        for control in (self.token, self.step, self.all_steps, self.layer, self.branch, self.preview):
+            control.observe(redraw, names="value")
+        self.fork_button.on_click(self.guard(lambda _: self.reweight()))
+
+        self.children = [
+            help_box(HELP.format(model=words(trace, self.explainer)["model"])),
+            self.header,
+            W.HBox([self.token, self.layer]),
+            W.HBox([self.step, self.all_steps, self.preview]),
+            self.branch,
+            W.HBox([panels["overlay"], panels["map"], panels["before"], panels["after"]]),
+            self.info,
+            W.HBox([self.factor, self.fork_step, self.fork_button]),
+            self.progress,
+            figure_box(self.fig, "dx-token-shares"),
+            self.status,
+            self.output,
+        ]
+        self._initial_token = token
+        self._updating = False
+        self.guard(self.set_trace)(trace)
+
+    # ---- public --------------------------------------------------------------------------------------
+    def set_trace(self, trace: Trace) -> None:
+        """Show ``trace`` (its tokens, steps and layers); the reweighted picture is cleared."""
+        tokens = trace.tokens  # raises a clear error for a trace without maps
+        self.clear_errors()
+        self.trace, self.forked = trace, None
+        n = len(trace)
+        self._updating = True  # no redraw while the controls are set one by one
+        try:
+            self.token.options = [(token_label(t), t.index) for t in tokens]
+            first = next((t.index for t in tokens if t.kind == "word"), 0)
+            if self._initial_token is not None:
+                first = self._pick(self._initial_token)
+            self.token.value = first
+            layers = [("all layers", ALL)]
+            for resolution, names in trace.attention_resolutions.items():
+                count = f"{len(names)} layer{'s' if len(names) > 1 else ''}"
+                layers.append((f"{resolution.replace('x', '×')} ({count})", resolution))
+            kept_layers = {k.removeprefix("attn.").split(".probs.")[0] for k in trace.kept if ".probs." in k}
+            layers += [
+                (name, name) for name in sorted(kept_layers)
+            ]  # per layer: their probabilities are kept
+            self.layer.options = layers
+            self.layer.value = ALL
+            self.step.max = self.fork_step.max = max(n - 1, 0)
+            self.step.value = n - 1 if n else 0
+            self.fork_step.value = 0
+            has_uncond = "uncond" in trace.settings.get("attention", {}).get("tokens", {})
+            self.branch.value = "cond"
+            self.branch.disabled = not has_uncond
+        finally:
+            self._updating = False
+        self.fork_button.disabled = self.explainer is None
+        self.images["after"].value = blank(self.frames.size, "fork with a\nreweighted token")
+        self.after_title.value = "<b>reweighted (fork)</b>"
+        settings = trace.settings
+        self.header.value = (
+            f"<b>{_escape(str(settings.get('prompt')))}</b> · {n} steps · guidance scale "
+            f"{settings.get('guidance_scale')} · seed {settings.get('seed')}"
+        )
+        self._redraw()
+
+    def link(self, explorer: StepExplorer) -> AttentionMaps:
+        """Move this widget's step slider with a ``StepExplorer``'s (and the other way round)."""
+        W.jslink((explorer.slider, "value"), (self.step, "value"))
+        return self
+
+    def map(self) -> torch.Tensor:
+        """The map shown now: [H, W] for the first prompt of the batch."""
+        steps = None if self.all_steps.value else self.step.value
+        return self.trace.attention(
+            self.token.value, steps=steps, layers=self.layers, branch=self.branch.value
+        )[0]
+
+    @property
+    def layers(self) -> str | None:
+        """The chosen layers as ``Trace.attention`` takes them: None (all), a resolution or a layer name."""
+        return None if self.layer.value == ALL else self.layer.value
+
+    def reweight(self) -> Trace:
+        """Fork from the chosen step with the chosen token's attention times the factor (chosen layers)."""
+        if self.explainer is None:
+            raise RuntimeError("reweighting runs the model: open the widget with an explainer")
+        token, factor, k = self.token.value, float(self.factor.value), self.fork_step.value
+        self.say(f"forking at step {k} with token {token} × {factor:g} …")
+        hooks = edits.reweight(token, factor, layers=self.layers)
+        self.forked = self.fork_trace(self.explainer, self.trace, k, hooks=hooks)
+        self.after_title.value = f"<b>token {token} × {factor:g} from step {k}</b>"
+        self.images["after"].value = self.frames.final(self.forked, preview=self.preview.value)
+        self.say(f"forked at step {k}: token {token} × {factor:g} in {self.layer.label}")
+        return self.forked
+
+    # ---- drawing -------------------------------------------------------------------------------------
+    def _pick(self, which: str | int) -> int:
+        return find_token(self.trace.tokens, which, prompt=str(self.trace.settings.get("prompt")))[0]
+
+    def _redraw(self) -> None:
+        trace = self.trace
+        if self._updating or not len(trace) or self.token.value is None:
+            return
+        step = self.step.value
+        values = self.map()
+        size = self.frames.size
+        base = self._x0_picture(step)
+        limit = float(values.max().clamp_min(1e-8))
+        self.images["overlay"].value = png(render.overlay(base, values, alpha=0.6, limit=limit))
+        heat = render.heat(values, limit=limit)
+        self.images["map"].value = png(Image.fromarray(heat).resize((size, size), Image.Resampling.BILINEAR))
+        self.images["before"].value = self.frames.final(trace, preview=self.preview.value)
+        if self.forked is not None:
+            self.images["after"].value = self.frames.final(self.forked, preview=self.preview.value)
+        where = "all steps" if self.all_steps.value else f"step {step} (t = {trace.steps[step].timestep:g})"
+        self.info.value = (
+            f"token <b>{_escape(self.token.label)}</b> · {where} · {_escape(self.layer.label)} · "
+            f"{self.branch.value}: peak {limit:.3f}, mean {float(values.mean()):.3f} "
+            f"(a token read evenly everywhere by every pixel would have 1/{len(self.token.options)})"
+        )
+        self._draw_shares()
+
+    def _x0_picture(self, step: int) -> Any:
+        trace, size = self.trace, self.frames.size
+        try:
+            x0 = trace["step.pred_x0", step]
+        except KeyError:
+            return render.to_pil(torch.zeros(1, 3, size, size), size=size)
+        pixel = is_pixel_space(trace, self.explainer)
+        return self.frames.picture(trace, ("x0", step), x0, preview=self.preview.value, pixel_space=pixel)
+
+    def _draw_shares(self) -> None:
+        steps = None if self.all_steps.value else self.step.value
+        maps = self.trace.attention_maps(steps=steps, layers=self.layers, branch=self.branch.value)
+        shares = maps[0].mean(dim=(-1, -2)).numpy()  # [T]
+        labels = [label for label, _ in self.token.options]
+        chosen = [i == self.token.index for i in range(len(labels))]
+        with self.fig.batch_update():
+            self.fig.data[0].x, self.fig.data[0].y = labels, np.round(shares, 4)
+            self.fig.data[0].marker.color = ["#d62728" if c else "#1f77b4" for c in chosen]
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
