@@ -14,7 +14,15 @@ import torch
 
 from diffexplain import Explainer, Trace
 from diffexplain.probe import trace_fingerprint, unet_fingerprint
-from diffexplain.widgets import ForwardProcess, GuidanceLab, NoiseLab, PromptSwap, StepExplorer, TracePlayer
+from diffexplain.widgets import (
+    AttentionMaps,
+    ForwardProcess,
+    GuidanceLab,
+    NoiseLab,
+    PromptSwap,
+    StepExplorer,
+    TracePlayer,
+)
 
 PROMPT = "a red circle on the left"
 STEPS = 3  # PNDM makes 4 loop steps of 3 inference steps
@@ -296,3 +304,63 @@ def test_weight_fingerprint_follows_weight_changes() -> None:
     assert edited != first
     unet.load_state_dict(other.state_dict())  # copies in place
     assert weight_fingerprint(unet) == weight_fingerprint(other) != edited
+
+
+# ---- AttentionMaps ------------------------------------------------------------------------------------
+def test_attention_maps_controls_change_the_map(trace_on: Trace, ex: Explainer) -> None:
+    widget = AttentionMaps(trace_on, token="red")
+    assert_clean(widget)
+    labels = [label for label, _ in widget.token.options]
+    assert len(labels) == len(trace_on.tokens) and "(start)" in labels[0] and "(padding)" in labels[-1]
+    assert widget.token.label.endswith("red") and widget.step.max == len(trace_on) - 1
+    assert [v for _, v in widget.layer.options][1:] == list(trace_on.attention_resolutions)
+    shown = {key: image.value for key, image in widget.images.items()}
+    widget.step.value = 0
+    assert widget.images["overlay"].value != shown["overlay"] and widget.images["map"].value != shown["map"]
+    torch.testing.assert_close(widget.map(), trace_on.attention("red", steps=0)[0])
+    bars = list(widget.fig.data[0].y)
+    widget.branch.value = "uncond"
+    assert list(widget.fig.data[0].y) != bars
+    torch.testing.assert_close(
+        widget.map(), trace_on.attention(widget.token.value, steps=0, branch="uncond")[0]
+    )
+    widget.branch.value = "cond"
+    widget.layer.value = widget.layer.options[1][1]
+    torch.testing.assert_close(widget.map(), trace_on.attention("red", steps=0, layers=widget.layer.value)[0])
+    widget.all_steps.value = True
+    torch.testing.assert_close(widget.map(), trace_on.attention("red", layers=widget.layer.value)[0])
+    assert_clean(widget)
+
+
+def test_attention_maps_reweight_forks_and_shows_the_new_picture(trace_on: Trace, ex: Explainer) -> None:
+    widget = AttentionMaps(trace_on, ex, token="red")
+    before = widget.images["after"].value
+    widget.factor.value, widget.fork_step.value = 0.0, 1
+    with unet_calls(ex) as calls:
+        widget.fork_button.click()
+    assert_clean(widget)
+    assert widget.forked is not None and widget.forked.forked_from == 1 and len(calls) == len(trace_on) - 1
+    assert widget.images["after"].value != before and widget.progress.value == len(trace_on)
+    assert not torch.equal(widget.forked.final_latents, trace_on.final_latents)
+    assert "× 0" in widget.status.value
+
+
+def test_attention_maps_link_and_errors(trace_on: Trace, ex: Explainer) -> None:
+    explorer = StepExplorer(trace_on)
+    widget = AttentionMaps(trace_on).link(explorer)  # the sliders are linked in the page (jslink)
+    assert widget.explainer is ex and not widget.fork_button.disabled  # the trace's own explainer
+    plain = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, attention_maps=False)
+    shown = AttentionMaps(trace_on)
+    shown.set_trace(trace_on)
+    shown.guard(shown.set_trace)(plain)
+    assert "attention_maps=False" in errors(shown) and "Error" in shown.status.value
+
+
+def test_trace_player_shows_attention_maps(trace_on: Trace, tmp_path) -> None:
+    path = tmp_path / "run.trace"
+    trace_on.save(path)
+    tp = TracePlayer(str(path))
+    assert tp.attention is not None and tp.attention_box.layout.display is None
+    assert tp.attention.preview.value and tp.attention.fork_button.disabled
+    assert_clean(tp)
+    assert_clean(tp.attention)

@@ -87,9 +87,9 @@ class AttentionMaps(DxWidget):
         self.all_steps.add_class("dx-all-steps")
         self.layer = W.Dropdown(description="layers", layout=W.Layout(width="300px"))
         self.layer.add_class("dx-layer")
-        self.branch = W.ToggleButtons(options=[("with the prompt", "cond"), ("negative / empty", "uncond")])
+        self.branch = W.ToggleButtons(options=[("cond: the prompt", "cond"), ("uncond: negative", "uncond")])
         self.branch.add_class("dx-branch")
-        self.branch.style.button_width = "130px"
+        self.branch.style.button_width = "150px"
         self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
         self.preview.add_class("dx-preview-toggle")
         self.factor = W.FloatSlider(
@@ -177,7 +177,17 @@ class AttentionMaps(DxWidget):
             self.branch.disabled = not has_uncond
         finally:
             self._updating = False
+        self.frames.trace_latent_rgb = trace.settings.get("latent_rgb")
+        pixel = is_pixel_space(trace, self.explainer)
+        can_decode = self.frames.can_decode() and not pixel
+        self.preview.disabled = not can_decode
+        self.preview.layout.display = "none" if pixel else None
+        if not can_decode and not pixel:
+            self.preview.value = True  # no VAE here: the fast latent preview is all there is
         self.fork_button.disabled = self.explainer is None
+        self.fork_button.tooltip = (
+            "needs the model: open the widget with an explainer" if self.explainer is None else "fork"
+        )
         self.images["after"].value = blank(self.frames.size, "fork with a\nreweighted token")
         self.after_title.value = "<b>reweighted (fork)</b>"
         settings = trace.settings
@@ -209,12 +219,13 @@ class AttentionMaps(DxWidget):
         if self.explainer is None:
             raise RuntimeError("reweighting runs the model: open the widget with an explainer")
         token, factor, k = self.token.value, float(self.factor.value), self.fork_step.value
-        self.say(f"forking at step {k} with token {token} × {factor:g} …")
+        name = _escape(self.token.label.split(" · ", 1)[-1])
+        self.say(f"forking at step {k} with “{name}” × {factor:g} …")
         hooks = edits.reweight(token, factor, layers=self.layers)
         self.forked = self.fork_trace(self.explainer, self.trace, k, hooks=hooks)
-        self.after_title.value = f"<b>token {token} × {factor:g} from step {k}</b>"
+        self.after_title.value = f"<b>“{name}” × {factor:g} from step {k}</b>"
         self.images["after"].value = self.frames.final(self.forked, preview=self.preview.value)
-        self.say(f"forked at step {k}: token {token} × {factor:g} in {self.layer.label}")
+        self.say(f"forked at step {k}: “{name}” (token {token}) × {factor:g} in {self.layer.label}")
         return self.forked
 
     # ---- drawing -------------------------------------------------------------------------------------

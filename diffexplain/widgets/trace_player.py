@@ -1,4 +1,4 @@
-"""TracePlayer: open a saved trace file and explore it with a StepExplorer, no model needed."""
+"""TracePlayer: open a saved trace file and explore it with a StepExplorer (and its attention maps), no model needed."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as W
 
+from diffexplain.widgets.attention_maps import AttentionMaps
 from diffexplain.widgets.base import DEFAULT_SIZE, DxWidget, button, help_box
 from diffexplain.widgets.noise_lab import first_upload
 from diffexplain.widgets.step_explorer import StepExplorer
@@ -49,6 +50,8 @@ class TracePlayer(DxWidget):
         self.upload.add_class("dx-trace-upload")
         self.explorer_box = W.VBox()
         self.explorer: StepExplorer | None = None
+        self.attention_box = W.VBox()
+        self.attention: AttentionMaps | None = None  # shown for traces with attention maps
         self.trace: Trace | None = None
 
         self.load_button.on_click(self.guard(lambda _: self.load(self.path.value)))
@@ -59,6 +62,7 @@ class TracePlayer(DxWidget):
             self.status,
             self.output,
             self.explorer_box,
+            self.attention_box,
         ]
         if path_or_trace is None:
             return
@@ -102,4 +106,15 @@ class TracePlayer(DxWidget):
             self.explorer_box.children = [self.explorer]
         else:
             self.explorer.set_trace(trace)
+        has_maps = (
+            bool(trace.settings.get("attention", {}).get("maps"))
+            and bool(trace.steps)
+            and bool(trace.steps[0].attention)
+        )
+        if has_maps and self.attention is None:
+            self.attention = AttentionMaps(trace, self.explainer, size=self.size).link(self.explorer)
+            self.attention_box.children = [W.HTML("<h4>Cross-attention maps</h4>"), self.attention]
+        elif has_maps and self.attention is not None:
+            self.attention.set_trace(trace)
+        self.attention_box.layout.display = None if has_maps else "none"
         self.clear_errors()

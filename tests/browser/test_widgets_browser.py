@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore")
 import torch
 torch.set_num_threads(1)
 from diffexplain import Explainer
-from diffexplain.widgets import ForwardProcess, GuidanceLab, NoiseLab, PromptSwap, StepExplorer, TracePlayer
+from diffexplain.widgets import AttentionMaps, ForwardProcess, GuidanceLab, NoiseLab, PromptSwap, StepExplorer, TracePlayer
 try:
     from diffexplain.models.default import load_default
     ex = load_default(progress=False)
@@ -63,6 +63,12 @@ widget""",
     "forward_process": """\
 widget = ForwardProcess(ex, t=300)
 widget""",
+    "attention_maps": """\
+import ipywidgets as W
+trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=5.0)
+explorer = StepExplorer(trace)
+widget = AttentionMaps(trace, token="blue").link(explorer)  # one step slider moves both
+W.VBox([widget, explorer])""",
     "trace_player": """\
 path = "run.trace"  # next to the served copy of this notebook (a temp folder)
 ex.run(PROMPT, num_inference_steps=STEPS, seed=1, guidance_scale=5.0).save(path)
@@ -185,3 +191,22 @@ def test_trace_player_in_lab(lab_page, lab_server, tmp_path):
     wait_for_text(page, "dx-step-info", f"step {slider_readout(page, 'dx-step-slider')} of")
     _no_errors(page)
     docs_screenshot(page, "trace_player", "dx-trace-player")
+
+
+@pytest.mark.timeout(600)
+def test_attention_maps_in_lab(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "attention_maps")
+    overlay = wait_for_widget_image(page, "dx-overlay-image")
+    wait_for_widget_image(page, "dx-map-image")
+    fig = wait_for_plotly(page, "dx-token-shares")
+    press_slider(page, "dx-step-slider", "ArrowRight", times=2)  # the StepExplorer's slider: linked
+    overlay = wait_for_widget_image(page, "dx-overlay-image", changed_from=overlay)
+    wait_for_plotly(page, "dx-token-shares", changed_from=fig)
+    wait_for_text(page, "dx-attention-info", f"step {slider_readout(page, 'dx-step-slider')} ")
+    after = wait_for_widget_image(page, "dx-after-image")
+    click_button(page, "dx-reweight-button")
+    wait_for_widget_image(page, "dx-after-image", changed_from=after)
+    wait_for_text(page, "dx-status", "forked at step")
+    _no_errors(page)
+    docs_screenshot(page, "attention_maps", "dx-attention-maps")
