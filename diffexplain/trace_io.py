@@ -378,9 +378,18 @@ def _hook_points(
     points = FAMILIES[family_name].hook_points()
     if version == 1:  # written before the names were recorded: Stable Diffusion's, with step.unet.*
         return points
-    layers = _attention_layers(r, settings)
-    points = with_attention_points(points, layers)
     recorded = r.get(doc, "hook_points", list, "file")
+    _attention_layers(r, settings)  # checks the record where there is one
+    kind = FAMILIES[family_name].attention_kind
+    layers = [  # the model's own layer names, in the order the file lists their points
+        (name, kind)
+        for name in dict.fromkeys(
+            n.removeprefix("attn.").rsplit(".", 2)[0]
+            for n in recorded
+            if isinstance(n, str) and n.startswith("attn.")
+        )
+    ]
+    points = with_attention_points(points, layers)
     known = [p.name for p in points]
     if recorded != known:
         extra = [n for n in recorded if n not in known]

@@ -228,10 +228,12 @@ def test_replace_maps_with_the_same_trace_is_identity_and_with_another_changes(e
     again = explainer.run(PROMPT, num_inference_steps=STEPS, seed=2, hooks=edits.replace_maps(base))
     assert torch.equal(again.final_latents, base.final_latents)
     other = explainer.run("a blue circle on the right", num_inference_steps=STEPS, seed=5)
-    swapped = explainer.fork(base, 0, hooks=edits.replace_maps(other))  # other's per-resolution maps
+    with pytest.warns(UserWarning, match="per-resolution maps.*approximation"):
+        swapped = explainer.fork(base, 0, hooks=edits.replace_maps(other))  # other's per-resolution maps
     assert not torch.equal(swapped.final_latents, base.final_latents)
     torch.testing.assert_close(swapped.attention_maps(), other.attention_maps(), rtol=1e-5, atol=1e-5)
-    mapped = explainer.fork(base, 0, hooks=edits.replace_maps(other, tokens={"red": "blue"}))
+    with pytest.warns(UserWarning):
+        mapped = explainer.fork(base, 0, hooks=edits.replace_maps(other, tokens={"red": "blue"}))
     torch.testing.assert_close(mapped.attention("red"), other.attention("blue"), rtol=1e-5, atol=1e-5)
     short = explainer.run(PROMPT, num_inference_steps=2, seed=2)
     with pytest.raises(ValueError, match="source trace has 2 steps, this run 3"):
@@ -272,6 +274,11 @@ def test_trace_files_round_trip_with_maps_and_tokens(explainer, tmp_path):
     layer = first_layer(explainer)
     assert torch.equal(loaded[f"attn.{layer}.probs.cond", 1], trace[f"attn.{layer}.probs.cond", 1])
     assert torch.equal(explainer.fork(loaded, 1).final_latents, trace.final_latents)
+    plain = explainer.run(PROMPT, num_inference_steps=STEPS, seed=3, attention_maps=False)
+    plain.save(tmp_path / "plain.safetensors")  # its hook points name the layers, but no maps were kept
+    again = Trace.load(tmp_path / "plain.safetensors", explainer=explainer)
+    assert again.hook_names == plain.hook_names and again.steps[0].attention == {}
+    assert torch.equal(explainer.fork(again, 1).final_latents, plain.final_latents)  # without maps, as made
     half = explainer.run(PROMPT, num_inference_steps=STEPS, seed=3, store_dtype=torch.float16)
     assert half.steps[0].attention["cond@" + next(iter(half.attention_resolutions))].dtype == torch.float16
 

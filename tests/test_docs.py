@@ -27,6 +27,7 @@ CONCEPT_NOTEBOOKS = {
     "concepts/text-conditioning.md": ("04",),
     "concepts/guidance.md": ("05",),
     "concepts/latent-space.md": ("06",),
+    "concepts/cross-attention.md": ("09",),
 }
 
 

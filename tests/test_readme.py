@@ -31,3 +31,4 @@ def test_readme_examples_run(tmp_path, monkeypatch) -> None:
 
     assert torch.equal(same["step.next", len(trace) - 1], trace["step.next", len(trace) - 1])
     assert trace.images[0].size == (64, 64)
+    assert namespace["blue"].shape == (1, 64, 64) and namespace["no_blue"].forked_from == 0

@@ -20,6 +20,7 @@ layers by resolution ("16x16" or 16), by name or glob (``"up_blocks.*"``), or a 
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -158,14 +159,16 @@ def replace_maps(
 
     ``tokens`` maps this prompt's tokens (words or indices) to the source's, e.g. ``{"blue": "red"}``;
     without it every column is replaced (the prompts must have the same number of tokens, as any two
-    prompts of one text encoder do). The source must have as many steps; its kept probabilities
-    (``keep=["attn.*.probs.cond"]``) are used exactly, else its per-resolution maps for every head.
+    prompts of one text encoder do). The source must have as many steps. Its kept probabilities
+    (run it with ``keep=["*", "attn.*.probs.cond"]``) are used exactly; without them its per-resolution
+    maps stand in for every head and layer, an approximation (a ``UserWarning`` says so).
     """
     from diffexplain.trace import Trace
 
     if not isinstance(source, Trace):
         raise TypeError(f"source must be a Trace, got {type(source).__name__}")
     source.token_lists(branch)  # raises now if the source has no attention record
+    warned: list[bool] = []  # the lossy fallback is said once per edit, not once per layer and step
 
     def edit(x: torch.Tensor, ctx: HookContext, layer: str, grid: tuple[int, int]) -> torch.Tensor:
         step = ctx.step
@@ -174,7 +177,7 @@ def replace_maps(
             raise ValueError(
                 f"replace_maps: the source trace has {len(source.steps)} steps, this run {ctx.num_steps}"
             )
-        theirs = _source_probs(source, layer, grid, step, branch, x)  # [B, heads, h·w, T_source]
+        theirs = _source_probs(source, layer, grid, step, branch, x, warned)  # [B, heads, h·w, T_source]
         if tokens is None:
             if theirs.shape[-1] != x.shape[-1]:
                 raise ValueError(
@@ -204,7 +207,13 @@ def replace_maps(
 
 
 def _source_probs(
-    source: Trace, layer: str, grid: tuple[int, int], step: int, branch: str, like: torch.Tensor
+    source: Trace,
+    layer: str,
+    grid: tuple[int, int],
+    step: int,
+    branch: str,
+    like: torch.Tensor,
+    warned: list[bool],
 ) -> torch.Tensor:
     """The source's probabilities of ``layer`` at ``step``, shaped and typed like ``like`` [B, heads, h·w, T]."""
     record = source.steps[step]
@@ -217,6 +226,16 @@ def _source_probs(
             raise ValueError(
                 f"replace_maps: the source trace has no {branch} maps at {resolution_name(*grid)} "
                 f"for step {step} (was it made with attention_maps=False?)"
+            )
+        if not warned:
+            warned.append(True)
+            warnings.warn(
+                f"replace_maps: the source trace keeps no per-layer probabilities ({point!r}), so its "
+                "per-resolution maps (averaged over heads and layers) stand in for every head: an "
+                "approximation that changes the picture even for the same prompt. For exact maps run the "
+                f"source with keep=['*', 'attn.*.probs.{branch}']",
+                UserWarning,
+                stacklevel=2,
             )
         maps = record.attention[key]  # [B, T, rows, cols]
         theirs = maps.flatten(2).transpose(1, 2)[:, None].expand(-1, like.shape[1], -1, -1)

@@ -109,7 +109,7 @@ def _layer_map(trace: Trace, layer: str, step: int, branch: str) -> torch.Tensor
     record = trace.steps[step]
     if point not in record.tensors:
         raise TraceKeyError(
-            f"per-layer maps need the layer's probabilities: run with keep=[..., {point!r}] "
+            f"per-layer maps need the layer's probabilities: run with keep=['*', {point!r}] "
             f"(or 'attn.*.probs.{branch}' for every layer); this trace keeps the maps per resolution"
         )
     probs = record.tensors[point].float().mean(dim=1)  # [B, h·w, T]

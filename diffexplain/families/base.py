@@ -116,8 +116,13 @@ class Family:
         return head + extra_run + rest + extra_step + tail
 
     def attention_layers(self) -> tuple[AttentionLayer, ...]:
-        """The denoiser's layers where the image reads the text (found from its modules each time)."""
-        return find_attention_layers(self.model, self.attention_kind)
+        """The denoiser's layers where the image reads the text (found from its modules, once per model)."""
+        model = self.model
+        cached = getattr(self, "_attention_layers", None)
+        if cached is None or cached[0] is not model:
+            cached = (model, find_attention_layers(model, self.attention_kind))
+            self._attention_layers = cached
+        return cached[1]
 
     def prompt_tokens(self, prompt: str, options: dict[str, Any]) -> list[Token]:
         """One entry per text position T the model's attention sees, for one prompt (padding included)."""
