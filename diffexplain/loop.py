@@ -168,7 +168,7 @@ def batched(cond: Conditioning, uncond: Conditioning | None) -> Conditioning:
 
 
 def attention_capture(
-    family: Family, plan: Plan, sites: Sites, latent_size: Sequence[int]
+    family: Family, plan: Plan, sites: Sites, latent_size: Sequence[int], resume: Resume | None = None
 ) -> AttentionCapture | None:
     """The run's attention capture, or None where nothing needs it (no maps, no attention hook or keep)."""
     trace = sites.trace
@@ -181,7 +181,7 @@ def attention_capture(
     layers = family.attention_layers()
     if not layers:
         return None
-    trace.settings["attention"] = attention_settings(family, plan, layers)
+    trace.settings["attention"] = attention_settings(family, plan, layers, maps_first_step(resume))
     return AttentionCapture(
         layers,
         sites,
@@ -190,6 +190,20 @@ def attention_capture(
         latent_size=(int(latent_size[0]), int(latent_size[1])),
         maps=plan.attention_maps,
     )
+
+
+def maps_first_step(resume: Resume | None) -> dict[str, int]:
+    """Per branch, the first step whose maps index this run's tokens: 0 for a run; for a fork, k where
+    it changed that branch's prompt (or the source kept no such maps), else the source's own."""
+    if resume is None:
+        return {"cond": 0, "uncond": 0}
+    source = resume.source.settings.get("attention") or {}
+    before = source.get("first_step") or {}
+    first = {}
+    for branch, changed in (("cond", resume.prompt_changed), ("uncond", resume.negative_changed)):
+        had_maps = bool(source.get("maps")) and branch in (source.get("tokens") or {})
+        first[branch] = resume.step if changed or not had_maps else int(before.get(branch, 0))
+    return first
 
 
 def _generator(
@@ -255,7 +269,7 @@ def run_loop(
                 trace.replacements.append(Replacement("step.latents", start, "fork(latents=...)"))
 
         # 3b. attention capture: the text-attention layers' hook points and maps, for this run only
-        capture = attention_capture(family, plan, sites, latents.shape[-2:])
+        capture = attention_capture(family, plan, sites, latents.shape[-2:], resume)
 
         # 4. extra step kwargs (eta, generator) and the model's per-run kwargs (a distilled model's w)
         step_kwargs = family.step_kwargs(scheduler, generator, plan.eta)
@@ -318,9 +332,10 @@ def denoise(
 
             # 5.2 the model: ε_u and ε_c in one batched call with guidance on, ε_c alone with it off
             model_input = torch.cat([latents] * 2) if do_cfg else latents  # [2B or B, C, h, w]
-            model_output = family.predict(
-                scheduler, model_input, t, batched(step_cond, step_uncond), model_kwargs
-            )
+            with capture.model_call() if capture is not None else nullcontext():
+                model_output = family.predict(
+                    scheduler, model_input, t, batched(step_cond, step_uncond), model_kwargs
+                )
             if do_cfg:
                 eps_uncond, eps_cond = model_output.chunk(2)  # [B, C, h, w] each
                 eps_cond = sites("step.model.cond", eps_cond)

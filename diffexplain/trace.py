@@ -125,8 +125,20 @@ class Trace:
         return stored
 
     def keep_tensors(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The kept subset of ``tensors``, converted for storage."""
-        return {name: self.store(x) for name, x in tensors.items() if name in self.kept}
+        """The kept subset of ``tensors``, converted for storage.
+
+        An attention point's tensor is often a view of a larger buffer (one branch of the batch, the
+        text block of a joint softmax): it is copied, so the trace holds only what it shows.
+        """
+        kept = {}
+        for name, x in tensors.items():
+            if name not in self.kept:
+                continue
+            stored = self.store(x)
+            if name.startswith("attn.") and stored.untyped_storage().nbytes() > stored.nbytes:
+                stored = stored.clone()
+            kept[name] = stored
+        return kept
 
     def keep_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A step's attention maps converted for storage (``store_dtype``, else float32)."""

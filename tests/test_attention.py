@@ -335,3 +335,80 @@ def test_sd3_joint_attention_gives_image_to_text_maps(pipes):
     assert torch.equal(same.final_latents, trace.final_latents)
     gone = explainer.run(PROMPT, num_inference_steps=2, seed=0, hooks=edits.reweight("red", 0.0), **opts)
     assert not torch.equal(gone.final_latents, trace.final_latents)
+
+
+# ---- review: edge cases -------------------------------------------------------------------------------
+def test_a_run_inside_a_hook_is_not_captured_by_the_outer_run(explainer):
+    clean = explainer.run(PROMPT, num_inference_steps=STEPS, seed=0)
+    alone = explainer.run("a blue circle", num_inference_steps=2, seed=1, attention_maps=False)
+    inner = []
+
+    def nested(x, *, ctx):
+        if ctx.step == 0:
+            inner.append(explainer.run("a blue circle", num_inference_steps=2, seed=1, attention_maps=False))
+
+    outer = explainer.run(PROMPT, num_inference_steps=STEPS, seed=0, hooks={"step.model.cond": nested})
+    assert torch.equal(inner[0].final_latents, alone.final_latents)  # the model's own processors ran
+    assert torch.equal(outer.attention_maps(), clean.attention_maps())  # nothing added to the outer maps
+    assert torch.equal(outer.final_latents, clean.final_latents)
+
+
+def test_kept_probabilities_hold_only_their_own_memory(explainer):
+    layer = first_layer(explainer)
+    trace = explainer.run(PROMPT, num_inference_steps=1, seed=0, keep=f"attn.{layer}.probs.cond")
+    kept = trace[f"attn.{layer}.probs.cond", 0]
+    assert kept.untyped_storage().nbytes() == kept.nbytes  # not a view of both branches' buffer
+
+
+def test_a_fork_that_changes_the_prompt_reads_its_own_steps(explainer):
+    trace = explainer.run(PROMPT, num_inference_steps=4, seed=0)
+    fork = explainer.fork(trace, 2, prompt="a blue square on the right")
+    per_step = torch.stack([fork.attention("blue", steps=i) for i in (2, 3)]).mean(0)
+    torch.testing.assert_close(fork.attention("blue"), per_step)  # the default: steps 2..3 only
+    with pytest.raises(ValueError, match=r"steps \[0\] were copied from the trace this fork started from"):
+        fork.attention("blue", steps=0)
+    same = explainer.fork(trace, 2)  # no prompt change: every step's maps are this trace's
+    torch.testing.assert_close(same.attention("red"), trace.attention("red"))
+    plain = explainer.run(PROMPT, num_inference_steps=4, seed=0, attention_maps=False)
+    mapped = explainer.fork(plain, 2, attention_maps=True)
+    assert mapped.attention("red").shape[0] == 1
+    with pytest.raises(ValueError, match="choose steps 2..3"):
+        mapped.attention("red", steps=1)
+
+
+def test_layer_filters_of_edits_are_checked(explainer):
+    for bad in ("up_block.*", "3x3", 7):
+        with pytest.raises(ValueError, match="matches no attention layer and no resolution"):
+            explainer.run(PROMPT, num_inference_steps=1, seed=0, hooks=edits.reweight("red", 0.0, layers=bad))
+
+
+def test_unknown_and_special_tokens_are_labelled(explainer):
+    from diffexplain.attention.tokens import tokenize
+    from tests.tiny_families import tiny_t5_tokenizer
+
+    tokens = tokenize(explainer.tokenizer, "a ☃ circle", 8)
+    assert [t.kind for t in tokens[:5]] == ["start", "word", "word", "word", "end"] and tokens[2].word == "☃"
+    assert tokenize(tiny_t5_tokenizer(), "", 3)[0].kind == "end"  # T5 has no start token
+
+
+def test_sdxl_empty_negative_prompt_is_zeros(pipes):
+    trace = Explainer.from_pipeline(pipes["sdxl"], progress=False).run(PROMPT, num_inference_steps=1, seed=0)
+    uncond = trace.token_lists("uncond")[0]
+    assert all(t.text == "<zeros>" and t.kind == "pad" for t in uncond)
+    maps = trace.attention_maps(branch="uncond")
+    torch.testing.assert_close(maps, torch.full_like(maps, 1 / maps.shape[1]))  # zero keys: read evenly
+
+
+def test_sd3_replace_maps_fallback_keeps_the_texts_share(pipes):
+    explainer = Explainer.from_pipeline(pipes["sd3"], progress=False)
+    opts = {"max_sequence_length": SD3_MAX_SEQUENCE_LENGTH}
+    layer = explainer.family.attention_layers()[0].name
+    keep = f"attn.{layer}.probs.cond"
+    source = explainer.run(PROMPT, num_inference_steps=2, seed=0, **opts)
+    plain = explainer.run(PROMPT, num_inference_steps=2, seed=0, keep=keep, **opts)
+    with pytest.warns(UserWarning):
+        edited = explainer.run(
+            PROMPT, num_inference_steps=2, seed=0, keep=keep, hooks=edits.replace_maps(source), **opts
+        )
+    mass, before = edited[keep, 0].sum(-1), plain[keep, 0].sum(-1)
+    torch.testing.assert_close(mass, before, rtol=1e-4, atol=1e-5)

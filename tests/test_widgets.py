@@ -364,3 +364,17 @@ def test_trace_player_shows_attention_maps(trace_on: Trace, tmp_path) -> None:
     assert tp.attention.preview.value and tp.attention.fork_button.disabled
     assert_clean(tp)
     assert_clean(tp.attention)
+
+
+def test_attention_maps_follows_a_new_trace_and_the_uncond_tokens(trace_on: Trace, ex: Explainer) -> None:
+    widget = AttentionMaps(trace_on, token="red")
+    other = ex.run("a blue circle", num_inference_steps=STEPS, seed=1, negative_prompt="green")
+    widget.set_trace(other)  # no "red" in it: the constructor's token= is not used again
+    assert_clean(widget)
+    assert widget.trace is other and widget.token.label == "1 · a"  # the first word
+    widget.branch.value = "uncond"
+    assert any("green" in label for label, _ in widget.token.options)  # the negative prompt's tokens
+    assert_clean(widget)
+    fork = ex.fork(trace_on, 2, prompt="a blue circle")
+    widget.set_trace(fork)
+    assert widget.step.min == 2  # the steps before k were made with the other prompt

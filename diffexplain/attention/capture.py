@@ -55,6 +55,7 @@ class AttentionCapture:
             if name.startswith(PREFIX) and (sites.hooks.has(name) or name in trace.kept)
         )
         self.resolutions: dict[str, str] = {}  # layer → "16x16", filled as the layers run
+        self.active = False  # True only inside this run's model call (another run's calls pass through)
         self._sums: dict[tuple[str, str], torch.Tensor] = {}  # (branch, resolution) → Σ_L mean_heads p_L
         self._counts: dict[tuple[str, str], int] = {}
 
@@ -75,6 +76,23 @@ class AttentionCapture:
                 layer.module.set_processor(processor)
 
     # ---- inside the model call ------------------------------------------------------------------
+    @contextmanager
+    def model_call(self) -> Iterator[None]:
+        """Mark the ``with`` block as this run's model call: only there do the wrappers capture."""
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+
+    def _site(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The hooks at ``name``; a run started inside one of them is not this run's call."""
+        self.active = False
+        try:
+            return self.sites(name, x)
+        finally:
+            self.active = True
+
     def _branches(self, x: torch.Tensor, layer: str) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(uncond, cond) halves of a batched tensor: uncond first, as the loop batches the model input."""
         n, b = x.shape[0], self.batch_size
@@ -90,10 +108,10 @@ class AttentionCapture:
         """Run the hooks of ``attn.L.what.{cond,uncond}`` on the branches; returns (x', uncond', cond')."""
         uncond, cond = self._branches(x, layer)
         cond_name, uncond_name = f"{PREFIX}{layer}.{what}.cond", f"{PREFIX}{layer}.{what}.uncond"
-        new_cond = self.sites(cond_name, cond) if cond_name in self.wanted else cond
+        new_cond = self._site(cond_name, cond) if cond_name in self.wanted else cond
         new_uncond = uncond
         if uncond is not None and uncond_name in self.wanted:
-            new_uncond = self.sites(uncond_name, uncond)
+            new_uncond = self._site(uncond_name, uncond)
         if new_cond is cond and new_uncond is uncond:
             return x, uncond, cond
         return (new_cond if new_uncond is None else torch.cat([new_uncond, new_cond])), new_uncond, new_cond
@@ -101,9 +119,10 @@ class AttentionCapture:
     def probs(self, layer: str, probs: torch.Tensor) -> torch.Tensor:
         """p of one layer, [2B or B, heads, h·w, T]: hooks may replace each branch; then summed into the maps."""
         probs, uncond, cond = self._through_sites(layer, "probs", probs)
+        if layer not in self.resolutions:
+            self.resolutions[layer] = resolution_name(*grid_of(probs.shape[2], *self.latent_size))
         if self.maps:
-            rows, cols = grid_of(probs.shape[2], *self.latent_size)
-            resolution = self.resolutions.setdefault(layer, resolution_name(rows, cols))
+            resolution = self.resolutions[layer]
             for branch, x in (("cond", cond), ("uncond", uncond)):
                 if x is not None:
                     self._add(branch, resolution, x, joint=self.kinds[layer] == "joint")
@@ -141,8 +160,11 @@ class AttentionCapture:
         return by_resolution
 
 
-def attention_settings(family: Any, plan: Any, layers: tuple[AttentionLayer, ...]) -> dict[str, Any]:
-    """What a trace records so that its maps can be read: the layers and every prompt's tokens."""
+def attention_settings(
+    family: Any, plan: Any, layers: tuple[AttentionLayer, ...], first_step: dict[str, int]
+) -> dict[str, Any]:
+    """What a trace records so that its maps can be read: the layers, every prompt's tokens, and per
+    branch the first step whose maps index those tokens (a fork that changed the prompt: k)."""
     from diffexplain.attention.layers import describe_layers
     from diffexplain.attention.tokens import tokens_to_json
     from diffexplain.families.sd import uncond_prompts
@@ -151,10 +173,11 @@ def attention_settings(family: Any, plan: Any, layers: tuple[AttentionLayer, ...
     tokens = {"cond": tokens_to_json(family.prompt_tokens(p, plan.options) for p in prompts)}
     if plan.do_cfg:
         negatives = uncond_prompts(plan.negative_prompt, len(prompts))
-        tokens["uncond"] = tokens_to_json(family.prompt_tokens(p, plan.options) for p in negatives)
+        tokens["uncond"] = tokens_to_json(family.negative_prompt_tokens(p, plan.options) for p in negatives)
     return {
         "maps": plan.attention_maps,
         "layers": describe_layers(layers),
         "resolutions": {},
         "tokens": tokens,
+        "first_step": first_step,
     }

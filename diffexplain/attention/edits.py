@@ -67,6 +67,24 @@ def _layer_test(layers: LayerSpec) -> Callable[[str, tuple[int, int]], bool]:
     )
 
 
+def _check_layers(layers: LayerSpec, ctx: HookContext) -> None:
+    """``ValueError`` for a ``layers=`` item that names no layer or resolution this run can have."""
+    if layers is None:
+        return
+    names = sorted({layer_of(n)[0] for n in ctx.trace.hook_names if n.startswith(PREFIX)})
+    latents = ctx.current["step.latents"]
+    h, w = int(latents.shape[-2]), int(latents.shape[-1])
+    grids = {resolution_name(-(-h // 2**k), -(-w // 2**k)) for k in range(8)}  # every level's grid
+    for item in [layers] if isinstance(layers, str | int) else list(layers):
+        key = resolution_name(item, item) if isinstance(item, int) and not isinstance(item, bool) else item
+        if key in grids or any(fnmatch.fnmatchcase(n, str(key)) for n in names):
+            continue
+        raise ValueError(
+            f"layers={item!r} matches no attention layer and no resolution of this model: its layers are "
+            f"{', '.join(names)}; resolutions are grids such as {', '.join(sorted(grids, key=len)[:4])}"
+        )
+
+
 def _columns(ctx: HookContext, token: TokenSpec, branch: str) -> list[list[int]]:
     return token_indices(ctx.trace, token, branch)
 
@@ -82,8 +100,12 @@ def _edit_hooks(
     if branch not in ("cond", "uncond"):
         raise ValueError(f"branch must be 'cond' or 'uncond', got {branch!r}")
     test = _layer_test(layers)
+    checked: list[bool] = []
 
     def hook(x: torch.Tensor, *, ctx: HookContext) -> torch.Tensor | None:  # x: [B, heads, h·w, T]
+        if not checked:
+            _check_layers(layers, ctx)
+            checked.append(True)
         layer = layer_of(ctx.name)[0]
         grid = _grid(x, ctx)
         if not test(layer, grid):
@@ -239,6 +261,9 @@ def _source_probs(
             )
         maps = record.attention[key]  # [B, T, rows, cols]
         theirs = maps.flatten(2).transpose(1, 2)[:, None].expand(-1, like.shape[1], -1, -1)
+        kinds = {x["name"]: x["kind"] for x in (source.settings.get("attention") or {}).get("layers", [])}
+        if kinds.get(layer) == "joint":  # the maps sum to 1 over the text; this block to the text's share
+            theirs = theirs.to(like.dtype) * like.sum(dim=-1, keepdim=True)
     if theirs.shape[0] != like.shape[0]:
         if theirs.shape[0] != 1:
             raise ValueError(

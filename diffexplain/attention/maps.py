@@ -63,19 +63,34 @@ def _branch(branch: str) -> str:
     return branch
 
 
-def _steps(trace: Trace, steps: int | Iterable[int] | None) -> list[int]:
+def _steps(trace: Trace, steps: int | Iterable[int] | None, branch: str = "cond") -> list[int]:
+    """The step indices ``steps=`` picks; by default every step whose maps index this trace's tokens."""
     n = len(trace.steps)
     if n == 0:
         raise TraceKeyError("this trace has no finished steps")
+    first = int((attention_info(trace).get("first_step") or {}).get(branch, 0))
     if steps is None:
-        return list(range(n))
+        if first >= n:
+            raise TraceKeyError(
+                f"this trace has no {branch} maps of its own prompt (they start at step {first})"
+            )
+        return list(range(first, n))
     chosen = [steps] if isinstance(steps, int) else list(steps)
     if not chosen:
         raise ValueError("steps= is empty: give a step, a range or a list of steps")
     for s in chosen:
         if isinstance(s, bool) or not isinstance(s, int) or not -n <= s < n:
             raise IndexError(f"step {s!r} out of range: this trace has {n} steps (0..{n - 1})")
-    return [s % n for s in chosen]
+    chosen = [s % n for s in chosen]
+    early = sorted({s for s in chosen if s < first})
+    if early:
+        which = "prompt" if branch == "cond" else "negative prompt"
+        raise ValueError(
+            f"steps {early} were copied from the trace this fork started from (it forked at step {first}) "
+            f"and hold no maps of this trace's {which}: read them from that trace, or choose steps "
+            f"{first}..{n - 1}"
+        )
+    return chosen
 
 
 def _selection(trace: Trace, layers: LayerFilter) -> tuple[list[str], list[str]]:
@@ -143,7 +158,7 @@ def attention_maps(
 ) -> torch.Tensor:
     """Every token's map, [B, T, H, W] (``size`` or the image's), averaged over ``steps`` and ``layers``."""
     branch = _branch(branch)
-    chosen = _steps(trace, steps)
+    chosen = _steps(trace, steps, branch)
     resolutions, names = _selection(trace, layers)
     by_resolution = attention_info(trace).get("resolutions") or {}
     height, width = size or (int(trace.settings["height"]), int(trace.settings["width"]))
@@ -168,6 +183,11 @@ def attention_maps(
 
 
 def _missing(trace: Trace, branch: str, step: int) -> str:
+    if trace.forked_from is not None and step < trace.forked_from:
+        return (
+            f"step {step} was copied from the trace this fork started from (at step {trace.forked_from}), "
+            f"which kept no {branch} maps there: choose steps {trace.forked_from}..{len(trace) - 1}"
+        )
     if branch == "uncond" and not trace.settings.get("do_cfg", True):
         return "there are no uncond maps: guidance was off (guidance_scale ≤ 1), so that branch never ran"
     if not attention_info(trace).get("maps", True):
@@ -202,6 +222,11 @@ def attention(
     indices = token_indices(trace, which, _branch(branch))
     maps = attention_maps(trace, steps=steps, layers=layers, branch=branch, size=size)  # [B, T, H, W]
     return torch.stack([maps[b, idx].sum(0) for b, idx in enumerate(indices)])
+
+
+def first_step(trace: Trace, branch: str = "cond") -> int:
+    """The first step whose maps index this trace's tokens (0, or k for a fork that changed the prompt)."""
+    return int((attention_info(trace).get("first_step") or {}).get(_branch(branch), 0))
 
 
 def resolutions(trace: Trace) -> dict[str, list[str]]:

@@ -29,6 +29,10 @@ PLAIN_PROCESSORS = frozenset(
 JOINT_PROCESSORS = frozenset({"JointAttnProcessor2_0"})
 """SD3's joint-attention processor."""
 
+CHUNK_ELEMENTS = 2**26
+"""Joint attention's scores are computed in blocks of query rows of at most this many elements (256 MiB
+in float32), so memory stays bounded at any image size."""
+
 
 def check_original(layer_name: str, processor: Any, kind: str) -> None:
     """``ValueError`` unless ``processor`` computes what the explicit one does (no adapters or IP layers)."""
@@ -62,8 +66,10 @@ class CrossAttentionCapture:
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        if encoder_hidden_states is None:  # used as self-attention: not a text layer
-            return self.original(attn, hidden_states, None, attention_mask, temb, *args, **kwargs)
+        if encoder_hidden_states is None or not self.capture.active:  # self-attention, or another run's call
+            return self.original(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -83,6 +89,10 @@ class CrossAttentionCapture:
         query = attn.head_to_batch_dim(query)  # [2B·heads, h·w, d]
         key = attn.head_to_batch_dim(key)  # [2B·heads, T, d]
         value = attn.head_to_batch_dim(value)
+        if getattr(attn, "norm_q", None) is not None:  # per-head norms over d, as AttnProcessor2_0
+            query = attn.norm_q(query)
+        if getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
 
         probs = attn.get_attention_scores(query, key, attention_mask)  # [2B·heads, h·w, T]
         shape = probs.shape
@@ -115,8 +125,8 @@ class JointAttentionCapture:
         *args: Any,
         **kwargs: Any,
     ) -> Any:
-        if encoder_hidden_states is None:
-            return self.original(attn, hidden_states, None, attention_mask, *args, **kwargs)
+        if encoder_hidden_states is None or not self.capture.active:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         residual = hidden_states
         batch_size = hidden_states.shape[0]
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
@@ -141,15 +151,24 @@ class JointAttentionCapture:
         key = torch.cat([key, text_key], dim=2)
         value = torch.cat([value, text_value], dim=2)
 
-        scores = (query @ key.transpose(-1, -2)) * attn.scale  # [2B, heads, h·w + T, h·w + T]
-        probs = scores.float().softmax(dim=-1).to(query.dtype)
-        n_image = residual.shape[1]
-        block = probs[:, :, :n_image, n_image:]  # image queries → text keys  [2B, heads, h·w, T]
+        # p = softmax(QKᵀ/√d) over image and text keys, computed once, in blocks of query rows so that
+        # the [L, L] matrix never exists whole (SD3 at 1024²: L = 4096 + 333). out = p·V.
+        n_image, length = residual.shape[1], query.shape[2]
+        out = torch.empty_like(query)  # [2B, heads, L, d]
+        rows = max(1, CHUNK_ELEMENTS // (batch_size * attn.heads * length))
+        blocks = []
+        for start in range(0, length, rows):
+            scores = (query[:, :, start : start + rows] @ key.transpose(-1, -2)) * attn.scale
+            probs = scores.float().softmax(dim=-1).to(query.dtype)  # [2B, heads, rows, L]
+            out[:, :, start : start + rows] = probs @ value
+            if start < n_image:  # image queries → text keys, copied out of the chunk
+                blocks.append(probs[:, :, : n_image - start, n_image:].clone())
+        block = torch.cat(blocks, dim=2)  # [2B, heads, h·w, T]
         new_block = self.capture.probs(self.layer, block)
-        if new_block is not block:
-            probs = probs.clone()
-            probs[:, :, :n_image, n_image:] = new_block
-        hidden_states = (probs @ value).transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        if new_block is not block:  # out is linear in p: add what the changed text columns change
+            change = (new_block - block) @ value[:, :, n_image:]  # [2B, heads, h·w, d]
+            out[:, :, :n_image] = out[:, :, :n_image] + change
+        hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
         hidden_states, encoder_hidden_states = hidden_states[:, :n_image], hidden_states[:, n_image:]
         if not attn.context_pre_only:

@@ -71,15 +71,16 @@ def tokenize(tokenizer: Any, text: str, length: int, *, source: str = "text", of
     ids = list(enc["input_ids"])
     mask = list(enc.get("attention_mask") or [1] * len(ids))
     texts = tokenizer.convert_ids_to_tokens(ids)
-    special = set(getattr(tokenizer, "all_special_ids", ()))
+    special = set(getattr(tokenizer, "all_special_ids", ())) - {getattr(tokenizer, "unk_token_id", None)}
+    starts = {getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "cls_token_id", None)} - {None}
     words = words_of(text)
     tokens = []
     for i, (token_id, token_text, real) in enumerate(zip(ids, texts, mask, strict=True)):
         word = word_index = None
         if not real:
             kind = "pad"
-        elif token_id in special:
-            kind = "start" if i == 0 else "end"
+        elif token_id in special:  # [CLS] / <|startoftext|> first; [SEP], <|endoftext|>, </s> after
+            kind = "start" if i == 0 and token_id in starts else "end"
         else:
             kind = "word"
             if spans is not None:

@@ -129,6 +129,10 @@ class Family:
         tokenizer = self.parts["tokenizer"]
         return tokenize(tokenizer, prompt, int(tokenizer.model_max_length))
 
+    def negative_prompt_tokens(self, negative_prompt: str, options: dict[str, Any]) -> list[Token]:
+        """The uncond branch's text positions, for one negative (or empty) prompt."""
+        return self.prompt_tokens(negative_prompt, options)
+
     def describe(self) -> dict[str, Any]:
         """What a trace records about the model (JSON-ready): family, classes and the denoiser's shape."""
         model = self.model

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from diffexplain.attention.tokens import Token
 from diffexplain.families.base import Conditioning, conditioning_points
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.names import HookPoint
@@ -100,6 +101,14 @@ class StableDiffusionXL(StableDiffusion):
             return cond, None
         uncond = {"embeds": neg_embeds.to(model.device), "pooled": neg_pooled.to(model.device)}
         return cond, {**uncond, "time_ids": time_ids}
+
+    def negative_prompt_tokens(self, negative_prompt: str, options: dict[str, Any]) -> list[Token]:
+        """With ``force_zeros_for_empty_prompt`` (SDXL base) an empty negative prompt is all zeros: no tokens."""
+        zeros = bool(getattr(self.pipeline.config, "force_zeros_for_empty_prompt", False))
+        if negative_prompt or not zeros:
+            return self.prompt_tokens(negative_prompt, options)
+        length = int(self.parts["tokenizer"].model_max_length)
+        return [Token(i, "<zeros>", None, "pad") for i in range(length)]
 
     def set_timesteps(self, scheduler: Any, num_inference_steps: int, height: int, width: int) -> None:
         """As the pipeline: ``set_timesteps``, then ``set_begin_index(0)`` where the scheduler has it."""

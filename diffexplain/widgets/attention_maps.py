@@ -11,6 +11,7 @@ from PIL import Image
 
 from diffexplain import render
 from diffexplain.attention import edits
+from diffexplain.attention.maps import first_step as maps_first_step
 from diffexplain.attention.tokens import find_token
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
@@ -123,7 +124,7 @@ class AttentionMaps(DxWidget):
         )
 
         redraw = self.guard(lambda _: self._redraw())
-        for control in (self.token, self.step, self.all_steps, self.layer, self.branch, self.preview):
+        for control in (self.token, self.step, self.all_steps, self.layer, self.preview):
             control.observe(redraw, names="value")
         self.fork_button.on_click(self.guard(lambda _: self.reweight()))
 
@@ -142,38 +143,49 @@ class AttentionMaps(DxWidget):
             self.output,
         ]
         self._initial_token = token
+        self._given_explainer = explainer
         self._updating = False
+        self.branch.observe(self.guard(self._on_branch), names="value")
         self.guard(self.set_trace)(trace)
 
     # ---- public --------------------------------------------------------------------------------------
     def set_trace(self, trace: Trace) -> None:
-        """Show ``trace`` (its tokens, steps and layers); the reweighted picture is cleared."""
+        """Show ``trace`` (its tokens, steps and layers); the reweighted picture is cleared.
+
+        A trace without maps raises (and the widget keeps showing the trace it had).
+        """
         tokens = trace.tokens  # raises a clear error for a trace without maps
+        first_step = maps_first_step(trace, "cond")
+        chosen = next((t.index for t in tokens if t.kind == "word"), 0)
+        if self._initial_token is not None:  # the constructor's token=, for the first trace only
+            try:
+                chosen = find_token(tokens, self._initial_token, prompt=str(trace.settings.get("prompt")))[0]
+            finally:
+                self._initial_token = None
+        layers = [("all layers", ALL)]
+        for resolution, names in trace.attention_resolutions.items():
+            count = f"{len(names)} layer{'s' if len(names) > 1 else ''}"
+            layers.append((f"{resolution.replace('x', '×')} ({count})", resolution))
+        kept_layers = {k.removeprefix("attn.").split(".probs.")[0] for k in trace.kept if ".probs." in k}
+        layers += [(name, name) for name in sorted(kept_layers)]  # single layers: their p is kept
         self.clear_errors()
         self.trace, self.forked = trace, None
+        if self._given_explainer is None:  # follow the trace's own model
+            self.explainer = trace.explainer
+            self.frames.explainer = self.explainer
         n = len(trace)
         self._updating = True  # no redraw while the controls are set one by one
         try:
-            self.token.options = [(token_label(t), t.index) for t in tokens]
-            first = next((t.index for t in tokens if t.kind == "word"), 0)
-            if self._initial_token is not None:
-                first = self._pick(self._initial_token)
-            self.token.value = first
-            layers = [("all layers", ALL)]
-            for resolution, names in trace.attention_resolutions.items():
-                count = f"{len(names)} layer{'s' if len(names) > 1 else ''}"
-                layers.append((f"{resolution.replace('x', '×')} ({count})", resolution))
-            kept_layers = {k.removeprefix("attn.").split(".probs.")[0] for k in trace.kept if ".probs." in k}
-            layers += [
-                (name, name) for name in sorted(kept_layers)
-            ]  # per layer: their probabilities are kept
+            self.branch.value = "cond"
+            self._set_token_options("cond", chosen)
             self.layer.options = layers
             self.layer.value = ALL
+            self.step.min = 0
             self.step.max = self.fork_step.max = max(n - 1, 0)
+            self.step.min = min(first_step, self.step.max)  # a fork that changed the prompt: k..
             self.step.value = n - 1 if n else 0
             self.fork_step.value = 0
             has_uncond = "uncond" in trace.settings.get("attention", {}).get("tokens", {})
-            self.branch.value = "cond"
             self.branch.disabled = not has_uncond
         finally:
             self._updating = False
@@ -229,8 +241,21 @@ class AttentionMaps(DxWidget):
         return self.forked
 
     # ---- drawing -------------------------------------------------------------------------------------
-    def _pick(self, which: str | int) -> int:
-        return find_token(self.trace.tokens, which, prompt=str(self.trace.settings.get("prompt")))[0]
+    def _set_token_options(self, branch: str, index: int) -> None:
+        """The chooser lists the tokens of the branch shown (the negative prompt's for uncond)."""
+        tokens = self.trace.token_lists(branch)[0]
+        self.token.options = [(token_label(t), t.index) for t in tokens]
+        self.token.value = index if index < len(tokens) else 0
+
+    def _on_branch(self, change: dict) -> None:
+        if self._updating:
+            return
+        self._updating = True
+        try:
+            self._set_token_options(change["new"], self.token.value)
+        finally:
+            self._updating = False
+        self._redraw()
 
     def _redraw(self) -> None:
         trace = self.trace
@@ -267,7 +292,7 @@ class AttentionMaps(DxWidget):
     def _draw_shares(self) -> None:
         steps = None if self.all_steps.value else self.step.value
         maps = self.trace.attention_maps(steps=steps, layers=self.layers, branch=self.branch.value)
-        shares = maps[0].mean(dim=(-1, -2)).numpy()  # [T]
+        shares = maps[0].mean(dim=(-1, -2)).cpu().numpy()  # [T]
         labels = [label for label, _ in self.token.options]
         chosen = [i == self.token.index for i in range(len(labels))]
         with self.fig.batch_update():
