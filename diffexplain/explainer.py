@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +69,8 @@ class Explainer:
         self.model_name = model_name  # a display name
         self.latent_rgb = latent_rgb  # [C, 3] map for fast latent previews, if known
         self.defaults: dict[str, Any] = dict(defaults or {})  # recommended run settings (steps, guidance)
+        # the words the model was trained on (the default model's captions); None: any text
+        self.vocabulary: frozenset[str] | None = None
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
@@ -298,6 +301,7 @@ class Explainer:
             raise ValueError("pass seed= or generator=, not both")
         checks.check_prompt(prompt)
         checks.check_negative_prompt(negative_prompt, 1 if isinstance(prompt, str) else len(prompt))
+        self._warn_unknown_words(prompt)
         if num_inference_steps is None:
             num_inference_steps = int(self.defaults.get("num_inference_steps", self.family.default_steps))
         num_inference_steps = checks.check_steps(num_inference_steps)
@@ -386,6 +390,7 @@ class Explainer:
         source = trace.settings
         if prompt is not None:
             checks.check_prompt(prompt)
+            self._warn_unknown_words(prompt)
         if guidance_scale is not None:
             guidance_scale = checks.check_guidance_scale(guidance_scale)
         changed = {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance_scale}
@@ -426,6 +431,23 @@ class Explainer:
             resume=resume,
             progress=self.progress if progress is None else progress,
         )
+
+    def _warn_unknown_words(self, prompt: str | list[str]) -> None:
+        """A ``UserWarning`` listing the prompt's words the model never saw (models with a ``vocabulary``)."""
+        if not self.vocabulary:
+            return
+        from diffexplain.data.vocab import unknown_words
+
+        text = prompt if isinstance(prompt, str) else " ".join(prompt)
+        unknown = unknown_words(text, self.vocabulary)
+        if unknown:
+            warnings.warn(
+                f"this model was trained on captions with a small vocabulary, and the prompt's words "
+                f"{', '.join(repr(w) for w in unknown)} are not in it: expect a picture that ignores them "
+                f"(often a blank one). It knows: {', '.join(sorted(self.vocabulary))}",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def __repr__(self) -> str:
         vae = None if self.vae is None else type(self.vae).__name__

@@ -58,3 +58,27 @@ def test_default_model_draws_the_prompt(explainer, prompt: str, seed: int) -> No
     result = score(trace.images[0], prompt)
     found = [(o.colour, o.shape, o.position) for o in result.detected]
     assert result.all_right, f"{prompt!r} at seed {seed}: the checker found {found}"
+
+
+def test_words_the_default_model_never_saw_are_named_in_a_warning() -> None:
+    import warnings
+
+    import pytest
+
+    from diffexplain.models.default import load_default
+
+    explainer = load_default(progress=False)
+    with pytest.warns(
+        UserWarning, match=r"'photorealistic', 'cat', 'astronaut' are not in it.*It knows: a, an, and"
+    ):
+        explainer.run("a photorealistic cat astronaut", num_inference_steps=1, seed=0, decode=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the README's prompt: every word is known
+        trace = explainer.run(
+            "a red circle on the left and a blue square on the right",
+            num_inference_steps=1,
+            seed=0,
+            decode=False,
+        )
+    with pytest.warns(UserWarning, match="'dog'"):
+        explainer.fork(trace, 0, prompt="a red dog")

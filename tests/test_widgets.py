@@ -378,3 +378,56 @@ def test_attention_maps_follows_a_new_trace_and_the_uncond_tokens(trace_on: Trac
     fork = ex.fork(trace_on, 2, prompt="a blue circle")
     widget.set_trace(fork)
     assert widget.step.min == 2  # the steps before k were made with the other prompt
+
+
+# ---- #19: no stale panels, no old tracebacks ----------------------------------------------------------
+def test_a_new_run_clears_every_derived_panel(ex: Explainer) -> None:
+    lab = GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
+    empty_range = lab.images["range"].value
+    lab.range_button.click()
+    assert lab.images["range"].value != empty_range and "steps" in lab.range_title.value
+    lab.prompt.value = "a green triangle at the top"
+    lab.run_button.click()
+    assert lab.ranged is None and lab.images["range"].value == empty_range
+    assert lab.range_title.value == "<b>guidance off in a step range</b>" and list(lab.fig.data[2].x) == []
+
+    nl = NoiseLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
+    empty = nl.images["branch"].value, nl.images["diff"].value
+    nl.inject_button.click()
+    assert nl.images["branch"].value != empty[0]
+    nl.run_button.click()
+    assert (nl.images["branch"].value, nl.images["diff"].value) == empty
+    assert nl.branch_title.value == "<b>new branch</b>"
+
+    ps = PromptSwap(ex, PROMPT, "a blue square on the right", num_inference_steps=STEPS, sweep_points=3)
+    assert ps.strip.value  # a placeholder, not a broken image, before the first sweep
+    empty = ps.images["swap"].value, ps.strip.value
+    ps.swap_button.click()
+    ps.sweep_button.click()
+    assert ps.images["swap"].value != empty[0] and ps.strip.value != empty[1]
+    ps.prompt_a.value = "a red square at the top"
+    ps.run_button.click()
+    assert (ps.images["swap"].value, ps.strip.value) == empty
+    assert all(list(series.x) == [] for series in ps.fig.data)
+    for widget in (lab, nl, ps):
+        assert_clean(widget)
+
+
+def test_an_action_that_works_clears_the_previous_error(
+    ex: Explainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = Explainer(**{k: getattr(ex, k) for k in ("unet", "scheduler", "tokenizer", "text_encoder", "vae")})
+    own.progress = False
+    ps = PromptSwap(own, PROMPT, "a blue square", num_inference_steps=STEPS)
+    real_fork = own.fork
+
+    def broken_fork(*args, **kwargs):
+        raise RuntimeError("boom from fork")
+
+    monkeypatch.setattr(own, "fork", broken_fork)
+    ps.swap_button.click()
+    assert "boom from fork" in errors(ps) and "Error" in ps.status.value
+    monkeypatch.setattr(own, "fork", real_fork)
+    ps.swap_button.click()
+    assert_clean(ps)  # the old traceback is gone once an action works
+    assert ps.swapped is not None

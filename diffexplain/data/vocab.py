@@ -60,3 +60,19 @@ WORDS: tuple[str, ...] = (
     *BACKGROUNDS,
 )
 """Every content word the default model was trained on."""
+
+
+def caption_words() -> frozenset[str]:
+    """Every word the dataset's captions use (what a model trained on them has seen)."""
+    words = {"a", "an", "and", "on", "background", *COLOURS, *SHAPES, *SIZES, *BACKGROUNDS}
+    for phrase in POSITION_PHRASES.values():
+        words.update(phrase.split())
+    return frozenset(words)
+
+
+def unknown_words(prompt: str, known: frozenset[str]) -> list[str]:
+    """The words of ``prompt`` (letters only, case-insensitive) that are not in ``known``, in order, once."""
+    import re
+
+    found = [w.lower() for w in re.findall(r"[A-Za-z]+", prompt)]
+    return list(dict.fromkeys(w for w in found if w not in known))

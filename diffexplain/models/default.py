@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from diffexplain.data.vocab import caption_words
 from diffexplain.models.store import ModelFolderError, load_model_parts, read_model_json
 from diffexplain.models.text import load_text_encoder
 
@@ -51,6 +52,7 @@ def load_model(
     explainer.model_name = str(meta.get("name", Path(folder).name))
     explainer.latent_rgb = meta.get("latent_rgb")
     explainer.defaults = dict(meta.get("defaults", {}))
+    explainer.vocabulary = caption_words()  # trained on the shapes dataset's captions: warn on other words
     return explainer
 
 

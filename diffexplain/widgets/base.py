@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from diffexplain.trace import Trace
 
 DEFAULT_SIZE = 160  # displayed picture width in pixels
+ERROR_STATUS = "<span style='color:#b00'>"  # how the status line starts when it shows an error
 
 
 def png(image: Image.Image) -> bytes:
@@ -288,15 +289,25 @@ class DxWidget(W.VBox):
         self.add_class(self.css_class)
 
     def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """Wrap a callback: any exception is shown in this widget's output area (and the status line)."""
+        """Wrap a callback: any exception is shown in this widget's output area (and the status line).
+
+        When the callback succeeds, the errors shown before it are cleared: the area shows only what
+        went wrong since the last action that worked.
+        """
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            before = len(self.output.outputs)
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except Exception as exc:
                 self.show_error(exc)
                 return None
+            if before:  # it worked: the errors shown before it are old news (new ones stay)
+                self.output.outputs = self.output.outputs[before:]
+                if self.status.value.startswith(ERROR_STATUS) and not self.output.outputs:
+                    self.status.value = ""
+            return result
 
         return wrapper
 
@@ -304,9 +315,7 @@ class DxWidget(W.VBox):
         """Print ``exc`` with its traceback into the output area; a one-line summary goes to the status line."""
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.output.append_stderr(text)
-        self.status.value = (
-            f"<span style='color:#b00'>Error: {type(exc).__name__}: {_escape(str(exc))}</span>"
-        )
+        self.status.value = f"{ERROR_STATUS}Error: {type(exc).__name__}: {_escape(str(exc))}</span>"
 
     def say(self, html: str) -> None:
         """Show a short message on the status line."""

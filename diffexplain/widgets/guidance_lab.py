@@ -12,6 +12,7 @@ from diffexplain.widgets.base import (
     DxWidget,
     Frames,
     LiveFigure,
+    blank,
     button,
     default_guidance,
     default_steps,
@@ -217,6 +218,9 @@ class GuidanceLab(DxWidget):
             a, b = self.range.value
             self.images["range"].value = self.frames.final(self.ranged, preview=preview)
             self.range_title.value = f"<b>guidance off in steps {a}–{b}</b>"
+        else:  # a new run: the last range's picture belonged to the previous one
+            self.images["range"].value = blank(self.frames.size, "press “Guidance off\nfor these steps”")
+            self.range_title.value = "<b>guidance off in a step range</b>"
         self._base_delta = self._delta(self.on)
         steps = list(range(len(self.on)))
         with self.fig.batch_update():

@@ -15,6 +15,7 @@ from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
     Frames,
+    blank,
     button,
     default_guidance,
     default_steps,
@@ -224,6 +225,10 @@ class NoiseLab(DxWidget):
         if self.branch is not None:
             self.images["branch"].value = self.frames.final(self.branch, preview=preview)
             self.images["diff"].value = self.frames.difference(self.branch, trace, preview=preview)
+        else:  # a new run: the last branch belonged to the previous one
+            self.images["branch"].value = blank(self.frames.size, "add noise at\nstep k to fork")
+            self.images["diff"].value = blank(self.frames.size)
+            self.branch_title.value = "<b>new branch</b>"
         self._draw_region()
 
     def _draw_region(self) -> None:

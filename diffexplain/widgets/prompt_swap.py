@@ -13,6 +13,7 @@ from diffexplain.widgets.base import (
     DxWidget,
     Frames,
     LiveFigure,
+    blank,
     button,
     default_guidance,
     default_steps,
@@ -194,8 +195,22 @@ class PromptSwap(DxWidget):
         if self.swapped is not None:
             self.images["swap"].value = self.frames.final(self.swapped, preview=preview)
             self.images["diff"].value = self.frames.difference(self.swapped, self.original, preview=preview)
+        else:  # a new run: the last swap belonged to the previous prompt A
+            self.images["swap"].value = blank(self.frames.size, "switch to B\nfrom step k")
+            self.images["diff"].value = blank(self.frames.size)
+            self.swap_title.value = "<b>A, then B from step k</b>"
         if self.sweep:
             self._draw_sweep()
+        else:
+            self._clear_sweep()
+
+    def _clear_sweep(self) -> None:
+        """No sweep for this run yet: an empty strip and plot, not the previous run's."""
+        self.strip.value = blank(96, "press “Sweep k”")
+        self.strip_label.value = "<b>final pictures when prompt B takes over at step k</b> (press “Sweep k”)"
+        with self.fig.batch_update():
+            for series in self.fig.data:
+                series.x, series.y = [], []
 
     def _draw_sweep(self) -> None:
         assert self.original is not None
