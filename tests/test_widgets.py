@@ -431,3 +431,29 @@ def test_an_action_that_works_clears_the_previous_error(
     ps.swap_button.click()
     assert_clean(ps)  # the old traceback is gone once an action works
     assert ps.swapped is not None
+
+
+def test_buttons_are_off_while_the_model_runs(ex: Explainer) -> None:
+    ps = PromptSwap(ex, PROMPT, "a blue square", num_inference_steps=STEPS)
+    seen: list[bool] = []
+
+    def look(x, *, ctx):
+        seen.append(all(b.disabled for b in ps.buttons()))
+
+    ps.run_trace(ex, PROMPT, num_inference_steps=STEPS, seed=0, hooks={"step.next": look})
+    assert seen and all(seen)  # no click can queue another run meanwhile
+    assert not any(b.disabled for b in ps.buttons())
+
+    def boom(x, *, ctx):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        ps.fork_trace(ex, ps.original, 1, hooks={"step.next": boom})
+    assert not any(b.disabled for b in ps.buttons())  # back after an error too
+    nl = NoiseLab(ex, PROMPT, seed=0, num_inference_steps=STEPS)
+    nl.inject_button.click()
+    assert (
+        "nothing is copied" in nl.status.value
+        or "step 0 is copied" in nl.status.value
+        or "copied" in nl.status.value
+    )

@@ -260,7 +260,7 @@ class ProgressBar(W.IntProgress):
     """A progress bar fed by a hook on ``step.next``: shows loop step k+1 of N (forks start at k)."""
 
     def __init__(self) -> None:
-        super().__init__(value=0, min=0, max=1, description="steps", layout=W.Layout(width="320px"))
+        super().__init__(value=0, min=0, max=1, description="progress", layout=W.Layout(width="320px"))
         self.add_class("dx-progress")
 
     def _tick(self, x: torch.Tensor, *, ctx: HookContext) -> None:
@@ -322,14 +322,39 @@ class DxWidget(W.VBox):
         self.status.value = html
 
     def run_trace(self, explainer: Explainer, prompt: str, **kwargs: Any) -> Trace:
-        """``explainer.run`` with this widget's progress bar (extra ``hooks=`` are kept)."""
+        """``explainer.run`` with this widget's progress bar (extra ``hooks=`` are kept), buttons off meanwhile."""
         hooks = self.progress.with_hooks(kwargs.pop("hooks", None))
-        return explainer.run(prompt, hooks=hooks, progress=False, **kwargs)
+        with self.busy():
+            return explainer.run(prompt, hooks=hooks, progress=False, **kwargs)
 
     def fork_trace(self, explainer: Explainer, trace: Trace, step: int, **kwargs: Any) -> Trace:
-        """``explainer.fork`` with this widget's progress bar (extra ``hooks=`` are kept)."""
+        """``explainer.fork`` with this widget's progress bar (extra ``hooks=`` are kept), buttons off meanwhile."""
         hooks = self.progress.with_hooks(kwargs.pop("hooks", None))
-        return explainer.fork(trace, step, hooks=hooks, progress=False, **kwargs)
+        with self.busy():
+            return explainer.fork(trace, step, hooks=hooks, progress=False, **kwargs)
+
+    def buttons(self) -> list[W.Button]:
+        """Every button inside this widget."""
+        found, todo = [], list(self.children)
+        while todo:
+            item = todo.pop()
+            if isinstance(item, W.Button):
+                found.append(item)
+            todo.extend(getattr(item, "children", ()))
+        return found
+
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """Disable the widget's buttons while it runs the model (a click then cannot queue another run);
+        each button gets its own state back afterwards, also after an error."""
+        states = [(b, b.disabled) for b in self.buttons()]
+        for b, _ in states:
+            b.disabled = True
+        try:
+            yield
+        finally:
+            for b, state in states:
+                b.disabled = state
 
     def clear_errors(self) -> None:
         """Empty the output area."""

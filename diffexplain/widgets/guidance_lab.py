@@ -84,7 +84,7 @@ class GuidanceLab(DxWidget):
         self.scale.add_class("dx-guidance-slider")
         self.run_scale_button = button("Run at this scale", "dx-run-scale")
         self.range = W.IntRangeSlider(
-            value=(0, 1), min=0, max=1, description="steps", continuous_update=False
+            value=(0, 1), min=0, max=1, description="step range", continuous_update=False
         )
         self.range.add_class("dx-cfg-range")
         self.range_button = button("Guidance off for these steps", "dx-cfg-off-button")

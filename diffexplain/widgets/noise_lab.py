@@ -205,9 +205,10 @@ class NoiseLab(DxWidget):
         self.say(f"forking at step {k}: adding noise of strength {self.strength.value:g} {where} …")
         self.branch = self.fork_trace(self.explainer, self.original, k, hooks=[hook])
         self.branch_title.value = f"<b>new branch (noise at step {k})</b>"
-        self.say(
-            f"forked at step {k}: steps 0–{k - 1} are copied, steps {k}–{len(self.branch) - 1} ran again"
+        copied = (
+            "nothing is copied" if k == 0 else "step 0 is copied" if k == 1 else f"steps 0–{k - 1} are copied"
         )
+        self.say(f"forked at step {k}: {copied}, steps {k}–{len(self.branch) - 1} ran again")
         self._redraw()
 
     # ---- drawing ---------------------------------------------------------------------------------
