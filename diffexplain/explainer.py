@@ -22,6 +22,7 @@ from diffexplain.hooks import Hook, HookSpec, as_hooks
 from diffexplain.loop import Components, Plan, Resume, run_loop
 from diffexplain.names import HookPoint
 from diffexplain.scheduler_state import describe, effective_config, scheduler_by_name
+from diffexplain.threads import cpu_threads
 from diffexplain.trace import Trace
 
 
@@ -345,15 +346,16 @@ class Explainer:
             options=plan.options,
         )
         trace = self._new_trace(settings, keep, store_dtype)
-        return run_loop(
-            Components(self.family, self.scheduler),
-            plan,
-            trace,
-            self._hooks(hooks),
-            generator=generator,
-            latents=latents,
-            progress=self.progress if progress is None else progress,
-        )
+        with cpu_threads(self.device):  # no more CPU threads than free cores (diffexplain.threads)
+            return run_loop(
+                Components(self.family, self.scheduler),
+                plan,
+                trace,
+                self._hooks(hooks),
+                generator=generator,
+                latents=latents,
+                progress=self.progress if progress is None else progress,
+            )
 
     @torch.no_grad()
     def fork(
@@ -423,14 +425,15 @@ class Explainer:
         forked.replacements = [r for r in trace.replacements if r.step is None or r.step < k]
         forked.run_tensors = {name: x for name, x in trace.run_tensors.items() if name != "decode.image"}
         resume = Resume(trace, k, prompt is not None, negative_prompt is not None, latents)
-        return run_loop(
-            Components(self.family, self.scheduler),
-            plan,
-            forked,
-            self._hooks(hooks),
-            resume=resume,
-            progress=self.progress if progress is None else progress,
-        )
+        with cpu_threads(self.device):
+            return run_loop(
+                Components(self.family, self.scheduler),
+                plan,
+                forked,
+                self._hooks(hooks),
+                resume=resume,
+                progress=self.progress if progress is None else progress,
+            )
 
     def _warn_unknown_words(self, prompt: str | list[str]) -> None:
         """A ``UserWarning`` listing the prompt's words the model never saw (models with a ``vocabulary``)."""
