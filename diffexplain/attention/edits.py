@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -85,8 +86,19 @@ def _check_layers(layers: LayerSpec, ctx: HookContext) -> None:
         )
 
 
+_COLUMNS: weakref.WeakKeyDictionary[Trace, dict[tuple[str, str], list[list[int]]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per trace, each (token, branch)'s columns: edits run at every layer of every step, the lookup once."""
+
+
 def _columns(ctx: HookContext, token: TokenSpec, branch: str) -> list[list[int]]:
-    return token_indices(ctx.trace, token, branch)
+    """The columns of ``token`` per prompt of the running trace (looked up once per trace)."""
+    per_trace = _COLUMNS.setdefault(ctx.trace, {})
+    key = (repr(token), branch)
+    if key not in per_trace:
+        per_trace[key] = token_indices(ctx.trace, token, branch)
+    return per_trace[key]
 
 
 def _edit_hooks(
@@ -209,7 +221,7 @@ def replace_maps(
             return theirs
         new = x.clone()
         for mine, their in tokens.items():
-            ours, src_all = token_indices(ctx.trace, mine, branch), token_indices(source, their, branch)
+            ours, src_all = _columns(ctx, mine, branch), token_indices(source, their, branch)
             for b in range(x.shape[0]):
                 dst, src = ours[b], src_all[min(b, len(src_all) - 1)]
                 if len(src) == len(dst):

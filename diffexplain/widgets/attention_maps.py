@@ -18,6 +18,7 @@ from diffexplain.widgets.base import (
     DxWidget,
     Frames,
     LiveFigure,
+    _escape,
     blank,
     button,
     figure_box,
@@ -298,7 +299,3 @@ class AttentionMaps(DxWidget):
         with self.fig.batch_update():
             self.fig.data[0].x, self.fig.data[0].y = labels, np.round(shares, 4)
             self.fig.data[0].marker.color = ["#d62728" if c else "#1f77b4" for c in chosen]
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
