@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ from diffexplain.families.base import Conditioning
 from diffexplain.fingerprint import LazyFingerprint
 from diffexplain.guidance import guidance_on
 from diffexplain.hooks import Hook, HookSpec, as_hooks
-from diffexplain.loop import Components, Plan, Resume, run_loop
+from diffexplain.jobs import Job
+from diffexplain.loop import Components, Plan, Resume, loop_steps
 from diffexplain.names import HookPoint
 from diffexplain.scheduler_state import describe, effective_config, scheduler_by_name
 from diffexplain.threads import cpu_threads
@@ -298,6 +299,51 @@ class Explainer:
         text-attention layers are then computed with an explicit softmax, which matches the model's
         own (SDPA) processors to float precision, not bit for bit: ``False`` leaves the model untouched.
         """
+        return self.start_run(
+            prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed,
+            generator=generator,
+            height=height,
+            width=width,
+            latents=latents,
+            eta=eta,
+            hooks=hooks,
+            keep=keep,
+            store_dtype=store_dtype,
+            progress=progress,
+            decode=decode,
+            restart=restart,
+            attention_maps=attention_maps,
+            **options,
+        ).finish()
+
+    def start_run(
+        self,
+        prompt: str | list[str],
+        *,
+        negative_prompt: str | list[str] = "",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        latents: torch.Tensor | None = None,
+        eta: float = 0.0,
+        hooks: HookSpec = None,
+        keep: str | Iterable[str] | None = None,
+        store_dtype: torch.dtype | None = None,
+        progress: bool | None = None,
+        decode: bool = True,
+        restart: bool = True,
+        attention_maps: bool = True,
+        **options: Any,
+    ) -> Job:
+        """``run``, as a :class:`~diffexplain.jobs.Job` that runs one loop step per ``advance()``: the
+        arguments are checked now, the model runs as the job advances (``job.finish()`` is ``run``)."""
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
         checks.check_prompt(prompt)
@@ -346,16 +392,15 @@ class Explainer:
             options=plan.options,
         )
         trace = self._new_trace(settings, keep, store_dtype)
-        with cpu_threads(self.device):  # no more CPU threads than free cores (diffexplain.threads)
-            return run_loop(
-                Components(self.family, self.scheduler),
-                plan,
-                trace,
-                self._hooks(hooks),
-                generator=generator,
-                latents=latents,
-                progress=self.progress if progress is None else progress,
-            )
+        steps = self._loop(
+            plan,
+            trace,
+            self._hooks(hooks),  # now: the hooks of the `with explainer.hooks(...)` block around this call
+            generator=generator,
+            latents=latents,
+            progress=self.progress if progress is None else progress,
+        )
+        return Job(steps, trace)
 
     @torch.no_grad()
     def fork(
@@ -380,6 +425,32 @@ class Explainer:
         hooks are not re-applied: pass them again in ``hooks=`` to keep them. ``attention_maps`` is the
         original run's unless given.
         """
+        return self.start_fork(
+            trace,
+            step,
+            hooks=hooks,
+            guidance_scale=guidance_scale,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            latents=latents,
+            progress=progress,
+            attention_maps=attention_maps,
+        ).finish()
+
+    def start_fork(
+        self,
+        trace: Trace,
+        step: int,
+        *,
+        hooks: HookSpec = None,
+        guidance_scale: float | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        latents: torch.Tensor | None = None,
+        progress: bool | None = None,
+        attention_maps: bool | None = None,
+    ) -> Job:
+        """``fork``, as a :class:`~diffexplain.jobs.Job` (see ``start_run``): checked now, run as it advances."""
         k = checks.check_fork_step(step, len(trace.steps))
         if trace.steps[k].restart is None:
             raise ValueError(f"step {k} of this trace has no restart state, so it cannot be forked")
@@ -425,14 +496,23 @@ class Explainer:
         forked.replacements = [r for r in trace.replacements if r.step is None or r.step < k]
         forked.run_tensors = {name: x for name, x in trace.run_tensors.items() if name != "decode.image"}
         resume = Resume(trace, k, prompt is not None, negative_prompt is not None, latents)
+        steps = self._loop(
+            plan,
+            forked,
+            self._hooks(hooks),
+            resume=resume,
+            progress=self.progress if progress is None else progress,
+        )
+        return Job(steps, forked)
+
+    @torch.no_grad()
+    def _loop(
+        self, plan: Plan, trace: Trace, hooks: list[Hook], **kwargs: Any
+    ) -> Generator[int, None, Trace]:
+        """The loop of one job, on no more CPU threads than there are free cores (``diffexplain.threads``)."""
         with cpu_threads(self.device):
-            return run_loop(
-                Components(self.family, self.scheduler),
-                plan,
-                forked,
-                self._hooks(hooks),
-                resume=resume,
-                progress=self.progress if progress is None else progress,
+            return (
+                yield from loop_steps(Components(self.family, self.scheduler), plan, trace, hooks, **kwargs)
             )
 
     def _warn_unknown_words(self, prompt: str | list[str]) -> None:

@@ -12,11 +12,15 @@ B batch, T tokens, D text width, C latent channels, h×w latent size, H×W image
 
 Each ``sites(name, x)`` call is a hook point: the hooks registered there run in order (each may
 return a replacement), the result goes into ``ctx.current`` and, if kept, into the trace.
+
+``loop_steps`` is the loop as a generator: it yields after each finished step and returns the trace,
+so a caller may stop between steps (``close()``: a widget's Stop button, ``diffexplain.jobs``).
+``run_loop`` runs it to the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -82,9 +86,14 @@ class Resume:
 
 @contextmanager
 def keep_partial_trace(trace: Trace) -> Iterator[None]:
-    """On Ctrl-C or an error, keep the trace of the finished steps and re-raise the original exception."""
+    """On Ctrl-C or an error, keep the trace of the finished steps and re-raise the original exception;
+    when the caller stops the loop between steps (``GeneratorExit``), mark the trace "stopped"."""
     try:
         yield
+    except GeneratorExit:
+        trace.status = "stopped"
+        trace.message = f"stopped after {len(trace)} finished steps (0..{len(trace) - 1})"
+        raise
     except (Exception, KeyboardInterrupt) as exc:
         trace.status = "interrupted"
         trace.message = f"{type(exc).__name__} during step {len(trace)}; steps 0..{len(trace) - 1} finished"
@@ -230,7 +239,32 @@ def run_loop(
     resume: Resume | None = None,
     progress: bool = True,
 ) -> Trace:
-    """One run (``resume=None``: steps 0..N−1 from ``latents`` or fresh noise) or one fork (steps k..N−1)."""
+    """``loop_steps`` run to the end: the finished trace."""
+    steps = loop_steps(
+        components, plan, trace, hooks, generator=generator, latents=latents, resume=resume, progress=progress
+    )
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def loop_steps(
+    components: Components,
+    plan: Plan,
+    trace: Trace,
+    hooks: Sequence[Hook],
+    *,
+    generator: torch.Generator | None = None,
+    latents: torch.Tensor | None = None,
+    resume: Resume | None = None,
+    progress: bool = True,
+) -> Generator[int, None, Trace]:
+    """One run (``resume=None``: steps 0..N−1 from ``latents`` or fresh noise) or one fork (steps k..N−1).
+
+    Yields each loop step's index once it is finished (recorded in ``trace.steps``); returns the trace.
+    """
     family = components.family
     device = family.model.device
     with keep_partial_trace(trace):
@@ -277,7 +311,7 @@ def run_loop(
 
         # 5. the denoising loop (the layers' own attention processors come back when it ends)
         with capture.installed() if capture is not None else nullcontext():
-            latents = denoise(
+            latents = yield from denoise(
                 family, scheduler, sites, trace, plan, cond, uncond, latents, start,
                 step_kwargs, model_kwargs, generator, plan.restart, progress, capture,
             )  # fmt: skip
@@ -306,8 +340,9 @@ def denoise(
     make_restart: bool,
     progress: bool,
     capture: AttentionCapture | None = None,
-) -> torch.Tensor:
-    """5. Steps ``start``..N−1: one model call per step (both branches batched with guidance on)."""
+) -> Generator[int, None, torch.Tensor]:
+    """5. Steps ``start``..N−1: one model call per step (both branches batched with guidance on);
+    yields each step's index when it is recorded, returns x_0's latents."""
     timesteps, w, do_cfg = scheduler.timesteps, plan.guidance_scale, uncond is not None
     second_order = hasattr(scheduler, "state_in_first_order")
     with tqdm(total=len(timesteps) - start, disable=not progress, desc="denoising") as bar:
@@ -378,5 +413,6 @@ def denoise(
             trace.replacements.extend(sites.pending)
             latents = next_latents
             bar.update()
+            yield i  # the caller may stop here, between steps (closing the generator)
     sites.end_step()
     return latents

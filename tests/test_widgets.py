@@ -248,7 +248,7 @@ def test_callback_errors_show_in_the_widget_output(ex: Explainer, monkeypatch: p
     def broken_fork(*args, **kwargs):
         raise RuntimeError("boom from fork")
 
-    monkeypatch.setattr(own, "fork", broken_fork)
+    monkeypatch.setattr(own, "start_fork", broken_fork)
     ps.swap_button.click()  # must not raise
     assert "boom from fork" in errors(ps) and "Traceback" in errors(ps)
     assert "RuntimeError" in ps.status.value
@@ -419,15 +419,15 @@ def test_an_action_that_works_clears_the_previous_error(
     own = Explainer(**{k: getattr(ex, k) for k in ("unet", "scheduler", "tokenizer", "text_encoder", "vae")})
     own.progress = False
     ps = PromptSwap(own, PROMPT, "a blue square", num_inference_steps=STEPS)
-    real_fork = own.fork
+    real_fork = own.start_fork
 
     def broken_fork(*args, **kwargs):
         raise RuntimeError("boom from fork")
 
-    monkeypatch.setattr(own, "fork", broken_fork)
+    monkeypatch.setattr(own, "start_fork", broken_fork)
     ps.swap_button.click()
     assert "boom from fork" in errors(ps) and "Error" in ps.status.value
-    monkeypatch.setattr(own, "fork", real_fork)
+    monkeypatch.setattr(own, "start_fork", real_fork)
     ps.swap_button.click()
     assert_clean(ps)  # the old traceback is gone once an action works
     assert ps.swapped is not None
@@ -440,7 +440,7 @@ def test_buttons_are_off_while_the_model_runs(ex: Explainer) -> None:
     def look(x, *, ctx):
         seen.append(all(b.disabled for b in ps.buttons()))
 
-    ps.run_trace(ex, PROMPT, num_inference_steps=STEPS, seed=0, hooks={"step.next": look})
+    ps.finish(ps.run_steps(ex, PROMPT, num_inference_steps=STEPS, seed=0, hooks={"step.next": look}))
     assert seen and all(seen)  # no click can queue another run meanwhile
     assert not any(b.disabled for b in ps.buttons())
 
@@ -448,7 +448,7 @@ def test_buttons_are_off_while_the_model_runs(ex: Explainer) -> None:
         raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError, match="stop here"):
-        ps.fork_trace(ex, ps.original, 1, hooks={"step.next": boom})
+        ps.finish(ps.fork_steps(ex, ps.original, 1, hooks={"step.next": boom}))
     assert not any(b.disabled for b in ps.buttons())  # back after an error too
     nl = NoiseLab(ex, PROMPT, seed=0, num_inference_steps=STEPS)
     nl.inject_button.click()

@@ -18,6 +18,7 @@ from diffexplain.widgets.base import (
     DxWidget,
     Frames,
     LiveFigure,
+    Work,
     _escape,
     blank,
     button,
@@ -127,7 +128,7 @@ class AttentionMaps(DxWidget):
         redraw = self.guard(lambda _: self._redraw())
         for control in (self.token, self.step, self.all_steps, self.layer, self.preview):
             control.observe(redraw, names="value")
-        self.fork_button.on_click(self.guard(lambda _: self.reweight()))
+        self.fork_button.on_click(self.guard(lambda _: self.start(self._reweight_work)))
 
         self.children = [
             help_box(HELP.format(model=words(trace, self.explainer)["model"])),
@@ -137,7 +138,7 @@ class AttentionMaps(DxWidget):
             self.branch,
             W.HBox([panels["overlay"], panels["map"], panels["before"], panels["after"]]),
             self.info,
-            W.HBox([self.factor, self.fork_step, self.fork_button]),
+            W.HBox([self.factor, self.fork_step, self.fork_button, self.stop_button]),
             self.progress,
             figure_box(self.fig, "dx-token-shares"),
             self.status,
@@ -229,13 +230,16 @@ class AttentionMaps(DxWidget):
 
     def reweight(self) -> Trace:
         """Fork from the chosen step with the chosen token's attention times the factor (chosen layers)."""
+        return self.finish(self._reweight_work())
+
+    def _reweight_work(self) -> Work:
         if self.explainer is None:
             raise RuntimeError("reweighting runs the model: open the widget with an explainer")
         token, factor, k = self.token.value, float(self.factor.value), self.fork_step.value
         name = _escape(self.token.label.split(" · ", 1)[-1])
         self.say(f"forking at step {k} with “{name}” × {factor:g} …")
         hooks = edits.reweight(token, factor, layers=self.layers)
-        self.forked = self.fork_trace(self.explainer, self.trace, k, hooks=hooks)
+        self.forked = yield from self.fork_steps(self.explainer, self.trace, k, hooks=hooks)
         self.after_title.value = f"<b>“{name}” × {factor:g} from step {k}</b>"
         self.images["after"].value = self.frames.final(self.forked, preview=self.preview.value)
         self.say(f"forked at step {k}: “{name}” (token {token}) × {factor:g} in {self.layer.label}")

@@ -1,18 +1,23 @@
 """Shared pieces of the widgets: image panels, a decoded-frame cache, a progress bar fed by a hook,
 and callbacks whose errors land in the widget's own output area.
 
-Widgets never call the U-Net: they ask the Explainer for traces (``run``, ``fork``) and read them.
+Widgets never call the U-Net: they ask the Explainer for traces (``start_run``, ``start_fork``) and
+read them. A button's action is a generator that yields between loop steps (``DxWidget.start``): in a
+kernel it advances one step per turn of the kernel's event loop, so a Stop click or a slider drag is
+heard while the model runs, with no thread; called from Python (``lab.run()``) it runs to the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import math
 import traceback
+import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
@@ -273,8 +278,31 @@ class ProgressBar(W.IntProgress):
         return [*as_hooks(hooks), Hook("step.next", self._tick)]
 
 
+Work = Generator[Any, None, Any]
+"""A widget action that yields between loop steps (``yield from self.run_steps(...)``)."""
+
+
+def drain(work: Work) -> Any:
+    """Run ``work`` to the end; returns its return value."""
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            return done.value
+
+
+def kernel_scheduler() -> Callable[[Callable[[], None]], Any] | None:
+    """``call_soon`` of the event loop running in this thread (a Jupyter kernel handling a click), else
+    None: outside a kernel there is nothing to hand control back to, so work runs to the end at once."""
+    try:
+        return asyncio.get_running_loop().call_soon
+    except RuntimeError:
+        return None
+
+
 class DxWidget(W.VBox):
-    """Base of the diffexplain widgets: an output area for errors, a status line and a progress bar."""
+    """Base of the diffexplain widgets: an output area for errors, a status line, a progress bar and a
+    Stop button (``stop_button``, shown by the widgets that run the model)."""
 
     css_class = "dx-widget"
 
@@ -285,18 +313,32 @@ class DxWidget(W.VBox):
         self.status = W.HTML("")
         self.status.add_class("dx-status")
         self.progress = ProgressBar()
+        self.stop_button = button("■ Stop", "dx-stop", style="danger", tooltip="stop after the current step")
+        self.stop_button.disabled = True
+        self.stop_button.on_click(lambda _: self.stop())
         self.add_class("dx-widget")
         self.add_class(self.css_class)
+        # How a button's work is stepped: None picks the kernel's event loop (or none: run to the end);
+        # a test may set a function that queues the step callbacks itself.
+        self.schedule: Callable[[Callable[[], None]], Any] | None = None
+        self.work: Work | None = None  # the action now running, step by step
+        self._stop_wanted = False
+        self._deferred: dict[Callable[..., Any], tuple[tuple, dict]] = {}
+        self._button_states: list[tuple[W.Button, bool]] = []
 
     def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap a callback: any exception is shown in this widget's output area (and the status line).
 
         When the callback succeeds, the errors shown before it are cleared: the area shows only what
-        went wrong since the last action that worked.
+        went wrong since the last action that worked. While an action runs step by step, a callback
+        (a slider drag) waits: it runs once the action ends, with the latest arguments it got.
         """
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if self.work is not None:
+                self._deferred[wrapper] = (args, kwargs)  # the latest value wins
+                return None
             before = len(self.output.outputs)
             try:
                 result = fn(*args, **kwargs)
@@ -321,35 +363,117 @@ class DxWidget(W.VBox):
         """Show a short message on the status line."""
         self.status.value = html
 
-    def run_trace(self, explainer: Explainer, prompt: str, **kwargs: Any) -> Trace:
-        """``explainer.run`` with this widget's progress bar (extra ``hooks=`` are kept), buttons off meanwhile."""
+    # ---- work that runs the model -------------------------------------------------------------
+    def run_steps(self, explainer: Explainer, prompt: str, **kwargs: Any) -> Generator[int, None, Trace]:
+        """``explainer.start_run`` with this widget's progress bar (extra ``hooks=`` are kept), as work
+        that yields each loop step: ``trace = yield from self.run_steps(...)``."""
         hooks = self.progress.with_hooks(kwargs.pop("hooks", None))
-        with self.busy():
-            return explainer.run(prompt, hooks=hooks, progress=False, **kwargs)
+        return (yield from explainer.start_run(prompt, hooks=hooks, progress=False, **kwargs))
 
-    def fork_trace(self, explainer: Explainer, trace: Trace, step: int, **kwargs: Any) -> Trace:
-        """``explainer.fork`` with this widget's progress bar (extra ``hooks=`` are kept), buttons off meanwhile."""
+    def fork_steps(
+        self, explainer: Explainer, trace: Trace, step: int, **kwargs: Any
+    ) -> Generator[int, None, Trace]:
+        """``explainer.start_fork`` with this widget's progress bar, as work (see ``run_steps``)."""
         hooks = self.progress.with_hooks(kwargs.pop("hooks", None))
+        return (yield from explainer.start_fork(trace, step, hooks=hooks, progress=False, **kwargs))
+
+    def finish(self, work: Work) -> Any:
+        """Run ``work`` to the end now, the buttons off meanwhile (an action called from Python)."""
         with self.busy():
-            return explainer.fork(trace, step, hooks=hooks, progress=False, **kwargs)
+            return drain(work)
+
+    def start(self, make_work: Callable[[], Work]) -> None:
+        """Start a button's action. In a kernel it advances one step per turn of the event loop, the
+        buttons off and Stop on meanwhile; anywhere else it runs to the end at once."""
+        if self.work is not None:
+            self.say("busy: press Stop first")
+            return
+        schedule = self.schedule or kernel_scheduler()
+        if schedule is None:
+            self.finish(make_work())
+            return
+        self.work, self._stop_wanted = make_work(), False
+        self._button_states = self._disable_buttons()
+        self.stop_button.disabled = False
+        schedule(self._advance)
+
+    def stop(self) -> None:
+        """Stop the running action after the step now running (the Stop button)."""
+        if self.work is not None:
+            self._stop_wanted = True
+            self.say("stopping after this step …")
+
+    def _advance(self) -> None:
+        """One step of the running action, then the next is scheduled (or the action ends)."""
+        work = self.work
+        if work is None:
+            return
+        if self._stop_wanted:
+            work.close()  # the running job's trace keeps its finished steps, status "stopped"
+            self._end_work()
+            self.say(self._stopped_message())
+            return
+        error: BaseException | None = None
+        finished = False
+        with warnings.catch_warnings(record=True) as caught:  # a step's warnings go to this widget
+            try:
+                next(work)
+            except StopIteration:
+                finished = True
+            except (Exception, KeyboardInterrupt) as exc:  # also Ctrl-C, the kernel's stop square
+                error = exc
+        for warning in caught:
+            self.output.append_stderr(f"{warning.category.__name__}: {warning.message}\n")
+        if error is not None:
+            work.close()
+            self._end_work()
+            self.show_error(error)
+        elif finished:
+            self._end_work()
+        else:
+            (self.schedule or kernel_scheduler() or _call)(self._advance)
+
+    def _stopped_message(self) -> str:
+        explainer = getattr(self, "explainer", None)
+        trace = getattr(explainer, "last_trace", None)
+        where = ""
+        if trace is not None and trace.status == "stopped":
+            total = int(trace.settings.get("num_inference_steps", 0))
+            where = f" after {len(trace)} of {total} steps; that partial trace is in explainer.last_trace"
+        return f"stopped{where}. The pictures show the last action that finished."
+
+    def _end_work(self) -> None:
+        """The action is over: buttons back as they were, Stop off, then the deferred callbacks."""
+        self.work = None
+        for b, state in self._button_states:
+            b.disabled = state
+        self._button_states = []
+        self.stop_button.disabled = True
+        deferred, self._deferred = self._deferred, {}
+        for callback, (args, kwargs) in deferred.items():
+            callback(*args, **kwargs)
 
     def buttons(self) -> list[W.Button]:
-        """Every button inside this widget."""
+        """Every button inside this widget but Stop."""
         found, todo = [], list(self.children)
         while todo:
             item = todo.pop()
-            if isinstance(item, W.Button):
+            if isinstance(item, W.Button) and item is not self.stop_button:
                 found.append(item)
             todo.extend(getattr(item, "children", ()))
         return found
+
+    def _disable_buttons(self) -> list[tuple[W.Button, bool]]:
+        states = [(b, b.disabled) for b in self.buttons()]
+        for b, _ in states:
+            b.disabled = True
+        return states
 
     @contextlib.contextmanager
     def busy(self) -> Iterator[None]:
         """Disable the widget's buttons while it runs the model (a click then cannot queue another run);
         each button gets its own state back afterwards, also after an error."""
-        states = [(b, b.disabled) for b in self.buttons()]
-        for b, _ in states:
-            b.disabled = True
+        states = self._disable_buttons()
         try:
             yield
         finally:
@@ -359,6 +483,10 @@ class DxWidget(W.VBox):
     def clear_errors(self) -> None:
         """Empty the output area."""
         self.output.outputs = ()
+
+
+def _call(step: Callable[[], None]) -> None:
+    step()
 
 
 def _escape(text: str) -> str:

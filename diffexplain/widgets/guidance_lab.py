@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import ipywidgets as W
@@ -12,6 +13,7 @@ from diffexplain.widgets.base import (
     DxWidget,
     Frames,
     LiveFigure,
+    Work,
     blank,
     button,
     default_guidance,
@@ -116,15 +118,15 @@ class GuidanceLab(DxWidget):
             legend={"orientation": "h", "y": -0.3},
         )
 
-        self.run_button.on_click(self.guard(lambda _: self.run()))
-        self.run_scale_button.on_click(self.guard(lambda _: self.run_at_scale()))
-        self.range_button.on_click(self.guard(lambda _: self.guidance_off_range()))
+        self.run_button.on_click(self.guard(lambda _: self.start(self._run_work)))
+        self.run_scale_button.on_click(self.guard(lambda _: self.start(self._at_scale_work)))
+        self.range_button.on_click(self.guard(lambda _: self.start(self._range_work)))
         self.scale.observe(self.guard(self._on_scale), names="value")
         self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
 
         self.children = [
             help_box(HELP.format(**words(None, explainer))),
-            W.HBox([self.prompt, self.seed, self.steps, self.run_button]),
+            W.HBox([self.prompt, self.seed, self.steps, self.run_button, self.stop_button]),
             W.HBox([boxes["off"], boxes["on"], boxes["diff"], boxes["range"]]),
             W.HBox([self.scale, self.run_scale_button, self.preview]),
             self.strip_label,
@@ -146,9 +148,9 @@ class GuidanceLab(DxWidget):
         """The current traces: "off" (w = 1), "on" (w > 1) and "range" (guidance off in a range, or None)."""
         return {"off": self.off, "on": self.on, "range": self.ranged}
 
-    # ---- actions ---------------------------------------------------------------------------------
-    def _run(self, w: float) -> Trace:
-        return self.run_trace(
+    # ---- actions (each a generator that yields between loop steps: DxWidget.start) ---------------
+    def _run(self, w: float) -> Generator[int, None, Trace]:
+        return self.run_steps(
             self.explainer,
             self.prompt.value,
             seed=self.seed.value,
@@ -159,11 +161,14 @@ class GuidanceLab(DxWidget):
 
     def run(self) -> None:
         """Run the loop with guidance off (w = 1) and on (w = the slider's value, at least 1.5)."""
+        self.finish(self._run_work())
+
+    def _run_work(self) -> Work:
         self.say("running with guidance off, then on …")
         w = self.scale.value if self.scale.value > 1 else self._w_on
-        self.off = self._run(1.0)
-        self.on = self._run(w)
-        self.ranged = None
+        off = yield from self._run(1.0)
+        on = yield from self._run(w)
+        self.off, self.on, self.ranged = off, on, None  # together: a stopped run leaves the last pair
         n = len(self.on)
         self.range.max = n - 1
         self.range.value = (0, max(0, n // 2 - 1))
@@ -172,24 +177,30 @@ class GuidanceLab(DxWidget):
 
     def run_at_scale(self) -> None:
         """Run the full loop again at the slider's w (replaces the "guidance on" result)."""
+        self.finish(self._at_scale_work())
+
+    def _at_scale_work(self) -> Work:
         w = self.scale.value
         if w <= 1:
             self.say("w = 1 is guidance off: that is the left picture")
             return
         self.say(f"running the whole loop at w = {w:g} …")
-        self.on = self._run(w)
+        self.on = yield from self._run(w)
         self.ranged = None
         self.say(f"ran at w = {w:g}")
         self._redraw()
 
     def guidance_off_range(self) -> None:
         """Fork the guided run at the range start with guidance off (ε̂ = ε_c) in the chosen steps."""
+        self.finish(self._range_work())
+
+    def _range_work(self) -> Work:
         if self.on is None:
             raise RuntimeError("run first: there is no guided trace to fork")
         a, b = self.range.value
         hooks = interventions.cfg_off(steps=range(a, b + 1))
         self.say(f"forking at step {a}: guidance off for steps {a}–{b} …")
-        self.ranged = self.fork_trace(self.explainer, self.on, a, hooks=hooks)
+        self.ranged = yield from self.fork_steps(self.explainer, self.on, a, hooks=hooks)
         copied = (
             "" if a == 0 else f"; steps 0–{a - 1} copied from the guided run" if a > 1 else "; step 0 copied"
         )

@@ -15,6 +15,7 @@ from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
     Frames,
+    Work,
     blank,
     button,
     default_guidance,
@@ -116,8 +117,8 @@ class NoiseLab(DxWidget):
             boxes[key], self.images[key] = image_panel(title, css, size)
         self.branch_title = boxes["branch"].children[0]
 
-        self.run_button.on_click(self.guard(lambda _: self.run()))
-        self.inject_button.on_click(self.guard(lambda _: self.inject()))
+        self.run_button.on_click(self.guard(lambda _: self.start(self._run_work)))
+        self.inject_button.on_click(self.guard(lambda _: self.start(self._inject_work)))
         for control in (self.step, self.rows, self.cols, self.use_rect, self.preview):
             control.observe(self.guard(lambda _: self._draw_region()), names="value")
         self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
@@ -125,7 +126,9 @@ class NoiseLab(DxWidget):
         self.children = [
             help_box(HELP),
             W.HBox([self.prompt, self.steps, self.preview]),
-            W.HBox([self.source, self.seed, self.dataset_index, self.upload, self.run_button]),
+            W.HBox(
+                [self.source, self.seed, self.dataset_index, self.upload, self.run_button, self.stop_button]
+            ),
             W.HBox([self.step, self.strength, self.noise_seed]),
             W.HBox([self.use_rect, self.rows, self.cols, self.inject_button]),
             self.progress,
@@ -157,7 +160,10 @@ class NoiseLab(DxWidget):
             return [interventions.noise_pattern(source)]
         if source == "my tensor":
             if self.custom_noise is None:
-                raise ValueError("no tensor set: call lab.set_initial_noise(torch.randn(C, h, w)) first")
+                raise ValueError(
+                    "the source is 'my tensor' but no tensor is set: call this NoiseLab's "
+                    "set_initial_noise(torch.randn(C, h, w)), or pick another source"
+                )
             return [interventions.replace_initial_noise(self.custom_noise)]
         content = first_upload(self.upload)
         if content is not None:
@@ -173,8 +179,11 @@ class NoiseLab(DxWidget):
     # ---- actions ---------------------------------------------------------------------------------
     def run(self) -> None:
         """Run the loop from the chosen starting noise (replaces the original; clears the branch)."""
+        self.finish(self._run_work())
+
+    def _run_work(self) -> Work:
         self.say(f"running from: {self.source.value} …")
-        self.original = self.run_trace(
+        self.original = yield from self.run_steps(
             self.explainer,
             self.prompt.value,
             seed=self.seed.value,
@@ -197,13 +206,16 @@ class NoiseLab(DxWidget):
 
     def inject(self) -> None:
         """Add noise at step k (``interventions.add_noise``) and fork the original from k."""
+        self.finish(self._inject_work())
+
+    def _inject_work(self) -> Work:
         if self.original is None:
             raise RuntimeError("run first: there is no trace to fork")
         k = self.step.value
         hook = interventions.add_noise(k, self.strength.value, seed=self.noise_seed.value, mask=self.mask())
         where = "inside the rectangle" if self.use_rect.value else "everywhere"
         self.say(f"forking at step {k}: adding noise of strength {self.strength.value:g} {where} …")
-        self.branch = self.fork_trace(self.explainer, self.original, k, hooks=[hook])
+        self.branch = yield from self.fork_steps(self.explainer, self.original, k, hooks=[hook])
         self.branch_title.value = f"<b>new branch (noise at step {k})</b>"
         copied = (
             "nothing is copied" if k == 0 else "step 0 is copied" if k == 1 else f"steps 0–{k - 1} are copied"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import ipywidgets as W
@@ -13,6 +14,7 @@ from diffexplain.widgets.base import (
     DxWidget,
     Frames,
     LiveFigure,
+    Work,
     blank,
     button,
     default_guidance,
@@ -109,15 +111,15 @@ class PromptSwap(DxWidget):
             legend={"orientation": "h", "y": -0.35},
         )
 
-        self.run_button.on_click(self.guard(lambda _: self.run()))
-        self.swap_button.on_click(self.guard(lambda _: self.swap()))
-        self.sweep_button.on_click(self.guard(lambda _: self.run_sweep()))
+        self.run_button.on_click(self.guard(lambda _: self.start(self._run_work)))
+        self.swap_button.on_click(self.guard(lambda _: self.start(self._swap_work)))
+        self.sweep_button.on_click(self.guard(lambda _: self.start(self._sweep_work)))
         self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
 
         self.children = [
             help_box(HELP),
             W.HBox([self.prompt_a, self.seed, self.steps]),
-            W.HBox([self.prompt_b, self.run_button, self.preview]),
+            W.HBox([self.prompt_b, self.run_button, self.stop_button, self.preview]),
             W.HBox([self.step, self.swap_button, self.points, self.sweep_button]),
             self.progress,
             W.HBox([boxes["a"], boxes["swap"], boxes["diff"]]),
@@ -135,8 +137,11 @@ class PromptSwap(DxWidget):
     # ---- actions ---------------------------------------------------------------------------------
     def run(self) -> None:
         """Run prompt A from scratch (clears the swap and the sweep)."""
+        self.finish(self._run_work())
+
+    def _run_work(self) -> Work:
         self.say("running prompt A …")
-        self.original = self.run_trace(
+        self.original = yield from self.run_steps(
             self.explainer,
             self.prompt_a.value,
             seed=self.seed.value,
@@ -150,17 +155,20 @@ class PromptSwap(DxWidget):
         self.say(f"ran prompt A: {n} steps")
         self._redraw()
 
-    def _fork(self, k: int) -> Trace:
+    def _fork(self, k: int) -> Generator[int, None, Trace]:
         assert self.original is not None
-        return self.fork_trace(self.explainer, self.original, k, prompt=self.prompt_b.value)
+        return self.fork_steps(self.explainer, self.original, k, prompt=self.prompt_b.value)
 
     def swap(self) -> None:
         """Fork the A run at step k with prompt B."""
+        self.finish(self._swap_work())
+
+    def _swap_work(self) -> Work:
         if self.original is None:
             raise RuntimeError("run prompt A first")
         k = self.step.value
         self.say(f"forking at step {k} with prompt B …")
-        self.swapped = self._fork(k)
+        self.swapped = yield from self._fork(k)
         self.swap_title.value = f"<b>A, then B from step {k}</b>"
         self.say(
             f"steps 0–{k - 1} with A (copied), steps {k}–{len(self.swapped) - 1} with B"
@@ -177,14 +185,19 @@ class PromptSwap(DxWidget):
 
     def run_sweep(self) -> None:
         """Fork at each sweep step with prompt B and show the final pictures in a row, labelled by k."""
+        self.finish(self._sweep_work())
+
+    def _sweep_work(self) -> Work:
         if self.original is None:
             raise RuntimeError("run prompt A first")
         self.sweep = {}
-        for k in self.sweep_steps():
-            self.say(f"sweep: forking at step {k} …")
-            self.sweep[k] = self._fork(k)
+        self._clear_sweep()
+        ks = self.sweep_steps()
+        for n, k in enumerate(ks):
+            self.say(f"sweep: forking at step {k} ({n + 1} of {len(ks)}) …")
+            self.sweep[k] = yield from self._fork(k)
+            self._draw_sweep()  # the strip fills as the forks finish (a stopped sweep keeps them)
         self.say(f"sweep done: {len(self.sweep)} forks")
-        self._draw_sweep()
 
     # ---- drawing ---------------------------------------------------------------------------------
     def _redraw(self) -> None:
