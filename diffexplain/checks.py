@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any
 
 SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes without overflowing
@@ -114,3 +115,42 @@ def check_flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
+
+
+START_SIGNAL_LIMIT = 0.05
+"""The most signal (ᾱ at the first timestep) a run may expect in the pure noise it starts from."""
+START_GAIN_LIMIT = 250.0
+"""The largest |b| in x̂0 = a·x_t + b·ε at the first step before the model's errors blow up."""
+
+
+def check_start_level(level: Any, timestep: float, num_steps: int) -> None:
+    """A ``UserWarning`` when the first step's noise level (a ``NoiseLevel``) is known to break sampling.
+
+    - Too little noise: the loop starts from pure noise, but with "leading" timestep spacing (DDIM,
+      PNDM) the first timestep can be far below the last training step (1 step: t = 0; 2 steps:
+      t = 500; 400 steps: t = 798, as 1000 // 400 = 2). The sampler reads the noise as a partly
+      finished picture and returns it noisy.
+    - Too much: where ᾱ is nearly 0 (the cosine schedule's last steps, t ≥ 998), x̂0 = a·x_t + b·ε
+      with |b| in the hundreds: the model's small error in ε becomes a large one in x̂0, and the
+      following steps carry it into the picture (garbage at 500 or 1000 steps; 25 steps start at 960).
+    """
+    alpha_bar, gain = float(level.alpha_bar), abs(float(level.b))
+    if alpha_bar > START_SIGNAL_LIMIT:
+        warnings.warn(
+            f"num_inference_steps={num_steps}: this scheduler's first step is t = {timestep:g}, where "
+            f"x_t is meant to be {100 * alpha_bar:.0f} % picture, but the loop starts from pure noise: "
+            "expect a noisy or washed-out picture. Take a step count whose first step is near the last "
+            "training step (e.g. 10 to 250 steps with DDIM's 'leading' spacing), or a scheduler that "
+            "starts at the noisiest step: explainer.set_scheduler('ddim', timestep_spacing='trailing').",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif gain > START_GAIN_LIMIT:
+        warnings.warn(
+            f"num_inference_steps={num_steps}: the first step is t = {timestep:g}, where ᾱ = "
+            f"{alpha_bar:.1e} and x̂0 = a·x_t + b·ε has |b| = {gain:.0f}: the model's small errors in ε "
+            "become large ones in x̂0, and later steps carry them into the picture (expect garbage). "
+            "Use fewer steps (e.g. 25 to 250 with DDIM), whose first step is less extreme.",
+            UserWarning,
+            stacklevel=2,
+        )

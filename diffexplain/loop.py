@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from diffexplain.attention.capture import AttentionCapture, attention_settings
 from diffexplain.attention.layers import PREFIX as ATTENTION_PREFIX
+from diffexplain.checks import check_start_level
 from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.guidance import guide
 from diffexplain.hooks import Hook, HookContext, HookRunner, Replacement, StepTensors, check_replacement
@@ -272,6 +273,8 @@ def loop_steps(
         if resume is None:
             scheduler = fresh_scheduler(components.scheduler)
             family.set_timesteps(scheduler, plan.num_inference_steps, plan.height, plan.width)
+            first = scheduler.timesteps[0]  # warn where the first noise level is known to break sampling
+            check_start_level(family.noise_level(scheduler, first), float(first), len(scheduler.timesteps))
             start = 0
         else:
             restart = resume.source.steps[resume.step].restart

@@ -136,3 +136,74 @@ def test_guidance_check_takes_finite_non_negative_numbers(value):
     else:
         with pytest.raises((TypeError, ValueError), match="guidance_scale must be a"):
             checks.check_guidance_scale(value)
+
+
+# ---- step counts where the sampler is known to break -------------------------------------------------
+def _level(alpha_bar: float):
+    from diffexplain.noise_levels import NoiseLevel
+
+    a, b = 1 / alpha_bar**0.5, -((1 - alpha_bar) ** 0.5) / alpha_bar**0.5
+    return NoiseLevel(a, b, alpha_bar, ((1 - alpha_bar) / alpha_bar) ** 0.5)
+
+
+def test_a_start_that_is_not_pure_noise_or_is_degenerate_warns_and_a_sound_one_does_not(recwarn):
+    checks.check_start_level(_level(0.003), 960.0, 25)  # 25 DDIM steps of the default model
+    checks.check_start_level(_level(4e-5), 995.0, 200)
+    assert not [w for w in recwarn if w.category is UserWarning]
+    with pytest.warns(UserWarning, match=r"num_inference_steps=2: .* t = 500, .* 49 % picture"):
+        checks.check_start_level(_level(0.49), 500.0, 2)
+    with pytest.warns(UserWarning, match=r"num_inference_steps=1000: .* \|b\| = 20412: .* garbage"):
+        checks.check_start_level(_level(2.4e-9), 999.0, 1000)
+
+
+def test_one_ddim_step_warns_in_a_real_run(explainer):
+    with pytest.warns(UserWarning, match="num_inference_steps=1: this scheduler.s first step is t = [01],"):
+        explainer.run(PROMPT, num_inference_steps=1, seed=0, decode=False)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.floats(1e-12, 1.0, exclude_min=True))
+def test_the_start_check_warns_exactly_outside_the_sound_band(alpha_bar):
+    import warnings
+
+    level = _level(alpha_bar)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        checks.check_start_level(level, 900.0, 10)
+    bad = alpha_bar > checks.START_SIGNAL_LIMIT or abs(level.b) > checks.START_GAIN_LIMIT
+    assert len(caught) == int(bad)
+    if bad:
+        assert "num_inference_steps=10" in str(caught[0].message)
+
+
+# ---- the widgets' seed boxes ----------------------------------------------------------------------------
+@settings(max_examples=80, deadline=None)
+@given(st.one_of(st.integers(-10, 2**66), st.text(max_size=8), st.floats(allow_nan=True)))
+def test_a_seed_box_reads_whole_numbers_only_and_names_itself(value):
+    from diffexplain.widgets.inputs import SeedBox
+
+    box = SeedBox(0, description="noise seed")
+    text = value if isinstance(value, str) else str(value)
+    box.value = text
+    ok = text.strip().replace("_", "").isdigit() and text.strip()[:1].isdigit() and text.isascii()
+    ok = ok and int(text.replace("_", "")) < 2**64
+    if ok:
+        assert box.seed == int(text.replace("_", ""))
+        torch_seed = box.seed
+        import torch
+
+        torch.Generator().manual_seed(torch_seed)
+    else:
+        with pytest.raises(ValueError, match="the noise seed box holds"):
+            _ = box.seed
+
+
+def test_a_seed_box_takes_an_int_and_refuses_what_the_number_box_misread():
+    from diffexplain.widgets.inputs import SeedBox
+
+    box = SeedBox(3)
+    box.value = 12  # as with IntText
+    assert box.value == "12" and box.seed == 12
+    box.value = "1e30"
+    with pytest.raises(ValueError, match=r"the seed box holds '1e30': type a whole number from 0"):
+        _ = box.seed
