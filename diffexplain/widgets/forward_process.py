@@ -21,6 +21,7 @@ from diffexplain.widgets.base import (
     png,
     words,
 )
+from diffexplain.widgets.inputs import SeedBox
 from diffexplain.widgets.noise_lab import first_upload
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class ForwardProcess(DxWidget):
         self.schedule.add_class("dx-schedule")
         self.t = W.IntSlider(value=t, min=0, max=T_MAX, description="t", continuous_update=explainer is None)
         self.t.add_class("dx-t-slider")
-        self.seed = W.IntText(value=0, description="noise seed", layout=W.Layout(width="180px"))
+        self.seed = SeedBox(0, description="noise seed", width="180px")
         self.dataset_index = W.BoundedIntText(value=dataset_index, min=0, max=99_999, description="dataset #")
         self.dataset_index.layout.width = "180px"
         self.dataset_index.add_class("dx-dataset-index")
@@ -166,7 +167,7 @@ class ForwardProcess(DxWidget):
             x=[], y=[], name="t ", mode="markers", marker={"size": 11, "color": "red"}, row=1, col=2
         )
         fig.update_yaxes(type="log", row=1, col=2)
-        fig.update_yaxes(title_text="β_t", secondary_y=True, row=1, col=1)
+        fig.update_yaxes(title_text="β_t", tickmode="auto", showgrid=False, secondary_y=True, row=1, col=1)
         fig.update_xaxes(title_text="t")
         fig.update_layout(
             height=300, margin={"l": 50, "r": 50, "t": 40, "b": 40}, legend={"orientation": "h", "y": -0.3}
@@ -178,7 +179,7 @@ class ForwardProcess(DxWidget):
         """Recompute x_t for the schedule and t, the curves, and (with a model) the model's guess."""
         curves = schedules.schedule_curves(self.schedule.value)
         t = self.t.value
-        generator = torch.Generator().manual_seed(self.seed.value)
+        generator = torch.Generator().manual_seed(self.seed.seed)
         xt = schedules.add_noise(self.x0, t, schedule=self.schedule.value, generator=generator)
         self.images["xt"].value = png(render.to_pil(xt.clamp(-1, 1), size=self.size))
         abar, snr = curves.alphas_cumprod, curves.snr
@@ -206,7 +207,7 @@ class ForwardProcess(DxWidget):
         if explainer is None:
             return
         x0_latents = probe.encode_image(explainer, self.x0)
-        generator = torch.Generator().manual_seed(self.seed.value)
+        generator = torch.Generator().manual_seed(self.seed.seed)
         noise = torch.randn(x0_latents.shape, generator=generator).to(x0_latents.device, x0_latents.dtype)
         total = int(explainer.scheduler.config.num_train_timesteps)
         t = min(self.t.value, total - 1)

@@ -26,6 +26,7 @@ from diffexplain.widgets.base import (
     rms,
     words,
 )
+from diffexplain.widgets.inputs import SeedBox, steps_box
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -70,11 +71,8 @@ class GuidanceLab(DxWidget):
         self.negative_prompt = negative_prompt
         self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="480px"))
         self.prompt.add_class("dx-prompt")
-        self.seed = W.IntText(value=seed, description="seed", layout=W.Layout(width="160px"))
-        self.steps = W.BoundedIntText(
-            value=num_inference_steps or default_steps(explainer), min=1, max=1000, description="steps"
-        )
-        self.steps.layout.width = "160px"
+        self.seed = SeedBox(seed)
+        self.steps = steps_box(num_inference_steps or default_steps(explainer))
         self.run_button = button("Run guidance off and on", "dx-run", style="primary")
         self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
         self.preview.add_class("dx-preview-toggle")
@@ -153,7 +151,7 @@ class GuidanceLab(DxWidget):
         return self.run_steps(
             self.explainer,
             self.prompt.value,
-            seed=self.seed.value,
+            seed=self.seed.seed,
             guidance_scale=w,
             num_inference_steps=self.steps.value,
             negative_prompt=self.negative_prompt,
@@ -172,7 +170,7 @@ class GuidanceLab(DxWidget):
         n = len(self.on)
         self.range.max = n - 1
         self.range.value = (0, max(0, n // 2 - 1))
-        self.say(f"done: {n} steps each, seed {self.seed.value}")
+        self.say(f"done: {n} steps each, seed {self.seed.seed}")
         self._redraw()
 
     def run_at_scale(self) -> None:

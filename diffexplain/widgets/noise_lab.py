@@ -26,6 +26,7 @@ from diffexplain.widgets.base import (
     png,
     vp_scale,
 )
+from diffexplain.widgets.inputs import SeedBox, steps_box
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -76,13 +77,10 @@ class NoiseLab(DxWidget):
         self.custom_noise: torch.Tensor | None = None
         self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="480px"))
         self.prompt.add_class("dx-prompt")
-        self.steps = W.BoundedIntText(
-            value=num_inference_steps or default_steps(explainer), min=1, max=1000, description="steps"
-        )
-        self.steps.layout.width = "160px"
+        self.steps = steps_box(num_inference_steps or default_steps(explainer))
         self.source = W.Dropdown(options=SOURCES, value="seed", description="start from")
         self.source.add_class("dx-noise-source")
-        self.seed = W.IntText(value=seed, description="seed", layout=W.Layout(width="160px"))
+        self.seed = SeedBox(seed)
         self.dataset_index = W.BoundedIntText(value=0, min=0, max=99_999, description="dataset #")
         self.dataset_index.layout.width = "180px"
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="image")
@@ -96,7 +94,8 @@ class NoiseLab(DxWidget):
         self.step.add_class("dx-inject-step")
         self.strength = W.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.1, description="strength")
         self.strength.add_class("dx-noise-strength")
-        self.noise_seed = W.IntText(value=1, description="noise seed", layout=W.Layout(width="180px"))
+        self.noise_seed = SeedBox(1, description="noise seed", width="180px")
+        self.noise_seed.add_class("dx-noise-seed")
         self.use_rect = W.Checkbox(value=False, description="only inside the rectangle", indent=False)
         self.use_rect.add_class("dx-use-rect")
         self.rows = W.IntRangeSlider(value=(25, 75), min=0, max=100, description="rows %")
@@ -186,7 +185,7 @@ class NoiseLab(DxWidget):
         self.original = yield from self.run_steps(
             self.explainer,
             self.prompt.value,
-            seed=self.seed.value,
+            seed=self.seed.seed,
             guidance_scale=self.guidance_scale,
             num_inference_steps=self.steps.value,
             hooks=self._start_hooks(),
@@ -212,7 +211,7 @@ class NoiseLab(DxWidget):
         if self.original is None:
             raise RuntimeError("run first: there is no trace to fork")
         k = self.step.value
-        hook = interventions.add_noise(k, self.strength.value, seed=self.noise_seed.value, mask=self.mask())
+        hook = interventions.add_noise(k, self.strength.value, seed=self.noise_seed.seed, mask=self.mask())
         where = "inside the rectangle" if self.use_rect.value else "everywhere"
         self.say(f"forking at step {k}: adding noise of strength {self.strength.value:g} {where} …")
         self.branch = yield from self.fork_steps(self.explainer, self.original, k, hooks=[hook])

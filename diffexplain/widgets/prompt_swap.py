@@ -24,6 +24,7 @@ from diffexplain.widgets.base import (
     image_panel,
     png,
 )
+from diffexplain.widgets.inputs import SeedBox, steps_box
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -65,11 +66,8 @@ class PromptSwap(DxWidget):
         self.prompt_a.add_class("dx-prompt-a")
         self.prompt_b = W.Text(value=prompt_b, description="prompt B", layout=W.Layout(width="460px"))
         self.prompt_b.add_class("dx-prompt-b")
-        self.seed = W.IntText(value=seed, description="seed", layout=W.Layout(width="160px"))
-        self.steps = W.BoundedIntText(
-            value=num_inference_steps or default_steps(explainer), min=1, max=1000, description="steps"
-        )
-        self.steps.layout.width = "160px"
+        self.seed = SeedBox(seed)
+        self.steps = steps_box(num_inference_steps or default_steps(explainer))
         self.run_button = button("Run prompt A", "dx-run", style="primary")
         self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
         self.preview.add_class("dx-preview-toggle")
@@ -144,7 +142,7 @@ class PromptSwap(DxWidget):
         self.original = yield from self.run_steps(
             self.explainer,
             self.prompt_a.value,
-            seed=self.seed.value,
+            seed=self.seed.seed,
             guidance_scale=self.guidance_scale,
             num_inference_steps=self.steps.value,
         )

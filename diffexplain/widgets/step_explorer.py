@@ -137,7 +137,14 @@ class StepExplorer(DxWidget):
         )
         fig.update_xaxes(title_text="loop step")
         fig.update_yaxes(title_text="RMS", secondary_y=False)
-        fig.update_yaxes(title_text="cos, ᾱ_t", range=[-0.05, 1.05], secondary_y=True)
+        fig.update_yaxes(  # its own round ticks (plotly would otherwise line them up with the left axis's)
+            title_text="cos, ᾱ_t",
+            range=[-0.05, 1.05],
+            tickmode="array",
+            tickvals=[0, 0.25, 0.5, 0.75, 1],
+            showgrid=False,
+            secondary_y=True,
+        )
         return fig
 
     def _series(self) -> dict[str, list[Any]]:
