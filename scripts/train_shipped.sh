@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train the shipped default model's recipe from scratch: four `diffexplain train` stages, each starting
-# from the model the one before wrote (docs/model-card.md, "Training"). About 4 hours on 2 CPU cores.
+# Train the shipped default model's recipe from scratch: five `diffexplain train` stages, each starting
+# from the model the one before wrote (docs/model-card.md, "Training"). About 4.5 hours on 2 CPU cores.
 #
 #   bash scripts/train_shipped.sh [OUT]        # default OUT: runs/shipped
 #
@@ -27,4 +27,5 @@ stage default "$@"                                          # stages 1-3: VAE, d
 stage refine --unet-init "$out/default/model" "$@"          # stage 4: the noisiest steps weigh more
 stage bind --unet-init "$out/refine/model" "$@"             # stage 5: cross-attention loss, weight 1
 stage settle --unet-init "$out/bind/model" "$@"             # stage 6: the same at weight 0.1
-echo "== the model: $out/settle/model (use it with DIFFEXPLAIN_MODEL=$out/settle/model)"
+stage pairs --unet-init "$out/settle/model" "$@"            # stage 7: three quarters two-object scenes
+echo "== the model: $out/pairs/model (use it with DIFFEXPLAIN_MODEL=$out/pairs/model)"

@@ -4,8 +4,8 @@ Each case runs the model's default sampler, steps and guidance scale through ``E
 the network switched off (``HF_HUB_OFFLINE``), and asks the attribute checker whether every object
 has the colour, shape and position the prompt names. The cases are those of
 ``scripts/pick_default_prompt_cases.py`` (16 prompts × seeds 0–2): for each prompt, the first seed the
-shipped weights draw fully right. The shipped weights draw 47 of the 48 pictures right: every
-one-object prompt at every seed, and all four two-object prompts at seed 0 (see docs/model-card.md).
+shipped weights draw fully right. The shipped weights draw all 48 pictures right: every prompt at
+every seed (see docs/model-card.md), so every case is seed 0.
 New weights that draw one of them wrong fail here, so the cases are picked again whenever the weights
 change.
 """

@@ -77,7 +77,7 @@ def test_the_script_chains_the_shipped_recipe(stand_in: tuple[dict[str, str], Pa
         else:
             assert "--unet-init" not in call
         previous = name
-    assert str(out / "settle" / "model") in printed
+    assert str(out / "pairs" / "model") in printed
 
 
 def test_finished_stages_are_skipped_when_it_runs_again(
@@ -88,7 +88,7 @@ def test_finished_stages_are_skipped_when_it_runs_again(
     (out / "default" / "model").mkdir(parents=True)
     (out / "default" / "model" / "model.json").write_text("{}")  # stage 1-3 finished earlier
     printed = run_script(env, str(out))
-    assert [c[c.index("--preset") + 1] for c in calls(log)] == ["refine", "bind", "settle"]
+    assert [c[c.index("--preset") + 1] for c in calls(log)] == ["refine", "bind", "settle", "pairs"]
     assert "default: done" in printed
     run_script(env, str(out))
-    assert len(calls(log)) == 3  # nothing left to do
+    assert len(calls(log)) == 4  # nothing left to do

@@ -163,7 +163,7 @@ def test_vae_init_refuses_a_vae_of_another_size(tmp_path: Path) -> None:
 
 
 # ---- the command line -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["refine", "bind", "settle"])
+@pytest.mark.parametrize("name", ["refine", "bind", "settle", "pairs"])
 def test_continuing_preset_without_a_run_to_start_from_is_a_clear_error(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
