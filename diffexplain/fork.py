@@ -2,7 +2,7 @@
 
 Each step of a trace keeps its restart point: the latents entering the step, a snapshot of the
 scheduler's mutable state and the random generator's state. ``Explainer.fork`` re-enters the same
-loop there (``diffexplain.loop.run_loop`` with a ``Resume``); this function is its shortcut for a
+loop there (``diffexplain.loop.loop_steps`` with a ``Resume``); this function is its shortcut for a
 trace that still knows the Explainer that made it.
 """
 

@@ -14,8 +14,8 @@ Each ``sites(name, x)`` call is a hook point: the hooks registered there run in 
 return a replacement), the result goes into ``ctx.current`` and, if kept, into the trace.
 
 ``loop_steps`` is the loop as a generator: it yields after each finished step and returns the trace,
-so a caller may stop between steps (``close()``: a widget's Stop button, ``diffexplain.jobs``).
-``run_loop`` runs it to the end.
+so a caller may stop between steps (``close()``: a widget's Stop button). ``diffexplain.jobs.Job``
+drives it: ``explainer.run`` is ``explainer.start_run(...).finish()``.
 """
 
 from __future__ import annotations
@@ -229,28 +229,6 @@ def _generator(
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
-def run_loop(
-    components: Components,
-    plan: Plan,
-    trace: Trace,
-    hooks: Sequence[Hook],
-    *,
-    generator: torch.Generator | None = None,
-    latents: torch.Tensor | None = None,
-    resume: Resume | None = None,
-    progress: bool = True,
-) -> Trace:
-    """``loop_steps`` run to the end: the finished trace."""
-    steps = loop_steps(
-        components, plan, trace, hooks, generator=generator, latents=latents, resume=resume, progress=progress
-    )
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-
-
 def loop_steps(
     components: Components,
     plan: Plan,
