@@ -6,12 +6,13 @@ noise predictions are [C, h, w]. Nothing here calls a model.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 # Approximate linear maps from Stable Diffusion 1.x/2.x latents (4 channels) to RGB, widely used for
 # previews (rows: latent channels; columns: R, G, B).
@@ -108,6 +109,15 @@ def channel_grid(
     return _resize(Image.fromarray(canvas), size)
 
 
+@functools.cache
+def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """A small font for labels under pictures: Pillow's bundled scalable font, or its bitmap one without FreeType."""
+    try:
+        return ImageFont.load_default(size=11)
+    except (ImportError, OSError):  # Pillow built without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
 def strip(images: Sequence[Image.Image], labels: Sequence[str] | None = None, *, gap: int = 4) -> Image.Image:
     """Images in a row on white, each with an optional label underneath."""
     if not images:
@@ -119,7 +129,7 @@ def strip(images: Sequence[Image.Image], labels: Sequence[str] | None = None, *,
     for i, img in enumerate(images):
         canvas.paste(img.resize((w, h)), (i * (w + gap), 0))
         if labels:
-            draw.text((i * (w + gap) + 2, h + 1), labels[i], fill="black")
+            draw.text((i * (w + gap) + 2, h + 1), labels[i], fill="black", font=label_font())
     return canvas
 
 
