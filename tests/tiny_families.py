@@ -1,4 +1,5 @@
-"""Tiny, seeded, offline parts for two more diffusers families: Stable Diffusion XL and Stable Diffusion 3.
+"""Tiny, seeded, offline parts for three more diffusers families: Stable Diffusion XL, Stable Diffusion 3
+and Flux.
 
 Modelled on ``tests/tiny_parts.py``: every part is built from a config (no weights or tokenizers are
 downloaded), every builder seeds torch before creating weights, so two calls give identical parts, and
@@ -37,6 +38,19 @@ SD3 (``tiny_sd3_parts``):
     * the scheduler is FlowMatchEulerDiscreteScheduler with SD3's config (shift 3.0).
     * Any ``max_sequence_length`` works (T5 has relative positions); tests should pass
       ``max_sequence_length=SD3_MAX_SEQUENCE_LENGTH`` (16) to keep runs cheap: the pipeline's default is 256.
+
+Flux (``tiny_flux_parts``):
+    * ``text_encoder``: CLIPTextModel (hidden FLUX_POOLED_DIM = 32) over the BERT vocabulary, MAX_TOKENS = 16:
+      only its pooled output is used (pooled_prompt_embeds (B, 32));
+    * ``text_encoder_2``: the same 2-layer T5 as SD3's (d_model 96) over the Unigram vocabulary:
+      prompt_embeds (B, max_sequence_length, 96);
+    * the transformer: FluxTransformer2DModel, 1 double and 1 single block, 4 heads x 8 dims, RoPE axes
+      (2, 2, 4), in_channels 16 (4 latent channels x 2x2 packing), guidance_embeds=True (like Flux dev);
+    * the VAE has 4 latent channels, no quant convs, Flux's scaling_factor 0.3611 and shift_factor 0.1159,
+      downsampling 2; ``tiny_flux_pipeline`` sets the pipeline's ``default_sample_size`` to 8, so the default
+      image is 16x16 px: latents (B, 4, 8, 8) unpacked, (B, 16, 16) packed;
+    * the scheduler is FlowMatchEulerDiscreteScheduler with Flux dev's config (dynamic shifting);
+    * tests should pass ``max_sequence_length=FLUX_MAX_SEQUENCE_LENGTH`` (16): the pipeline's default is 512.
 """
 
 from __future__ import annotations
@@ -47,6 +61,8 @@ from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionXLPipeline,
@@ -294,5 +310,70 @@ def tiny_sd3_parts() -> dict:
 def tiny_sd3_pipeline() -> StableDiffusion3Pipeline:
     """StableDiffusion3Pipeline(**tiny_sd3_parts()), no progress bar; call it with max_sequence_length=16."""
     pipe = StableDiffusion3Pipeline(**tiny_sd3_parts())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+FLUX_POOLED_DIM = 32  # hidden size of the CLIP text_encoder = transformer pooled_projection_dim
+FLUX_MAX_SEQUENCE_LENGTH = 16  # what tests should pass as max_sequence_length (the pipeline's default: 512)
+FLUX_DEFAULT_SAMPLE_SIZE = 8  # latent side of the default image (the pipeline's default_sample_size: 128)
+# What `scheduler/scheduler_config.json` of FLUX.1-dev holds.
+FLUX_SCHEDULER_CONFIG = dict(
+    base_image_seq_len=256,
+    base_shift=0.5,
+    max_image_seq_len=4096,
+    max_shift=1.15,
+    num_train_timesteps=1000,
+    shift=3.0,
+    use_dynamic_shifting=True,
+)
+
+
+def tiny_flux_transformer(*, guidance_embeds: bool = True, seed: int = 0) -> FluxTransformer2DModel:
+    """A Flux transformer with one double-stream and one single-stream block, 4 heads x 8 dims."""
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels x a 2x2 patch
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=SD3_JOINT_DIM,  # T5's d_model
+        pooled_projection_dim=FLUX_POOLED_DIM,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(2, 2, 4),  # sums to attention_head_dim
+    ).eval()
+
+
+def tiny_flux_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """Flux dev's scheduler: flow-matching Euler with dynamic shifting (FLUX_SCHEDULER_CONFIG)."""
+    return FlowMatchEulerDiscreteScheduler.from_config(FLUX_SCHEDULER_CONFIG)
+
+
+def tiny_flux_parts(*, guidance_embeds: bool = True) -> dict:
+    """The components of a FluxPipeline (see the module docstring); ``guidance_embeds=False``: schnell-like."""
+    tokenizer, tokenizer_2 = tiny_bert_tokenizer(), tiny_t5_tokenizer()
+    return dict(
+        transformer=tiny_flux_transformer(guidance_embeds=guidance_embeds),
+        scheduler=tiny_flux_scheduler(),
+        vae=tiny_vae(
+            latent_channels=4,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ),
+        text_encoder=tiny_clip_text_encoder(tokenizer, FLUX_POOLED_DIM, seed=0),
+        text_encoder_2=tiny_t5_encoder(tokenizer_2, seed=2),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+    )
+
+
+def tiny_flux_pipeline(*, guidance_embeds: bool = True) -> FluxPipeline:
+    """FluxPipeline(**tiny_flux_parts()), default image 16x16 px, no progress bar; pass max_sequence_length=16."""
+    pipe = FluxPipeline(**tiny_flux_parts(guidance_embeds=guidance_embeds))
+    pipe.default_sample_size = FLUX_DEFAULT_SAMPLE_SIZE
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from diffexplain.families.base import Conditioning, Family, conditioning_point
+from diffexplain.families.flux import Flux
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
 from diffexplain.families.sdxl import StableDiffusionXL
 from diffexplain.names import HOOK_NAMES
 
 FAMILIES: dict[str, type[Family]] = {
-    f.name: f for f in (StableDiffusion, StableDiffusionXL, StableDiffusion3)
+    f.name: f for f in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux)
 }
 """Every supported family by short name."""
 
@@ -54,6 +55,7 @@ __all__ = [
     "FAMILIES",
     "Conditioning",
     "Family",
+    "Flux",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
