@@ -1,4 +1,4 @@
-"""The ``diffexplain`` command: train the default model, or explain one prompt without a browser."""
+"""The ``diffexplain`` command: train the default model, explain one prompt without a browser, or copy out the notebooks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import PRESETS, PRESETS_NEEDING_INIT
 from diffexplain.models.store import ModelFolderError
 from diffexplain.scheduler_state import SCHEDULER_NAMES
+from diffexplain.training.gan_config import GAN_PRESETS
 
 
 class UsageError(Exception):
@@ -44,6 +45,10 @@ def check_model_arg(model: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.preset in GAN_PRESETS:
+        return _train_gan(args)
+    if args.iterations is not None:
+        raise UsageError(f"--iterations is for the GAN presets ({', '.join(GAN_PRESETS)}), not {args.preset!r}")
     from diffexplain.training.run import train
 
     folder = train(
@@ -55,6 +60,24 @@ def _train(args: argparse.Namespace) -> int:
         unet_init=args.unet_init,
     )
     print(f"model written to {folder}")
+    return 0
+
+
+def _train_gan(args: argparse.Namespace) -> int:
+    from diffexplain.training.gan import train_gan
+    from diffexplain.training.gan_config import gan_preset
+
+    if args.unet_init is not None:
+        raise UsageError(f"--unet-init is for the diffusion presets, not the GAN preset {args.preset!r}")
+    overrides = {} if args.iterations is None else {"iterations": args.iterations}
+    folder = train_gan(
+        gan_preset(args.preset, **overrides),
+        args.out,
+        device=args.device,
+        export_to=args.export_to,
+        command=args.command_line,
+    )
+    print(f"GAN written to {folder}")
     return 0
 
 
@@ -88,13 +111,28 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _notebooks(args: argparse.Namespace) -> int:
+    from diffexplain.notebooks import NotebooksChangedError, copy_to
+
+    try:
+        result = copy_to(args.dir, force=args.force)
+    except (NotebooksChangedError, NotADirectoryError, IsADirectoryError) as err:
+        print(f"diffexplain: error: {err}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``diffexplain`` command."""
     parser = argparse.ArgumentParser(prog="diffexplain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model (VAE, then U-Net); run again to resume")
     train.add_argument(
-        "--preset", default="default", choices=list(PRESETS), help="%(choices)s (default: %(default)s)"
+        "--preset",
+        default="default",
+        choices=[*PRESETS, *GAN_PRESETS],
+        help="%(choices)s (default: %(default)s); the gan presets train a GAN (see docs/gan.md)",
     )
     train.add_argument("--out", default="runs/default", help="checkpoint folder (default: runs/default)")
     train.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
@@ -107,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN",
         help="start the U-Net from the run folder RUN (its EMA weights, VAE and latents); "
         f"the {', '.join(p for p in PRESETS if p in PRESETS_NEEDING_INIT)} presets need it",
+    )
+    train.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=None,
+        help="GAN presets only: train to this many iterations in all (default: the preset's)",
     )
     train.set_defaults(func=_train)
     export = sub.add_parser(
@@ -145,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     explain.set_defaults(func=_explain)
+    notebooks = sub.add_parser(
+        "notebooks", help="copy the teaching notebooks into a folder (kept: any you changed, unless --force)"
+    )
+    notebooks.add_argument("dir", help="the folder to copy them into (created if missing)")
+    notebooks.add_argument(
+        "--force", action="store_true", help="overwrite notebooks there that differ from the shipped ones"
+    )
+    notebooks.set_defaults(func=_notebooks)
     return parser
 
 
