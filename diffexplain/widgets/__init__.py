@@ -7,9 +7,13 @@
 - :class:`ForwardProcess`: the forward noising x0 → x_t for several schedules, and the model's x̂0.
 - :class:`AttentionMaps`: which pixels read which token, per step and layer; reweight a token and fork.
 - :class:`TracePlayer`: open a saved trace file and explore it without a model.
+
+Plots show as plotly figures, or as PNG pictures drawn in the kernel where plotly cannot run in the
+page (Colab, classic Notebook 6): :func:`set_plot_mode` or ``DIFFEXPLAIN_PLOTS=plotly|image|auto``.
 """
 
 from diffexplain.widgets.attention_maps import AttentionMaps
+from diffexplain.widgets.figures import plot_mode, set_plot_mode
 from diffexplain.widgets.forward_process import ForwardProcess
 from diffexplain.widgets.guidance_lab import GuidanceLab
 from diffexplain.widgets.noise_lab import NoiseLab
@@ -25,4 +29,6 @@ __all__ = [
     "PromptSwap",
     "StepExplorer",
     "TracePlayer",
+    "plot_mode",
+    "set_plot_mode",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import math
 import traceback
 import warnings
@@ -22,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from PIL import Image
 
 from diffexplain import render
 from diffexplain.families import FAMILIES
 from diffexplain.hooks import Hook, HookContext, HookSpec, as_hooks
+from diffexplain.widgets.figures import PLOTLY_MIME, LiveFigure, figure_box  # noqa: F401 (shared by every widget)
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -63,57 +62,6 @@ def image_panel(title: str, css: str, size: int = DEFAULT_SIZE) -> tuple[W.VBox,
     box = W.VBox([label, image], layout=W.Layout(align_items="center", margin="2px 6px"))
     box.add_class("dx-panel")
     return box, image
-
-
-PLOTLY_MIME = "application/vnd.plotly.v1+json"
-
-
-class LiveFigure(go.Figure):
-    """A plotly figure shown in an ``ipywidgets.Output`` (``.output``) and drawn again after each ``batch_update``.
-
-    Not a ``go.FigureWidget``: that is an anywidget whose 5 MB JavaScript module must load within
-    anywidget's 2 s limit, else the page never hears of its traces or of any later change (an empty plot
-    on a busy or slow machine). This figure is sent whole, as plotly's own mimetype, which JupyterLab,
-    Notebook 7 and VS Code render with the plotly.js they already have. Change it inside
-    ``with fig.batch_update():`` (or call ``redraw()``) and the page shows the new figure.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._output = W.Output(layout=W.Layout(width="100%"))
-        self._output.add_class("dx-figure")
-
-    @property
-    def output(self) -> W.Output:
-        """The widget that shows the figure."""
-        return self._output
-
-    @contextlib.contextmanager
-    def batch_update(self) -> Iterator[None]:
-        """Apply the changes made in the block together, then draw the figure again."""
-        with super().batch_update():
-            yield
-        self.redraw()
-
-    def redraw(self) -> None:
-        """Send the current figure to the page (replaces what ``output`` showed)."""
-        spec = json.loads(self.to_json())  # plain JSON: numpy arrays become lists
-        spec["config"] = {"displaylogo": False}  # not "responsive": it sizes the plot from its 0-high box
-        text = f"<plotly figure: {len(self.data)} traces>"
-        bundle = {
-            "output_type": "display_data",
-            "data": {PLOTLY_MIME: spec, "text/plain": text},
-            "metadata": {},
-        }
-        self._output.outputs = (bundle,)
-
-
-def figure_box(fig: LiveFigure, css: str) -> W.Box:
-    """A box with CSS class ``css`` around a figure's output, showing the figure as it is now."""
-    fig.redraw()
-    box = W.Box([fig.output], layout=W.Layout(width="100%"))
-    box.add_class(css)
-    return box
 
 
 def help_box(html: str) -> W.HTML:
