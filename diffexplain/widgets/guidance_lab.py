@@ -1,4 +1,5 @@
-"""GuidanceLab: the same seed and prompt with classifier-free guidance off and on, and a scale slider."""
+"""GuidanceLab: the same seed and prompt with classifier-free guidance off and on, and a scale slider;
+below, a seed grid that counts over many seeds (``widgets.seed_grid``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from diffexplain.widgets.base import (
     words,
 )
 from diffexplain.widgets.inputs import SeedBox, steps_box
+from diffexplain.widgets.seed_grid import SeedGridPanel
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,9 +47,12 @@ STRIP_STEPS = 8  # at most this many steps in the re-guided strip
 
 
 class GuidanceLab(DxWidget):
-    """Guidance off vs on for one prompt and seed; re-guide cached steps at any w; guidance off in a step range.
+    """Guidance off vs on for one prompt and seed; re-guide cached steps at any w; guidance off in a step
+    range; and, counted over ``seeds`` seeds, w = 0 / w = 1 / the chosen w with the checker's verdicts
+    (``count_seeds``) and a w sweep (``sweep``).
 
     The constructor runs the loop twice (w = 1 and w = ``guidance_scale``); ``traces`` holds the results.
+    The seed grid runs when its button is pressed (or ``count_seeds()``); ``lab.grid.columns`` holds it.
     """
 
     css_class = "dx-guidance-lab"
@@ -62,6 +67,7 @@ class GuidanceLab(DxWidget):
         num_inference_steps: int | None = None,
         negative_prompt: str = "",
         size: int = DEFAULT_SIZE,
+        seeds: int = 12,
     ) -> None:
         super().__init__()
         self.explainer = explainer
@@ -116,6 +122,8 @@ class GuidanceLab(DxWidget):
             legend={"orientation": "h", "y": -0.3},
         )
 
+        self.grid = SeedGridPanel(self, seeds)
+
         self.run_button.on_click(self.guard(lambda _: self.start(self._run_work)))
         self.run_scale_button.on_click(self.guard(lambda _: self.start(self._at_scale_work)))
         self.range_button.on_click(self.guard(lambda _: self.start(self._range_work)))
@@ -132,6 +140,7 @@ class GuidanceLab(DxWidget):
             W.HBox([self.range, self.range_button]),
             self.progress,
             figure_box(self.fig, "dx-guidance-plot"),
+            self.grid,
             self.status,
             self.output,
         ]
@@ -166,7 +175,10 @@ class GuidanceLab(DxWidget):
         w = self.scale.value if self.scale.value > 1 else self._w_on
         off = yield from self._run(1.0)
         on = yield from self._run(w)
+        if self.on is not None and self.on.settings["prompt"] != on.settings["prompt"]:
+            self.grid.forget()  # the cached grid columns belonged to the old prompt
         self.off, self.on, self.ranged = off, on, None  # together: a stopped run leaves the last pair
+        self.grid.clear()  # the grid and sweep belonged to the previous run
         n = len(self.on)
         self.range.max = n - 1
         self.range.value = (0, max(0, n // 2 - 1))
@@ -204,6 +216,14 @@ class GuidanceLab(DxWidget):
         )
         self.say(f"guidance off for steps {a}–{b} (a fork from step {a}{copied})")
         self._redraw()
+
+    def count_seeds(self) -> None:
+        """Draw the seed grid: the prompt at w = 0, 1 and the slider's w over the seeds, each checked."""
+        self.grid.count()
+
+    def sweep(self) -> None:
+        """Count the same seeds at w = 0, 1, 2, 3, 5, 7.5, 10 and plot share right and diversity vs w."""
+        self.grid.run_sweep()
 
     # ---- drawing ---------------------------------------------------------------------------------
     def _delta(self, trace: Trace) -> list[float | None]:
