@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,6 +46,12 @@ from diffexplain.scheduler_state import FLOW_SCHEDULER_NAMES
 
 DEFAULT_EMBEDDED_GUIDANCE = 3.5
 """FluxPipeline's ``guidance_scale`` default: g, the distilled model's guidance input."""
+
+FLUX_SCHEDULER_NAMES: Mapping[str, tuple[type, dict[str, Any]]] = MappingProxyType(
+    {"flow_euler": FLOW_SCHEDULER_NAMES["flow_euler"]}
+)
+"""Flux's short scheduler names: FluxPipeline passes its own σ list, which only flow-matching Euler takes
+(``flow_heun``'s ``set_timesteps`` refuses custom sigmas, in the pipeline as here)."""
 
 BRANCH_SIZE = "branch_size"
 """The ``model_kwargs`` key telling ``predict`` how many rows one branch has (B)."""
@@ -98,7 +105,7 @@ class Flux(Family):
     ) + conditioning_points(
         "guidance", "embedded guidance g (a distilled model's input, FluxPipeline's guidance_scale)", "[B]"
     )
-    scheduler_names: ClassVar[Mapping[str, tuple[type, dict[str, Any]]]] = FLOW_SCHEDULER_NAMES
+    scheduler_names: ClassVar[Mapping[str, tuple[type, dict[str, Any]]]] = FLUX_SCHEDULER_NAMES
     attention_kind: ClassVar[str] = "joint"
 
     def __init__(self, *, pipeline: Any = None, **parts: Any) -> None:

@@ -1,0 +1,300 @@
+"""Flux through the same loop: parity with FluxPipeline (one branch, true CFG, negative prompts, batches,
+a model without a guidance embedding), bit-exact forks, unpacked hook shapes and replacements that
+round-trip through the packed model call, the embedded guidance as a hook point, trace files, the
+family's pick, and the widgets on a Flux trace."""
+
+from __future__ import annotations
+
+import ipywidgets as W
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from diffexplain import Explainer, Trace, interventions
+from diffexplain.families import Flux, family_for_pipeline
+from diffexplain.families.flux import pack_latents, unpack_latents
+from diffexplain.hooks import Hook
+from diffexplain.widgets import GuidanceLab, StepExplorer, TracePlayer
+from tests.conftest import PROMPT
+from tests.tiny_families import FLUX_MAX_SEQUENCE_LENGTH, tiny_flux_parts, tiny_flux_pipeline
+
+STEPS = 4
+SIZE = 16  # px: latents [B, 4, 8, 8] unpacked, [B, 16, 16] packed
+OPTIONS = {"max_sequence_length": FLUX_MAX_SEQUENCE_LENGTH}
+
+
+@pytest.fixture(scope="module")
+def pipe() -> FluxPipeline:
+    return tiny_flux_pipeline()
+
+
+@pytest.fixture(scope="module")
+def ex(pipe) -> Explainer:
+    return Explainer.from_pipeline(pipe, progress=False)
+
+
+def pipeline_latents(pipe: FluxPipeline, prompt, seed: int, **kwargs) -> torch.Tensor:
+    """FluxPipeline's final latents, unpacked to [B, C, h, w] with the pipeline's own ``_unpack_latents``."""
+    packed = pipe(
+        prompt,
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        height=SIZE,
+        width=SIZE,
+        **OPTIONS,
+        **kwargs,
+    ).images
+    return pipe._unpack_latents(packed, SIZE, SIZE, pipe.vae_scale_factor)
+
+
+# w is diffexplain's CFG scale, FluxPipeline's true_cfg_scale; g (embedded_guidance) its guidance_scale
+CASES = [
+    ("w = 1, default g", dict(guidance_scale=1.0), dict(true_cfg_scale=1.0)),
+    ("w = 1, g = 6", dict(guidance_scale=1.0, embedded_guidance=6.0), dict(guidance_scale=6.0)),
+    ("true CFG, empty negative", dict(guidance_scale=4.0), dict(true_cfg_scale=4.0, negative_prompt="")),
+    (
+        "true CFG, a negative prompt",
+        dict(guidance_scale=4.0, negative_prompt="a blue square"),
+        dict(true_cfg_scale=4.0, negative_prompt="a blue square"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_run_equals_the_pipeline_and_a_fork_replays_it(pipe, ex, ours, theirs):
+    trace = ex.run(
+        PROMPT, num_inference_steps=STEPS, seed=3, decode=False, attention_maps=False, **OPTIONS, **ours
+    )
+    assert torch.equal(trace.final_latents, pipeline_latents(pipe, PROMPT, 3, **theirs))
+    two_branches = ours["guidance_scale"] > 1
+    assert trace.settings["do_cfg"] is two_branches
+    # ε_u exists exactly when there are two branches
+    assert all(("step.model.uncond" in step.tensors) is two_branches for step in trace.steps)
+    assert ("uncond" in trace.conditioning) is two_branches
+    for k in (0, 2, STEPS - 1):
+        forked = ex.fork(trace, k)
+        assert torch.equal(forked.final_latents, trace.final_latents), k
+        for i in range(k, STEPS):
+            assert torch.equal(forked["step.guidance", i], trace["step.guidance", i])
+
+
+def test_batch_with_negative_prompts_equals_the_pipeline(pipe, ex):
+    prompts = [PROMPT, "a blue circle"]
+    trace = ex.run(
+        prompts,
+        negative_prompt=["green", "red"],
+        guidance_scale=3.0,
+        num_inference_steps=STEPS,
+        seed=1,
+        decode=False,
+        **OPTIONS,
+    )
+    expected = pipeline_latents(pipe, prompts, 1, negative_prompt=["green", "red"], true_cfg_scale=3.0)
+    assert torch.equal(trace.final_latents, expected)
+    assert trace["step.pred_x0"].shape == (STEPS, 2, 4, 8, 8)
+    assert trace["prompt.guidance.uncond"].tolist() == [3.5, 3.5]
+
+
+def test_a_model_without_guidance_embedding_equals_the_pipeline():
+    pipe = tiny_flux_pipeline(guidance_embeds=False)
+    ex = Explainer.from_pipeline(pipe, progress=False)
+    trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=2, decode=False, **OPTIONS)
+    assert torch.equal(trace.final_latents, pipeline_latents(pipe, PROMPT, 2))
+    assert "guidance" not in trace.conditioning["cond"] and "prompt.guidance.cond" not in trace.run_tensors
+    assert trace.settings["options"]["embedded_guidance"] is None
+    with pytest.raises(ValueError, match=r"embedded_guidance=3\.5: this Flux transformer has no guidance"):
+        ex.run(PROMPT, num_inference_steps=1, seed=0, embedded_guidance=3.5, **OPTIONS)
+
+
+def test_every_view_and_hook_sees_unpacked_latents_and_the_model_reads_them_packed(ex):
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(x, *, ctx):
+        seen.setdefault(ctx.name, tuple(x.shape))
+
+    names = ["latents.init", "step.latents", "step.model.cond", "step.model.uncond"]
+    names += ["step.guidance", "step.pred_x0", "step.next"]
+    packed_inputs = []
+    handle = ex.model.register_forward_pre_hook(
+        lambda module, args, kwargs: packed_inputs.append(kwargs["hidden_states"]), with_kwargs=True
+    )
+    try:
+        trace = ex.run(
+            PROMPT,
+            num_inference_steps=STEPS,
+            seed=4,
+            guidance_scale=2.0,
+            hooks={name: record for name in names},
+            **OPTIONS,
+        )
+    finally:
+        handle.remove()
+    assert seen == {name: (1, 4, 8, 8) for name in names}
+    assert trace["step.latents"].shape == (STEPS, 1, 4, 8, 8) and trace["decode.image"].shape == (
+        1,
+        3,
+        16,
+        16,
+    )
+    # two transformer calls per step (one per branch), each on the packed x_t of that step
+    assert len(packed_inputs) == 2 * STEPS and packed_inputs[0].shape == (1, 16, 16)
+    for i in range(STEPS):
+        assert torch.equal(packed_inputs[2 * i], pack_latents(trace["step.latents", i]))
+        assert torch.equal(unpack_latents(packed_inputs[2 * i], 8, 8), trace["step.latents", i])
+    assert trace["prompt.cond"].shape == (1, FLUX_MAX_SEQUENCE_LENGTH, 96)
+    assert trace["prompt.pooled.cond"].shape == (1, 32) and trace["prompt.guidance.cond"].tolist() == [3.5]
+
+
+def test_replacements_round_trip_through_the_packed_model_call(ex):
+    plain = ex.run(PROMPT, num_inference_steps=STEPS, seed=6, **OPTIONS)
+    # an identity replacement (a copy) changes nothing, bit for bit
+    same = ex.run(
+        PROMPT,
+        num_inference_steps=STEPS,
+        seed=6,
+        hooks={"step.latents": lambda x, *, ctx: x.clone()},
+        **OPTIONS,
+    )
+    assert torch.equal(same.final_latents, plain.final_latents) and len(same.replacements) == STEPS
+
+    # zero the left half of x_{t−1} after step 1: the next step reads exactly that tensor, in place
+    def left_half_zero(x, *, ctx):
+        x = x.clone()
+        x[..., : x.shape[-1] // 2] = 0
+        return x
+
+    hooked = ex.run(
+        PROMPT,
+        num_inference_steps=STEPS,
+        seed=6,
+        hooks=[Hook("step.next", left_half_zero, steps=[1])],
+        **OPTIONS,
+    )
+    assert torch.equal(hooked["step.latents", 2], hooked["step.next", 1])
+    assert float(hooked["step.latents", 2][..., :4].abs().max()) == 0.0
+    assert torch.equal(hooked["step.latents", 2][..., 4:], plain["step.latents", 2][..., 4:])
+    # a fork from step 2 with that x_t equals the hooked run
+    forked = ex.fork(plain, 2, latents=hooked["step.latents", 2])
+    assert torch.equal(forked.final_latents, hooked.final_latents)
+
+
+def test_embedded_guidance_is_an_input_and_a_hook_point(ex):
+    names = [p.name for p in ex.hook_points()]
+    for name in (
+        "prompt.pooled.cond",
+        "prompt.pooled.uncond",
+        "prompt.guidance.cond",
+        "prompt.guidance.uncond",
+    ):
+        assert name in names
+    assert not any(name.startswith("attn.") for name in names)  # no attention maps for Flux (yet)
+    low = ex.run(PROMPT, num_inference_steps=2, seed=0, embedded_guidance=1.0, **OPTIONS)
+    high = ex.run(PROMPT, num_inference_steps=2, seed=0, **OPTIONS)
+    assert high.settings["options"]["embedded_guidance"] == 3.5 and high.settings["guidance_scale"] == 1.0
+    assert not torch.equal(low.final_latents, high.final_latents)
+    # replacing g at its hook point is the same as asking for it
+    hooked = ex.run(
+        PROMPT,
+        num_inference_steps=2,
+        seed=0,
+        hooks={"prompt.guidance.cond": lambda g, *, ctx: torch.full_like(g, 1.0)},
+        **OPTIONS,
+    )
+    assert torch.equal(hooked.final_latents, low.final_latents)
+    assert [r.name for r in hooked.replacements] == ["prompt.guidance.cond"]
+    for bad in (-1.0, float("nan"), "3.5"):
+        with pytest.raises(ValueError, match="embedded_guidance must be a finite number"):
+            ex.run(PROMPT, num_inference_steps=1, seed=0, embedded_guidance=bad, **OPTIONS)
+    with pytest.raises(ValueError, match="height .*multiple of 4"):
+        ex.run(PROMPT, num_inference_steps=1, seed=0, height=18, **OPTIONS)
+    with pytest.raises(ValueError, match="unknown scheduler 'flow_heun'; valid names: flow_euler"):
+        ex.set_scheduler("flow_heun")
+
+
+def test_reguide_interventions_and_trace_files(ex, tmp_path):
+    trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=5, guidance_scale=4.0, **OPTIONS)
+    assert torch.equal(trace.reguide(1, 4.0).eps_guided, trace["step.guidance", 1])
+    hooked = ex.run(
+        PROMPT,
+        num_inference_steps=STEPS,
+        seed=5,
+        guidance_scale=4.0,
+        hooks=[interventions.cfg_off(steps=[2, 3])],
+        **OPTIONS,
+    )
+    assert torch.equal(hooked["step.guidance", 2], hooked["step.model.cond", 2])
+    forked = ex.fork(trace, 2, hooks=[interventions.cfg_off(steps=[2, 3])])
+    assert torch.equal(forked.final_latents, hooked.final_latents)
+    # a fork that turns guidance off, and one with a new prompt, re-encode what changed
+    assert ex.fork(trace, 1, guidance_scale=1.0).settings["do_cfg"] is False
+    changed = ex.fork(trace, 1, prompt="a green triangle")
+    assert not torch.equal(changed["prompt.pooled.cond"], trace["prompt.pooled.cond"])
+    assert torch.equal(changed["prompt.guidance.cond"], trace["prompt.guidance.cond"])
+
+    path = tmp_path / "flux.safetensors"
+    trace.save(path)
+    loaded = Trace.load(path, explainer=ex)
+    assert loaded.hook_names == trace.hook_names and loaded.settings["model"]["family"] == "flux"
+    assert loaded.conditioning["uncond"].keys() == {"embeds", "pooled", "guidance"}
+    assert torch.equal(loaded["prompt.guidance.cond"], trace["prompt.guidance.cond"])
+    assert torch.equal(loaded["step.pred_x0"], trace["step.pred_x0"])
+    assert torch.equal(ex.fork(loaded, 1).final_latents, trace.final_latents)
+
+
+def test_the_family_is_picked_from_pipeline_parts_and_folder(pipe, tmp_path):
+    assert family_for_pipeline(pipe) is Flux
+    parts = tiny_flux_parts()
+    scheduler = parts.pop("scheduler")
+    built = Explainer(scheduler=scheduler, progress=False, **parts)
+    assert isinstance(built.family, Flux) and built.family.default_size() == (256, 256)  # 128 × 2
+    pipe.save_pretrained(tmp_path / "flux")
+    loaded = Explainer.from_pretrained(tmp_path / "flux", progress=False)
+    assert isinstance(loaded.family, Flux)
+    a = built.run(PROMPT, num_inference_steps=2, seed=0, height=SIZE, width=SIZE, decode=False, **OPTIONS)
+    b = loaded.run(PROMPT, num_inference_steps=2, seed=0, height=SIZE, width=SIZE, decode=False, **OPTIONS)
+    # the same weights; loaded tensors may sit at other alignments (see test_families): float precision
+    torch.testing.assert_close(a.final_latents, b.final_latents, rtol=1e-5, atol=1e-5)
+
+
+# ---- widgets ------------------------------------------------------------------------------------------
+def texts(widget: W.Widget) -> str:
+    """Every HTML text inside a widget, recursively."""
+    found = [widget.value] if isinstance(widget, W.HTML) else []
+    for child in getattr(widget, "children", ()):
+        found.append(texts(child))
+    return " ".join(found)
+
+
+def errors(widget) -> str:
+    return "".join(o.get("text", "") for o in widget.output.outputs)
+
+
+def test_widgets_open_a_flux_trace(ex, tmp_path):
+    trace = ex.run(PROMPT, num_inference_steps=3, seed=0, guidance_scale=3.0, **OPTIONS)
+    explorer = StepExplorer(trace)
+    assert errors(explorer) == ""
+    words = texts(explorer)
+    assert "velocity predicted with prompt" in words and "the transformer" in words
+    before = explorer.images["x0"].value
+    explorer.slider.value = 2
+    assert errors(explorer) == "" and explorer.images["x0"].value != before
+
+    path = tmp_path / "flux.safetensors"
+    trace.save(path)
+    player = TracePlayer(Trace.load(path))
+    assert errors(player) == ""
+
+
+def test_guidance_lab_on_flux_reguides_without_a_model_call(ex):
+    widget = GuidanceLab(ex, PROMPT, num_inference_steps=3)
+    assert errors(widget) == ""
+    assert widget.off.settings["do_cfg"] is False and widget.on.settings["do_cfg"] is True
+    calls = []
+    handle = ex.model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        before = widget.strip.value
+        widget.scale.value = widget.scale.value + 2
+    finally:
+        handle.remove()
+    assert errors(widget) == "" and calls == [] and widget.strip.value != before
