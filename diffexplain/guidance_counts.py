@@ -137,7 +137,7 @@ def reading(found: Sequence) -> str:
 
 def seed_list(seeds: int | Sequence[int], first: int = 0) -> tuple[int, ...]:
     """``seeds`` as a tuple: a count n means ``first … first+n−1``; a list is taken as it is."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int | Sequence):
+    if isinstance(seeds, bool | str | bytes) or not isinstance(seeds, int | Sequence):
         raise TypeError(f"seeds must be a count or a list of seeds, got {seeds!r}")
     out = tuple(range(first, first + seeds)) if isinstance(seeds, int) else tuple(int(s) for s in seeds)
     if not out:
