@@ -28,8 +28,7 @@ Per branch the transformer reads ``embeds`` [B, T₅, D] (T5's states, ``prompt.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from types import MappingProxyType
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,8 +46,27 @@ from diffexplain.scheduler_state import FLOW_SCHEDULER_NAMES
 DEFAULT_EMBEDDED_GUIDANCE = 3.5
 """FluxPipeline's ``guidance_scale`` default: g, the distilled model's guidance input."""
 
-FLUX_SCHEDULER_NAMES: Mapping[str, tuple[type, dict[str, Any]]] = MappingProxyType(
-    {"flow_euler": FLOW_SCHEDULER_NAMES["flow_euler"]}
+
+class _Subset(Mapping[str, tuple[type, dict[str, Any]]]):
+    """Some of a scheduler-name table's entries, looked up in it on use (no scheduler imported before)."""
+
+    def __init__(self, table: Mapping[str, tuple[type, dict[str, Any]]], names: tuple[str, ...]) -> None:
+        self._table, self._names = table, names
+
+    def __getitem__(self, name: str) -> tuple[type, dict[str, Any]]:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._table[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+FLUX_SCHEDULER_NAMES: Mapping[str, tuple[type, dict[str, Any]]] = _Subset(
+    FLOW_SCHEDULER_NAMES, ("flow_euler",)
 )
 """Flux's short scheduler names: FluxPipeline passes its own σ list, which only flow-matching Euler takes
 (``flow_heun``'s ``set_timesteps`` refuses custom sigmas, in the pipeline as here)."""
