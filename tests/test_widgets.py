@@ -155,6 +155,102 @@ def test_guidance_off_for_a_step_range_forks(lab: GuidanceLab) -> None:
     assert_clean(lab)
 
 
+# ---- GuidanceLab's seed grid (#18) --------------------------------------------------------------------
+def grid_state(lab: GuidanceLab) -> list[list[bytes]]:
+    return [[image.value for image in column] for column in lab.grid.images]
+
+
+@pytest.mark.slow
+def test_seed_grid_counts_and_borders_follow_the_checker() -> None:
+    from diffexplain.data.checker import score
+    from diffexplain.guidance_counts import SWEEP_SCALES
+    from diffexplain.models.default import load_default
+    from diffexplain.widgets.seed_grid import RIGHT_BORDER, WRONG_BORDER
+
+    shapes = load_default(progress=False)
+    prompt = "a red circle on the left and a blue square on the right"
+    lab = GuidanceLab(shapes, prompt, seed=3, guidance_scale=5.0, num_inference_steps=5)
+    empty = grid_state(lab)
+    lab.count_seeds()
+    grid = lab.grid
+    assert [len(column) for column in grid.images] == [12, 12, 12]
+    assert all(value not in empty[0] for column in grid_state(lab) for value in column)  # no placeholder left
+    assert [c.guidance_scale for c in grid.columns] == [0.0, 1.0, 5.0]
+    assert grid.titles[0].value == "<b>no prompt (w = 0)</b>" and "w = 5" in grid.titles[2].value
+    for column, images, label in zip(grid.columns, grid.images, grid.count_labels, strict=True):
+        assert column.seeds == tuple(range(3, 15))  # from the seed box on
+        assert column.verdicts == tuple(score(im, prompt).all_right for im in column.images)
+        assert label.value == f"<b>{sum(column.verdicts)} of 12 right</b>"
+        for image, right in zip(images, column.verdicts, strict=True):
+            assert image.layout.border == (RIGHT_BORDER if right else WRONG_BORDER)
+            assert ("dx-right" in image._dom_classes) == right and ("dx-wrong" in image._dom_classes) != right
+    assert grid.columns[2].right >= grid.columns[0].right  # the prompt's scene, not a random one
+    assert "right" in lab.status.value and lab.progress.value == lab.progress.max
+    lab.sweep()
+    assert list(grid.fig.data[0].x) == list(SWEEP_SCALES)
+    assert list(grid.fig.data[0].y) == [c.share for c in grid.sweep_columns]
+    assert list(grid.fig.data[1].y) == [c.diversity for c in grid.sweep_columns]
+    assert grid.sweep_columns[0] is grid.columns[0]  # same settings: counted once
+    assert "w = 7.5" in grid.sweep_table.value
+    assert_clean(lab)
+
+
+def test_seed_grid_hides_verdicts_for_a_model_the_checker_cannot_read(ex: Explainer) -> None:
+    from diffexplain.widgets.seed_grid import NO_BORDER
+
+    lab = GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS, seeds=4)
+    lab.count_seeds()
+    assert [len(column) for column in lab.grid.images] == [4, 4, 4]
+    assert all(c.verdicts is None for c in lab.grid.columns)
+    assert all(label.value == "<b>4 pictures</b>" for label in lab.grid.count_labels)
+    assert all(image.layout.border == NO_BORDER for column in lab.grid.images for image in column)
+    assert "no verdicts" in lab.grid.note.value and "not trained" in lab.grid.note.value
+    lab.sweep()
+    assert list(lab.grid.fig.data[0].y) == [] and len(lab.grid.fig.data[1].y) == 7  # diversity only
+    assert_clean(lab)
+
+
+def test_stop_mid_grid_keeps_the_finished_columns_and_the_grid_runs_again(ex: Explainer) -> None:
+    from tests.test_jobs import ManualLoop
+
+    lab = GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS, seeds=4)
+    loop = lab.schedule = ManualLoop()
+    lab.grid.count_button.click()
+    assert lab.work is not None and not lab.stop_button.disabled
+    assert all(b.disabled for b in lab.buttons()) and lab.grid.count_button.disabled
+    per_run = len(ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=1.0))
+    for _ in range(per_run + 2):  # the w = 0 column, then two steps of the w = 1 one
+        loop.turn()
+    assert 0 < lab.progress.value < lab.progress.max
+    lab.stop_button.click()
+    loop.run_out()
+    assert lab.work is None and lab.stop_button.disabled and not any(b.disabled for b in lab.buttons())
+    assert lab.grid.columns[0] is not None and lab.grid.columns[1:] == [None, None]
+    assert [label.value for label in lab.grid.count_labels[1:]] == ["—", "—"]
+    assert "stopped" in lab.status.value
+    first = lab.grid.columns[0]
+    lab.grid.count_button.click()
+    loop.run_out()
+    assert all(c is not None for c in lab.grid.columns) and lab.grid.columns[0] is first  # kept, not re-run
+    assert_clean(lab)
+
+
+def test_a_new_prompt_clears_the_old_grid(ex: Explainer) -> None:
+    lab = GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS, seeds=4)
+    empty = grid_state(lab)
+    lab.count_seeds()
+    lab.sweep()
+    assert grid_state(lab) != empty and list(lab.grid.fig.data[1].x)
+    lab.prompt.value = "a green triangle at the top"
+    lab.run_button.click()
+    assert grid_state(lab) == empty and lab.grid.columns == [None, None, None]
+    assert all(label.value == "—" for label in lab.grid.count_labels)
+    assert list(lab.grid.fig.data[1].x) == [] and lab.grid.sweep_table.value == ""
+    lab.count_seeds()  # the new prompt's pictures, not the cached old ones
+    assert lab.grid.columns[1].images[0] is not None and grid_state(lab)[1] != empty[1]
+    assert_clean(lab)
+
+
 # ---- NoiseLab ---------------------------------------------------------------------------------------
 def test_noise_lab_injection_forks_at_k(ex: Explainer) -> None:
     nl = NoiseLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
