@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from diffexplain.explainer import Explainer
+    from diffexplain.previews import Previews
 
 
 class Reguided(NamedTuple):
@@ -107,6 +108,7 @@ class Trace:
         self.forked_from: int | None = None  # the step a fork restarted at
         self.explainer: Explainer | None = None  # the Explainer that made it (not saved)
         self.fingerprint_source: Any = None  # a fingerprint.LazyFingerprint of the weights the run used
+        self.previews: Previews | None = None  # decoded pictures of x_t and x̂0 per step (made by save)
         self._stored: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # id(src) -> copy
 
     # ---- building (used by the loop) -------------------------------------------------------------
@@ -374,9 +376,43 @@ class Trace:
         return moved
 
     # ---- files -----------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write the trace to ``path``: safetensors for the tensors, JSON metadata for the rest."""
-        save_trace(self, path)
+    def save(self, path: str | Path, *, previews: bool | None = None) -> None:
+        """Write the trace to ``path``: safetensors for the tensors, JSON metadata for the rest.
+
+        ``previews``: small decoded pictures of x_t and x̂0 per step (PNG, at most 256 px), so the file
+        shows real pictures without the model (TracePlayer, ``to_html``). None (default): stored when
+        they can be made (the trace's explainer is known, or the model works in pixel space) or when the
+        trace already holds them (a loaded file); True: required (``ValueError`` if the model is not
+        known); False: left out. They are made once per trace and reused by later saves.
+        """
+        if previews not in (None, True, False):
+            raise ValueError(f"previews={previews!r}: expected True, False or None")
+        save_trace(
+            self, path, self.ensure_previews(required=bool(previews)) if previews is not False else None
+        )
+
+    def ensure_previews(self, *, required: bool = False) -> Previews | None:
+        """This trace's previews, made now (once) if the model is known; None when they cannot be made
+        (``ValueError`` instead with ``required``). See ``diffexplain.previews``."""
+        from diffexplain.previews import can_make, make_previews
+
+        if self.previews is not None and len(self.previews) == len(self):
+            return self.previews
+        if can_make(self) or required:
+            self.previews = make_previews(self)  # ValueError (naming what is missing) when it cannot
+        return self.previews if self.previews is not None and len(self.previews) == len(self) else None
+
+    def to_html(self, path: str | Path, *, compare: Trace | None = None, title: str | None = None) -> Path:
+        """Write one self-contained HTML page of this trace: open it in any browser, no Python, no server.
+
+        It has a step slider, a play button, the StepExplorer's panels (x_t, x̂0, ε_c, ε_u, Δ, ε̂) and its
+        timeline. ``compare``: the same prompt and seed with guidance off (or any other trace of the same
+        prompt), shown beside this one. Pictures of x_t and x̂0 are the stored previews (made now when
+        the model is known), else the fast latent preview. Returns the path written.
+        """
+        from diffexplain.html_page import write_page
+
+        return write_page(self, path, compare=compare, title=title)
 
     @classmethod
     def load(cls, path: str | Path, *, explainer: Explainer | None = None) -> Trace:

@@ -25,6 +25,7 @@ from diffexplain.families import FAMILIES
 from diffexplain.hooks import Replacement
 from diffexplain.names import HookPoint, current_name
 from diffexplain.noise_levels import NoiseLevel
+from diffexplain.previews import Previews, from_doc, to_doc
 from diffexplain.records import RestartPoint, StepRecord
 from diffexplain.safetensors_file import save_readable
 from diffexplain.scheduler_state import DEVICES_KEY, SCHEDULER_CLASSES
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 FORMAT = "diffexplain.trace"
 VERSION = 3  # 3: attention maps and hook points; 2: names per family (step.model.*), conditioning per branch
+# An optional "previews" record (PNG pictures of x_t and x̂0 per step, see ``previews``) came later without
+# a new version: readers that do not know it ignore it, and files without it load as before.
 METADATA_KEY = "diffexplain"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the header
 MAX_CONFIG_INT = 10**7  # larger ints in a scheduler config are treated as hostile (huge allocations)
@@ -90,8 +93,25 @@ def _encode(value: Any, tensors: _Tensors) -> Any:
     raise TypeError(f"cannot save scheduler attribute value of type {type(value).__name__}")
 
 
-def save_trace(trace: Trace, path: str | Path) -> None:
-    """Write ``trace`` to ``path`` (see the module docstring for the format)."""
+def _encode_state(state: dict[str, Any], tensors: _Tensors) -> dict[str, Any]:
+    """A scheduler snapshot for the file; a loaded one's device map (``DEVICES_KEY``) goes back on its tensors."""
+    devices = state.get(DEVICES_KEY, {})
+    doc = {k: _encode(v, tensors) for k, v in state.items() if k != DEVICES_KEY}
+    for attr, device in devices.items():
+        _set_device(doc.get(attr), device)
+    return doc
+
+
+def _set_device(doc: Any, device: str) -> None:
+    if isinstance(doc, dict):
+        if "device" in doc:
+            doc["device"] = device
+        for item in doc.get("list", doc.get("tuple", [])):
+            _set_device(item, device)
+
+
+def save_trace(trace: Trace, path: str | Path, previews: Previews | None = None) -> None:
+    """Write ``trace`` to ``path`` (see the module docstring for the format), with ``previews`` if given."""
     tensors = _Tensors()
     ref = tensors.ref
 
@@ -103,7 +123,7 @@ def save_trace(trace: Trace, path: str | Path) -> None:
                 "generator_state": None
                 if r.restart.generator_state is None
                 else ref(r.restart.generator_state),
-                "scheduler_state": {k: _encode(v, tensors) for k, v in r.restart.scheduler_state.items()},
+                "scheduler_state": _encode_state(r.restart.scheduler_state, tensors),
             }
         level = [r.level.a, r.level.b, r.level.alpha_bar, r.level.sigma]
         tensor_refs = {k: ref(v) for k, v in r.tensors.items()}
@@ -134,6 +154,8 @@ def save_trace(trace: Trace, path: str | Path) -> None:
         "steps": [step_doc(r) for r in trace.steps],
         "replacements": [[r.name, r.step, r.hook] for r in trace.replacements],
     }
+    if previews is not None:
+        doc["previews"] = to_doc(previews, ref)
     # Write next to the target, then replace it: a failed save never leaves a half-written trace behind.
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -364,6 +386,13 @@ def _load(r: _Reader, metadata: dict[str, str], new_trace: Callable[..., Trace])
         if not ok or not (rep[1] is None or (isinstance(rep[1], int) and not isinstance(rep[1], bool))):
             raise r.fail(f"replacements[{i}] is not [hook point, step or null, hook name]")
         trace.replacements.append(Replacement(rep[0], rep[1], rep[2]))
+    if doc.get("previews") is not None:  # optional: files from before previews, or saved with previews=False
+        try:
+            trace.previews = from_doc(doc["previews"], len(trace.steps), r.tensor)
+        except TraceFileError:
+            raise
+        except ValueError as exc:
+            raise r.fail(str(exc)) from None
     return trace
 
 

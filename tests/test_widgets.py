@@ -353,7 +353,7 @@ def test_callback_errors_show_in_the_widget_output(ex: Explainer, monkeypatch: p
 # ---- TracePlayer ------------------------------------------------------------------------------------
 def test_trace_player_without_a_model(trace_on: Trace, tmp_path) -> None:
     path = tmp_path / "run.trace"
-    trace_on.save(path)
+    trace_on.save(path, previews=False)  # a file without saved pictures (with them: tests/test_previews.py)
     tp = TracePlayer(str(path))
     assert tp.explorer is not None and tp.explorer.explainer is None
     assert tp.explorer.preview.value and tp.explorer.preview.disabled  # no VAE: fast preview only
@@ -457,7 +457,7 @@ def test_trace_player_shows_attention_maps(trace_on: Trace, tmp_path) -> None:
     trace_on.save(path)
     tp = TracePlayer(str(path))
     assert tp.attention is not None and tp.attention_box.layout.display is None
-    assert tp.attention.preview.value and tp.attention.fork_button.disabled
+    assert not tp.attention.preview.value and tp.attention.fork_button.disabled  # the saved x̂0 pictures
     assert_clean(tp)
     assert_clean(tp.attention)
 

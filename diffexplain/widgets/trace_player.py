@@ -5,23 +5,73 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
+from PIL import Image
 
 from diffexplain.widgets.attention_maps import AttentionMaps
-from diffexplain.widgets.base import DEFAULT_SIZE, DxWidget, button, help_box
+from diffexplain.widgets.base import DEFAULT_SIZE, DxWidget, Frames, button, help_box
 from diffexplain.widgets.noise_lab import first_upload
 from diffexplain.widgets.step_explorer import StepExplorer
 
 if TYPE_CHECKING:
+    import torch
+
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
 
 HELP = (
     "Open a trace saved with <code>trace.save(path)</code>: type its path and press <b>Load</b>, or upload "
-    "the file. No model is needed: pictures use the fast latent preview unless an explainer is given."
+    "the file. No model is needed: x_t and x̂0 are the decoded pictures saved in the file (files saved "
+    "without them use the fast latent preview), or are decoded again when an explainer is given."
 )
+# Which stored preview a widget's picture key names: StepExplorer's ("x_t", k), ("x̂0", k), AttentionMaps' ("x0", k)
+PREVIEW_KINDS = {"x_t": "latents", "x̂0": "pred_x0", "x0": "pred_x0"}
+
+
+class SavedFrames(Frames):
+    """Frames that show a trace's saved previews (``trace.previews``) where there is no VAE to decode.
+
+    With previews, the widgets' "fast latent preview" box is free again: unticked shows the saved
+    decoded pictures, ticked the linear latent preview. With a VAE (an explainer) it decodes as usual.
+    """
+
+    def __init__(self, explainer: Explainer | None, size: int, trace: Trace) -> None:
+        super().__init__(explainer, size)
+        self.trace = trace
+
+    def _has_vae(self) -> bool:
+        return super().can_decode()
+
+    def can_decode(self, trace: Trace | None = None) -> bool:
+        """A VAE, or saved previews of the trace shown."""
+        return self._has_vae() or getattr(trace or self.trace, "previews", None) is not None
+
+    def picture(
+        self,
+        owner: Any,
+        key: tuple,
+        latents: torch.Tensor,
+        *,
+        preview: bool,
+        pixel_space: bool = False,
+        size: int | None = None,
+    ) -> Image.Image:
+        """A saved preview for ``key`` when there is no VAE and ``preview`` is off, else ``Frames.picture``."""
+        if not preview and not pixel_space and not self._has_vae():
+            saved = getattr(owner, "previews", None)
+            kind = PREVIEW_KINDS.get(key[0]) if key else None
+            image = None
+            if saved is not None and kind is not None and len(key) > 1 and isinstance(key[1], int):
+                image = saved.image(kind, key[1])
+            if image is not None:
+                size = size or self.size
+                return image.resize(
+                    (size, round(size * image.height / image.width)), Image.Resampling.NEAREST
+                )
+            preview = True  # nothing saved for this picture: the fast latent preview
+        return super().picture(owner, key, latents, preview=preview, pixel_space=pixel_space, size=size)
 
 
 class TracePlayer(DxWidget):
@@ -98,14 +148,25 @@ class TracePlayer(DxWidget):
             path.write_bytes(content)
             self.load(path)
 
+    def _frames(self, frames: Frames, trace: Trace) -> SavedFrames:
+        """``frames`` as ``SavedFrames`` following ``trace`` (its cache kept)."""
+        if not isinstance(frames, SavedFrames):
+            saved = SavedFrames(frames.explainer, frames.size, trace)
+            saved.trace_latent_rgb = frames.trace_latent_rgb
+            frames = saved
+        frames.trace = trace
+        return frames
+
     def show(self, trace: Trace) -> None:
         """Show an already loaded ``trace``."""
         self.trace = trace
         if self.explorer is None:
             self.explorer = StepExplorer(trace, self.explainer, size=self.size)
             self.explorer_box.children = [self.explorer]
-        else:
-            self.explorer.set_trace(trace)
+        self.explorer.frames = self._frames(self.explorer.frames, trace)
+        self.explorer.set_trace(trace)
+        if self.explainer is None and trace.previews is not None:
+            self.explorer.preview.value = False  # the saved pictures, not the blocky latent preview
         has_maps = (
             bool(trace.settings.get("attention", {}).get("maps"))
             and bool(trace.steps)
@@ -114,7 +175,10 @@ class TracePlayer(DxWidget):
         if has_maps and self.attention is None:
             self.attention = AttentionMaps(trace, self.explainer, size=self.size).link(self.explorer)
             self.attention_box.children = [W.HTML("<h4>Cross-attention maps</h4>"), self.attention]
-        elif has_maps and self.attention is not None:
+        if has_maps and self.attention is not None:
+            self.attention.frames = self._frames(self.attention.frames, trace)
             self.attention.set_trace(trace)
+            if self.explainer is None and trace.previews is not None:
+                self.attention.preview.value = False
         self.attention_box.layout.display = None if has_maps else "none"
         self.clear_errors()
