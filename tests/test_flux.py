@@ -11,6 +11,7 @@ import torch
 from diffusers import FluxPipeline
 
 from diffexplain import Explainer, Trace, interventions
+from diffexplain.attention import edits
 from diffexplain.families import Flux, family_for_pipeline
 from diffexplain.families.flux import pack_latents, unpack_latents
 from diffexplain.hooks import Hook
@@ -88,6 +89,7 @@ def test_batch_with_negative_prompts_equals_the_pipeline(pipe, ex):
         num_inference_steps=STEPS,
         seed=1,
         decode=False,
+        attention_maps=False,
         **OPTIONS,
     )
     expected = pipeline_latents(pipe, prompts, 1, negative_prompt=["green", "red"], true_cfg_scale=3.0)
@@ -99,7 +101,7 @@ def test_batch_with_negative_prompts_equals_the_pipeline(pipe, ex):
 def test_a_model_without_guidance_embedding_equals_the_pipeline():
     pipe = tiny_flux_pipeline(guidance_embeds=False)
     ex = Explainer.from_pipeline(pipe, progress=False)
-    trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=2, decode=False, **OPTIONS)
+    trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=2, decode=False, attention_maps=False, **OPTIONS)
     assert torch.equal(trace.final_latents, pipeline_latents(pipe, PROMPT, 2))
     assert "guidance" not in trace.conditioning["cond"] and "prompt.guidance.cond" not in trace.run_tensors
     assert trace.settings["options"]["embedded_guidance"] is None
@@ -126,17 +128,14 @@ def test_every_view_and_hook_sees_unpacked_latents_and_the_model_reads_them_pack
             seed=4,
             guidance_scale=2.0,
             hooks={name: record for name in names},
+            attention_maps=False,  # the pipeline's own calls (with maps, both branches go in one)
             **OPTIONS,
         )
     finally:
         handle.remove()
     assert seen == {name: (1, 4, 8, 8) for name in names}
-    assert trace["step.latents"].shape == (STEPS, 1, 4, 8, 8) and trace["decode.image"].shape == (
-        1,
-        3,
-        16,
-        16,
-    )
+    assert trace["step.latents"].shape == (STEPS, 1, 4, 8, 8)
+    assert trace["decode.image"].shape == (1, 3, 16, 16)
     # two transformer calls per step (one per branch), each on the packed x_t of that step
     assert len(packed_inputs) == 2 * STEPS and packed_inputs[0].shape == (1, 16, 16)
     for i in range(STEPS):
@@ -188,7 +187,11 @@ def test_embedded_guidance_is_an_input_and_a_hook_point(ex):
         "prompt.guidance.uncond",
     ):
         assert name in names
-    assert not any(name.startswith("attn.") for name in names)  # no attention maps for Flux (yet)
+    assert [n for n in names if n.startswith("attn.")] == [
+        f"attn.transformer_blocks.0.attn.{what}.{branch}"
+        for what in ("probs", "out")
+        for branch in ("cond", "uncond")
+    ]
     low = ex.run(PROMPT, num_inference_steps=2, seed=0, embedded_guidance=1.0, **OPTIONS)
     high = ex.run(PROMPT, num_inference_steps=2, seed=0, **OPTIONS)
     assert high.settings["options"]["embedded_guidance"] == 3.5 and high.settings["guidance_scale"] == 1.0
@@ -255,6 +258,68 @@ def test_the_family_is_picked_from_pipeline_parts_and_folder(pipe, tmp_path):
     b = loaded.run(PROMPT, num_inference_steps=2, seed=0, height=SIZE, width=SIZE, decode=False, **OPTIONS)
     # the same weights; loaded tensors may sit at other alignments (see test_families): float precision
     torch.testing.assert_close(a.final_latents, b.final_latents, rtol=1e-5, atol=1e-5)
+
+
+# ---- attention maps -----------------------------------------------------------------------------------
+def test_joint_attention_maps_are_the_image_to_text_block(pipe, ex):
+    layers = ex.family.attention_layers()
+    assert [(layer.name, layer.kind) for layer in layers] == [("transformer_blocks.0.attn", "joint")]
+    point = "attn.transformer_blocks.0.attn.probs.cond"
+    opts = {"max_sequence_length": 8}  # 8 text tokens, 16 image tokens: the block's sides differ
+    before = layers[0].module.processor
+    inputs = []  # the layer's inputs in a run with the model's own processor
+    handle = layers[0].module.register_forward_pre_hook(
+        lambda module, args, kwargs: inputs.append(kwargs), with_kwargs=True
+    )
+    try:
+        plain = ex.run(PROMPT, num_inference_steps=2, seed=0, attention_maps=False, **opts)
+    finally:
+        handle.remove()
+    trace = ex.run(PROMPT, num_inference_steps=2, seed=0, keep=point, **opts)
+    assert layers[0].module.processor is before  # the model's own processor is back
+    # the block as diffusers' FluxAttnProcessor would compute it: text tokens first, rotary positions
+    attn, given = layers[0].module, inputs[0]
+    text = given["encoder_hidden_states"]
+    q = torch.cat(
+        [
+            attn.norm_added_q(attn.add_q_proj(text).unflatten(-1, (4, 8))),
+            attn.norm_q(attn.to_q(given["hidden_states"]).unflatten(-1, (4, 8))),
+        ],
+        dim=1,
+    )
+    k = torch.cat(
+        [
+            attn.norm_added_k(attn.add_k_proj(text).unflatten(-1, (4, 8))),
+            attn.norm_k(attn.to_k(given["hidden_states"]).unflatten(-1, (4, 8))),
+        ],
+        dim=1,
+    )
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    q, k = (apply_rotary_emb(x, given["image_rotary_emb"], sequence_dim=1).transpose(1, 2) for x in (q, k))
+    probs = ((q @ k.transpose(-1, -2)) / 8**0.5).softmax(-1)  # [1, heads, 8 + 16, 8 + 16]
+    block = trace[point, 0]
+    assert block.shape == (1, 4, 16, 8) and (block.sum(-1) < 1).all()
+    torch.testing.assert_close(block, probs[:, :, 8:, :8], rtol=1e-5, atol=1e-6)
+    # maps: one per T5 token, summing to 1 over the text; the run equals the model's own to float precision
+    tokens = trace.tokens
+    assert len(tokens) == 8 and {t.source for t in tokens} == {"t5"} and tokens[0].text == "▁a"
+    maps = trace.attention_maps()
+    assert maps.shape == (1, 8, 16, 16)
+    torch.testing.assert_close(maps.sum(1), torch.ones_like(maps[:, 0]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(plain.final_latents, trace.final_latents, rtol=1e-5, atol=1e-5)
+    # with true CFG both branches get maps, and the run still equals the pipeline to float precision
+    guided = ex.run(PROMPT, num_inference_steps=STEPS, seed=3, guidance_scale=4.0, decode=False, **OPTIONS)
+    assert set(guided.steps[0].attention) == {"cond@4x4", "uncond@4x4"}
+    expected = pipeline_latents(pipe, PROMPT, 3, true_cfg_scale=4.0, negative_prompt="")
+    torch.testing.assert_close(guided.final_latents, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ex.fork(guided, 2).final_latents, guided.final_latents)  # forks with maps: bit-exact
+    # edits act on the block: a weight of 1 changes nothing, of 0 removes the word
+    same = ex.run(PROMPT, num_inference_steps=2, seed=0, hooks=edits.reweight("red", 1.0), **opts)
+    assert torch.equal(same.final_latents, trace.final_latents)
+    gone = ex.run(PROMPT, num_inference_steps=2, seed=0, hooks=edits.reweight("red", 0.0), **opts)
+    assert not torch.equal(gone.final_latents, trace.final_latents)
+    assert gone.attention("red").abs().max() == 0
 
 
 # ---- widgets ------------------------------------------------------------------------------------------

@@ -44,13 +44,19 @@ def find_attention_layers(model: torch.nn.Module, kind: str = "cross") -> tuple[
     """Every layer of ``model`` where the image reads the text, in module order.
 
     ``kind="cross"``: the ``Attention`` modules with a ``cross_attention_dim`` (U-Nets);
-    ``kind="joint"``: those with added text projections (``add_k_proj``: SD3's joint attention).
+    ``kind="joint"``: those with added text projections (``add_k_proj``: SD3's joint attention, and
+    Flux's double-stream blocks, ``FluxAttention``; its single-stream blocks are not text layers here).
     """
     from diffusers.models.attention_processor import Attention
 
+    classes: tuple[type, ...] = (Attention,)
+    if kind == "joint":  # Flux's attention is a class of its own
+        from diffusers.models.transformers.transformer_flux import FluxAttention
+
+        classes += (FluxAttention,)
     layers = []
     for name, module in model.named_modules():
-        if not isinstance(module, Attention):
+        if not isinstance(module, classes):
             continue
         if kind == "cross" and module.is_cross_attention and getattr(module, "add_k_proj", None) is None:
             layers.append(AttentionLayer(name, module, "cross"))

@@ -26,8 +26,11 @@ PLAIN_PROCESSORS = frozenset(
 )
 """Processors that compute plain attention: the explicit computation is the same layer."""
 
-JOINT_PROCESSORS = frozenset({"JointAttnProcessor2_0"})
-"""SD3's joint-attention processor."""
+FLUX_PROCESSORS = frozenset({"FluxAttnProcessor", "FluxAttnProcessor2_0"})
+"""Flux's joint-attention processors (text tokens first, rotary positions on queries and keys)."""
+
+JOINT_PROCESSORS = frozenset({"JointAttnProcessor2_0"}) | FLUX_PROCESSORS
+"""SD3's and Flux's joint-attention processors."""
 
 CHUNK_ELEMENTS = 2**26
 """Joint attention's scores are computed in blocks of query rows of at most this many elements (256 MiB
@@ -127,6 +130,11 @@ class JointAttentionCapture:
     ) -> Any:
         if encoder_hidden_states is None or not self.capture.active:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        if type(self.original).__name__ in FLUX_PROCESSORS:
+            rotary = args[0] if args else kwargs.get("image_rotary_emb")
+            return flux_joint_attention(
+                self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary
+            )
         residual = hidden_states
         batch_size = hidden_states.shape[0]
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
@@ -176,3 +184,66 @@ class JointAttentionCapture:
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))  # projection, dropout
         hidden_states = self.capture.output(self.layer, hidden_states)  # [2B, h·w, C]
         return hidden_states, encoder_hidden_states
+
+
+def flux_joint_attention(
+    wrapper: JointAttentionCapture,
+    attn: Any,
+    hidden_states: torch.Tensor,  # [2B or B, h·w/4, C] packed image tokens
+    encoder_hidden_states: torch.Tensor,  # [2B or B, T, C] text tokens
+    attention_mask: torch.Tensor | None,
+    image_rotary_emb: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flux's double-stream joint attention as ``FluxAttnProcessor``, with the image → text block of p
+    captured. Unlike SD3, the text tokens come first, and queries and keys get rotary positions."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    if attention_mask is not None:
+        raise ValueError(
+            f"attention maps of layer {wrapper.layer!r}: an attention mask is not supported; "
+            "run with attention_maps=False"
+        )
+    if getattr(attn, "fused_projections", False):
+        raise ValueError(
+            f"attention maps of layer {wrapper.layer!r} need unfused projections: "
+            "call transformer.unfuse_qkv_projections(), or run with attention_maps=False"
+        )
+    batch_size, n_text = hidden_states.shape[0], encoder_hidden_states.shape[1]
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (-1, attn.head_dim))  # [2B, L, heads, d]
+
+    query = attn.norm_q(heads(attn.to_q(hidden_states)))
+    key = attn.norm_k(heads(attn.to_k(hidden_states)))
+    value = heads(attn.to_v(hidden_states))
+    text_query = attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states)))
+    text_key = attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states)))
+    text_value = heads(attn.add_v_proj(encoder_hidden_states))
+    query = torch.cat([text_query, query], dim=1)  # [2B, T + h·w/4, heads, d]
+    key = torch.cat([text_key, key], dim=1)
+    value = torch.cat([text_value, value], dim=1)
+    if image_rotary_emb is not None:
+        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # [2B, heads, L, d]
+
+    # p = softmax(QKᵀ/√d) in blocks of query rows (as SD3's); out = p·V
+    length, scale = query.shape[2], attn.head_dim**-0.5
+    out = torch.empty_like(query)
+    rows = max(1, CHUNK_ELEMENTS // (batch_size * query.shape[1] * length))
+    blocks = []
+    for start in range(0, length, rows):
+        scores = (query[:, :, start : start + rows] @ key.transpose(-1, -2)) * scale
+        probs = scores.float().softmax(dim=-1).to(query.dtype)  # [2B, heads, rows, L]
+        out[:, :, start : start + rows] = probs @ value
+        if start + probs.shape[2] > n_text:  # image queries → text keys, copied out of the chunk
+            blocks.append(probs[:, :, max(n_text - start, 0) :, :n_text].clone())
+    block = torch.cat(blocks, dim=2)  # [2B, heads, h·w/4, T]
+    new_block = wrapper.capture.probs(wrapper.layer, block)
+    if new_block is not block:  # out is linear in p: add what the changed text columns change
+        out[:, :, n_text:] = out[:, :, n_text:] + (new_block - block) @ value[:, :, :n_text]
+    hidden_states = out.transpose(1, 2).flatten(2, 3).to(query.dtype)  # [2B, L, heads·d]
+    encoder_hidden_states, hidden_states = hidden_states[:, :n_text], hidden_states[:, n_text:]
+    hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))  # projection, dropout
+    hidden_states = wrapper.capture.output(wrapper.layer, hidden_states)  # [2B, h·w/4, C]
+    return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())

@@ -23,6 +23,11 @@ exact, so a replaced tensor round-trips bit for bit).
 Per branch the transformer reads ``embeds`` [B, T₅, D] (T5's states, ``prompt.cond``), ``pooled``
 [B, P] (CLIP's pooled output, ``prompt.pooled.cond``) and, for a distilled model, ``guidance`` [B]
 (g, ``prompt.guidance.cond``). Like the pipeline, each branch is its own transformer call (not batched).
+
+Attention maps come from the double-stream blocks' joint attention (``transformer_blocks.<i>.attn``):
+the image-query → text-key block, text tokens being T5's. With maps on, both branches of a step run in
+one batched call (the capture reads them together), so such a run equals the pipeline to float
+precision; ``attention_maps=False`` runs the pipeline's own calls, bit for bit.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from diffexplain.attention.layers import AttentionLayer
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.families.sd3 import flow_noise_level
@@ -142,10 +146,6 @@ class Flux(Family):
             "latent_channels": int(self.model.config.in_channels) // 4,
             "guidance_embeds": self.guidance_embeds(),
         }
-
-    def attention_layers(self) -> tuple[AttentionLayer, ...]:
-        """None yet: Flux's ``FluxAttention`` layers are not captured, so a Flux trace has no attention maps."""
-        return ()
 
     def prompt_tokens(self, prompt: str, options: dict[str, Any]) -> list[Token]:
         """T5's ``max_sequence_length`` positions: the token states the transformer reads."""
@@ -294,15 +294,25 @@ class Flux(Family):
         """The transformer on each branch: [2B or B, C, h, w] unpacked in → the velocity v, same shape.
 
         With two branches (uncond rows first) it runs twice, one call per branch, as FluxPipeline's true
-        CFG does; each call packs its input and unpacks its output.
+        CFG does; each call packs its input and unpacks its output. While the attention maps are being
+        captured (the capture reads both branches of a step in one call), both go in one batched call.
         """
         kwargs = dict(model_kwargs)
         rows = int(kwargs.pop(BRANCH_SIZE, model_input.shape[0]))
+        if self._capturing():
+            rows = model_input.shape[0]
         outputs = []
         for start in range(0, model_input.shape[0], rows):
             part = {key: x[start : start + rows] for key, x in conditioning.items()}
             outputs.append(self._call(model_input[start : start + rows], t, part, kwargs))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _capturing(self) -> bool:
+        """Whether an attention capture's processors are set on the text layers (``diffexplain.attention``)."""
+        return any(
+            type(layer.module.processor).__name__ == "JointAttentionCapture"
+            for layer in self.attention_layers()
+        )
 
     def _call(
         self, latents: torch.Tensor, t: torch.Tensor, conditioning: Conditioning, kwargs: dict[str, Any]
