@@ -66,8 +66,15 @@ class SeedGridPanel(W.VBox):
             margin={"l": 50, "r": 60, "t": 30, "b": 40},
             title={"text": "the same seeds at every w", "font": {"size": 13}},
             xaxis_title="guidance scale w",
-            yaxis={"title": "share right", "range": [-0.02, 1.02]},
-            yaxis2={"title": "diversity", "overlaying": "y", "side": "right", "rangemode": "tozero"},
+            yaxis={"title": "share right", "range": [-0.02, 1.02], "dtick": 0.25},
+            yaxis2={
+                "title": "diversity",
+                "overlaying": "y",
+                "side": "right",
+                "range": [0, 0.6],
+                "dtick": 0.1,
+                "showgrid": False,
+            },
             legend={"orientation": "h", "y": -0.3},
         )
         self._cache: dict[tuple, Column] = {}
@@ -79,7 +86,8 @@ class SeedGridPanel(W.VBox):
         )
         self.children = [
             self.help,
-            W.HBox([self.n_seeds, self.count_button, self.sweep_button]),
+            # the owner's Stop button and progress bar again (a second view of each): the grid is far below
+            W.HBox([self.n_seeds, self.count_button, self.sweep_button, owner.stop_button, owner.progress]),
             self.note,
             self.columns_box,
             self.sweep_table,
@@ -234,13 +242,24 @@ class SeedGridPanel(W.VBox):
                 (scales, [c.share for c in cols]) if checked else ([], [])
             )
             self.fig.data[1].x, self.fig.data[1].y = scales, [c.diversity for c in cols]
-        rows = "".join(
-            f"<tr><td>w = {c.guidance_scale:g}</td><td>{c.count_text}</td><td>{c.diversity:.3f}</td></tr>"
-            for c in cols
-        )
+        top = max([c.diversity for c in cols], default=0.0)
+        self.fig.layout.yaxis2.range = [0, max(0.6, round(top * 1.15, 1))]
+        self.fig.redraw()
+
+        def row(name: str, cells: list[str]) -> str:
+            return (
+                f"<tr><th style='text-align:left'>{name}</th>"
+                + "".join(f"<td>{c}</td>" for c in cells)
+                + "</tr>"
+            )
+
+        right = [c.count_text.removesuffix(" right").replace(" pictures", "") for c in cols]
         self.sweep_table.value = (
-            "<table style='font-size:0.85em'><tr><th>w</th><th>right</th><th>diversity</th></tr>"
-            f"{rows}</table>"
+            "<table style='font-size:0.85em;border-spacing:10px 0'>"
+            + row("w", [f"w = {c.guidance_scale:g}" for c in cols])
+            + row("right" if cols and cols[0].right is not None else "pictures", right)
+            + row("diversity", [f"{c.diversity:.3f}" for c in cols])
+            + "</table>"
         )
 
     def _note(self, why: str) -> str:

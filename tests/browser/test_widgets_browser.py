@@ -131,6 +131,26 @@ def test_guidance_lab_in_lab(lab_page, lab_server, tmp_path):
     click_button(page, "dx-cfg-off-button")
     wait_for_widget_image(page, "dx-range-image", changed_from=ranged)
     wait_for_text(page, "dx-status", "guidance off for steps")
+    # the seed grid: 12 seeds at w = 0, w = 1 and the chosen w, each picture checked, each column counted
+    sweep = wait_for_plotly(page, "dx-sweep-plot", min_traces=2)
+    click_button(page, "dx-grid-run")
+    wait_for_text(page, "dx-status", "steps · ")  # the grid's summary: "seeds 0–11, 12 steps · …"
+    checked = "no verdicts" not in page.locator(".dx-grid-note").inner_text()  # tiny parts: no checker
+    assert page.locator("img.dx-grid-image").count() == 36
+    counts = [text.strip() for text in page.locator(".dx-grid-count").all_inner_texts()]
+    assert [c.endswith("of 12 right" if checked else "12 pictures") for c in counts] == [True] * 3, counts
+    if checked:  # the green borders are the counted ones, column by column
+        for column, text in zip(page.locator(".dx-grid-column").all(), counts, strict=True):
+            right = column.locator("img.dx-grid-image.dx-right").count()
+            wrong = column.locator("img.dx-grid-image.dx-wrong").count()
+            assert (right, right + wrong) == (int(text.split()[0]), 12), (text, right, wrong)
+            border = column.locator("img.dx-grid-image").first.evaluate(
+                "e => getComputedStyle(e).borderTopColor"
+            )
+            assert border in ("rgb(26, 152, 80)", "rgb(215, 48, 39)"), border  # green or red
+    click_button(page, "dx-sweep-run")
+    wait_for_plotly(page, "dx-sweep-plot", changed_from=sweep, min_traces=2)
+    wait_for_text(page, "dx-sweep-table", "w = 10")
     _no_errors(page)
     docs_screenshot(page, "guidance_lab", "dx-guidance-lab")
 
