@@ -7,6 +7,14 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from plotly.subplots import make_subplots
 
+from diffexplain.explanations import (
+    GUIDANCE_OFF,
+    STEP_HELP,
+    STEP_PANELS,
+    TIMELINE_AXES,
+    TIMELINE_SERIES,
+    TIMELINE_TITLE,
+)
 from diffexplain.probe import trace_fingerprint
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
@@ -30,13 +38,16 @@ if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
 
-HELP = (
-    "Move the <b>step</b> slider (or press ▶) to walk through the denoising loop. At each step the {model} "
-    "looks at the noisy picture <b>x_t</b> and predicts the {output} twice: with the prompt (<b>ε_c</b>) and "
-    "without it (<b>ε_u</b>). Their difference <b>Δ = ε_c − ε_u</b> is what the prompt adds; guidance "
-    "pushes along it: <b>ε̂ = ε_u + w·Δ</b>. From ε̂ the model's current guess of the final picture, "
-    "<b>x̂0</b>, follows. The timeline shows the sizes (RMS) of these predictions at every step."
-)
+HELP = STEP_HELP  # the texts live in diffexplain.explanations, shared with the HTML page
+PANEL_CSS = {
+    "xt": "dx-xt-image",
+    "x0": "dx-x0-image",
+    "channels": "dx-channels-image",
+    "eps_c": "dx-eps-cond-image",
+    "eps_u": "dx-eps-uncond-image",
+    "delta": "dx-delta-image",
+    "guided": "dx-eps-guided-image",
+}
 
 
 def _get(trace: Trace, name: str, step: int) -> torch.Tensor | None:
@@ -75,18 +86,9 @@ class StepExplorer(DxWidget):
         self.unet_row.add_class("dx-unet-row")
 
         vocab = words(trace, self.explainer)  # "noise" and "U-Net", or "velocity" and "transformer"
-        names = {
-            "xt": ("x_t (noisy latents entering the step)", "dx-xt-image"),
-            "x0": ("x̂0 (the model's current guess)", "dx-x0-image"),
-            "channels": ("latent channels of x_t", "dx-channels-image"),
-            "eps_c": ("ε_c ({output} predicted with prompt)", "dx-eps-cond-image"),
-            "eps_u": ("ε_u ({output} predicted without)", "dx-eps-uncond-image"),
-            "delta": ("Δ = ε_c − ε_u (red +, blue −)", "dx-delta-image"),
-            "guided": ("ε̂ = ε_u + w·Δ (what is used)", "dx-eps-guided-image"),
-        }
         boxes, self.images = {}, {}
-        for key, (title, css) in names.items():
-            boxes[key], self.images[key] = image_panel(title.format(**vocab), css, size)
+        for key, title in STEP_PANELS.items():
+            boxes[key], self.images[key] = image_panel(title.format(**vocab), PANEL_CSS[key], size)
         self.channel_box = boxes["channels"]
         self.fig = self._make_figure()
 
@@ -111,16 +113,12 @@ class StepExplorer(DxWidget):
     def _make_figure(self) -> LiveFigure:
         base = make_subplots(specs=[[{"secondary_y": True}]])
         fig = LiveFigure(base)
-        for name, dash in (("‖ε_c‖ (RMS)", None), ("‖ε_u‖ (RMS)", None), ("‖Δ‖ (RMS)", None)):
+        for key in ("c", "u", "d"):
+            fig.add_scatter(x=[], y=[], name=TIMELINE_SERIES[key], mode="lines+markers", secondary_y=False)
+        for key, dash in (("cos", "dot"), ("abar", "dash")):
             fig.add_scatter(
-                x=[], y=[], name=name, mode="lines+markers", line={"dash": dash}, secondary_y=False
+                x=[], y=[], name=TIMELINE_SERIES[key], mode="lines", line={"dash": dash}, secondary_y=True
             )
-        fig.add_scatter(
-            x=[], y=[], name="cos(ε_c, ε_u)", mode="lines", line={"dash": "dot"}, secondary_y=True
-        )
-        fig.add_scatter(
-            x=[], y=[], name="ᾱ_t (signal fraction)", mode="lines", line={"dash": "dash"}, secondary_y=True
-        )
         fig.add_scatter(
             x=[],
             y=[],
@@ -133,12 +131,12 @@ class StepExplorer(DxWidget):
             height=300,
             margin={"l": 50, "r": 50, "t": 30, "b": 40},
             legend={"orientation": "h", "y": -0.25},
-            title={"text": "per-step sizes of the predictions", "font": {"size": 13}},
+            title={"text": TIMELINE_TITLE, "font": {"size": 13}},
         )
-        fig.update_xaxes(title_text="loop step")
-        fig.update_yaxes(title_text="RMS", secondary_y=False)
+        fig.update_xaxes(title_text=TIMELINE_AXES["x"])
+        fig.update_yaxes(title_text=TIMELINE_AXES["left"], secondary_y=False)
         fig.update_yaxes(  # its own round ticks (plotly would otherwise line them up with the left axis's)
-            title_text="cos, ᾱ_t",
+            title_text=TIMELINE_AXES["right"],
             range=[-0.05, 1.05],
             tickmode="array",
             tickvals=[0, 0.25, 0.5, 0.75, 1],
@@ -246,7 +244,7 @@ class StepExplorer(DxWidget):
         )
         if not self.cfg:
             model = words(self.trace, self.explainer)["model"]
-            off = f"guidance off (w ≤ 1):\nthe {model} ran once per\nstep, with the prompt only,\nso there is no ε_u and no Δ"
+            off = GUIDANCE_OFF.format(model=model)
             self.images["eps_u"].value = blank(size, off)
             self.images["delta"].value = blank(size, off)
         elif ec is not None and eu is not None:

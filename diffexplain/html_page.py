@@ -1,0 +1,252 @@
+"""One trace as one self-contained HTML page: open it in any browser, with no Python, no server, no network.
+
+``write_page(trace, path)`` (``trace.to_html``) renders every step's pictures to PNG data URIs, puts
+them with the per-step numbers into a JSON block, and fills the template ``html_page.html`` (plain
+HTML, CSS and a small script: a step slider, a play button, the StepExplorer's panels and a hand-drawn
+SVG timeline). Nothing is inlined from any library; the page's Content-Security-Policy forbids loading
+anything (``default-src 'none'``, images from ``data:`` only), so it cannot fetch even by mistake.
+
+The texts are the StepExplorer's (``diffexplain.explanations``). x_t and x̂0 are the trace's saved
+previews (made now if the model is known); ε panels are drawn from the stored tensors, as the widget does.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffexplain import __version__, render
+from diffexplain.explanations import (
+    GUIDANCE_OFF,
+    STEP_HELP,
+    STEP_PANELS,
+    TIMELINE_AXES,
+    TIMELINE_SERIES,
+    TIMELINE_TITLE,
+)
+
+if TYPE_CHECKING:
+    from diffexplain.trace import Trace
+
+TEMPLATE = "html_page.html"
+DISPLAY_SIZE = 160  # displayed width of a picture panel in CSS pixels (the widgets' default)
+
+
+def data_uri(image: Image.Image | bytes) -> str:
+    """A PNG as a ``data:image/png;base64,...`` URI (PIL images are PNG-encoded first)."""
+    data = image if isinstance(image, bytes) else render.png_bytes(image)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _get(trace: Trace, name: str, step: int) -> torch.Tensor | None:
+    try:
+        return trace[name, step]
+    except KeyError:
+        return None
+
+
+def _latents_in(trace: Trace, step: int) -> torch.Tensor | None:
+    from diffexplain.widgets.base import vp_scale
+
+    record = trace.steps[step]
+    latents = record.tensors.get("step.latents")
+    if latents is None and record.restart is not None:
+        latents = record.restart.latents
+    return None if latents is None else latents[:1].float() * vp_scale(trace, step)
+
+
+class _Pictures:
+    """x_t and x̂0 of one trace: its saved previews, else the fast latent preview (pixel space: the pixels)."""
+
+    def __init__(self, trace: Trace) -> None:
+        from diffexplain.widgets.base import is_pixel_space
+
+        self.trace = trace
+        self.previews = trace.ensure_previews()  # made now when the model is known; kept on the trace
+        self.pixel_space = is_pixel_space(trace, trace.explainer)
+        self.rgb = getattr(trace.explainer, "latent_rgb", None) or trace.settings.get("latent_rgb")
+
+    @property
+    def kind(self) -> str:
+        if self.previews is not None or self.pixel_space:
+            return "decoded pictures saved with the trace"
+        return "fast latent preview (this trace was saved without pictures)"
+
+    def get(self, kind: str, step: int) -> str | None:
+        if self.previews is not None and (saved := self.previews.png(kind, step)) is not None:
+            return data_uri(saved)
+        latents = (
+            _latents_in(self.trace, step) if kind == "latents" else _get(self.trace, "step.pred_x0", step)
+        )
+        if latents is None:
+            return None
+        if self.pixel_space:
+            return data_uri(render.to_pil(latents.float().clamp(-1, 1)))
+        return data_uri(render.latent_preview(latents, self.rgb))
+
+
+def _noise(t: torch.Tensor) -> str:
+    """ε as the StepExplorer draws it: the first three channels, each stretched to its range."""
+    return data_uri(render.latent_preview(t[:1, :3] if t.shape[1] > 3 else t[:1]))
+
+
+def _channels(t: torch.Tensor) -> str:
+    """Every channel side by side on one diverging scale (blue −, white 0, red +)."""
+    return data_uri(render.channel_grid(t[:1]))
+
+
+def _final(trace: Trace, pictures: _Pictures) -> str | None:
+    if trace.image is not None:
+        return data_uri(render.to_pil(trace.image.float()))
+    return pictures.get("pred_x0", len(trace) - 1) if len(trace) else None
+
+
+def _round(value: float | None, digits: int = 5) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _steps(trace: Trace, pictures: _Pictures, cfg: bool) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    from diffexplain.widgets.base import cosine, rms
+
+    steps, series = [], {k: [] for k in TIMELINE_SERIES}
+    for k, record in enumerate(trace.steps):
+        xt = _latents_in(trace, k)
+        ec, eu, guided = (
+            _get(trace, n, k) for n in ("step.model.cond", "step.model.uncond", "step.guidance")
+        )
+        eu = eu if cfg else None
+        img = {"xt": pictures.get("latents", k), "x0": pictures.get("pred_x0", k)}
+        if xt is not None and not pictures.pixel_space:
+            img["channels"] = _channels(xt)
+        img["eps_c"] = None if ec is None else _noise(ec)
+        img["eps_u"] = None if eu is None else _noise(eu)
+        img["delta"] = None if ec is None or eu is None else _channels(ec - eu)
+        img["guided"] = None if guided is None else _noise(guided)
+        steps.append(
+            {
+                "t": _round(record.timestep, 4),
+                "abar": _round(record.level.alpha_bar),
+                "sigma": _round(record.level.sigma),
+                "img": img,
+            }
+        )
+        series["c"].append(None if ec is None else _round(rms(ec)))
+        series["u"].append(None if eu is None else _round(rms(eu)))
+        series["d"].append(None if ec is None or eu is None else _round(rms(ec - eu)))
+        series["cos"].append(None if ec is None or eu is None else _round(cosine(ec, eu)))
+        series["abar"].append(_round(record.level.alpha_bar))
+    return steps, series
+
+
+def _label(trace: Trace) -> str:
+    w = float(trace.settings.get("guidance_scale", 0))
+    return f"guidance off (w = {w:g})" if w <= 1 else f"guidance on (w = {w:g})"
+
+
+def _comparison(trace: Trace, compare: Trace) -> dict[str, Any]:
+    """The two runs side by side, the one with the smaller w first: x̂0 per step and the final pictures."""
+    from diffexplain.widgets.base import difference_image
+
+    pair = sorted([trace, compare], key=lambda t: float(t.settings.get("guidance_scale", 0)))
+    pictures = [_Pictures(t) for t in pair]
+    finals = [_final(t, p) for t, p in zip(pair, pictures, strict=True)]
+    diff = None
+    if pair[0].image is not None and pair[1].image is not None:
+        a, b = (np.asarray(render.to_pil(t.image.float()), dtype=np.float32) for t in pair)
+        if a.shape == b.shape:
+            diff = data_uri(difference_image(a, b))
+    same_steps = len(pair[0]) == len(pair[1])
+    x0 = [[p.get("pred_x0", k) for p in pictures] for k in range(len(trace))] if same_steps else None
+    prompts = {str(t.settings.get("prompt")) for t in pair}
+    seeds = {str(t.settings.get("seed")) for t in pair}
+    same = "the same prompt and seed" if len(prompts) == 1 and len(seeds) == 1 else "two runs"
+    return {
+        "labels": [_label(t) for t in pair],
+        "caption": (
+            f"{same.capitalize()}, {_label(pair[0])} and {_label(pair[1])}. Guidance pushes each step along "
+            "Δ = ε_c − ε_u, the part the prompt adds. The top row follows the step slider: each run's "
+            "x̂0 at that step. Below: the final pictures and where they differ (dark: a large change)."
+        ),
+        "x0": x0,
+        "final": finals,
+        "difference": diff,
+        "this": pair.index(trace),
+    }
+
+
+def page_data(trace: Trace, compare: Trace | None = None, title: str | None = None) -> dict[str, Any]:
+    """Everything the page shows, JSON-ready (pictures as data URIs)."""
+    from diffexplain.trace import Trace as TraceClass
+    from diffexplain.widgets.base import words
+
+    if not isinstance(trace, TraceClass) or len(trace) == 0:
+        raise ValueError(f"trace={trace!r}: expected a Trace with at least one finished step")
+    if compare is not None and not (isinstance(compare, TraceClass) and len(compare) > 0):
+        raise TypeError(
+            f"compare={compare!r}: expected a Trace with finished steps (e.g. the same run, w = 1)"
+        )
+    vocab = words(trace, trace.explainer)
+    s = trace.settings
+    cfg = bool(s.get("do_cfg", True)) and _get(trace, "step.model.uncond", 0) is not None
+    pictures = _Pictures(trace)
+    steps, series = _steps(trace, pictures, cfg)
+    prompt = s.get("prompt")
+    return {
+        "title": title or f"diffexplain: {prompt}",
+        "header": {
+            "prompt": prompt if isinstance(prompt, str) else " | ".join(map(str, prompt)),
+            "w": s.get("guidance_scale"),
+            "seed": s.get("seed"),
+            "scheduler": (s.get("scheduler") or {}).get("class", "?"),
+            "steps": len(trace),
+            "forked_from": trace.forked_from,
+        },
+        "help": STEP_HELP.format(**vocab),
+        "panels": {k: v.format(**vocab) for k, v in STEP_PANELS.items()},
+        "guidance_off": GUIDANCE_OFF.format(**vocab),
+        "cfg": cfg,
+        "pixel_space": pictures.pixel_space,
+        "pictures": pictures.kind,
+        "steps": steps,
+        "series": series,
+        "series_names": TIMELINE_SERIES,
+        "timeline_title": TIMELINE_TITLE,
+        "axes": TIMELINE_AXES,
+        "final": _final(trace, pictures),
+        "compare": None if compare is None else _comparison(trace, compare),
+        "display_size": DISPLAY_SIZE,
+        "version": __version__,
+    }
+
+
+def render_page(data: dict[str, Any]) -> str:
+    """The page's HTML for ``page_data``'s result."""
+    template = resources.files("diffexplain").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    # JSON inside <script>: "<" escaped, so no text in it (a prompt) can close the element
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+    return template.replace("{{TITLE}}", html.escape(data["title"])).replace("{{DATA}}", payload)
+
+
+def write_page(
+    trace: Trace, path: str | Path, *, compare: Trace | None = None, title: str | None = None
+) -> Path:
+    """Write ``trace`` (and ``compare`` beside it) as one self-contained HTML file at ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"path={str(path)!r} is a folder: expected a file name such as page.html")
+    text = render_page(page_data(trace, compare, title))
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:  # written next to the target, then moved: never a half-written page
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
