@@ -161,7 +161,7 @@ def test_mkdocs_build_strict(tmp_path):
     assert (tmp_path / "site" / "hook-points" / "index.html").is_file()
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_each_family_page_lists_exactly_its_hook_points(docs_hooks, family):
     from diffexplain.families import FAMILIES
 

@@ -122,10 +122,21 @@ class Flux(Family):
     default_steps: ClassVar[int] = 28  # FluxPipeline's defaults (Flux dev)
     default_guidance_scale: ClassVar[float] = 1.0  # w = true_cfg_scale: one branch; g defaults to 3.5
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds", "pooled", "guidance")
-    extra_points: ClassVar[tuple[HookPoint, ...]] = conditioning_points(
-        "pooled", "pooled text embedding (CLIP's pooled output)", "[B, P]"
-    ) + conditioning_points(
-        "guidance", "embedded guidance g (a distilled model's input, FluxPipeline's guidance_scale)", "[B]"
+    extra_points: ClassVar[tuple[HookPoint, ...]] = (
+        *conditioning_points("pooled", "pooled text embedding (CLIP's pooled output)", "[B, P]"),
+        HookPoint(
+            "prompt.guidance.cond",
+            "embedded guidance g fed with the prompt (a distilled model's input)",
+            "[B]",
+            False,
+        ),
+        HookPoint(
+            "prompt.guidance.uncond",
+            "embedded guidance g fed with the negative (or empty) prompt",
+            "[B]",
+            False,
+            True,
+        ),
     )
     scheduler_names: ClassVar[Mapping[str, tuple[type, dict[str, Any]]]] = FLUX_SCHEDULER_NAMES
     attention_kind: ClassVar[str] = "joint"
