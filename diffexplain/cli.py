@@ -105,6 +105,7 @@ def _explain(args: argparse.Namespace) -> int:
         seed=args.seed,
         scheduler=args.scheduler,
         device=args.device,
+        html=False if args.no_html else (args.html or True),
     )
     for label, path in paths.items():
         print(f"{label:>14}: {path}")
@@ -163,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_export)
     explain = sub.add_parser(
         "explain",
-        help="run one prompt and write the image, an x̂0 strip, a CFG on/off comparison and the trace",
+        help="run one prompt and write the image, an x̂0 strip, a CFG on/off comparison, the trace "
+        "and a one-file HTML page",
     )
     explain.add_argument("prompt", help='e.g. "a red circle on the left and a blue square on the right"')
     explain.add_argument("--out", default="diffexplain-out", help="output folder (default: diffexplain-out)")
@@ -188,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="one of %(choices)s (default: the model's)",
     )
     explain.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    page = explain.add_mutually_exclusive_group()
+    page.add_argument(
+        "--html",
+        default=None,
+        metavar="FILE",
+        help="where to write the one-file HTML page, which opens in any browser without Python "
+        "(default: OUT/trace.html)",
+    )
+    page.add_argument("--no-html", action="store_true", help="write no HTML page")
     explain.set_defaults(func=_explain)
     notebooks = sub.add_parser(
         "notebooks", help="copy the teaching notebooks into a folder (kept: any you changed, unless --force)"

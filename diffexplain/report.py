@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from diffexplain.trace import Trace
 
 STRIP_FRAMES = 8
+HTML_NAME = "trace.html"  # the one-file page, written beside the other outputs by default
 
 
 def open_model(model: str | None = None, *, device: str | None = None) -> Explainer:
@@ -62,8 +63,10 @@ def write_report(
     scheduler: str | None = None,
     device: str | None = None,
     explainer: Explainer | None = None,
+    html: str | Path | bool = True,
 ) -> dict[str, Path]:
-    """Run ``prompt`` with guidance on and off and write image, x̂0 strip, CFG comparison and trace into ``out``."""
+    """Run ``prompt`` with guidance on and off and write image, x̂0 strip, CFG comparison, trace and a
+    one-file HTML page into ``out``. ``html``: True (``out/trace.html``), another path, or False (none)."""
     explainer = explainer or open_model(model, device=device)
     if scheduler:
         explainer.set_scheduler(scheduler)
@@ -71,6 +74,9 @@ def write_report(
     steps = steps or int(defaults.get("num_inference_steps", 25))
     scale = guidance_scale if guidance_scale is not None else float(defaults.get("guidance_scale", 7.5))
     out = Path(out)
+    page = out / HTML_NAME if html is True else (Path(html) if html else None)
+    if page is not None and page.is_dir():
+        raise IsADirectoryError(f"html={str(page)!r} is a folder: expected a file name such as page.html")
     out.mkdir(parents=True, exist_ok=True)
     on = explainer.run(prompt, num_inference_steps=steps, guidance_scale=scale, seed=seed)
     off = explainer.run(prompt, num_inference_steps=steps, guidance_scale=1.0, seed=seed)
@@ -80,8 +86,13 @@ def write_report(
         "CFG on/off": out / "cfg_comparison.png",
         "trace": out / "trace.safetensors",
     }
+    if page is not None:
+        paths["HTML page"] = page
     on.images[0].save(paths["image"])
     pred_x0_strip(explainer, on).save(paths["x̂0 strip"])
     cfg_comparison(off, on).save(paths["CFG on/off"])
-    on.save(paths["trace"])
+    on.save(paths["trace"])  # with the decoded previews, which the page reuses
+    if page is not None:
+        page.parent.mkdir(parents=True, exist_ok=True)
+        on.to_html(page, compare=off)
     return paths

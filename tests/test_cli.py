@@ -1,4 +1,4 @@
-"""The ``diffexplain`` command: ``explain`` writes its four files; bad arguments fail clearly."""
+"""The ``diffexplain`` command: ``explain`` writes its five files (the page: test_html_page.py); bad arguments fail clearly."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def explained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out, printed.getvalue()
 
 
-def test_explain_writes_the_four_files(explained: tuple[Path, str]) -> None:
+def test_explain_writes_the_five_files(explained: tuple[Path, str]) -> None:
     out, printed = explained
-    names = ["image.png", "pred_x0_strip.png", "cfg_comparison.png", "trace.safetensors"]
+    names = ["image.png", "pred_x0_strip.png", "cfg_comparison.png", "trace.safetensors", "trace.html"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     for name in names:
         assert str(out / name) in printed  # each path is printed for the user
