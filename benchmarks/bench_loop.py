@@ -1,4 +1,4 @@
-"""Benchmark, per family (SD, SDXL, SD3): the traced loop vs the diffusers pipeline, fork cost by step,
+"""Benchmark, per family (SD, SDXL, SD3, Flux): the traced loop vs the diffusers pipeline, fork cost by step,
 trace memory per step, and the first run against the second.
 
     python benchmarks/bench_loop.py                    # every family, human-readable
@@ -48,9 +48,20 @@ def bigger(model: Any, **changes: Any) -> Any:
 
 def pipeline(family: str) -> tuple[Any, dict[str, Any]]:
     """A diffusers pipeline of the family over small parts, and the run options it needs."""
-    from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import (
+        FluxPipeline,
+        StableDiffusion3Pipeline,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
-    from tests.tiny_families import SD3_MAX_SEQUENCE_LENGTH, tiny_sd3_parts, tiny_sdxl_parts
+    from tests.tiny_families import (
+        FLUX_MAX_SEQUENCE_LENGTH,
+        SD3_MAX_SEQUENCE_LENGTH,
+        tiny_flux_parts,
+        tiny_sd3_parts,
+        tiny_sdxl_parts,
+    )
     from tests.tiny_parts import tiny_parts, tiny_unet
 
     if family == "sd":
@@ -64,6 +75,18 @@ def pipeline(family: str) -> tuple[Any, dict[str, Any]]:
         parts["unet"] = bigger(parts["unet"], block_out_channels=(64, 128), sample_size=32)
         pipe = StableDiffusionXLPipeline(**parts, add_watermarker=False)
         options = {}
+    elif family == "flux":  # two branches (w = 5 is true CFG), each its own call, as the pipeline
+        parts = tiny_flux_parts()
+        parts["transformer"] = bigger(
+            parts["transformer"],
+            num_layers=2,
+            num_single_layers=4,
+            num_attention_heads=8,
+            attention_head_dim=16,
+            axes_dims_rope=(4, 6, 6),
+        )
+        pipe = FluxPipeline(**parts)
+        options = {"max_sequence_length": FLUX_MAX_SEQUENCE_LENGTH}
     else:
         parts = tiny_sd3_parts()
         parts["transformer"] = bigger(
@@ -81,8 +104,20 @@ def pipeline(family: str) -> tuple[Any, dict[str, Any]]:
     return pipe, options
 
 
+def guidance(family: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """w = 5 for the traced run and the pipeline's same guidance: Flux's w is its pipeline's true CFG
+    (whose run with maps batches both branches, so it runs without them here to stay bit-exact)."""
+    if family == "flux":
+        return {"guidance_scale": 5.0, "attention_maps": False}, {
+            "true_cfg_scale": 5.0,
+            "negative_prompt": "",
+        }
+    return {"guidance_scale": 5.0}, {"guidance_scale": 5.0}
+
+
 def bench(family: str, steps: int, repeats: int, scheduler: str | None) -> dict[str, Any]:
     pipe, options = pipeline(family)
+    traced_guidance, pipe_guidance = guidance(family)
     explainer = Explainer.from_pipeline(pipe, progress=False)
     if scheduler:
         explainer.set_scheduler(scheduler)
@@ -93,12 +128,18 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None) -> dict[
     def run_pipeline():
         generator = torch.Generator().manual_seed(0)
         return pipe(
-            PROMPT, num_inference_steps=n, generator=generator, output_type="latent", **size, **options
+            PROMPT,
+            num_inference_steps=n,
+            generator=generator,
+            output_type="latent",
+            **size,
+            **options,
+            **({} if family != "flux" else pipe_guidance),  # the others: their default w, as before
         ).images
 
     def run_traced(ex: Explainer = explainer):
         return ex.run(
-            PROMPT, num_inference_steps=n, seed=0, decode=False, guidance_scale=5.0, **size, **options
+            PROMPT, num_inference_steps=n, seed=0, decode=False, **traced_guidance, **size, **options
         )
 
     run_pipeline()  # warm-up of torch's kernels, on the pipeline only
@@ -129,12 +170,14 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None) -> dict[
     expected = pipe(
         PROMPT,
         num_inference_steps=n,
-        guidance_scale=5.0,
         generator=torch.Generator().manual_seed(0),
         output_type="latent",
         **size,
         **options,
+        **pipe_guidance,
     ).images
+    if family == "flux":  # packed [B, (h/2)·(w/2), 4C]: compare as the trace holds them
+        expected = pipe._unpack_latents(expected, size["height"], size["width"], pipe.vae_scale_factor)
     assert torch.equal(trace.final_latents, expected), f"{family}: the traced run differs from the pipeline"
     return {
         "family": family,
@@ -155,7 +198,7 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=["sd", "sdxl", "sd3"], action="append")
+    parser.add_argument("--family", choices=["sd", "sdxl", "sd3", "flux"], action="append")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
@@ -167,7 +210,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     results = [
-        bench(f, args.steps, args.repeats, args.scheduler) for f in args.family or ["sd", "sdxl", "sd3"]
+        bench(f, args.steps, args.repeats, args.scheduler)
+        for f in args.family or ["sd", "sdxl", "sd3", "flux"]
     ]
     if args.json:
         print(
