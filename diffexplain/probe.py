@@ -125,7 +125,8 @@ def scheduler_at(explainer: Explainer, timestep: float) -> tuple[Any, torch.Tens
     """
     scheduler = fresh_scheduler(explainer.scheduler)
     total = int(scheduler.config.num_train_timesteps)
-    scheduler.set_timesteps(total, device=explainer.device)
+    # as the family's pipeline sets them (a dynamically shifted schedule needs the image size: the default)
+    explainer.family.set_timesteps(scheduler, total, *explainer.family.default_size())
     timesteps = scheduler.timesteps
     index = int((timesteps.float() - float(timestep)).abs().argmin())
     t = timesteps[index]

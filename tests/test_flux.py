@@ -15,7 +15,16 @@ from diffexplain.attention import edits
 from diffexplain.families import Flux, family_for_pipeline
 from diffexplain.families.flux import pack_latents, unpack_latents
 from diffexplain.hooks import Hook
-from diffexplain.widgets import GuidanceLab, StepExplorer, TracePlayer
+from diffexplain.probe import noise_latents_at, predict_x0_at
+from diffexplain.widgets import (
+    AttentionMaps,
+    ForwardProcess,
+    GuidanceLab,
+    NoiseLab,
+    PromptSwap,
+    StepExplorer,
+    TracePlayer,
+)
 from tests.conftest import PROMPT
 from tests.tiny_families import FLUX_MAX_SEQUENCE_LENGTH, tiny_flux_parts, tiny_flux_pipeline
 
@@ -363,3 +372,24 @@ def test_guidance_lab_on_flux_reguides_without_a_model_call(ex):
     finally:
         handle.remove()
     assert errors(widget) == "" and calls == [] and widget.strip.value != before
+
+
+@pytest.mark.parametrize("make", ["noise_lab", "prompt_swap", "forward_process", "attention_maps"])
+def test_the_other_widgets_build_on_flux(ex, make):
+    widget = {
+        "noise_lab": lambda: NoiseLab(ex, PROMPT, num_inference_steps=3),
+        "prompt_swap": lambda: PromptSwap(ex, PROMPT, "a blue square", num_inference_steps=3),
+        "forward_process": lambda: ForwardProcess(ex),
+        "attention_maps": lambda: AttentionMaps(ex.run(PROMPT, num_inference_steps=2, seed=0, **OPTIONS)),
+    }[make]()
+    assert errors(widget) == ""
+
+
+def test_the_forward_process_and_probe_use_fluxs_shifted_schedule(ex):
+    x0 = torch.zeros(1, 4, 8, 8)
+    noisy, t = noise_latents_at(ex, x0, 500, torch.ones_like(x0))
+    # x_t = (1 − σ)·x0 + σ·ε with x0 = 0, ε = 1: every value is σ, the σ of the nearest timestep
+    assert torch.allclose(noisy, torch.full_like(noisy, float(t) / 1000))
+    guess = predict_x0_at(ex, noisy, float(t), PROMPT, guidance_scale=3.0)
+    assert guess.pred_x0.shape == (1, 4, 8, 8) and guess.eps_uncond is not None
+    assert guess.level.b == pytest.approx(-float(t) / 1000)
