@@ -9,8 +9,9 @@ run this script again.
     python scripts/notebook_setup_cell.py notebooks/05_*.ipynb
     python scripts/notebook_setup_cell.py --check          # exit 1 and name the notebooks not up to date
 
-Idempotent: the two cells have fixed ids (``colab-badge``, ``setup``); they are replaced where they are
-found (and moved to the top), inserted otherwise, and a notebook already up to date is not rewritten.
+The badge becomes the notebook's first cell and the setup cell its first code cell (after the title and
+introduction). Idempotent: the two cells have fixed ids (``colab-badge``, ``setup``); older copies are
+removed wherever they are, and a notebook already up to date is not rewritten.
 """
 
 from __future__ import annotations
@@ -28,29 +29,23 @@ BADGE_ID, SETUP_ID = "colab-badge", "setup"
 
 BADGE = (
     "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-    "(https://colab.research.google.com/github/{github}/blob/{ref}/notebooks/{name})\n"
-    "\n"
-    "The first code cell sets things up: where diffexplain is missing (Colab, a fresh Jupyter) it installs it,\n"
-    "keeping the ipywidgets the runtime already has; in Colab it turns on the widget manager the widgets need;\n"
-    '`DEVICE` is `"cuda"` when there is a GPU, else `"cpu"`. Elsewhere it changes nothing.'
+    "(https://colab.research.google.com/github/{github}/blob/{ref}/notebooks/{name})"
 )
 
 SETUP = '''\
+# Setup: installs diffexplain where it is missing (Colab, a fresh Jupyter), keeping the runtime's own
+# ipywidgets (Colab's 7.x: upgrading it would need a restart); in Colab, turns on its widget manager.
+import importlib.metadata
 import importlib.util
 
-if importlib.util.find_spec("diffexplain") is None:  # Colab or a fresh Jupyter: install it (a minute or two)
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:  # keep the runtime's own ipywidgets (Colab's 7.x): upgrading it would need a restart
-        keep = f"ipywidgets=={{version('ipywidgets')}}"
-    except PackageNotFoundError:
-        keep = "ipywidgets"
+if importlib.util.find_spec("diffexplain") is None:  # a minute or two, once per runtime
+    keep = f"ipywidgets=={{importlib.metadata.version('ipywidgets')}}" if importlib.util.find_spec("ipywidgets") else ""
     %pip install -q --upgrade-strategy only-if-needed {{keep}} "{install}"
     importlib.invalidate_caches()
 
 from diffexplain.colab import setup
 
-DEVICE = setup()  # in Colab: turns on its widget manager; "cuda" when there is a GPU, else "cpu"'''
+DEVICE = setup()  # "cuda" when there is a GPU, else "cpu"'''
 
 
 def settings(pyproject: Path = REPO / "pyproject.toml") -> dict[str, str]:
@@ -80,10 +75,12 @@ def top_cells(name: str, config: dict[str, str]) -> list[nbformat.NotebookNode]:
 
 
 def with_top_cells(nb: nbformat.NotebookNode, name: str, config: dict[str, str]) -> nbformat.NotebookNode:
-    """A copy of ``nb`` that opens with the badge and the setup cell (any older copies of them removed)."""
+    """A copy of ``nb`` with the badge as its first cell and the setup cell as its first code cell."""
     new = nbformat.from_dict(nb)
+    badge, setup = top_cells(name, config)
     rest = [cell for cell in new.cells if cell.get("id") not in {BADGE_ID, SETUP_ID}]
-    new.cells = [*top_cells(name, config), *rest]
+    first_code = next((i for i, cell in enumerate(rest) if cell.cell_type == "code"), len(rest))
+    new.cells = [badge, *rest[:first_code], setup, *rest[first_code:]]
     return new
 
 

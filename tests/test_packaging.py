@@ -132,13 +132,14 @@ def test_cli_notebooks_says_what_it_wrote_and_keeps_changes(tmp_path: Path) -> N
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_opens_with_the_badge_and_setup_cell(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
-    expected = script.top_cells(path.name, script.settings())
+    badge, setup = script.top_cells(path.name, script.settings())
     hint = "run: python scripts/notebook_setup_cell.py"
-    assert [c.get("id") for c in nb.cells[:2]] == [script.BADGE_ID, script.SETUP_ID], hint
-    for cell, want in zip(nb.cells[:2], expected, strict=True):
-        assert (cell.cell_type, cell.source) == (want.cell_type, want.source), hint
+    assert (nb.cells[0].get("id"), nb.cells[0].source) == (script.BADGE_ID, badge.source), hint
+    first_code = next(cell for cell in nb.cells if cell.cell_type == "code")
+    assert (first_code.get("id"), first_code.source) == (script.SETUP_ID, setup.source), hint
     ids = [c.get("id") for c in nb.cells]
     assert ids.count(script.BADGE_ID) == 1 and ids.count(script.SETUP_ID) == 1
+    assert not script.update(path, script.settings(), check=True), hint  # byte for byte the script's output
 
 
 def test_setup_cell_names_the_repository_once_and_is_valid_ipython() -> None:
@@ -157,9 +158,10 @@ def test_setup_cell_names_the_repository_once_and_is_valid_ipython() -> None:
 def test_script_is_idempotent_and_repairs_moved_cells(tmp_path: Path) -> None:
     path = tmp_path / NOTEBOOKS[0].name
     nb = nbformat.read(NOTEBOOKS[0], as_version=4)
-    badge_and_setup, rest = nb.cells[:2], nb.cells[2:]
-    nb.cells = [*rest[:3], badge_and_setup[1], *rest[3:], badge_and_setup[0]]  # moved down, out of order
-    nb.cells[3].source = "DEVICE = 'an old version of the setup cell'"
+    (setup,) = [c for c in nb.cells if c.get("id") == script.SETUP_ID]
+    badge, rest = nb.cells[0], [c for c in nb.cells[1:] if c is not setup]
+    setup.source = "DEVICE = 'an old version of the setup cell'"
+    nb.cells = [*rest[:3], setup, *rest[3:], badge]  # moved down, out of order
     nbformat.write(nb, path)
     assert script.main([str(path), "--check"]) == 1
     assert script.main([str(path)]) == 0
