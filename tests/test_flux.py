@@ -215,6 +215,11 @@ def test_embedded_guidance_is_an_input_and_a_hook_point(ex):
     )
     assert torch.equal(hooked.final_latents, low.final_latents)
     assert [r.name for r in hooked.replacements] == ["prompt.guidance.cond"]
+    # a fork with that hook changes g from step k on: the steps before are the source's
+    forked = ex.fork(high, 1, hooks={"prompt.guidance.cond": lambda g, *, ctx: torch.full_like(g, 1.0)})
+    assert torch.equal(forked["step.guidance", 0], high["step.guidance", 0])
+    assert not torch.equal(forked["step.guidance", 1], high["step.guidance", 1])
+    assert forked["prompt.guidance.cond"].tolist() == [1.0]
     for bad in (-1.0, float("nan"), "3.5"):
         with pytest.raises(ValueError, match="embedded_guidance must be a finite number"):
             ex.run(PROMPT, num_inference_steps=1, seed=0, embedded_guidance=bad, **OPTIONS)
