@@ -32,6 +32,14 @@ MAX_FILE_PREVIEW_SIZE = 1024  # a file's previews larger than this are refused a
 KINDS = ("latents", "pred_x0")  # x_t (the step's input) and x̂0 (the model's guess)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DECODE_BATCH = 8  # latents decoded per VAE call
+# Default time limit for making previews when they were not asked for (``trace.save(path)``): a big VAE
+# on a CPU can take a minute per picture (Stable Diffusion's, 512 px, one busy core: 60 s), and a save
+# should not turn into an hour. The first picture is timed; if all would take longer, none are made.
+DEFAULT_BUDGET_S = 60.0
+
+
+class PreviewsTooSlow(RuntimeError):
+    """Making the previews would take longer than the time allowed (``budget_s``)."""
 
 
 @dataclass
@@ -102,12 +110,16 @@ def make_previews(
     *,
     max_size: int = MAX_PREVIEW_SIZE,
     progress: bool | None = None,
+    budget_s: float | None = None,
 ) -> Previews:
     """Decode x_t and x̂0 of every step of ``trace`` into small PNG pictures (one VAE pass per batch).
 
     ``explainer`` defaults to the trace's own; ``ValueError`` when there is none and the model is not
-    pixel-space (decoding needs the VAE). ``max_size`` caps the longer side in pixels.
+    pixel-space (decoding needs the VAE). ``max_size`` caps the longer side in pixels. ``budget_s``:
+    the first picture is decoded alone and timed; ``PreviewsTooSlow`` if all of them would take longer.
     """
+    import time
+
     from tqdm.auto import tqdm
 
     from diffexplain.probe import decode_latents
@@ -136,15 +148,28 @@ def make_previews(
     pictures: dict[str, list[bytes | None]] = {kind: [None] * len(trace) for kind in KINDS}
     size = (0, 0)
     show = (explainer.progress if explainer is not None else False) if progress is None else progress
-    batches = range(0, len(jobs), DECODE_BATCH)
-    for start in tqdm(batches, disable=not show or pixel_space, desc="previews"):
-        chunk = jobs[start : start + DECODE_BATCH]
-        latents = torch.cat([x for _, _, x in chunk])
-        images = latents.clamp(-1, 1) if pixel_space else decode_latents(explainer, latents)
-        for (kind, step, _), image in zip(chunk, images, strict=True):
-            picture = _fit(render.to_pil(image), max_size)
-            size = (picture.height, picture.width)
-            pictures[kind][step] = _encode(picture)
+    # the first picture alone (timed for the budget), then batches
+    chunks = [jobs[:1]] + [jobs[i : i + DECODE_BATCH] for i in range(1, len(jobs), DECODE_BATCH)]
+    with tqdm(total=len(jobs), disable=not show or pixel_space, desc="previews", unit="picture") as bar:
+        for chunk in chunks:
+            if not chunk:
+                continue
+            start = time.perf_counter()
+            latents = torch.cat([x for _, _, x in chunk])
+            images = latents.clamp(-1, 1) if pixel_space else decode_latents(explainer, latents)
+            for (kind, step, _), image in zip(chunk, images, strict=True):
+                picture = _fit(render.to_pil(image), max_size)
+                size = (picture.height, picture.width)
+                pictures[kind][step] = _encode(picture)
+            bar.update(len(chunk))
+            if chunk is chunks[0] and budget_s is not None and not pixel_space:
+                took = time.perf_counter() - start
+                if took * len(jobs) > budget_s:
+                    device = getattr(explainer, "device", "cpu")
+                    raise PreviewsTooSlow(
+                        f"decoding {len(jobs)} previews would take about {took * len(jobs) / 60:.1f} min on "
+                        f"{device} (the first took {took:.1f} s; the limit is {budget_s:g} s)"
+                    )
     return Previews(size=size, source="pixels" if pixel_space else "vae", pictures=pictures)
 
 

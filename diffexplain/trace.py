@@ -109,6 +109,7 @@ class Trace:
         self.explainer: Explainer | None = None  # the Explainer that made it (not saved)
         self.fingerprint_source: Any = None  # a fingerprint.LazyFingerprint of the weights the run used
         self.previews: Previews | None = None  # decoded pictures of x_t and x̂0 per step (made by save)
+        self._previews_too_slow: str | None = None  # why they were left out (not timed again)
         self._stored: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # id(src) -> copy
 
     # ---- building (used by the loop) -------------------------------------------------------------
@@ -382,8 +383,9 @@ class Trace:
         ``previews``: small decoded pictures of x_t and x̂0 per step (PNG, at most 256 px), so the file
         shows real pictures without the model (TracePlayer, ``to_html``). None (default): stored when
         they can be made (the trace's explainer is known, or the model works in pixel space) or when the
-        trace already holds them (a loaded file); True: required (``ValueError`` if the model is not
-        known); False: left out. They are made once per trace and reused by later saves.
+        trace already holds them (a loaded file), unless decoding them would take more than a minute (a
+        big VAE on a CPU: then a warning says so); True: required, whatever it costs (``ValueError`` if
+        the model is not known); False: left out. They are made once per trace and reused by later saves.
         """
         if previews not in (None, True, False):
             raise ValueError(f"previews={previews!r}: expected True, False or None")
@@ -392,14 +394,31 @@ class Trace:
         )
 
     def ensure_previews(self, *, required: bool = False) -> Previews | None:
-        """This trace's previews, made now (once) if the model is known; None when they cannot be made
-        (``ValueError`` instead with ``required``). See ``diffexplain.previews``."""
-        from diffexplain.previews import can_make, make_previews
+        """This trace's previews, made now (once) if the model is known; None when they cannot be made.
+
+        Not ``required``, they are left out (with a warning) when decoding them all would take longer
+        than ``previews.DEFAULT_BUDGET_S`` (a big VAE on a CPU). ``required``: made whatever it costs,
+        ``ValueError`` when the model is not known. See ``diffexplain.previews``.
+        """
+        import warnings
+
+        from diffexplain import previews as made
 
         if self.previews is not None and len(self.previews) == len(self):
             return self.previews
-        if can_make(self) or required:
-            self.previews = make_previews(self)  # ValueError (naming what is missing) when it cannot
+        if required:
+            self.previews = made.make_previews(self)  # ValueError (naming what is missing) when it cannot
+        elif made.can_make(self) and self._previews_too_slow is None:
+            try:
+                self.previews = made.make_previews(self, budget_s=made.DEFAULT_BUDGET_S)
+            except made.PreviewsTooSlow as slow:
+                self._previews_too_slow = str(slow)
+        if self.previews is None and self._previews_too_slow is not None and not required:
+            warnings.warn(
+                f"previews left out: {self._previews_too_slow}. trace.save(path, previews=True) makes them "
+                "anyway; without them a trace opened without the model shows the fast latent preview",
+                stacklevel=3,
+            )
         return self.previews if self.previews is not None and len(self.previews) == len(self) else None
 
     def to_html(self, path: str | Path, *, compare: Trace | None = None, title: str | None = None) -> Path:

@@ -176,3 +176,20 @@ def test_trace_player_shows_the_saved_pictures_without_a_model(run):
     plain = TracePlayer(without, size=64)  # no previews in the file: the latent preview, box locked
     assert plain.explorer.preview.value and plain.explorer.preview.disabled
     assert plain.output.outputs == ()
+
+
+def test_previews_too_slow_to_make_are_left_out_with_a_warning(parts, tmp_path, monkeypatch):
+    from diffexplain import previews
+
+    ex = Explainer(**parts, progress=False).set_scheduler("ddim")
+    trace = ex.run(PROMPT, num_inference_steps=2, seed=1)
+    with pytest.raises(previews.PreviewsTooSlow, match=r"decoding 4 previews would take about .* min"):
+        make_previews(trace, ex, budget_s=0)
+    # a save nobody asked pictures of stays quick: over the time limit, none are made, and it says so
+    monkeypatch.setattr(previews, "DEFAULT_BUDGET_S", 0.0)
+    with pytest.warns(UserWarning, match="previews left out: decoding 4 previews"):
+        trace.save(tmp_path / "quick.safetensors")
+    assert Trace.load(tmp_path / "quick.safetensors").previews is None
+    assert trace._previews_too_slow  # remembered: a second save does not time them again
+    trace.save(tmp_path / "asked.safetensors", previews=True)  # asked for: made whatever it costs
+    assert len(Trace.load(tmp_path / "asked.safetensors").previews) == 2
