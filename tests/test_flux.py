@@ -5,6 +5,8 @@ family's pick, and the widgets on a Flux trace."""
 
 from __future__ import annotations
 
+import warnings
+
 import ipywidgets as W
 import pytest
 import torch
@@ -71,6 +73,7 @@ CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Flux. guidance_scale > 1 is true CFG")  # tested below
 @pytest.mark.parametrize(("ours", "theirs"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_run_equals_the_pipeline_and_a_fork_replays_it(pipe, ex, ours, theirs):
     trace = ex.run(
@@ -105,6 +108,20 @@ def test_batch_with_negative_prompts_equals_the_pipeline(pipe, ex):
     assert torch.equal(trace.final_latents, expected)
     assert trace["step.pred_x0"].shape == (STEPS, 2, 4, 8, 8)
     assert trace["prompt.guidance.uncond"].tolist() == [3.5, 3.5]
+
+
+def test_true_cfg_without_a_negative_prompt_says_once_what_w_is(pipe):
+    fresh = Explainer.from_pipeline(pipe, progress=False)
+    with pytest.warns(UserWarning, match=r"true CFG here .*pass embedded_guidance=g"):
+        fresh.run(PROMPT, num_inference_steps=1, seed=0, guidance_scale=3.5, **OPTIONS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per Explainer; a negative prompt or w = 1 never warn
+        fresh.run(PROMPT, num_inference_steps=1, seed=0, guidance_scale=3.5, **OPTIONS)
+        other = Explainer.from_pipeline(pipe, progress=False)
+        other.run(
+            PROMPT, num_inference_steps=1, seed=0, guidance_scale=3.5, negative_prompt="blue", **OPTIONS
+        )
+        other.run(PROMPT, num_inference_steps=1, seed=0, **OPTIONS)
 
 
 def test_a_model_without_guidance_embedding_equals_the_pipeline():

@@ -33,6 +33,7 @@ precision; ``attention_maps=False`` runs the pipeline's own calls, bit for bit.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -144,6 +145,7 @@ class Flux(Family):
     def __init__(self, *, pipeline: Any = None, **parts: Any) -> None:
         super().__init__(**parts)
         self.pipeline = self.reference_pipeline(pipeline, parts.get("scheduler"))
+        self._warned_true_cfg = False  # the w-is-true-CFG notice is given once per adapter
 
     # ---- what the model is -------------------------------------------------------------------------
     def guidance_embeds(self) -> bool:
@@ -287,7 +289,23 @@ class Flux(Family):
                 )
             return cond, branch(list(negative_prompt))
         text = negative_prompt or ""  # the empty prompt where there is no negative one
+        if not text:
+            self._notice_true_cfg()
         return cond, branch(text if isinstance(prompt, str) else [text] * batch_size)
+
+    def _notice_true_cfg(self) -> None:
+        """Once: w > 1 with no negative prompt on a distilled model is true CFG, not FluxPipeline's guidance_scale."""
+        if self._warned_true_cfg or not self.guidance_embeds():
+            return
+        self._warned_true_cfg = True
+        warnings.warn(
+            "Flux: guidance_scale > 1 is true CFG here (FluxPipeline's true_cfg_scale): a second transformer "
+            "call per step, with the empty negative prompt. FluxPipeline's guidance_scale, the distilled "
+            "model's own guidance input, is embedded_guidance= here (default 3.5): for a run like "
+            "pipe(prompt, guidance_scale=g), leave guidance_scale at 1 and pass embedded_guidance=g.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def model_kwargs(self, guidance_scale: float, latents: torch.Tensor) -> dict[str, Any]:
         """B, the rows of one branch: ``predict`` calls the transformer once per branch, as the pipeline."""
