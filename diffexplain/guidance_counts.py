@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 SWEEP_SCALES: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0)
 """The guidance scales of a w sweep (``sweep``): no prompt, guidance off, then stronger and stronger."""
 DEFAULT_SEEDS = 12
-MAX_BATCH_ELEMENTS = 12 * 4 * 64 * 64
-"""Seeds run together in one batch up to this many latent elements (12 of the default model's 64×64)."""
+MAX_BATCH_ELEMENTS = 4 * 64 * 64
+"""Seeds run together in one batch up to this many latent elements: all 12 of the default model's
+[4, 16, 16] latents, 4 of a 256-pixel Stable Diffusion's, one at a time at 512 pixels."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,12 @@ def seed_list(seeds: int | Sequence[int], first: int = 0) -> tuple[int, ...]:
     return out
 
 
+def default_batch_size(explainer: Explainer) -> int:
+    """How many seeds run together by default: as many latents as :data:`MAX_BATCH_ELEMENTS` holds."""
+    family = explainer.family
+    return max(1, MAX_BATCH_ELEMENTS // math.prod(family.latent_shape(1, *family.default_size())))
+
+
 def _mix_hook(guidance_scale: float) -> Hook:
     """ε̂ = ε_u + w·(ε_c − ε_u) at every step, for w < 1 (the loop itself would use ε_c there)."""
 
@@ -197,9 +204,7 @@ def column_steps(
                 "no unconditional branch), so w < 1 cannot be drawn"
             )
         hooks, run_scale = [_mix_hook(w)], 2.0  # any w > 1 turns both branches on; the hook sets ε̂
-    if batch_size is None:
-        per_seed = math.prod(explainer.family.latent_shape(1, height, width))
-        batch_size = max(1, MAX_BATCH_ELEMENTS // per_seed)
+    batch_size = batch_size or default_batch_size(explainer)
     images: list[Image.Image] = []
     for start in range(0, len(seeds), batch_size):
         chunk = list(seeds[start : start + batch_size])

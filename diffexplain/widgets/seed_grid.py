@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 
 from diffexplain import guidance_counts as counts
-from diffexplain.widgets.base import LiveFigure, Work, blank, button, figure_box, png
+from diffexplain.widgets.base import LiveFigure, Work, _escape, blank, button, figure_box, png
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -126,7 +126,7 @@ class SeedGridPanel(W.VBox):
         scene, why = counts.checker_scene(owner.explainer, run["prompt"])
         todo = [w for w in scales if self._key(run, w) not in self._cache]
         per_run = counts.loop_step_count(owner.explainer, run["num_inference_steps"])
-        batch = max(1, counts.MAX_BATCH_ELEMENTS // self._latent_size())
+        batch = counts.default_batch_size(owner.explainer)
         batches = -(-len(run["seeds"]) // batch)
         owner.progress.max, owner.progress.value = max(1, len(todo) * batches * per_run), 0
         self.note.value = self._note(why)
@@ -273,18 +273,13 @@ class SeedGridPanel(W.VBox):
     def _summary(self, run: dict[str, Any], columns: list[Column | None]) -> str:
         seeds = run["seeds"]
         parts = [f"{c.label}: {c.count_text}" for c in columns if c is not None]
-        return f"seeds {seeds[0]}–{seeds[-1]}, {run['num_inference_steps']} steps · " + " · ".join(parts)
+        where = (
+            f"“{_escape(run['prompt'])}”, seeds {seeds[0]}–{seeds[-1]}, {run['num_inference_steps']} steps"
+        )
+        return f"{where} · " + " · ".join(parts)
 
     def _key(self, run: dict[str, Any], w: float) -> tuple:
         return (run["prompt"], run["negative_prompt"], run["num_inference_steps"], run["seeds"], float(w))
-
-    def _latent_size(self) -> int:
-        family = self.owner.explainer.family
-        shape = family.latent_shape(1, *family.default_size())
-        size = 1
-        for d in shape:
-            size *= int(d)
-        return size
 
 
 def _tile(picture: Image.Image) -> Image.Image:

@@ -134,7 +134,7 @@ def test_guidance_lab_in_lab(lab_page, lab_server, tmp_path):
     # the seed grid: 12 seeds at w = 0, w = 1 and the chosen w, each picture checked, each column counted
     sweep = wait_for_plotly(page, "dx-sweep-plot", min_traces=2)
     click_button(page, "dx-grid-run")
-    wait_for_text(page, "dx-status", "steps · ")  # the grid's summary: "seeds 0–11, 12 steps · …"
+    wait_for_text(page, "dx-status", "steps · ")  # the grid's summary: "“…”, seeds 0–11, 12 steps · …"
     checked = "no verdicts" not in page.locator(".dx-grid-note").inner_text()  # tiny parts: no checker
     assert page.locator("img.dx-grid-image").count() == 36
     counts = [text.strip() for text in page.locator(".dx-grid-count").all_inner_texts()]
