@@ -182,6 +182,15 @@ def test_replacements_round_trip_through_the_packed_model_call(ex):
         **OPTIONS,
     )
     assert torch.equal(same.final_latents, plain.final_latents) and len(same.replacements) == STEPS
+    # the same values in another memory layout (not contiguous) reach the packed model call alike
+    strided = ex.run(
+        PROMPT,
+        num_inference_steps=STEPS,
+        seed=6,
+        hooks={"step.latents": lambda x, *, ctx: x.transpose(-1, -2).contiguous().transpose(-1, -2)},
+        **OPTIONS,
+    )
+    assert torch.equal(strided.final_latents, plain.final_latents)
 
     # zero the left half of x_{t−1} after step 1: the next step reads exactly that tensor, in place
     def left_half_zero(x, *, ctx):

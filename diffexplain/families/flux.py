@@ -83,7 +83,9 @@ BRANCH_SIZE = "branch_size"
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """[B, C, h, w] → [B, (h/2)·(w/2), 4C]: 2×2 patches, as ``FluxPipeline._pack_latents``."""
     b, c, h, w = latents.shape
-    latents = latents.view(b, c, h // 2, 2, w // 2, 2)
+    latents = latents.reshape(
+        b, c, h // 2, 2, w // 2, 2
+    )  # a view where it can be (any layout a hook returns)
     latents = latents.permute(0, 2, 4, 1, 3, 5)
     return latents.reshape(b, (h // 2) * (w // 2), c * 4)
 
@@ -91,7 +93,7 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
 def unpack_latents(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """[B, (h/2)·(w/2), 4C] → [B, C, h, w] for a latent size h × w, as ``FluxPipeline._unpack_latents``."""
     b, _, channels = packed.shape
-    packed = packed.view(b, height // 2, width // 2, channels // 4, 2, 2)
+    packed = packed.reshape(b, height // 2, width // 2, channels // 4, 2, 2)
     packed = packed.permute(0, 3, 1, 4, 2, 5)
     return packed.reshape(b, channels // 4, height, width)
 
