@@ -221,6 +221,9 @@ def page_data(trace: Trace, compare: Trace | None = None, title: str | None = No
         "timeline_title": TIMELINE_TITLE,
         "axes": TIMELINE_AXES,
         "final": _final(trace, pictures),
+        "final_label": "the final picture"
+        if trace.image is not None
+        else "x̂0 at the last step (no decoded image)",
         "compare": None if compare is None else _comparison(trace, compare),
         "display_size": DISPLAY_SIZE,
         "version": __version__,

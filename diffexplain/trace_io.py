@@ -364,7 +364,7 @@ def _load(r: _Reader, metadata: dict[str, str], new_trace: Callable[..., Trace])
         points=points,
     )
     status = r.get(doc, "status", str, "file")
-    if status not in ("complete", "interrupted", "running"):
+    if status not in ("complete", "interrupted", "running", "stopped"):  # stopped: a Job's stop()
         raise r.fail(f"unknown status {status!r}")
     trace.status, trace.message = status, doc.get("message")
     forked = doc.get("forked_from")

@@ -180,3 +180,15 @@ def test_the_cli_takes_html_and_no_html():
     assert parser.parse_args(["explain", "p", "--no-html"]).no_html
     with pytest.raises(SystemExit):
         parser.parse_args(["explain", "p", "--html", "a.html", "--no-html"])
+
+
+def test_a_stopped_run_has_a_page_of_the_steps_it_made(runs, tmp_path):
+    ex, _, _ = runs
+    job = ex.start_run(PROMPT, num_inference_steps=4, seed=2, guidance_scale=3.0)
+    job.advance()
+    job.advance()
+    stopped = job.stop()
+    data = page_data(stopped.to_html(tmp_path / "stopped.html"))
+    assert len(data["steps"]) == len(stopped) == 2
+    assert data["final_label"].startswith("x̂0 at the last step")
+    assert png_of(data["final"]) == stopped.previews.png("pred_x0", 1)

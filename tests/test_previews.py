@@ -193,3 +193,14 @@ def test_previews_too_slow_to_make_are_left_out_with_a_warning(parts, tmp_path, 
     assert trace._previews_too_slow  # remembered: a second save does not time them again
     trace.save(tmp_path / "asked.safetensors", previews=True)  # asked for: made whatever it costs
     assert len(Trace.load(tmp_path / "asked.safetensors").previews) == 2
+
+
+def test_a_stopped_run_saves_and_loads_with_its_pictures(parts, tmp_path):
+    ex = Explainer(**parts, progress=False).set_scheduler("ddim")
+    job = ex.start_run(PROMPT, num_inference_steps=4, seed=2)
+    job.advance()
+    job.advance()
+    stopped = job.stop()
+    stopped.save(tmp_path / "stopped.safetensors")
+    loaded = Trace.load(tmp_path / "stopped.safetensors")
+    assert loaded.status == "stopped" and len(loaded) == len(loaded.previews) == 2
