@@ -173,6 +173,33 @@ def make_previews(
     return Previews(size=size, source="pixels" if pixel_space else "vae", pictures=pictures)
 
 
+def ensure_previews(trace: Trace, *, required: bool = False) -> Previews | None:
+    """``trace.previews``, made now (once, then kept on the trace) when the model is known; else None.
+
+    Not ``required``, they are left out with a warning when decoding them all would take longer than
+    ``DEFAULT_BUDGET_S`` (a big VAE on a CPU; not timed again for that trace). ``required``: made
+    whatever it costs, ``ValueError`` when the model is not known.
+    """
+    import warnings
+
+    if trace.previews is not None and len(trace.previews) == len(trace):
+        return trace.previews
+    if required:
+        trace.previews = make_previews(trace)  # ValueError (naming what is missing) when it cannot
+    elif can_make(trace) and trace._previews_too_slow is None:
+        try:
+            trace.previews = make_previews(trace, budget_s=DEFAULT_BUDGET_S)
+        except PreviewsTooSlow as slow:
+            trace._previews_too_slow = str(slow)
+    if trace.previews is None and trace._previews_too_slow is not None and not required:
+        warnings.warn(
+            f"previews left out: {trace._previews_too_slow}. trace.save(path, previews=True) makes them "
+            "anyway; without them a trace opened without the model shows the fast latent preview",
+            stacklevel=4,
+        )
+    return trace.previews if trace.previews is not None and len(trace.previews) == len(trace) else None
+
+
 def check_png(data: bytes, max_size: int = MAX_FILE_PREVIEW_SIZE) -> tuple[int, int]:
     """(height, width) of PNG ``data``; ``ValueError`` when it is not a PNG or larger than ``max_size``."""
     if not data.startswith(PNG_SIGNATURE):

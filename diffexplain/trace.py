@@ -394,32 +394,11 @@ class Trace:
         )
 
     def ensure_previews(self, *, required: bool = False) -> Previews | None:
-        """This trace's previews, made now (once) if the model is known; None when they cannot be made.
+        """This trace's previews, made now (once) if the model is known, else None; ``required``: made
+        whatever it costs, ``ValueError`` when the model is not known (``previews.ensure_previews``)."""
+        from diffexplain.previews import ensure_previews
 
-        Not ``required``, they are left out (with a warning) when decoding them all would take longer
-        than ``previews.DEFAULT_BUDGET_S`` (a big VAE on a CPU). ``required``: made whatever it costs,
-        ``ValueError`` when the model is not known. See ``diffexplain.previews``.
-        """
-        import warnings
-
-        from diffexplain import previews as made
-
-        if self.previews is not None and len(self.previews) == len(self):
-            return self.previews
-        if required:
-            self.previews = made.make_previews(self)  # ValueError (naming what is missing) when it cannot
-        elif made.can_make(self) and self._previews_too_slow is None:
-            try:
-                self.previews = made.make_previews(self, budget_s=made.DEFAULT_BUDGET_S)
-            except made.PreviewsTooSlow as slow:
-                self._previews_too_slow = str(slow)
-        if self.previews is None and self._previews_too_slow is not None and not required:
-            warnings.warn(
-                f"previews left out: {self._previews_too_slow}. trace.save(path, previews=True) makes them "
-                "anyway; without them a trace opened without the model shows the fast latent preview",
-                stacklevel=3,
-            )
-        return self.previews if self.previews is not None and len(self.previews) == len(self) else None
+        return ensure_previews(self, required=required)
 
     def to_html(self, path: str | Path, *, compare: Trace | None = None, title: str | None = None) -> Path:
         """Write one self-contained HTML page of this trace: open it in any browser, no Python, no server.
