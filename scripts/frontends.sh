@@ -13,14 +13,16 @@ start=$SECONDS
 root="$(pwd)"
 dir="${DIFFEXPLAIN_FRONTENDS_DIR:-${TMPDIR:-/tmp}/diffexplain-frontends}"
 # What the classic environment holds (kept in step with CLASSIC_* in the browser test).
-classic_reqs=("notebook>=6.5,<6.6" "ipywidgets>=7.7,<7.8" "widgetsnbextension>=3.6,<3.7" "ipykernel>=6.29,<7")
+# ipywidgets 7.7.1 is Colab's; widgetsnbextension 3.6.1 is its own release's front end (3.6.10, what pip
+# picks for "~=3.6.0", fails to create Image and Output models: "_deserialize_state is not a function").
+classic_reqs=("notebook>=6.5,<6.6" "ipywidgets==7.7.1" "widgetsnbextension==3.6.1" "ipykernel>=6.29,<7")
 shared_reqs=("notebook>=7,<8" "voila>=0.5,<0.6")
 
 # shellcheck disable=SC1091
 . .venv/bin/activate
 if ! python -c "import notebook, voila, sys; sys.exit(int(notebook.__version__.split('.')[0]) < 7)" 2>/dev/null; then
   echo "frontends: installing ${shared_reqs[*]} into .venv"
-  python -m pip install -q "${shared_reqs[@]}"
+  python -m pip install -q "${shared_reqs[@]}" 2> >(grep -v "is ignored: it is neither" >&2)
 fi
 venv_site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 deactivate
@@ -32,10 +34,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "frontends: creating $classic (classic Notebook 6.5, ipywidgets 7.7)"
   rm -rf "$classic"
   mkdir -p "$dir"
-  "$root/.venv/bin/python" -c "import sys; print(sys.base_prefix)" >/dev/null
   base_python="$("$root/.venv/bin/python" -c 'import sys, os; print(os.path.join(sys.base_prefix, "bin", "python3"))')"
   "$base_python" -m venv "$classic"
-  "$classic/bin/python" -m pip install -q --disable-pip-version-check "${classic_reqs[@]}"
+  "$classic/bin/python" -m pip install -q --disable-pip-version-check "${classic_reqs[@]}" \
+    2> >(grep -v "is ignored: it is neither" >&2)
   classic_site="$("$classic/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   # .venv's packages after the classic venv's own (its .pth files too: the editable diffexplain).
   echo "import site; site.addsitedir('$venv_site')" >"$classic_site/zz_diffexplain_venv.pth"

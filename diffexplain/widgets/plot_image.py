@@ -293,7 +293,7 @@ def figure_image(fig: go.Figure, width: int = WIDTH) -> Image.Image:
                 if angle:
                     _text(img, (px + 4 * s, y_px[1] + 4 * s), label[:16], 10, "rt", angle=angle)
                 else:
-                    _text(img, (px, y_px[1] + 4 * s), label, 10, "mt")
+                    _text(img, (px, y_px[1] + 4 * s), label, 11, "mt")
             title = _plain((axis.spec.get("title") or {}).get("text"))
             if title:
                 _text(img, ((axis.pixels[0] + axis.pixels[1]) / 2, y_px[1] + 19 * s), title, 11, "mt")
@@ -309,7 +309,7 @@ def figure_image(fig: go.Figure, width: int = WIDTH) -> Image.Image:
                 if axis.spec.get("showgrid", True) and not on_right:
                     draw.line([(x_px[0], py), (x_px[1], py)], fill=_GRID, width=s)
                 _text(
-                    img, (edge + (5 if on_right else -5) * s, py), _label(v), 10, "lm" if on_right else "rm"
+                    img, (edge + (5 if on_right else -5) * s, py), _label(v), 11, "lm" if on_right else "rm"
                 )
             title = _plain((axis.spec.get("title") or {}).get("text"))
             if title:
@@ -399,7 +399,7 @@ def figure_image(fig: go.Figure, width: int = WIDTH) -> Image.Image:
                 2 * s,
                 DASHES.get((t.get("line") or {}).get("dash") or ""),
             )
-        _text(img, (lx + 30 * s, ly), _plain(t["name"]), 10, "lm")
+        _text(img, (lx + 30 * s, ly), _plain(t["name"]), 11, "lm")
     return img
 
 

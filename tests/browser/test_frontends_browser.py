@@ -1,0 +1,321 @@
+"""StepExplorer and GuidanceLab in the front ends beside JupyterLab 4, each in headless Chromium.
+
+- classic Notebook 6.5 with ipywidgets 7.7 and widgetsnbextension 3.6 (the nearest to Colab's widget
+  stack that runs here), plots in image mode (``DIFFEXPLAIN_PLOTS=image``: PNGs drawn in the kernel);
+- Notebook 7 (ipywidgets 8, plotly figures);
+- Voilà serving ``notebooks/00_quickstart.ipynb`` as a dashboard (no code shown).
+
+Each test: both widgets render, a slider changes the picture (and the plot), no error output, and a
+screenshot of the page is saved (``test-artifacts/browser/frontends/``; with
+``DIFFEXPLAIN_UPDATE_SCREENSHOTS=1`` into ``docs/assets/screenshots/frontends/``).
+
+The environments come from ``scripts/frontends.sh`` (CI runs it first); a missing one skips its test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lab_helpers import full_page_screenshot
+from lab_server import (
+    ARTIFACTS_DIR,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LAB_USER_SETTINGS,
+    NOTEBOOKS_DIR,
+    REPO_ROOT,
+    TIMEOUT_S,
+    _die_with_parent,
+    _free_port,
+    isolated_env,
+)
+
+FRONTENDS_DIR = Path(
+    os.environ.get("DIFFEXPLAIN_FRONTENDS_DIR", Path(tempfile.gettempdir()) / "diffexplain-frontends")
+)
+CLASSIC_PYTHON = FRONTENDS_DIR / "classic" / "bin" / "python"
+NOTEBOOK = "frontends.ipynb"  # tests/browser/notebooks/: StepExplorer and GuidanceLab on the default model
+QUICKSTART = REPO_ROOT / "notebooks" / "00_quickstart.ipynb"
+SCREENSHOTS = (
+    REPO_ROOT / "docs" / "assets" / "screenshots" / "frontends"
+    if os.environ.get("DIFFEXPLAIN_UPDATE_SCREENSHOTS") == "1"
+    else ARTIFACTS_DIR / "frontends"
+)
+
+# Sliders: noUiSlider in ipywidgets 8, jQuery UI in ipywidgets 7 (both move one step on an arrow key).
+SLIDER_HANDLE = ".noUi-handle, .ui-slider-handle"
+# Error outputs in every front end: classic's output areas, JupyterLab's mimetype attributes (Notebook 7,
+# Voilà), widgets that failed to render, and the widgets' own error status line.
+ERRORS_JS = """
+() => {
+  const out = [];
+  const add = (what, e) => out.push(what + ': ' + e.innerText.slice(0, 2000));
+  document.querySelectorAll('.output_stderr, .output_error, [data-mime-type="application/vnd.jupyter.stderr"]')
+    .forEach((e) => add('stderr/error output', e));
+  document.querySelectorAll('.jupyter-widgets-error-widget').forEach((e) => add('widget error', e));
+  document.querySelectorAll('.output_subarea, .jp-OutputArea-output').forEach((e) => {
+    if (e.innerText.trim().startsWith('Error displaying widget')) add('widget error', e);
+  });
+  document.querySelectorAll('.dx-status').forEach((e) => { if (e.innerText.includes('Error')) add('status', e); });
+  return out;
+}
+"""
+_IMAGE_JS = """
+([sel, old]) => {
+  const img = document.querySelector(`img${sel}, ${sel} img`);
+  if (!img || !img.complete || img.naturalWidth === 0) return null;
+  return (old === null || img.src !== old) ? img.src : null;
+}
+"""
+_PLOTLY_JS = """
+([sel, old]) => {
+  const gd = document.querySelector(`${sel} .js-plotly-plot`);
+  if (!gd || !gd.querySelector('.main-svg') || !gd.data || !gd.data.length) return null;
+  const key = JSON.stringify(gd.data, (k, v) => (ArrayBuffer.isView(v) ? Array.from(v) : v));
+  return (old === null || key !== old) ? key : null;
+}
+"""
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+
+def _kernelspec(env: dict[str, str], python: Path | str) -> None:
+    """The ``python3`` kernel of the served notebooks runs ``python`` (the front end's own environment)."""
+    spec = Path(env["JUPYTER_DATA_DIR"]) / "kernels" / "python3"
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    body = {"argv": argv, "display_name": "Python 3 (ipykernel)", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(body))
+
+
+@contextlib.contextmanager
+def serve(args: list[str], python: Path | str, base: Path, **extra_env: str) -> Iterator[Server]:
+    """Run ``python -m <args>`` on a free loopback port (``{port}``, ``{token}`` filled in) with isolated
+    Jupyter dirs and ``python``'s kernel; yields once the port answers; stops the process group after."""
+    env = isolated_env(base)
+    env.update(extra_env)
+    _kernelspec(env, python)
+    for rel, settings in LAB_USER_SETTINGS.items():  # Notebook 7 reads JupyterLab's settings
+        path = Path(env["JUPYTERLAB_SETTINGS_DIR"]) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings))
+    port, token = _free_port(), os.urandom(12).hex()
+    cmd = [str(python), "-m", *(a.format(port=port, token=token) for a in args)]
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and args[0] != "voila":
+        cmd.append("--allow-root")
+    log_path = base / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=base / "served",
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    server = Server(f"http://127.0.0.1:{port}", token, proc, log_path)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{args[0]} exited with {proc.returncode}:\n{server.log_tail()}")
+            try:
+                urllib.request.urlopen(f"{server.url}/api/status?token={token}", timeout=5).close()
+                break
+            except urllib.error.HTTPError:  # Voilà has no /api/status, but it answers
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{args[0]} did not answer:\n{server.log_tail()}") from None
+                time.sleep(0.25)
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """One headless Chromium (fresh user-data dir) for this module's front ends."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="diffexplain-chromium-") as user_data:
+        context = pw.chromium.launch_persistent_context(
+            user_data,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+            device_scale_factor=1,
+        )
+        context.set_default_timeout(TIMEOUT_S * 1000)
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def page(request, chromium):
+    """A fresh tab; a failure leaves a screenshot and the console (conftest's report hook)."""
+    tab = chromium.new_page()
+    console: list[str] = []
+    tab.on("console", lambda m: console.append(f"[{m.type}] {m.text}"))
+    tab.on("pageerror", lambda e: console.append(f"[pageerror] {e}"))
+    request.node._lab_page, request.node._lab_console = tab, console
+    try:
+        yield tab
+    finally:
+        request.node._lab_page = None
+        tab.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Path:
+    """A temp folder to serve from (the servers may write checkpoints next to the notebooks)."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    shutil.copy2(NOTEBOOKS_DIR / NOTEBOOK, folder / NOTEBOOK)
+    return folder
+
+
+def _wait(page, js: str, arg, timeout: float = TIMEOUT_S):
+    return page.wait_for_function(js, arg=arg, polling=250, timeout=timeout * 1000).json_value()
+
+
+def _image(page, css: str, changed_from: str | None = None) -> str:
+    return _wait(page, _IMAGE_JS, [f".{css}", changed_from])
+
+
+def _plot(page, css: str, changed_from: str | None = None) -> str:
+    return _wait(page, _PLOTLY_JS, [f".{css}", changed_from])
+
+
+def _press(page, css: str, times: int = 1) -> None:
+    handle = page.locator(f".{css}").locator(SLIDER_HANDLE).first
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    for _ in range(times):
+        handle.press("ArrowRight")
+
+
+def _check_widgets(page, *, plots: str) -> None:
+    """Both widgets drawn; the step slider and the w slider each change their pictures and plots."""
+    figure = _image if plots == "image" else _plot
+    xt = _image(page, "dx-xt-image")
+    timeline = figure(page, "dx-timeline")
+    strip = _image(page, "dx-reguide-strip")
+    _image(page, "dx-on-image")
+    guidance_plot = figure(page, "dx-guidance-plot")
+    if plots == "image":  # the figures are pictures, not plotly
+        assert page.locator(".dx-timeline .js-plotly-plot").count() == 0
+    _press(page, "dx-step-slider", 2)
+    _image(page, "dx-xt-image", changed_from=xt)
+    figure(page, "dx-timeline", changed_from=timeline)
+    _press(page, "dx-guidance-slider", 4)
+    _image(page, "dx-reguide-strip", changed_from=strip)
+    figure(page, "dx-guidance-plot", changed_from=guidance_plot)
+    page.wait_for_timeout(1000)  # anything the last change printed has arrived
+    assert page.evaluate(ERRORS_JS) == []
+
+
+def _screenshot(page, name: str) -> Path:
+    page.mouse.move(0, 0)
+    # Classic Notebook scrolls inside #site, not the document: let the document hold the whole notebook.
+    page.evaluate(
+        "() => { const s = document.getElementById('site'); if (s) { s.style.height = 'auto'; s.style.overflow = 'visible'; } }"
+    )
+    return full_page_screenshot(page, SCREENSHOTS / f"{name}.png", max_height=6000)
+
+
+@pytest.mark.timeout(900)
+def test_classic_notebook_ipywidgets7_image_plots(page, served, tmp_path):
+    if not CLASSIC_PYTHON.exists():
+        pytest.skip(f"no classic Notebook environment at {CLASSIC_PYTHON}: run scripts/frontends.sh")
+    args = ["notebook", "--no-browser", "--ip=127.0.0.1", "--port={port}", "--NotebookApp.port_retries=0"]
+    args += ["--NotebookApp.token={token}", "--NotebookApp.open_browser=False"]
+    with serve(args, CLASSIC_PYTHON, tmp_path, DIFFEXPLAIN_PLOTS="image") as server:
+        page.goto(f"{server.url}/notebooks/{NOTEBOOK}?token={server.token}")
+        page.wait_for_function(
+            "() => window.Jupyter && Jupyter.notebook && Jupyter.notebook.kernel"
+            " && Jupyter.notebook.kernel.is_connected() && !!document.querySelector('.kernel_idle_icon')",
+            polling=250,
+        )
+        page.evaluate("() => Jupyter.notebook.execute_all_cells()")
+        versions = page.locator(".output_subarea").filter(has_text="ipywidgets ").first
+        versions.wait_for()
+        assert (
+            versions.inner_text().strip().startswith("ipywidgets 7.7.")
+            and "plots: image" in versions.inner_text()
+        )
+        _check_widgets(page, plots="image")
+        _screenshot(page, "classic_notebook")
+
+
+@pytest.mark.timeout(900)
+def test_notebook7(page, served, tmp_path):
+    pytest.importorskip("notebook", minversion="7")
+    args = ["notebook", "--no-browser", "--ip=127.0.0.1", "--port={port}", "--ServerApp.port_retries=0"]
+    args += ["--IdentityProvider.token={token}", "--JupyterNotebookApp.expose_app_in_browser=True"]
+    with serve(args, sys.executable, tmp_path) as server:
+        page.goto(f"{server.url}/notebooks/{NOTEBOOK}?token={server.token}")
+        page.wait_for_function(
+            """() => {
+              const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+              const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+              return !!k && k.connectionStatus === 'connected' && k.status === 'idle';
+            }""",
+            polling=250,
+        )
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        versions = page.locator(".jp-OutputArea-output").filter(has_text="ipywidgets ").first
+        versions.wait_for()
+        assert (
+            versions.inner_text().strip().startswith("ipywidgets 8.")
+            and "plots: plotly" in versions.inner_text()
+        )
+        _check_widgets(page, plots="plotly")
+        _screenshot(page, "notebook7")
+
+
+@pytest.mark.timeout(900)
+def test_voila_quickstart(page, served, tmp_path):
+    pytest.importorskip("voila")
+    shutil.copy2(QUICKSTART, served / QUICKSTART.name)
+    args = ["voila", QUICKSTART.name, "--no-browser", "--port={port}", "--Voila.ip=127.0.0.1"]
+    args += ["--show_tracebacks=True"]
+    with serve(args, sys.executable, tmp_path) as server:
+        page.goto(server.url + "/", timeout=2 * TIMEOUT_S * 1000)
+        assert (
+            page.locator(".jp-InputArea, .jp-Cell-inputWrapper .jp-InputArea-editor").count() == 0
+        )  # no code
+        _check_widgets(page, plots="plotly")
+        _screenshot(page, "voila_quickstart")
