@@ -207,6 +207,11 @@ def test_seed_grid_hides_verdicts_for_a_model_the_checker_cannot_read(ex: Explai
     assert "no verdicts" in lab.grid.note.value and "not trained" in lab.grid.note.value
     lab.sweep()
     assert list(lab.grid.fig.data[0].y) == [] and len(lab.grid.fig.data[1].y) == 7  # diversity only
+    old_cell = lab.grid.images[0][0]
+    lab.grid.n_seeds.value = 5
+    lab.count_seeds()
+    assert [len(column) for column in lab.grid.images] == [5, 5, 5] and lab.grid.columns[0].n == 5
+    assert old_cell.comm is None  # the old cells were closed, not left behind in the kernel
     assert_clean(lab)
 
 

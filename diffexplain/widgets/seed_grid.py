@@ -179,20 +179,34 @@ class SeedGridPanel(W.VBox):
         self.note.value = ""
 
     def clear_grid(self) -> None:
-        """Placeholders in every grid cell, no counts."""
+        """Placeholders in every grid cell, no counts (the cells are built again only when the seed count changed)."""
         n = int(self.n_seeds.value)
         self.columns = [None, None, None]
+        if not self.images or len(self.images[0]) != n:
+            self._build_cells(n)
+        empty = blank(TILE)
+        for i, w in enumerate((0.0, 1.0, None)):
+            self.titles[
+                i
+            ].value = f"<b>{counts.scale_label(w) if w is not None else 'guidance on (chosen w)'}</b>"
+            self.count_labels[i].value = "—"
+            for image in self.images[i]:
+                image.value, image.tooltip, image.layout.border = empty, None, NO_BORDER
+                image.remove_class("dx-right")
+                image.remove_class("dx-wrong")
+
+    def _build_cells(self, n: int) -> None:
+        """Three columns of ``n`` picture cells, each with a title and a count (old cells are closed)."""
+        for box in self.columns_box.children:
+            _close_tree(box)
         boxes, self.titles, self.count_labels, self.images = [], [], [], []
-        for w in (0.0, 1.0, None):
-            title = W.HTML(f"<b>{counts.scale_label(w) if w is not None else 'guidance on (chosen w)'}</b>")
+        for _ in range(3):
+            title, label = W.HTML(), W.HTML("—")
             title.add_class("dx-grid-title")
-            label = W.HTML("—")
             label.add_class("dx-grid-count")
             tiles = []
             for _ in range(n):
-                image = W.Image(value=blank(TILE), format="png", width=TILE, height=TILE)
-                image.layout.border = NO_BORDER
-                image.layout.margin = "1px"
+                image = W.Image(format="png", width=TILE, height=TILE, layout=W.Layout(margin="1px"))
                 image.add_class("dx-grid-image")
                 tiles.append(image)
             grid = W.GridBox(tiles, layout=W.Layout(grid_template_columns=f"repeat(4, {TILE + 8}px)"))
@@ -284,3 +298,10 @@ class SeedGridPanel(W.VBox):
 
 def _tile(picture: Image.Image) -> Image.Image:
     return picture if picture.width == TILE else picture.resize((TILE, TILE))
+
+
+def _close_tree(widget: W.Widget) -> None:
+    """Close a widget and everything inside it (their models leave the kernel and the page)."""
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
