@@ -6,7 +6,8 @@ the wheel, as its diffexplain. Its other dependencies (torch, diffusers, Jupyter
 installed in this interpreter's environment, seen through a ``.pth`` file added *after* the install, so the
 check stays fast and offline. From a temp folder it then loads the default model and runs it, runs
 ``diffexplain explain`` and ``diffexplain notebooks DIR``, and executes the copied ``00_quickstart.ipynb``
-with nbclient in a kernel of that environment. Each test checks that diffexplain came from the wheel.
+with nbclient in a kernel of that environment. The Python run and the kernel both report where their
+diffexplain came from: the wheel's copy in the fresh environment.
 """
 
 from __future__ import annotations
@@ -137,11 +138,6 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     return result
 
 
-def where_diffexplain(installed: Installed) -> Path:
-    done = installed.run(installed.python, "-c", "import diffexplain; print(diffexplain.__file__)")
-    return Path(done.stdout.strip())
-
-
 def test_twine_check_and_the_build_pass(installed: Installed) -> None:
     assert sorted(p.suffix for p in installed.dist.iterdir()) == [".gz", ".whl"]
     print({label: f"{s:.1f} s" for label, s in installed.seconds.items()})
@@ -173,41 +169,37 @@ def test_sdist_holds_what_the_wheel_is_built_from(installed: Installed) -> None:
     assert required <= names, sorted(required - names)
 
 
-def test_installed_package_comes_from_the_wheel(installed: Installed) -> None:
-    where = where_diffexplain(installed)
-    assert where.is_relative_to(installed.site_packages), where
-    assert not where.resolve().is_relative_to(REPO)
-
-
-def test_load_default_runs_outside_the_repo(installed: Installed) -> None:
+def test_load_default_runs_from_the_wheel_outside_the_repo(installed: Installed) -> None:
     code = (
+        "import diffexplain\n"
         "from diffexplain.models.default import load_default\n"
         "trace = load_default(progress=False).run('a red circle on the left', seed=0, num_inference_steps=3)\n"
-        "trace.images[0].save('picture.png'); print(len(trace), trace.images[0].size)"
+        "trace.images[0].save('picture.png')\n"
+        "print(diffexplain.__file__, len(trace), *trace.images[0].size)"
     )
-    done = installed.run(installed.python, "-c", code)
-    assert done.stdout.split() == ["3", "(64,", "64)"]
+    where, steps, width, height = installed.run(installed.python, "-c", code).stdout.split()
+    assert Path(where).is_relative_to(installed.site_packages), where  # the wheel's copy, not the checkout
+    assert not Path(where).resolve().is_relative_to(REPO)
+    assert (steps, width, height) == ("3", "64", "64")
     assert (installed.work / "picture.png").stat().st_size > 0
 
 
-def test_cli_explain_and_notebooks_run_outside_the_repo(installed: Installed) -> None:
+def test_cli_explain_runs_from_the_wheel_outside_the_repo(installed: Installed) -> None:
     cli = installed.venv / "bin" / "diffexplain"
     installed.run(
         cli, "explain", "a blue square at the top", "--out", "out", "--steps", "2", "--device", "cpu"
     )
     written = {p.name for p in (installed.work / "out").iterdir()}
     assert {"image.png", "pred_x0_strip.png", "cfg_comparison.png", "trace.safetensors"} <= written, written
-    done = installed.run(cli, "notebooks", "lessons")
-    assert sorted(p.name for p in (installed.work / "lessons").glob("*.ipynb")) == NOTEBOOKS
-    assert "written: " + ", ".join(NOTEBOOKS) in done.stdout
-    for name in NOTEBOOKS:  # byte for byte the repository's notebooks
-        assert (installed.work / "lessons" / name).read_bytes() == (REPO / "notebooks" / name).read_bytes()
 
 
 @pytest.mark.notebook
 def test_quickstart_notebook_runs_from_the_installed_package(installed: Installed) -> None:
     folder = installed.work / "quickstart"
-    installed.run(installed.venv / "bin" / "diffexplain", "notebooks", folder)
+    done = installed.run(installed.venv / "bin" / "diffexplain", "notebooks", folder)
+    assert "written: " + ", ".join(NOTEBOOKS) in done.stdout
+    for name in NOTEBOOKS:  # byte for byte the repository's notebooks
+        assert (folder / name).read_bytes() == (REPO / "notebooks" / name).read_bytes()
     script, report = installed.work / "run_notebook.py", installed.work / "report.json"
     script.write_text(RUN_NOTEBOOK)
     started = time.perf_counter()
