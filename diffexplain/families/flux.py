@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from diffexplain.attention.processors import JointAttentionCapture
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.families.sd3 import flow_noise_level
@@ -341,8 +342,7 @@ class Flux(Family):
     def _capturing(self) -> bool:
         """Whether an attention capture's processors are set on the text layers (``diffexplain.attention``)."""
         return any(
-            type(layer.module.processor).__name__ == "JointAttentionCapture"
-            for layer in self.attention_layers()
+            isinstance(layer.module.processor, JointAttentionCapture) for layer in self.attention_layers()
         )
 
     def _call(
