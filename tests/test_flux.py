@@ -208,6 +208,11 @@ def test_replacements_round_trip_through_the_packed_model_call(ex):
     assert torch.equal(hooked["step.latents", 2], hooked["step.next", 1])
     assert float(hooked["step.latents", 2][..., :4].abs().max()) == 0.0
     assert torch.equal(hooked["step.latents", 2][..., 4:], plain["step.latents", 2][..., 4:])
+    # a run from given x_T takes it unpacked, as the trace shows it; FluxPipeline's packed form is refused
+    again = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, latents=plain["latents.init"], **OPTIONS)
+    assert torch.equal(again.final_latents, plain.final_latents)
+    with pytest.raises(ValueError, match=r"latents has shape \[1, 16, 16\] \(FluxPipeline's packed layout"):
+        ex.run(PROMPT, num_inference_steps=1, latents=pack_latents(plain["latents.init"]), **OPTIONS)
     # a fork from step 2 with that x_t equals the hooked run
     forked = ex.fork(plain, 2, latents=hooked["step.latents", 2])
     assert torch.equal(forked.final_latents, hooked.final_latents)

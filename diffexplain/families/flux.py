@@ -194,6 +194,12 @@ class Flux(Family):
         """x_T: plain Gaussian noise drawn unpacked [B, C, h, w], as the pipeline draws it before packing."""
         model = self.model
         if latents is not None:
+            if tuple(latents.shape) != tuple(shape):
+                packed = " (FluxPipeline's packed layout: pass them unpacked)" if latents.dim() == 3 else ""
+                raise ValueError(
+                    f"latents has shape {list(latents.shape)}{packed}; expected the unpacked x_T "
+                    f"{list(shape)} = [B, C, h, w] for this size"
+                )
             return latents.to(device=model.device, dtype=model.dtype)
         return randn_tensor(shape, generator=generator, device=model.device, dtype=model.dtype)
 
