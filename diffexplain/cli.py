@@ -48,7 +48,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.preset in GAN_PRESETS:
         return _train_gan(args)
     if args.iterations is not None:
-        raise UsageError(f"--iterations is for the GAN presets ({', '.join(GAN_PRESETS)}), not {args.preset!r}")
+        raise UsageError(
+            f"--iterations is for the GAN presets ({', '.join(GAN_PRESETS)}), not {args.preset!r}"
+        )
     from diffexplain.training.run import train
 
     folder = train(
