@@ -33,13 +33,15 @@ BADGE = (
 )
 
 SETUP = '''\
-# Setup: installs diffexplain where it is missing (Colab, a fresh Jupyter), keeping the runtime's own
-# ipywidgets (Colab's 7.x: upgrading it would need a restart); in Colab, turns on its widget manager.
+# Setup: installs diffexplain where it is missing (Colab, a fresh Jupyter), keeping the
+# runtime's own ipywidgets (Colab's 7.x: upgrading it would need a restart). In Colab,
+# setup() turns on the widget manager the widgets need.
 import importlib.metadata
 import importlib.util
 
 if importlib.util.find_spec("diffexplain") is None:  # a minute or two, once per runtime
-    keep = f"ipywidgets=={{importlib.metadata.version('ipywidgets')}}" if importlib.util.find_spec("ipywidgets") else ""
+    have = importlib.util.find_spec("ipywidgets")
+    keep = f"ipywidgets=={{importlib.metadata.version('ipywidgets')}}" if have else ""
     %pip install -q --upgrade-strategy only-if-needed {{keep}} "{install}"
     importlib.invalidate_caches()
 
