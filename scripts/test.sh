@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 bash scripts/install-browser.sh
+bash scripts/frontends.sh  # Notebook 7, Voila, classic Notebook 6.5 + ipywidgets 7.7 (tests/browser/test_frontends_browser.py)
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export PLOTLY_RENDERER=json HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1

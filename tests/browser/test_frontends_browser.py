@@ -30,19 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from lab_helpers import full_page_screenshot
 from lab_server import (
     ARTIFACTS_DIR,
     CHROMIUM,
     CHROMIUM_ARGS,
+    LAB_EXTENSIONS_OFF,
     LAB_USER_SETTINGS,
     NOTEBOOKS_DIR,
     REPO_ROOT,
+    SERVER_EXTENSIONS_OFF,
     TIMEOUT_S,
     _die_with_parent,
     _free_port,
     isolated_env,
 )
+from PIL import Image
 
 FRONTENDS_DIR = Path(
     os.environ.get("DIFFEXPLAIN_FRONTENDS_DIR", Path(tempfile.gettempdir()) / "diffexplain-frontends")
@@ -56,8 +58,8 @@ SCREENSHOTS = (
     else ARTIFACTS_DIR / "frontends"
 )
 
-# Sliders: noUiSlider in ipywidgets 8, jQuery UI in ipywidgets 7 (both move one step on an arrow key).
-SLIDER_HANDLE = ".noUi-handle, .ui-slider-handle"
+# A slider's track: noUiSlider in ipywidgets 8, jQuery UI in ipywidgets 7.
+SLIDER_TRACK = ".noUi-base, .ui-slider"
 # Error outputs in every front end: classic's output areas, JupyterLab's mimetype attributes (Notebook 7,
 # Voilà), widgets that failed to render, and the widgets' own error status line.
 ERRORS_JS = """
@@ -118,10 +120,16 @@ def serve(args: list[str], python: Path | str, base: Path, **extra_env: str) -> 
     env = isolated_env(base)
     env.update(extra_env)
     _kernelspec(env, python)
-    for rel, settings in LAB_USER_SETTINGS.items():  # Notebook 7 reads JupyterLab's settings
+    for rel, settings in LAB_USER_SETTINGS.items():  # Notebook 7 and Voila read JupyterLab's settings
         path = Path(env["JUPYTERLAB_SETTINGS_DIR"]) / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings))
+    config_dir = Path(env["JUPYTER_CONFIG_DIR"])  # the extensions the JupyterLab tests switch off, off
+    server_config = {"ServerApp": {"jpserver_extensions": dict.fromkeys(SERVER_EXTENSIONS_OFF, False)}}
+    (config_dir / "jupyter_server_config.json").write_text(json.dumps(server_config))
+    (config_dir / "labconfig").mkdir(exist_ok=True)
+    page_config = {"disabledExtensions": dict.fromkeys(LAB_EXTENSIONS_OFF, True)}
+    (config_dir / "labconfig" / "page_config.json").write_text(json.dumps(page_config))
     port, token = _free_port(), os.urandom(12).hex()
     cmd = [str(python), "-m", *(a.format(port=port, token=token) for a in args)]
     if hasattr(os, "geteuid") and os.geteuid() == 0 and args[0] != "voila":
@@ -219,12 +227,13 @@ def _plot(page, css: str, changed_from: str | None = None) -> str:
     return _wait(page, _PLOTLY_JS, [f".{css}", changed_from])
 
 
-def _press(page, css: str, times: int = 1) -> None:
-    handle = page.locator(f".{css}").locator(SLIDER_HANDLE).first
-    handle.scroll_into_view_if_needed()
-    handle.focus()
-    for _ in range(times):
-        handle.press("ArrowRight")
+def _move(page, css: str, fraction: float) -> None:
+    """Click the slider with class ``css`` at ``fraction`` of its track (noUiSlider in ipywidgets 8, jQuery
+    UI in 7; an arrow key on the handle moves neither in Notebook 7)."""
+    track = page.locator(f".{css}").locator(SLIDER_TRACK).first
+    track.scroll_into_view_if_needed()
+    box = track.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
 
 
 def _check_widgets(page, *, plots: str) -> None:
@@ -237,23 +246,52 @@ def _check_widgets(page, *, plots: str) -> None:
     guidance_plot = figure(page, "dx-guidance-plot")
     if plots == "image":  # the figures are pictures, not plotly
         assert page.locator(".dx-timeline .js-plotly-plot").count() == 0
-    _press(page, "dx-step-slider", 2)
+    _move(page, "dx-step-slider", 0.45)
     _image(page, "dx-xt-image", changed_from=xt)
     figure(page, "dx-timeline", changed_from=timeline)
-    _press(page, "dx-guidance-slider", 4)
+    _move(page, "dx-guidance-slider", 0.45)
     _image(page, "dx-reguide-strip", changed_from=strip)
     figure(page, "dx-guidance-plot", changed_from=guidance_plot)
     page.wait_for_timeout(1000)  # anything the last change printed has arrived
     assert page.evaluate(ERRORS_JS) == []
 
 
-def _screenshot(page, name: str) -> Path:
+_SCROLLER_JS = """
+() => {
+  // The element that scrolls the notebook (classic: #site; Notebook 7: its panel; Voila: its main area):
+  // scrolled to the top, and how much taller than its box it is.
+  let best = null, extra = 0;
+  for (const e of document.querySelectorAll('body *')) {
+    const more = e.scrollHeight - e.clientHeight;
+    const style = getComputedStyle(e);
+    if (more > extra && /(auto|scroll)/.test(style.overflowY)) { best = e; extra = more; }
+  }
+  if (best) best.scrollTop = 0;
+  return extra;
+}
+"""
+
+
+def _screenshot(page, name: str, max_height: int = 8000, between: tuple[str, str] | None = None) -> Path:
+    """The whole page (the viewport stretched to the height of whatever scrolls the notebook), or only
+    the part ``between`` the tops of two elements (CSS selectors) and the bottom of the second."""
     page.mouse.move(0, 0)
-    # Classic Notebook scrolls inside #site, not the document: let the document hold the whole notebook.
-    page.evaluate(
-        "() => { const s = document.getElementById('site'); if (s) { s.style.height = 'auto'; s.style.overflow = 'visible'; } }"
-    )
-    return full_page_screenshot(page, SCREENSHOTS / f"{name}.png", max_height=6000)
+    size = page.viewport_size
+    extra = page.evaluate(_SCROLLER_JS)
+    page.set_viewport_size({"width": size["width"], "height": min(size["height"] + extra, max_height)})
+    page.wait_for_timeout(1000)  # laid out and plots resized
+    path = SCREENSHOTS / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clip = None
+    if between:
+        first, last = (page.locator(sel).first.bounding_box() for sel in between)
+        top = max(0, first["y"] - 110)  # the heading above it too
+        clip = {"x": 0, "y": top, "width": size["width"], "height": last["y"] + last["height"] + 10 - top}
+    page.screenshot(path=str(path), full_page=True, clip=clip)
+    with Image.open(path) as img:  # a 256-colour palette: UI stays sharp, the docs' copy stays small
+        small = img.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    small.save(path, optimize=True)
+    return path
 
 
 @pytest.mark.timeout(900)
@@ -312,10 +350,10 @@ def test_voila_quickstart(page, served, tmp_path):
     shutil.copy2(QUICKSTART, served / QUICKSTART.name)
     args = ["voila", QUICKSTART.name, "--no-browser", "--port={port}", "--Voila.ip=127.0.0.1"]
     args += ["--show_tracebacks=True"]
-    with serve(args, sys.executable, tmp_path) as server:
+    # The quickstart also shows a plain go.Figure: plotly's own mimetype, as in JupyterLab (not "json").
+    with serve(args, sys.executable, tmp_path, PLOTLY_RENDERER="plotly_mimetype") as server:
         page.goto(server.url + "/", timeout=2 * TIMEOUT_S * 1000)
-        assert (
-            page.locator(".jp-InputArea, .jp-Cell-inputWrapper .jp-InputArea-editor").count() == 0
-        )  # no code
         _check_widgets(page, plots="plotly")
-        _screenshot(page, "voila_quickstart")
+        text = page.evaluate("() => document.body.innerText")
+        assert "StepExplorer(trace)" not in text and "GuidanceLab(explainer" not in text  # no code shown
+        _screenshot(page, "voila_quickstart", between=(".dx-step-explorer", ".dx-guidance-lab"))
