@@ -151,6 +151,8 @@ assert lab.strip.value != strip
 widgets = [explorer, lab, NoiseLab(ex, PROMPT, seed=0, num_inference_steps=12),
            PromptSwap(ex, PROMPT, "a green triangle", num_inference_steps=12, sweep_points=2),
            ForwardProcess(ex, t=300), AttentionMaps(trace, token="blue").link(explorer)]
+explorer.slider.value = 7  # linked in the kernel (W.link), so in every front end
+assert widgets[-1].step.value == 7
 trace.save(TRACE_PATH)
 widgets.append(TracePlayer(TRACE_PATH))
 for w in widgets:

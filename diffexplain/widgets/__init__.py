@@ -13,7 +13,8 @@ page (Colab, classic Notebook 6): :func:`set_plot_mode` or ``DIFFEXPLAIN_PLOTS=p
 """
 
 from diffexplain.widgets.attention_maps import AttentionMaps
-from diffexplain.widgets.figures import plot_mode, set_plot_mode
+from diffexplain.widgets.figures import plot_mode as plot_mode  # the plot switch: not a widget,
+from diffexplain.widgets.figures import set_plot_mode as set_plot_mode  # so not in __all__
 from diffexplain.widgets.forward_process import ForwardProcess
 from diffexplain.widgets.guidance_lab import GuidanceLab
 from diffexplain.widgets.noise_lab import NoiseLab
@@ -29,6 +30,4 @@ __all__ = [
     "PromptSwap",
     "StepExplorer",
     "TracePlayer",
-    "plot_mode",
-    "set_plot_mode",
 ]

@@ -213,7 +213,8 @@ class AttentionMaps(DxWidget):
 
     def link(self, explorer: StepExplorer) -> AttentionMaps:
         """Move this widget's step slider with a ``StepExplorer``'s (and the other way round)."""
-        W.jslink((explorer.slider, "value"), (self.step, "value"))
+        # A kernel-side link: jslink does nothing in Colab (googlecolab/colabtools#1612), link works everywhere.
+        W.link((explorer.slider, "value"), (self.step, "value"))
         return self
 
     def map(self) -> torch.Tensor:
