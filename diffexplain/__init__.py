@@ -1,6 +1,8 @@
 """diffexplain: see inside text-to-image diffusion, and change it while it runs."""
 
 from diffexplain import interventions, schedules
+from diffexplain.cascade import Cascade
+from diffexplain.cascade_trace import CascadeTrace
 from diffexplain.errors import TraceFileError, TraceKeyError
 from diffexplain.explainer import Explainer
 from diffexplain.families import FAMILIES, Family
@@ -20,6 +22,8 @@ __all__ = [
     "HOOK_POINTS",
     "SCHEDULER_NAMES",
     "FAMILIES",
+    "Cascade",
+    "CascadeTrace",
     "Explainer",
     "Family",
     "Hook",

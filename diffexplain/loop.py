@@ -165,8 +165,10 @@ def prepare_conditioning(
     needs_uncond = plan.do_cfg and (uncond is None or resume.negative_changed)
     if resume.prompt_changed or needs_uncond:
         new_cond, new_uncond = family.encode(plan.prompt, plan.negative_prompt, plan.do_cfg, plan.options)
-        cond = new_cond if resume.prompt_changed else cond
-        uncond = new_uncond if needs_uncond else uncond
+        # keys a family does not re-encode from the prompt (a previous cascade stage's image) keep the source's
+        cond = {**cond, **new_cond} if resume.prompt_changed else cond
+        if needs_uncond:
+            uncond = {**(uncond if uncond is not None else cond), **new_uncond}  # type: ignore[union-attr]
     return cond, uncond if plan.do_cfg else None
 
 
@@ -352,6 +354,9 @@ def denoise(
                 model_output = family.predict(
                     scheduler, model_input, t, batched(step_cond, step_uncond), model_kwargs
                 )
+            model_output, extra = family.split_output(model_output, latents)  # extra: e.g. a learned variance
+            if extra is not None and do_cfg:
+                extra = extra.chunk(2)[1]  # the cond branch's, as the pipelines take it (unguided)
             if do_cfg:
                 eps_uncond, eps_cond = model_output.chunk(2)  # [B, C, h, w] each
                 eps_cond = sites("step.model.cond", eps_cond)
@@ -378,7 +383,8 @@ def denoise(
                 )
 
             # 5.4 scheduler step: x_t → x_{t−1}
-            out = scheduler.step(eps_guided, t, latents, **step_kwargs, return_dict=True)
+            scheduler_input = family.scheduler_input(scheduler, eps_guided, extra)  # ε̂ (and the extra part)
+            out = scheduler.step(scheduler_input, t, latents, **step_kwargs, return_dict=True)
             scheduler_x0 = getattr(out, "pred_original_sample", None)
             if scheduler_x0 is not None and not x0_replaced:
                 sites.current["step.pred_x0"] = scheduler_x0  # the scheduler's own x̂0 where it returns one

@@ -113,6 +113,24 @@ def _set_device(doc: Any, device: str) -> None:
 def save_trace(trace: Trace, path: str | Path, previews: Previews | None = None) -> None:
     """Write ``trace`` to ``path`` (see the module docstring for the format), with ``previews`` if given."""
     tensors = _Tensors()
+    write_file(path, tensors, trace_document(trace, tensors, previews))
+
+
+def write_file(path: str | Path, tensors: _Tensors, doc: dict[str, Any]) -> None:
+    """Write ``tensors`` and ``doc`` (JSON in the metadata) to ``path``, atomically."""
+    # Write next to the target, then replace it: a failed save never leaves a half-written trace behind.
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        # readable by others, not safetensors' 0600: a trace is for sharing
+        save_readable(tensors.tensors, tmp, metadata={METADATA_KEY: json.dumps(doc)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def trace_document(trace: Trace, tensors: _Tensors, previews: Previews | None = None) -> dict[str, Any]:
+    """One trace's JSON record, its tensors added to ``tensors`` (a cascade's file holds several)."""
     ref = tensors.ref
 
     def step_doc(r: StepRecord) -> dict[str, Any]:
@@ -156,15 +174,7 @@ def save_trace(trace: Trace, path: str | Path, previews: Previews | None = None)
     }
     if previews is not None:
         doc["previews"] = to_doc(previews, ref)
-    # Write next to the target, then replace it: a failed save never leaves a half-written trace behind.
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        # readable by others, not safetensors' 0600: a trace is for sharing
-        save_readable(tensors.tensors, tmp, metadata={METADATA_KEY: json.dumps(doc)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    return doc
 
 
 # ---- loading --------------------------------------------------------------------------------------
@@ -320,13 +330,22 @@ def load_trace(path: str | Path, new_trace: Callable[..., Trace]) -> Trace:
         handle_cm.__exit__(None, None, None)
 
 
-def _load(r: _Reader, metadata: dict[str, str], new_trace: Callable[..., Trace]) -> Trace:
+def read_metadata(r: _Reader, metadata: dict[str, str]) -> Any:
+    """The file's JSON record (``TraceFileError`` where there is none, or it is not JSON)."""
     if METADATA_KEY not in metadata:
         raise r.fail("no diffexplain metadata: a safetensors file, but not a trace")
     try:
-        doc = json.loads(metadata[METADATA_KEY])
+        return json.loads(metadata[METADATA_KEY])
     except (ValueError, RecursionError) as exc:
         raise r.fail(f"the metadata is not valid JSON: {exc}") from None
+
+
+def _load(r: _Reader, metadata: dict[str, str], new_trace: Callable[..., Trace]) -> Trace:
+    return trace_from_document(r, read_metadata(r, metadata), new_trace)
+
+
+def trace_from_document(r: _Reader, doc: Any, new_trace: Callable[..., Trace]) -> Trace:
+    """One trace from its JSON record (``trace_document``'s), validated; ``TraceFileError`` naming the file."""
     if r.get(doc, "format", str, "file") != FORMAT:
         raise r.fail(f"format is {doc['format']!r}, expected {FORMAT!r}")
     version = r.get(doc, "version", int, "file")

@@ -377,3 +377,98 @@ def tiny_flux_pipeline(*, guidance_embeds: bool = True) -> FluxPipeline:
     pipe.default_sample_size = FLUX_DEFAULT_SAMPLE_SIZE
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ---- DeepFloyd IF (two stages) -----------------------------------------------------------------------
+# The shapes of diffusers' own IF test dummies (tests/pipelines/deepfloyd_if/__init__.py), built offline:
+# SimpleCrossAttn blocks read the T5 states through AttnAddedKVProcessor (text keys first), 6 output
+# channels (ε and a learned variance), DDPM "learned_range" with dynamic thresholding. The T5 is the
+# Unigram one above (d_model SD3_JOINT_DIM, projected by encoder_hid_dim), its tokenizer cut at 77.
+IF_STAGE_1_SIZE = 16  # stage I's pictures: 16 × 16 (real IF: 64 × 64)
+IF_STAGE_2_SIZE = 32  # stage II's: 32 × 32 (real IF II: 256 × 256)
+
+
+def tiny_if_unet(*, super_resolution: bool = False, seed: int = 0) -> UNet2DConditionModel:
+    """IF's U-Net, small: stage I reads x_t [B, 3, H, W]; stage II cat([x_t, x_up]) and a noise level."""
+    from diffusers.models.attention_processor import AttnAddedKVProcessor
+
+    torch.manual_seed(seed)
+    extra = (
+        dict(
+            class_embed_type="timestep",
+            mid_block_scale_factor=1.414,
+            time_embedding_act_fn="gelu",
+            time_embedding_dim=32,
+        )
+        if super_resolution
+        else {}
+    )
+    unet = UNet2DConditionModel(
+        sample_size=IF_STAGE_2_SIZE if super_resolution else IF_STAGE_1_SIZE,
+        layers_per_block=1,
+        block_out_channels=[32, 64],
+        down_block_types=["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+        in_channels=6 if super_resolution else 3,
+        out_channels=6,
+        cross_attention_dim=32,
+        encoder_hid_dim=SD3_JOINT_DIM,
+        attention_head_dim=8,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2,
+        cross_attention_norm="group_norm",
+        resnet_time_scale_shift="scale_shift",
+        act_fn="gelu",
+        **extra,
+    )
+    unet.set_attn_processor(AttnAddedKVProcessor())  # the processor the real IF checkpoints use
+    return unet.eval()
+
+
+def tiny_if_scheduler(*, noising: bool = False):
+    """IF's DDPM (learned-range variance, dynamic thresholding), or stage II's image-noising DDPM."""
+    from diffusers import DDPMScheduler
+
+    if noising:
+        return DDPMScheduler(
+            num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", beta_start=0.0001, beta_end=0.02
+        )
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        beta_start=0.0001,
+        beta_end=0.02,
+        thresholding=True,
+        dynamic_thresholding_ratio=0.95,
+        sample_max_value=1.0,
+        prediction_type="epsilon",
+        variance_type="learned_range",
+    )
+
+
+def tiny_if_parts(*, super_resolution: bool = False) -> dict:
+    """IFPipeline's (or IFSuperResolutionPipeline's) parts, without safety checker and watermarker."""
+    tokenizer = tiny_t5_tokenizer(77)
+    parts = dict(
+        unet=tiny_if_unet(super_resolution=super_resolution),
+        tokenizer=tokenizer,
+        text_encoder=tiny_t5_encoder(tokenizer),
+        scheduler=tiny_if_scheduler(),
+    )
+    if super_resolution:
+        parts["image_noising_scheduler"] = tiny_if_scheduler(noising=True)
+    return parts
+
+
+def tiny_if_pipelines():
+    """(IFPipeline, IFSuperResolutionPipeline) over tiny parts (one T5 shared by both, as IF's own)."""
+    from diffusers import IFPipeline, IFSuperResolutionPipeline
+
+    one, two = tiny_if_parts(), tiny_if_parts(super_resolution=True)
+    two["tokenizer"], two["text_encoder"] = one["tokenizer"], one["text_encoder"]
+    none = dict(safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    stage_1, stage_2 = IFPipeline(**one, **none), IFSuperResolutionPipeline(**two, **none)
+    for pipe in (stage_1, stage_2):
+        pipe.set_progress_bar_config(disable=True)
+    return stage_1, stage_2

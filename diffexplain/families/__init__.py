@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from diffexplain.families.base import Conditioning, Family, conditioning_point
+from diffexplain.families.deepfloyd_if import IF, IFSuperResolution
 from diffexplain.families.flux import Flux
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
@@ -16,7 +17,7 @@ from diffexplain.families.sdxl import StableDiffusionXL
 from diffexplain.names import HOOK_NAMES
 
 FAMILIES: dict[str, type[Family]] = {
-    f.name: f for f in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux)
+    f.name: f for f in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, IF, IFSuperResolution)
 }
 """Every supported family by short name."""
 
@@ -56,6 +57,8 @@ __all__ = [
     "Conditioning",
     "Family",
     "Flux",
+    "IF",
+    "IFSuperResolution",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",

@@ -255,6 +255,19 @@ class Family:
         """One model call on both branches batched ([2B or B, C, h, w] in and out)."""
         raise NotImplementedError
 
+    def split_output(
+        self, model_output: torch.Tensor, latents: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model output's guided part (ε, v or velocity, shaped like x_t) and an unguided extra part
+        for the scheduler step (DeepFloyd IF's learned variance), or None: the default, no extra part."""
+        return model_output, None
+
+    def scheduler_input(
+        self, scheduler: Any, eps_guided: torch.Tensor, extra: torch.Tensor | None
+    ) -> torch.Tensor:
+        """What ``scheduler.step`` reads: ε̂, with the extra part (of the cond branch) where there is one."""
+        return eps_guided
+
     # ---- images ------------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → image [B, 3, H, W] in [-1, 1]; in pixel space (no VAE) the image is the latents."""

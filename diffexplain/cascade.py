@@ -1,0 +1,402 @@
+"""Cascade: N named stages run one after the other, each an ``Explainer`` over a family, each its own loop.
+
+DeepFloyd IF is two stages: ``I`` (``IF``: 64 × 64 pixels from T5 states) and ``II``
+(``IFSuperResolution``: 256 × 256, conditioned on stage I's picture). Stage k + 1 receives stage k's
+output (its final x_0, decoded where it has a VAE), and its family turns that into its conditioning
+(``family.stage_inputs``: IF II upscales and noises it). Every stage is an ordinary run of the ordinary
+loop: same hook points, same trace, same fork.
+
+Hook points are named with the stage's name in front: ``"II.step.latents"``, ``"I.step.guidance"``.
+Why a prefix rather than a ``stage=`` filter beside ``steps=``: a ``hooks={name: fn}`` dict can then
+hold hooks for two stages at the same point, ``cascade.hook_points()`` is one flat list, and a cascade
+trace reads ``trace["II.step.pred_x0", 3]`` as a trace does. A ``Hook`` with a step filter goes to a
+stage as a ``(stage, Hook)`` pair. What passes between stages is a hook point too: ``"II.input"``, the
+previous stage's picture as stage II receives it ([B, 3, h, w] in [-1, 1]), run-level.
+
+Seeds: each stage draws from its own generator seeded with the cascade's seed, as
+``IFPipeline(..., generator=torch.Generator().manual_seed(s))`` then
+``IFSuperResolutionPipeline(..., generator=torch.Generator().manual_seed(s))``: the final picture
+equals the two pipelines' bit for bit. A fork inside stage I re-runs stage II from scratch on the new
+picture (same seed and settings); a fork inside stage II keeps stage I.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+
+from diffexplain import checks
+from diffexplain.cascade_trace import CascadeTrace
+from diffexplain.explainer import Explainer
+from diffexplain.hooks import Hook, HookContext, Replacement, StepTensors, check_replacement, hook_name
+from diffexplain.jobs import Job
+from diffexplain.loop import Plan
+from diffexplain.names import HookPoint
+from diffexplain.trace import Trace
+
+INPUT_POINT = "input"
+"""A stage's run-level hook point for what it receives from the previous stage (``"II.input"``)."""
+
+StageHooks = Mapping[str, Callable[..., Any]] | Iterable[tuple[str, Any]] | None
+"""``hooks=`` of a cascade: ``{"II.step.latents": fn}``, ``[("II.step.latents", fn)]`` or ``[("II", Hook(...))]``."""
+
+
+def stage_output(explainer: Explainer, trace: Trace) -> torch.Tensor:
+    """What a stage hands on: its final x_0 as a picture [B, 3, H, W] in [-1, 1] (decoded if latent)."""
+    if trace.final_latents is None:
+        raise ValueError(
+            f"this stage's trace is {trace.status} ({trace.message}): it has no output to pass on"
+        )
+    with torch.no_grad():
+        return explainer.family.decode(trace.final_latents.to(explainer.device))
+
+
+class Cascade:
+    """Named stages, run in order; stage k + 1 is conditioned on stage k's output.
+
+    ``Cascade({"I": Explainer.from_pipeline(if_stage_1), "II": Explainer.from_pipeline(if_stage_2)})``,
+    or ``Cascade.from_pipelines(stage_1, stage_2)``, or ``Cascade.from_pretrained(stage1_id, stage2_id)``.
+    """
+
+    def __init__(self, stages: Mapping[str, Explainer], *, progress: bool = True) -> None:
+        if not isinstance(stages, Mapping) or not stages:
+            raise TypeError(f"stages must be a dict of stage name -> Explainer; got {stages!r}")
+        for name, explainer in stages.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"stage name {name!r}: expected an identifier such as 'I' or 'II' (no dots)")
+            if not isinstance(explainer, Explainer):
+                raise TypeError(f"stage {name!r}: expected an Explainer, got {type(explainer).__name__}")
+        self.stages: dict[str, Explainer] = dict(stages)
+        self.names: tuple[str, ...] = tuple(self.stages)
+        for before, after in zip(self.names, self.names[1:], strict=False):
+            family, previous = self.stages[after].family, self.stages[before].family
+            if not hasattr(family, "stage_inputs"):
+                raise TypeError(
+                    f"stage {after!r} ({family.label}) takes no previous stage's output; a later stage needs "
+                    "a family conditioned on one (e.g. IFSuperResolution, IFSuperResolutionPipeline's parts)"
+                )
+            made = int(previous.model.config.in_channels)
+            made = made // 2 if hasattr(previous, "stage_inputs") else made
+            if previous.vae is None and made != family.image_channels():
+                raise ValueError(
+                    f"stage {before!r} makes pictures of {made} channels but stage {after!r} expects "
+                    f"{family.image_channels()} (its unet.config.in_channels / 2)"
+                )
+        self.progress = progress
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_pipelines(cls, *pipelines: Any, names: Iterable[str] = ("I", "II"), **kwargs: Any) -> Cascade:
+        """A cascade sharing the pipelines' parts: IF's ``IFPipeline`` then ``IFSuperResolutionPipeline``."""
+        names = tuple(names)
+        if len(names) != len(pipelines):
+            raise ValueError(f"{len(pipelines)} pipelines but {len(names)} names ({', '.join(names)})")
+        return cls(
+            {n: Explainer.from_pipeline(p, progress=False) for n, p in zip(names, pipelines, strict=True)},
+            **kwargs,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        stage1: str = "DeepFloyd/IF-I-XL-v1.0",
+        stage2: str = "DeepFloyd/IF-II-L-v1.0",
+        **kwargs: Any,
+    ) -> Cascade:
+        """DeepFloyd IF's stages I and II from folders or Hub ids (gated: accept the licence on the Hub,
+        then log in). Stage II shares stage I's T5. ``kwargs`` go to both ``from_pretrained`` calls
+        (e.g. ``variant="fp16", torch_dtype=torch.float16``). No safety checker or watermarker is loaded:
+        diffexplain looks inside the model; the DeepFloyd IF licence's terms still apply to its use."""
+        from diffusers import IFPipeline, IFSuperResolutionPipeline
+
+        none = dict(
+            safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False
+        )
+        one = IFPipeline.from_pretrained(stage1, **none, **kwargs)
+        if not isinstance(one, IFPipeline):
+            raise ValueError(
+                f"{stage1}: expected an IFPipeline (DeepFloyd IF stage I), got {type(one).__name__}"
+            )
+        two = IFSuperResolutionPipeline.from_pretrained(
+            stage2, text_encoder=one.text_encoder, tokenizer=one.tokenizer, **none, **kwargs
+        )
+        return cls.from_pipelines(one, two)
+
+    def to(self, *args: Any, **kwargs: Any) -> Cascade:
+        """Move every stage's parts (``Explainer.to``); returns self."""
+        for explainer in self.stages.values():
+            explainer.to(*args, **kwargs)
+        return self
+
+    def hook_points(self) -> tuple[HookPoint, ...]:
+        """Every stage's hook points, named ``<stage>.<point>``, with ``<stage>.input`` for later stages."""
+        points: list[HookPoint] = []
+        for k, name in enumerate(self.names):
+            if k:
+                points.append(
+                    HookPoint(
+                        f"{name}.{INPUT_POINT}",
+                        f"stage {self.names[k - 1]}'s output picture, as stage {name} receives it",
+                        "[B, 3, h, w]",
+                        False,
+                    )
+                )
+            for p in self.stages[name].hook_points():
+                points.append(
+                    HookPoint(f"{name}.{p.name}", p.tensor, p.shape, p.per_step, p.cfg_only, p.heavy)
+                )
+        return tuple(points)
+
+    # ---- hooks -------------------------------------------------------------------------------------
+    def _split_hooks(self, hooks: StageHooks) -> tuple[dict[str, list[Hook]], dict[str, list[Any]]]:
+        """``hooks=`` by stage: each stage's loop hooks, and its ``input`` hooks."""
+        loop: dict[str, list[Hook]] = {n: [] for n in self.names}
+        inputs: dict[str, list[Any]] = {n: [] for n in self.names}
+        items = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks or ())
+        for item in items:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+                raise TypeError(
+                    f"cascade hooks= items must be ('<stage>.<point>', fn) or ('<stage>', Hook); got {item!r}"
+                )
+            key, value = item
+            stage, _, point = key.partition(".")
+            if stage not in self.stages:
+                raise ValueError(
+                    f"hook {key!r}: a cascade's hook names start with a stage name, one of "
+                    f"{', '.join(self.names)} (e.g. '{self.names[-1]}.step.latents')"
+                )
+            if isinstance(value, Hook):
+                if point:
+                    raise ValueError(
+                        f"hook {key!r}: pass a Hook as ('{stage}', Hook(...)), the point in the Hook"
+                    )
+                loop[stage].append(value)
+            elif point == INPUT_POINT:
+                if stage == self.names[0]:
+                    raise ValueError(f"hook {key!r}: the first stage receives nothing from a previous one")
+                inputs[stage].append(value)
+            elif not point:
+                raise ValueError(
+                    f"hook {key!r}: name a hook point after the stage, e.g. '{stage}.step.latents'"
+                )
+            else:
+                loop[stage].append(Hook(point, value))
+        return loop, inputs
+
+    def _apply_input_hooks(
+        self,
+        stage: str,
+        image: torch.Tensor,
+        fns: list[Any],
+        previous: Trace,
+        replacements: list[Replacement],
+    ) -> torch.Tensor:
+        name = f"{stage}.{INPUT_POINT}"
+        for fn in fns:
+            ctx = HookContext(
+                name=name,
+                step=None,
+                timestep=None,
+                num_steps=len(previous.steps),
+                guidance_scale=float(previous.settings.get("guidance_scale", 1.0)),
+                init_noise_sigma=1.0,
+                current=StepTensors({}),
+                trace=previous,
+            )
+            result = fn(image, ctx=ctx)
+            if result is not None:
+                image = check_replacement(result, image, point=name, step=None, hook=hook_name(fn))
+                replacements.append(Replacement(name, None, hook_name(fn)))
+        return image
+
+    # ---- running -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(
+        self,
+        prompt: str | list[str],
+        *,
+        negative_prompt: str | list[str] = "",
+        seed: int | None = None,
+        hooks: StageHooks = None,
+        progress: bool | None = None,
+        **stage_settings: dict[str, Any],
+    ) -> CascadeTrace:
+        """Run every stage in order and return the trace of each (``CascadeTrace``).
+
+        ``stage_settings``: one dict per stage, by its name, of that stage's ``Explainer.run`` settings,
+        e.g. ``I=dict(num_inference_steps=50), II=dict(num_inference_steps=25, noise_level=100)``.
+        Each stage's generator is seeded with ``seed`` (drawn and recorded when None).
+        """
+        checks.check_prompt(prompt)
+        seed = secrets.randbits(63) if seed is None else checks.check_seed(seed)
+        settings = self._stage_settings(stage_settings)
+        loop_hooks, input_hooks = self._split_hooks(hooks)
+        progress = self.progress if progress is None else progress
+        cascade = CascadeTrace(
+            {"stages": list(self.names), "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed}
+        )
+        cascade.cascade = self
+        self._run_from(
+            cascade, 0, None, prompt, negative_prompt, seed, settings, loop_hooks, input_hooks, progress
+        )
+        return cascade
+
+    def _stage_settings(self, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(given) - set(self.names))
+        if unknown:
+            raise TypeError(
+                f"unknown run setting(s) {', '.join(unknown)}: a cascade takes prompt, negative_prompt, seed, "
+                f"hooks, progress and one dict per stage ({', '.join(f'{n}=dict(...)' for n in self.names)})"
+            )
+        for name, value in given.items():
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{name}= must be a dict of that stage's run settings; got {value!r}")
+            for key in ("prompt", "seed", "generator", "hooks", "latents", "negative_prompt"):
+                if key in value:
+                    raise TypeError(f"{name}={{{key!r}: ...}}: {key} is the cascade's, not one stage's")
+        return {n: dict(given.get(n, {})) for n in self.names}
+
+    def _run_from(
+        self,
+        cascade: CascadeTrace,
+        first: int,
+        first_trace: Trace | None,
+        prompt: str | list[str],
+        negative_prompt: str | list[str],
+        seed: int,
+        settings: dict[str, dict[str, Any]],
+        loop_hooks: dict[str, list[Hook]],
+        input_hooks: dict[str, list[Any]],
+        progress: bool,
+    ) -> None:
+        """Stages ``first``.. in order (``first_trace``: stage ``first``'s trace, already made by a fork)."""
+        for k in range(first, len(self.names)):
+            name, explainer = self.names[k], self.stages[self.names[k]]
+            common = dict(negative_prompt=negative_prompt, hooks=loop_hooks[name], progress=progress)
+            if k == first and first_trace is not None:
+                trace = first_trace
+            elif k == 0:
+                trace = explainer.start_run(prompt, seed=seed, **common, **settings[name]).finish()
+            else:
+                previous_name = self.names[k - 1]
+                previous = cascade.stages[previous_name]
+                image = stage_output(self.stages[previous_name], previous)
+                image = self._apply_input_hooks(
+                    name, image, input_hooks[name], previous, cascade.replacements
+                )
+                cascade.inputs[name] = image
+                trace = self._start_stage(explainer, image, prompt, seed, common, settings[name]).finish()
+            cascade.stages[name] = trace
+            if trace.status != "complete":
+                raise RuntimeError(f"stage {name} did not finish ({trace.status}: {trace.message})")
+
+    def _start_stage(
+        self,
+        explainer: Explainer,
+        image: torch.Tensor,
+        prompt: str | list[str],
+        seed: int,
+        common: dict[str, Any],
+        settings: dict[str, Any],
+    ) -> Job:
+        """A later stage's run: ``start_run`` checks the settings and makes the trace; then x_T and the
+        family's image conditioning are drawn (in the pipeline's order) and the loop runs with them."""
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        checked = explainer.start_run(prompt, generator=generator, **common, **settings)  # never advanced
+        trace, s = checked.trace, checked.trace.settings
+        s["seed"] = seed
+        batch = 1 if isinstance(prompt, str) else len(prompt)
+        x_T, tensors = explainer.family.stage_inputs(
+            image, batch, int(s["height"]), int(s["width"]), generator, s["options"]
+        )
+        plan = Plan(
+            prompt=s["prompt"],
+            negative_prompt=s["negative_prompt"],
+            num_inference_steps=int(s["num_inference_steps"]),
+            guidance_scale=float(s["guidance_scale"]),
+            do_cfg=bool(s["do_cfg"]),
+            height=int(s["height"]),
+            width=int(s["width"]),
+            eta=float(s["eta"]),
+            decode=bool(s["decode"]),
+            options={**s["options"], **tensors},  # the tensors are the run's, not its (JSON) settings
+            restart=bool(settings.get("restart", True)),
+            attention_maps=bool(settings.get("attention_maps", True)),
+        )
+        steps = explainer._loop(  # noqa: SLF001 - the cascade is the explainer's own caller
+            plan,
+            trace,
+            explainer._hooks(common["hooks"]),
+            generator=generator,
+            latents=x_T,
+            progress=common["progress"],
+        )
+        return Job(steps, trace)
+
+    # ---- forks -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fork(
+        self,
+        trace: CascadeTrace,
+        stage: str,
+        step: int,
+        *,
+        hooks: StageHooks = None,
+        progress: bool | None = None,
+        **changes: Any,
+    ) -> CascadeTrace:
+        """Re-run ``stage`` from ``step`` (``Explainer.fork``'s ``changes``: prompt, guidance_scale, latents...).
+
+        Earlier stages are kept; later ones run again from scratch on the new output, with their recorded
+        settings and seed (and the ``hooks`` named for them). With no change: bit for bit the original.
+        """
+        if not isinstance(trace, CascadeTrace):
+            raise TypeError(f"trace must be a CascadeTrace (cascade.run's); got {type(trace).__name__}")
+        if stage not in self.stages:
+            raise ValueError(f"stage={stage!r}: expected one of {', '.join(self.names)}")
+        if tuple(trace.stages) != self.names:
+            raise ValueError(
+                f"this trace has the stages {', '.join(trace.stages)}; this cascade {', '.join(self.names)}"
+            )
+        k = self.names.index(stage)
+        loop_hooks, input_hooks = self._split_hooks(hooks)
+        progress = self.progress if progress is None else progress
+        forked_stage = self.stages[stage].fork(
+            trace.stages[stage], step, hooks=loop_hooks[stage], progress=progress, **changes
+        )
+        settings = {**trace.settings, "forked": {"stage": stage, "step": forked_stage.forked_from}}
+        forked = CascadeTrace(settings)
+        forked.cascade = self
+        for name in self.names[:k]:
+            forked.stages[name] = trace.stages[name]
+        forked.inputs = {n: x for n, x in trace.inputs.items() if self.names.index(n) <= k}
+        forked.replacements = [r for r in trace.replacements if self.names.index(r.name.split(".")[0]) <= k]
+        later = {n: self._recorded_settings(trace.stages[n]) for n in self.names[k + 1 :]}
+        prompt = changes.get("prompt") or trace.settings["prompt"]
+        negative = changes.get("negative_prompt")
+        negative = trace.settings.get("negative_prompt", "") if negative is None else negative
+        self._run_from(
+            forked, k, forked_stage, prompt, negative, int(trace.settings["seed"]),
+            {**{n: {} for n in self.names}, **later}, loop_hooks, input_hooks, progress,
+        )  # fmt: skip
+        return forked
+
+    @staticmethod
+    def _recorded_settings(trace: Trace) -> dict[str, Any]:
+        """A stage's run settings as its trace recorded them (to run it again on a new input)."""
+        s = trace.settings
+        keys = ("num_inference_steps", "guidance_scale", "height", "width", "eta", "decode")
+        return {
+            **{key: s[key] for key in keys if key in s},
+            **{key: value for key, value in s.get("options", {}).items()},
+            "attention_maps": bool(s.get("attention", {}).get("maps", False)),
+            "keep": sorted(trace.kept),
+            "store_dtype": trace.store_dtype,
+        }
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={e.family.label}" for n, e in self.stages.items())
+        return f"Cascade({inner})"
