@@ -128,7 +128,14 @@ def test_an_unsupported_pipeline_gets_an_error_naming_the_supported_ones(parts):
 
 
 def test_families_are_picked_from_the_parts(explainer):
-    assert isinstance(explainer.family, StableDiffusion) and set(FAMILIES) == {"sd", "sdxl", "sd3", "flux"}
+    assert isinstance(explainer.family, StableDiffusion) and set(FAMILIES) == {
+        "sd",
+        "sdxl",
+        "sd3",
+        "flux",
+        "if",
+        "if_sr",
+    }
     assert "Explainer(unet=UNet2DConditionModel, family=sd" in repr(explainer)
 
 

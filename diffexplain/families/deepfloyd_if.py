@@ -25,6 +25,7 @@ keys): not a cross-attention layer diffexplain captures, so IF traces have no at
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -42,6 +43,15 @@ DEFAULT_NOISE_LEVEL = 250
 """``IFSuperResolutionPipeline``'s ``noise_level`` default: how much the upscaled stage-I image is noised."""
 
 LEARNED_VARIANCE = ("learned", "learned_range")
+
+
+def learns_variance(scheduler: Any) -> bool:
+    """Whether the scheduler reads a learned variance beside ε (DDPM with ``variance_type`` "learned_range").
+
+    A config carried over from IF's DDPM to another scheduler (``set_scheduler("ddim")``) keeps the key,
+    so the scheduler's own constructor must take it too."""
+    takes_it = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
+    return takes_it and scheduler.config.get("variance_type") in LEARNED_VARIANCE
 
 
 def preprocess_text(text: str | list[str]) -> list[str]:
@@ -159,7 +169,7 @@ class IF(Family):
         self, scheduler: Any, eps_guided: torch.Tensor, extra: torch.Tensor | None
     ) -> torch.Tensor:
         """[ε̂ ; v_c] for a scheduler that learns its variance (IF's DDPM); ε̂ alone for any other."""
-        if extra is None or scheduler.config.get("variance_type") not in LEARNED_VARIANCE:
+        if extra is None or not learns_variance(scheduler):
             return eps_guided
         return torch.cat([eps_guided, extra], dim=1)
 
