@@ -23,7 +23,7 @@ picture (same seed and settings); a fork inside stage II keeps stage I.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -42,6 +42,15 @@ INPUT_POINT = "input"
 
 StageHooks = Mapping[str, Callable[..., Any]] | Iterable[tuple[str, Any]] | None
 """``hooks=`` of a cascade: ``{"II.step.latents": fn}``, ``[("II.step.latents", fn)]`` or ``[("II", Hook(...))]``."""
+
+
+def drain(steps: Generator[int, None, Any]) -> Any:
+    """Run a generator of loop steps to its end; returns its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def stage_output(explainer: Explainer, trace: Trace) -> torch.Tensor:
@@ -230,6 +239,29 @@ class Cascade:
         e.g. ``I=dict(num_inference_steps=50), II=dict(num_inference_steps=25, noise_level=100)``.
         Each stage's generator is seeded with ``seed`` (drawn and recorded when None).
         """
+        return drain(
+            self.run_steps(
+                prompt,
+                negative_prompt=negative_prompt,
+                seed=seed,
+                hooks=hooks,
+                progress=progress,
+                **stage_settings,
+            )
+        )
+
+    def run_steps(
+        self,
+        prompt: str | list[str],
+        *,
+        negative_prompt: str | list[str] = "",
+        seed: int | None = None,
+        hooks: StageHooks = None,
+        progress: bool | None = None,
+        **stage_settings: dict[str, Any],
+    ) -> Generator[int, None, CascadeTrace]:
+        """``run`` as a generator that yields after each loop step of each stage and returns the
+        ``CascadeTrace`` (a widget's work; closing it stops the running stage). Checked on creation."""
         checks.check_prompt(prompt)
         seed = secrets.randbits(63) if seed is None else checks.check_seed(seed)
         settings = self._stage_settings(stage_settings)
@@ -239,10 +271,9 @@ class Cascade:
             {"stages": list(self.names), "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed}
         )
         cascade.cascade = self
-        self._run_from(
+        return self._stages(
             cascade, 0, None, prompt, negative_prompt, seed, settings, loop_hooks, input_hooks, progress
         )
-        return cascade
 
     def _stage_settings(self, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
         unknown = sorted(set(given) - set(self.names))
@@ -259,7 +290,8 @@ class Cascade:
                     raise TypeError(f"{name}={{{key!r}: ...}}: {key} is the cascade's, not one stage's")
         return {n: dict(given.get(n, {})) for n in self.names}
 
-    def _run_from(
+    @torch.no_grad()
+    def _stages(
         self,
         cascade: CascadeTrace,
         first: int,
@@ -271,7 +303,7 @@ class Cascade:
         loop_hooks: dict[str, list[Hook]],
         input_hooks: dict[str, list[Any]],
         progress: bool,
-    ) -> None:
+    ) -> Generator[int, None, CascadeTrace]:
         """Stages ``first``.. in order (``first_trace``: stage ``first``'s trace, already made by a fork)."""
         for k in range(first, len(self.names)):
             name, explainer = self.names[k], self.stages[self.names[k]]
@@ -279,7 +311,7 @@ class Cascade:
             if k == first and first_trace is not None:
                 trace = first_trace
             elif k == 0:
-                trace = explainer.start_run(prompt, seed=seed, **common, **settings[name]).finish()
+                trace = yield from explainer.start_run(prompt, seed=seed, **common, **settings[name])
             else:
                 previous_name = self.names[k - 1]
                 previous = cascade.stages[previous_name]
@@ -288,10 +320,11 @@ class Cascade:
                     name, image, input_hooks[name], previous, cascade.replacements
                 )
                 cascade.inputs[name] = image
-                trace = self._start_stage(explainer, image, prompt, seed, common, settings[name]).finish()
+                trace = yield from self._start_stage(explainer, image, prompt, seed, common, settings[name])
             cascade.stages[name] = trace
             if trace.status != "complete":
                 raise RuntimeError(f"stage {name} did not finish ({trace.status}: {trace.message})")
+        return cascade
 
     def _start_stage(
         self,
@@ -353,6 +386,19 @@ class Cascade:
         Earlier stages are kept; later ones run again from scratch on the new output, with their recorded
         settings and seed (and the ``hooks`` named for them). With no change: bit for bit the original.
         """
+        return drain(self.fork_steps(trace, stage, step, hooks=hooks, progress=progress, **changes))
+
+    def fork_steps(
+        self,
+        trace: CascadeTrace,
+        stage: str,
+        step: int,
+        *,
+        hooks: StageHooks = None,
+        progress: bool | None = None,
+        **changes: Any,
+    ) -> Generator[int, None, CascadeTrace]:
+        """``fork`` as a generator (see ``run_steps``); checked on creation."""
         if not isinstance(trace, CascadeTrace):
             raise TypeError(f"trace must be a CascadeTrace (cascade.run's); got {type(trace).__name__}")
         if stage not in self.stages:
@@ -361,12 +407,26 @@ class Cascade:
             raise ValueError(
                 f"this trace has the stages {', '.join(trace.stages)}; this cascade {', '.join(self.names)}"
             )
-        k = self.names.index(stage)
         loop_hooks, input_hooks = self._split_hooks(hooks)
         progress = self.progress if progress is None else progress
-        forked_stage = self.stages[stage].fork(
+        job = self.stages[stage].start_fork(
             trace.stages[stage], step, hooks=loop_hooks[stage], progress=progress, **changes
         )
+        return self._fork(trace, stage, job, changes, loop_hooks, input_hooks, progress)
+
+    @torch.no_grad()
+    def _fork(
+        self,
+        trace: CascadeTrace,
+        stage: str,
+        job: Job,
+        changes: dict[str, Any],
+        loop_hooks: dict[str, list[Hook]],
+        input_hooks: dict[str, list[Any]],
+        progress: bool,
+    ) -> Generator[int, None, CascadeTrace]:
+        k = self.names.index(stage)
+        forked_stage = yield from job
         settings = {**trace.settings, "forked": {"stage": stage, "step": forked_stage.forked_from}}
         forked = CascadeTrace(settings)
         forked.cascade = self
@@ -378,11 +438,12 @@ class Cascade:
         prompt = changes.get("prompt") or trace.settings["prompt"]
         negative = changes.get("negative_prompt")
         negative = trace.settings.get("negative_prompt", "") if negative is None else negative
-        self._run_from(
-            forked, k, forked_stage, prompt, negative, int(trace.settings["seed"]),
-            {**{n: {} for n in self.names}, **later}, loop_hooks, input_hooks, progress,
+        return (
+            yield from self._stages(
+                forked, k, forked_stage, prompt, negative, int(trace.settings["seed"]),
+                {**{n: {} for n in self.names}, **later}, loop_hooks, input_hooks, progress,
+            )
         )  # fmt: skip
-        return forked
 
     @staticmethod
     def _recorded_settings(trace: Trace) -> dict[str, Any]:
