@@ -6,7 +6,9 @@ one-object pictures. Each picture is read by the attribute checker (diffexplain/
 shape and position. For each source, over ``--n`` pictures (default 900, ten per mode):
 
 - ``single_share``: the share of clean single-object pictures;
-- ``modes_covered``: how many of the 90 modes appear at least once among them;
+- ``modes_covered``: how many of the 90 modes appear at least once among them, and ``modes_in_first_k``:
+  among each source's first k clean single objects, k being the fewest any source has (coverage grows
+  with the count, so this one compares sources on equal footing);
 - ``mode_entropy_bits``: Shannon entropy of their mode histogram (log2 90 = 6.49 bits when uniform) and
   ``effective_modes`` = 2^entropy; ``top_mode_share``: the most frequent mode's share of them;
 - ``pixel_distance``: mean distance between two pictures of the source (RMS over pixels in [0, 1], every
@@ -20,12 +22,13 @@ conditional and unconditional prompts are the same ""; it was trained on one- an
 its ``single_share`` counts only the single-object draws). The diffusion pictures are cached in
 ``--cache`` (safetensors) so a rerun only redoes the cheap parts.
 
-    python benchmarks/bench_gan.py [--n 900] [--json out.json] [--grid grid.png]
+    python benchmarks/bench_gan.py [--n 900] [--json out.json] [--grid grid.png] [--record]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -103,7 +106,20 @@ def summarise(name: str, pictures: list[np.ndarray], seconds: float) -> dict:
         "dark_share": dark_share(pictures),
         "seconds_per_picture": seconds / len(pictures),
         "mode_counts": {"/".join(m): c for m, c in sorted(counts.items())},
+        "_singles": singles,  # in drawing order, for modes_in_first (dropped from the JSON)
     }
+
+
+def modes_in_first(rows: list[dict]) -> int:
+    """Add ``modes_in_first_k`` to each row: modes among its first k clean singles, k the fewest any row has.
+
+    Coverage grows with the number of pictures, so this compares sources on equal counts of singles.
+    """
+    k = min(len(row["_singles"]) for row in rows)
+    for row in rows:
+        row["equal_singles_k"] = k
+        row["modes_in_first_k"] = len(set(row.pop("_singles")[:k]))
+    return k
 
 
 def real_pictures(n: int, size: int) -> tuple[list[np.ndarray], float]:
@@ -173,6 +189,11 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument("--grid", default=None, help="write a PNG with a row of pictures per source")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="also write the figures into the GAN folder's gan.json under 'measured' (what notebook 10 shows)",
+    )
     args = parser.parse_args()
     if args.n < 2:
         parser.error(f"--n must be at least 2, got {args.n}")
@@ -191,20 +212,28 @@ def main() -> None:
         t = time.perf_counter()
         pictures["diffusion"] = diffusion_pictures(args.n, args.seed, Path(args.cache), args.batch)
         rows.append(summarise("diffusion '' 64px", pictures["diffusion"], time.perf_counter() - t))
-    cols = ["single_share", "modes_covered", "mode_entropy_bits", "effective_modes", "top_mode_share",
+    k = modes_in_first(rows)
+    cols = ["single_share", "modes_covered", "modes_in_first_k", "mode_entropy_bits", "effective_modes", "top_mode_share",
             "pixel_distance", "dark_share", "seconds_per_picture"]  # fmt: skip
     print(f"{'source':<18}" + "".join(f"{c:>20}" for c in cols))
     for row in rows:
         cells = (f"{row[c]:>20.3f}" if isinstance(row[c], float) else f"{row[c]:>20}" for c in cols)
         print(f"{row['source']:<18}" + "".join(cells))
+    print(f"modes_in_first_k: modes among each source's first {k} clean single objects (the fewest any has)")
     for size, accuracy in checker.items():
         print(f"checker on {args.n} real one-object pictures at {size} px: {accuracy:.1%} all right")
+    figures = {"n": args.n, "seed": args.seed, "command": " ".join(["python", *sys.argv]), "rows": rows}
     if args.json:
-        import json
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+    if args.record:
+        from diffexplain.models.gan import GAN_WEIGHTS_DIR
 
-        Path(args.json).write_text(json.dumps({"n": args.n, "seed": args.seed, "rows": rows}, indent=1))
-    if args.grid:
-        grid(pictures).save(args.grid)
+        meta_path = Path(args.gan or GAN_WEIGHTS_DIR) / "gan.json"
+        meta = json.loads(meta_path.read_text())
+        meta["measured"] = figures
+        meta_path.write_text(json.dumps(meta, indent=1))
+    if args.grid:  # the real pictures first, then the GAN's, then the diffusion model's
+        grid(dict(sorted(pictures.items(), key=lambda kv: not kv[0].startswith("real")))).save(args.grid)
 
 
 if __name__ == "__main__":

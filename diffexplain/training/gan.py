@@ -109,7 +109,7 @@ def train_gan(
     Checkpoints go to ``out`` every ``checkpoint_every`` iterations; the same call again resumes from the
     last one (and a larger ``iterations`` continues a finished run). ``on_log`` is called with each log
     entry (a dict) as it is written, e.g. to plot the losses live. The exported folder (``export_to``,
-    default ``out/model``) holds the EMA generator in fp16 and ``gan.json`` with the recipe.
+    default ``out/model``) holds the generator in fp16 and ``gan.json`` with the recipe.
     """
     cfg = gan_preset(config) if isinstance(config, str) else config
     out = Path(out)
@@ -205,8 +205,15 @@ def export_gan(
     device: str = "cpu",
     total_time: float | None = None,
     last: dict[str, Any] | None = None,
+    ema: bool = False,
 ) -> Path:
-    """Write the run's EMA generator (fp16) and its recipe to ``export_to`` (default ``out/model``)."""
+    """Write the run's generator (fp16) and its recipe to ``export_to`` (default ``out/model``).
+
+    The generator's own weights, as the discriminator last saw them, by default. ``ema=True`` writes the
+    moving average of its weights instead; with BatchNorm that average needs statistics of its own
+    (its averaged running statistics drew faint, near-identical pictures at 2200 iterations of the
+    shipped run: 33 % clean single objects of 300, against 85 % for the generator itself).
+    """
     out = Path(out)
     ckpt_g = out / "checkpoint" / "generator"
     if not ckpt_g.with_suffix(".json").is_file():
@@ -215,11 +222,12 @@ def export_gan(
         )
     cfg = GANTrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     generator = Generator(arch_of(cfg))
-    ema = EMA(generator, cfg.ema_decay)
+    average = EMA(generator, cfg.ema_decay)
     meta = load_checkpoint(
-        ckpt_g, model=generator, optimizer=torch.optim.Adam(generator.parameters()), ema=ema
+        ckpt_g, model=generator, optimizer=torch.optim.Adam(generator.parameters()), ema=average
     )
-    generator.load_state_dict(ema.state_dict())
+    if ema:
+        generator.load_state_dict(average.state_dict())
     recipe = {
         "preset": cfg.name,
         "command": command
@@ -227,7 +235,9 @@ def export_gan(
         "config": cfg.to_dict(),
         "iterations": meta["step"],
         "seed": cfg.seed,
-        "weights": "EMA of the generator's weights and BatchNorm statistics",
+        "weights": "EMA of the generator's weights and BatchNorm statistics"
+        if ema
+        else "the generator's own",
         "device": device,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -239,8 +249,8 @@ def export_gan(
     return save_gan(Path(export_to) if export_to else out / "model", generator, recipe=recipe)
 
 
-def gan_from_run(out: str | Path, *, ema: bool = True) -> GAN:
-    """The generator of a run's latest checkpoint (its EMA by default) as a :class:`GAN`, also mid-run."""
+def gan_from_run(out: str | Path, *, ema: bool = False) -> GAN:
+    """The generator of a run's latest checkpoint as a :class:`GAN`, also mid-run (``ema=True``: its EMA)."""
     out = Path(out)
     cfg = GANTrainConfig.from_dict(json.loads((out / "config.json").read_text()))
     generator = Generator(arch_of(cfg))

@@ -19,13 +19,15 @@ class GANTrainConfig:
     image_size: int = 32
     z_dim: int = 64  # length of the generator's noise vector
     width: int = 32  # channels at full resolution; doubled at each halving (models/gan.py)
-    iterations: int = 5000  # one discriminator step and one generator step each
+    iterations: int = 8000  # one discriminator step and one generator step each
     batch: int = 64  # real pictures (and as many generated ones) per iteration
     lr_g: float = 2e-4  # Adam, DCGAN's rates and β1 = 0.5
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    ema_decay: float = 0.999  # the exported generator is the EMA of its weights (and BatchNorm statistics)
+    ema_decay: float = (
+        0.999  # a moving average of the generator, kept in the checkpoint (export_gan(ema=True))
+    )
     # bookkeeping
     log_every: int = 10  # iterations between log.jsonl lines (losses, D's mean outputs)
     checkpoint_every: int = 200  # iterations between checkpoints (resume) and progress snapshots
