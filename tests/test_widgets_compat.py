@@ -155,6 +155,12 @@ explorer.slider.value = 7  # linked in the kernel (W.link), so in every front en
 assert widgets[-1].step.value == 7
 trace.save(TRACE_PATH)
 widgets.append(TracePlayer(TRACE_PATH))
+player, content = TracePlayer(), open(TRACE_PATH, "rb").read()  # an upload as ipywidgets 7's page sends it
+player.upload.metadata = [{"name": "run.trace", "type": "", "size": len(content), "lastModified": 0}]
+player.upload.data = [content]
+player.upload._counter = 1
+assert player.trace is not None and len(player.trace) == len(trace)
+widgets.append(player)
 for w in widgets:
     assert w.output.outputs == () and "Error" not in w.status.value, (type(w).__name__, w.output.outputs, w.status.value)
 print(f"ipywidgets {ipywidgets.__version__}, plots {plot_mode()}, {len(widgets)} widgets ok")
@@ -180,5 +186,5 @@ def test_every_widget_builds_under_ipywidgets_7(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().startswith("ipywidgets 7.7.") and "plots image, 7 widgets ok" in done.stdout
+    assert done.stdout.strip().startswith("ipywidgets 7.7.") and "plots image, 8 widgets ok" in done.stdout
     assert done.stderr.strip() == "", done.stderr[-3000:]
