@@ -34,6 +34,20 @@ FORMAT = "diffexplain.cascade"
 VERSION = 1
 
 
+def is_cascade_file(path: str | Path) -> bool:
+    """Whether ``path`` is a safetensors file holding a cascade trace (False for anything else)."""
+    import json
+
+    from diffexplain.trace_io import METADATA_KEY
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            doc = json.loads((handle.metadata() or {}).get(METADATA_KEY, "{}"))
+    except Exception:  # noqa: BLE001 - not readable as a cascade: the single-trace loader says why
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
 class CascadeTrace:
     """Each stage's ``Trace`` (``.stages``, in run order), what passed between them (``.inputs``) and
     the cascade's settings (prompt, seed). ``trace["II.step.pred_x0", 3]`` reads a stage's trace."""

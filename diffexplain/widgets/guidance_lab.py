@@ -29,10 +29,12 @@ from diffexplain.widgets.base import (
 )
 from diffexplain.widgets.inputs import SeedBox, steps_box
 from diffexplain.widgets.seed_grid import SeedGridPanel
+from diffexplain.widgets.stages import stage_chooser
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from diffexplain.cascade import Cascade
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
 
@@ -53,16 +55,21 @@ class GuidanceLab(DxWidget):
 
     The constructor runs the loop twice (w = 1 and w = ``guidance_scale``); ``traces`` holds the results.
     The seed grid runs when its button is pressed (or ``count_seeds()``); ``lab.grid.columns`` holds it.
+
+    ``explainer`` may be a ``Cascade``: a stage chooser picks the stage whose w changes (``stage``,
+    default the first); each run is the whole cascade, the other stages at their own default w, and
+    the lab shows the chosen stage's trace. The seed grid is for single models and is hidden then.
     """
 
     css_class = "dx-guidance-lab"
 
     def __init__(
         self,
-        explainer: Explainer,
+        explainer: Explainer | Cascade,
         prompt: str,
         seed: int = 0,
         *,
+        stage: str | None = None,
         guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
         negative_prompt: str = "",
@@ -70,6 +77,18 @@ class GuidanceLab(DxWidget):
         seeds: int = 12,
     ) -> None:
         super().__init__()
+        from diffexplain.cascade import Cascade
+
+        self.cascade = explainer if isinstance(explainer, Cascade) else None
+        self.stage: str | None = None  # the stage whose w changes, for a cascade
+        if self.cascade is not None:
+            self.stage = self.cascade.names[0] if stage is None else stage
+            if self.stage not in self.cascade.stages:
+                raise ValueError(f"stage={stage!r}: expected one of {', '.join(self.cascade.names)}")
+            explainer = self.cascade.stages[self.stage]
+        self.stage_chooser = stage_chooser(
+            self.cascade.names if self.cascade else (), self.stage, self._on_stage
+        )
         self.explainer = explainer
         self.frames = Frames(explainer, size)
         w0 = default_guidance(explainer) if guidance_scale is None else float(guidance_scale)
@@ -132,6 +151,7 @@ class GuidanceLab(DxWidget):
 
         self.children = [
             help_box(HELP.format(**words(None, explainer))),
+            self.stage_chooser,
             W.HBox([self.prompt, self.seed, self.steps, self.run_button, self.stop_button]),
             W.HBox([boxes["off"], boxes["on"], boxes["diff"], boxes["range"]]),
             W.HBox([self.scale, self.run_scale_button, self.preview]),
@@ -144,6 +164,8 @@ class GuidanceLab(DxWidget):
             self.status,
             self.output,
         ]
+        if self.cascade is not None:
+            self.grid.layout.display = "none"  # it counts runs of one model
         self.off: Trace | None = None
         self.on: Trace | None = None
         self.ranged: Trace | None = None
@@ -157,6 +179,8 @@ class GuidanceLab(DxWidget):
 
     # ---- actions (each a generator that yields between loop steps: DxWidget.start) ---------------
     def _run(self, w: float) -> Generator[int, None, Trace]:
+        if self.cascade is not None:
+            return self._run_cascade(w)
         return self.run_steps(
             self.explainer,
             self.prompt.value,
@@ -165,6 +189,32 @@ class GuidanceLab(DxWidget):
             num_inference_steps=self.steps.value,
             negative_prompt=self.negative_prompt,
         )
+
+    def _run_cascade(self, w: float) -> Generator[int, None, Trace]:
+        """The whole cascade with w in the chosen stage; the chosen stage's trace."""
+        cascade = self.cascade
+        assert cascade is not None and self.stage is not None
+        steps = {"num_inference_steps": self.steps.value}
+        settings = {n: {**steps, **({"guidance_scale": w} if n == self.stage else {})} for n in cascade.names}
+        ticks = [(f"{n}.step.next", self.progress._tick) for n in cascade.names]  # noqa: SLF001 - its own bar
+        run = yield from cascade.run_steps(
+            self.prompt.value,
+            negative_prompt=self.negative_prompt,
+            seed=self.seed.seed,
+            hooks=ticks,
+            progress=False,
+            **settings,
+        )
+        return run.stages[self.stage]
+
+    def _on_stage(self, name: str | None) -> None:
+        """Another stage chosen: its explainer, and the off/on pair run again for it."""
+        if self.cascade is None or name is None or name == self.stage:
+            return
+        self.stage = name
+        self.explainer = self.frames.explainer = self.cascade.stages[name]
+        self.off = self.on = self.ranged = None
+        self.guard(lambda: self.start(self._run_work))()
 
     def run(self) -> None:
         """Run the loop with guidance off (w = 1) and on (w = the slider's value, at least 1.5)."""
@@ -219,10 +269,18 @@ class GuidanceLab(DxWidget):
 
     def count_seeds(self) -> None:
         """Draw the seed grid: the prompt at w = 0, 1 and the slider's w over the seeds, each checked."""
+        self._single_model("the seed grid")
         self.grid.count()
+
+    def _single_model(self, what: str) -> None:
+        if self.cascade is not None:
+            raise ValueError(
+                f"{what} counts runs of one model; this lab runs a cascade (stages {self.cascade.names})"
+            )
 
     def sweep(self) -> None:
         """Count the same seeds at w = 0, 1, 2, 3, 5, 7.5, 10 and plot share right and diversity vs w."""
+        self._single_model("the w sweep")
         self.grid.run_sweep()
 
     # ---- drawing ---------------------------------------------------------------------------------

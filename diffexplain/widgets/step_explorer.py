@@ -31,10 +31,12 @@ from diffexplain.widgets.base import (
     vp_scale,
     words,
 )
+from diffexplain.widgets.stages import stage_chooser
 
 if TYPE_CHECKING:
     import torch
 
+    from diffexplain.cascade_trace import CascadeTrace
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
 
@@ -50,6 +52,20 @@ PANEL_CSS = {
 }
 
 
+def _is_cascade(trace: object) -> bool:
+    from diffexplain.cascade_trace import CascadeTrace
+
+    return isinstance(trace, CascadeTrace)
+
+
+def _stage_name(trace: CascadeTrace, stage: str | None, *, keep: bool = False) -> str:
+    """``stage`` if the trace has it (or the last stage where ``stage`` is None, or ``keep`` and gone)."""
+    if stage is None or (keep and stage not in trace.stages):
+        return trace.names[-1]
+    trace.stage(stage)  # KeyError naming the stages
+    return stage
+
+
 def _get(trace: Trace, name: str, step: int) -> torch.Tensor | None:
     try:
         return trace[name, step]
@@ -62,12 +78,27 @@ class StepExplorer(DxWidget):
 
     ``explainer`` (default: the trace's own) lets x_t and x̂0 be decoded with the VAE; without one,
     pictures use the fast latent preview. ``set_trace`` shows another trace in the same widget.
+    A ``CascadeTrace`` (``diffexplain.Cascade``) gets a stage chooser: ``stage`` (default the last)
+    picks which stage's trace is shown.
     """
 
     css_class = "dx-step-explorer"
 
-    def __init__(self, trace: Trace, explainer: Explainer | None = None, *, size: int = DEFAULT_SIZE) -> None:
+    def __init__(
+        self,
+        trace: Trace | CascadeTrace,
+        explainer: Explainer | None = None,
+        *,
+        size: int = DEFAULT_SIZE,
+        stage: str | None = None,
+    ) -> None:
         super().__init__()
+        self.cascade_trace: CascadeTrace | None = None
+        self.stage: str | None = None  # the stage shown, for a cascade trace
+        self.stage_chooser = stage_chooser((), None, self.guard(self._on_stage))
+        if _is_cascade(trace):
+            self.cascade_trace, self.stage = trace, _stage_name(trace, stage)
+            trace = trace.stage(self.stage)
         self.explainer = explainer if explainer is not None else trace.explainer
         self.frames = Frames(self.explainer, size)
         self.trace: Trace = trace
@@ -98,6 +129,7 @@ class StepExplorer(DxWidget):
         self.children = [
             help_box(HELP.format(**vocab)),
             self.header,
+            self.stage_chooser,
             W.HBox([self.play, self.slider, self.preview]),
             W.HBox([boxes["xt"], boxes["x0"], boxes["channels"]]),
             W.HBox([boxes["eps_c"], boxes["eps_u"], boxes["delta"], boxes["guided"]]),
@@ -107,7 +139,7 @@ class StepExplorer(DxWidget):
             self.status,
             self.output,
         ]
-        self.guard(self.set_trace)(trace)
+        self.guard(self.set_trace)(self.cascade_trace if self.cascade_trace is not None else trace)
 
     # ---- figure ----------------------------------------------------------------------------------
     def _make_figure(self) -> LiveFigure:
@@ -158,8 +190,18 @@ class StepExplorer(DxWidget):
         return out
 
     # ---- switching traces ------------------------------------------------------------------------
-    def set_trace(self, trace: Trace, explainer: Explainer | None = None) -> None:
-        """Show ``trace`` (keeping the current step where it exists)."""
+    def set_trace(self, trace: Trace | CascadeTrace, explainer: Explainer | None = None) -> None:
+        """Show ``trace`` (keeping the current step where it exists); a cascade trace: its chosen stage."""
+        if _is_cascade(trace):
+            self.cascade_trace, self.stage = trace, _stage_name(trace, self.stage, keep=True)
+            self.stage_chooser.options = [(f"stage {n}", n) for n in trace.names]  # _on_stage: no change
+            self.stage_chooser.value = self.stage
+            self.stage_chooser.layout.display = None if len(trace.names) > 1 else "none"
+            self.show_stage(self.stage, explainer)
+            return
+        if self.cascade_trace is not None and not any(trace is t for t in self.cascade_trace.stages.values()):
+            self.cascade_trace = self.stage = None  # a single trace now: no stages to choose
+            self.stage_chooser.layout.display = "none"
         if len(trace) == 0:
             raise ValueError("this trace has no finished steps to show")
         self._switching = True  # the controls change below; draw once, at the end
@@ -168,6 +210,24 @@ class StepExplorer(DxWidget):
         finally:
             self._switching = False
         self._on_step()
+
+    def _on_stage(self, name: str | None) -> None:
+        if name is not None and name != self.stage:
+            self.show_stage(name)
+
+    def show_stage(self, name: str, explainer: Explainer | None = None) -> None:
+        """Show stage ``name`` of the cascade trace (with its own explainer, where it has one)."""
+        if self.cascade_trace is None:
+            raise ValueError("this StepExplorer shows a single trace: there are no stages to choose")
+        trace = self.cascade_trace.stage(name)
+        self.stage = name  # first: the chooser's value below then calls back with no change
+        self.explainer = explainer if explainer is not None else trace.explainer
+        self.frames.explainer = self.explainer
+        if hasattr(self.frames, "trace"):  # frames that follow the trace shown (TracePlayer's saved previews)
+            self.frames.trace = trace
+        if self.stage_chooser.value != name:
+            self.stage_chooser.value = name
+        self.set_trace(trace)
 
     def _switch(self, trace: Trace, explainer: Explainer | None) -> None:
         self.trace = trace
@@ -187,8 +247,9 @@ class StepExplorer(DxWidget):
         self.channel_box.layout.display = "none" if is_pixel_space(trace, self.explainer) else None
         s = trace.settings
         fork = "" if trace.forked_from is None else f" · forked at step {trace.forked_from}"
+        stage = "" if self.cascade_trace is None else f"<b>stage {self.stage}</b> · "
         self.header.value = (
-            f"<b>prompt</b>: “{s.get('prompt')}” · <b>w</b> = {s.get('guidance_scale')} · "
+            f"{stage}<b>prompt</b>: “{s.get('prompt')}” · <b>w</b> = {s.get('guidance_scale')} · "
             f"seed {s.get('seed')} · {(s.get('scheduler') or {}).get('class', '?')} · {n} steps{fork}"
         )
         series = self._series()

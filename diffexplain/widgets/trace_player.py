@@ -18,13 +18,15 @@ from diffexplain.widgets.step_explorer import StepExplorer
 if TYPE_CHECKING:
     import torch
 
+    from diffexplain.cascade_trace import CascadeTrace
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
 
 HELP = (
     "Open a trace saved with <code>trace.save(path)</code>: type its path and press <b>Load</b>, or upload "
     "the file. No model is needed: x_t and x̂0 are the decoded pictures saved in the file (files saved "
-    "without them use the fast latent preview), or are decoded again when an explainer is given."
+    "without them use the fast latent preview), or are decoded again when an explainer is given. "
+    "A cascade's file (<code>cascade_trace.save(path)</code>) has a <b>stage</b> chooser."
 )
 # Which stored preview a widget's picture key names: StepExplorer's ("x_t", k), ("x̂0", k), AttentionMaps' ("x0", k)
 PREVIEW_KINDS = {"x_t": "latents", "x̂0": "pred_x0", "x0": "pred_x0"}
@@ -75,7 +77,8 @@ class SavedFrames(Frames):
 
 
 class TracePlayer(DxWidget):
-    """Load a saved trace (a path, an upload, or a ``Trace``) and explore it with :class:`StepExplorer`.
+    """Load a saved trace (a path, an upload, a ``Trace`` or a ``CascadeTrace``) and explore it with
+    :class:`StepExplorer` (with a stage chooser for a cascade's).
 
     Bad files show the loader's error (``TraceFileError``) in the widget's output area.
     """
@@ -84,7 +87,7 @@ class TracePlayer(DxWidget):
 
     def __init__(
         self,
-        path_or_trace: str | os.PathLike[str] | Trace | None = None,
+        path_or_trace: str | os.PathLike[str] | Trace | CascadeTrace | None = None,
         *,
         explainer: Explainer | None = None,
         size: int = DEFAULT_SIZE,
@@ -103,6 +106,7 @@ class TracePlayer(DxWidget):
         self.attention_box = W.VBox()
         self.attention: AttentionMaps | None = None  # shown for traces with attention maps
         self.trace: Trace | None = None
+        self.cascade_trace: CascadeTrace | None = None  # a cascade's file: self.trace is its shown stage
 
         self.load_button.on_click(self.guard(lambda _: self.load(self.path.value)))
         self.upload.observe(self.guard(self._on_upload), names="value")
@@ -122,8 +126,9 @@ class TracePlayer(DxWidget):
         else:
             self.guard(self.show)(path_or_trace)
 
-    def load(self, path: str | os.PathLike[str]) -> Trace:
+    def load(self, path: str | os.PathLike[str]) -> Trace | CascadeTrace:
         """Load the trace file at ``path`` and show it; raises the loader's ``TraceFileError`` on a bad file."""
+        from diffexplain.cascade_trace import CascadeTrace, is_cascade_file
         from diffexplain.trace import Trace
 
         path = Path(str(path)).expanduser()
@@ -132,6 +137,15 @@ class TracePlayer(DxWidget):
         if not path.is_file():
             raise FileNotFoundError(f"no trace file at {str(path)!r}")
         self.say(f"loading {path.name} …")
+        if is_cascade_file(path):
+            cascade = CascadeTrace.load(path)
+            self.show(cascade)
+            steps = " + ".join(f"{len(t)}" for t in cascade.stages.values())
+            self.say(
+                f"loaded <code>{path.name}</code>: stages {', '.join(cascade.names)} ({steps} steps), "
+                f"prompt “{cascade.settings.get('prompt')}”"
+            )
+            return cascade
         trace = Trace.load(path, explainer=self.explainer)
         self.show(trace)
         self.say(
@@ -157,14 +171,21 @@ class TracePlayer(DxWidget):
         frames.trace = trace
         return frames
 
-    def show(self, trace: Trace) -> None:
-        """Show an already loaded ``trace``."""
+    def show(self, trace: Trace | CascadeTrace) -> None:
+        """Show an already loaded ``trace`` (a cascade's: its last stage first, a stage chooser above)."""
+        from diffexplain.cascade_trace import CascadeTrace
+
+        shown = trace
+        self.cascade_trace = trace if isinstance(trace, CascadeTrace) else None
+        if self.cascade_trace is not None:
+            stage = self.explorer.stage if self.explorer is not None else None
+            trace = self.cascade_trace.stages.get(stage or "", self.cascade_trace.last)
         self.trace = trace
         if self.explorer is None:
             self.explorer = StepExplorer(trace, self.explainer, size=self.size)
             self.explorer_box.children = [self.explorer]
         self.explorer.frames = self._frames(self.explorer.frames, trace)
-        self.explorer.set_trace(trace)
+        self.explorer.set_trace(shown)
         if self.explainer is None and trace.previews is not None:
             self.explorer.preview.value = False  # the saved pictures, not the blocky latent preview
         has_maps = (

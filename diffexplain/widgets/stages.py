@@ -1,0 +1,26 @@
+"""A stage chooser for widgets that show one trace of a multi-stage run (``diffexplain.Cascade``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import ipywidgets as W
+
+
+def stage_chooser(
+    names: Sequence[str], value: str | None, on_change: Callable[[str | None], None]
+) -> W.ToggleButtons:
+    """Toggle buttons, one per stage ("stage I", "stage II"), calling ``on_change(name)`` on a new value.
+
+    Hidden for fewer than two stages (a single trace: nothing to choose)."""
+    chooser = W.ToggleButtons(
+        options=[(f"stage {name}", name) for name in names],
+        value=value,
+        description="stage",
+        tooltips=[f"show stage {name}'s trace" for name in names],
+    )
+    chooser.add_class("dx-stage-chooser")
+    chooser.style.button_width = "90px"
+    chooser.layout.display = None if len(names) > 1 else "none"
+    chooser.observe(lambda change: on_change(change["new"]), names="value")
+    return chooser
