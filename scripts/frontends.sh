@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 root="$(pwd)"
 dir="${DIFFEXPLAIN_FRONTENDS_DIR:-${TMPDIR:-/tmp}/diffexplain-frontends}"
-# What the classic environment holds (kept in step with CLASSIC_* in the browser test).
+# What the classic environment holds (the browser test and tests/test_widgets_compat.py check its versions).
 # ipywidgets 7.7.1 is Colab's; widgetsnbextension 3.6.1 is its own release's front end (3.6.10, what pip
 # picks for "~=3.6.0", fails to create Image and Output models: "_deserialize_state is not a function").
 classic_reqs=("notebook>=6.5,<6.6" "ipywidgets==7.7.1" "widgetsnbextension==3.6.1" "ipykernel>=6.29,<7")
