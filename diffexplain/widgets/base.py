@@ -445,5 +445,6 @@ def button(description: str, css: str, *, style: str = "", tooltip: str = "") ->
     """A button with a CSS class."""
     b = W.Button(description=description, button_style=style, tooltip=tooltip or description)
     b.layout.width = "auto"
+    b.layout.flex = "0 0 auto"  # never squeezed below its label (classic Notebook's flex rows shrink it)
     b.add_class(css)
     return b
