@@ -122,3 +122,14 @@ def test_parts_that_do_not_fit_are_named():
         family.run_options(32, 32, image=torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="noise_level must be an int in 0..999; got 1000"):
         family.run_options(32, 32, noise_level=1000)
+
+
+def test_the_docs_page_lists_stage_twos_hook_points():
+    from tests.test_docs import DOCS, _docs_hooks
+
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install -e '.[docs]')")
+    markdown = (DOCS / "families" / "if.md").read_text(encoding="utf-8")
+    assert IF.extra_points == ()  # stage I adds none: the page's one table is stage II's
+    assert _docs_hooks().hook_table_problems(markdown, IFSuperResolution.extra_points) == []
+    index = (DOCS / "families" / "index.md").read_text(encoding="utf-8")
+    assert "`IFPipeline`" in index and "`IFSuperResolutionPipeline`" in index and "](if.md)" in index
