@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# the whole module runs in the notebook layer, so the wheel is built and installed once per CI run
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
@@ -193,7 +194,6 @@ def test_cli_explain_runs_from_the_wheel_outside_the_repo(installed: Installed) 
     assert {"image.png", "pred_x0_strip.png", "cfg_comparison.png", "trace.safetensors"} <= written, written
 
 
-@pytest.mark.notebook
 def test_quickstart_notebook_runs_from_the_installed_package(installed: Installed) -> None:
     folder = installed.work / "quickstart"
     done = installed.run(installed.venv / "bin" / "diffexplain", "notebooks", folder)
