@@ -130,6 +130,23 @@ def test_the_docs_page_lists_stage_twos_hook_points():
     pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install -e '.[docs]')")
     markdown = (DOCS / "families" / "if.md").read_text(encoding="utf-8")
     assert IF.extra_points == ()  # stage I adds none: the page's one table is stage II's
-    assert _docs_hooks().hook_table_problems(markdown, IFSuperResolution.extra_points) == []
+    assert _docs_hooks().hook_table_problems(markdown, ()) == []  # what the docs build checks: stage I's
+    stage_two = markdown.replace("| `II.", "| `")  # the table names them as a cascade does: II.prompt...
+    assert _docs_hooks().hook_table_problems(stage_two, IFSuperResolution.extra_points) == []
     index = (DOCS / "families" / "index.md").read_text(encoding="utf-8")
     assert "`IFPipeline`" in index and "`IFSuperResolutionPipeline`" in index and "](if.md)" in index
+
+
+def test_a_small_pixel_model_of_its_own_runs_as_stage_one():
+    """IF's format is general: a plain cross-attention U-Net with 6 output channels (ε and a variance)
+    over another text encoder (CLIP-style, 16 positions) runs, hooks, forks and keeps attention maps."""
+    from tests.tiny_parts import tiny_parts
+
+    parts = tiny_parts(pixel_space=True)
+    unet = UNet2DConditionModel.from_config({**parts["unet"].config, "out_channels": 6})
+    family = IF(unet=unet, tokenizer=parts["tokenizer"], text_encoder=parts["text_encoder"])
+    explainer = Explainer(family=family, scheduler=tiny_if_parts()["scheduler"], progress=False)
+    trace = explainer.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=4.0, height=16, width=16)
+    assert tuple(trace["step.guidance", 1].shape) == (1, 3, 16, 16)
+    assert trace.attention("red").shape[0] == 1  # its cross-attention layers are captured
+    assert torch.equal(explainer.fork(trace, 2).final_latents, trace.final_latents)

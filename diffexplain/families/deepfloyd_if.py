@@ -54,6 +54,12 @@ def learns_variance(scheduler: Any) -> bool:
     return takes_it and scheduler.config.get("variance_type") in LEARNED_VARIANCE
 
 
+def token_count(tokenizer: Any) -> int:
+    """IF's 77 text positions, or the tokenizer's own limit where it is smaller (a small text encoder)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return IF_MAX_LENGTH if not isinstance(limit, int) or limit <= 0 else min(IF_MAX_LENGTH, limit)
+
+
 def preprocess_text(text: str | list[str]) -> list[str]:
     """IF's caption preprocessing without caption cleaning: lower case, stripped."""
     texts = [text] if isinstance(text, str) else list(text)
@@ -75,7 +81,7 @@ def encode_t5(
         tokens = tokenizer(
             texts,
             padding="max_length",
-            max_length=IF_MAX_LENGTH,
+            max_length=token_count(tokenizer),
             truncation=True,
             add_special_tokens=True,
             return_tensors="pt",
@@ -116,8 +122,9 @@ class IF(Family):
         return int(self.model.config.in_channels)
 
     def prompt_tokens(self, prompt: str, options: dict[str, Any]) -> list[Token]:
-        """T5's 77 positions, for the lower-cased prompt."""
-        return tokenize(self.parts["tokenizer"], preprocess_text(prompt)[0], IF_MAX_LENGTH)
+        """T5's 77 positions (``token_count``), for the lower-cased prompt."""
+        tokenizer = self.parts["tokenizer"]
+        return tokenize(tokenizer, preprocess_text(prompt)[0], token_count(tokenizer))
 
     def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, ...]:
         """x_t is the picture itself: [B, C, H, W]."""
