@@ -22,8 +22,10 @@ picture (same seed and settings); a fork inside stage II keeps stage I.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Generator, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -119,16 +121,25 @@ class Cascade:
         then log in). Stage II shares stage I's T5. ``kwargs`` go to both ``from_pretrained`` calls
         (e.g. ``variant="fp16", torch_dtype=torch.float16``). No safety checker or watermarker is loaded:
         diffexplain looks inside the model; the DeepFloyd IF licence's terms still apply to its use."""
-        from diffusers import IFPipeline, IFSuperResolutionPipeline
+        from diffusers import DiffusionPipeline, IFPipeline, IFSuperResolutionPipeline
 
+        for path, expected in ((stage1, "IFPipeline"), (stage2, "IFSuperResolutionPipeline")):
+            index = Path(path) / "model_index.json"
+            config = (
+                json.loads(index.read_text(encoding="utf-8"))
+                if index.is_file()
+                else DiffusionPipeline.load_config(str(path))  # a Hub id: just its model index
+            )
+            if config.get("_class_name") != expected:
+                example = "DeepFloyd/IF-I-XL-v1.0" if expected == "IFPipeline" else "DeepFloyd/IF-II-L-v1.0"
+                raise ValueError(
+                    f"{path}: a {config.get('_class_name') or 'pipeline of unknown class'}; expected a "
+                    f"{expected} (DeepFloyd IF, e.g. {example})"
+                )
         none = dict(
             safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False
         )
         one = IFPipeline.from_pretrained(stage1, **none, **kwargs)
-        if not isinstance(one, IFPipeline):
-            raise ValueError(
-                f"{stage1}: expected an IFPipeline (DeepFloyd IF stage I), got {type(one).__name__}"
-            )
         two = IFSuperResolutionPipeline.from_pretrained(
             stage2, text_encoder=one.text_encoder, tokenizer=one.tokenizer, **none, **kwargs
         )

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from diffusers.models.attention_processor import AttnAddedKVProcessor
 
 from diffexplain import Cascade, CascadeTrace, Explainer, Hook, TraceFileError
 from tests.tiny_families import IF_STAGE_1_SIZE, IF_STAGE_2_SIZE, tiny_if_pipelines
@@ -165,3 +166,18 @@ def test_bad_input_is_named(cascade, trace, pipes):
         warnings.simplefilter("ignore")  # a stage on its own: IF II cannot run without stage I's picture
         with pytest.raises(TypeError, match="run it with diffexplain.Cascade"):
             Explainer.from_pipeline(pipes[1], progress=False).run(PROMPT, image=trace["II.input"])
+
+
+def test_from_pretrained_loads_two_folders_and_names_a_wrong_one(pipes, trace, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipes[0].save_pretrained(tmp_path / "one")
+        pipes[1].save_pretrained(tmp_path / "two")
+        loaded = Cascade.from_pretrained(tmp_path / "one", tmp_path / "two")
+    assert loaded.stages["II"].text_encoder is loaded.stages["I"].text_encoder  # one T5 for both
+    for stage in loaded.stages.values():  # not saved with the weights (diffusers' IF tests do the same)
+        stage.unet.set_attn_processor(AttnAddedKVProcessor())
+    run = loaded.run(PROMPT, seed=3, **SETTINGS)
+    assert torch.equal(run.stages["II"].final_latents, trace.stages["II"].final_latents)
+    with pytest.raises(ValueError, match="two: a IFSuperResolutionPipeline; expected a IFPipeline"):
+        Cascade.from_pretrained(tmp_path / "two", tmp_path / "two")
