@@ -24,26 +24,21 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffexplain import checks
+from diffexplain.cascade_hooks import INPUT_POINT, StageHooks, apply_input_hooks, split_hooks
 from diffexplain.cascade_trace import CascadeTrace
 from diffexplain.explainer import Explainer
-from diffexplain.hooks import Hook, HookContext, Replacement, StepTensors, check_replacement, hook_name
+from diffexplain.hooks import Hook
 from diffexplain.jobs import Job
 from diffexplain.loop import Plan
 from diffexplain.names import HookPoint
 from diffexplain.trace import Trace
-
-INPUT_POINT = "input"
-"""A stage's run-level hook point for what it receives from the previous stage (``"II.input"``)."""
-
-StageHooks = Mapping[str, Callable[..., Any]] | Iterable[tuple[str, Any]] | None
-"""``hooks=`` of a cascade: ``{"II.step.latents": fn}``, ``[("II.step.latents", fn)]`` or ``[("II", Hook(...))]``."""
 
 
 def drain(steps: Generator[int, None, Any]) -> Any:
@@ -170,68 +165,6 @@ class Cascade:
                 )
         return tuple(points)
 
-    # ---- hooks -------------------------------------------------------------------------------------
-    def _split_hooks(self, hooks: StageHooks) -> tuple[dict[str, list[Hook]], dict[str, list[Any]]]:
-        """``hooks=`` by stage: each stage's loop hooks, and its ``input`` hooks."""
-        loop: dict[str, list[Hook]] = {n: [] for n in self.names}
-        inputs: dict[str, list[Any]] = {n: [] for n in self.names}
-        items = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks or ())
-        for item in items:
-            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
-                raise TypeError(
-                    f"cascade hooks= items must be ('<stage>.<point>', fn) or ('<stage>', Hook); got {item!r}"
-                )
-            key, value = item
-            stage, _, point = key.partition(".")
-            if stage not in self.stages:
-                raise ValueError(
-                    f"hook {key!r}: a cascade's hook names start with a stage name, one of "
-                    f"{', '.join(self.names)} (e.g. '{self.names[-1]}.step.latents')"
-                )
-            if isinstance(value, Hook):
-                if point:
-                    raise ValueError(
-                        f"hook {key!r}: pass a Hook as ('{stage}', Hook(...)), the point in the Hook"
-                    )
-                loop[stage].append(value)
-            elif point == INPUT_POINT:
-                if stage == self.names[0]:
-                    raise ValueError(f"hook {key!r}: the first stage receives nothing from a previous one")
-                inputs[stage].append(value)
-            elif not point:
-                raise ValueError(
-                    f"hook {key!r}: name a hook point after the stage, e.g. '{stage}.step.latents'"
-                )
-            else:
-                loop[stage].append(Hook(point, value))
-        return loop, inputs
-
-    def _apply_input_hooks(
-        self,
-        stage: str,
-        image: torch.Tensor,
-        fns: list[Any],
-        previous: Trace,
-        replacements: list[Replacement],
-    ) -> torch.Tensor:
-        name = f"{stage}.{INPUT_POINT}"
-        for fn in fns:
-            ctx = HookContext(
-                name=name,
-                step=None,
-                timestep=None,
-                num_steps=len(previous.steps),
-                guidance_scale=float(previous.settings.get("guidance_scale", 1.0)),
-                init_noise_sigma=1.0,
-                current=StepTensors({}),
-                trace=previous,
-            )
-            result = fn(image, ctx=ctx)
-            if result is not None:
-                image = check_replacement(result, image, point=name, step=None, hook=hook_name(fn))
-                replacements.append(Replacement(name, None, hook_name(fn)))
-        return image
-
     # ---- running -----------------------------------------------------------------------------------
     @torch.no_grad()
     def run(
@@ -276,7 +209,7 @@ class Cascade:
         checks.check_prompt(prompt)
         seed = secrets.randbits(63) if seed is None else checks.check_seed(seed)
         settings = self._stage_settings(stage_settings)
-        loop_hooks, input_hooks = self._split_hooks(hooks)
+        loop_hooks, input_hooks = split_hooks(hooks, self.names)
         progress = self.progress if progress is None else progress
         cascade = CascadeTrace(
             {"stages": list(self.names), "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed}
@@ -327,9 +260,7 @@ class Cascade:
                 previous_name = self.names[k - 1]
                 previous = cascade.stages[previous_name]
                 image = stage_output(self.stages[previous_name], previous)
-                image = self._apply_input_hooks(
-                    name, image, input_hooks[name], previous, cascade.replacements
-                )
+                image = apply_input_hooks(name, image, input_hooks[name], previous, cascade.replacements)
                 cascade.inputs[name] = image
                 trace = yield from self._start_stage(explainer, image, prompt, seed, common, settings[name])
             cascade.stages[name] = trace
@@ -418,7 +349,7 @@ class Cascade:
             raise ValueError(
                 f"this trace has the stages {', '.join(trace.stages)}; this cascade {', '.join(self.names)}"
             )
-        loop_hooks, input_hooks = self._split_hooks(hooks)
+        loop_hooks, input_hooks = split_hooks(hooks, self.names)
         progress = self.progress if progress is None else progress
         job = self.stages[stage].start_fork(
             trace.stages[stage], step, hooks=loop_hooks[stage], progress=progress, **changes

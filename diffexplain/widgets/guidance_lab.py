@@ -151,10 +151,11 @@ class GuidanceLab(DxWidget):
 
         self.children = [
             help_box(HELP.format(**words(None, explainer))),
-            self.stage_chooser,
             W.HBox([self.prompt, self.seed, self.steps, self.run_button, self.stop_button]),
             W.HBox([boxes["off"], boxes["on"], boxes["diff"], boxes["range"]]),
-            W.HBox([self.scale, self.run_scale_button, self.preview]),
+            W.HBox(
+                [self.stage_chooser, self.scale, self.run_scale_button, self.preview]
+            ),  # chooser: cascades
             self.strip_label,
             self.strip,
             W.HBox([self.range, self.range_button]),

@@ -16,7 +16,6 @@ def stage_chooser(
     chooser = W.ToggleButtons(
         options=[(f"stage {name}", name) for name in names],
         value=value,
-        description="stage",
         tooltips=[f"show stage {name}'s trace" for name in names],
     )
     chooser.add_class("dx-stage-chooser")

@@ -129,8 +129,7 @@ class StepExplorer(DxWidget):
         self.children = [
             help_box(HELP.format(**vocab)),
             self.header,
-            self.stage_chooser,
-            W.HBox([self.play, self.slider, self.preview]),
+            W.HBox([self.stage_chooser, self.play, self.slider, self.preview]),  # the chooser: cascades
             W.HBox([boxes["xt"], boxes["x0"], boxes["channels"]]),
             W.HBox([boxes["eps_c"], boxes["eps_u"], boxes["delta"], boxes["guided"]]),
             self.info,
