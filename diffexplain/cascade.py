@@ -211,6 +211,8 @@ class Cascade:
         settings = self._stage_settings(stage_settings)
         loop_hooks, input_hooks = split_hooks(hooks, self.names)
         progress = self.progress if progress is None else progress
+        for name in self.names[1:]:  # a later stage's settings are checked now, not after stage I ran
+            self.stages[name].start_run(prompt, negative_prompt=negative_prompt, seed=seed, **settings[name])
         cascade = CascadeTrace(
             {"stages": list(self.names), "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed}
         )

@@ -33,15 +33,22 @@ def trace(cascade) -> CascadeTrace:
     return cascade.run(PROMPT, seed=3, **SETTINGS)
 
 
-def pipelines_images(pipes, seed: int, guidance: tuple[float, float] = (7.0, 4.0), noise_level: int = 250):
+def pipelines_images(
+    pipes,
+    seed: int,
+    guidance: tuple[float, float] = (7.0, 4.0),
+    noise_level: int = 250,
+    prompt=PROMPT,
+    **kwargs,
+):
     """IFPipeline then IFSuperResolutionPipeline, each with a generator seeded ``seed`` (output_type="pt")."""
     one, two = pipes
-    common = dict(num_inference_steps=STEPS, output_type="pt", clean_caption=False)
+    common = dict(num_inference_steps=STEPS, output_type="pt", clean_caption=False, **kwargs)
     low = one(
-        PROMPT, generator=torch.Generator().manual_seed(seed), guidance_scale=guidance[0], **common
+        prompt, generator=torch.Generator().manual_seed(seed), guidance_scale=guidance[0], **common
     ).images
     high = two(
-        PROMPT,
+        prompt,
         image=low,
         generator=torch.Generator().manual_seed(seed),
         guidance_scale=guidance[1],
@@ -73,6 +80,15 @@ def test_guidance_off_and_another_noise_level_equal_the_pipelines(pipes, cascade
         run.stages["II"].final_latents, high
     )
     assert int(run["II.prompt.noise_level.cond"][0]) == 100
+
+
+def test_a_batch_with_negative_prompts_equals_the_pipelines(pipes, cascade):
+    prompts, negatives = [PROMPT, "a blue square"], ["green", "red"]
+    run = cascade.run(prompts, negative_prompt=negatives, seed=1, **SETTINGS)
+    low, high = pipelines_images(pipes, 1, prompt=prompts, negative_prompt=negatives)
+    assert torch.equal(run.stages["I"].final_latents, low) and torch.equal(
+        run.stages["II"].final_latents, high
+    )
 
 
 @pytest.mark.parametrize(("stage", "step"), [("I", 0), ("I", 3), ("II", 0), ("II", 4)])
@@ -174,6 +190,7 @@ def test_from_pretrained_loads_two_folders_and_names_a_wrong_one(pipes, trace, t
         pipes[0].save_pretrained(tmp_path / "one")
         pipes[1].save_pretrained(tmp_path / "two")
         loaded = Cascade.from_pretrained(tmp_path / "one", tmp_path / "two")
+        assert Explainer.from_pretrained(tmp_path / "one").family.name == "if"  # stage I on its own
     assert loaded.stages["II"].text_encoder is loaded.stages["I"].text_encoder  # one T5 for both
     for stage in loaded.stages.values():  # not saved with the weights (diffusers' IF tests do the same)
         stage.unet.set_attn_processor(AttnAddedKVProcessor())
