@@ -188,3 +188,18 @@ def test_cli_refuses_iterations_for_a_diffusion_preset(capsys: pytest.CaptureFix
         main(["train", "--preset", "tiny", "--iterations", "4"])
     assert exit_info.value.code == 2
     assert "--iterations is for the GAN presets" in capsys.readouterr().err
+
+
+def test_on_log_sees_each_entry_as_it_is_written(tmp_path: Path) -> None:
+    seen: list[dict] = []
+    train_gan("gan-tiny", tmp_path / "run", device="cpu", progress=False, on_log=seen.append)
+    assert seen == read_log(tmp_path / "run")  # the callback got every line, in order
+
+
+def test_cli_refuses_unet_init_for_a_gan_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "gan-tiny", "--unet-init", "default"])
+    assert exit_info.value.code == 2
+    assert (
+        "--unet-init is for the diffusion presets, not the GAN preset 'gan-tiny'" in capsys.readouterr().err
+    )
