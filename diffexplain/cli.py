@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``diffexplain`` command."""
     parser = argparse.ArgumentParser(prog="diffexplain", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model (VAE, then U-Net); run again to resume")
+    train = sub.add_parser(
+        "train", help="train a model (VAE, then U-Net; or a GAN with a gan preset); run again to resume"
+    )
     train.add_argument(
         "--preset",
         default="default",
