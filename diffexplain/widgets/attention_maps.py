@@ -145,6 +145,7 @@ class AttentionMaps(DxWidget):
             self.output,
         ]
         self._initial_token = token
+        self._linked_slider: W.IntSlider | None = None  # a StepExplorer's slider, once linked
         self._given_explainer = explainer
         self._updating = False
         self.branch.observe(self.guard(self._on_branch), names="value")
@@ -185,7 +186,10 @@ class AttentionMaps(DxWidget):
             self.step.min = 0
             self.step.max = self.fork_step.max = max(n - 1, 0)
             self.step.min = min(first_step, self.step.max)  # a fork that changed the prompt: k..
-            self.step.value = n - 1 if n else 0
+            last = n - 1 if n else 0
+            # linked to a StepExplorer (kernel-side, both ways): keep its step rather than move it
+            linked = self._linked_slider.value if self._linked_slider is not None else last
+            self.step.value = min(max(linked, self.step.min), last)
             self.fork_step.value = 0
             has_uncond = "uncond" in trace.settings.get("attention", {}).get("tokens", {})
             self.branch.disabled = not has_uncond
@@ -215,6 +219,7 @@ class AttentionMaps(DxWidget):
         """Move this widget's step slider with a ``StepExplorer``'s (and the other way round)."""
         # A kernel-side link: jslink does nothing in Colab (googlecolab/colabtools#1612), link works everywhere.
         W.link((explorer.slider, "value"), (self.step, "value"))
+        self._linked_slider = explorer.slider
         return self
 
     def map(self) -> torch.Tensor:
