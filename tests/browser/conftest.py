@@ -25,11 +25,11 @@ from lab_helpers import close_all_documents, full_page_screenshot
 from lab_server import (
     ARTIFACTS_DIR,
     CHROMIUM,
-    CHROMIUM_ARGS,
     LOAD_TIMEOUT_S,
     TIMEOUT_S,
     LabServer,
     current_server,
+    launch_chromium,
     start_lab,
     stop_lab,
 )
@@ -108,36 +108,37 @@ def lab_server():
 
 
 @pytest.fixture(scope="session")
-def lab_browser(lab_server):
-    """A persistent Chromium context (fresh user-data dir) shared by the session's tests."""
+def playwright_session():
+    """Playwright's sync API, started once for the whole session.
+
+    A second ``sync_playwright()`` in the same process fails ("using Playwright Sync API inside the
+    asyncio loop"), so every browser fixture launches its Chromium from this one.
+    """
     reason = _missing_browser_reason()
     if reason:
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
-    t0 = time.monotonic()
     pw = sync_playwright().start()
     try:
-        with tempfile.TemporaryDirectory(prefix="diffexplain-chromium-") as user_data:
-            context = pw.chromium.launch_persistent_context(
-                user_data,
-                executable_path=CHROMIUM,
-                headless=True,
-                args=CHROMIUM_ARGS,
-                viewport={"width": 1400, "height": 1000},
-                device_scale_factor=1,
-                timeout=LOAD_TIMEOUT_S * 1000,
-            )
-            context.set_default_timeout(TIMEOUT_S * 1000)
-            for extra in context.pages:  # the persistent context opens with a blank tab
-                extra.close()
-            TIMINGS["browser"] = time.monotonic() - t0
-            try:
-                yield context
-            finally:
-                context.close()
+        yield pw
     finally:
         pw.stop()
+
+
+@pytest.fixture(scope="session")
+def lab_browser(lab_server, playwright_session):
+    """A persistent Chromium context (fresh user-data dir) shared by the session's tests."""
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="diffexplain-chromium-") as user_data:
+        context = launch_chromium(playwright_session, user_data)
+        for extra in context.pages:  # the persistent context opens with a blank tab
+            extra.close()
+        TIMINGS["browser"] = time.monotonic() - t0
+        try:
+            yield context
+        finally:
+            context.close()
 
 
 @pytest.fixture(scope="session")

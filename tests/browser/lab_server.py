@@ -130,6 +130,21 @@ class LabServer:
 _CURRENT: LabServer | None = None  # set by the session fixture; the page helpers read url/token from it
 
 
+def launch_chromium(playwright: Any, user_data: str | Path, *, width: int = 1400, height: int = 1000) -> Any:
+    """A persistent headless Chromium context (Debian's chromium, fresh user-data dir) from ``playwright``."""
+    context = playwright.chromium.launch_persistent_context(
+        str(user_data),
+        executable_path=CHROMIUM,
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport={"width": width, "height": height},
+        device_scale_factor=1,
+        timeout=LOAD_TIMEOUT_S * 1000,
+    )
+    context.set_default_timeout(TIMEOUT_S * 1000)
+    return context
+
+
 def current_server() -> LabServer:
     if _CURRENT is None:
         raise RuntimeError("no JupyterLab is running: use the lab_server or lab_page fixture")

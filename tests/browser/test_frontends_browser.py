@@ -32,8 +32,6 @@ from pathlib import Path
 import pytest
 from lab_server import (
     ARTIFACTS_DIR,
-    CHROMIUM,
-    CHROMIUM_ARGS,
     LAB_EXTENSIONS_OFF,
     LAB_USER_SETTINGS,
     NOTEBOOKS_DIR,
@@ -43,6 +41,7 @@ from lab_server import (
     _die_with_parent,
     _free_port,
     isolated_env,
+    launch_chromium,
 )
 from PIL import Image
 
@@ -171,20 +170,10 @@ def serve(args: list[str], python: Path | str, base: Path, **extra_env: str) -> 
 
 
 @pytest.fixture(scope="module")
-def chromium():
+def chromium(playwright_session):
     """One headless Chromium (fresh user-data dir) for this module's front ends."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="diffexplain-chromium-") as user_data:
-        context = pw.chromium.launch_persistent_context(
-            user_data,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000},
-            device_scale_factor=1,
-        )
-        context.set_default_timeout(TIMEOUT_S * 1000)
+    with tempfile.TemporaryDirectory(prefix="diffexplain-chromium-") as user_data:
+        context = launch_chromium(playwright_session, user_data)
         try:
             yield context
         finally:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from lab_helpers import DOCS_SCREENSHOT_MAX_BYTES
-from lab_server import ARTIFACTS_DIR, CHROMIUM, CHROMIUM_ARGS, DOCS_SCREENSHOTS_DIR, TIMEOUT_S
+from lab_server import ARTIFACTS_DIR, DOCS_SCREENSHOTS_DIR, launch_chromium
 
 PROMPT = "a red circle on the left and a blue square on the right"
 
@@ -41,20 +41,10 @@ def page_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser_page():
+def browser_page(playwright_session):
     """A fresh headless Chromium (no JupyterLab), its requests and errors recorded."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="diffexplain-page-") as profile:
-        context = pw.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1000, "height": 900},
-            device_scale_factor=1,
-        )
-        context.set_default_timeout(TIMEOUT_S * 1000)
+    with tempfile.TemporaryDirectory(prefix="diffexplain-page-") as profile:
+        context = launch_chromium(playwright_session, profile, width=1000, height=900)
         page = context.new_page()
         requests: list[str] = []
         errors: list[str] = []
