@@ -43,10 +43,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.processors import JointAttentionCapture
 from diffexplain.attention.tokens import Token, tokenize
-from diffexplain.families.base import Conditioning, Family, conditioning_points
-from diffexplain.families.sd3 import flow_noise_level
+from diffexplain.families.base import Conditioning, conditioning_points
+from diffexplain.families.sd3 import FlowMatching
 from diffexplain.names import HookPoint
-from diffexplain.noise_levels import NoiseLevel, step_index
 from diffexplain.scheduler_state import FLOW_SCHEDULER_NAMES
 
 DEFAULT_EMBEDDED_GUIDANCE = 3.5
@@ -107,7 +106,7 @@ def image_ids(height: int, width: int, device: torch.device, dtype: torch.dtype)
     return ids.reshape(-1, 3).to(device=device, dtype=dtype)
 
 
-class Flux(Family):
+class Flux(FlowMatching):
     """Flux.1 dev / schnell: ``FluxPipeline``'s parts (``FluxTransformer2DModel``, flow matching)."""
 
     name: ClassVar[str] = "flux"
@@ -221,17 +220,6 @@ class Flux(Family):
             config.get("max_shift", 1.15),
         )
         retrieve_timesteps(scheduler, num_inference_steps, self.model.device, sigmas=sigmas, mu=mu)
-
-    def add_noise(
-        self, scheduler: Any, clean_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
-    ) -> torch.Tensor:
-        """The forward process of flow matching: x_t = (1 − σ)·x0 + σ·ε (the scheduler's ``scale_noise``)."""
-        return scheduler.scale_noise(clean_latents, timestep.reshape(1), noise)
-
-    def noise_level(self, scheduler: Any, timestep: torch.Tensor) -> NoiseLevel:
-        """σ of this step from the scheduler's own table; x̂0 = x_t − σ·v."""
-        sigma = scheduler.sigmas[step_index(scheduler, timestep)]
-        return flow_noise_level(float(sigma.item()) if isinstance(sigma, torch.Tensor) else float(sigma))
 
     # ---- guidance and conditioning -----------------------------------------------------------------
     def run_options(

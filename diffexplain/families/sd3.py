@@ -36,7 +36,22 @@ def flow_noise_level(sigma: float) -> NoiseLevel:
     return NoiseLevel(1.0, -sigma, alpha_bar, sigma_ve)
 
 
-class StableDiffusion3(Family):
+class FlowMatching(Family):
+    """What every flow-matching family shares (SD3, Flux): the forward process and x̂0 = x_t − σ·v."""
+
+    def add_noise(
+        self, scheduler: Any, clean_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
+    ) -> torch.Tensor:
+        """The forward process of flow matching: x_t = (1 − σ)·x0 + σ·ε (the scheduler's ``scale_noise``)."""
+        return scheduler.scale_noise(clean_latents, timestep.reshape(1), noise)
+
+    def noise_level(self, scheduler: Any, timestep: torch.Tensor) -> NoiseLevel:
+        """σ of this step from the scheduler's own table; x̂0 = x_t − σ·v."""
+        sigma = scheduler.sigmas[step_index(scheduler, timestep)]
+        return flow_noise_level(float(sigma.item()) if isinstance(sigma, torch.Tensor) else float(sigma))
+
+
+class StableDiffusion3(FlowMatching):
     """SD3 / SD3.5: ``StableDiffusion3Pipeline``'s parts (``SD3Transformer2DModel``, flow matching)."""
 
     name: ClassVar[str] = "sd3"
@@ -148,17 +163,6 @@ class StableDiffusion3(Family):
                 config.get("max_shift", 1.16),
             )
         scheduler.set_timesteps(num_inference_steps, device=self.model.device, **kwargs)
-
-    def add_noise(
-        self, scheduler: Any, clean_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
-    ) -> torch.Tensor:
-        """The forward process of flow matching: x_t = (1 − σ)·x0 + σ·ε (the scheduler's ``scale_noise``)."""
-        return scheduler.scale_noise(clean_latents, timestep.reshape(1), noise)
-
-    def noise_level(self, scheduler: Any, timestep: torch.Tensor) -> NoiseLevel:
-        """σ of this step from the scheduler's own table; x̂0 = x_t − σ·v."""
-        sigma = scheduler.sigmas[step_index(scheduler, timestep)]
-        return flow_noise_level(float(sigma.item()) if isinstance(sigma, torch.Tensor) else float(sigma))
 
     def predict(
         self,
