@@ -10,6 +10,7 @@ from diffexplain.fork import fork
 from diffexplain.guidance import guide
 from diffexplain.hooks import Hook, HookContext, Replacement
 from diffexplain.models.default import load_default, load_model
+from diffexplain.models.pixel_cascade import load_pixel_cascade
 from diffexplain.names import HOOK_NAMES, HOOK_POINTS, HookPoint
 from diffexplain.noise_levels import NoiseLevel
 from diffexplain.scheduler_state import SCHEDULER_NAMES
@@ -42,5 +43,6 @@ __all__ = [
     "interventions",
     "load_default",
     "load_model",
+    "load_pixel_cascade",
     "schedules",
 ]

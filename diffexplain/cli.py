@@ -11,6 +11,7 @@ from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import PRESETS, PRESETS_NEEDING_INIT
 from diffexplain.models.store import ModelFolderError
 from diffexplain.scheduler_state import SCHEDULER_NAMES
+from diffexplain.training.cascade_config import CASCADE_PRESETS
 from diffexplain.training.gan_config import GAN_PRESETS
 
 
@@ -47,6 +48,13 @@ def check_model_arg(model: str) -> None:
 def _train(args: argparse.Namespace) -> int:
     if args.preset in GAN_PRESETS:
         return _train_gan(args)
+    if args.preset in CASCADE_PRESETS:
+        return _train_cascade(args)
+    if args.stage is not None:
+        raise UsageError(
+            f"--stage is for the pixel-cascade presets ({', '.join(CASCADE_PRESETS)}), not {args.preset!r}"
+        )
+    args.out = args.out or "runs/default"
     if args.iterations is not None:
         raise UsageError(
             f"--iterations is for the GAN presets ({', '.join(GAN_PRESETS)}), not {args.preset!r}"
@@ -65,12 +73,39 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_cascade(args: argparse.Namespace) -> int:
+    from diffexplain.training.cascade_run import train_cascade
+
+    for flag, value in (("--unet-init", args.unet_init), ("--iterations", args.iterations)):
+        if value is not None:
+            raise UsageError(f"{flag} is not for the pixel-cascade preset {args.preset!r}")
+    stages = ("I", "II") if args.stage is None else (args.stage,)
+    folder = train_cascade(
+        args.preset,
+        args.out or f"runs/{args.preset}",
+        stages=stages,
+        device=args.device,
+        export_to=args.export_to,
+        command=args.command_line,
+    )
+    if folder is None:
+        print(
+            f"stage {args.stage} trained; run the other stage (or both, without --stage) to export the cascade"
+        )
+    else:
+        print(f"pixel cascade written to {folder}")
+    return 0
+
+
 def _train_gan(args: argparse.Namespace) -> int:
     from diffexplain.training.gan import train_gan
     from diffexplain.training.gan_config import gan_preset
 
     if args.unet_init is not None:
         raise UsageError(f"--unet-init is for the diffusion presets, not the GAN preset {args.preset!r}")
+    if args.stage is not None:
+        raise UsageError(f"--stage is for the pixel-cascade presets, not the GAN preset {args.preset!r}")
+    args.out = args.out or "runs/default"
     overrides = {} if args.iterations is None else {"iterations": args.iterations}
     folder = train_gan(
         gan_preset(args.preset, **overrides),
@@ -136,10 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--preset",
         default="default",
-        choices=[*PRESETS, *GAN_PRESETS],
-        help="%(choices)s (default: %(default)s); the gan presets train a GAN (see docs/gan.md)",
+        choices=[*PRESETS, *GAN_PRESETS, *CASCADE_PRESETS],
+        help="%(choices)s (default: %(default)s); the gan presets train a GAN (see docs/gan.md), the "
+        "pixel-cascade presets a two-stage pixel cascade (see docs/pixel-cascade.md)",
     )
-    train.add_argument("--out", default="runs/default", help="checkpoint folder (default: runs/default)")
+    train.add_argument(
+        "--out",
+        default=None,
+        help="checkpoint folder (default: runs/default; runs/PRESET for the pixel-cascade presets)",
+    )
     train.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     train.add_argument(
         "--export-to", default=None, help="where to write the model folder (default: OUT/model)"
@@ -156,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=None,
         help="GAN presets only: train to this many iterations in all (default: the preset's)",
+    )
+    train.add_argument(
+        "--stage",
+        choices=["I", "II"],
+        default=None,
+        help="pixel-cascade presets only: train this stage alone (the two can train at once, in two "
+        "processes); the cascade is exported once both have finished",
     )
     train.set_defaults(func=_train)
     export = sub.add_parser(
