@@ -13,6 +13,10 @@ trace reads ``trace["II.step.pred_x0", 3]`` as a trace does. A ``Hook`` with a s
 stage as a ``(stage, Hook)`` pair. What passes between stages is a hook point too: ``"II.input"``, the
 previous stage's picture as stage II receives it ([B, 3, h, w] in [-1, 1]), run-level.
 
+Kandinsky 2.2 (``families.kandinsky``) is a cascade too: ``prior`` then ``decoder``. There what passes is
+no picture but the prior's image embeddings, ``"decoder.input"`` = [image_embeds, negative_image_embeds]
+[2, B, D] (the prior family's ``hand_over``); the decoder checks its previous stage (``check_previous``).
+
 Seeds: each stage draws from its own generator seeded with the cascade's seed, as
 ``IFPipeline(..., generator=torch.Generator().manual_seed(s))`` then
 ``IFSuperResolutionPipeline(..., generator=torch.Generator().manual_seed(s))``: the final picture
@@ -51,13 +55,18 @@ def drain(steps: Generator[int, None, Any]) -> Any:
 
 
 def stage_output(explainer: Explainer, trace: Trace) -> torch.Tensor:
-    """What a stage hands on: its final x_0 as a picture [B, 3, H, W] in [-1, 1] (decoded if latent)."""
+    """What a stage hands on: its final x_0 as a picture [B, 3, H, W] in [-1, 1] (decoded if latent), or
+    what its family's ``hand_over`` makes of it (Kandinsky's prior: the image embeddings [2, B, D])."""
     if trace.final_latents is None:
         raise ValueError(
             f"this stage's trace is {trace.status} ({trace.message}): it has no output to pass on"
         )
+    family = explainer.family
+    latents = trace.final_latents.to(explainer.device)
     with torch.no_grad():
-        return explainer.family.decode(trace.final_latents.to(explainer.device))
+        if hasattr(family, "hand_over"):
+            return family.hand_over(latents, trace.settings)
+        return family.decode(latents)
 
 
 class Cascade:
@@ -83,6 +92,14 @@ class Cascade:
                 raise TypeError(
                     f"stage {after!r} ({family.label}) takes no previous stage's output; a later stage needs "
                     "a family conditioned on one (e.g. IFSuperResolution, IFSuperResolutionPipeline's parts)"
+                )
+            if hasattr(family, "check_previous"):  # a stage that reads no picture (Kandinsky's decoder)
+                family.check_previous(previous)
+                continue
+            if hasattr(previous, "hand_over"):
+                raise TypeError(
+                    f"stage {before!r} ({previous.label}) hands on image embeddings, not pictures; stage "
+                    f"{after!r} ({family.label}) needs a picture"
                 )
             made = int(previous.model.config.in_channels)
             made = made // 2 if hasattr(previous, "stage_inputs") else made
@@ -151,11 +168,14 @@ class Cascade:
         points: list[HookPoint] = []
         for k, name in enumerate(self.names):
             if k:
+                tensor, shape = getattr(
+                    self.stages[name].family, "stage_input_point", ("output picture", "[B, 3, h, w]")
+                )
                 points.append(
                     HookPoint(
                         f"{name}.{INPUT_POINT}",
-                        f"stage {self.names[k - 1]}'s output picture, as stage {name} receives it",
-                        "[B, 3, h, w]",
+                        f"stage {self.names[k - 1]}'s {tensor}, as stage {name} receives it",
+                        shape,
                         False,
                     )
                 )

@@ -276,7 +276,8 @@ def loop_steps(
 
         # 3. latents: x_T = noise · init_noise_sigma, or x_t entering step k (or its replacement)  [B, C, h, w]
         if resume is None:
-            shape = family.latent_shape(plan.batch_size, plan.height, plan.width)
+            rows = cond["embeds"].shape[0]  # B; the Kandinsky prior adds its negative prompt's B rows
+            shape = family.latent_shape(rows, plan.height, plan.width)
             latents = sites("latents.init", family.prepare_latents(scheduler, shape, generator, latents))
         else:
             latents = resume.source.steps[start].restart.latents.to(device)
@@ -384,7 +385,8 @@ def denoise(
 
             # 5.4 scheduler step: x_t → x_{t−1}
             scheduler_input = family.scheduler_input(scheduler, eps_guided, extra)  # ε̂ (and the extra part)
-            out = scheduler.step(scheduler_input, t, latents, **step_kwargs, return_dict=True)
+            at_step = family.step_kwargs_at(scheduler, i)  # e.g. UnCLIP's prev_timestep
+            out = scheduler.step(scheduler_input, t, latents, **step_kwargs, **at_step, return_dict=True)
             scheduler_x0 = getattr(out, "pred_original_sample", None)
             if scheduler_x0 is not None and not x0_replaced:
                 sites.current["step.pred_x0"] = scheduler_x0  # the scheduler's own x̂0 where it returns one

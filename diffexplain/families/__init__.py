@@ -11,13 +11,24 @@ from typing import Any
 from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.families.deepfloyd_if import IF, IFSuperResolution
 from diffexplain.families.flux import Flux
+from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
 from diffexplain.families.sdxl import StableDiffusionXL
 from diffexplain.names import HOOK_NAMES
 
 FAMILIES: dict[str, type[Family]] = {
-    f.name: f for f in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, IF, IFSuperResolution)
+    f.name: f
+    for f in (
+        StableDiffusion,
+        StableDiffusionXL,
+        StableDiffusion3,
+        Flux,
+        IF,
+        IFSuperResolution,
+        KandinskyPrior,
+        KandinskyDecoder,
+    )
 }
 """Every supported family by short name."""
 
@@ -59,6 +70,8 @@ __all__ = [
     "Flux",
     "IF",
     "IFSuperResolution",
+    "KandinskyDecoder",
+    "KandinskyPrior",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",

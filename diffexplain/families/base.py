@@ -208,6 +208,11 @@ class Family:
             kwargs["generator"] = generator
         return kwargs
 
+    def step_kwargs_at(self, scheduler: Any, index: int) -> dict[str, Any]:
+        """Keyword arguments of ``scheduler.step`` that change with loop step ``index`` (none by default;
+        the Kandinsky prior's ``UnCLIPScheduler`` takes the next timestep, ``prev_timestep``)."""
+        return {}
+
     def add_noise(
         self, scheduler: Any, clean_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
     ) -> torch.Tensor:

@@ -25,7 +25,6 @@ keys): not a cross-attention layer diffexplain captures, so IF traces have no at
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
+from diffexplain.families.learned_variance import LearnedVariance
 from diffexplain.families.sd import uncond_prompts
 
 IF_MAX_LENGTH = 77
@@ -41,17 +41,6 @@ IF_MAX_LENGTH = 77
 
 DEFAULT_NOISE_LEVEL = 250
 """``IFSuperResolutionPipeline``'s ``noise_level`` default: how much the upscaled stage-I image is noised."""
-
-LEARNED_VARIANCE = ("learned", "learned_range")
-
-
-def learns_variance(scheduler: Any) -> bool:
-    """Whether the scheduler reads a learned variance beside ε (DDPM with ``variance_type`` "learned_range").
-
-    A config carried over from IF's DDPM to another scheduler (``set_scheduler("ddim")``) keeps the key,
-    so the scheduler's own constructor must take it too."""
-    takes_it = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
-    return takes_it and scheduler.config.get("variance_type") in LEARNED_VARIANCE
 
 
 def token_count(tokenizer: Any) -> int:
@@ -97,7 +86,7 @@ def encode_t5(
     return cond.to(dtype), uncond.to(dtype)
 
 
-class IF(Family):
+class IF(LearnedVariance, Family):
     """DeepFloyd IF stage I: ``IFPipeline``'s parts (a pixel-space U-Net with a learned variance, T5)."""
 
     name: ClassVar[str] = "if"
@@ -161,24 +150,6 @@ class IF(Family):
         """``scale_model_input``, then the U-Net: [2B or B, C, H, W] → [.., 2C, H, W] (ε and variance)."""
         model_input = scheduler.scale_model_input(model_input, t)
         return self.model(model_input, t, encoder_hidden_states=conditioning["embeds"], return_dict=False)[0]
-
-    def split_output(
-        self, model_output: torch.Tensor, latents: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[.., 2C, H, W] → ε [.., C, H, W] (guided) and the learned variance [.., C, H, W]."""
-        channels = latents.shape[1]
-        if model_output.shape[1] != 2 * channels:
-            return model_output, None
-        eps, variance = model_output.split(channels, dim=1)
-        return eps, variance
-
-    def scheduler_input(
-        self, scheduler: Any, eps_guided: torch.Tensor, extra: torch.Tensor | None
-    ) -> torch.Tensor:
-        """[ε̂ ; v_c] for a scheduler that learns its variance (IF's DDPM); ε̂ alone for any other."""
-        if extra is None or not learns_variance(scheduler):
-            return eps_guided
-        return torch.cat([eps_guided, extra], dim=1)
 
 
 class IFSuperResolution(IF):
