@@ -7,7 +7,8 @@ instead of the blocky fast latent preview.
 
 What the pictures are: x_t is the noisy latents entering the step (shown at unit variance for
 σ-space schedulers, as the StepExplorer does), decoded with the VAE; x̂0 is the model's guess of the
-clean latents at that step, decoded. Pixel-space models (no VAE) store their x_t and x̂0 directly.
+clean latents at that step, decoded. Pixel-space models (no VAE) store their x_t and x̂0 directly; the Kandinsky prior's x_t and x̂0 are
+image embeddings [B, D], stored as grids of their numbers (``render.embedding_picture``).
 Only the first picture of a batch is kept, at most ``MAX_PREVIEW_SIZE`` pixels on its longer side.
 """
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 MAX_PREVIEW_SIZE = 256  # longer side, pixels: the image size, capped
 MAX_FILE_PREVIEW_SIZE = 1024  # a file's previews larger than this are refused as hostile
 KINDS = ("latents", "pred_x0")  # x_t (the step's input) and x̂0 (the model's guess)
+SOURCES = ("vae", "pixels", "embedding")  # decoded latents, a pixel model's own x_t, an embedding's numbers
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DECODE_BATCH = 8  # latents decoded per VAE call
 # Default time limit for making previews when they were not asked for (``trace.save(path)``): a big VAE
@@ -47,7 +49,9 @@ class Previews:
     """PNG bytes of x_t ("latents") and x̂0 ("pred_x0") per loop step (None where a step has none)."""
 
     size: tuple[int, int]  # (height, width) of every picture
-    source: str  # "vae" (decoded) or "pixels" (a pixel-space model's own x_t and x̂0)
+    source: (
+        str  # "vae" (decoded), "pixels" (a pixel model's own x_t and x̂0) or "embedding" (grids of numbers)
+    )
     pictures: dict[str, list[bytes | None]] = field(default_factory=dict)
 
     def png(self, kind: str, step: int) -> bytes | None:
@@ -156,9 +160,15 @@ def make_previews(
                 continue
             start = time.perf_counter()
             latents = torch.cat([x for _, _, x in chunk])
-            images = latents.clamp(-1, 1) if pixel_space else decode_latents(explainer, latents)
+            if latents.dim() == 2:  # image embeddings (the Kandinsky prior): grids of numbers
+                images = latents
+            else:
+                images = latents.clamp(-1, 1) if pixel_space else decode_latents(explainer, latents)
             for (kind, step, _), image in zip(chunk, images, strict=True):
-                picture = _fit(render.to_pil(image), max_size)
+                if image.dim() == 1:
+                    picture = render.embedding_picture(image, size=min(max_size, MAX_PREVIEW_SIZE // 2))
+                else:
+                    picture = _fit(render.to_pil(image), max_size)
                 size = (picture.height, picture.width)
                 pictures[kind][step] = _encode(picture)
             bar.update(len(chunk))
@@ -170,7 +180,9 @@ def make_previews(
                         f"decoding {len(jobs)} previews would take about {took * len(jobs) / 60:.1f} min on "
                         f"{device} (the first took {took:.1f} s; the limit is {budget_s:g} s)"
                     )
-    return Previews(size=size, source="pixels" if pixel_space else "vae", pictures=pictures)
+    embedding = bool(jobs) and jobs[0][2].dim() == 2
+    source = "embedding" if embedding else "pixels" if pixel_space else "vae"
+    return Previews(size=size, source=source, pictures=pictures)
 
 
 def ensure_previews(trace: Trace, *, required: bool = False) -> Previews | None:
@@ -238,8 +250,8 @@ def from_doc(doc: Any, steps: int, tensor: Callable[[Any, str], torch.Tensor]) -
     size = doc.get("size")
     if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
         raise ValueError("previews.size should be [height, width]")
-    if doc.get("source") not in ("vae", "pixels"):
-        raise ValueError(f"previews.source {doc.get('source')!r} is not 'vae' or 'pixels'")
+    if doc.get("source") not in SOURCES:
+        raise ValueError(f"previews.source {doc.get('source')!r} is not one of {', '.join(SOURCES)}")
     pictures: dict[str, list[bytes | None]] = {}
     for kind in KINDS:
         refs = doc.get(kind, [])

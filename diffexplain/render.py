@@ -1,7 +1,8 @@
 """Tensors → pictures: PIL images, PNG bytes, cheap latent previews and channel grids.
 
 Conventions: images are [3, H, W] (or [B, 3, H, W], first item used) in [-1, 1]; latents and
-noise predictions are [C, h, w]. Nothing here calls a model.
+noise predictions are [C, h, w]; an embedding (the Kandinsky prior's x_t) is [D] or [B, D]. Nothing here
+calls a model.
 """
 
 from __future__ import annotations
@@ -107,6 +108,34 @@ def channel_grid(
     for i, tile in enumerate(tiles):
         canvas[:, i * (w + gap) : i * (w + gap) + w] = tile
     return _resize(Image.fromarray(canvas), size)
+
+
+EMBEDDING_PAD = (225, 225, 225)  # the grid cells past the last number of an embedding
+
+
+def embedding_grid_shape(length: int) -> tuple[int, int]:
+    """(rows, columns) of the near-square grid that holds ``length`` numbers row by row (1280 → 36 × 36)."""
+    cols = max(1, int(np.ceil(np.sqrt(length))))
+    return int(np.ceil(length / cols)), cols
+
+
+def embedding_picture(
+    values: torch.Tensor, *, size: int | None = None, limit: float | None = None
+) -> Image.Image:
+    """A vector ([D], or [B, D]: the first row), e.g. a CLIP image embedding, as a near-square grid of D cells
+    read row by row on the diverging scale (blue −, white 0, red +); cells past D are light grey.
+    It is a picture of numbers, not an image: neighbouring cells are unrelated dimensions."""
+    x = values.detach().float().cpu()
+    if x.ndim == 2:
+        x = x[0]
+    if x.ndim != 1 or x.numel() == 0:
+        raise ValueError(f"expected a vector [D] or [B, D], got shape {tuple(values.shape)}")
+    rows, cols = embedding_grid_shape(x.numel())
+    padded = torch.zeros(rows * cols)
+    padded[: x.numel()] = x
+    rgb = diverging(padded.reshape(rows, cols), limit=limit or float(x.abs().max().clamp_min(1e-8)))
+    rgb.reshape(-1, 3)[x.numel() :] = EMBEDDING_PAD
+    return _resize(Image.fromarray(rgb), size)
 
 
 @functools.cache

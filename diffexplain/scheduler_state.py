@@ -71,6 +71,7 @@ SCHEDULER_CLASSES: Mapping[str, type[SchedulerMixin]] = _Classes(
         "LCMScheduler",
         "LMSDiscreteScheduler",
         "PNDMScheduler",
+        "UnCLIPScheduler",  # the Kandinsky 2.2 prior's
         "UniPCMultistepScheduler",
     )
 )

@@ -262,6 +262,11 @@ class Trace:
 
         if self.image is None:
             raise ValueError("this trace holds no decoded image (decode=False, or 'decode.image' not kept)")
+        if self.image.dim() != 4:
+            raise ValueError(
+                f"this trace's output is not a picture but {tuple(self.image.shape)} numbers (a Kandinsky "
+                "prior's image embeddings: trace.image); the decoder's trace holds the pictures"
+            )
         pixels = (self.image.detach().float().cpu() / 2 + 0.5).clamp(0, 1)
         pixels = (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         if pixels.shape[-1] == 1:

@@ -34,9 +34,12 @@ attention keys are image-embedding tokens), so Kandinsky traces have no per-word
 from __future__ import annotations
 
 import dataclasses
+import inspect
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+from diffusers import UnCLIPScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.families.base import Conditioning, Family, conditioning_points
@@ -101,6 +104,7 @@ class KandinskyPrior(Family):
         *conditioning_points("text_embeds", "CLIP's projected (pooled) text embedding", "[B, D]"),
         *conditioning_points("mask", "the text attention mask (True: a real token)", "[B, T]"),
     )
+    scheduler_names: ClassVar[Mapping[str, tuple[type, dict[str, Any]]]] = {"unclip": (UnCLIPScheduler, {})}
     default_steps: ClassVar[int] = 25  # KandinskyV22PriorPipeline's defaults
     default_guidance_scale: ClassVar[float] = 4.0
 
@@ -162,6 +166,8 @@ class KandinskyPrior(Family):
 
     def step_kwargs_at(self, scheduler: Any, index: int) -> dict[str, Any]:
         """``prev_timestep``: the next step's timestep (None at the last), as the pipeline passes it."""
+        if "prev_timestep" not in inspect.signature(scheduler.step).parameters:
+            return {}
         timesteps = scheduler.timesteps
         return {"prev_timestep": None if index + 1 == timesteps.shape[0] else timesteps[index + 1]}
 
@@ -262,7 +268,7 @@ class KandinskyDecoder(LearnedVariance, Family):
     default_steps: ClassVar[int] = 100  # KandinskyV22Pipeline's defaults
     default_guidance_scale: ClassVar[float] = 4.0
     stage_input_point: ClassVar[tuple[str, str]] = (
-        "the prior's image embeddings [image_embeds, negative_image_embeds]",
+        "image embeddings [image_embeds, negative_image_embeds]",
         "[2, B, D]",
     )
 

@@ -151,9 +151,13 @@ class Frames:
         pixel_space: bool = False,
         size: int | None = None,
     ) -> Image.Image:
-        """Latents [B, C, h, w] as a picture: VAE-decoded unless ``preview`` (cached under ``(owner, key)``)."""
-        decode = not preview and not pixel_space and self.can_decode()
+        """Latents [B, C, h, w] as a picture: VAE-decoded unless ``preview`` (cached under ``(owner, key)``).
+
+        An embedding [B, D] (the Kandinsky prior's x_t) is drawn as its grid of numbers."""
         size = size or self.size
+        if latents.dim() == 2:
+            return render.embedding_picture(latents, size=size)
+        decode = not preview and not pixel_space and self.can_decode()
         cache = self._cache.setdefault(owner, {})
         full_key = (*key, size, "vae" if decode else "preview")
         if full_key not in cache:
@@ -177,14 +181,20 @@ class Frames:
 
     def noise(self, latents: torch.Tensor) -> bytes:
         """PNG of a noise-like tensor (ε): each of the first three channels stretched to its range."""
+        if latents.dim() == 2:  # an embedding-valued output (the Kandinsky prior's x̂0)
+            return png(render.embedding_picture(latents, size=self.size))
         return png(render.latent_preview(latents[:, :3] if latents.shape[1] > 3 else latents, size=self.size))
 
     def channels(self, t: torch.Tensor, *, limit: float | None = None) -> bytes:
         """PNG of every channel side by side on one diverging scale (blue −, white 0, red +)."""
+        if t.dim() == 2:  # an embedding: its grid of numbers on the same scale
+            return png(render.embedding_picture(t, size=self.size, limit=limit))
         return png(render.channel_grid(t, size=self.size * 2, limit=limit))
 
     def final_picture(self, trace: Trace, *, preview: bool = False, size: int | None = None) -> Image.Image:
         """The trace's final picture: its decoded image, else (or with ``preview``) its final latents."""
+        if trace.image is not None and trace.image.dim() == 2:  # image embeddings (the Kandinsky prior)
+            return render.embedding_picture(trace.image, size=size or self.size)
         if trace.image is not None and (not preview or is_pixel_space(trace, self.explainer)):
             return render.to_pil(trace.image.float(), size=size or self.size)
         latents = trace.final_latents if trace.final_latents is not None else trace["step.next", -1]
