@@ -29,7 +29,7 @@ from diffexplain.widgets.base import (
 )
 from diffexplain.widgets.inputs import SeedBox, steps_box
 from diffexplain.widgets.seed_grid import SeedGridPanel
-from diffexplain.widgets.stages import stage_chooser
+from diffexplain.widgets.stages import embedding_caption, stage_chooser
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -123,6 +123,7 @@ class GuidanceLab(DxWidget):
             ("range", "guidance off in a step range", "dx-range-image"),
         ):
             boxes[key], self.images[key] = image_panel(title, css, size)
+        self.caption = W.HTML()  # what the pictures are, where they are no pictures (the Kandinsky prior)
         self.on_title = boxes["on"].children[0]
         self.range_title = boxes["range"].children[0]
         self.strip = W.Image(format="png", layout=W.Layout(align_self="flex-start"))  # not stretched
@@ -153,6 +154,7 @@ class GuidanceLab(DxWidget):
             help_box(HELP.format(**words(None, explainer))),
             W.HBox([self.prompt, self.seed, self.steps, self.run_button, self.stop_button]),
             W.HBox([boxes["off"], boxes["on"], boxes["diff"], boxes["range"]]),
+            self.caption,
             W.HBox(
                 [self.stage_chooser, self.scale, self.run_scale_button, self.preview]
             ),  # chooser: cascades
@@ -298,6 +300,8 @@ class GuidanceLab(DxWidget):
         if self.off is None or self.on is None:
             return
         preview = self.preview.value
+        self.caption.value = embedding_caption(self.on)
+        self.caption.layout.display = None if self.caption.value else "none"
         self.images["off"].value = self.frames.final(self.off, preview=preview)
         self.images["on"].value = self.frames.final(self.on, preview=preview)
         self.on_title.value = f"<b>guidance on (w = {self.on.settings['guidance_scale']:g})</b>"

@@ -23,3 +23,20 @@ def stage_chooser(
     chooser.layout.display = None if len(names) > 1 else "none"
     chooser.observe(lambda change: on_change(change["new"]), names="value")
     return chooser
+
+
+def embedding_caption(trace: object) -> str:
+    """HTML saying that a trace's x_t is an image embedding [B, D], not a picture (the Kandinsky prior's
+    stage, known from its settings), else ""."""
+    from diffexplain.render import embedding_grid_shape
+
+    settings = getattr(trace, "settings", None) or {}
+    dim = (settings.get("model") or {}).get("embedding_dim")
+    if not isinstance(dim, int) or dim <= 0:
+        return ""
+    rows, cols = embedding_grid_shape(dim)
+    return (
+        f"<i class='dx-embedding-caption'>This stage's x_t is a CLIP image embedding of {dim} numbers, not a "
+        f"picture: each panel draws them as a {rows} × {cols} grid, row by row (red +, blue −, white 0, "
+        "grey past the end). The decoder stage draws the picture from it.</i>"
+    )

@@ -31,7 +31,7 @@ from diffexplain.widgets.base import (
     vp_scale,
     words,
 )
-from diffexplain.widgets.stages import stage_chooser
+from diffexplain.widgets.stages import embedding_caption, stage_chooser
 
 if TYPE_CHECKING:
     import torch
@@ -251,6 +251,8 @@ class StepExplorer(DxWidget):
             f"{stage}<b>prompt</b>: “{s.get('prompt')}” · <b>w</b> = {s.get('guidance_scale')} · "
             f"seed {s.get('seed')} · {(s.get('scheduler') or {}).get('class', '?')} · {n} steps{fork}"
         )
+        caption = embedding_caption(trace)  # the Kandinsky prior: x_t is a vector
+        self.header.value += f"<br>{caption}" if caption else ""
         series = self._series()
         steps = list(range(n))
         with self.fig.batch_update():
