@@ -300,6 +300,11 @@ class KandinskyDecoder(LearnedVariance, Family):
         """The MoVQ (a ``VQModel``): it decodes the latents, as a VAE does."""
         return self.parts["movq"]
 
+    def default_size(self) -> tuple[int, int]:
+        """The U-Net's sample_size × the MoVQ's scale factor (``KandinskyV22Pipeline`` itself defaults to
+        512 × 512 whatever the config: pass ``height`` and ``width`` to match it)."""
+        return super().default_size()
+
     @property
     def embedding_dim(self) -> int:
         """D, the image embedding width the U-Net reads (``encoder_hid_dim``)."""
