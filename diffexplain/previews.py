@@ -251,7 +251,10 @@ def from_doc(doc: Any, steps: int, tensor: Callable[[Any, str], torch.Tensor]) -
     if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
         raise ValueError("previews.size should be [height, width]")
     if doc.get("source") not in SOURCES:
-        raise ValueError(f"previews.source {doc.get('source')!r} is not one of {', '.join(SOURCES)}")
+        raise ValueError(
+            f"previews.source {doc.get('source')!r} is not 'vae' or 'pixels' (or 'embedding': an image "
+            "embedding's grids of numbers)"
+        )
     pictures: dict[str, list[bytes | None]] = {}
     for kind in KINDS:
         refs = doc.get(kind, [])
