@@ -135,6 +135,8 @@ def test_families_are_picked_from_the_parts(explainer):
         "flux",
         "if",
         "if_sr",
+        "kandinsky_prior",
+        "kandinsky",
     }
     assert "Explainer(unet=UNet2DConditionModel, family=sd" in repr(explainer)
 
