@@ -7,6 +7,12 @@ from collections.abc import Callable, Sequence
 import ipywidgets as W
 
 
+def chooser_width(names: Sequence[str]) -> str:
+    """The chooser's button width: 90 px, wider for long stage names ("stage decoder")."""
+    longest = max((len(f"stage {name}") for name in names), default=0)
+    return f"{max(90, 8 * longest + 20)}px"
+
+
 def stage_chooser(
     names: Sequence[str], value: str | None, on_change: Callable[[str | None], None]
 ) -> W.ToggleButtons:
@@ -19,7 +25,7 @@ def stage_chooser(
         tooltips=[f"show stage {name}'s trace" for name in names],
     )
     chooser.add_class("dx-stage-chooser")
-    chooser.style.button_width = "90px"
+    chooser.style.button_width = chooser_width(names)
     chooser.layout.display = None if len(names) > 1 else "none"
     chooser.observe(lambda change: on_change(change["new"]), names="value")
     return chooser
@@ -38,5 +44,6 @@ def embedding_caption(trace: object) -> str:
     return (
         f"<i class='dx-embedding-caption'>This stage's x_t is a CLIP image embedding of {dim} numbers, not a "
         f"picture: each panel draws them as a {rows} × {cols} grid, row by row (red +, blue −, white 0, "
-        "grey past the end). The decoder stage draws the picture from it.</i>"
+        "grey past the end). The prior predicts the clean embedding, not noise: ε_c, ε_u and ε̂ are its "
+        "predicted embeddings x̂0_c, x̂0_u and the guided x̂0. The decoder stage draws the picture from it.</i>"
     )

@@ -31,7 +31,7 @@ from diffexplain.widgets.base import (
     vp_scale,
     words,
 )
-from diffexplain.widgets.stages import embedding_caption, stage_chooser
+from diffexplain.widgets.stages import chooser_width, embedding_caption, stage_chooser
 
 if TYPE_CHECKING:
     import torch
@@ -194,6 +194,7 @@ class StepExplorer(DxWidget):
         if _is_cascade(trace):
             self.cascade_trace, self.stage = trace, _stage_name(trace, self.stage, keep=True)
             self.stage_chooser.options = [(f"stage {n}", n) for n in trace.names]  # _on_stage: no change
+            self.stage_chooser.style.button_width = chooser_width(trace.names)
             self.stage_chooser.value = self.stage
             self.stage_chooser.layout.display = None if len(trace.names) > 1 else "none"
             self.show_stage(self.stage, explainer)
