@@ -88,6 +88,8 @@ class _Pictures:
         )
         if latents is None:
             return None
+        if latents.dim() == 2:  # an image embedding (the Kandinsky prior): its grid of numbers
+            return data_uri(render.embedding_picture(latents))
         if self.pixel_space:
             return data_uri(render.to_pil(latents.float().clamp(-1, 1)))
         return data_uri(render.latent_preview(latents, self.rgb))
@@ -95,15 +97,21 @@ class _Pictures:
 
 def _noise(t: torch.Tensor) -> str:
     """ε as the StepExplorer draws it: the first three channels, each stretched to its range."""
+    if t.dim() == 2:  # an embedding-valued output (the Kandinsky prior's x̂0)
+        return data_uri(render.embedding_picture(t))
     return data_uri(render.latent_preview(t[:1, :3] if t.shape[1] > 3 else t[:1]))
 
 
 def _channels(t: torch.Tensor) -> str:
     """Every channel side by side on one diverging scale (blue −, white 0, red +)."""
+    if t.dim() == 2:
+        return data_uri(render.embedding_picture(t))
     return data_uri(render.channel_grid(t[:1]))
 
 
 def _final(trace: Trace, pictures: _Pictures) -> str | None:
+    if trace.image is not None and trace.image.dim() == 2:  # image embeddings (the Kandinsky prior)
+        return data_uri(render.embedding_picture(trace.image))
     if trace.image is not None:
         return data_uri(render.to_pil(trace.image.float()))
     return pictures.get("pred_x0", len(trace) - 1) if len(trace) else None

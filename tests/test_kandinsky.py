@@ -239,6 +239,16 @@ def test_the_trace_saves_to_one_file_that_loads_and_forks(cascade, trace, tmp_pa
     assert single.settings["model"]["family"] == "kandinsky_prior" and tuple(single.image.shape) == (1, D)
 
 
+def test_the_prior_stage_exports_an_html_page(trace, tmp_path):
+    """``Trace.to_html`` of the prior: its embeddings drawn as grids (live, and from a file without previews)."""
+    trace.stages["prior"].to_html(tmp_path / "live.html")
+    trace.stages["prior"].save(tmp_path / "bare.safetensors", previews=False)
+    Trace.load(tmp_path / "bare.safetensors").to_html(tmp_path / "loaded.html")
+    for name in ("live.html", "loaded.html"):
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        assert text.count("data:image/png;base64,") >= 4 * STEPS, name  # x_t, x̂0, ε_c, ε̂ per step at least
+
+
 def _save_stage(trace: CascadeTrace, tmp_path: Path) -> Path:
     path = tmp_path / "prior.safetensors"
     trace.stages["prior"].save(path)

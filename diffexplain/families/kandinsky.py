@@ -313,7 +313,7 @@ class KandinskyDecoder(LearnedVariance, Family):
     def size_multiple(self) -> tuple[int, str]:
         """The MoVQ's scale factor squared: ``KandinskyV22Pipeline`` rounds other sizes up."""
         return (
-            self.vae_scale_factor** 2,
+            self.vae_scale_factor**2,
             "the MoVQ's scale factor squared (the pipeline rounds other sizes up)",
         )
 
@@ -379,7 +379,8 @@ class KandinskyDecoder(LearnedVariance, Family):
             raise ValueError(
                 f"{self.label} draws from an image embedding and reads no prompt: run it after the prior "
                 "(diffexplain.Cascade), and change the embedding in the prior's stage or with a "
-                "'decoder.input' hook"
+                "'decoder.input' hook (a fork of the decoder can neither change its prompt nor turn "
+                "guidance on where the run had it off: run the cascade again)"
             )
         device, dtype = self.model.device, self.model.dtype
         cond = {"embeds": options["image_embeds"].to(device=device, dtype=dtype)}
