@@ -55,9 +55,7 @@ class CascadeTrace:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
         self.stages: dict[str, Trace] = {}
-        self.inputs: dict[
-            str, torch.Tensor
-        ] = {}  # stage name -> what it received (a picture; Kandinsky: embeddings)
+        self.inputs: dict[str, torch.Tensor] = {}  # stage -> what it received (picture or embeddings)
         self.replacements: list[Replacement] = []  # "<stage>.input" hooks that replaced what passed
         self.cascade: Cascade | None = None  # the cascade that made it (None for a loaded file)
 
