@@ -348,6 +348,17 @@ def test_bad_input_is_named(pipes, cascade, trace):
             }
         )
         KandinskyDecoder(unet=plain, movq=pipes[1].movq)
+    other_clip = type(pipes[0].text_encoder)(
+        type(pipes[0].text_encoder.config).from_dict(
+            {**pipes[0].text_encoder.config.to_dict(), "projection_dim": 8}
+        )
+    )
+    with pytest.raises(ValueError, match="text_encoder.config.projection_dim is 8; expected the prior's 32"):
+        KandinskyPrior(**{**dict(pipes[0].components), "text_encoder": other_clip})
+    with pytest.raises(
+        TypeError, match="prior must be a diffusers PriorTransformer; got UNet2DConditionModel"
+    ):
+        KandinskyPrior(**{**dict(pipes[0].components), "prior": pipes[1].unet})
     with pytest.raises(TypeError, match="missing: \\['image_encoder'\\]"):
         KandinskyPrior(prior=pipes[0].prior, text_encoder=pipes[0].text_encoder, tokenizer=pipes[0].tokenizer)
 

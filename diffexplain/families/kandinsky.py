@@ -116,12 +116,12 @@ class KandinskyPrior(Family):
             raise TypeError(
                 f"{self.label}: prior must be a diffusers PriorTransformer; got {type(prior).__name__}"
             )
-        dim = int(prior.config.embedding_dim)
+        dim = int(prior.config.get("embedding_proj_dim") or prior.config.embedding_dim)
         projection = getattr(self.parts["text_encoder"].config, "projection_dim", None)
         if projection != dim:
             raise ValueError(
                 f"{self.label}: text_encoder.config.projection_dim is {projection}; expected the prior's "
-                f"embedding_dim {dim} (a CLIPTextModelWithProjection of the same CLIP)"
+                f"{dim} (its embedding_proj_dim or embedding_dim: a CLIPTextModelWithProjection of its CLIP)"
             )
 
     @classmethod
