@@ -85,6 +85,14 @@ DECODER_POINTS = {
     "prompt.uncond": ("negative_image_embeds (the zero picture's, or the negative prompt's)", "[B, D]"),
     "step.prompt.cond": ("image_embeds fed to the U-Net at this step", "[B, D]"),
     "step.prompt.uncond": ("negative_image_embeds fed to the U-Net at this step", "[B, D]"),
+    "step.model.cond": (
+        "ε_c, the U-Net's noise prediction with image_embeds (its variance half apart)",
+        "[B, C, h, w]",
+    ),
+    "step.model.uncond": (
+        "ε_u, its noise prediction with negative_image_embeds (CFG on only)",
+        "[B, C, h, w]",
+    ),
     "decode.image": ("the picture in [-1, 1], movq.decode(x_0, force_not_quantize=True)", "[B, 3, H, W]"),
 }
 
