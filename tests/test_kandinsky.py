@@ -126,6 +126,16 @@ def test_the_cascade_equals_the_two_pipelines(pipes, cascade, guidance_scale, ne
     assert run.images[0].size == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
 
 
+def test_a_batch_with_negative_prompts_equals_the_pipelines(pipes, cascade):
+    prompts, negatives = [PROMPT, "a blue square"], ["blurry", "dark"]
+    run = cascade.run(prompts, negative_prompt=negatives, seed=2, **SETTINGS)
+    prior = prior_output(pipes, 2, negative_prompt=negatives, prompt=prompts)
+    picture = decoder_output(pipes, 2, prior.image_embeds, prior.negative_image_embeds)
+    assert tuple(run["prior.step.latents", 0].shape) == (4, D)  # the prompts' rows, then the negatives'
+    assert tuple(run["decoder.input"].shape) == (2, 2, D)
+    assert torch.equal(run.stages["decoder"].image, picture) and len(run.images) == 2
+
+
 # ---- forks ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("stage", "step"), [("prior", 0), ("prior", STEPS - 1), ("decoder", 0), ("decoder", 2)]
