@@ -400,6 +400,8 @@ def test_guidance_lab_on_flux_reguides_without_a_model_call(ex):
     widget = GuidanceLab(ex, PROMPT, num_inference_steps=3)
     assert errors(widget) == ""
     assert widget.off.settings["do_cfg"] is False and widget.on.settings["do_cfg"] is True
+    # Flux's default w is 1 (no true CFG): the guided side takes the family's comparison scale, not SD's 7.5
+    assert widget.on.settings["guidance_scale"] == ex.family.compare_guidance_scale == 4.0
     calls = []
     handle = ex.model.register_forward_hook(lambda *args: calls.append(1))
     try:

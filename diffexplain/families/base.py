@@ -68,6 +68,8 @@ class Family:
     part_names: ClassVar[tuple[str, ...]]  # the constructor arguments it takes (the pipeline's parts)
     default_steps: ClassVar[int] = 25  # run() defaults where the model folder recommends none
     default_guidance_scale: ClassVar[float] = 7.5  # the family's pipeline default
+    # the guided side of a guidance comparison (GuidanceLab) where the default is w ≤ 1 (no guidance)
+    compare_guidance_scale: ClassVar[float] = 7.5
     attention_kind: ClassVar[str] = "cross"  # how the image reads the text: "cross" or "joint" attention
 
     def __init__(self, **parts: Any) -> None:

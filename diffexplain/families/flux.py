@@ -124,6 +124,7 @@ class Flux(FlowMatching):
     )
     default_steps: ClassVar[int] = 28  # FluxPipeline's defaults (Flux dev)
     default_guidance_scale: ClassVar[float] = 1.0  # w = true_cfg_scale: one branch; g defaults to 3.5
+    compare_guidance_scale: ClassVar[float] = 4.0  # true CFG as diffusers' examples set true_cfg_scale
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds", "pooled", "guidance")
     extra_points: ClassVar[tuple[HookPoint, ...]] = (
         *conditioning_points("pooled", "pooled text embedding (CLIP's pooled output)", "[B, P]"),

@@ -92,7 +92,7 @@ class GuidanceLab(DxWidget):
         self.explainer = explainer
         self.frames = Frames(explainer, size)
         w0 = default_guidance(explainer) if guidance_scale is None else float(guidance_scale)
-        w0 = w0 if w0 > 1 else 7.5  # the guided run needs w > 1
+        w0 = w0 if w0 > 1 else explainer.family.compare_guidance_scale  # the guided run needs w > 1
         self.negative_prompt = negative_prompt
         self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="480px"))
         self.prompt.add_class("dx-prompt")
