@@ -87,7 +87,7 @@ def test_explain_strip_frames_differ(explained: tuple[Path, str]) -> None:
         (["explain", PROMPT, "--seed", "1.5"], "--seed: invalid int value"),
         (
             ["train", "--preset", "huge"],
-            "invalid choice: 'huge' (choose from default, refine, bind, settle, pairs, classroom, tiny, gan, gan-classroom, gan-tiny)",
+            "invalid choice: 'huge' (choose from default, refine, bind, settle, pairs, classroom, tiny, gan, gan-classroom, gan-tiny, pixel-cascade, pixel-cascade-tiny)",
         ),
         (["export"], "--to"),
     ],

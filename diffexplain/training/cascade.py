@@ -43,11 +43,8 @@ IF_SCHEDULER = {
     "sample_max_value": 1.5,
     "clip_sample": True,
     "clip_sample_range": 1.0,
-    "timestep_spacing": "trailing",
 }
-"""DDPM as DeepFloyd IF's stages use it (cosine schedule, learned variance, dynamic thresholding), with
-"trailing" spacing so that a short run's first step is t = 999, pure noise (IF's "leading" starts 25
-steps at t = 960)."""
+"""DDPM as DeepFloyd IF's stages use it: cosine schedule, learned variance, dynamic thresholding."""
 
 IF_NOISING_SCHEDULER = {
     "num_train_timesteps": 1000,

@@ -28,7 +28,7 @@ from diffexplain.training.checkpoint import read_checkpoint
 
 CASCADE_DEFAULTS = {
     "I": {"num_inference_steps": 25, "guidance_scale": 5.0},
-    "II": {"num_inference_steps": 15, "guidance_scale": 1.0},
+    "II": {"num_inference_steps": 50, "guidance_scale": 1.0},
 }
 """Run settings an exported cascade recommends per stage (measured: benchmarks/bench_cascade.py)."""
 

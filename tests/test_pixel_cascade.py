@@ -1,0 +1,167 @@
+"""The embedded pixel cascade: the training preset through the CLI (one stage at a time, or both), the
+exported folder, its loading into diffusers' own IF pipelines and into a Cascade (bit-exact parity and
+forks), the hybrid loss's math, clear errors, and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from diffexplain.cli import main
+from diffexplain.errors import TrainConfigError
+from diffexplain.models.pixel_cascade import (
+    PIXEL_CASCADE_DIR,
+    load_pixel_cascade,
+    pixel_cascade_pipelines,
+    read_cascade_json,
+)
+from diffexplain.models.store import ModelFolderError
+from diffexplain.training.cascade import IF_SCHEDULER
+from diffexplain.training.cascade_config import CascadeTrainConfig, cascade_preset
+from diffexplain.training.cascade_run import train_cascade
+from diffexplain.training.variance_loss import PosteriorTerms
+
+PROMPT = "a red circle on the left"
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A tiny cascade trained through the CLI, one stage per call (as two processes would)."""
+    out = tmp_path_factory.mktemp("cascade-run")
+    assert main(["train", "--preset", "pixel-cascade-tiny", "--out", str(out), "--stage", "I"]) == 0
+    assert not (out / "model").exists()  # stage II has not trained: nothing to export yet
+    assert main(["train", "--preset", "pixel-cascade-tiny", "--out", str(out), "--stage", "II"]) == 0
+    return out / "model"
+
+
+def test_the_cli_exports_an_fp16_folder_in_ifs_format(tiny_folder):
+    meta = read_cascade_json(tiny_folder)
+    assert meta["recipe"]["preset"] == "pixel-cascade-tiny"
+    assert "--preset pixel-cascade-tiny" in meta["recipe"]["command"]
+    assert meta["stages"]["I"]["unet_config"]["out_channels"] == 6  # ε and a learned variance
+    assert meta["stages"]["II"]["unet_config"]["in_channels"] == 6  # x_t beside the upscaled picture
+    assert meta["stages"]["I"]["trained_steps"] == cascade_preset("pixel-cascade-tiny").base_steps
+    for name in ("I", "II"):
+        with safe_open(str(tiny_folder / f"stage_{name}.safetensors"), framework="pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
+
+
+def test_a_finished_run_resumes_to_the_same_folder(tiny_folder):
+    run = tiny_folder.parent
+    before = (run / "stage_I" / "log.jsonl").read_text()
+    again = train_cascade("pixel-cascade-tiny", run, progress=False)
+    assert again == tiny_folder
+    assert (run / "stage_I" / "log.jsonl").read_text() == before  # no step was trained again
+
+
+def test_a_resume_with_another_network_is_refused(tiny_folder):
+    other = cascade_preset("pixel-cascade-tiny", base_blocks=(8, 8))
+    with pytest.raises(TrainConfigError, match="base_blocks"):
+        train_cascade(other, tiny_folder.parent, progress=False)
+
+
+@pytest.mark.parametrize("guidance_scale", [5.0, 1.0])
+def test_the_cascade_equals_diffusers_if_pipelines(tiny_folder, guidance_scale):
+    """No hooks, maps off: the final picture equals IFPipeline then IFSuperResolutionPipeline bit for bit."""
+    cascade = load_pixel_cascade(tiny_folder, progress=False)
+    settings = dict(num_inference_steps=4, guidance_scale=guidance_scale, attention_maps=False)
+    trace = cascade.run(PROMPT, seed=5, I=settings, II=settings)
+    stage_1, stage_2 = pixel_cascade_pipelines(tiny_folder)
+    common = dict(num_inference_steps=4, guidance_scale=guidance_scale, output_type="pt", clean_caption=False)
+    low = stage_1(PROMPT, generator=torch.Generator().manual_seed(5), **common).images
+    high = stage_2(image=low, prompt=PROMPT, generator=torch.Generator().manual_seed(5), **common).images
+    assert torch.equal(trace.stage("I").final_latents, low)
+    assert torch.equal(trace.last.final_latents, high)
+
+
+def test_forks_replay_and_attention_maps_are_kept(tiny_folder):
+    cascade = load_pixel_cascade(tiny_folder, progress=False)
+    trace = cascade.run(PROMPT, seed=1, I=dict(num_inference_steps=4), II=dict(num_inference_steps=3))
+    assert tuple(trace["I.step.latents", 0].shape) == (1, 3, 16, 16)  # pixels, not latents
+    assert tuple(trace["II.step.latents", 0].shape) == (1, 3, 32, 32)
+    assert torch.equal(cascade.fork(trace, "I", 2).last.final_latents, trace.last.final_latents)
+    assert torch.equal(cascade.fork(trace, "II", 1).last.final_latents, trace.last.final_latents)
+    assert trace.stage("I").attention("red").shape[-2:] == (16, 16)  # cross-attention layers: maps exist
+
+
+def test_the_schedulers_are_ifs(tiny_folder):
+    """DDPM with a learned variance and dynamic thresholding, as IF's stages; stage II noises its input."""
+    stage_1, stage_2 = pixel_cascade_pipelines(tiny_folder)
+    for pipe in (stage_1, stage_2):
+        config = pipe.scheduler.config
+        assert (config.variance_type, config.thresholding, config.beta_schedule) == (
+            "learned_range",
+            True,
+            "squaredcos_cap_v2",
+        )
+    assert stage_2.image_noising_scheduler.config.num_train_timesteps == 1000
+
+
+def test_the_bound_is_zero_only_at_the_true_posterior():
+    """KL(q ‖ p_θ) vanishes when p_θ has q's mean (ε̂ = ε) and variance (v = −1: log β̃_t), and grows otherwise."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(**IF_SCHEDULER)
+    terms = PosteriorTerms(scheduler.alphas_cumprod)
+    gen = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(4, 3, 8, 8, generator=gen) * 2 - 1, torch.randn(4, 3, 8, 8, generator=gen)
+    t = torch.tensor([10, 200, 600, 800])  # (near T, β_t and β̃_t meet: the two variances agree)
+    x_t = scheduler.add_noise(x0, eps, t)
+    at_truth = terms.vlb_bits(eps, -torch.ones_like(eps), x0, x_t, t)
+    assert at_truth.abs().max() < 1e-4
+    assert (terms.vlb_bits(eps, torch.ones_like(eps), x0, x_t, t) > at_truth).all()  # variance β_t instead
+    assert (terms.vlb_bits(eps + 0.3, -torch.ones_like(eps), x0, x_t, t) > at_truth).all()  # mean off
+
+
+def test_bad_configs_and_folders_name_what_is_wrong(tmp_path):
+    with pytest.raises(TrainConfigError, match="unknown pixel-cascade preset 'pixel'"):
+        cascade_preset("pixel")
+    with pytest.raises(TrainConfigError, match="sr_crop"):
+        CascadeTrainConfig(sr_crop=12)
+    with pytest.raises(TrainConfigError, match="stages must name"):
+        train_cascade("pixel-cascade-tiny", tmp_path / "run", stages=("III",), progress=False)
+    with pytest.raises(ModelFolderError, match="no model.json"):
+        read_cascade_json(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({"format": "diffexplain-model"}))
+    with pytest.raises(ModelFolderError, match="expected 'diffexplain-cascade'"):
+        read_cascade_json(tmp_path)
+    with pytest.raises(SystemExit):  # argparse: --stage takes I or II
+        main(["train", "--preset", "pixel-cascade-tiny", "--stage", "III"])
+
+
+def test_stage_is_refused_for_other_presets(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "gan-tiny", "--stage", "I", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "--stage is for the pixel-cascade presets" in capsys.readouterr().err
+
+
+def test_the_shipped_cascade_is_small_fp16_and_measured():
+    meta = read_cascade_json(PIXEL_CASCADE_DIR)
+    files = [PIXEL_CASCADE_DIR / f"stage_{n}.safetensors" for n in ("I", "II")]
+    assert sum(f.stat().st_size for f in files) <= 15_000_000
+    assert meta["recipe"]["command"].startswith("diffexplain train --preset pixel-cascade")
+    for key in ("colour", "shape", "position"):
+        assert key in meta["measured"]["one_object"]
+
+
+@pytest.mark.slow
+def test_the_shipped_cascade_runs_and_its_first_stage_draws_the_prompt():
+    """Stage I draws what the caption says (measured: 100 % of 30 prompts, upscaled for the checker). The
+    whole cascade is below its bar today (docs/pixel-cascade.md), so only its shapes are checked here."""
+    import torch.nn.functional as F
+
+    from diffexplain import render
+    from diffexplain.data.checker import score
+
+    cascade = load_pixel_cascade(progress=False)
+    prompts = ["a red circle on the left", "a blue square at the top"]
+    trace = cascade.run(prompts, seed=0, II=dict(num_inference_steps=5))
+    assert tuple(trace.last.final_latents.shape) == (2, 3, 64, 64)
+    low = F.interpolate(trace.stage("I").final_latents, (64, 64), mode="bilinear", align_corners=True)
+    right = [score(render.to_pil(x), p).all_right for x, p in zip(low, prompts, strict=True)]
+    assert sum(right) >= 1, right
