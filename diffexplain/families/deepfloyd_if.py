@@ -168,7 +168,9 @@ class IFSuperResolution(IF):
     )
     default_steps: ClassVar[int] = 50  # IFSuperResolutionPipeline's defaults
     default_guidance_scale: ClassVar[float] = 4.0
-    compare_guidance_scale: ClassVar[float] = 4.0  # its pipeline's default, for a folder that recommends w = 1
+    compare_guidance_scale: ClassVar[float] = (
+        4.0  # its pipeline's default, for a folder that recommends w = 1
+    )
 
     def image_channels(self) -> int:
         """C of x_t: half the U-Net's input channels (the other half is the upscaled image)."""
