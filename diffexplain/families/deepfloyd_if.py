@@ -33,7 +33,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
-from diffexplain.families.learned_variance import LearnedVariance
+from diffexplain.families.learned_variance import LearnedVariance, check_output_channels
 from diffexplain.families.sd import uncond_prompts
 
 IF_MAX_LENGTH = 77
@@ -98,13 +98,7 @@ class IF(LearnedVariance, Family):
 
     def __init__(self, *, pipeline: Any = None, **parts: Any) -> None:
         super().__init__(**parts)
-        unet = self.model
-        image_channels = self.image_channels()
-        if int(unet.config.out_channels) not in (image_channels, 2 * image_channels):
-            raise ValueError(
-                f"{self.label}: unet.config.out_channels is {unet.config.out_channels}; expected "
-                f"{image_channels} (ε) or {2 * image_channels} (ε and a learned variance)"
-            )
+        check_output_channels(self.label, self.model.config.out_channels, self.image_channels())
 
     def image_channels(self) -> int:
         """C of x_t: the U-Net's input channels (stage II reads x_t beside an image of as many)."""

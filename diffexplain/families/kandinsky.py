@@ -43,7 +43,7 @@ from diffusers import UnCLIPScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.families.base import Conditioning, Family, conditioning_points
-from diffexplain.families.learned_variance import LearnedVariance
+from diffexplain.families.learned_variance import LearnedVariance, check_output_channels
 from diffexplain.families.sd import uncond_prompts
 from diffexplain.names import HookPoint
 
@@ -288,11 +288,7 @@ class KandinskyDecoder(LearnedVariance, Family):
                 f"{self.label}: unet.config.encoder_hid_dim_type is {config.get('encoder_hid_dim_type')!r}; "
                 "expected 'image_proj' (a U-Net conditioned on a CLIP image embedding)"
             )
-        if int(config.out_channels) not in (int(config.in_channels), 2 * int(config.in_channels)):
-            raise ValueError(
-                f"{self.label}: unet.config.out_channels is {config.out_channels}; expected "
-                f"{config.in_channels} (ε) or {2 * int(config.in_channels)} (ε and a learned variance)"
-            )
+        check_output_channels(self.label, config.out_channels, int(config.in_channels))
 
     @classmethod
     def hook_points(cls) -> tuple[HookPoint, ...]:

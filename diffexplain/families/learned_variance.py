@@ -7,6 +7,7 @@ learns its variance (DDPM with ``variance_type`` "learned" or "learned_range"), 
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -20,8 +21,22 @@ def learns_variance(scheduler: Any) -> bool:
 
     A config carried over from DDPM to another scheduler (``set_scheduler("ddim")``) keeps the key,
     so the scheduler's own constructor must take it too."""
-    takes_it = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
-    return takes_it and scheduler.config.get("variance_type") in LEARNED_VARIANCE
+    return _takes_variance_type(type(scheduler)) and scheduler.config.get("variance_type") in LEARNED_VARIANCE
+
+
+@functools.cache
+def _takes_variance_type(scheduler_class: type) -> bool:
+    """Whether the class's constructor has ``variance_type`` (inspected once per class, not every step)."""
+    return "variance_type" in inspect.signature(scheduler_class.__init__).parameters
+
+
+def check_output_channels(label: str, out_channels: int, image_channels: int) -> None:
+    """A model's output must be ε (C channels) or ε and a learned variance (2C); else a clear error."""
+    if int(out_channels) not in (image_channels, 2 * image_channels):
+        raise ValueError(
+            f"{label}: unet.config.out_channels is {out_channels}; expected "
+            f"{image_channels} (ε) or {2 * image_channels} (ε and a learned variance)"
+        )
 
 
 class LearnedVariance:
