@@ -9,7 +9,7 @@ from __future__ import annotations
 
 STEP_HELP = (
     "Move the <b>step</b> slider (or press ▶) to walk through the denoising loop. At each step the {model} "
-    "looks at the noisy picture <b>x_t</b> and predicts the {output} twice: with the prompt (<b>ε_c</b>) and "
+    "looks at the noisy {xt} <b>x_t</b> and predicts the {output} twice: with the prompt (<b>ε_c</b>) and "
     "without it (<b>ε_u</b>). Their difference <b>Δ = ε_c − ε_u</b> is what the prompt adds; guidance "
     "pushes along it: <b>ε̂ = ε_u + w·Δ</b>. From ε̂ the model's current guess of the final picture, "
     "<b>x̂0</b>, follows. The timeline shows the sizes (RMS) of these predictions at every step."
@@ -17,7 +17,7 @@ STEP_HELP = (
 
 # key → title of each picture panel (the widget adds CSS classes; the page uses the keys)
 STEP_PANELS = {
-    "xt": "x_t (noisy latents entering the step)",
+    "xt": "x_t (noisy {xt} entering the step)",
     "x0": "x̂0 (the model's current guess)",
     "channels": "latent channels of x_t",
     "eps_c": "ε_c ({output} predicted with prompt)",

@@ -278,13 +278,22 @@ def test_the_widgets_open_a_kandinsky_trace_with_a_stage_chooser(cascade, trace,
         "decoder",
     ]
     assert "embedding" not in explorer.header.value
+    assert "noise predicted with prompt" in explorer.panel_titles["eps_c"].value
+    assert "U-Net" in explorer.help.value
     picture = explorer.images["x0"].value
     explorer.stage_chooser.value = "prior"
     assert _errors(explorer) == "" and explorer.trace is trace.stages["prior"]
     assert f"CLIP image embedding of {D} numbers, not a picture" in explorer.header.value
+    # the panels and the help name what the prior predicts, not the decoder's noise
+    assert "image embedding predicted with prompt" in explorer.panel_titles["eps_c"].value
+    assert "noisy image embeddings entering" in explorer.panel_titles["xt"].value
+    assert "the prior looks at the noisy image embeddings" in explorer.help.value
+    assert "U-Net" not in explorer.help.value
     assert explorer.images["x0"].value != picture and explorer.channel_box.layout.display == "none"
     explorer.slider.value = 3
     assert _errors(explorer) == ""
+    explorer.stage_chooser.value = "decoder"
+    assert "noise predicted with prompt" in explorer.panel_titles["eps_c"].value
 
     path = tmp_path / "k.safetensors"
     trace.save(path)

@@ -64,9 +64,14 @@ def image_panel(title: str, css: str, size: int = DEFAULT_SIZE) -> tuple[W.VBox,
     return box, image
 
 
+def help_html(html: str) -> str:
+    """The markup of :func:`help_box` (to change a box's text in place)."""
+    return f"<div style='font-size:0.9em;color:#444;max-width:900px'>{html}</div>"
+
+
 def help_box(html: str) -> W.HTML:
     """The short help text shown at the top of a widget."""
-    box = W.HTML(f"<div style='font-size:0.9em;color:#444;max-width:900px'>{html}</div>")
+    box = W.HTML(help_html(html))
     box.add_class("dx-help")
     return box
 
@@ -95,16 +100,26 @@ def default_guidance(explainer: Explainer, fallback: float | None = None) -> flo
 
 
 def words(trace: Trace | None, explainer: Explainer | None = None) -> dict[str, str]:
-    """How to name the model and its output in labels: ``{"model": "U-Net", "output": "noise"}`` for
-    Stable Diffusion, ``{"model": "transformer", "output": "velocity"}`` for a flow model (SD3)."""
+    """How to name the model, its output and x_t in labels: ``{"model": "U-Net", "output": "noise",
+    "xt": "latents"}`` for Stable Diffusion, ``{"model": "transformer", "output": "velocity", ...}`` for a
+    flow model (SD3), "pixels" for a pixel model (IF), "image embeddings" for Kandinsky's prior."""
     family = explainer.family if explainer is not None else None
     if family is None and trace is not None:
         family = FAMILIES.get((trace.settings.get("model") or {}).get("family", "sd"))
     if family is None:
-        return {"model": "U-Net", "output": "noise"}
+        return {"model": "U-Net", "output": "noise", "xt": "latents"}
+    if family.output_kind == "image embedding":
+        xt = "image embeddings"
+    elif (explainer is not None and explainer.vae is None) or (
+        explainer is None and trace is not None and is_pixel_space(trace)
+    ):
+        xt = "pixels"
+    else:
+        xt = "latents"
     return {
         "model": "U-Net" if family.model_attr == "unet" else family.model_attr,
         "output": family.output_kind,
+        "xt": xt,
     }
 
 

@@ -25,6 +25,7 @@ from diffexplain.widgets.base import (
     cosine,
     figure_box,
     help_box,
+    help_html,
     image_panel,
     is_pixel_space,
     rms,
@@ -120,6 +121,8 @@ class StepExplorer(DxWidget):
         boxes, self.images = {}, {}
         for key, title in STEP_PANELS.items():
             boxes[key], self.images[key] = image_panel(title.format(**vocab), PANEL_CSS[key], size)
+        self.panel_titles = {key: box.children[0] for key, box in boxes.items()}  # relabelled per stage
+        self.help = help_box(HELP.format(**vocab))
         self.channel_box = boxes["channels"]
         self.fig = self._make_figure()
 
@@ -127,7 +130,7 @@ class StepExplorer(DxWidget):
         self.slider.observe(self.guard(self._on_control), names="value")
         self.preview.observe(self.guard(self._on_control), names="value")
         self.children = [
-            help_box(HELP.format(**vocab)),
+            self.help,
             self.header,
             W.HBox([self.stage_chooser, self.play, self.slider, self.preview]),  # the chooser: cascades
             W.HBox([boxes["xt"], boxes["x0"], boxes["channels"]]),
@@ -229,6 +232,13 @@ class StepExplorer(DxWidget):
             self.stage_chooser.value = name
         self.set_trace(trace)
 
+    def _relabel(self, trace: Trace) -> None:
+        """Name the model, its output and x_t as the trace shown has them (a cascade's stages differ)."""
+        vocab = words(trace, self.explainer)
+        self.help.value = help_html(HELP.format(**vocab))
+        for key, title in STEP_PANELS.items():
+            self.panel_titles[key].value = f"<b>{title.format(**vocab)}</b>"
+
     def _switch(self, trace: Trace, explainer: Explainer | None) -> None:
         self.trace = trace
         if explainer is not None or self.explainer is None:
@@ -252,6 +262,7 @@ class StepExplorer(DxWidget):
             f"{stage}<b>prompt</b>: “{s.get('prompt')}” · <b>w</b> = {s.get('guidance_scale')} · "
             f"seed {s.get('seed')} · {(s.get('scheduler') or {}).get('class', '?')} · {n} steps{fork}"
         )
+        self._relabel(trace)
         caption = embedding_caption(trace)  # the Kandinsky prior: x_t is a vector
         self.header.value += f"<br>{caption}" if caption else ""
         series = self._series()
