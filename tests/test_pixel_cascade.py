@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 from safetensors import safe_open
 
 from diffexplain.cli import main
@@ -20,7 +21,7 @@ from diffexplain.models.pixel_cascade import (
     read_cascade_json,
 )
 from diffexplain.models.store import ModelFolderError
-from diffexplain.training.cascade import IF_SCHEDULER
+from diffexplain.training.cascade import IF_NOISING_SCHEDULER, IF_SCHEDULER, crops_at, sr_inputs
 from diffexplain.training.cascade_config import CascadeTrainConfig, cascade_preset
 from diffexplain.training.cascade_run import train_cascade
 from diffexplain.training.variance_loss import PosteriorTerms
@@ -103,7 +104,6 @@ def test_the_schedulers_are_ifs(tiny_folder):
 
 def test_the_bound_is_zero_only_at_the_true_posterior():
     """KL(q ‖ p_θ) vanishes when p_θ has q's mean (ε̂ = ε) and variance (v = −1: log β̃_t), and grows otherwise."""
-    from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler(**IF_SCHEDULER)
     terms = PosteriorTerms(scheduler.alphas_cumprod)
@@ -117,11 +117,26 @@ def test_the_bound_is_zero_only_at_the_true_posterior():
     assert (terms.vlb_bits(eps + 0.3, -torch.ones_like(eps), x0, x_t, t) > at_truth).all()  # mean off
 
 
+def test_stage_two_trains_on_crops_then_on_whole_pictures():
+    cfg = cascade_preset("pixel-cascade-tiny")  # crops of 16 for 2 steps, then whole 32×32 pictures
+    assert [crops_at(cfg, step) for step in range(4)] == [16, 16, 0, 0]
+    assert crops_at(cascade_preset("pixel-cascade-tiny", sr_crop_steps=0), 3) == 16  # 0: crops throughout
+    noising = DDPMScheduler(**IF_NOISING_SCHEDULER)
+    x0 = torch.rand(2, 3, 32, 32) * 2 - 1
+    for crop, side in ((16, 16), (0, 32)):
+        target, x_up, levels = sr_inputs(x0, cfg, noising, torch.Generator().manual_seed(0), crop)
+        assert target.shape == x_up.shape == (2, 3, side, side) and levels.shape == (2,)
+        assert (levels < cfg.sr_noise_max).all()
+    assert torch.equal(target, x0)  # whole pictures: the targets are the dataset's own
+
+
 def test_bad_configs_and_folders_name_what_is_wrong(tmp_path):
     with pytest.raises(TrainConfigError, match="unknown pixel-cascade preset 'pixel'"):
         cascade_preset("pixel")
     with pytest.raises(TrainConfigError, match="sr_crop"):
         CascadeTrainConfig(sr_crop=12)
+    with pytest.raises(TrainConfigError, match="sr_crop_steps must be a whole number of at least 0, got -1"):
+        CascadeTrainConfig(sr_crop_steps=-1)
     with pytest.raises(TrainConfigError, match="stages must name"):
         train_cascade("pixel-cascade-tiny", tmp_path / "run", stages=("III",), progress=False)
     with pytest.raises(ModelFolderError, match="no model.json"):

@@ -115,20 +115,24 @@ def training_pictures(
     return pictures, captions
 
 
+def crops_at(cfg: CascadeTrainConfig, step: int) -> int:
+    """The crop size stage II trains on at ``step`` (0: whole pictures)."""
+    return cfg.sr_crop if not cfg.sr_crop_steps or step < cfg.sr_crop_steps else 0
+
+
 def sr_inputs(
-    x0: torch.Tensor, cfg: CascadeTrainConfig, noising: DDPMScheduler, gen: torch.Generator
+    x0: torch.Tensor, cfg: CascadeTrainConfig, noising: DDPMScheduler, gen: torch.Generator, crop: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stage II's target x0 [B, 3, S, S], its noised upscaled picture x_up and noise levels n [B]; cropped to
-    ``sr_crop`` (the same window in both) where the config asks for crops."""
+    ``crop`` (the same window in both; 0: whole pictures)."""
     size = x0.shape[-1]
     low = F.interpolate(x0, (cfg.base_size, cfg.base_size), mode="area")
     upscaled = F.interpolate(low, (size, size), mode="bilinear", align_corners=True)
     levels = torch.randint(0, cfg.sr_noise_max, (x0.shape[0],), generator=gen)
     x_up = noising.add_noise(upscaled, torch.randn(upscaled.shape, generator=gen), levels)
-    if not cfg.sr_crop or cfg.sr_crop == size:
+    if not crop or crop == size:
         return x0, x_up, levels
-    corners = torch.randint(0, size - cfg.sr_crop + 1, (x0.shape[0], 2), generator=gen).tolist()
-    crop = cfg.sr_crop
+    corners = torch.randint(0, size - crop + 1, (x0.shape[0], 2), generator=gen).tolist()
     x0 = torch.stack([x[:, i : i + crop, j : j + crop] for x, (i, j) in zip(x0, corners, strict=True)])
     x_up = torch.stack([x[:, i : i + crop, j : j + crop] for x, (i, j) in zip(x_up, corners, strict=True)])
     return x0, x_up, levels
@@ -187,7 +191,7 @@ def train_stage(
         x0, captions = training_pictures(data, cfg, stage, step, batch)
         kwargs: dict[str, Any] = {}
         if stage == "II":
-            x0, x_up, levels = sr_inputs(x0, cfg, noising, gen)
+            x0, x_up, levels = sr_inputs(x0, cfg, noising, gen, crops_at(cfg, step))
             kwargs["class_labels"] = levels.to(device)
         x0 = x0.to(device)
         cond = text(captions)
