@@ -24,7 +24,7 @@ from diffexplain.models.store import ModelFolderError
 from diffexplain.training.cascade import IF_NOISING_SCHEDULER, IF_SCHEDULER, crops_at, sr_inputs
 from diffexplain.training.cascade_config import CascadeTrainConfig, cascade_preset
 from diffexplain.training.cascade_run import train_cascade
-from diffexplain.training.variance_loss import PosteriorTerms
+from diffexplain.training.variance_loss import PosteriorTerms, noisy_step_weights
 
 PROMPT = "a red circle on the left"
 
@@ -130,6 +130,17 @@ def test_stage_two_trains_on_crops_then_on_whole_pictures():
     assert torch.equal(target, x0)  # whole pictures: the targets are the dataset's own
 
 
+def test_the_noisy_step_weights_are_the_x0_error_up_to_the_cap():
+    alphas_cumprod = DDPMScheduler(**IF_SCHEDULER).alphas_cumprod
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    weights = noisy_step_weights(alphas_cumprod, 20.0)
+    assert torch.equal(weights[snr >= 1], torch.ones_like(weights[snr >= 1]))  # the clean steps keep 1
+    middle = (snr < 1) & (snr > 1 / 20)
+    assert torch.allclose(weights[middle], 1 / snr[middle])  # ε error / SNR = the x̂0 error
+    assert weights.max() == 20.0 and weights[-1] == 20.0
+    assert torch.equal(noisy_step_weights(alphas_cumprod, 0.0), torch.ones_like(alphas_cumprod))
+
+
 def test_bad_configs_and_folders_name_what_is_wrong(tmp_path):
     with pytest.raises(TrainConfigError, match="unknown pixel-cascade preset 'pixel'"):
         cascade_preset("pixel")
@@ -137,6 +148,8 @@ def test_bad_configs_and_folders_name_what_is_wrong(tmp_path):
         CascadeTrainConfig(sr_crop=12)
     with pytest.raises(TrainConfigError, match="sr_crop_steps must be a whole number of at least 0, got -1"):
         CascadeTrainConfig(sr_crop_steps=-1)
+    with pytest.raises(TrainConfigError, match="sr_noisy_weight_cap must be 0 \\(off\\) or more, got -1"):
+        CascadeTrainConfig(sr_noisy_weight_cap=-1)
     with pytest.raises(TrainConfigError, match="stages must name"):
         train_cascade("pixel-cascade-tiny", tmp_path / "run", stages=("III",), progress=False)
     with pytest.raises(ModelFolderError, match="no model.json"):

@@ -7,6 +7,7 @@ Notation (per stage; x0 a dataset picture in [-1, 1] at the stage's size, c the 
     stage II:  x_up = add_noise(up(down(x0)), ε', n),  n ~ U{0..sr_noise_max − 1}   (IF's noise augmentation)
                [ε̂ ; v] = U_II(cat[x_t, x_up], t, c, class_labels=n)
     loss = min(SNR_t, γ)/SNR_t·‖ε̂ − ε‖² + λ·KL bits (variance_loss.py)
+    stage II on whole pictures: the ε term also × clamp(1/SNR_t, 1, cap), the x̂0 error at the noisy steps
 
 down is area averaging to ``base_size``; up is bilinear with corners aligned, exactly as
 ``IFSuperResolution.stage_inputs`` upscales at sampling time. The two stages never see each other's
@@ -31,7 +32,7 @@ from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import unet_config
 from diffexplain.training.cascade_config import CASCADE_FIXED_FIELDS, STAGES, CascadeTrainConfig
 from diffexplain.training.checkpoint import EMA, load_checkpoint, lr_at, save_checkpoint
-from diffexplain.training.variance_loss import PosteriorTerms, snr_weights
+from diffexplain.training.variance_loss import PosteriorTerms, noisy_step_weights, snr_weights
 
 IF_SCHEDULER = {
     "num_train_timesteps": 1000,
@@ -178,6 +179,9 @@ def train_stage(
     noising = DDPMScheduler(**IF_NOISING_SCHEDULER)
     posterior = PosteriorTerms(noise_scheduler.alphas_cumprod)
     weights = snr_weights(noise_scheduler.alphas_cumprod, cfg.min_snr_gamma).to(device)
+    noisy_weights = weights * noisy_step_weights(noise_scheduler.alphas_cumprod, cfg.sr_noisy_weight_cap).to(
+        device
+    )
     text = CaptionCache(device)
     text.tokenizer.model_max_length = IF_MAX_LENGTH  # IF's 77 positions, as IFPipeline.encode_prompt pads
     empty = text([""])[0]
@@ -190,9 +194,12 @@ def train_stage(
             group["lr"] = lr_at(step, base=base_lr, warmup=cfg.warmup, total=steps)
         x0, captions = training_pictures(data, cfg, stage, step, batch)
         kwargs: dict[str, Any] = {}
+        step_weights = weights
         if stage == "II":
-            x0, x_up, levels = sr_inputs(x0, cfg, noising, gen, crops_at(cfg, step))
+            crop = crops_at(cfg, step)
+            x0, x_up, levels = sr_inputs(x0, cfg, noising, gen, crop)
             kwargs["class_labels"] = levels.to(device)
+            step_weights = weights if crop else noisy_weights  # whole pictures: the noisy steps weigh more
         x0 = x0.to(device)
         cond = text(captions)
         drop = torch.rand(batch, generator=gen) < cfg.caption_dropout
@@ -202,7 +209,7 @@ def train_stage(
         x_t = noise_scheduler.add_noise(x0, noise, t)
         model_input = x_t if stage == "I" else torch.cat([x_t, x_up.to(device)], dim=1)
         eps_pred, v = unet(model_input, t, encoder_hidden_states=cond, **kwargs).sample.split(3, dim=1)
-        loss_eps = (weights[t] * (eps_pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss_eps = (step_weights[t] * (eps_pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
         loss_vlb = posterior.vlb_bits(eps_pred, v, x0, x_t, t).mean()
         loss = loss_eps + cfg.vlb_weight * loss_vlb
         opt.zero_grad(set_to_none=True)

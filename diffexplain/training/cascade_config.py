@@ -44,6 +44,9 @@ class CascadeTrainConfig:
     # ... for its first sr_crop_steps steps (0: all of them), then on whole pictures: crops are 4× cheaper, but
     # only whole pictures give the group norms the statistics they meet at 64×64 when sampling
     sr_crop_steps: int = 2500
+    # ... and from then on its ε-loss weighs clamp(1/SNR_t, 1, cap): the x̂0 error at the noisy steps, where
+    # sampling settles colours and background (plain ε-MSE left them drifting from the upscaled picture)
+    sr_noisy_weight_cap: float = 20.0
     sr_noise_max: int = 500  # training noise levels of the upscaled picture: uniform on 0..sr_noise_max − 1
     # both stages
     warmup: int = 100
@@ -82,6 +85,10 @@ class CascadeTrainConfig:
         ):
             raise TrainConfigError(
                 f"sr_crop_steps must be a whole number of at least 0, got {self.sr_crop_steps!r}"
+            )
+        if not self.sr_noisy_weight_cap >= 0:
+            raise TrainConfigError(
+                f"sr_noisy_weight_cap must be 0 (off) or more, got {self.sr_noisy_weight_cap!r}"
             )
         if not 0 < self.sr_noise_max <= 1000:
             raise TrainConfigError(f"sr_noise_max must be in 1..1000, got {self.sr_noise_max}")
