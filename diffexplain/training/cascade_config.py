@@ -37,7 +37,7 @@ class CascadeTrainConfig:
     # stage II: full resolution without attention, the caption read at the lowest level only
     sr_blocks: tuple[int, ...] = (32, 64, 96)
     sr_cross_attention: tuple[bool, ...] = (False, False, True)
-    sr_steps: int = 4500
+    sr_steps: int = 4000
     sr_batch: int = 32
     sr_lr: float = 3e-4
     sr_crop: int = 32  # stage II trains on random crops of this size (0: whole pictures); it is convolutional
@@ -45,8 +45,9 @@ class CascadeTrainConfig:
     # only whole pictures give the group norms the statistics they meet at 64×64 when sampling
     sr_crop_steps: int = 2500
     # ... and from then on its ε-loss weighs clamp(1/SNR_t, 1, cap): the x̂0 error at the noisy steps, where
-    # sampling settles colours and background (plain ε-MSE left them drifting from the upscaled picture)
-    sr_noisy_weight_cap: float = 20.0
+    # sampling settles colours and background (with plain ε-MSE, stage II read its upscaled picture so little
+    # at t ≥ 900 that its x̂0 there was 6× further from the picture than the upscaled picture itself)
+    sr_noisy_weight_cap: float = 1000.0
     sr_noise_max: int = 500  # training noise levels of the upscaled picture: uniform on 0..sr_noise_max − 1
     # both stages
     warmup: int = 100
