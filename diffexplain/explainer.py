@@ -293,7 +293,8 @@ class Explainer:
         (and the model is not guidance-distilled). ``keep`` selects hook points to store (names or
         globs, default all but the heavy ones); ``store_dtype`` stores them in a smaller dtype (restart
         state for forks stays at full precision). ``options`` are the family's own settings, e.g.
-        SDXL's ``original_size`` or SD3's ``max_sequence_length``. ``restart=False`` makes no restart
+        SDXL's ``original_size`` or SD3's ``max_sequence_length``; a model folder's defaults may set them too
+        (e.g. ``noise_level`` for a pixel cascade's stage II). ``restart=False`` makes no restart
         points (no scheduler snapshot or generator state per step): such a trace cannot be forked.
         ``attention_maps`` keeps each step's cross-attention maps (``trace.attention("red")``); the
         text-attention layers are then computed with an explicit softmax, which matches the model's
@@ -373,7 +374,7 @@ class Explainer:
             width=width,
             eta=float(eta),
             decode=decode,
-            options=self.family.run_options(height, width, **options),
+            options=self.family.run_options(height, width, **(self._option_defaults() | options)),
             restart=restart,
             attention_maps=checks.check_flag("attention_maps", attention_maps),
         )
@@ -514,6 +515,10 @@ class Explainer:
             return (
                 yield from loop_steps(Components(self.family, self.scheduler), plan, trace, hooks, **kwargs)
             )
+
+    def _option_defaults(self) -> dict[str, Any]:
+        """The model's defaults for its family's own run settings (e.g. the pixel cascade's ``noise_level``)."""
+        return {k: v for k, v in self.defaults.items() if k not in ("num_inference_steps", "guidance_scale")}
 
     def _warn_unknown_words(self, prompt: str | list[str]) -> None:
         """A ``UserWarning`` listing the prompt's words the model never saw (models with a ``vocabulary``)."""

@@ -89,6 +89,17 @@ def test_forks_replay_and_attention_maps_are_kept(tiny_folder):
     assert trace.stage("I").attention("red").shape[-2:] == (16, 16)  # cross-attention layers: maps exist
 
 
+def test_a_folders_noise_level_default_reaches_stage_two(tiny_folder):
+    cascade = load_pixel_cascade(tiny_folder, progress=False)
+    cascade.stages["II"].defaults["noise_level"] = 40  # as a model.json's "defaults" sets it
+    steps = dict(num_inference_steps=2)
+    trace = cascade.run(PROMPT, seed=1, I=steps, II=steps)
+    assert trace["II.prompt.noise_level.cond"].tolist() == [40]
+    assert cascade.run(PROMPT, seed=1, I=steps, II=steps | {"noise_level": 7})[
+        "II.prompt.noise_level.cond"
+    ].tolist() == [7]
+
+
 def test_the_schedulers_are_ifs(tiny_folder):
     """DDPM with a learned variance and dynamic thresholding, as IF's stages; stage II noises its input."""
     stage_1, stage_2 = pixel_cascade_pipelines(tiny_folder)
