@@ -21,7 +21,13 @@ from diffexplain.models.pixel_cascade import (
     read_cascade_json,
 )
 from diffexplain.models.store import ModelFolderError
-from diffexplain.training.cascade import IF_NOISING_SCHEDULER, IF_SCHEDULER, crops_at, sr_inputs
+from diffexplain.training.cascade import (
+    IF_NOISING_SCHEDULER,
+    IF_SCHEDULER,
+    crops_at,
+    prediction_at,
+    sr_inputs,
+)
 from diffexplain.training.cascade_config import CascadeTrainConfig, cascade_preset
 from diffexplain.training.cascade_run import train_cascade
 from diffexplain.training.variance_loss import PosteriorTerms, noisy_step_weights
@@ -110,6 +116,9 @@ def test_the_schedulers_are_ifs(tiny_folder):
             True,
             "squaredcos_cap_v2",
         )
+    # stage I predicts ε, stage II v after its crop phase (the tiny preset's last two steps)
+    assert stage_1.scheduler.config.prediction_type == "epsilon"
+    assert stage_2.scheduler.config.prediction_type == "v_prediction"
     assert stage_2.image_noising_scheduler.config.num_train_timesteps == 1000
 
 
@@ -131,6 +140,9 @@ def test_the_bound_is_zero_only_at_the_true_posterior():
 def test_stage_two_trains_on_crops_then_on_whole_pictures():
     cfg = cascade_preset("pixel-cascade-tiny")  # crops of 16 for 2 steps, then whole 32×32 pictures
     assert [crops_at(cfg, step) for step in range(4)] == [16, 16, 0, 0]
+    assert [prediction_at(cfg, "II", step) for step in range(4)] == ["epsilon"] * 2 + ["v_prediction"] * 2
+    assert prediction_at(cfg, "I", 3) == "epsilon"
+    assert prediction_at(cascade_preset("pixel-cascade-tiny", sr_prediction="epsilon"), "II", 3) == "epsilon"
     assert crops_at(cascade_preset("pixel-cascade-tiny", sr_crop_steps=0), 3) == 16  # 0: crops throughout
     noising = DDPMScheduler(**IF_NOISING_SCHEDULER)
     x0 = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -159,6 +171,8 @@ def test_bad_configs_and_folders_name_what_is_wrong(tmp_path):
         CascadeTrainConfig(sr_crop=12)
     with pytest.raises(TrainConfigError, match="sr_crop_steps must be a whole number of at least 0, got -1"):
         CascadeTrainConfig(sr_crop_steps=-1)
+    with pytest.raises(TrainConfigError, match="sr_prediction must be 'epsilon' or 'v_prediction', got 'x0'"):
+        CascadeTrainConfig(sr_prediction="x0")
     with pytest.raises(TrainConfigError, match="sr_noisy_weight_cap must be 0 \\(off\\) or more, got -1"):
         CascadeTrainConfig(sr_noisy_weight_cap=-1)
     with pytest.raises(TrainConfigError, match="stages must name"):

@@ -7,7 +7,7 @@ Notation (per stage; x0 a dataset picture in [-1, 1] at the stage's size, c the 
     stage II:  x_up = add_noise(up(down(x0)), ε', n),  n ~ U{0..sr_noise_max − 1}   (IF's noise augmentation)
                [ε̂ ; v] = U_II(cat[x_t, x_up], t, c, class_labels=n)
     loss = min(SNR_t, γ)/SNR_t·‖ε̂ − ε‖² + λ·KL bits (variance_loss.py)
-    stage II on whole pictures: the ε term also × clamp(1/SNR_t, 1, cap), the x̂0 error at the noisy steps
+    stage II, phase 2 (whole pictures): ‖v̂ − v‖², v = √ᾱ_t·ε − √(1 − ᾱ_t)·x0, with sr_prediction="v_prediction"
 
 down is area averaging to ``base_size``; up is bilinear with corners aligned, exactly as
 ``IFSuperResolution.stage_inputs`` upscales at sampling time. The two stages never see each other's
@@ -121,6 +121,14 @@ def crops_at(cfg: CascadeTrainConfig, step: int) -> int:
     return cfg.sr_crop if not cfg.sr_crop_steps or step < cfg.sr_crop_steps else 0
 
 
+def prediction_at(cfg: CascadeTrainConfig, stage: str, step: int) -> str:
+    """What stage ``stage`` predicts at training step ``step``: "epsilon", or "v_prediction" (stage II's
+    phase 2 with ``sr_prediction="v_prediction"``): the ``prediction_type`` its scheduler must have."""
+    if stage == "I" or crops_at(cfg, step):
+        return "epsilon"
+    return cfg.sr_prediction
+
+
 def sr_inputs(
     x0: torch.Tensor, cfg: CascadeTrainConfig, noising: DDPMScheduler, gen: torch.Generator, crop: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -178,6 +186,7 @@ def train_stage(
     noise_scheduler = DDPMScheduler(**IF_SCHEDULER)
     noising = DDPMScheduler(**IF_NOISING_SCHEDULER)
     posterior = PosteriorTerms(noise_scheduler.alphas_cumprod)
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
     weights = snr_weights(noise_scheduler.alphas_cumprod, cfg.min_snr_gamma).to(device)
     noisy_weights = weights * noisy_step_weights(noise_scheduler.alphas_cumprod, cfg.sr_noisy_weight_cap).to(
         device
@@ -195,6 +204,7 @@ def train_stage(
         x0, captions = training_pictures(data, cfg, stage, step, batch)
         kwargs: dict[str, Any] = {}
         step_weights = weights
+        predicts_v = prediction_at(cfg, stage, step) == "v_prediction"
         if stage == "II":
             crop = crops_at(cfg, step)
             x0, x_up, levels = sr_inputs(x0, cfg, noising, gen, crop)
@@ -208,9 +218,18 @@ def train_stage(
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (batch,), generator=gen).to(device)
         x_t = noise_scheduler.add_noise(x0, noise, t)
         model_input = x_t if stage == "I" else torch.cat([x_t, x_up.to(device)], dim=1)
-        eps_pred, v = unet(model_input, t, encoder_hidden_states=cond, **kwargs).sample.split(3, dim=1)
-        loss_eps = (step_weights[t] * (eps_pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        loss_vlb = posterior.vlb_bits(eps_pred, v, x0, x_t, t).mean()
+        prediction, var_out = unet(model_input, t, encoder_hidden_states=cond, **kwargs).sample.split(
+            3, dim=1
+        )
+        if predicts_v:  # v = √ᾱ·ε − √(1−ᾱ)·x0, so ε̂ = √(1−ᾱ)·x_t + √ᾱ·v̂ (for the bound)
+            root_abar = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
+            root_one_minus = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
+            target = root_abar * noise - root_one_minus * x0
+            eps_pred = root_one_minus * x_t + root_abar * prediction
+        else:
+            target, eps_pred = noise, prediction
+        loss_eps = (step_weights[t] * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss_vlb = posterior.vlb_bits(eps_pred, var_out, x0, x_t, t).mean()
         loss = loss_eps + cfg.vlb_weight * loss_vlb
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -223,7 +242,8 @@ def train_stage(
         if (step + 1) % cfg.log_every == 0 or last:
             entry = {
                 "step": step + 1,
-                "loss_eps": loss_eps.item(),
+                "loss_eps": loss_eps.item(),  # the ε-loss, or the v-loss where the stage predicts v
+                "prediction": prediction_at(cfg, stage, step),
                 "loss_vlb": loss_vlb.item(),
                 "loss_eps_avg": running,
                 "time_s": round(time.time() - t0, 2),

@@ -20,6 +20,7 @@ from diffexplain.training.cascade import (
     IF_NOISING_SCHEDULER,
     IF_SCHEDULER,
     check_resume,
+    prediction_at,
     stage_unet_config,
     train_stage,
 )
@@ -115,7 +116,11 @@ def export_cascade(
             "family": "if" if stage == "I" else "if_sr",
             "size": cfg.base_size if stage == "I" else cfg.image_size,
             "unet_config": stage_unet_config(cfg, stage),
-            "scheduler": {"class": "DDPMScheduler", "config": IF_SCHEDULER},
+            "scheduler": {
+                "class": "DDPMScheduler",
+                "config": IF_SCHEDULER
+                | {"prediction_type": prediction_at(cfg, stage, steps_of(cfg, stage) - 1)},
+            },
             "defaults": CASCADE_DEFAULTS[stage],
             "trained_steps": int(meta["step"]),
             "train_time_s": training_time(out, stage),
