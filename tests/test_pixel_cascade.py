@@ -203,18 +203,27 @@ def test_the_shipped_cascade_is_small_fp16_and_measured():
 
 
 @pytest.mark.slow
-def test_the_shipped_cascade_runs_and_its_first_stage_draws_the_prompt():
-    """Stage I draws what the caption says (measured: 100 % of 30 prompts, upscaled for the checker). The
-    whole cascade is below its bar today (docs/pixel-cascade.md), so only its shapes are checked here."""
+def test_the_shipped_cascade_draws_the_prompt_at_64_pixels():
+    """At its default settings the cascade's 64×64 pictures show what plain captions say (measured on 300
+    prompts in docs/pixel-cascade.md; here four, read by the same attribute checker), and so does stage I."""
     import torch.nn.functional as F
 
     from diffexplain import render
     from diffexplain.data.checker import score
 
     cascade = load_pixel_cascade(progress=False)
-    prompts = ["a red circle on the left", "a blue square at the top"]
-    trace = cascade.run(prompts, seed=0, II=dict(num_inference_steps=5))
-    assert tuple(trace.last.final_latents.shape) == (2, 3, 64, 64)
+    prompts = [
+        "a red circle on the left",
+        "a blue square at the top",
+        "a yellow triangle on the right",
+        "a green circle at the bottom",
+    ]
+    trace = cascade.run(prompts, seed=0)
+    assert tuple(trace.last.final_latents.shape) == (4, 3, 64, 64)
+    right = [
+        score(render.to_pil(x), p).all_right for x, p in zip(trace.last.final_latents, prompts, strict=True)
+    ]
+    assert sum(right) >= 3, right
     low = F.interpolate(trace.stage("I").final_latents, (64, 64), mode="bilinear", align_corners=True)
-    right = [score(render.to_pil(x), p).all_right for x, p in zip(low, prompts, strict=True)]
-    assert sum(right) >= 1, right
+    right_low = [score(render.to_pil(x), p).all_right for x, p in zip(low, prompts, strict=True)]
+    assert sum(right_low) >= 3, right_low
