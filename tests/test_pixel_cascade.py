@@ -106,6 +106,19 @@ def test_a_folders_noise_level_default_reaches_stage_two(tiny_folder):
     ].tolist() == [7]
 
 
+def test_the_step_explorer_names_what_each_stage_predicts(tiny_folder):
+    from diffexplain.widgets import StepExplorer
+
+    cascade = load_pixel_cascade(tiny_folder, progress=False)
+    steps = dict(num_inference_steps=2)
+    explorer = StepExplorer(cascade.run(PROMPT, seed=1, I=steps, II=steps), stage="I")
+    assert "noise predicted with prompt" in explorer.panel_titles["eps_c"].value
+    assert "noisy pixels" in explorer.panel_titles["xt"].value
+    explorer.stage_chooser.value = "II"  # stage II predicts v
+    assert "velocity v predicted with prompt" in explorer.panel_titles["eps_c"].value
+    assert "predicts the velocity v twice" in explorer.help.value
+
+
 def test_the_schedulers_are_ifs(tiny_folder):
     """DDPM with a learned variance and dynamic thresholding, as IF's stages; stage II noises its input."""
     stage_1, stage_2 = pixel_cascade_pipelines(tiny_folder)

@@ -116,9 +116,14 @@ def words(trace: Trace | None, explainer: Explainer | None = None) -> dict[str, 
         xt = "pixels"
     else:
         xt = "latents"
+    prediction = (trace.settings.get("prediction_type") if trace is not None else None) or (
+        getattr(getattr(explainer, "scheduler", None), "config", {}).get("prediction_type")
+    )
     return {
         "model": "U-Net" if family.model_attr == "unet" else family.model_attr,
-        "output": family.output_kind,
+        "output": "velocity v"
+        if prediction == "v_prediction"
+        else family.output_kind,  # SD 2, the cascade's II
         "xt": xt,
     }
 
