@@ -222,10 +222,9 @@ def train_stage(
             3, dim=1
         )
         if predicts_v:  # v = √ᾱ·ε − √(1−ᾱ)·x0, so ε̂ = √(1−ᾱ)·x_t + √ᾱ·v̂ (for the bound)
+            target = noise_scheduler.get_velocity(x0, noise, t)
             root_abar = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1)
-            root_one_minus = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1)
-            target = root_abar * noise - root_one_minus * x0
-            eps_pred = root_one_minus * x_t + root_abar * prediction
+            eps_pred = (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1) * x_t + root_abar * prediction
         else:
             target, eps_pred = noise, prediction
         loss_eps = (step_weights[t] * (prediction - target).pow(2).mean(dim=(1, 2, 3))).mean()
