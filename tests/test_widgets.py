@@ -296,6 +296,50 @@ def test_noise_lab_start_sources(ex: Explainer) -> None:
     assert_clean(nl)
 
 
+def few_steps_warning(explainer: Explainer) -> str:
+    """The text of the warning a 2-step run gives (DDIM's 'leading' spacing starts at t = 501)."""
+    with pytest.warns(UserWarning) as caught:
+        explainer.run(PROMPT, num_inference_steps=2, seed=0)
+    return str(caught[0].message)
+
+
+@pytest.mark.filterwarnings("default:num_inference_steps=:UserWarning")  # as in a notebook
+def test_noise_lab_keeps_a_run_warnings_when_fewer_steps_pull_k_down(parts: dict) -> None:
+    from tests.test_jobs import ManualLoop
+
+    own = Explainer(**parts, progress=False).set_scheduler("ddim")
+    warning = few_steps_warning(own)
+    nl = NoiseLab(own, PROMPT, num_inference_steps=6)
+    nl.step.value = 4
+    loop = nl.schedule = ManualLoop()
+    nl.steps.value = 2  # fewer steps than k: the slider's clamp redraws once the run ends
+    nl.run_button.click()
+    loop.run_out()
+    assert nl.step.value <= nl.step.max == 1 and len(nl.original) == 2
+    assert errors(nl) == f"UserWarning: {warning}\n"
+    nl.steps.value = 6  # a run that does not warn: the old warning goes
+    nl.run_button.click()
+    loop.run_out()
+    assert_clean(nl)
+
+
+@pytest.mark.filterwarnings("default:num_inference_steps=:UserWarning")  # as in a notebook
+def test_guidance_lab_shows_each_run_warning_once(parts: dict) -> None:
+    from tests.test_jobs import ManualLoop
+
+    own = Explainer(**parts, progress=False).set_scheduler("ddim")
+    warning = few_steps_warning(own)
+    lab = GuidanceLab(own, PROMPT, guidance_scale=5.0, num_inference_steps=6)
+    loop = lab.schedule = ManualLoop()
+    lab.steps.value = 2  # both runs (w = 1 and w = 5) warn alike
+    lab.run_button.click()
+    loop.run_out()
+    assert errors(lab) == f"UserWarning: {warning}\n"
+    lab.run_button.click()  # the next action shows its own warnings: once again, not piled up
+    loop.run_out()
+    assert errors(lab) == f"UserWarning: {warning}\n"
+
+
 # ---- PromptSwap -------------------------------------------------------------------------------------
 def test_prompt_swap_and_sweep(ex: Explainer) -> None:
     ps = PromptSwap(ex, PROMPT, "a blue square on the right", num_inference_steps=STEPS, sweep_points=3)

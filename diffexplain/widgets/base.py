@@ -303,13 +303,16 @@ class DxWidget(W.VBox):
         self._stop_wanted = False
         self._deferred: dict[Callable[..., Any], tuple[tuple, dict]] = {}
         self._button_states: list[tuple[W.Button, bool]] = []
+        self._warned: set[tuple[str, str]] = set()  # the running action's warnings, each shown once
+        self._keep_outputs = False  # True while an ended action's deferred callbacks run
 
     def guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """Wrap a callback: any exception is shown in this widget's output area (and the status line).
 
         When the callback succeeds, the errors shown before it are cleared: the area shows only what
         went wrong since the last action that worked. While an action runs step by step, a callback
-        (a slider drag) waits: it runs once the action ends, with the latest arguments it got.
+        (a slider drag) waits: it runs once the action ends, with the latest arguments it got, and
+        leaves that action's warnings and errors in place.
         """
 
         @functools.wraps(fn)
@@ -323,7 +326,7 @@ class DxWidget(W.VBox):
             except Exception as exc:
                 self.show_error(exc)
                 return None
-            if before:  # it worked: the errors shown before it are old news (new ones stay)
+            if before and not self._keep_outputs:  # it worked: the errors shown before it are old news
                 self.output.outputs = self.output.outputs[before:]
                 if self.status.value.startswith(ERROR_STATUS) and not self.output.outputs:
                     self.status.value = ""
@@ -371,6 +374,7 @@ class DxWidget(W.VBox):
             self.finish(make_work())
             return
         self.work, self._stop_wanted = make_work(), False
+        self._warned = set()
         self._button_states = self._disable_buttons()
         self.stop_button.disabled = False
         schedule(self._advance)
@@ -400,8 +404,7 @@ class DxWidget(W.VBox):
                 finished = True
             except (Exception, KeyboardInterrupt) as exc:  # also Ctrl-C, the kernel's stop square
                 error = exc
-        for warning in caught:
-            self.output.append_stderr(f"{warning.category.__name__}: {warning.message}\n")
+        self._show_warnings(caught)
         if error is not None:
             work.close()
             self._end_work()
@@ -410,6 +413,15 @@ class DxWidget(W.VBox):
             self._end_work()
         else:
             (self.schedule or kernel_scheduler() or _call)(self._advance)
+
+    def _show_warnings(self, caught: list[warnings.WarningMessage]) -> None:
+        """Write a step's warnings to the output area, each text once per action (the two runs of a
+        lab, or the seeds of a grid, warn alike)."""
+        for warning in caught:
+            key = (warning.category.__name__, str(warning.message))
+            if key not in self._warned:
+                self._warned.add(key)
+                self.output.append_stderr(f"{key[0]}: {key[1]}\n")
 
     def _stopped_message(self) -> str:
         explainer = getattr(self, "explainer", None)
@@ -428,8 +440,12 @@ class DxWidget(W.VBox):
         self._button_states = []
         self.stop_button.disabled = True
         deferred, self._deferred = self._deferred, {}
-        for callback, (args, kwargs) in deferred.items():
-            callback(*args, **kwargs)
+        self._keep_outputs = True  # what they redraw belongs to the action: its warnings stay
+        try:
+            for callback, (args, kwargs) in deferred.items():
+                callback(*args, **kwargs)
+        finally:
+            self._keep_outputs = False
 
     def buttons(self) -> list[W.Button]:
         """Every button inside this widget but Stop."""
