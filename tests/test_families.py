@@ -55,7 +55,6 @@ def test_run_equals_the_pipeline_and_a_fork_replays_it(pipes, family, scheduler_
         guidance_scale=guidance_scale,
         seed=3,
         decode=False,
-        attention_maps=False,  # the model's own processors; with maps: tests/test_attention.py
         **options(family),
     )
     scheduler = scheduler_by_name(scheduler_name, pipe.scheduler.config, explainer.family.scheduler_names)
@@ -79,7 +78,6 @@ def test_negative_prompt_and_batch_equal_the_pipeline(pipes, family):
         negative_prompt=["green", "red"],
         num_inference_steps=STEPS,
         seed=1,
-        attention_maps=False,
         **options(family),
     )
     expected = pipe(

@@ -48,7 +48,6 @@ def test_run_equals_pipeline(request, prediction, scheduler_name, guidance_scale
         guidance_scale=guidance_scale,
         seed=11,
         decode=False,
-        attention_maps=False,  # the model's own processors (SDPA); with maps: tests/test_attention.py
     )
     expected = pipeline_latents(parts, scheduler_name, guidance_scale, seed=11)
     assert torch.equal(trace.final_latents, expected)
@@ -57,18 +56,14 @@ def test_run_equals_pipeline(request, prediction, scheduler_name, guidance_scale
 
 def test_ddim_eta_equals_pipeline(parts):
     explainer = Explainer(**parts, progress=False).set_scheduler("ddim")
-    trace = explainer.run(
-        PROMPT, num_inference_steps=STEPS, eta=0.7, seed=5, decode=False, attention_maps=False
-    )
+    trace = explainer.run(PROMPT, num_inference_steps=STEPS, eta=0.7, seed=5, decode=False)
     assert torch.equal(trace.final_latents, pipeline_latents(parts, "ddim", 7.5, seed=5, eta=0.7))
 
 
 def test_batch_and_negative_prompt_equal_pipeline(parts):
     explainer = Explainer(**parts, progress=False).set_scheduler("euler_a")
     prompts = [PROMPT, "a blue circle"]
-    trace = explainer.run(
-        prompts, negative_prompt=["blurry", "green"], num_inference_steps=STEPS, seed=2, attention_maps=False
-    )
+    trace = explainer.run(prompts, negative_prompt=["blurry", "green"], num_inference_steps=STEPS, seed=2)
     scheduler = scheduler_by_name("euler_a", parts["scheduler"].config)
     pipe = StableDiffusionPipeline(
         **{**parts, "scheduler": scheduler},

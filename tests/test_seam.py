@@ -65,7 +65,6 @@ def test_trace_files_written_before_the_rename_load_and_fork(explainer):
         guidance_scale=4.0,
         seed=3,
         hooks=[diffexplain.interventions.scale_delta(1.5, steps=1)],
-        attention_maps=False,  # the old file's run used the model's own attention processors
     )
     # the file was written on another machine: CPU kernels may round differently in the last bits
     torch.testing.assert_close(again.final_latents, old.final_latents, rtol=1e-5, atol=1e-5)
@@ -177,9 +176,7 @@ def test_a_scheduler_patched_by_the_pipeline_keeps_its_effective_config(parts, s
     if "steps_offset" in patched:
         assert patched.steps_offset == 1 and "steps_offset" in patched.get("_use_default_values", [])
     explainer = Explainer.from_pipeline(pipe, progress=False)
-    trace = explainer.run(
-        PROMPT, num_inference_steps=4, guidance_scale=4.0, seed=0, decode=False, attention_maps=False
-    )
+    trace = explainer.run(PROMPT, num_inference_steps=4, guidance_scale=4.0, seed=0, decode=False)
     expected = pipe(
         PROMPT,
         num_inference_steps=4,

@@ -56,6 +56,9 @@ class AttentionCapture:
         )
         self.resolutions: dict[str, str] = {}  # layer → "16x16", filled as the layers run
         self.active = False  # True only inside this run's model call (another run's calls pass through)
+        self._rows_seen: dict[
+            tuple[str, str], int
+        ] = {}  # (layer, what) → rows of this model call seen so far
         self._sums: dict[tuple[str, str], torch.Tensor] = {}  # (branch, resolution) → Σ_L mean_heads p_L
         self._counts: dict[tuple[str, str], int] = {}
 
@@ -79,7 +82,7 @@ class AttentionCapture:
     @contextmanager
     def model_call(self) -> Iterator[None]:
         """Mark the ``with`` block as this run's model call: only there do the wrappers capture."""
-        self.active = True
+        self.active, self._rows_seen = True, {}
         try:
             yield
         finally:
@@ -93,28 +96,52 @@ class AttentionCapture:
         finally:
             self.active = True
 
-    def _branches(self, x: torch.Tensor, layer: str) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """(uncond, cond) halves of a batched tensor: uncond first, as the loop batches the model input."""
-        n, b = x.shape[0], self.batch_size
-        expected = 2 * b if self.do_cfg else b
-        if n != expected:
-            raise RuntimeError(
-                f"attention layer {layer!r} saw a batch of {n}, expected {expected} "
-                f"({'uncond and cond' if self.do_cfg else 'cond'} of {b} prompts)"
-            )
-        return (x[:b], x[b:]) if self.do_cfg else (None, x)
+    def _branches(
+        self, x: torch.Tensor, layer: str, what: str
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(uncond, cond) rows of a tensor of this model call, either half None where the call lacks it.
 
-    def _through_sites(self, layer: str, what: str, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        The loop's model input is [uncond; cond] (2B rows) with guidance, else [cond]. A family may call
+        the model on it in one batch or one branch at a time (Flux, as its pipeline does): the rows a
+        layer has seen so far in this model call say which branch a call holds.
+        """
+        n, b = x.shape[0], self.batch_size
+        total = 2 * b if self.do_cfg else b
+        first = self._rows_seen.get((layer, what), 0)
+        if n not in (b, total) or first + n > total:
+            raise RuntimeError(
+                f"attention layer {layer!r} saw a batch of {n} after {first} rows of this step, expected "
+                f"{total} in all ({'uncond and cond' if self.do_cfg else 'cond'} of {b} prompts)"
+            )
+        self._rows_seen[(layer, what)] = (first + n) % total
+        if not self.do_cfg:
+            return None, x
+        if n == total:
+            return x[:b], x[b:]
+        return (x, None) if first == 0 else (None, x)
+
+    def _through_sites(
+        self, layer: str, what: str, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Run the hooks of ``attn.L.what.{cond,uncond}`` on the branches; returns (x', uncond', cond')."""
-        uncond, cond = self._branches(x, layer)
+        uncond, cond = self._branches(x, layer, what)
         cond_name, uncond_name = f"{PREFIX}{layer}.{what}.cond", f"{PREFIX}{layer}.{what}.uncond"
-        new_cond = self._site(cond_name, cond) if cond_name in self.wanted else cond
+        new_cond = cond
+        if cond is not None and cond_name in self.wanted:
+            new_cond = self._site(cond_name, cond)
         new_uncond = uncond
         if uncond is not None and uncond_name in self.wanted:
             new_uncond = self._site(uncond_name, uncond)
         if new_cond is cond and new_uncond is uncond:
             return x, uncond, cond
-        return (new_cond if new_uncond is None else torch.cat([new_uncond, new_cond])), new_uncond, new_cond
+        parts = [part for part in (new_uncond, new_cond) if part is not None]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), new_uncond, new_cond
+
+    def reads_probs(self, layer: str) -> bool:
+        """Whether p of ``layer`` is needed: for the maps, or for a hook or ``keep=`` at its probs points."""
+        return self.maps or any(
+            f"{PREFIX}{layer}.probs.{branch}" in self.wanted for branch in ("cond", "uncond")
+        )
 
     def probs(self, layer: str, probs: torch.Tensor) -> torch.Tensor:
         """p of one layer, [2B or B, heads, h·w, T]: hooks may replace each branch; then summed into the maps."""

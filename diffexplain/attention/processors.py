@@ -1,22 +1,35 @@
-"""Attention processors that compute the text attention once, explicitly, so its probabilities show.
+"""Attention processors that show the text attention's probabilities without changing the layer's output.
 
-diffusers' default processors call ``scaled_dot_product_attention``, which never exposes
-p = softmax(QKᵀ/√d). These wrap the processor that was set on a layer and compute the layer as
-diffusers' plain ``AttnProcessor`` (cross-attention) or ``JointAttnProcessor2_0`` (SD3) does, with
-the softmax written out: p goes to the capture (hooks may replace it, the maps are summed), then
-p·V. Nothing is computed twice, and no forward is patched: the capture sets these with
-``Attention.set_processor`` and sets the originals back when the run ends.
+diffusers' processors call ``scaled_dot_product_attention`` (SDPA), which never exposes
+p = softmax(QKᵀ/√d). The wrappers here call the processor that was set on the layer, so each layer's
+output is the model's own, bit for bit, and compute p *beside* it from the same queries and keys
+(read from the layer's projections as the processor calls them: forward hooks held for that one call).
+p goes to the capture: hooks may read or replace it, and the maps are summed from it.
 
-Bit-level note: the explicit softmax is the same mathematics as SDPA but not the same rounding, so a
-run with maps equals a pipeline whose cross-attention layers use ``AttnProcessor`` bit for bit, and
-a pipeline with SDPA to float precision (``run(attention_maps=False)`` leaves the model untouched).
+Notation (one layer, one branch)::
+
+    Q [heads, h·w, d]   image queries      K [heads, T (+ h·w), d]   keys      V_text [heads, T, d]
+    p = softmax(Q·Kᵀ/√d) restricted to the text columns       out = to_out(p·V)   (the layer's output)
+
+When a hook replaces p by p' the output changes by what p' − p changes, and nothing else (out is
+linear in p, and to_out is affine)::
+
+    out' = out + to_out((p' − p)·V_text) − to_out(0)
+
+so a hook that hands p back unchanged leaves the output bit for bit the model's. No forward is
+patched: the capture sets these with ``Attention.set_processor`` and sets the originals back when
+the run ends.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from diffexplain.attention.explicit import explicit_cross_attention
 
 if TYPE_CHECKING:
     from diffexplain.attention.capture import AttentionCapture
@@ -24,7 +37,7 @@ if TYPE_CHECKING:
 PLAIN_PROCESSORS = frozenset(
     {"AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "SlicedAttnProcessor", "AttnProcessorNPU"}
 )
-"""Processors that compute plain attention: the explicit computation is the same layer."""
+"""Processors that compute plain attention (no adapters or IP layers): p beside them is the layer's p."""
 
 FLUX_PROCESSORS = frozenset({"FluxAttnProcessor", "FluxAttnProcessor2_0"})
 """Flux's joint-attention processors (text tokens first, rotary positions on queries and keys)."""
@@ -38,7 +51,7 @@ in float32), so memory stays bounded at any image size."""
 
 
 def check_original(layer_name: str, processor: Any, kind: str) -> None:
-    """``ValueError`` unless ``processor`` computes what the explicit one does (no adapters or IP layers)."""
+    """``ValueError`` unless ``processor`` computes plain attention, whose p the wrapper can compute beside it."""
     known = JOINT_PROCESSORS if kind == "joint" else PLAIN_PROCESSORS
     name = type(processor).__name__
     if name in ("CrossAttentionCapture", "JointAttentionCapture"):
@@ -47,14 +60,71 @@ def check_original(layer_name: str, processor: Any, kind: str) -> None:
         )
     if name not in known:
         raise ValueError(
-            f"attention maps need to compute layer {layer_name!r} explicitly, but it uses {name}, "
+            f"attention maps need to read layer {layer_name!r}'s attention, but it uses {name}, "
             f"which may do more than plain attention (expected one of {', '.join(sorted(known))}). "
             "Run with attention_maps=False, or set a plain processor: model.set_attn_processor(AttnProcessor())"
         )
 
 
+@contextmanager
+def projections(attn: torch.nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """The outputs of ``attn``'s projection layers ``names`` (e.g. ``to_q``) as the processor calls them
+    inside the ``with`` block: forward hooks that only read, removed on exit."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def reader(name: str) -> Any:
+        def read(module: torch.nn.Module, args: Any, output: torch.Tensor) -> None:
+            seen[name] = output
+
+        return read
+
+    handles = [getattr(attn, name).register_forward_hook(reader(name)) for name in names]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in names if name not in seen]
+    if missing:
+        raise RuntimeError(
+            f"the attention processor did not call {', '.join(missing)}: fused projections? "
+            "Unfuse them (model.unfuse_qkv_projections()), or run with attention_maps=False"
+        )
+
+
+def projection_change(projection: torch.nn.Module, change: torch.Tensor) -> torch.Tensor:
+    """What an affine ``projection`` (to_out) adds for an input change: f(change) − f(0)."""
+    return projection(change) - projection(torch.zeros_like(change[..., :1, :]))
+
+
+def text_block(query: torch.Tensor, key: torch.Tensor, text: slice, scale: float) -> torch.Tensor:
+    """p's image → text block: softmax over all keys of ``query``·``key``ᵀ·scale, then the ``text`` columns.
+
+    query [B, heads, h·w, d] (image rows only), key [B, heads, L, d] → [B, heads, h·w, T]. Computed in
+    blocks of query rows so that the [h·w, L] scores never exist whole (SD3 at 1024²: L = 4096 + 333).
+    """
+    batch, heads, rows_total, length = *query.shape[:3], key.shape[2]
+    rows = max(1, CHUNK_ELEMENTS // (batch * heads * length))
+    blocks = []
+    for start in range(0, rows_total, rows):
+        scores = (query[:, :, start : start + rows] @ key.transpose(-1, -2)) * scale
+        blocks.append(scores.float().softmax(dim=-1).to(query.dtype)[..., text])  # [B, heads, rows, T]
+    return torch.cat(blocks, dim=2)
+
+
+def is_plain(attn: Any, hidden_states: torch.Tensor) -> bool:
+    """A cross-attention layer whose output is to_out(p·V) alone (no norms, residual or rescale inside)."""
+    return (
+        hidden_states.ndim == 3
+        and attn.spatial_norm is None
+        and attn.group_norm is None
+        and not attn.residual_connection
+        and attn.rescale_output_factor == 1.0
+    )
+
+
 class CrossAttentionCapture:
-    """Cross-attention as diffusers' ``AttnProcessor``, with p handed to the capture."""
+    """A U-Net cross-attention layer as its own processor computes it, with p beside it for the capture."""
 
     def __init__(self, original: Any, layer: str, capture: AttentionCapture) -> None:
         self.original, self.layer, self.capture = original, layer, capture
@@ -62,188 +132,107 @@ class CrossAttentionCapture:
     def __call__(
         self,
         attn: Any,
-        hidden_states: torch.Tensor,  # [2B or B, h·w, C] (or [.., C, h, w])
+        hidden_states: torch.Tensor,  # [2B or B, h·w, C]
         encoder_hidden_states: torch.Tensor | None = None,  # [2B or B, T, D] the prompt's token states
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
+        call = (attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args)
         if encoder_hidden_states is None or not self.capture.active:  # self-attention, or another run's call
-            return self.original(
-                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
-            )
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = encoder_hidden_states.shape
-        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        query = attn.head_to_batch_dim(query)  # [2B·heads, h·w, d]
-        key = attn.head_to_batch_dim(key)  # [2B·heads, T, d]
-        value = attn.head_to_batch_dim(value)
+            return self.original(*call, **kwargs)
+        if not is_plain(attn, hidden_states):  # rare (no U-Net text layer is): the layer computed explicitly
+            return explicit_cross_attention(self, *call[:5])
+        if not self.capture.reads_probs(self.layer):
+            return self.capture.output(self.layer, self.original(*call, **kwargs))
+        with projections(attn, ("to_q", "to_k")) as seen:
+            out = self.original(*call, **kwargs)  # [2B, h·w, C]: the model's own output
+        query = attn.head_to_batch_dim(seen["to_q"])  # [2B·heads, h·w, d]
+        key = attn.head_to_batch_dim(seen["to_k"])  # [2B·heads, T, d]
         if getattr(attn, "norm_q", None) is not None:  # per-head norms over d, as AttnProcessor2_0
             query = attn.norm_q(query)
         if getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
-
-        probs = attn.get_attention_scores(query, key, attention_mask)  # [2B·heads, h·w, T]
-        shape = probs.shape
-        probs = self.capture.probs(self.layer, probs.view(batch_size, attn.heads, *shape[1:]))
-        hidden_states = torch.bmm(probs.reshape(shape), value)  # [2B·heads, h·w, d]
-        hidden_states = attn.batch_to_head_dim(hidden_states)  # [2B, h·w, heads·d]
-
-        hidden_states = attn.to_out[0](hidden_states)  # linear projection
-        hidden_states = attn.to_out[1](hidden_states)  # dropout
-        hidden_states = self.capture.output(self.layer, hidden_states)  # [2B, h·w, C]
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        batch_size, tokens = encoder_hidden_states.shape[:2]
+        mask = attn.prepare_attention_mask(attention_mask, tokens, batch_size)
+        probs = attn.get_attention_scores(query, key, mask)  # [2B·heads, h·w, T]
+        seen_probs = probs.view(batch_size, attn.heads, *probs.shape[1:])
+        new_probs = self.capture.probs(self.layer, seen_probs)
+        if new_probs is not seen_probs:  # a hook replaced p: add what p' − p changes
+            text = encoder_hidden_states
+            if attn.norm_cross:
+                text = attn.norm_encoder_hidden_states(text)
+            value = attn.head_to_batch_dim(attn.to_v(text))  # [2B·heads, T, d]
+            change = torch.bmm((new_probs - seen_probs).reshape(probs.shape).to(value.dtype), value)
+            out = out + projection_change(attn.to_out[0], attn.batch_to_head_dim(change))
+        return self.capture.output(self.layer, out)  # [2B, h·w, C]
 
 
 class JointAttentionCapture:
-    """SD3's joint attention as ``JointAttnProcessor2_0``, with the image → text block of p captured."""
+    """SD3's and Flux's joint attention as their own processors compute it, with the image → text block
+    of p beside it for the capture."""
 
     def __init__(self, original: Any, layer: str, capture: AttentionCapture) -> None:
         self.original, self.layer, self.capture = original, layer, capture
+        self.flux = type(original).__name__ in FLUX_PROCESSORS
 
     def __call__(
         self,
         attn: Any,
-        hidden_states: torch.Tensor,  # [2B or B, h·w, C] image tokens
+        hidden_states: torch.Tensor,  # [2B or B, h·w, C] image tokens (Flux: packed, h·w/4)
         encoder_hidden_states: torch.Tensor | None = None,  # [2B or B, T, C] text tokens
         attention_mask: torch.Tensor | None = None,
         *args: Any,
         **kwargs: Any,
     ) -> Any:
+        call = (attn, hidden_states, encoder_hidden_states, attention_mask, *args)
         if encoder_hidden_states is None or not self.capture.active:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        if type(self.original).__name__ in FLUX_PROCESSORS:
-            rotary = args[0] if args else kwargs.get("image_rotary_emb")
-            return flux_joint_attention(
-                self, attn, hidden_states, encoder_hidden_states, attention_mask, rotary
+            return self.original(*call, **kwargs)
+        if not self.capture.reads_probs(self.layer):
+            image_out, text_out = self.original(*call, **kwargs)
+            return self.capture.output(self.layer, image_out), text_out
+        if self.flux and attention_mask is not None:
+            raise ValueError(
+                f"attention maps of layer {self.layer!r}: an attention mask is not supported; "
+                "run with attention_maps=False"
             )
-        residual = hidden_states
-        batch_size = hidden_states.shape[0]
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [2B, heads, L, d]
-
-        query, key, value = heads(query), heads(key), heads(value)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        text_query = heads(attn.add_q_proj(encoder_hidden_states))
-        text_key = heads(attn.add_k_proj(encoder_hidden_states))
-        text_value = heads(attn.add_v_proj(encoder_hidden_states))
-        if attn.norm_added_q is not None:
-            text_query = attn.norm_added_q(text_query)
-        if attn.norm_added_k is not None:
-            text_key = attn.norm_added_k(text_key)
-        query = torch.cat([query, text_query], dim=2)  # [2B, heads, h·w + T, d]
-        key = torch.cat([key, text_key], dim=2)
-        value = torch.cat([value, text_value], dim=2)
-
-        # p = softmax(QKᵀ/√d) over image and text keys, computed once, in blocks of query rows so that
-        # the [L, L] matrix never exists whole (SD3 at 1024²: L = 4096 + 333). out = p·V.
-        n_image, length = residual.shape[1], query.shape[2]
-        out = torch.empty_like(query)  # [2B, heads, L, d]
-        rows = max(1, CHUNK_ELEMENTS // (batch_size * attn.heads * length))
-        blocks = []
-        for start in range(0, length, rows):
-            scores = (query[:, :, start : start + rows] @ key.transpose(-1, -2)) * attn.scale
-            probs = scores.float().softmax(dim=-1).to(query.dtype)  # [2B, heads, rows, L]
-            out[:, :, start : start + rows] = probs @ value
-            if start < n_image:  # image queries → text keys, copied out of the chunk
-                blocks.append(probs[:, :, : n_image - start, n_image:].clone())
-        block = torch.cat(blocks, dim=2)  # [2B, heads, h·w, T]
+        with projections(attn, ("to_q", "to_k", "add_k_proj")) as seen:
+            image_out, text_out = self.original(*call, **kwargs)  # the model's own outputs
+        rotary = (args[0] if args else kwargs.get("image_rotary_emb")) if self.flux else None
+        query, key, text = self._queries_keys(attn, seen, rotary)
+        block = text_block(query, key, text, query.shape[-1] ** -0.5)  # [2B, heads, h·w, T]
         new_block = self.capture.probs(self.layer, block)
-        if new_block is not block:  # out is linear in p: add what the changed text columns change
-            change = (new_block - block) @ value[:, :, n_image:]  # [2B, heads, h·w, d]
-            out[:, :, :n_image] = out[:, :, :n_image] + change
-        hidden_states = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-        hidden_states, encoder_hidden_states = hidden_states[:, :n_image], hidden_states[:, n_image:]
-        if not attn.context_pre_only:
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))  # projection, dropout
-        hidden_states = self.capture.output(self.layer, hidden_states)  # [2B, h·w, C]
-        return hidden_states, encoder_hidden_states
+        if new_block is not block:  # a hook replaced p: add what p' − p changes
+            value = self._heads(attn, attn.add_v_proj(encoder_hidden_states))  # [2B, heads, T, d]
+            change = (new_block - block).to(value.dtype) @ value  # [2B, heads, h·w, d]
+            change = change.transpose(1, 2).flatten(2, 3)  # [2B, h·w, heads·d]
+            image_out = image_out + projection_change(attn.to_out[0], change)
+        return self.capture.output(self.layer, image_out), text_out  # [2B, h·w, C], [2B, T, C]
 
+    @staticmethod
+    def _heads(attn: Any, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, heads·d] → [B, heads, L, d]."""
+        return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)
 
-def flux_joint_attention(
-    wrapper: JointAttentionCapture,
-    attn: Any,
-    hidden_states: torch.Tensor,  # [2B or B, h·w/4, C] packed image tokens
-    encoder_hidden_states: torch.Tensor,  # [2B or B, T, C] text tokens
-    attention_mask: torch.Tensor | None,
-    image_rotary_emb: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flux's double-stream joint attention as ``FluxAttnProcessor``, with the image → text block of p
-    captured. Unlike SD3, the text tokens come first, and queries and keys get rotary positions."""
-    from diffusers.models.embeddings import apply_rotary_emb
+    def _queries_keys(
+        self, attn: Any, seen: dict[str, torch.Tensor], rotary: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, slice]:
+        """The image queries [B, heads, h·w, d], all keys [B, heads, L, d] as the processor forms them
+        (per-head norms, and Flux's rotary positions), and where the text keys sit among them."""
+        query = self._heads(attn, seen["to_q"])  # [B, heads, h·w, d]
+        image_key, text_key = self._heads(attn, seen["to_k"]), self._heads(attn, seen["add_k_proj"])
+        query = query if attn.norm_q is None else attn.norm_q(query)  # per-head norms over d
+        image_key = image_key if attn.norm_k is None else attn.norm_k(image_key)
+        text_key = text_key if attn.norm_added_k is None else attn.norm_added_k(text_key)
+        n_text = text_key.shape[2]
+        if not self.flux:  # SD3: image tokens first
+            return query, torch.cat([image_key, text_key], dim=2), slice(query.shape[2], None)
+        key = torch.cat([text_key, image_key], dim=2)  # Flux: text tokens first
+        if rotary is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
 
-    if attention_mask is not None:
-        raise ValueError(
-            f"attention maps of layer {wrapper.layer!r}: an attention mask is not supported; "
-            "run with attention_maps=False"
-        )
-    if getattr(attn, "fused_projections", False):
-        raise ValueError(
-            f"attention maps of layer {wrapper.layer!r} need unfused projections: "
-            "call transformer.unfuse_qkv_projections(), or run with attention_maps=False"
-        )
-    batch_size, n_text = hidden_states.shape[0], encoder_hidden_states.shape[1]
-
-    def heads(x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (-1, attn.head_dim))  # [2B, L, heads, d]
-
-    query = attn.norm_q(heads(attn.to_q(hidden_states)))
-    key = attn.norm_k(heads(attn.to_k(hidden_states)))
-    value = heads(attn.to_v(hidden_states))
-    text_query = attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states)))
-    text_key = attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states)))
-    text_value = heads(attn.add_v_proj(encoder_hidden_states))
-    query = torch.cat([text_query, query], dim=1)  # [2B, T + h·w/4, heads, d]
-    key = torch.cat([text_key, key], dim=1)
-    value = torch.cat([text_value, value], dim=1)
-    if image_rotary_emb is not None:
-        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-    query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # [2B, heads, L, d]
-
-    # p = softmax(QKᵀ/√d) in blocks of query rows (as SD3's); out = p·V
-    length, scale = query.shape[2], attn.head_dim**-0.5
-    out = torch.empty_like(query)
-    rows = max(1, CHUNK_ELEMENTS // (batch_size * query.shape[1] * length))
-    blocks = []
-    for start in range(0, length, rows):
-        scores = (query[:, :, start : start + rows] @ key.transpose(-1, -2)) * scale
-        probs = scores.float().softmax(dim=-1).to(query.dtype)  # [2B, heads, rows, L]
-        out[:, :, start : start + rows] = probs @ value
-        if start + probs.shape[2] > n_text:  # image queries → text keys, copied out of the chunk
-            blocks.append(probs[:, :, max(n_text - start, 0) :, :n_text].clone())
-    block = torch.cat(blocks, dim=2)  # [2B, heads, h·w/4, T]
-    new_block = wrapper.capture.probs(wrapper.layer, block)
-    if new_block is not block:  # out is linear in p: add what the changed text columns change
-        out[:, :, n_text:] = out[:, :, n_text:] + (new_block - block) @ value[:, :, :n_text]
-    hidden_states = out.transpose(1, 2).flatten(2, 3).to(query.dtype)  # [2B, L, heads·d]
-    encoder_hidden_states, hidden_states = hidden_states[:, :n_text], hidden_states[:, n_text:]
-    hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))  # projection, dropout
-    hidden_states = wrapper.capture.output(wrapper.layer, hidden_states)  # [2B, h·w/4, C]
-    return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+            cos, sin = rotary
+            key = apply_rotary_emb(key, rotary, sequence_dim=2)
+            query = apply_rotary_emb(query, (cos[n_text:], sin[n_text:]), sequence_dim=2)
+        return query, key, slice(0, n_text)

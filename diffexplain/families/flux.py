@@ -32,7 +32,6 @@ precision; ``attention_maps=False`` runs the pipeline's own calls, bit for bit.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
@@ -41,8 +40,8 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from diffexplain.attention.processors import JointAttentionCapture
 from diffexplain.attention.tokens import Token, tokenize
+from diffexplain.checks import check_float
 from diffexplain.families.base import Conditioning, conditioning_points
 from diffexplain.families.sd3 import FlowMatching
 from diffexplain.names import HookPoint
@@ -247,9 +246,8 @@ class Flux(FlowMatching):
                 )
             return {"max_sequence_length": max_sequence_length, "embedded_guidance": None}
         g = DEFAULT_EMBEDDED_GUIDANCE if embedded_guidance is None else embedded_guidance
-        if isinstance(g, bool) or not isinstance(g, int | float) or not math.isfinite(g) or g < 0:
-            raise ValueError(f"embedded_guidance must be a finite number ≥ 0, got {embedded_guidance!r}")
-        return {"max_sequence_length": max_sequence_length, "embedded_guidance": float(g)}
+        g = check_float("embedded_guidance", g, low=0.0, meaning="g, FluxPipeline's guidance_scale")
+        return {"max_sequence_length": max_sequence_length, "embedded_guidance": g}
 
     def encode(
         self,
@@ -321,24 +319,15 @@ class Flux(FlowMatching):
         """The transformer on each branch: [2B or B, C, h, w] unpacked in → the velocity v, same shape.
 
         With two branches (uncond rows first) it runs twice, one call per branch, as FluxPipeline's true
-        CFG does; each call packs its input and unpacks its output. While the attention maps are being
-        captured (the capture reads both branches of a step in one call), both go in one batched call.
+        CFG does; each call packs its input and unpacks its output.
         """
         kwargs = dict(model_kwargs)
         rows = int(kwargs.pop(BRANCH_SIZE, model_input.shape[0]))
-        if self._capturing():
-            rows = model_input.shape[0]
         outputs = []
         for start in range(0, model_input.shape[0], rows):
             part = {key: x[start : start + rows] for key, x in conditioning.items()}
             outputs.append(self._call(model_input[start : start + rows], t, part, kwargs))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-
-    def _capturing(self) -> bool:
-        """Whether an attention capture's processors are set on the text layers (``diffexplain.attention``)."""
-        return any(
-            isinstance(layer.module.processor, JointAttentionCapture) for layer in self.attention_layers()
-        )
 
     def _call(
         self, latents: torch.Tensor, t: torch.Tensor, conditioning: Conditioning, kwargs: dict[str, Any]
