@@ -138,13 +138,33 @@ def embedding_picture(
     return _resize(Image.fromarray(rgb), size)
 
 
+# A subset of DejaVu Sans shipped with the package (fonts/LICENSE-DejaVu.txt): ASCII, Latin-1, combining
+# marks (x̂), Greek (ε, σ, α, ᾱ, Δ), punctuation (‖, …, “ ”), sub- and superscripts, arrows and maths (≤, −).
+# Pillow's own default font has no Greek: it draws ε as a box. Made with fontTools:
+#   pyftsubset DejaVuSans.ttf --no-hinting --name-IDs='*' --name-legacy --name-languages='*' --unicodes=
+#   U+0020-007E,U+00A0-00FF,U+0300-036F,U+0370-03FF,U+1FB0-1FB1,U+1FD0-1FD1,U+2010-2027,U+2030-203A,
+#   U+2070-209F,U+2190-2199,U+21D0-21D4,U+2200-2212,U+2215,U+2218-221A,U+221D-221E,U+2225,U+2227-222B,
+#   U+2248,U+2260-2265,U+226A-226B,U+22C5,U+2300-2303,U+25A0-25A1,U+25B2,U+25B6,U+25BC,U+25C0,U+25CF,
+#   U+2713,U+2717
+FONT_FILE = "fonts/DejaVuSans-subset.ttf"
+
+
 @functools.cache
-def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """A small font for labels under pictures: Pillow's bundled scalable font, or its bitmap one without FreeType."""
+def font(size: int = 11) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The font for text drawn in pictures, ``size`` pixels high: the DejaVu Sans subset shipped with the
+    package (Greek letters, x̂, ≤ …), or Pillow's bitmap font where Pillow has no FreeType."""
+    from importlib.resources import files
+
+    data = (files("diffexplain") / FONT_FILE).read_bytes()
     try:
-        return ImageFont.load_default(size=11)
-    except (ImportError, OSError):  # Pillow built without FreeType: the fixed bitmap font
+        return ImageFont.truetype(io.BytesIO(data), size)
+    except ImportError:  # Pillow built without FreeType: the fixed bitmap font (no Greek)
         return ImageFont.load_default()
+
+
+def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The small font for labels under pictures (:func:`font` at 11 pixels)."""
+    return font(11)
 
 
 def strip(images: Sequence[Image.Image], labels: Sequence[str] | None = None, *, gap: int = 4) -> Image.Image:

@@ -46,7 +46,7 @@ def test_metadata_version_licence_and_urls_follow_the_one_setting() -> None:
     project, setting = PYPROJECT["project"], PYPROJECT["tool"]["diffexplain"]
     assert project["version"] == diffexplain.__version__
     assert project["license"] == "Apache-2.0" and "Apache License" in (REPO / "LICENSE").read_text()
-    assert project["license-files"] == ["LICENSE"]
+    assert project["license-files"] == ["LICENSE", "diffexplain/fonts/LICENSE-DejaVu.txt"]  # the font's
     for label, url in project["urls"].items():
         assert url.startswith(f"https://github.com/{setting['github']}"), (label, url, setting)
     assert {"Homepage", "Source", "Issues", "Documentation"} <= set(project["urls"])

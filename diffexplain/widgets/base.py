@@ -43,14 +43,14 @@ def png(image: Image.Image) -> bytes:
 
 
 def blank(size: int = DEFAULT_SIZE, text: str = "") -> bytes:
-    """A light grey placeholder picture with an optional short text."""
+    """A light grey placeholder picture with an optional short text (Greek letters and x̂ too: ``render.font``)."""
     from PIL import ImageDraw
 
     img = Image.new("RGB", (size, size), (235, 235, 235))
     if text:
         draw = ImageDraw.Draw(img)
         for i, line in enumerate(text.split("\n")):
-            draw.text((6, 6 + 14 * i), line, fill=(90, 90, 90))
+            draw.text((6, 6 + 14 * i), line, fill=(90, 90, 90), font=render.font(11))
     return png(img)
 
 

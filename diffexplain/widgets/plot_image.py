@@ -29,7 +29,7 @@ SCALE = 2
 COLORWAY = ["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880"]
 DASHES = {"dot": (2, 3), "dash": (7, 4), "longdash": (12, 4), "dashdot": (7, 3, 2, 3)}
 _GRID, _AXIS, _TEXT = (232, 232, 238), (120, 120, 130), (50, 50, 60)
-_FONT_FILES = [  # fonts with Greek letters (ε, ᾱ, Δ); matplotlib's copy is on Colab
+_FONT_FILES = [  # whole fonts with Greek letters (ε, ᾱ, Δ) and more scripts; matplotlib's copy is on Colab
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
     "/Library/Fonts/Arial Unicode.ttf",
@@ -39,6 +39,7 @@ _FONT_FILES = [  # fonts with Greek letters (ε, ᾱ, Δ); matplotlib's copy is 
 
 @lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """A whole system font (any script a prompt's words are in), else the package's subset (``render.font``)."""
     files = list(_FONT_FILES)
     spec = importlib.util.find_spec("matplotlib")
     if spec is not None and spec.submodule_search_locations:
@@ -50,7 +51,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
                 return ImageFont.truetype(file, size)
             except OSError:
                 continue
-    return ImageFont.load_default(size=size)
+    return render.font(size)  # the subset shipped with the package: Greek letters, not boxes
 
 
 def _plain(text: Any) -> str:
