@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from diffexplain.checks import SEED_RANGE
 from diffexplain.errors import TrainConfigError
 from diffexplain.models.config import PRESETS, PRESETS_NEEDING_INIT
 from diffexplain.models.store import ModelFolderError
@@ -27,6 +28,20 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, a whole number from 0 to 2**64 − 1 (what torch.Generator.manual_seed takes)."""
+    low, high = SEED_RANGE
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from {low} to 2**64 − 1, got {text!r}"
+        ) from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be a whole number from {low} to 2**64 − 1, got {value}")
     return value
 
 
@@ -232,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--guidance-scale", type=float, default=None, help="CFG scale (default: the model's)"
     )
-    explain.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    explain.add_argument("--seed", type=seed_int, default=0, help="random seed, 0 to 2**64 − 1 (default: 0)")
     explain.add_argument(
         "--scheduler",
         default=None,

@@ -84,7 +84,15 @@ def test_explain_strip_frames_differ(explained: tuple[Path, str]) -> None:
         (["explain", PROMPT, "--steps", "two"], "--steps: expected a whole number, got 'two'"),
         (["explain", PROMPT, "--guidance-scale", "high"], "--guidance-scale: invalid float value"),
         (["explain", PROMPT, "--scheduler", "bogus"], "--scheduler: invalid choice: 'bogus'"),
-        (["explain", PROMPT, "--seed", "1.5"], "--seed: invalid int value"),
+        (
+            ["explain", PROMPT, "--seed", "1.5"],
+            "--seed: expected a whole number from 0 to 2**64 − 1, got '1.5'",
+        ),
+        (["explain", PROMPT, "--seed", "-1"], "--seed: must be a whole number from 0 to 2**64 − 1, got -1"),
+        (
+            ["explain", PROMPT, "--seed", str(2**64)],
+            f"--seed: must be a whole number from 0 to 2**64 − 1, got {2**64}",
+        ),
         (
             ["train", "--preset", "huge"],
             "invalid choice: 'huge' (choose from default, refine, bind, settle, pairs, classroom, tiny, gan, gan-classroom, gan-tiny, pixel-cascade, pixel-cascade-tiny)",

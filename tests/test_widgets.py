@@ -399,6 +399,51 @@ def test_callback_errors_show_in_the_widget_output(ex: Explainer, monkeypatch: p
     assert "RuntimeError" in ps.status.value
 
 
+def assert_told_on_the_status_line(widget, message: str) -> None:
+    """A typed value refused: the message on the status line, nothing (no traceback) in the output area."""
+    assert message in widget.status.value, widget.status.value
+    assert "Traceback" not in widget.status.value and errors(widget) == ""
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["from Python", "in a kernel"])
+def test_a_bad_seed_is_told_on_the_status_line_without_a_traceback(ex: Explainer, kernel: bool) -> None:
+    from tests.test_jobs import ManualLoop
+
+    lab = GuidanceLab(ex, PROMPT, num_inference_steps=STEPS)
+    nl = NoiseLab(ex, PROMPT, num_inference_steps=STEPS)
+    ps = PromptSwap(ex, PROMPT, "a blue square", num_inference_steps=STEPS)
+    loops = []
+    for widget in (lab, nl, ps):
+        if kernel:
+            widget.schedule = ManualLoop()
+            loops.append(widget.schedule)
+    cases = [  # (widget, its seed box, the button that reads it, the picture a run would change)
+        (lab, lab.seed, lab.run_button, "on"),
+        (lab, lab.seed, lab.grid.count_button, "on"),
+        (nl, nl.seed, nl.run_button, "original"),
+        (nl, nl.noise_seed, nl.inject_button, "branch"),
+        (ps, ps.seed, ps.run_button, "a"),
+    ]
+    for widget, box, press, picture in cases:
+        before = widget.images[picture].value
+        good = box.value
+        box.value = "-1"
+        press.click()
+        for loop in loops:
+            loop.run_out()
+        assert_told_on_the_status_line(widget, f"the {box.description} box holds '-1'")
+        assert widget.images[picture].value == before  # nothing ran
+        box.value = good
+    lab.scale.value = 6.0  # the next thing that works clears the message
+    assert "holds" not in lab.status.value
+    fp = ForwardProcess(t=100)
+    fp.seed.value = "1e30"  # the slider-driven widget reads its box when it changes
+    assert_told_on_the_status_line(fp, "the noise seed box holds '1e30': type a whole number from 0")
+    fp.seed.value = "7"
+    assert_clean(fp)
+    assert "holds" not in fp.status.value
+
+
 # ---- TracePlayer ------------------------------------------------------------------------------------
 def test_trace_player_without_a_model(trace_on: Trace, tmp_path) -> None:
     path = tmp_path / "run.trace"
@@ -417,11 +462,21 @@ def test_trace_player_without_a_model(trace_on: Trace, tmp_path) -> None:
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     tp.path.value = str(bad)
     tp.load_button.click()
-    assert "TraceFileError" in errors(tp) and "cannot load trace file" in errors(tp)
+    assert_told_on_the_status_line(tp, "cannot load trace file")
+    assert tp.trace is not None and len(tp.trace) == len(trace_on)  # the loaded trace stays
 
     tp.path.value = str(tmp_path / "missing.trace")
     tp.load_button.click()
-    assert "no trace file at" in errors(tp)
+    assert_told_on_the_status_line(tp, "missing.trace")
+    assert "that is no file" in tp.status.value
+    for typed, message in (("", "the trace file box is empty"), (str(tmp_path), "that is a folder")):
+        tp.path.value = typed
+        tp.load_button.click()
+        assert_told_on_the_status_line(tp, message)
+    tp.path.value = str(path)
+    tp.load_button.click()
+    assert_clean(tp)
+    assert "loaded" in tp.status.value
 
 
 def test_trace_player_upload(trace_on: Trace, tmp_path) -> None:

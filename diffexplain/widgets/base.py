@@ -28,6 +28,7 @@ from diffexplain import render
 from diffexplain.families import FAMILIES
 from diffexplain.hooks import Hook, HookContext, HookSpec, as_hooks
 from diffexplain.widgets.figures import PLOTLY_MIME, LiveFigure, figure_box  # noqa: F401 (shared by every widget)
+from diffexplain.widgets.inputs import InputError
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -283,6 +284,8 @@ class DxWidget(W.VBox):
     Stop button (``stop_button``, shown by the widgets that run the model)."""
 
     css_class = "dx-widget"
+    input_errors: tuple[type[Exception], ...] = (InputError,)
+    """Errors about a typed value: shown on the status line only (their message says it all)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -320,22 +323,33 @@ class DxWidget(W.VBox):
             if self.work is not None:
                 self._deferred[wrapper] = (args, kwargs)  # the latest value wins
                 return None
-            before = len(self.output.outputs)
+            before, status = len(self.output.outputs), self.status.value
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
                 self.show_error(exc)
                 return None
-            if before and not self._keep_outputs:  # it worked: the errors shown before it are old news
-                self.output.outputs = self.output.outputs[before:]
-                if self.status.value.startswith(ERROR_STATUS) and not self.output.outputs:
-                    self.status.value = ""
+            if not self._keep_outputs:  # it worked: the errors shown before it are old news
+                self._clear_old_errors(before, status)
             return result
 
         return wrapper
 
+    def _clear_old_errors(self, before: int, status: str) -> None:
+        """Drop the first ``before`` outputs, and the status line's error if nothing replaced it since
+        (``status``, the line before the callback) and no error is left below it."""
+        if before:
+            self.output.outputs = self.output.outputs[before:]
+        if status.startswith(ERROR_STATUS) and self.status.value == status and not self.output.outputs:
+            self.status.value = ""
+
     def show_error(self, exc: BaseException) -> None:
-        """Print ``exc`` with its traceback into the output area; a one-line summary goes to the status line."""
+        """Print ``exc`` with its traceback into the output area; a one-line summary goes to the status line.
+
+        A bad value typed in a box (``input_errors``) goes to the status line alone: no traceback."""
+        if isinstance(exc, self.input_errors):
+            self.status.value = f"{ERROR_STATUS}{_escape(str(exc))}</span>"
+            return
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.output.append_stderr(text)
         self.status.value = f"{ERROR_STATUS}Error: {type(exc).__name__}: {_escape(str(exc))}</span>"

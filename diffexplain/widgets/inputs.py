@@ -18,16 +18,21 @@ from diffexplain.checks import SEED_RANGE
 _WHOLE = re.compile(r"^\s*\d[\d_]*\s*$")
 
 
+class InputError(ValueError):
+    """A value typed in a box that cannot be used. A widget shows its message on the status line, with
+    no traceback: the message names the box, what it holds and what it takes."""
+
+
 def parse_seed(text: str, box: str = "seed") -> int:
-    """The seed a box's ``text`` says: a whole number from 0 to 2**64 − 1, else a ``ValueError``."""
+    """The seed a box's ``text`` says: a whole number from 0 to 2**64 − 1, else an ``InputError``."""
     low, high = SEED_RANGE
     if not _WHOLE.match(text):
-        raise ValueError(
+        raise InputError(
             f"the {box} box holds {text.strip()!r}: type a whole number from {low} to 2**64 − 1, e.g. 0"
         )
     value = int(text.replace("_", ""))
     if value > high:
-        raise ValueError(f"the {box} box holds {value}, past the largest seed 2**64 − 1 ({high})")
+        raise InputError(f"the {box} box holds {value}, past the largest seed 2**64 − 1 ({high})")
     return value
 
 
@@ -48,7 +53,7 @@ class SeedBox(W.Text):
 
     @property
     def seed(self) -> int:
-        """The seed typed in the box (``ValueError`` naming the box for anything else)."""
+        """The seed typed in the box (``InputError``, a ``ValueError``, naming the box for anything else)."""
         return parse_seed(self.value, self.description)
 
 

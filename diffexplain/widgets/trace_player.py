@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from PIL import Image
 
+from diffexplain.errors import TraceFileError
 from diffexplain.widgets.attention_maps import AttentionMaps
 from diffexplain.widgets.base import DEFAULT_SIZE, DxWidget, Frames, button, help_box
+from diffexplain.widgets.inputs import InputError
 from diffexplain.widgets.noise_lab import first_upload
 from diffexplain.widgets.step_explorer import StepExplorer
 
@@ -80,10 +82,12 @@ class TracePlayer(DxWidget):
     """Load a saved trace (a path, an upload, a ``Trace`` or a ``CascadeTrace``) and explore it with
     :class:`StepExplorer` (with a stage chooser for a cascade's).
 
-    Bad files show the loader's error (``TraceFileError``) in the widget's output area.
+    A path that names no file, or a file that is no trace (the loader's ``TraceFileError``), is told on
+    the status line, without a traceback.
     """
 
     css_class = "dx-trace-player"
+    input_errors = (InputError, TraceFileError)
 
     def __init__(
         self,
@@ -127,15 +131,19 @@ class TracePlayer(DxWidget):
             self.guard(self.show)(path_or_trace)
 
     def load(self, path: str | os.PathLike[str]) -> Trace | CascadeTrace:
-        """Load the trace file at ``path`` and show it; raises the loader's ``TraceFileError`` on a bad file."""
+        """Load the trace file at ``path`` and show it. Raises ``InputError`` for an empty path or one that
+        names no file, and the loader's ``TraceFileError`` for a file that is no trace."""
         from diffexplain.cascade_trace import CascadeTrace, is_cascade_file
         from diffexplain.trace import Trace
 
         path = Path(str(path)).expanduser()
         if not str(path).strip() or str(path) == ".":
-            raise ValueError("type the path of a trace file first")
+            raise InputError("the trace file box is empty: type the path of a file saved with trace.save")
         if not path.is_file():
-            raise FileNotFoundError(f"no trace file at {str(path)!r}")
+            what = "a folder" if path.is_dir() else "no file"
+            raise InputError(
+                f"the trace file box holds {str(path)!r}: that is {what}; type a trace file's path"
+            )
         self.say(f"loading {path.name} …")
         if is_cascade_file(path):
             cascade = CascadeTrace.load(path)
