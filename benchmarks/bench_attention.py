@@ -17,7 +17,9 @@ the wrong half as often as in the right one. So it also prints how *local* each 
 whichever half it favours: ``local`` = mean |own − other| / (own + other), 0 for a word read alike
 everywhere, 1 for a word read in one half only.
 
-    python benchmarks/bench_attention.py [FOLDER] [--scenes 24] [--json out.json]
+    python benchmarks/bench_attention.py [FOLDER] [--scenes 24] [--steps N] [--json out.json]
+
+``--quick`` (what CI runs, to catch a crash; its figures mean nothing): one scene, 2 sampling steps.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_model import build_pipeline, generate, model_parser, model_settings  # noqa: E402
+from bench_model import build_pipeline, generate, model_parser, model_settings, parse_with_quick  # noqa: E402
 
 STEPS_RECORDED = (0.2, 0.5, 0.8)  # fractions of the way through sampling
+QUICK = {"scenes": 1, "steps": 2}
 
 
 def record_attention(pipe) -> dict[str, list]:
@@ -115,9 +118,11 @@ def halves(attention, position: str) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> dict:
     parser = model_parser(__doc__)
     parser.add_argument("--scenes", type=int, default=24, help="two-object scenes (default 24)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    args = parse_with_quick(parser, argv, QUICK)
     warnings.filterwarnings("ignore", category=FutureWarning)
     pipe, settings = build_pipeline(args.folder), model_settings(args.folder)
+    settings["steps"] = args.steps or settings["steps"]
     r = measure(pipe, settings, args.scenes)
     print(f"model {args.folder}: {args.scenes} two-object scenes, steps {r['_settings']['steps_recorded']}")
     print(f"  {'':<32} {'place share':^15} {'local':^15}")

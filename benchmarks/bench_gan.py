@@ -23,6 +23,10 @@ its ``single_share`` counts only the single-object draws). The diffusion picture
 ``--cache`` (safetensors) so a rerun only redoes the cheap parts.
 
     python benchmarks/bench_gan.py [--n 900] [--json out.json] [--grid grid.png] [--record]
+
+``--quick`` is a smoke run (what CI runs, to catch a crash; its figures mean nothing): 4 pictures per
+source, the diffusion model at 2 steps, its cache in a temporary folder (unless ``--cache``, so the real
+cache keeps its 25-step pictures); ``--record`` is refused with it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -47,6 +52,7 @@ from diffexplain.data.dataset import HELD_OUT_SEED, ShapesDataset  # noqa: E402
 from diffexplain.data.vocab import COLOURS, POSITIONS, SHAPES  # noqa: E402
 
 N_MODES = len(COLOURS) * len(SHAPES) * len(POSITIONS)  # 90
+QUICK = {"n": 4, "steps": 2}
 
 
 def read_modes(pictures: list[np.ndarray]) -> list[tuple[str, str, str] | None]:
@@ -138,20 +144,24 @@ def gan_pictures(n: int, seed: int, folder: str | None) -> list[np.ndarray]:
     return [np.asarray(im, dtype=np.float32) / 255.0 for im in gan.sample(n, seed=seed)]
 
 
-def diffusion_pictures(n: int, seed: int, cache: Path, batch: int) -> list[np.ndarray]:
-    """``n`` empty-prompt pictures of the default model (seeds seed..seed+n−1), cached in ``cache``."""
+def diffusion_pictures(
+    n: int, seed: int, cache: Path, batch: int, steps: int | None = None
+) -> list[np.ndarray]:
+    """``n`` empty-prompt pictures of the default model (seeds seed..seed+n−1) at ``steps`` (default: the
+    model's), cached in ``cache`` (under a key of their own where ``steps`` is given)."""
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
     from diffexplain.safetensors_file import save_readable
 
-    key = f"seed{seed}"
+    key = f"seed{seed}" if steps is None else f"seed{seed}_steps{steps}"
     cached = load_file(str(cache)).get(key) if cache.is_file() else None
     have = [] if cached is None else list(cached.float().numpy() / 255.0)
     if len(have) >= n:
         return have[:n]
     pipe = build_pipeline(DEFAULT_FOLDER)
     settings = model_settings(DEFAULT_FOLDER) | {"guidance_scale": 1.0}  # "" vs "": guidance changes nothing
+    settings["steps"] = steps or settings["steps"]
     for start in tqdm(range(len(have), n, batch), desc="diffusion ''"):
         seeds = list(range(seed + start, seed + min(n, start + batch)))
         have.extend(generate(pipe, [""] * len(seeds), seeds, settings, batch=batch))
@@ -185,8 +195,9 @@ def main() -> None:
     parser.add_argument("--skip-diffusion", action="store_true", help="only the real pictures and the GAN")
     parser.add_argument("--batch", type=int, default=8, help="diffusion pictures per pipeline call")
     parser.add_argument(
-        "--cache", default="runs/bench_gan/diffusion.safetensors", help="diffusion picture cache"
+        "--cache", default=None, help="diffusion picture cache (default runs/bench_gan/diffusion.safetensors)"
     )
+    parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: the model's)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument("--grid", default=None, help="write a PNG with a row of pictures per source")
     parser.add_argument(
@@ -194,7 +205,18 @@ def main() -> None:
         action="store_true",
         help="also write the figures into the GAN folder's gan.json under 'measured' (what notebook 10 shows)",
     )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (CI), no figures to quote: see the text above"
+    )
     args = parser.parse_args()
+    if args.quick:  # the quick sizes stand in for the defaults; options given on the command line win
+        if args.record:
+            parser.error("--record stores the figures in the GAN folder: not with --quick")
+        args = parser.parse_args(namespace=argparse.Namespace(**QUICK))
+    if args.cache is None:  # a quick run's few-step pictures must not mix with the real cache's
+        scratch = tempfile.TemporaryDirectory() if args.quick else None
+        folder = Path(scratch.name) if scratch else Path("runs/bench_gan")
+        args.cache = str(folder / "diffusion.safetensors")
     if args.n < 2:
         parser.error(f"--n must be at least 2, got {args.n}")
     rows, pictures = [], {}
@@ -210,7 +232,9 @@ def main() -> None:
     rows.append(summarise(f"gan {pictures['gan'][0].shape[0]}px", pictures["gan"], gan_seconds))
     if not args.skip_diffusion:
         t = time.perf_counter()
-        pictures["diffusion"] = diffusion_pictures(args.n, args.seed, Path(args.cache), args.batch)
+        pictures["diffusion"] = diffusion_pictures(
+            args.n, args.seed, Path(args.cache), args.batch, args.steps
+        )
         rows.append(summarise("diffusion '' 64px", pictures["diffusion"], time.perf_counter() - t))
     k = modes_in_first(rows)
     cols = ["single_share", "modes_covered", "modes_in_first_k", "mode_entropy_bits", "effective_modes", "top_mode_share",

@@ -4,6 +4,7 @@ trace memory per step, and the first run against the second.
     python benchmarks/bench_loop.py                    # every family, human-readable
     python benchmarks/bench_loop.py --family sd3       # one family
     python benchmarks/bench_loop.py --json             # machine-readable
+    python benchmarks/bench_loop.py --quick            # smoke run (CI): 2 steps, 1 repeat, every family
 
 Same parts and seed for every measurement of a family; each figure is the median of ``--repeats``
 runs, the pipeline and the traced run interleaved so that background load affects both alike. The
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffexplain import Explainer  # noqa: E402
 
 PROMPT = "a red square on the left"
+QUICK = {"steps": 2, "repeats": 1}  # --quick: every family and code path, the parity check included
 
 
 def median_time(fn, repeats: int) -> float:
@@ -206,7 +208,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared CPU)")
     parser.add_argument("--json", action="store_true", help="print machine-readable figures")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (CI), no figures to quote: 2 steps, 1 repeat"
+    )
     args = parser.parse_args()
+    if args.quick:  # the quick sizes stand in for the defaults; options given on the command line win
+        args = parser.parse_args(namespace=argparse.Namespace(**QUICK))
     torch.set_num_threads(args.threads)
 
     results = [

@@ -7,6 +7,10 @@ captions as users write them (no size or background words), freshly drawn from `
 process. Generation uses a plain diffusers ``StableDiffusionPipeline`` built from the folder's parts.
 
     python benchmarks/bench_model.py [FOLDER] [--quick] [--json out.json] [--grid samples.png]
+
+``--quick`` is a smoke run (what CI runs, to catch a crash; its figures mean nothing): every section
+once at the smallest size, 2 sampling steps (unless ``--steps``), 4 VAE pictures, 10 checker pictures,
+3 one-object and 2 two-object prompts per generation section, 1 timed picture after the warm-up.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import warnings
 from pathlib import Path
 
 DEFAULT_FOLDER = "diffexplain/models/default"
+QUICK_STEPS = 2  # --quick's sampling steps, unless --steps says otherwise
 SECTIONS = ("vae", "checker", "generation", "plain", "speed", "cold")
 GOALS = {  # key: (comparison, target, unit)
     "psnr_db": (">=", 32.0, " dB"),
@@ -44,6 +49,19 @@ def model_parser(doc: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     return parser
+
+
+def parse_with_quick(
+    parser: argparse.ArgumentParser, argv: list[str] | None, quick: dict
+) -> argparse.Namespace:
+    """Add ``--quick`` to ``parser`` and parse ``argv``. With ``--quick`` (a smoke run, what CI runs),
+    ``quick``'s values (by option name, ``-`` as ``_``) stand in for the defaults; options given still win."""
+    sizes = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in quick.items())
+    parser.add_argument(
+        "--quick", action="store_true", help=f"a smoke run (CI), no figures to quote: {sizes}"
+    )
+    args = parser.parse_args(argv)
+    return parser.parse_args(argv, argparse.Namespace(**quick)) if args.quick else args
 
 
 def model_settings(folder: str) -> dict:
@@ -154,34 +172,35 @@ PLAIN_SEED = 20_261_202  # seeds the plain-caption draws; ``--plain-seed`` draws
 
 def prompt_mix(quick: bool) -> tuple[list, list]:
     """Dataset captions: one-object scenes (every combination, several seeds each) and two-object scenes
-    drawn as the training data draws them (background said half the time)."""
+    drawn as the training data draws them (background said half the time). ``quick``: 3 and 2."""
     import random
 
     from diffexplain.data.scenes import one_object_scenes, sample_scene
 
     combos = one_object_scenes()
-    one = combos[::3] if quick else combos * 4  # 30 or 360 samples
+    one = combos[::30] if quick else combos * 4  # 3 or 360 samples
     rng = random.Random(20_240_601)
-    two = [sample_scene(rng, two_object_share=1.0) for _ in range(10 if quick else 210)]
+    two = [sample_scene(rng, two_object_share=1.0) for _ in range(2 if quick else 210)]
     return one, two
 
 
 def plain_prompt_mix(quick: bool, seed: int = PLAIN_SEED) -> tuple[list, list]:
     """Plain captions, as the README prompts: freshly drawn from ``seed``, with no size or background
     word ("a red circle on the left and a blue square on the right"). One object anywhere; two objects
-    of two different colours, random shapes, left/right or top/bottom in either order."""
+    of two different colours, random shapes, left/right or top/bottom in either order. 300 and 200
+    scenes; ``quick``: 3 and 2."""
     import random
 
     from diffexplain.data.scenes import Scene, SceneObject, sample_scene
 
     rng = random.Random(seed)
     one = []
-    for _ in range(30 if quick else 300):
+    for _ in range(3 if quick else 300):
         drawn = sample_scene(rng, two_object_share=0.0).objects[0]
         obj = SceneObject(drawn.colour, drawn.shape, drawn.position, "large")
         one.append(Scene((obj,), "light", say_size=(False,)))  # size and background are left free
     two = []
-    for _ in range(10 if quick else 200):
+    for _ in range(2 if quick else 200):
         drawn = sample_scene(rng, two_object_share=1.0)
         two.append(Scene(drawn.objects, drawn.background, say_size=(False, False)))
     return one, two
@@ -244,20 +263,21 @@ def bench_speed(pipe, settings: dict, reps: int) -> dict:
     }
 
 
-def bench_cold(folder: str, device: str, threads: int) -> dict:
+def bench_cold(folder: str, device: str, threads: int, steps: int) -> dict:
     """Import + load + first image in a fresh interpreter (wall time of the whole subprocess)."""
     t0 = time.perf_counter()
+    options = ["--device", device, "--threads", str(threads), "--steps", str(steps)]
     child = subprocess.run(
-        [sys.executable, __file__, folder, "--cold-child", "--device", device, "--threads", str(threads)],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, __file__, folder, "--cold-child", *options], capture_output=True, text=True
     )
+    if child.returncode:  # show why the child failed, not only that it did
+        sys.stderr.write(child.stderr)
+        raise SystemExit(f"bench_model: the cold-start process failed (exit {child.returncode})")
     total = time.perf_counter() - t0
     return {"cold_start_s": total, **json.loads(child.stdout.strip().splitlines()[-1])}
 
 
-def cold_child(folder: str, device: str, threads: int | None) -> None:
+def cold_child(folder: str, device: str, threads: int | None, steps: int | None = None) -> None:
     """Run in the fresh process of :func:`bench_cold`; prints its phase timings as JSON."""
     t0 = time.perf_counter()
     import diffusers  # noqa: F401
@@ -271,6 +291,7 @@ def cold_child(folder: str, device: str, threads: int | None) -> None:
 
     t1 = time.perf_counter()
     pipe, settings = build_pipeline(folder, device), model_settings(folder)
+    settings["steps"] = steps or settings["steps"]
     t2 = time.perf_counter()
     generate(pipe, ["a blue square at the top"], [0], settings)
     t3 = time.perf_counter()
@@ -360,6 +381,7 @@ def report(r: dict) -> None:
         rows.append(("  import / load / first image", phases + " s", ("", "")))
     s, m = r["settings"], r["machine"]
     busy = "  BUSY: timings are pessimistic" if m["load_avg"][0] > m["cpus"] else ""
+    busy += "  QUICK: a smoke run, the figures say nothing about the model" if r.get("quick") else ""
     print(f"\nmodel {r['model']}: {s['scheduler']}, {s['steps']} steps, guidance {s['guidance_scale']:g}, "
           f"{s['image_size']} px; {r['device']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
           f"load {m['load_avg'][0]:.1f}{busy}")  # fmt: skip
@@ -378,7 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--steps", type=int, default=None, help="default: model.json defaults, else 25")
     parser.add_argument("--batch", type=int, default=30, help="prompts per pipeline call (default 30)")
-    parser.add_argument("--quick", action="store_true", help="few samples: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (CI), no figures to quote: see the text above"
+    )
     parser.add_argument(
         "--plain-seed", type=int, default=PLAIN_SEED, help=f"draws the plain captions (default {PLAIN_SEED})"
     )
@@ -390,14 +414,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # diffusers' scheduler-config notices
     if args.cold_child:
-        cold_child(args.folder, args.device, args.threads)
+        cold_child(args.folder, args.device, args.threads, args.steps)
         return {}
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = model_settings(args.folder)
-    settings["steps"] = args.steps or settings["steps"]
+    settings["steps"] = args.steps or (QUICK_STEPS if args.quick else settings["steps"])
     if args.guidance_scale is not None:
         settings["guidance_scale"] = args.guidance_scale
     r: dict = {"model": args.folder, "device": args.device, "quick": args.quick, "settings": settings}
@@ -412,10 +436,10 @@ def main(argv: list[str] | None = None) -> dict:
     timing["load"] = time.perf_counter() - t0
     size = settings["image_size"]
     jobs = {
-        "vae": lambda: bench_vae(pipe, 32 if args.quick else 256, size),
-        "checker": lambda: bench_checker(100 if args.quick else 1000, size),
-        "speed": lambda: bench_speed(pipe, settings, 2 if args.quick else 5),
-        "cold": lambda: bench_cold(args.folder, args.device, torch.get_num_threads()),
+        "vae": lambda: bench_vae(pipe, 4 if args.quick else 256, size),
+        "checker": lambda: bench_checker(10 if args.quick else 1000, size),
+        "speed": lambda: bench_speed(pipe, settings, 1 if args.quick else 5),
+        "cold": lambda: bench_cold(args.folder, args.device, torch.get_num_threads(), settings["steps"]),
     }
     for name in SECTIONS:
         if name in args.skip:

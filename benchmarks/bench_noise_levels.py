@@ -9,6 +9,8 @@ data mean). Sampling from pure noise works only where the x̂0 error is below th
 sampler's first steps (t = 960 for 25-step DDIM on the default schedule).
 
     python benchmarks/bench_noise_levels.py [FOLDER] [--n 128] [--json out.json]
+
+``--quick`` (what CI runs, to catch a crash; its figures mean nothing): 2 pictures, every noise level.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 DEFAULT_FOLDER = "diffexplain/models/default"
 TIMESTEPS = (990, 960, 920, 880, 800, 600, 300, 50)
+QUICK = {"n": 2}
 
 
 @torch.no_grad()
@@ -66,7 +69,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("folder", nargs="?", default=DEFAULT_FOLDER)
     parser.add_argument("--n", type=int, default=128, help="held-out pictures (default 128)")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (CI), no figures to quote: see the text above"
+    )
     args = parser.parse_args(argv)
+    if args.quick:  # the quick sizes stand in for the defaults; options given on the command line win
+        args = parser.parse_args(argv, argparse.Namespace(**QUICK))
     if args.n < 1:
         parser.error("--n must be at least 1")
     result = measure(args.folder, args.n)

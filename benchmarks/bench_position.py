@@ -23,6 +23,9 @@ the two objects' words exchanged. ``same picture`` counts pairs where both pictu
 same caption: the noise, not the word order, chose which object went where.
 
     python benchmarks/bench_position.py [FOLDER] [--seeds 2] [--pairs 72] [--json out.json]
+
+``--quick`` (what CI runs, to catch a crash; its figures mean nothing): 2 colour-and-shape combinations,
+one seed, 2 two-object scenes, 2 sampling steps.
 """
 
 from __future__ import annotations
@@ -35,13 +38,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bench_model import build_pipeline, generate, model_parser, model_settings  # noqa: E402
+from bench_model import build_pipeline, generate, model_parser, model_settings, parse_with_quick  # noqa: E402
 
 OPPOSITES = (("left", "right"), ("top", "bottom"))
+QUICK = {"combinations": 2, "seeds": 1, "pairs": 2, "steps": 2}
 
 
-def measure(folder: str, pipe, settings: dict, seeds: int, batch: int = 18) -> dict:
-    """Pair outcomes per pair of opposite words, and position accuracy per word."""
+def measure(
+    folder: str, pipe, settings: dict, seeds: int, batch: int = 18, combinations: int | None = None
+) -> dict:
+    """Pair outcomes per pair of opposite words, and position accuracy per word (over the first
+    ``combinations`` colour-and-shape combinations, default all)."""
     from diffexplain.data.checker import score
     from diffexplain.data.scenes import Scene, SceneObject, caption
     from diffexplain.data.vocab import COLOURS, SHAPES
@@ -49,7 +56,8 @@ def measure(folder: str, pipe, settings: dict, seeds: int, batch: int = 18) -> d
     outcomes: dict[str, collections.Counter] = {}
     per_word: dict[str, list[bool]] = collections.defaultdict(list)
     for first, second in OPPOSITES:
-        combos = [(c, s, k) for c in COLOURS for s in SHAPES for k in range(seeds)]
+        pairs = [(c, s) for c in COLOURS for s in SHAPES][:combinations]
+        combos = [(c, s, k) for c, s in pairs for k in range(seeds)]
         seed_list = [k * 1000 + i for i, (_c, _s, k) in enumerate(combos)]
         found = {}
         for word in (first, second):
@@ -165,10 +173,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser = model_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per colour and shape (default 2)")
     parser.add_argument("--pairs", type=int, default=72, help="two-object scenes for binding (default 72)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--combinations", type=int, default=None, help="colour-and-shape combinations (default all 18)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    args = parse_with_quick(parser, argv, QUICK)
     warnings.filterwarnings("ignore", category=FutureWarning)
     pipe, settings = build_pipeline(args.folder), model_settings(args.folder)
-    r = measure(args.folder, pipe, settings, args.seeds)
+    settings["steps"] = args.steps or settings["steps"]
+    r = measure(args.folder, pipe, settings, args.seeds, combinations=args.combinations)
     r["two_objects"] = measure_binding(pipe, settings, args.pairs) if args.pairs else {}
     r["exchanged_words"] = measure_exchange(pipe, settings, args.pairs) if args.pairs else {}
     s = r["settings"]

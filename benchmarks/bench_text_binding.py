@@ -13,6 +13,8 @@ High accuracy means the pairing is in the text embeddings, so a model that still
 fails in the U-Net's cross-attention, not in the text encoder.
 
     python benchmarks/bench_text_binding.py [--captions 3000]
+
+``--quick`` (what CI runs, to catch a crash; its figures mean nothing): 40 captions, 20 probe steps.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import random
 import torch
 
 FIRST_PLACES = ("top", "left")
+QUICK = {"captions": 40, "probe_steps": 20}
 
 
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 500) -> float:
@@ -44,7 +47,7 @@ def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, classes: int, s
         return ((x[n:] @ weight + bias).argmax(1) == labels[n:]).float().mean().item()
 
 
-def measure(n_captions: int) -> dict[str, float]:
+def measure(n_captions: int, probe_steps: int = 500) -> dict[str, float]:
     from diffexplain.data.scenes import caption, sample_scene
     from diffexplain.data.vocab import COLOURS
     from diffexplain.models.text import encode_captions, load_text_encoder
@@ -76,12 +79,14 @@ def measure(n_captions: int) -> dict[str, float]:
         colour_at_place.append(colours.index(next(o for o in scene.objects if o.position == word).colour))
     labels = torch.tensor(first_is_first_place)
     return {
-        "first colour word: its object at the top / left": probe_accuracy(torch.stack(first), labels, 2),
+        "first colour word: its object at the top / left": probe_accuracy(
+            torch.stack(first), labels, 2, probe_steps
+        ),
         "second colour word: the first object at the top / left": probe_accuracy(
-            torch.stack(second), labels, 2
+            torch.stack(second), labels, 2, probe_steps
         ),
         '"top" / "left": the colour of its object': probe_accuracy(
-            torch.stack(place), torch.tensor(colour_at_place), len(colours)
+            torch.stack(place), torch.tensor(colour_at_place), len(colours), probe_steps
         ),
     }
 
@@ -91,8 +96,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--captions", type=int, default=3000, help="two-object captions (default 3000)")
+    parser.add_argument("--probe-steps", type=int, default=500, help="Adam steps per probe (default 500)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (CI), no figures to quote: see the text above"
+    )
     args = parser.parse_args(argv)
-    result = measure(args.captions)
+    if args.quick:  # the quick sizes stand in for the defaults; options given on the command line win
+        args = parser.parse_args(argv, argparse.Namespace(**QUICK))
+    result = measure(args.captions, args.probe_steps)
     print(f"linear probes on MiniLM token states, {args.captions} two-object captions (20 % held out):")
     for name, accuracy in result.items():
         print(f"  {name:<58} {100 * accuracy:5.1f} %")

@@ -3,6 +3,8 @@
 As a script it draws dataset items (what the model was trained to draw), for comparison::
 
     python benchmarks/sample_grid.py --out /tmp/dataset.png --n 24 --seed 0
+
+``--quick`` (what CI runs, to catch a crash): 6 items.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+QUICK = {"n": 6}
 
 
 def make_grid(
@@ -77,7 +81,7 @@ def comparison_grid(samples: dict, per_group: int = 12, columns: int = 6) -> Ima
     return make_grid(images, captions, marks, columns=columns)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Save a grid of dataset items."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -86,7 +90,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=64)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (CI), no figures to quote: see the text above"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:  # the quick sizes stand in for the defaults; options given on the command line win
+        args = parser.parse_args(argv, argparse.Namespace(**QUICK))
     from diffexplain.data import ShapesDataset
 
     ds = ShapesDataset(seed=args.seed, size=args.size)
