@@ -4,7 +4,7 @@ trace memory per step, and the first run against the second.
     python benchmarks/bench_loop.py                    # every family, human-readable
     python benchmarks/bench_loop.py --family sd3       # one family
     python benchmarks/bench_loop.py --json             # machine-readable
-    python benchmarks/bench_loop.py --quick            # smoke run (CI): 2 steps, 1 repeat, every family
+    python benchmarks/bench_loop.py --quick            # smoke run (CI): 2 steps, 1 repeat, 32 px, every family
 
 Same parts and seed for every measurement of a family; each figure is the median of ``--repeats``
 runs, the pipeline and the traced run interleaved so that background load affects both alike. The
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffexplain import Explainer  # noqa: E402
 
 PROMPT = "a red square on the left"
-QUICK = {"steps": 2, "repeats": 1}  # --quick: every family and code path, the parity check included
+QUICK = {"steps": 2, "repeats": 1, "size": 32}  # --quick: every family and code path, parity included
 
 
 def median_time(fn, repeats: int) -> float:
@@ -117,7 +117,7 @@ def guidance(family: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"guidance_scale": 5.0}, {"guidance_scale": 5.0}
 
 
-def bench(family: str, steps: int, repeats: int, scheduler: str | None) -> dict[str, Any]:
+def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: int = 64) -> dict[str, Any]:
     pipe, options = pipeline(family)
     traced_guidance, pipe_guidance = guidance(family)
     explainer = Explainer.from_pipeline(pipe, progress=False)
@@ -125,7 +125,7 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None) -> dict[
         explainer.set_scheduler(scheduler)
         pipe.scheduler = explainer.scheduler
     n = steps
-    size = {"height": 64, "width": 64}
+    size = {"height": side, "width": side}
 
     def run_pipeline():
         generator = torch.Generator().manual_seed(0)
@@ -207,9 +207,12 @@ def main() -> None:
         "--scheduler", help="a short scheduler name of every chosen family (default: its own)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared CPU)")
+    parser.add_argument(
+        "--size", type=int, default=64, help="image side in pixels (default 64: 32×32 latents)"
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable figures")
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run (CI), no figures to quote: 2 steps, 1 repeat"
+        "--quick", action="store_true", help="a smoke run (CI), no figures to quote: 2 steps, 1 repeat, 32 px"
     )
     args = parser.parse_args()
     if args.quick:  # the quick sizes stand in for the defaults; options given on the command line win
@@ -217,7 +220,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     results = [
-        bench(f, args.steps, args.repeats, args.scheduler)
+        bench(f, args.steps, args.repeats, args.scheduler, args.size)
         for f in args.family or ["sd", "sdxl", "sd3", "flux"]
     ]
     if args.json:
