@@ -1,5 +1,5 @@
-"""Argument checks of ``Explainer.run`` and ``Explainer.fork``: each error names the argument, the value
-and what is expected, before anything runs."""
+"""Argument checks of the public API (``Explainer.run`` and ``fork``, ``Trace``, the interventions...):
+each error names the argument, the value and what is expected, before anything runs."""
 
 from __future__ import annotations
 
@@ -44,18 +44,59 @@ def check_negative_prompt(negative_prompt: Any, batch_size: int) -> None:
         raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {batch_size}")
 
 
-def check_guidance_scale(guidance_scale: Any) -> float:
+def _bounds(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f" from {low:g} to {high:g}"
+    if low is not None:
+        return f" ≥ {low:g}"
+    if high is not None:
+        return f" ≤ {high:g}"
+    return ""
+
+
+def check_float(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    meaning: str = "",
+) -> float:
+    """A finite real number in [``low``, ``high``] (each bound where given), returned as a float.
+
+    Python and numpy ints and floats are taken; a bool, a string or None is a ``TypeError``; NaN, ±inf
+    or a number out of range a ``ValueError``. Each message names the argument, the value and what is
+    expected; ``meaning`` says in a few words what the number is, e.g. "w; ≤ 1 turns guidance off".
+    Every float argument of the public API is checked here, so NaN and inf are refused everywhere alike.
+    """
+    note = f" ({meaning})" if meaning else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number{note}, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf if value > 0 else -math.inf
+    out_of_range = (low is not None and number < low) or (high is not None and number > high)
+    if not math.isfinite(number) or out_of_range:
+        raise ValueError(f"{name} must be a finite number{_bounds(low, high)}{note}, got {number!r}")
+    return number
+
+
+def check_optional_float(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    meaning: str = "",
+) -> float | None:
+    """None, or what ``check_float`` takes."""
+    return None if value is None else check_float(name, value, low, high, meaning=meaning)
+
+
+def check_guidance_scale(guidance_scale: Any, name: str = "guidance_scale") -> float:
     """A finite number ≥ 0 (w ≤ 1 turns guidance off); returned as a float."""
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-        raise TypeError(
-            f"guidance_scale must be a number (w; ≤ 1 turns guidance off), got {_show(guidance_scale)}"
-        )
-    guidance_scale = float(guidance_scale)
-    if not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(
-            f"guidance_scale must be a finite number ≥ 0 (w; ≤ 1 turns guidance off), got {guidance_scale!r}"
-        )
-    return float(guidance_scale)
+    return check_float(name, guidance_scale, low=0.0, meaning="w; ≤ 1 turns guidance off")
 
 
 def check_steps(num_inference_steps: Any) -> int:

@@ -372,7 +372,7 @@ class Explainer:
             do_cfg=guidance_on(float(guidance_scale), distilled=self.family.guidance_distilled()),
             height=height,
             width=width,
-            eta=float(eta),
+            eta=checks.check_float("eta", eta, low=0.0, meaning="DDIM's noise share: 0 deterministic"),
             decode=decode,
             options=self.family.run_options(height, width, **(self._option_defaults() | options)),
             restart=restart,

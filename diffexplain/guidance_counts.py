@@ -253,6 +253,10 @@ def count_seeds(
 
     ``num_inference_steps`` defaults to the model's own. ``sweep`` is the same over :data:`SWEEP_SCALES`.
     """
+    from diffexplain import checks
+
+    # every scale is checked before the first column runs
+    scales = [checks.check_guidance_scale(w, f"scales[{i}]") for i, w in enumerate(scales)]
     seed_tuple = seed_list(seeds)
     scene, _ = checker_scene(explainer, prompt)
     return [

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 
+from diffexplain.checks import check_float, check_guidance_scale
 from diffexplain.guidance import guide
 from diffexplain.hooks import Hook, HookContext, StepFilter
 
@@ -64,7 +65,8 @@ def cfg_off(steps: StepFilter = None) -> Hook:
 
 
 def set_guidance(scale: float, steps: StepFilter = None) -> Hook:
-    """Use guidance scale ``scale`` at ``steps``: ε̂ = ε_u + scale·(ε_c − ε_u)."""
+    """Use guidance scale ``scale`` (a finite number ≥ 0) at ``steps``: ε̂ = ε_u + scale·(ε_c − ε_u)."""
+    scale = check_guidance_scale(scale, "scale")
 
     def set_guidance_hook(x: torch.Tensor, *, ctx: HookContext) -> torch.Tensor:
         eps_cond, eps_uncond = _branches(ctx)
@@ -75,6 +77,7 @@ def set_guidance(scale: float, steps: StepFilter = None) -> Hook:
 
 def scale_delta(factor: float, steps: StepFilter = None) -> Hook:
     """Scale what the text adds, Δ = ε_c − ε_u, by ``factor`` at ``steps``: ε̂ = ε_u + w·factor·Δ."""
+    factor = check_float("factor", factor, meaning="what Δ = ε_c − ε_u is multiplied by")
 
     def scale_delta_hook(x: torch.Tensor, *, ctx: HookContext) -> torch.Tensor:
         eps_cond, eps_uncond = _branches(ctx)
@@ -94,6 +97,22 @@ def swap_prompt(explainer: Explainer, prompt: str | list[str], from_step: int) -
     return Hook("step.prompt.cond", swap_prompt_hook, steps=lambda step: step >= from_step)
 
 
+def _mask_box(box: Any) -> tuple[float, float, float, float]:
+    """A mask rectangle (top, bottom, left, right): four fractions in [0, 1], top ≤ bottom and left ≤ right."""
+    if isinstance(box, str) or not isinstance(box, tuple | list) or len(box) != 4:
+        raise ValueError(f"mask must be a 2-D tensor or 4 fractions (top, bottom, left, right), got {box!r}")
+    top, bottom, left, right = (
+        check_float(f"mask {side}", value, 0.0, 1.0, meaning="a fraction of the image side")
+        for side, value in zip(("top", "bottom", "left", "right"), box, strict=True)
+    )
+    if top > bottom or left > right:
+        raise ValueError(
+            f"mask box (top, bottom, left, right) must be fractions in [0, 1] with top ≤ bottom and "
+            f"left ≤ right, got {box}"
+        )
+    return top, bottom, left, right
+
+
 def latent_mask(
     mask: Mask, height: int, width: int, *, device: Any = None, dtype: Any = None
 ) -> torch.Tensor:
@@ -106,9 +125,7 @@ def latent_mask(
         )
         out = resized[0, 0]
     else:
-        top, bottom, left, right = (float(v) for v in mask)
-        if not (0 <= top <= bottom <= 1 and 0 <= left <= right <= 1):
-            raise ValueError(f"mask box (top, bottom, left, right) must be fractions in [0, 1], got {mask}")
+        top, bottom, left, right = _mask_box(mask)
         out = torch.zeros(height, width)
         out[round(top * height) : round(bottom * height), round(left * width) : round(right * width)] = 1.0
     return out.to(device=device, dtype=dtype)
@@ -125,6 +142,9 @@ def add_noise(
     """At loop ``step``, add ``strength``·ε (ε ~ N(0, I), in latent units) to x_t, optionally only inside ``mask``."""
     if generator is not None and seed is not None:
         raise ValueError("pass generator= or seed=, not both")
+    strength = check_float("strength", strength, meaning="how many ε, in latent units, are added to x_t")
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        _mask_box(mask)  # checked now, not when the hook runs
 
     def add_noise_hook(x: torch.Tensor, *, ctx: HookContext) -> torch.Tensor:
         gen = generator or torch.Generator().manual_seed(0 if seed is None else seed)
@@ -174,15 +194,19 @@ def pattern(kind: str, shape: tuple[int, ...], *, period: int = 4) -> torch.Tens
 
 
 def noise_pattern(kind: str, *, period: int = 4, mix: float = 1.0) -> Hook:
-    """Start from a structured pattern instead of noise: mix·pattern + (1 − mix)·noise, standardised, × init σ."""
+    """Start from a structured pattern instead of noise: mix·pattern + (1 − mix)·noise, standardised, × init σ.
+
+    ``mix`` is the pattern's share, from 0 (noise alone) to 1 (the pattern alone).
+    """
+    if kind not in PATTERNS:
+        raise ValueError(f"unknown pattern {kind!r}; choose one of {', '.join(PATTERNS)}")
+    share = check_float("mix", mix, 0.0, 1.0, meaning="the pattern's share: 0 is noise alone, 1 the pattern")
 
     def noise_pattern_hook(x: torch.Tensor, *, ctx: HookContext) -> torch.Tensor:
         structured = pattern(kind, tuple(x.shape), period=period).to(device=x.device, dtype=torch.float32)
-        mixed = mix * structured + (1 - mix) * x.float() / ctx.init_noise_sigma
+        mixed = share * structured + (1 - share) * x.float() / ctx.init_noise_sigma
         return (_standardise(mixed) * ctx.init_noise_sigma).to(x.dtype)
 
-    if kind not in PATTERNS:
-        raise ValueError(f"unknown pattern {kind!r}; choose one of {', '.join(PATTERNS)}")
     return Hook("latents.init", noise_pattern_hook)
 
 

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from diffexplain import render
+from diffexplain.checks import check_optional_float
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -130,6 +131,7 @@ def make_previews(
 
     if not isinstance(max_size, int) or isinstance(max_size, bool) or not 8 <= max_size <= 1024:
         raise ValueError(f"max_size={max_size!r}: expected a whole number of pixels from 8 to 1024")
+    budget_s = check_optional_float("budget_s", budget_s, low=0.0, meaning="seconds allowed for all previews")
     explainer = explainer if explainer is not None else trace.explainer
     pixel_space = (
         explainer.vae is None

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from diffexplain.checks import check_float, check_optional_float
+
 # Approximate linear maps from Stable Diffusion 1.x/2.x latents (4 channels) to RGB, widely used for
 # previews (rows: latent channels; columns: R, G, B).
 SD_LATENT_RGB = (
@@ -88,6 +90,7 @@ def latent_preview(
 
 def diverging(t: torch.Tensor, *, limit: float | None = None) -> np.ndarray:
     """A 2-D tensor as an RGB array: blue for negative, white for 0, red for positive (symmetric scale)."""
+    limit = check_optional_float("limit", limit, low=0.0, meaning="the value drawn at full colour")
     x = t.detach().float().cpu()
     lim = float(limit) if limit else float(x.abs().max().clamp_min(1e-8))
     v = (x / lim).clamp(-1, 1).numpy()
@@ -189,6 +192,7 @@ HEAT_STOPS = np.array(  # an "inferno"-like ramp: dark (not read) → purple →
 
 def heat(values: torch.Tensor, *, limit: float | None = None) -> np.ndarray:
     """A 2-D map as an RGB array (H, W, 3) on the heat ramp: 0 dark, ``limit`` (default its max) brightest."""
+    limit = check_optional_float("limit", limit, low=0.0, meaning="the value drawn brightest")
     x = values.detach().float().cpu().numpy()
     top = float(limit) if limit else max(float(x.max()), 1e-8)
     pos = np.clip(x / top, 0, 1) * (len(HEAT_STOPS) - 1)
@@ -202,5 +206,6 @@ def overlay(
     image: Image.Image, values: torch.Tensor, *, alpha: float = 0.6, limit: float | None = None
 ) -> Image.Image:
     """``values`` [H, W] on the heat ramp laid over ``image`` (resized to it), ``alpha`` the map's weight."""
+    alpha = check_float("alpha", alpha, 0.0, 1.0, meaning="the map's weight over the image")
     colours = Image.fromarray(heat(values, limit=limit)).resize(image.size, Image.Resampling.BILINEAR)
     return Image.blend(image.convert("RGB"), colours, alpha)

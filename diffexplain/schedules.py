@@ -20,6 +20,8 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from diffexplain.checks import check_float
+
 __all__ = [
     "BETA_SCHEDULES",
     "BetaSchedule",
@@ -74,6 +76,8 @@ def noise_scheduler(
     """A diffusers ``DDPMScheduler`` with this beta schedule (defaults: Stable Diffusion's betas)."""
     if schedule not in BETA_SCHEDULES:
         raise ValueError(f"unknown beta schedule {schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
+    beta_start = check_float("beta_start", beta_start, 0.0, 1.0, meaning="β at the first training step")
+    beta_end = check_float("beta_end", beta_end, 0.0, 1.0, meaning="β at the last training step")
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_start=beta_start,

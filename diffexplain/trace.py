@@ -18,6 +18,7 @@ import torch
 from diffexplain.attention import maps as reading
 from diffexplain.attention.maps import LayerFilter
 from diffexplain.attention.tokens import Token
+from diffexplain.checks import check_guidance_scale
 from diffexplain.errors import TraceKeyError
 from diffexplain.guidance import guide
 from diffexplain.hooks import Replacement
@@ -320,7 +321,11 @@ class Trace:
 
     # ---- guidance without the model ----------------------------------------------------------------
     def reguide(self, step: int, guidance_scale: float) -> Reguided:
-        """ε̂ and x̂0 of ``step`` at another guidance scale, from the cached ε_c and ε_u (no model call)."""
+        """ε̂ and x̂0 of ``step`` at another guidance scale, from the cached ε_c and ε_u (no model call).
+
+        ``guidance_scale`` is w, a finite number ≥ 0, as in ``Explainer.run``.
+        """
+        guidance_scale = check_guidance_scale(guidance_scale)
         record = self.steps[self._index(step)]
         for name in ("step.model.cond", "step.model.uncond"):
             if name not in record.tensors:
