@@ -8,6 +8,7 @@ or per block (``with explainer.hooks(...)``); there is no module-level hook stat
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -94,6 +95,25 @@ def _step_test(steps: StepFilter) -> Callable[[int, int], bool]:
     return lambda step, num_steps: step in chosen or (step - num_steps) in chosen
 
 
+def check_hook_signature(fn: Callable[..., Any], point: str) -> None:
+    """``TypeError`` unless ``fn`` can be called as ``fn(x, ctx=ctx)``, as the loop calls every hook.
+
+    A callable whose signature cannot be read (some builtins and C extensions) is taken as it is.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None, ctx=None)
+    except TypeError as err:
+        raise TypeError(
+            f"hook {hook_name(fn)!r} for {point!r} takes {signature}, but hooks take (x, *, ctx) and are "
+            f"called as hook(x, ctx=ctx), which fails here ({err}): write `def hook(x, *, ctx): ...` or "
+            "`lambda x, *, ctx: ...` (x is the tensor at that point, ctx its HookContext)"
+        ) from None
+
+
 def hook_name(fn: Callable[..., Any]) -> str:
     """A readable name for a hook function (``__qualname__`` where there is one)."""
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
@@ -112,6 +132,7 @@ class Hook:
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise TypeError(f"hook for {self.name!r} must be callable, got {type(self.fn).__name__}")
+        check_hook_signature(self.fn, self.name)
         if self.name.startswith(ATTENTION_PREFIX):  # a model's own layer names: resolved when it runs
             object.__setattr__(self, "points", ())
         else:
