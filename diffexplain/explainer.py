@@ -22,6 +22,7 @@ from diffexplain.hooks import Hook, HookSpec, as_hooks
 from diffexplain.jobs import Job
 from diffexplain.loop import Components, Plan, Resume, loop_steps
 from diffexplain.names import HookPoint
+from diffexplain.prompt_limits import PromptCut, cut_prompts, read_text, warn_cut
 from diffexplain.scheduler_state import describe, effective_config, scheduler_by_name
 from diffexplain.threads import cpu_threads
 from diffexplain.trace import Trace
@@ -226,7 +227,9 @@ class Explainer:
     ) -> tuple[Conditioning, Conditioning | None]:
         """Each branch's conditioning as the loop computes it: (cond, uncond or None), named tensors."""
         h, w = self.family.default_size()
-        return self.family.encode(prompt, negative_prompt, guidance, self.family.run_options(h, w, **options))
+        run_options = self.family.run_options(h, w, **options)
+        warn_cut(cut_prompts(self.family.text_limits(run_options), prompt, negative_prompt), stacklevel=3)
+        return self.family.encode(prompt, negative_prompt, guidance, run_options)
 
     @torch.no_grad()
     def encode_prompt(
@@ -349,7 +352,6 @@ class Explainer:
             raise ValueError("pass seed= or generator=, not both")
         checks.check_prompt(prompt)
         checks.check_negative_prompt(negative_prompt, 1 if isinstance(prompt, str) else len(prompt))
-        self._warn_unknown_words(prompt)
         if num_inference_steps is None:
             num_inference_steps = int(self.defaults.get("num_inference_steps", self.family.default_steps))
         num_inference_steps = checks.check_steps(num_inference_steps)
@@ -378,6 +380,7 @@ class Explainer:
             restart=restart,
             attention_maps=checks.check_flag("attention_maps", attention_maps),
         )
+        self._warn_prompt(prompt, negative_prompt, plan.options)
         settings = self._settings(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -464,7 +467,6 @@ class Explainer:
         source = trace.settings
         if prompt is not None:
             checks.check_prompt(prompt)
-            self._warn_unknown_words(prompt)
         if guidance_scale is not None:
             guidance_scale = checks.check_guidance_scale(guidance_scale)
         changed = {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance_scale}
@@ -490,6 +492,7 @@ class Explainer:
                 else checks.check_flag("attention_maps", attention_maps)
             ),
         )
+        self._warn_prompt(prompt, negative_prompt, plan.options)  # the new ones only: None where unchanged
         forked = self._new_trace(settings, None, trace.store_dtype)
         forked.kept = trace.kept
         forked.forked_from = k
@@ -520,13 +523,28 @@ class Explainer:
         """The model's defaults for its family's own run settings (e.g. the pixel cascade's ``noise_level``)."""
         return {k: v for k, v in self.defaults.items() if k not in ("num_inference_steps", "guidance_scale")}
 
-    def _warn_unknown_words(self, prompt: str | list[str]) -> None:
-        """A ``UserWarning`` listing the prompt's words the model never saw (models with a ``vocabulary``)."""
+    def _warn_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None,
+        options: dict[str, Any],
+    ) -> None:
+        """Warnings about a run's text before it runs: the words cut at a text encoder's token limit
+        (``diffexplain.prompt_limits``), then the words the model never saw, of those it reads."""
+        cuts = cut_prompts(self.family.text_limits(options), prompt, negative_prompt)
+        warn_cut(cuts, stacklevel=3)  # at the caller of start_run / start_fork
+        if prompt is not None:
+            self._warn_unknown_words(prompt, cuts)
+
+    def _warn_unknown_words(self, prompt: str | list[str], cuts: list[PromptCut] | None = None) -> None:
+        """A ``UserWarning`` listing the prompt's words the model never saw (models with a ``vocabulary``),
+        leaving out words cut at the text encoder's limit (``cuts``): the model reads them in no case."""
         if not self.vocabulary:
             return
         from diffexplain.data.vocab import unknown_words
 
-        text = prompt if isinstance(prompt, str) else " ".join(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        text = " ".join(read_text(p, cuts or []) for p in prompts)
         unknown = unknown_words(text, self.vocabulary)
         if unknown:
             warnings.warn(
@@ -534,7 +552,7 @@ class Explainer:
                 f"{', '.join(repr(w) for w in unknown)} are not in it: expect a picture that ignores them "
                 f"(often a blank one). It knows: {', '.join(sorted(self.vocabulary))}",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def __repr__(self) -> str:

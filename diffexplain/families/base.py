@@ -26,6 +26,7 @@ from diffexplain.attention.layers import AttentionLayer, find_attention_layers
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.names import HOOK_POINTS, HookPoint
 from diffexplain.noise_levels import NoiseLevel, noise_level
+from diffexplain.prompt_limits import TextLimit, text_limit
 from diffexplain.scheduler_state import SCHEDULER_NAMES
 
 Conditioning = dict[str, torch.Tensor]
@@ -134,6 +135,12 @@ class Family:
     def negative_prompt_tokens(self, negative_prompt: str, options: dict[str, Any]) -> list[Token]:
         """The uncond branch's text positions, for one negative (or empty) prompt."""
         return self.prompt_tokens(negative_prompt, options)
+
+    def text_limits(self, options: dict[str, Any]) -> tuple[TextLimit, ...]:
+        """How many tokens each text encoder reads, as ``encode`` cuts prompts (``diffexplain.prompt_limits``
+        finds and names the words cut): the ``tokenizer``'s ``model_max_length``; none without one."""
+        limit = text_limit(self.parts, "tokenizer", "text_encoder")
+        return () if limit is None else (limit,)
 
     def describe(self) -> dict[str, Any]:
         """What a trace records about the model (JSON-ready): family, classes and the denoiser's shape."""

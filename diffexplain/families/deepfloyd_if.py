@@ -35,6 +35,7 @@ from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.families.learned_variance import LearnedVariance, check_output_channels
 from diffexplain.families.sd import uncond_prompts
+from diffexplain.prompt_limits import TextLimit, text_limit
 
 IF_MAX_LENGTH = 77
 """IF's T5 token count: "the text encoder was trained with a max length of 77 for IF" (the pipelines)."""
@@ -53,6 +54,11 @@ def preprocess_text(text: str | list[str]) -> list[str]:
     """IF's caption preprocessing without caption cleaning: lower case, stripped."""
     texts = [text] if isinstance(text, str) else list(text)
     return [t.lower().strip() for t in texts]
+
+
+def _lower(text: str) -> str:
+    """One prompt as IF's T5 reads it (``preprocess_text``)."""
+    return preprocess_text(text)[0]
 
 
 def encode_t5(
@@ -108,6 +114,14 @@ class IF(LearnedVariance, Family):
         """T5's 77 positions (``token_count``), for the lower-cased prompt."""
         tokenizer = self.parts["tokenizer"]
         return tokenize(tokenizer, preprocess_text(prompt)[0], token_count(tokenizer))
+
+    def text_limits(self, options: dict[str, Any]) -> tuple[TextLimit, ...]:
+        """T5 at 77 tokens (``token_count``), reading the lower-cased prompt, as ``encode_t5``."""
+        tokenizer = self.parts.get("tokenizer")
+        if tokenizer is None:
+            return ()
+        limit = text_limit(self.parts, "tokenizer", "text_encoder", token_count(tokenizer), _lower)
+        return () if limit is None else (limit,)
 
     def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, ...]:
         """x_t is the picture itself: [B, C, H, W]."""

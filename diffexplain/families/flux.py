@@ -45,6 +45,7 @@ from diffexplain.checks import check_float
 from diffexplain.families.base import Conditioning, conditioning_points
 from diffexplain.families.sd3 import FlowMatching
 from diffexplain.names import HookPoint
+from diffexplain.prompt_limits import TextLimit, text_limit
 from diffexplain.scheduler_state import FLOW_SCHEDULER_NAMES
 
 DEFAULT_EMBEDDED_GUIDANCE = 3.5
@@ -161,6 +162,16 @@ class Flux(FlowMatching):
             "latent_channels": int(self.model.config.in_channels) // 4,
             "guidance_embeds": self.guidance_embeds(),
         }
+
+    def text_limits(self, options: dict[str, Any]) -> tuple[TextLimit, ...]:
+        """CLIP (its pooled output) at its ``model_max_length`` (77) and T5 at ``max_sequence_length``, as
+        ``FluxPipeline.encode_prompt`` cuts them."""
+        t5_length = int(options["max_sequence_length"])
+        limits = [
+            text_limit(self.parts, "tokenizer", "text_encoder"),
+            text_limit(self.parts, "tokenizer_2", "text_encoder_2", t5_length),
+        ]
+        return tuple(limit for limit in limits if limit is not None)
 
     def prompt_tokens(self, prompt: str, options: dict[str, Any]) -> list[Token]:
         """T5's ``max_sequence_length`` positions: the token states the transformer reads."""

@@ -25,6 +25,7 @@ from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.names import HookPoint
 from diffexplain.noise_levels import NoiseLevel, step_index
+from diffexplain.prompt_limits import TextLimit, text_limit
 from diffexplain.scheduler_state import FLOW_SCHEDULER_NAMES
 
 
@@ -91,6 +92,18 @@ class StableDiffusion3(FlowMatching):
         if t5 is not None and self.parts.get("text_encoder_3") is not None:
             return tokens + tokenize(t5, prompt, length, source="t5", offset=len(tokens))
         return tokens + [Token(len(tokens) + i, "<zeros>", None, "pad", None, "t5") for i in range(length)]
+
+    def text_limits(self, options: dict[str, Any]) -> tuple[TextLimit, ...]:
+        """Both CLIPs at the first tokenizer's ``model_max_length`` (77), T5 at ``max_sequence_length``,
+        as ``StableDiffusion3Pipeline.encode_prompt`` cuts them."""
+        tokenizer = self.parts.get("tokenizer")
+        clip = int(tokenizer.model_max_length) if tokenizer is not None else 77
+        limits = [
+            text_limit(self.parts, "tokenizer", "text_encoder", clip),
+            text_limit(self.parts, "tokenizer_2", "text_encoder_2", clip),
+            text_limit(self.parts, "tokenizer_3", "text_encoder_3", int(options["max_sequence_length"])),
+        ]
+        return tuple(limit for limit in limits if limit is not None)
 
     def describe(self) -> dict[str, Any]:
         """The base description plus the transformer's patch size."""

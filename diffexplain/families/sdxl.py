@@ -17,6 +17,7 @@ from diffexplain.attention.tokens import Token
 from diffexplain.families.base import Conditioning, conditioning_points
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.names import HookPoint
+from diffexplain.prompt_limits import TextLimit, text_limit
 
 
 def _size(value: Any, what: str) -> list[int]:
@@ -101,6 +102,14 @@ class StableDiffusionXL(StableDiffusion):
             return cond, None
         uncond = {"embeds": neg_embeds.to(model.device), "pooled": neg_pooled.to(model.device)}
         return cond, {**uncond, "time_ids": time_ids}
+
+    def text_limits(self, options: dict[str, Any]) -> tuple[TextLimit, ...]:
+        """Both CLIP encoders, each at its tokenizer's ``model_max_length`` (77), as ``encode_prompt``."""
+        limits = [
+            text_limit(self.parts, "tokenizer", "text_encoder"),
+            text_limit(self.parts, "tokenizer_2", "text_encoder_2"),
+        ]
+        return tuple(limit for limit in limits if limit is not None)
 
     def negative_prompt_tokens(self, negative_prompt: str, options: dict[str, Any]) -> list[Token]:
         """With ``force_zeros_for_empty_prompt`` (SDXL base) an empty negative prompt is all zeros: no tokens."""
