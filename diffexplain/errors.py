@@ -22,3 +22,8 @@ class TraceKeyError(KeyError):
 class TrainConfigError(ValueError):
     """A training run that cannot start as configured: an unknown preset, or a run or model to start
     from that does not fit (the message names the field, both values, and what to do)."""
+
+
+class HubUnreachableError(ConnectionError):
+    """A pipeline named by its Hugging Face hub id is not in the local cache, and the hub cannot be reached
+    (the message names the id and what to do: a local folder, or ``HF_HUB_OFFLINE=1`` with a filled cache)."""

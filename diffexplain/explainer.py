@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import warnings
 from collections.abc import Generator, Iterable, Iterator
@@ -85,15 +84,19 @@ class Explainer:
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Explainer:
         """Load a pipeline (folder or Hub id) with the diffusers class its ``model_index.json`` names, then ``from_pipeline``.
 
-        ``kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype=torch.float16``).
+        ``kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype=torch.float16``). Where the pipeline is
+        is decided first (``diffexplain.models.hub``): a missing folder is ``FileNotFoundError`` ("no such
+        folder"); a hub id that is neither cached nor reachable is ``HubUnreachableError`` at once, and a
+        cached one loads offline when the hub cannot be reached.
         """
         import diffusers
 
-        index = Path(path) / "model_index.json"
-        if index.is_file():
-            config = json.loads(index.read_text(encoding="utf-8"))
-        else:  # a Hub id: diffusers fetches (or finds in its cache) just the model index first
-            config = diffusers.DiffusionPipeline.load_config(str(path))
+        from diffexplain.models.hub import locate_pipeline
+
+        source = locate_pipeline(path, **kwargs)
+        if source.local_files_only:
+            kwargs["local_files_only"] = True
+        path, config = source.path, source.config
         name = config.get("_class_name", "")
         if name not in {f.pipeline_class for f in FAMILIES.values()}:
             raise ValueError(
