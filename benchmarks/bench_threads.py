@@ -2,10 +2,12 @@
 
 Each case runs in a fresh Python process (OpenMP reads its wait policy once, when torch loads):
 
-- **before**: torch's own thread count, ``DIFFEXPLAIN_THREADS=torch``: what a user got before
-  ``diffexplain.threads``;
-- **after**: ``DIFFEXPLAIN_THREADS=auto`` (threads ≤ free cores): today's default;
-- **passive**: the same with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep), for comparison.
+- **before**: torch's own thread count (``DIFFEXPLAIN_THREADS=torch``) with OpenMP's own spin
+  (``GOMP_SPINCOUNT=300000``, libgomp's default): what a user got before ``diffexplain.threads``;
+- **torch**: torch's own thread count with the spin diffexplain sets (``diffexplain.threads.SPIN_COUNT``);
+- **after**: ``DIFFEXPLAIN_THREADS=auto`` (threads ≤ free cores, decided once, at the first run) with the
+  same spin: today's default;
+- **passive**: ``auto`` with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once), for comparison.
 
 Each is timed on an idle machine and with one spinning process per core (started ``--warmup`` seconds
 before, so that the load average sees them). The figure is the slowdown, busy / idle. Goal: ≤ 2×
@@ -31,14 +33,14 @@ import sys
 import time
 from pathlib import Path
 
-MODES = ("before", "after", "passive")
+MODES = ("before", "torch", "after", "passive")
 PROMPT = "a red circle on the left and a blue square on the right"
 QUICK = {"steps": 2, "repeats": 1, "warmup": 1.0, "spinners": 1, "modes": ["before"]}
 
 
 def child(mode: str, steps: int, repeats: int) -> None:
     """Time ``repeats`` runs after one warm-up, in this process; print the figures as JSON."""
-    if mode == "before":
+    if mode in ("before", "torch"):
         os.environ["DIFFEXPLAIN_THREADS"] = "torch"
     from diffexplain.models.default import load_default
 
@@ -49,13 +51,7 @@ def child(mode: str, steps: int, repeats: int) -> None:
         start = time.perf_counter()
         trace = explainer.run(PROMPT, num_inference_steps=steps, seed=0, decode=False)
         times.append(time.perf_counter() - start)
-    threads = trace.settings.get("threads")  # the count the run used, where the trace records it
-    if threads is None:  # a diffexplain whose traces do not record it: the count it decides per run
-        import torch
-
-        from diffexplain import threads as policy
-
-        threads = policy.chosen_threads() or torch.get_num_threads()
+    threads = trace.settings.get("threads")  # the count the runs used, decided at the first
     print(json.dumps({"seconds": statistics.median(times), "threads": threads}))
 
 
@@ -69,8 +65,10 @@ def case(mode: str, steps: int, repeats: int) -> dict:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "DIFFEXPLAIN_THREADS")
+        if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "DIFFEXPLAIN_THREADS", "GOMP_SPINCOUNT")
     }
+    if mode == "before":
+        env["GOMP_SPINCOUNT"] = "300000"  # libgomp's own default, which diffexplain leaves alone when set
     if mode == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     out = subprocess.run(

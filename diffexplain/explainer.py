@@ -15,7 +15,7 @@ from diffexplain import checks
 from diffexplain.attention.layers import with_attention_points
 from diffexplain.families import FAMILIES, Family, family_from_pipeline, supported_pipelines
 from diffexplain.families.base import Conditioning
-from diffexplain.fingerprint import LazyFingerprint
+from diffexplain.fingerprint import LazyFingerprint, same_weights
 from diffexplain.guidance import guidance_on
 from diffexplain.hooks import Hook, HookSpec, as_hooks
 from diffexplain.jobs import Job
@@ -23,7 +23,7 @@ from diffexplain.loop import Components, Plan, Resume, loop_steps
 from diffexplain.names import HookPoint
 from diffexplain.prompt_limits import PromptCut, cut_prompts, read_text, warn_cut
 from diffexplain.scheduler_state import describe, effective_config, scheduler_by_name
-from diffexplain.threads import cpu_threads
+from diffexplain.threads import check_threads, cpu_threads, decide_threads
 from diffexplain.trace import Trace
 
 
@@ -73,6 +73,24 @@ class Explainer:
         self.defaults: dict[str, Any] = dict(defaults or {})  # recommended run settings (steps, guidance)
         # the words the model was trained on (the default model's captions); None: any text
         self.vocabulary: frozenset[str] | None = None
+        self._threads: int | None = (
+            None  # CPU threads of every run, decided at the first (diffexplain.threads)
+        )
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU thread count of this explainer's runs (None on a GPU), decided once, at the first run
+        (``DIFFEXPLAIN_THREADS``: ``auto`` by default, see ``diffexplain.threads``), and recorded in each
+        trace; a fork runs on its trace's count. Set it to choose: the same count gives the same bits."""
+        if self.device.type != "cpu":
+            return None
+        if self._threads is None:
+            self._threads = decide_threads()
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        self._threads = check_threads(value, "Explainer.threads")
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
@@ -257,6 +275,7 @@ class Explainer:
             "latent_rgb": self.latent_rgb,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "threads": self.threads,
         }
 
     def _new_trace(self, settings: dict[str, Any], keep: Any, store_dtype: torch.dtype | None) -> Trace:
@@ -422,6 +441,7 @@ class Explainer:
         latents: torch.Tensor | None = None,
         progress: bool | None = None,
         attention_maps: bool | None = None,
+        other_weights: bool = False,
     ) -> Trace:
         """Re-run only loop steps ``step``..N−1 of ``trace`` with the given changes; steps before are kept.
 
@@ -430,7 +450,9 @@ class Explainer:
 
         With no change (and no hooks) the fork reproduces the original bit for bit. The original run's
         hooks are not re-applied: pass them again in ``hooks=`` to keep them. ``attention_maps`` is the
-        original run's unless given.
+        original run's unless given. The fork runs on the trace's CPU thread count (``trace.settings
+        ["threads"]``), so that it rounds as the run did. A trace made with other weights (its
+        ``fingerprint()`` differs from this model's) is refused unless ``other_weights=True``.
         """
         return self.start_fork(
             trace,
@@ -442,6 +464,7 @@ class Explainer:
             latents=latents,
             progress=progress,
             attention_maps=attention_maps,
+            other_weights=other_weights,
         ).finish()
 
     def start_fork(
@@ -456,6 +479,7 @@ class Explainer:
         latents: torch.Tensor | None = None,
         progress: bool | None = None,
         attention_maps: bool | None = None,
+        other_weights: bool = False,
     ) -> Job:
         """``fork``, as a :class:`~diffexplain.jobs.Job` (see ``start_run``): checked now, run as it advances."""
         k = checks.check_fork_step(step, len(trace.steps))
@@ -467,6 +491,8 @@ class Explainer:
                 f"this trace was made by a {FAMILIES[family].label if family in FAMILIES else family} model; "
                 f"this Explainer holds a {self.family.label} model: fork it with an Explainer of its family"
             )
+        if not checks.check_flag("other_weights", other_weights):
+            self._check_same_weights(trace)
         source = trace.settings
         if prompt is not None:
             checks.check_prompt(prompt)
@@ -495,6 +521,11 @@ class Explainer:
                 else checks.check_flag("attention_maps", attention_maps)
             ),
         )
+        settings["threads"] = (  # the trace's count, so that the fork rounds as its run did
+            check_threads(source["threads"], "trace.settings['threads']")
+            if source.get("threads") is not None and self.device.type == "cpu"
+            else self.threads
+        )
         self._warn_prompt(prompt, negative_prompt, plan.options)  # the new ones only: None where unchanged
         forked = self._new_trace(settings, None, trace.store_dtype)
         forked.kept = trace.kept
@@ -516,10 +547,24 @@ class Explainer:
     def _loop(
         self, plan: Plan, trace: Trace, hooks: list[Hook], **kwargs: Any
     ) -> Generator[int, None, Trace]:
-        """The loop of one job, on no more CPU threads than there are free cores (``diffexplain.threads``)."""
-        with cpu_threads(self.device):
+        """The loop of one job, on its trace's CPU thread count (``diffexplain.threads``)."""
+        with cpu_threads(trace.settings.get("threads") if self.device.type == "cpu" else None):
             return (
                 yield from loop_steps(Components(self.family, self.scheduler), plan, trace, hooks, **kwargs)
+            )
+
+    def _check_same_weights(self, trace: Trace) -> None:
+        """``ValueError`` naming both fingerprints if ``trace`` was made with other weights than this model's."""
+        made_with = trace.fingerprint()
+        if made_with is None:  # unknown (a file saved after its weights changed): nothing to compare
+            return
+        same, current = same_weights(self.model, made_with, trace.settings["model"].get("fingerprint_scheme"))
+        if not same:
+            raise ValueError(
+                f"this trace was made with other weights (fingerprint {made_with}) than this Explainer's "
+                f"{self.family.model_attr} (fingerprint {current}): its restart points would continue another "
+                "model's run. Fork it with the model that made it, or pass other_weights=True to continue "
+                "it with these weights anyway"
             )
 
     def _option_defaults(self) -> dict[str, Any]:

@@ -1,33 +1,46 @@
-"""CPU threads: a run on the CPU must not spin against other busy processes.
+"""CPU threads: one count per explainer, so that the same run gives the same bits whatever the load.
 
-torch's CPU kernels run on as many OpenMP threads as there are cores, and by default those threads
-*spin* while they wait for each other. On a machine where something else is busy (a browser, a video
-call, a second kernel), the spinning threads fight that process for the same cores and every run
-slows down several times (``benchmarks/bench_threads.py``). So for the length of each ``run`` or
-``fork`` on the CPU, torch uses ``min(its own thread count, free cores)`` threads, free cores being the
-cores this process may use minus the other processes' load (the 1-minute load average less this
-process's own recent use; at least 1); the thread count comes back
-afterwards. The load average lags: a process that started a few seconds ago is not counted yet.
+A different thread count splits torch's reductions differently, so it rounds differently: the same
+seed on 1 and on 2 threads differs by ~1e-6. diffexplain therefore decides an explainer's thread count
+once, at its first CPU run (or when you set ``explainer.threads``), records it in every trace
+(``trace.settings["threads"]``), and runs every fork of a trace on its trace's count, whatever the
+machine's load or ``DIFFEXPLAIN_THREADS`` says by then. Same machine, same thread count: same bits.
 
-``OMP_WAIT_POLICY=PASSIVE`` (set before torch loads) also stops the spinning, but on an idle machine
-it made a run of the default model with 2 threads about 3× slower (threads sleep and wake at every
-small kernel), so diffexplain does not set it.
+How the count is decided, by the environment variable ``DIFFEXPLAIN_THREADS``:
 
-The knob: the environment variable ``DIFFEXPLAIN_THREADS``: ``auto`` (the default, as above), a number
-(that many threads, always), or ``torch`` (leave torch's thread count alone).
+- ``auto`` (the default): ``min(torch's thread count, free cores)``, free cores being the cores this
+  process may use less the machine's 1-minute load average (at least 1), read once;
+- a whole number: that many threads;
+- ``torch``: torch's own thread count at that moment.
+
+Busy machines: torch's OpenMP threads *spin* while they wait for each other, and on cores that another
+process keeps busy the spinning steals the time the other threads need. ``diffexplain`` shortens that
+spin (``GOMP_SPINCOUNT``, see ``OPENMP_SPIN``) when it is imported before torch, which keeps a run on a
+fully loaded machine within about 2× of its idle time (``benchmarks/bench_threads.py``).
 """
 
 from __future__ import annotations
 
 import os
-import time
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 ENV = "DIFFEXPLAIN_THREADS"
 """The environment variable that chooses the policy: ``auto``, a number, or ``torch``."""
+
+OPENMP_SPIN = "GOMP_SPINCOUNT"
+SPIN_COUNT = "10000"
+"""GNU OpenMP's busy-wait length before a waiting thread sleeps (libgomp's default: 300000). Set when
+diffexplain is imported before torch and the variable is unset; libgomp reads it once, as it loads."""
+
+
+def shorten_openmp_spin() -> bool:
+    """Set ``GOMP_SPINCOUNT`` (unless set) if torch is not loaded yet; True if it takes effect."""
+    if "torch" in sys.modules or OPENMP_SPIN in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        return False
+    os.environ[OPENMP_SPIN] = SPIN_COUNT
+    return True
 
 
 def usable_cores() -> int:
@@ -38,36 +51,29 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-_last_sample: list[float] = []  # [wall time, this process's CPU time] at the previous call
-
-
-def own_load() -> float:
-    """The cores this process kept busy since the previous call (at most the last minute's worth)."""
-    wall, cpu = time.monotonic(), time.process_time()
-    if not _last_sample:
-        _last_sample[:] = [wall, cpu]
-        return 0.0
-    (last_wall, last_cpu), _last_sample[:] = _last_sample, [wall, cpu]
-    elapsed = wall - last_wall
-    return 0.0 if elapsed <= 0 else min((cpu - last_cpu) / elapsed, float(usable_cores()))
-
-
 def free_cores() -> int:
-    """Usable cores minus the other processes' demand (the 1-minute load average less this process's
-    own recent use, so that back-to-back runs do not count themselves), at least 1."""
+    """Usable cores less the machine's demand (the 1-minute load average), at least 1."""
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # Windows: no load average, assume idle
         load = 0.0
-    others = max(0.0, load - own_load())
-    return max(1, usable_cores() - round(others))
+    return max(1, usable_cores() - round(load))
 
 
-def chosen_threads() -> int | None:
-    """The thread count for a CPU run under ``DIFFEXPLAIN_THREADS``; None: leave torch's as it is."""
+def check_threads(value: object, where: str = "threads") -> int:
+    """A thread count: a whole number ≥ 1, else a ``ValueError`` naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where} = {value!r}: expected a whole number of threads ≥ 1")
+    return value
+
+
+def decide_threads() -> int:
+    """The thread count for an explainer's CPU runs, as ``DIFFEXPLAIN_THREADS`` says, decided now."""
+    import torch
+
     value = os.environ.get(ENV, "auto").strip().lower()
     if value == "torch":
-        return None
+        return torch.get_num_threads()
     if value in ("", "auto"):
         return min(torch.get_num_threads(), free_cores())
     try:
@@ -80,9 +86,10 @@ def chosen_threads() -> int | None:
 
 
 @contextmanager
-def cpu_threads(device: torch.device) -> Iterator[None]:
-    """For the ``with`` block, torch's CPU thread count as ``chosen_threads`` says (CPU runs only)."""
-    threads = chosen_threads() if device.type == "cpu" else None
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """For the ``with`` block, torch's CPU thread count is ``threads`` (None: left as it is)."""
+    import torch
+
     before = torch.get_num_threads()
     if threads is None or threads == before:
         yield

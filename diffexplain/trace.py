@@ -20,6 +20,7 @@ from diffexplain.attention.maps import LayerFilter
 from diffexplain.attention.tokens import Token
 from diffexplain.checks import check_guidance_scale
 from diffexplain.errors import TraceKeyError
+from diffexplain.fingerprint import SCHEME
 from diffexplain.guidance import guide
 from diffexplain.hooks import Replacement
 from diffexplain.names import HOOK_POINTS, HookPoint, current_name, resolve_names, unknown_name_message
@@ -157,14 +158,15 @@ class Trace:
     def fingerprint(self) -> str | None:
         """The weight fingerprint of the model that made this trace, hashed on first request.
 
-        Recorded in ``settings["model"]["fingerprint"]`` (so it is saved); None when unknown: a file
+        Recorded in ``settings["model"]["fingerprint"]`` (so it is saved), with the way it was hashed
+        (``"fingerprint_scheme"``, see ``diffexplain.fingerprint.SCHEME``); None when unknown: a file
         without one, or weights that changed after the run and before anyone asked.
         """
         model = self.settings.setdefault("model", {})
         if not model.get("fingerprint") and self.fingerprint_source is not None:
             value = self.fingerprint_source.get()
             if value is not None:
-                model["fingerprint"] = value
+                model["fingerprint"], model["fingerprint_scheme"] = value, SCHEME
         return model.get("fingerprint") or None
 
     @property

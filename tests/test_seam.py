@@ -201,11 +201,44 @@ def test_a_run_does_not_hash_the_weights(parts, monkeypatch):
     from tests.tiny_parts import tiny_unet
 
     calls = []
-    monkeypatch.setattr(fp, "_digest", lambda state: calls.append(1) or "0" * 64)
+    monkeypatch.setattr(fp, "_digest", lambda state, scheme: calls.append(scheme) or "0" * 64)
     explainer = Explainer(**{**parts, "unet": tiny_unet()}, progress=False)  # weights never hashed before
     trace = explainer.run(PROMPT, num_inference_steps=2, seed=0)
     assert calls == [] and "fingerprint" not in trace.settings["model"]
-    assert trace.fingerprint() == "0" * 10 and calls == [1]
+    assert trace.fingerprint() == "0" * 10 and calls == [fp.SCHEME]
+    assert trace.settings["model"]["fingerprint_scheme"] == fp.SCHEME
+
+
+def test_the_fingerprint_is_the_same_on_any_thread_count():
+    import diffexplain.fingerprint as fp
+
+    # big enough that torch splits its sums across threads; the bit sums are exact in any order
+    layer = torch.nn.Linear(2048, 1024)
+    with torch.no_grad():
+        layer.weight.normal_(generator=torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    try:
+        seen = set()
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            fp._CACHE.clear()
+            seen.add(fp.weight_fingerprint(layer))
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 1
+
+
+def test_a_file_fingerprinted_under_an_older_scheme_is_matched_under_it(parts):
+    import diffexplain.fingerprint as fp
+    from tests.tiny_parts import tiny_unet
+
+    unet = tiny_unet()
+    for scheme in (0, 1):
+        old = fp.weight_fingerprint(unet, scheme=scheme)
+        assert old != fp.weight_fingerprint(unet)
+        assert fp.same_weights(unet, old, None) == (True, fp.weight_fingerprint(unet))  # no scheme: 1, 0
+        assert fp.same_weights(unet, old, scheme)[0]
+    assert not fp.same_weights(tiny_unet(seed=1), fp.weight_fingerprint(unet), fp.SCHEME)[0]
 
 
 def test_the_fingerprint_is_none_once_the_weights_changed(parts):
