@@ -182,6 +182,7 @@ def predict_x0_at(
     model_input = torch.cat([x_t, x_t]) if do_cfg else x_t
     model_kwargs = family.model_kwargs(guidance_scale, x_t)
     out = family.predict(scheduler, model_input, timestep, batched(cond, uncond), model_kwargs)
+    out, _ = family.split_output(out, x_t)  # the guided part: a learned variance is the scheduler's only
     if do_cfg:
         eps_uncond, eps_cond = out.chunk(2)
         eps_guided = guide(eps_cond, eps_uncond, guidance_scale)

@@ -206,6 +206,12 @@ class ForwardProcess(DxWidget):
         explainer = self.explainer
         if explainer is None:
             return
+        if hasattr(explainer.family, "check_previous"):  # draws from a previous stage's image embeddings
+            self.say(
+                f"model: the {explainer.family.label} reads no prompt but a previous stage's image embeddings, "
+                "so it has no x̂0 to show here: open ForwardProcess on a stage that reads the prompt"
+            )
+            return
         x0_latents = probe.encode_image(explainer, self.x0)
         generator = torch.Generator().manual_seed(self.seed.seed)
         noise = torch.randn(x0_latents.shape, generator=generator).to(x0_latents.device, x0_latents.dtype)
