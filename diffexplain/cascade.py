@@ -17,6 +17,10 @@ Kandinsky 2.2 (``families.kandinsky``) is a cascade too: ``prior`` then ``decode
 no picture but the prior's image embeddings, ``"decoder.input"`` = [image_embeds, negative_image_embeds]
 [2, B, D] (the prior family's ``hand_over``); the decoder checks its previous stage (``check_previous``).
 
+``cascade.run_stage("II", prompt, image=picture)`` runs one later stage on its own, on an input of one's
+own given as its pipeline takes it (``diffexplain.cascade_stage``): an upscale of any picture, a Kandinsky
+image variation or interpolation (``image_embeds=``, ``negative_image_embeds=``).
+
 Seeds: each stage draws from its own generator seeded with the cascade's seed, as
 ``IFPipeline(..., generator=torch.Generator().manual_seed(s))`` then
 ``IFSuperResolutionPipeline(..., generator=torch.Generator().manual_seed(s))``: the final picture
@@ -30,19 +34,22 @@ import json
 import secrets
 from collections.abc import Generator, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from diffexplain import checks
 from diffexplain.cascade_hooks import INPUT_POINT, StageHooks, apply_input_hooks, split_hooks
+from diffexplain.cascade_stage import start_on_input, start_stage
 from diffexplain.cascade_trace import CascadeTrace
 from diffexplain.explainer import Explainer
 from diffexplain.hooks import Hook
 from diffexplain.jobs import Job
-from diffexplain.loop import Plan
 from diffexplain.names import HookPoint
 from diffexplain.trace import Trace
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def drain(steps: Generator[int, None, Any]) -> Any:
@@ -185,6 +192,10 @@ class Cascade:
                 )
         return tuple(points)
 
+    def point_names(self) -> dict[str, tuple[str, ...]]:
+        """Each stage's own hook-point names (``step.latents``, without the stage), by stage in run order."""
+        return {name: tuple(p.name for p in e.hook_points()) for name, e in self.stages.items()}
+
     # ---- running -----------------------------------------------------------------------------------
     @torch.no_grad()
     def run(
@@ -227,9 +238,15 @@ class Cascade:
         """``run`` as a generator that yields after each loop step of each stage and returns the
         ``CascadeTrace`` (a widget's work; closing it stops the running stage). Checked on creation."""
         checks.check_prompt(prompt)
+        first = self.stages[self.names[0]].family
+        if hasattr(first, "stage_inputs"):
+            raise TypeError(
+                f"stage {self.names[0]!r} ({first.label}) is conditioned on a previous stage's output and "
+                f"no stage runs before it: use cascade.run_stage({self.names[0]!r}, prompt, ...) with its input"
+            )
         seed = secrets.randbits(63) if seed is None else checks.check_seed(seed)
         settings = self._stage_settings(stage_settings)
-        loop_hooks, input_hooks = split_hooks(hooks, self.names)
+        loop_hooks, input_hooks = split_hooks(hooks, self.point_names())
         progress = self.progress if progress is None else progress
         for name in self.names[1:]:  # a later stage's settings are checked now, not after stage I ran
             self.stages[name].start_run(prompt, negative_prompt=negative_prompt, seed=seed, **settings[name])
@@ -240,6 +257,38 @@ class Cascade:
         return self._stages(
             cascade, 0, None, prompt, negative_prompt, seed, settings, loop_hooks, input_hooks, progress
         )
+
+    @torch.no_grad()
+    def run_stage(
+        self,
+        stage: str,
+        prompt: str | list[str],
+        *,
+        image: torch.Tensor | Image.Image | list[Image.Image] | None = None,
+        image_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        negative_image_embeds: torch.Tensor | list[torch.Tensor] | None = None,
+        negative_prompt: str | list[str] = "",
+        seed: int | None = None,
+        hooks: StageHooks = None,
+        progress: bool | None = None,
+        **settings: Any,
+    ) -> Trace:
+        """Run one stage on its own, on an input of one's own; returns that stage's ``Trace``.
+
+        The input is what the stage's diffusers pipeline takes: IF stage II (``IFSuperResolutionPipeline``)
+        ``image=``, a [B, 3, h, w] tensor in [-1, 1] or a PIL image; Kandinsky's decoder
+        (``KandinskyV22Pipeline``) ``image_embeds=`` and ``negative_image_embeds=``, [B, D] each (image
+        variations, interpolated embeddings). A stage that takes none (the first) runs from the prompt.
+        ``settings`` are the stage's ``Explainer.run`` settings (``num_inference_steps``, ``noise_level``...);
+        ``hooks`` are named as in ``run`` (``"II.step.latents"``), for this stage only. The stage draws
+        from a generator seeded with ``seed``, as in ``run``: on stage I's output picture (``trace["II.input"]``)
+        stage II equals the stage II of ``run`` bit for bit.
+        """
+        return start_stage(
+            self, stage, prompt, image=image, image_embeds=image_embeds,
+            negative_image_embeds=negative_image_embeds, negative_prompt=negative_prompt, seed=seed,
+            hooks=hooks, progress=progress, settings=settings,
+        ).finish()  # fmt: skip
 
     def _stage_settings(self, given: dict[str, Any]) -> dict[str, dict[str, Any]]:
         unknown = sorted(set(given) - set(self.names))
@@ -284,54 +333,11 @@ class Cascade:
                 image = stage_output(self.stages[previous_name], previous)
                 image = apply_input_hooks(name, image, input_hooks[name], previous, cascade.replacements)
                 cascade.inputs[name] = image
-                trace = yield from self._start_stage(explainer, image, prompt, seed, common, settings[name])
+                trace = yield from start_on_input(explainer, image, prompt, seed, common, settings[name])
             cascade.stages[name] = trace
             if trace.status != "complete":
                 raise RuntimeError(f"stage {name} did not finish ({trace.status}: {trace.message})")
         return cascade
-
-    def _start_stage(
-        self,
-        explainer: Explainer,
-        image: torch.Tensor,
-        prompt: str | list[str],
-        seed: int,
-        common: dict[str, Any],
-        settings: dict[str, Any],
-    ) -> Job:
-        """A later stage's run: ``start_run`` checks the settings and makes the trace; then x_T and the
-        family's image conditioning are drawn (in the pipeline's order) and the loop runs with them."""
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        checked = explainer.start_run(prompt, generator=generator, **common, **settings)  # never advanced
-        trace, s = checked.trace, checked.trace.settings
-        s["seed"] = seed
-        batch = 1 if isinstance(prompt, str) else len(prompt)
-        x_T, tensors = explainer.family.stage_inputs(
-            image, batch, int(s["height"]), int(s["width"]), generator, s["options"]
-        )
-        plan = Plan(
-            prompt=s["prompt"],
-            negative_prompt=s["negative_prompt"],
-            num_inference_steps=int(s["num_inference_steps"]),
-            guidance_scale=float(s["guidance_scale"]),
-            do_cfg=bool(s["do_cfg"]),
-            height=int(s["height"]),
-            width=int(s["width"]),
-            eta=float(s["eta"]),
-            decode=bool(s["decode"]),
-            options={**s["options"], **tensors},  # the tensors are the run's, not its (JSON) settings
-            restart=bool(settings.get("restart", True)),
-            attention_maps=bool(settings.get("attention_maps", True)),
-        )
-        steps = explainer._loop(  # noqa: SLF001 - the cascade is the explainer's own caller
-            plan,
-            trace,
-            explainer._hooks(common["hooks"]),
-            generator=generator,
-            latents=x_T,
-            progress=common["progress"],
-        )
-        return Job(steps, trace)
 
     # ---- forks -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -371,7 +377,7 @@ class Cascade:
             raise ValueError(
                 f"this trace has the stages {', '.join(trace.stages)}; this cascade {', '.join(self.names)}"
             )
-        loop_hooks, input_hooks = split_hooks(hooks, self.names)
+        loop_hooks, input_hooks = split_hooks(hooks, self.point_names())
         progress = self.progress if progress is None else progress
         job = self.stages[stage].start_fork(
             trace.stages[stage], step, hooks=loop_hooks[stage], progress=progress, **changes

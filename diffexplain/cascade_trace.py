@@ -13,7 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors import safe_open
 
+from diffexplain.cascade_hooks import INPUT_POINT
+from diffexplain.errors import TraceKeyError
 from diffexplain.hooks import Replacement
+from diffexplain.names import current_name, unknown_name_message
 from diffexplain.trace import Trace
 from diffexplain.trace_io import (
     _read_header,
@@ -81,15 +84,29 @@ class CascadeTrace:
         return self.stages[name]
 
     def __getitem__(self, key: str | tuple[str, int]) -> torch.Tensor:
-        """``trace["II.step.latents", k]``, ``trace["I.prompt.cond"]``, ``trace["II.input"]``."""
+        """``trace["II.step.latents", k]``, ``trace["I.prompt.cond"]``, ``trace["II.input"]``.
+
+        Errors name the point as given here (``'II.step.model.uncond'``), not as the stage's trace does."""
         name, step = key if isinstance(key, tuple) else (key, None)
         stage, _, point = name.partition(".")
         trace = self.stage(stage)
-        if point == "input" and step is None:
+        if point == INPUT_POINT:
+            if step is not None:
+                raise TraceKeyError(f"{name!r} is run-level (once per run, no steps): use trace[{name!r}]")
             if stage not in self.inputs:
-                raise KeyError(f"stage {stage} received nothing from a previous stage")
+                raise TraceKeyError(f"{name!r}: stage {stage} received nothing from a previous stage")
             return self.inputs[stage]
-        return trace[point] if step is None else trace[point, step]
+        points = {p.name: p for p in trace.hook_points}
+        if current_name(point, warn=False) not in points:
+            valid = [f"{stage}.{INPUT_POINT}"] if stage in self.inputs else []
+            valid += [f"{stage}.{p}" for p in points]
+            raise TraceKeyError(unknown_name_message(f"name in stage {stage}", name, valid))
+        if step is not None and not points[current_name(point, warn=False)].per_step:
+            raise TraceKeyError(f"{name!r} is a run-level name with no steps; use trace[{name!r}]")
+        try:
+            return trace[point] if step is None else trace[point, step]
+        except TraceKeyError as exc:  # not kept, or not computed: the stage's own words, its name in front
+            raise TraceKeyError(f"{name!r} (stage {stage}'s {point!r}): {exc}") from None
 
     def fork(self, stage: str, step: int, **changes: Any) -> CascadeTrace:
         """``cascade.fork(self, stage, step, ...)`` with the cascade that made this trace."""
@@ -119,6 +136,14 @@ class CascadeTrace:
             "replacements": [[r.name, r.step, r.hook] for r in self.replacements],
         }
         write_file(path, tensors, doc)
+
+    def to_html(self, path: str | Path, *, title: str | None = None) -> Path:
+        """Write one self-contained HTML page of this cascade: a button per stage over each stage's page
+        (``Trace.to_html``'s: step slider, play button, the StepExplorer's panels and timeline). Open it in
+        any browser, no Python, no server. One stage alone: ``trace.stage("II").to_html(path)``."""
+        from diffexplain.cascade_page import write_cascade_page
+
+        return write_cascade_page(self, path, title=title)
 
     @classmethod
     def load(cls, path: str | Path, *, cascade: Cascade | None = None) -> CascadeTrace:

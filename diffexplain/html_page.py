@@ -250,10 +250,13 @@ def write_page(
     trace: Trace, path: str | Path, *, compare: Trace | None = None, title: str | None = None
 ) -> Path:
     """Write ``trace`` (and ``compare`` beside it) as one self-contained HTML file at ``path``."""
-    path = Path(path)
+    return write_text(Path(path), render_page(page_data(trace, compare, title)))
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a page's ``text`` at ``path`` (a file name, not a folder) atomically; returns ``path``."""
     if path.is_dir():
         raise IsADirectoryError(f"path={str(path)!r} is a folder: expected a file name such as page.html")
-    text = render_page(page_data(trace, compare, title))
     tmp = path.with_name(f".{path.name}.tmp")
     try:  # written next to the target, then moved: never a half-written page
         tmp.write_text(text, encoding="utf-8")

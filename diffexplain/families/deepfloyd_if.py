@@ -191,8 +191,10 @@ class IFSuperResolution(IF):
         if options:
             if "image" in options:
                 raise TypeError(
-                    f"{self.label} is conditioned on a stage-I image: run it with diffexplain.Cascade "
-                    "(cascade.run(prompt) or cascade.run_stage('II', stage_one_image, prompt))"
+                    f"{self.label} is conditioned on a stage-I image: run it with diffexplain.Cascade, "
+                    "after stage I (cascade.run(prompt)) or alone on a picture of one's own "
+                    "(cascade.run_stage('II', prompt, image=picture), picture a [B, 3, h, w] tensor in "
+                    "[-1, 1] or a PIL image; this stage alone: Cascade({'II': explainer}))"
                 )
             raise TypeError(
                 f"{self.label} takes the run setting noise_level; got {', '.join(sorted(options))}"

@@ -329,7 +329,9 @@ class KandinskyDecoder(LearnedVariance, Family):
             raise TypeError(
                 f"{self.label} takes no run settings of its own (got {', '.join(sorted(options))}): it draws "
                 "from the prior's image embedding; run it after the prior with diffexplain.Cascade, and "
-                "replace the embedding with a 'decoder.input' hook to use one of your own"
+                "replace the embedding with a 'decoder.input' hook, or run it alone on embeddings of your "
+                "own with cascade.run_stage('decoder', prompt, image_embeds=..., negative_image_embeds=...) "
+                "([B, D] each; this stage alone: Cascade({'decoder': explainer}))"
             )
         return {}
 
@@ -383,7 +385,8 @@ class KandinskyDecoder(LearnedVariance, Family):
             raise ValueError(
                 f"{self.label} draws from an image embedding and reads no prompt: run it after the prior "
                 "(diffexplain.Cascade), and change the embedding in the prior's stage or with a "
-                "'decoder.input' hook (a fork of the decoder can neither change its prompt nor turn "
+                "'decoder.input' hook, or run it on embeddings of your own with cascade.run_stage('decoder', "
+                "prompt, image_embeds=..., negative_image_embeds=...) (a fork of the decoder can neither change its prompt nor turn "
                 "guidance on where the run had it off: run the cascade again)"
             )
         device, dtype = self.model.device, self.model.dtype
