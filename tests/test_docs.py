@@ -169,3 +169,44 @@ def test_each_family_page_lists_exactly_its_hook_points(docs_hooks, family):
     assert docs_hooks.hook_table_problems(markdown, FAMILIES[family].extra_points) == []
     index = (DOCS / "families" / "index.md").read_text(encoding="utf-8")
     assert f"`{FAMILIES[family].pipeline_class}`" in index and f"]({family}.md)" in index
+
+
+def _markdown_of_notebook(path: Path) -> str:
+    import json
+
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return "\n".join("".join(c["source"]) for c in cells)
+
+
+def test_load_default_is_imported_from_one_place():
+    """README, docs and notebooks import the embedded model as ``from diffexplain import load_default``."""
+    texts = {p: p.read_text(encoding="utf-8") for p in [REPO / "README.md", *DOCS.rglob("*.md")]}
+    texts |= {p: _markdown_of_notebook(p) for p in (REPO / "notebooks").glob("*.ipynb")}
+    other = [
+        str(p.relative_to(REPO)) for p, text in texts.items() if "models.default import load_default" in text
+    ]
+    assert other == [], f"import load_default from diffexplain, not diffexplain.models.default: {other}"
+    assert "from diffexplain import load_default" in texts[REPO / "README.md"]
+
+
+def test_the_quickstart_names_every_widget_and_notebook():
+    import diffexplain.widgets
+
+    intro = _markdown_of_notebook(REPO / "notebooks" / "00_quickstart.ipynb").split("\n## ")[0]  # the top
+    missing = [w for w in diffexplain.widgets.__all__ if f"`{w}`" not in intro]
+    assert missing == [], f"the quickstart's widget table leaves out {missing}"
+    numbers = sorted(p.name[:2] for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))[1:]  # 00 is itself
+    course = intro[intro.index("**The course:**") :]
+    assert [n for n in numbers if not re.search(rf"\b{n} ", course)] == []
+
+
+def test_notebook_plots_with_a_second_y_axis_give_it_its_own_ticks():
+    """An overlaying axis without tickmode puts its ticks on the left axis's grid lines in plotly.js
+    (notebook 05's diversity axis read 0.012 / 0.3 / 0.588 on 0–0.6), and the default legend sits on its title."""
+    import json
+
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            src = "".join(cell["source"])
+            if cell["cell_type"] == "code" and "overlaying=" in src:
+                assert "tickmode=" in src and "legend=" in src, f"{path.name}: {src[:200]}"

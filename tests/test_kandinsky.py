@@ -410,3 +410,17 @@ def test_the_docs_example_runs(tmp_path):
         namespace: dict = {}
         exec(compile(code, "kandinsky.md", "exec"), namespace)  # noqa: S102 - the docs' own example
     assert isinstance(namespace["trace"], CascadeTrace)
+
+
+def test_building_the_tiny_pipelines_prints_no_torchvision_note():
+    """diffusers' Kandinsky pipelines import CLIPImageProcessor, and transformers logs (to stderr, a red box
+    in a notebook) that it falls back to its PIL backend without torchvision: the tiny parts silence that note."""
+    import subprocess
+    import sys
+
+    code = (
+        "from diffexplain.families.tiny_kandinsky import tiny_kandinsky_pipelines; tiny_kandinsky_pipelines()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "requires torchvision" not in done.stderr, done.stderr

@@ -22,6 +22,9 @@ Two calls with the same ``seed`` give identical parts.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -170,10 +173,40 @@ def _decoder_parts(seed: int) -> dict[str, Any]:
     return dict(unet=unet, scheduler=scheduler, movq=movq)
 
 
+PIL_FALLBACK_NOTE = "requires torchvision (not installed); falling back to"
+"""What transformers 5 logs (once) when a module imports ``CLIPImageProcessor`` without torchvision."""
+
+
+class _DropMessage(logging.Filter):
+    """A logging filter that drops the records whose message holds ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_pil_fallback_note() -> Iterator[None]:
+    """Inside the block, transformers' note that ``CLIPImageProcessor`` falls back to its PIL backend is not
+    logged (only that note). diffusers' Kandinsky pipelines import the name; the tiny parts take the PIL
+    backend by name anyway, so the note (a red stderr box in a notebook) would only be noise."""
+    logger = logging.getLogger("transformers.utils.import_utils")
+    drop = _DropMessage(PIL_FALLBACK_NOTE)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def tiny_kandinsky_pipelines(seed: int = 0) -> tuple[Any, Any]:
     """(``KandinskyV22PriorPipeline``, ``KandinskyV22Pipeline``) over tiny parts with random weights
     (see the module docstring), progress bars off."""
-    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+    with quiet_pil_fallback_note():
+        from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
 
     prior = KandinskyV22PriorPipeline(**_prior_parts(seed))
     decoder = KandinskyV22Pipeline(**_decoder_parts(seed))
