@@ -107,10 +107,10 @@ def pipeline(family: str) -> tuple[Any, dict[str, Any]]:
 
 
 def guidance(family: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """w = 5 for the traced run and the pipeline's same guidance: Flux's w is its pipeline's true CFG
-    (whose run with maps batches both branches, so it runs without them here to stay bit-exact)."""
+    """w = 5 for the traced run (with the defaults: attention maps on) and the pipeline's same guidance:
+    Flux's w is its pipeline's true CFG."""
     if family == "flux":
-        return {"guidance_scale": 5.0, "attention_maps": False}, {
+        return {"guidance_scale": 5.0}, {
             "true_cfg_scale": 5.0,
             "negative_prompt": "",
         }

@@ -2,12 +2,14 @@
 
 Each case runs in a fresh Python process (OpenMP reads its wait policy once, when torch loads):
 
-- **before**: torch's own thread count (``DIFFEXPLAIN_THREADS=torch``) with OpenMP's own spin
-  (``GOMP_SPINCOUNT=300000``, libgomp's default): what a user got before ``diffexplain.threads``;
-- **torch**: torch's own thread count with the spin diffexplain sets (``diffexplain.threads.SPIN_COUNT``);
-- **after**: ``DIFFEXPLAIN_THREADS=auto`` (threads ≤ free cores, decided once, at the first run) with the
-  same spin: today's default;
-- **passive**: ``auto`` with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once), for comparison.
+- **before**: torch's own thread count (``DIFFEXPLAIN_THREADS=torch``): what a user got before
+  ``diffexplain.threads``, and what an explainer whose count was decided on an idle machine gets when
+  the machine becomes busy later;
+- **after**: ``DIFFEXPLAIN_THREADS=auto`` (threads ≤ free cores, decided once, at the first run): the
+  default, its count decided on the machine as it is;
+- **passive**: ``auto`` with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep at once);
+- **torch_passive**: torch's count with ``OMP_WAIT_POLICY=PASSIVE``;
+- **short_spin**: torch's count with ``GOMP_SPINCOUNT=10000`` (libgomp's default spin is 300000).
 
 Each is timed on an idle machine and with one spinning process per core (started ``--warmup`` seconds
 before, so that the load average sees them). The figure is the slowdown, busy / idle. Goal: ≤ 2×
@@ -33,14 +35,14 @@ import sys
 import time
 from pathlib import Path
 
-MODES = ("before", "torch", "after", "passive")
+MODES = ("before", "after", "passive", "torch_passive", "short_spin")
 PROMPT = "a red circle on the left and a blue square on the right"
 QUICK = {"steps": 2, "repeats": 1, "warmup": 1.0, "spinners": 1, "modes": ["before"]}
 
 
 def child(mode: str, steps: int, repeats: int) -> None:
     """Time ``repeats`` runs after one warm-up, in this process; print the figures as JSON."""
-    if mode in ("before", "torch"):
+    if mode in ("before", "torch_passive", "short_spin"):
         os.environ["DIFFEXPLAIN_THREADS"] = "torch"
     from diffexplain.models.default import load_default
 
@@ -67,9 +69,8 @@ def case(mode: str, steps: int, repeats: int) -> dict:
         for k, v in os.environ.items()
         if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "DIFFEXPLAIN_THREADS", "GOMP_SPINCOUNT")
     }
-    if mode == "before":
-        env["GOMP_SPINCOUNT"] = "300000"  # libgomp's own default, which diffexplain leaves alone when set
-    if mode == "passive":
+    env["GOMP_SPINCOUNT"] = "10000" if mode == "short_spin" else "300000"  # 300000: libgomp's own default
+    if mode in ("passive", "torch_passive"):
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--steps", str(steps), "--repeats", str(repeats)],
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         idle, busy = r[f"{mode}_idle"], r[f"{mode}_busy"]
         r[f"{mode}_slowdown"] = busy["seconds"] / idle["seconds"]
         print(
-            f"{mode:<6} idle {idle['seconds']:.2f} s ({idle['threads']} threads), busy {busy['seconds']:.2f} s "
+            f"{mode:<13} idle {idle['seconds']:.2f} s ({idle['threads']} threads), busy {busy['seconds']:.2f} s "
             f"({busy['threads']} threads): {r[f'{mode}_slowdown']:.1f}× slower (goal ≤ 2×)"
         )
     print(

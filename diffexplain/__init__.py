@@ -1,10 +1,5 @@
 """diffexplain: see inside text-to-image diffusion, and change it while it runs."""
 
-from diffexplain.threads import shorten_openmp_spin
-
-shorten_openmp_spin()  # before torch loads: OpenMP reads it once (diffexplain.threads)
-
-# ruff: noqa: E402
 from diffexplain import interventions, schedules
 from diffexplain.cascade import Cascade
 from diffexplain.cascade_trace import CascadeTrace

@@ -321,9 +321,10 @@ class Explainer:
         SDXL's ``original_size`` or SD3's ``max_sequence_length``; a model folder's defaults may set them too
         (e.g. ``noise_level`` for a pixel cascade's stage II). ``restart=False`` makes no restart
         points (no scheduler snapshot or generator state per step): such a trace cannot be forked.
-        ``attention_maps`` keeps each step's cross-attention maps (``trace.attention("red")``); the
-        text-attention layers are then computed with an explicit softmax, which matches the model's
-        own (SDPA) processors to float precision, not bit for bit: ``False`` leaves the model untouched.
+        ``attention_maps`` keeps each step's cross-attention maps (``trace.attention("red")``): each
+        text-attention layer runs its own processor and p is computed beside it, so the run equals the
+        pipeline bit for bit either way; ``False`` leaves the model untouched and skips that work. The run
+        uses ``self.threads`` CPU threads, recorded in the trace.
         """
         return self.start_run(
             prompt,

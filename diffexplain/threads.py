@@ -13,34 +13,23 @@ How the count is decided, by the environment variable ``DIFFEXPLAIN_THREADS``:
 - a whole number: that many threads;
 - ``torch``: torch's own thread count at that moment.
 
-Busy machines: torch's OpenMP threads *spin* while they wait for each other, and on cores that another
-process keeps busy the spinning steals the time the other threads need. ``diffexplain`` shortens that
-spin (``GOMP_SPINCOUNT``, see ``OPENMP_SPIN``) when it is imported before torch, which keeps a run on a
-fully loaded machine within about 2× of its idle time (``benchmarks/bench_threads.py``).
+Busy machines: torch's OpenMP threads wait for each other at every parallel region, and on cores that
+another process keeps busy a waiting thread loses whole time slices. ``auto`` counts the busy cores at
+the first run, which keeps a run on a fully loaded 2-core machine within 1.4× of its idle time; two
+threads there (an explainer whose count was decided while the machine was idle) are 4.5× slower, and
+OpenMP's wait policies do not fix that (``OMP_WAIT_POLICY=PASSIVE`` 3.8×, ``GOMP_SPINCOUNT=10000``
+4.8×: ``benchmarks/bench_threads.py``). Set ``explainer.threads = 1`` to run faster on a machine that
+became busy, knowing that its runs then round as 1-thread runs do.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 ENV = "DIFFEXPLAIN_THREADS"
 """The environment variable that chooses the policy: ``auto``, a number, or ``torch``."""
-
-OPENMP_SPIN = "GOMP_SPINCOUNT"
-SPIN_COUNT = "10000"
-"""GNU OpenMP's busy-wait length before a waiting thread sleeps (libgomp's default: 300000). Set when
-diffexplain is imported before torch and the variable is unset; libgomp reads it once, as it loads."""
-
-
-def shorten_openmp_spin() -> bool:
-    """Set ``GOMP_SPINCOUNT`` (unless set) if torch is not loaded yet; True if it takes effect."""
-    if "torch" in sys.modules or OPENMP_SPIN in os.environ or "OMP_WAIT_POLICY" in os.environ:
-        return False
-    os.environ[OPENMP_SPIN] = SPIN_COUNT
-    return True
 
 
 def usable_cores() -> int:

@@ -70,27 +70,12 @@ SCRIPTS = {
 }
 """Every script in benchmarks/, by name: a new one fails ``test_every_script_is_run`` until it is added."""
 
-# bench_loop.py's SD parity check fails until the attention maps are bit-exact with the pipeline's
-# processors (being fixed in diffexplain/attention/); the other families and scripts must pass.
-XFAIL = {
-    "bench_loop": "bench_loop.py's SD parity check: the traced run with attention maps on is not yet "
-    "bit-exact with the pipeline (a fix in diffexplain/attention/ is under way)"
-}
-
 
 def test_every_script_is_run() -> None:
     assert sorted(p.stem for p in BENCHMARKS.glob("*.py")) == sorted(SCRIPTS)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=False, reason=XFAIL[name]))
-        if name in XFAIL
-        else name
-        for name in SCRIPTS
-    ],
-)
+@pytest.mark.parametrize("name", list(SCRIPTS))
 def test_quick_mode(name: str, tmp_path: Path) -> None:
     case = SCRIPTS[name]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # bench_threads drops it itself
