@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -42,6 +43,17 @@ def seed_int(text: str) -> int:
         ) from None
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"must be a whole number from {low} to 2**64 − 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite real number (not nan or inf, which float() would take)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
@@ -245,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=positive_int, default=None, help="inference steps (default: the model's)"
     )
     explain.add_argument(
-        "--guidance-scale", type=float, default=None, help="CFG scale (default: the model's)"
+        "--guidance-scale", type=finite_float, default=None, help="CFG scale (default: the model's)"
     )
     explain.add_argument("--seed", type=seed_int, default=0, help="random seed, 0 to 2**64 − 1 (default: 0)")
     explain.add_argument(

@@ -262,8 +262,15 @@ def test_confine_keeps_a_token_inside_its_mask(explainer):
 def test_attention_hook_names_are_checked_against_the_model(explainer):
     with pytest.raises(ValueError, match="no attention hook point of this model matches 'attn.nowhere.*'"):
         explainer.run(PROMPT, num_inference_steps=1, seed=0, hooks={"attn.nowhere.*": lambda x, *, ctx: None})
-    with pytest.raises(ValueError, match="factor must be a number"):
+    with pytest.raises(TypeError, match="factor"):
         edits.reweight("red", "2")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="factor"):
+            edits.reweight("red", bad)
+        with pytest.raises(ValueError, match="outside"):
+            edits.confine("red", torch.ones(4, 4), outside=bad)
+    with pytest.raises(ValueError, match="outside"):
+        edits.confine("red", torch.ones(4, 4), outside=1.5)
 
 
 # ---- files --------------------------------------------------------------------------------------------

@@ -82,7 +82,15 @@ def test_explain_strip_frames_differ(explained: tuple[Path, str]) -> None:
         (["explain", PROMPT, "--steps", "0"], "--steps: must be at least 1, got 0"),
         (["explain", PROMPT, "--steps", "-3"], "--steps: must be at least 1"),
         (["explain", PROMPT, "--steps", "two"], "--steps: expected a whole number, got 'two'"),
-        (["explain", PROMPT, "--guidance-scale", "high"], "--guidance-scale: invalid float value"),
+        (["explain", PROMPT, "--guidance-scale", "high"], "--guidance-scale: expected a number, got 'high'"),
+        (
+            ["explain", PROMPT, "--guidance-scale", "nan"],
+            "--guidance-scale: expected a finite number, got 'nan'",
+        ),
+        (
+            ["explain", PROMPT, "--guidance-scale", "inf"],
+            "--guidance-scale: expected a finite number, got 'inf'",
+        ),
         (["explain", PROMPT, "--scheduler", "bogus"], "--scheduler: invalid choice: 'bogus'"),
         (
             ["explain", PROMPT, "--seed", "1.5"],

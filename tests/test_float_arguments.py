@@ -16,7 +16,9 @@ from PIL import Image
 
 from diffexplain import checks, guidance_counts, render, schedules
 from diffexplain import interventions as iv
+from diffexplain.attention import edits
 from diffexplain.previews import make_previews
+from diffexplain.widgets import ForwardProcess, GuidanceLab, NoiseLab, PromptSwap
 from tests.conftest import PROMPT
 
 Call = Callable[[Any, Any, float], object]
@@ -53,6 +55,16 @@ CASES: list[tuple[str, str, Call]] = [
         lambda ex, trace, v: render.overlay(Image.new("RGB", (2, 2)), torch.zeros(2, 2), alpha=v),
     ),
     ("make_previews", "budget_s", lambda ex, trace, v: make_previews(trace, ex, budget_s=v)),
+    ("edits.reweight", "factor", lambda ex, trace, v: edits.reweight("red", v)),
+    ("edits.confine", "outside", lambda ex, trace, v: edits.confine("red", torch.ones(4, 4), outside=v)),
+    ("GuidanceLab", "guidance_scale", lambda ex, trace, v: GuidanceLab(ex, PROMPT, guidance_scale=v)),
+    ("NoiseLab", "guidance_scale", lambda ex, trace, v: NoiseLab(ex, PROMPT, guidance_scale=v)),
+    (
+        "PromptSwap",
+        "guidance_scale",
+        lambda ex, trace, v: PromptSwap(ex, PROMPT, "a blue square", guidance_scale=v),
+    ),
+    ("ForwardProcess", "guidance_scale", lambda ex, trace, v: ForwardProcess(ex, guidance_scale=v)),
 ]
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from diffexplain.attention.layers import PREFIX, grid_of, layer_of, resolution_name
 from diffexplain.attention.maps import token_indices
 from diffexplain.attention.tokens import Token
+from diffexplain.checks import check_float
 from diffexplain.hooks import Hook, HookContext, StepFilter
 
 if TYPE_CHECKING:
@@ -137,10 +138,7 @@ def reweight(
     branch: str = "cond",
 ) -> list[Hook]:
     """Scale the attention every image pixel gives ``token`` (a word: all its tokens) by ``factor``."""
-    if isinstance(factor, bool) or not isinstance(factor, int | float) or not float(factor) == float(factor):
-        raise ValueError(f"factor must be a number, got {factor!r}")
-    if abs(float(factor)) == float("inf"):
-        raise ValueError("factor must be finite")
+    factor = check_float("factor", factor, meaning="the attention to the token is multiplied by it")
 
     def edit(x: torch.Tensor, ctx: HookContext, layer: str, grid: tuple[int, int]) -> torch.Tensor:
         scale = torch.ones(x.shape[0], x.shape[-1], dtype=x.dtype, device=x.device)  # [B, T]
@@ -166,6 +164,9 @@ def confine(
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         given = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"mask must be a 2-D tensor [H, W] with values in [0, 1], got {given}")
+    outside = check_float(
+        "outside", outside, 0.0, 1.0, meaning="how much of the token is read outside the mask"
+    )
     mask = mask.detach().float()
     if mask.numel() == 0 or mask.min() < 0 or mask.max() > 1:
         raise ValueError("mask values must lie in [0, 1] (1: the token may be read there)")

@@ -9,6 +9,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from diffexplain import probe, render, schedules
+from diffexplain.checks import check_float
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
@@ -86,6 +87,9 @@ class ForwardProcess(DxWidget):
         self.upload.add_class("dx-image-upload")
         self.prompt = W.Text(value=prompt or "", description="prompt", layout=W.Layout(width="460px"))
         self.prompt.add_class("dx-prompt")
+        guidance_scale = check_float(
+            "guidance_scale", guidance_scale, 0.0, 30.0, meaning="w of the model's x̂0"
+        )
         self.guidance = W.BoundedFloatText(value=guidance_scale, min=0.0, max=30.0, step=0.5, description="w")
         self.guidance.layout.width = "140px"
         self.ask_button = button("Ask the model again", "dx-ask-button")

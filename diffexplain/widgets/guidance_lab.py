@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import ipywidgets as W
 
 from diffexplain import interventions, render
+from diffexplain.checks import check_guidance_scale
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
@@ -91,7 +92,7 @@ class GuidanceLab(DxWidget):
         )
         self.explainer = explainer
         self.frames = Frames(explainer, size)
-        w0 = default_guidance(explainer) if guidance_scale is None else float(guidance_scale)
+        w0 = default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
         w0 = w0 if w0 > 1 else explainer.family.compare_guidance_scale  # the guided run needs w > 1
         self.negative_prompt = negative_prompt
         self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="480px"))

@@ -9,6 +9,7 @@ import torch
 from PIL import ImageDraw
 
 from diffexplain import interventions
+from diffexplain.checks import check_guidance_scale
 from diffexplain.hooks import Hook
 from diffexplain.probe import image_size, image_tensor
 from diffexplain.widgets.base import (
@@ -73,7 +74,9 @@ class NoiseLab(DxWidget):
         super().__init__()
         self.explainer = explainer
         self.frames = Frames(explainer, size)
-        self.guidance_scale = default_guidance(explainer) if guidance_scale is None else float(guidance_scale)
+        self.guidance_scale = (
+            default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
+        )
         self.custom_noise: torch.Tensor | None = None
         self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="480px"))
         self.prompt.add_class("dx-prompt")

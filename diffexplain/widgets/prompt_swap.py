@@ -9,6 +9,7 @@ import ipywidgets as W
 import numpy as np
 
 from diffexplain import render
+from diffexplain.checks import check_guidance_scale
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
@@ -61,7 +62,9 @@ class PromptSwap(DxWidget):
         super().__init__()
         self.explainer = explainer
         self.frames = Frames(explainer, size)
-        self.guidance_scale = default_guidance(explainer) if guidance_scale is None else float(guidance_scale)
+        self.guidance_scale = (
+            default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
+        )
         self.prompt_a = W.Text(value=prompt_a, description="prompt A", layout=W.Layout(width="460px"))
         self.prompt_a.add_class("dx-prompt-a")
         self.prompt_b = W.Text(value=prompt_b, description="prompt B", layout=W.Layout(width="460px"))
