@@ -30,10 +30,8 @@ picture (same seed and settings); a fork inside stage II keeps stage I.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Generator, Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -140,15 +138,15 @@ class Cascade:
         then log in). Stage II shares stage I's T5. ``kwargs`` go to both ``from_pretrained`` calls
         (e.g. ``variant="fp16", torch_dtype=torch.float16``). No safety checker or watermarker is loaded:
         diffexplain looks inside the model; the DeepFloyd IF licence's terms still apply to its use."""
-        from diffusers import DiffusionPipeline, IFPipeline, IFSuperResolutionPipeline
+        from diffusers import IFPipeline, IFSuperResolutionPipeline
 
+        from diffexplain.models.hub import locate_pipeline
+
+        offline = False
         for path, expected in ((stage1, "IFPipeline"), (stage2, "IFSuperResolutionPipeline")):
-            index = Path(path) / "model_index.json"
-            config = (
-                json.loads(index.read_text(encoding="utf-8"))
-                if index.is_file()
-                else DiffusionPipeline.load_config(str(path))  # a Hub id: just its model index
-            )
+            source = locate_pipeline(path, **kwargs)  # a missing folder or an unreachable hub: said at once
+            offline = offline or source.local_files_only
+            config = source.config
             if config.get("_class_name") != expected:
                 example = "DeepFloyd/IF-I-XL-v1.0" if expected == "IFPipeline" else "DeepFloyd/IF-II-L-v1.0"
                 raise ValueError(
@@ -158,6 +156,8 @@ class Cascade:
         none = dict(
             safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False
         )
+        if offline:  # the hub is out of reach (or HF_HUB_OFFLINE): load both from the cache
+            kwargs["local_files_only"] = True
         one = IFPipeline.from_pretrained(stage1, **none, **kwargs)
         two = IFSuperResolutionPipeline.from_pretrained(
             stage2, text_encoder=one.text_encoder, tokenizer=one.tokenizer, **none, **kwargs

@@ -89,3 +89,13 @@ def test_a_cached_hub_id_loads_when_the_hub_cannot_be_reached(no_network, parts,
     a = explainer.run(PROMPT, num_inference_steps=2, seed=0, decode=False)
     b = loaded.run(PROMPT, num_inference_steps=2, seed=0, decode=False)
     assert torch.equal(a.final_latents, b.final_latents)
+
+
+def test_a_cascade_is_located_the_same_way(no_network, monkeypatch):
+    from diffexplain import Cascade
+
+    monkeypatch.chdir(no_network)
+    with pytest.raises(FileNotFoundError, match="no such folder: './stage-one'"):
+        Cascade.from_pretrained("./stage-one", "./stage-two")
+    with pytest.raises(HubUnreachableError, match=f"cannot load {MISSING_ID!r}"):
+        Cascade.from_pretrained(MISSING_ID, MISSING_ID)
