@@ -73,9 +73,10 @@ def test_a_resume_with_another_network_is_refused(tiny_folder):
 
 @pytest.mark.parametrize("guidance_scale", [5.0, 1.0])
 def test_the_cascade_equals_diffusers_if_pipelines(tiny_folder, guidance_scale):
-    """No hooks, maps off: the final picture equals IFPipeline then IFSuperResolutionPipeline bit for bit."""
+    """No hooks, the defaults (maps on): the final picture equals IFPipeline then IFSuperResolutionPipeline
+    bit for bit."""
     cascade = load_pixel_cascade(tiny_folder, progress=False)
-    settings = dict(num_inference_steps=4, guidance_scale=guidance_scale, attention_maps=False)
+    settings = dict(num_inference_steps=4, guidance_scale=guidance_scale)
     trace = cascade.run(PROMPT, seed=5, I=settings, II=settings)
     stage_1, stage_2 = pixel_cascade_pipelines(tiny_folder)
     common = dict(num_inference_steps=4, guidance_scale=guidance_scale, output_type="pt", clean_caption=False)

@@ -100,9 +100,16 @@ def projection_change(projection: torch.nn.Module, change: torch.Tensor) -> torc
 def text_block(query: torch.Tensor, key: torch.Tensor, text: slice, scale: float) -> torch.Tensor:
     """p's image → text block: softmax over all keys of ``query``·``key``ᵀ·scale, then the ``text`` columns.
 
-    query [B, heads, h·w, d] (image rows only), key [B, heads, L, d] → [B, heads, h·w, T]. Computed in
-    blocks of query rows so that the [h·w, L] scores never exist whole (SD3 at 1024²: L = 4096 + 333).
+    query [B, heads, h·w, d] (image rows only), key [B, heads, L, d] → [B, heads, h·w, T]. Each row's
+    normaliser, logsumexp over all L keys, comes from torch's fused CPU attention kernel where there is
+    one (``row_logsumexp``): p = exp(q·k_textᵀ·scale − lse), and the [h·w, L] scores never exist.
+    Elsewhere the scores are computed in blocks of query rows, so that they never exist whole either
+    (SD3 at 1024²: L = 4096 + 333).
     """
+    lse = row_logsumexp(query, key, scale)  # [B, heads, h·w]
+    if lse is not None:
+        scores = (query @ key[:, :, text].transpose(-1, -2)) * scale  # [B, heads, h·w, T]
+        return torch.exp(scores.float() - lse.float()[..., None]).to(query.dtype)
     batch, heads, rows_total, length = *query.shape[:3], key.shape[2]
     rows = max(1, CHUNK_ELEMENTS // (batch * heads * length))
     blocks = []
@@ -110,6 +117,20 @@ def text_block(query: torch.Tensor, key: torch.Tensor, text: slice, scale: float
         scores = (query[:, :, start : start + rows] @ key.transpose(-1, -2)) * scale
         blocks.append(scores.float().softmax(dim=-1).to(query.dtype)[..., text])  # [B, heads, rows, T]
     return torch.cat(blocks, dim=2)
+
+
+def row_logsumexp(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """logsumexp over the keys of each query row's scores, [B, heads, rows], from torch's fused CPU
+    attention kernel (which returns it beside its output; the values it is given are zeros); None where
+    that kernel is not available (another device, an older torch) or refuses the inputs."""
+    kernel = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if kernel is None or query.device.type != "cpu" or query.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    try:
+        values = torch.zeros_like(key)  # the kernel wants values of the keys' head size
+        return kernel(query, key, values, 0.0, False, attn_mask=None, scale=scale)[1]
+    except RuntimeError:  # shapes or strides it does not take: the blocked softmax instead
+        return None
 
 
 def is_plain(attn: Any, hidden_states: torch.Tensor) -> bool:
