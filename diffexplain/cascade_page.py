@@ -51,7 +51,7 @@ def _stage_label(trace: CascadeTrace, name: str) -> str:
     from diffexplain.families import FAMILIES
 
     stage = trace.stages[name]
-    family = stage.settings.get("family")
+    family = (stage.settings.get("model") or {}).get("family")
     model = FAMILIES[family].label if family in FAMILIES else family or "model"
     size = f"{stage.settings.get('height')}×{stage.settings.get('width')}"
     return f"{name}: {model}, {size}, {len(stage)} steps"

@@ -60,6 +60,7 @@ def test_the_page_has_a_button_and_a_frame_per_stage(if_trace, tmp_path):
     page = _Page()
     page.feed(text)
     assert page.buttons == ["I", "II"] and [name for name, _ in page.frames] == ["I", "II"]
+    assert "I: DeepFloyd IF stage I" in text and "II: DeepFloyd IF stage II" in text  # each button's model
     assert page.urls == []  # nothing to fetch: each stage's page is inside its frame
     assert "default-src 'none'" in text
     for name, srcdoc in page.frames:
