@@ -32,6 +32,7 @@ from diffexplain.explanations import (
     TIMELINE_SERIES,
     TIMELINE_TITLE,
 )
+from diffexplain.views import cosine, difference_image, is_pixel_space, rms, vp_scale, words
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
@@ -54,8 +55,6 @@ def _get(trace: Trace, name: str, step: int) -> torch.Tensor | None:
 
 
 def _latents_in(trace: Trace, step: int) -> torch.Tensor | None:
-    from diffexplain.widgets.base import vp_scale
-
     record = trace.steps[step]
     latents = record.tensors.get("step.latents")
     if latents is None and record.restart is not None:
@@ -67,8 +66,6 @@ class _Pictures:
     """x_t and x̂0 of one trace: its saved previews, else the fast latent preview (pixel space: the pixels)."""
 
     def __init__(self, trace: Trace) -> None:
-        from diffexplain.widgets.base import is_pixel_space
-
         self.trace = trace
         self.previews = trace.ensure_previews()  # made now when the model is known; kept on the trace
         self.pixel_space = is_pixel_space(trace, trace.explainer)
@@ -122,8 +119,6 @@ def _round(value: float | None, digits: int = 5) -> float | None:
 
 
 def _steps(trace: Trace, pictures: _Pictures, cfg: bool) -> tuple[list[dict[str, Any]], dict[str, list]]:
-    from diffexplain.widgets.base import cosine, rms
-
     steps, series = [], {k: [] for k in TIMELINE_SERIES}
     for k, record in enumerate(trace.steps):
         xt = _latents_in(trace, k)
@@ -161,7 +156,6 @@ def _label(trace: Trace) -> str:
 
 def _comparison(trace: Trace, compare: Trace) -> dict[str, Any]:
     """The two runs side by side, the one with the smaller w first: x̂0 per step and the final pictures."""
-    from diffexplain.widgets.base import difference_image
 
     pair = sorted([trace, compare], key=lambda t: float(t.settings.get("guidance_scale", 0)))
     pictures = [_Pictures(t) for t in pair]
@@ -193,7 +187,6 @@ def _comparison(trace: Trace, compare: Trace) -> dict[str, Any]:
 def page_data(trace: Trace, compare: Trace | None = None, title: str | None = None) -> dict[str, Any]:
     """Everything the page shows, JSON-ready (pictures as data URIs)."""
     from diffexplain.trace import Trace as TraceClass
-    from diffexplain.widgets.base import words
 
     if not isinstance(trace, TraceClass) or len(trace) == 0:
         raise ValueError(f"trace={trace!r}: expected a Trace with at least one finished step")

@@ -24,6 +24,7 @@ from PIL import Image
 
 from diffexplain import render
 from diffexplain.checks import check_optional_float
+from diffexplain.views import vp_scale
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -85,7 +86,6 @@ def can_make(trace: Trace, explainer: Explainer | None = None) -> bool:
 
 def _step_latents(trace: Trace, step: int) -> torch.Tensor | None:
     """x_t entering ``step`` (first item, [1, C, h, w]) scaled as the StepExplorer shows it."""
-    from diffexplain.widgets.base import vp_scale  # the StepExplorer's own scaling
 
     record = trace.steps[step]
     latents = record.tensors.get("step.latents")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import traceback
 import warnings
 import weakref
@@ -25,8 +24,21 @@ import torch
 from PIL import Image
 
 from diffexplain import render
-from diffexplain.families import FAMILIES
 from diffexplain.hooks import Hook, HookContext, HookSpec, as_hooks
+from diffexplain.views import (  # noqa: F401 (the widgets' names for the view helpers)
+    DEFAULT_SIZE,
+    blank,
+    cosine,
+    default_guidance,
+    default_steps,
+    difference_image,
+    is_pixel_space,
+    is_sigma_space,
+    png,
+    rms,
+    vp_scale,
+    words,
+)
 from diffexplain.widgets.figures import PLOTLY_MIME, LiveFigure, figure_box  # noqa: F401 (shared by every widget)
 from diffexplain.widgets.inputs import InputError
 
@@ -34,25 +46,7 @@ if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
 
-DEFAULT_SIZE = 160  # displayed picture width in pixels
 ERROR_STATUS = "<span style='color:#b00'>"  # how the status line starts when it shows an error
-
-
-def png(image: Image.Image) -> bytes:
-    """PNG bytes of a PIL image (what ``ipywidgets.Image`` shows)."""
-    return render.png_bytes(image)
-
-
-def blank(size: int = DEFAULT_SIZE, text: str = "") -> bytes:
-    """A light grey placeholder picture with an optional short text (Greek letters and x̂ too: ``render.font``)."""
-    from PIL import ImageDraw
-
-    img = Image.new("RGB", (size, size), (235, 235, 235))
-    if text:
-        draw = ImageDraw.Draw(img)
-        for i, line in enumerate(text.split("\n")):
-            draw.text((6, 6 + 14 * i), line, fill=(90, 90, 90), font=render.font(11))
-    return png(img)
 
 
 def image_panel(title: str, css: str, size: int = DEFAULT_SIZE) -> tuple[W.VBox, W.Image]:
@@ -75,78 +69,6 @@ def help_box(html: str) -> W.HTML:
     box = W.HTML(help_html(html))
     box.add_class("dx-help")
     return box
-
-
-def rms(t: torch.Tensor) -> float:
-    """Root mean square of a tensor (‖x‖ / √numel): comparable across model sizes."""
-    return float(t.detach().float().pow(2).mean().sqrt())
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine similarity of two tensors, flattened."""
-    a, b = a.detach().float().flatten(), b.detach().float().flatten()
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
-
-
-def default_steps(explainer: Explainer, fallback: int | None = None) -> int:
-    """The model's default number of steps (``explainer.defaults``), else ``fallback``, else its family's."""
-    fallback = explainer.family.default_steps if fallback is None else fallback
-    return int(getattr(explainer, "defaults", {}).get("num_inference_steps", fallback))
-
-
-def default_guidance(explainer: Explainer, fallback: float | None = None) -> float:
-    """The model's default guidance scale (``explainer.defaults``), else ``fallback``, else its family's."""
-    fallback = explainer.family.default_guidance_scale if fallback is None else fallback
-    return float(getattr(explainer, "defaults", {}).get("guidance_scale", fallback))
-
-
-def words(trace: Trace | None, explainer: Explainer | None = None) -> dict[str, str]:
-    """How to name the model, its output and x_t in labels: ``{"model": "U-Net", "output": "noise",
-    "xt": "latents"}`` for Stable Diffusion, ``{"model": "transformer", "output": "velocity", ...}`` for a
-    flow model (SD3), "pixels" for a pixel model (IF), "image embeddings" for Kandinsky's prior."""
-    family = explainer.family if explainer is not None else None
-    if family is None and trace is not None:
-        family = FAMILIES.get((trace.settings.get("model") or {}).get("family", "sd"))
-    if family is None:
-        return {"model": "U-Net", "output": "noise", "xt": "latents"}
-    if family.output_kind == "image embedding":
-        xt = "image embeddings"
-    elif (explainer is not None and explainer.vae is None) or (
-        explainer is None and trace is not None and is_pixel_space(trace)
-    ):
-        xt = "pixels"
-    else:
-        xt = "latents"
-    prediction = (trace.settings.get("prediction_type") if trace is not None else None) or (
-        getattr(getattr(explainer, "scheduler", None), "config", {}).get("prediction_type")
-    )
-    return {
-        "model": "U-Net" if family.model_attr == "unet" else family.model_attr,
-        "output": "velocity v"
-        if prediction == "v_prediction"
-        else family.output_kind,  # SD 2, the cascade's II
-        "xt": xt,
-    }
-
-
-def is_pixel_space(trace: Trace, explainer: Explainer | None = None) -> bool:
-    """True when the trace's model has no VAE (the U-Net denoises pixels)."""
-    if explainer is not None:
-        return explainer.vae is None
-    return (trace.settings.get("model") or {}).get("vae") is None
-
-
-def is_sigma_space(scheduler_class: str) -> bool:
-    """Whether a scheduler holds x_t = x0 + σ·ε (Euler, Heun, LMS, KDPM2) rather than √ᾱ·x0 + √(1−ᾱ)·ε."""
-    if "FlowMatch" in scheduler_class:  # x_t = (1 − σ)·x0 + σ·ε: already about unit variance
-        return False
-    return any(key in scheduler_class for key in ("Euler", "Heun", "LMS", "KDPM2"))
-
-
-def vp_scale(trace: Trace, step: int) -> float:
-    """Factor that shows x_t at unit variance: 1/√(1+σ²) for σ-space schedulers (Euler, Heun ...), else 1."""
-    name = (trace.settings.get("scheduler") or {}).get("class", "")
-    return 1.0 / math.sqrt(1.0 + trace.steps[step].level.sigma ** 2) if is_sigma_space(name) else 1.0
 
 
 class Frames:
@@ -231,13 +153,6 @@ class Frames:
         pa = np.asarray(self.final_picture(a, preview=preview), dtype=np.float32)
         pb = np.asarray(self.final_picture(b, preview=preview), dtype=np.float32)
         return png(difference_image(pa, pb))
-
-
-def difference_image(a: np.ndarray, b: np.ndarray) -> Image.Image:
-    """|a − b| of two HxWx3 arrays (0..255), summed over colours: white = equal, black = the largest change."""
-    diff = np.abs(a - b).sum(axis=-1)
-    scale = max(float(diff.max()), 1e-6)
-    return Image.fromarray((255 - diff / scale * 255).round().astype(np.uint8)).convert("RGB")
 
 
 class ProgressBar(W.IntProgress):
