@@ -42,21 +42,12 @@ from diffexplain.cascade_stage import start_on_input, start_stage
 from diffexplain.cascade_trace import CascadeTrace
 from diffexplain.explainer import Explainer
 from diffexplain.hooks import Hook
-from diffexplain.jobs import Job
+from diffexplain.jobs import Job, drain
 from diffexplain.names import HookPoint
 from diffexplain.trace import Trace
 
 if TYPE_CHECKING:
     from PIL import Image
-
-
-def drain(steps: Generator[int, None, Any]) -> Any:
-    """Run a generator of loop steps to its end; returns its return value."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
 
 
 def stage_output(explainer: Explainer, trace: Trace) -> torch.Tensor:

@@ -42,6 +42,7 @@ import torch
 
 from diffexplain.guidance import guidance_on, guide
 from diffexplain.hooks import Hook, HookContext
+from diffexplain.jobs import drain
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -260,7 +261,7 @@ def count_seeds(
     seed_tuple = seed_list(seeds)
     scene, _ = checker_scene(explainer, prompt)
     return [
-        _drain(
+        drain(
             column_steps(
                 explainer,
                 prompt,
@@ -274,14 +275,6 @@ def count_seeds(
         )
         for w in scales
     ]
-
-
-def _drain(work: Generator[int, None, Column]) -> Column:
-    while True:
-        try:
-            next(work)
-        except StopIteration as done:
-            return done.value
 
 
 def sweep(explainer: Explainer, prompt: str, **kwargs) -> list[Column]:

@@ -11,7 +11,7 @@ import fnmatch
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,12 +21,6 @@ from diffexplain.names import current_name, resolve_names, unknown_name_message
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
-
-
-class HookFn(Protocol):
-    """The hook signature: return ``None`` to keep ``x``, or a tensor of the same shape/dtype/device to replace it."""
-
-    def __call__(self, x: torch.Tensor, *, ctx: HookContext) -> torch.Tensor | None: ...
 
 
 StepFilter = int | range | Iterable[int] | Callable[[int], bool] | None

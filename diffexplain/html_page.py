@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from diffexplain import __version__, render
+from diffexplain.errors import TraceKeyError
 from diffexplain.explanations import (
     GUIDANCE_OFF,
     STEP_HELP,
@@ -32,7 +33,7 @@ from diffexplain.explanations import (
     TIMELINE_SERIES,
     TIMELINE_TITLE,
 )
-from diffexplain.views import cosine, difference_image, is_pixel_space, rms, vp_scale, words
+from diffexplain.views import cosine, difference_image, is_pixel_space, rms, shown_latents, words
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
@@ -50,16 +51,8 @@ def data_uri(image: Image.Image | bytes) -> str:
 def _get(trace: Trace, name: str, step: int) -> torch.Tensor | None:
     try:
         return trace[name, step]
-    except KeyError:
+    except TraceKeyError:  # not kept, or not computed (ε_u with guidance off)
         return None
-
-
-def _latents_in(trace: Trace, step: int) -> torch.Tensor | None:
-    record = trace.steps[step]
-    latents = record.tensors.get("step.latents")
-    if latents is None and record.restart is not None:
-        latents = record.restart.latents
-    return None if latents is None else latents[:1].float() * vp_scale(trace, step)
 
 
 class _Pictures:
@@ -81,7 +74,7 @@ class _Pictures:
         if self.previews is not None and (saved := self.previews.png(kind, step)) is not None:
             return data_uri(saved)
         latents = (
-            _latents_in(self.trace, step) if kind == "latents" else _get(self.trace, "step.pred_x0", step)
+            shown_latents(self.trace, step) if kind == "latents" else _get(self.trace, "step.pred_x0", step)
         )
         if latents is None:
             return None
@@ -121,7 +114,7 @@ def _round(value: float | None, digits: int = 5) -> float | None:
 def _steps(trace: Trace, pictures: _Pictures, cfg: bool) -> tuple[list[dict[str, Any]], dict[str, list]]:
     steps, series = [], {k: [] for k in TIMELINE_SERIES}
     for k, record in enumerate(trace.steps):
-        xt = _latents_in(trace, k)
+        xt = shown_latents(trace, k)
         ec, eu, guided = (
             _get(trace, n, k) for n in ("step.model.cond", "step.model.uncond", "step.guidance")
         )

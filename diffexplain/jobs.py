@@ -17,10 +17,22 @@ generator yields the steps and returns the finished trace.
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
+
+Result = TypeVar("Result")
+
+
+def drain(work: Generator[object, None, Result]) -> Result:
+    """Run a generator of steps (a job, a cascade's stages, a widget's action) to its end; returns its
+    return value."""
+    while True:
+        try:
+            next(work)
+        except StopIteration as done:
+            return done.value
 
 
 class Job:

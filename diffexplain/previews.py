@@ -24,7 +24,7 @@ from PIL import Image
 
 from diffexplain import render
 from diffexplain.checks import check_optional_float
-from diffexplain.views import vp_scale
+from diffexplain.views import shown_latents
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -84,16 +84,6 @@ def can_make(trace: Trace, explainer: Explainer | None = None) -> bool:
     return (trace.settings.get("model") or {}).get("vae") is None and bool(trace.settings.get("model"))
 
 
-def _step_latents(trace: Trace, step: int) -> torch.Tensor | None:
-    """x_t entering ``step`` (first item, [1, C, h, w]) scaled as the StepExplorer shows it."""
-
-    record = trace.steps[step]
-    latents = record.tensors.get("step.latents")
-    if latents is None and record.restart is not None:
-        latents = record.restart.latents
-    return None if latents is None else latents[:1].float() * vp_scale(trace, step)
-
-
 def _fit(image: Image.Image, max_size: int) -> Image.Image:
     if max(image.size) <= max_size:
         return image
@@ -145,7 +135,7 @@ def make_previews(
         )
     jobs: list[tuple[str, int, torch.Tensor]] = []
     for step, record in enumerate(trace.steps):
-        latents = _step_latents(trace, step)
+        latents = shown_latents(trace, step)
         if latents is not None:
             jobs.append(("latents", step, latents))
         pred_x0 = record.tensors.get("step.pred_x0")

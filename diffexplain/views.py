@@ -117,3 +117,13 @@ def difference_image(a: np.ndarray, b: np.ndarray) -> Image.Image:
     diff = np.abs(a - b).sum(axis=-1)
     scale = max(float(diff.max()), 1e-6)
     return Image.fromarray((255 - diff / scale * 255).round().astype(np.uint8)).convert("RGB")
+
+
+def shown_latents(trace: Trace, step: int) -> torch.Tensor | None:
+    """x_t entering ``step`` (first item, [1, C, h, w]) scaled as the StepExplorer shows it (``vp_scale``):
+    the kept ``step.latents``, else the restart point's; None when neither is there."""
+    record = trace.steps[step]
+    latents = record.tensors.get("step.latents")
+    if latents is None and record.restart is not None:
+        latents = record.restart.latents
+    return None if latents is None else latents[:1].float() * vp_scale(trace, step)

@@ -18,22 +18,12 @@ import torch
 from safetensors.torch import load_file
 
 from diffexplain.safetensors_file import save_readable
+from diffexplain.scheduler_state import SCHEDULER_CLASSES
 
 if TYPE_CHECKING:  # diffusers' model classes load the model stack: imported when a model is loaded
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
 FORMAT_VERSION = 1
-SCHEDULERS = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "UniPCMultistepScheduler",
-)
 
 
 class ModelFolderError(ValueError):
@@ -95,9 +85,10 @@ def read_model_json(folder: str | Path) -> dict[str, Any]:
     for key in ("unet_config", "vae_config", "scheduler"):
         if not isinstance(meta.get(key), dict):
             raise ModelFolderError(f"{path}: missing or malformed {key!r}")
-    if meta["scheduler"].get("class") not in SCHEDULERS:
+    if meta["scheduler"].get("class") not in SCHEDULER_CLASSES:  # the one allow-list, shared with trace files
         raise ModelFolderError(
-            f"{path}: scheduler class {meta['scheduler'].get('class')!r} is not one of {', '.join(SCHEDULERS)}"
+            f"{path}: scheduler class {meta['scheduler'].get('class')!r} is not one of "
+            f"{', '.join(SCHEDULER_CLASSES)}"
         )
     return meta
 
@@ -161,5 +152,5 @@ def load_model_parts(
             model = model.to(device)
         parts[name] = model.eval().requires_grad_(False)
     sched = meta["scheduler"]
-    parts["scheduler"] = getattr(diffusers, sched["class"]).from_config(sched.get("config", {}))
+    parts["scheduler"] = SCHEDULER_CLASSES[sched["class"]].from_config(sched.get("config", {}))
     return parts

@@ -7,7 +7,6 @@ import json
 import platform
 import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -163,8 +162,3 @@ def copy_first_stages(source: Path, out: Path, cfg: TrainConfig) -> None:
     for pool in (source / "unet").glob("latent_pool*"):
         if not (out / "unet" / pool.name).exists():
             shutil.copy2(pool, out / "unet" / pool.name)
-
-
-def main_argv() -> str:
-    """The command line that started this process, for the recipe."""
-    return " ".join(shlex.quote(a) for a in sys.argv)

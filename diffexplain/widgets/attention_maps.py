@@ -13,6 +13,7 @@ from diffexplain import render
 from diffexplain.attention import edits
 from diffexplain.attention.maps import first_step as maps_first_step
 from diffexplain.attention.tokens import find_token
+from diffexplain.errors import TraceKeyError
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
@@ -295,7 +296,7 @@ class AttentionMaps(DxWidget):
         trace, size = self.trace, self.frames.size
         try:
             x0 = trace["step.pred_x0", step]
-        except KeyError:
+        except TraceKeyError:  # not kept, or not computed (ε_u with guidance off)
             return render.to_pil(torch.zeros(1, 3, size, size), size=size)
         pixel = is_pixel_space(trace, self.explainer)
         return self.frames.picture(trace, ("x0", step), x0, preview=self.preview.value, pixel_space=pixel)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from diffexplain import render
 from diffexplain.hooks import Hook, HookContext, HookSpec, as_hooks
+from diffexplain.jobs import drain
 from diffexplain.views import (  # noqa: F401 (the widgets' names for the view helpers)
     DEFAULT_SIZE,
     blank,
@@ -174,15 +175,6 @@ class ProgressBar(W.IntProgress):
 
 Work = Generator[Any, None, Any]
 """A widget action that yields between loop steps (``yield from self.run_steps(...)``)."""
-
-
-def drain(work: Work) -> Any:
-    """Run ``work`` to the end; returns its return value."""
-    while True:
-        try:
-            next(work)
-        except StopIteration as done:
-            return done.value
 
 
 def kernel_scheduler() -> Callable[[Callable[[], None]], Any] | None:

@@ -10,6 +10,7 @@ import ipywidgets as W
 
 from diffexplain import interventions, render
 from diffexplain.checks import check_guidance_scale
+from diffexplain.errors import TraceKeyError
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
@@ -293,7 +294,7 @@ class GuidanceLab(DxWidget):
         for i in range(len(trace)):
             try:
                 out.append(rms(trace["step.model.cond", i] - trace["step.model.uncond", i]))
-            except KeyError:
+            except TraceKeyError:  # not kept, or not computed (ε_u with guidance off)
                 out.append(None)
         return out
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as W
 from plotly.subplots import make_subplots
 
+from diffexplain.errors import TraceKeyError
 from diffexplain.explanations import (
     GUIDANCE_OFF,
     STEP_HELP,
@@ -70,7 +71,7 @@ def _stage_name(trace: CascadeTrace, stage: str | None, *, keep: bool = False) -
 def _get(trace: Trace, name: str, step: int) -> torch.Tensor | None:
     try:
         return trace[name, step]
-    except KeyError:
+    except TraceKeyError:  # not kept, or not computed (ε_u with guidance off)
         return None
 
 
