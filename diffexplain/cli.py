@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 from diffexplain.checks import SEED_RANGE
-from diffexplain.errors import TrainConfigError
+from diffexplain.errors import ModelFolderError, TrainConfigError
 from diffexplain.models.config import PRESETS, PRESETS_NEEDING_INIT
-from diffexplain.models.store import ModelFolderError
 from diffexplain.scheduler_state import SCHEDULER_NAMES
 from diffexplain.training.cascade_config import CASCADE_PRESETS
 from diffexplain.training.gan_config import GAN_PRESETS

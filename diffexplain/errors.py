@@ -19,6 +19,10 @@ class TraceKeyError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ModelFolderError(ValueError):
+    """A model folder is missing a file, or a file is not what diffexplain wrote."""
+
+
 class TrainConfigError(ValueError):
     """A training run that cannot start as configured: an unknown preset, or a run or model to start
     from that does not fit (the message names the field, both values, and what to do)."""

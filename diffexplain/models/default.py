@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from diffexplain.data.vocab import caption_words
-from diffexplain.models.store import ModelFolderError, load_model_parts, read_model_json
+from diffexplain.errors import ModelFolderError
+from diffexplain.models.store import load_model_parts, read_model_json
 from diffexplain.models.text import load_text_encoder
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffexplain.models.store import ModelFolderError
+from diffexplain.errors import ModelFolderError
 
 if TYPE_CHECKING:
     from diffusers import IFPipeline, IFSuperResolutionPipeline

@@ -17,6 +17,7 @@ import diffusers
 import torch
 from safetensors.torch import load_file
 
+from diffexplain.errors import ModelFolderError
 from diffexplain.safetensors_file import save_readable
 from diffexplain.scheduler_state import SCHEDULER_CLASSES
 
@@ -24,10 +25,6 @@ if TYPE_CHECKING:  # diffusers' model classes load the model stack: imported whe
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
 FORMAT_VERSION = 1
-
-
-class ModelFolderError(ValueError):
-    """A model folder is missing a file, or a file is not what diffexplain wrote."""
 
 
 def save_model(
