@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from diffexplain.attention.layers import PREFIX as ATTENTION_PREFIX
-from diffexplain.families import ALL_HOOK_NAMES
-from diffexplain.names import current_name, resolve_names, unknown_name_message
+from diffexplain.names import all_hook_names, current_name, resolve_names, unknown_name_message
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
@@ -130,7 +129,7 @@ class Hook:
         if self.name.startswith(ATTENTION_PREFIX):  # a model's own layer names: resolved when it runs
             object.__setattr__(self, "points", ())
         else:
-            object.__setattr__(self, "points", resolve_names(self.name, ALL_HOOK_NAMES))
+            object.__setattr__(self, "points", resolve_names(self.name, all_hook_names()))
         object.__setattr__(self, "_test", _step_test(self.steps))
 
     def applies_to(self, step: int | None, num_steps: int) -> bool:
@@ -194,7 +193,7 @@ class HookRunner:
     def __init__(self, hooks: Sequence[Hook], num_steps: int, names: Sequence[str] | None = None) -> None:
         self.num_steps = num_steps
         self._by_point: dict[str, list[Hook]] = {}
-        names = ALL_HOOK_NAMES if names is None else tuple(names)
+        names = all_hook_names() if names is None else tuple(names)
         valid = frozenset(names)
         for h in hooks:
             if h.name.startswith(ATTENTION_PREFIX):

@@ -87,6 +87,23 @@ RENAMED: dict[str, str] = {
 """Old names that still work (with a ``DeprecationWarning``): old → new."""
 
 
+_DECLARED: dict[str, HookPoint] = {}
+"""Hook points that model families add to the loop's, declared once by each family's class
+(``Family.__init_subclass__`` calls ``declare_points``): what a ``Hook`` may name before it meets a model."""
+
+
+def declare_points(points: Iterable[HookPoint]) -> None:
+    """Declare a family's own hook points (names the loop does not have); a name declared twice keeps its first."""
+    for point in points:
+        if point.name not in HOOK_NAMES:
+            _DECLARED.setdefault(point.name, point)
+
+
+def all_hook_names() -> tuple[str, ...]:
+    """The loop's hook names, then every declared family's own."""
+    return HOOK_NAMES + tuple(_DECLARED)
+
+
 def current_name(name: str, *, warn: bool = True) -> str:
     """``name`` with a deprecated prefix renamed (``step.unet.cond`` → ``step.model.cond``), warning once per call."""
     for old_prefix, new_prefix in (("step.unet.", "step.model."),):

@@ -39,3 +39,18 @@ def test_the_core_loads_no_widget_code(tmp_path):
         ui = [m for m in modules if m.split(".")[0] in UI or m.startswith(UI)]
         assert ui == [], f"{when} loaded {ui}"
     assert (tmp_path / "t.html").stat().st_size > 0 and (tmp_path / "loaded.html").stat().st_size > 0
+
+
+def test_hooks_do_not_import_the_family_registry():
+    """hooks.py resolves names against the declared hook points (names.all_hook_names), not the families."""
+    import ast
+
+    import diffexplain.families
+    from diffexplain.names import all_hook_names
+
+    tree = ast.parse((REPO / "diffexplain" / "hooks.py").read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not any(m and m.startswith("diffexplain.families") for m in imported), imported
+    # every family's own points are declared by its class, so a Hook may name them before meeting a model
+    for family in diffexplain.families.FAMILIES.values():
+        assert {p.name for p in family.extra_points} <= set(all_hook_names()), family.name

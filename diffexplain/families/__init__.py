@@ -15,7 +15,7 @@ from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
 from diffexplain.families.sdxl import StableDiffusionXL
-from diffexplain.names import HOOK_NAMES
+from diffexplain.names import all_hook_names
 
 FAMILIES: dict[str, type[Family]] = {
     f.name: f
@@ -32,9 +32,7 @@ FAMILIES: dict[str, type[Family]] = {
 }
 """Every supported family by short name."""
 
-ALL_HOOK_NAMES: tuple[str, ...] = HOOK_NAMES + tuple(
-    p.name for family in FAMILIES.values() for p in family.extra_points if p.name not in HOOK_NAMES
-)
+ALL_HOOK_NAMES: tuple[str, ...] = all_hook_names()
 """The loop's hook names and every family's own (what a ``Hook`` may name before it meets a model)."""
 
 

@@ -24,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.layers import AttentionLayer, find_attention_layers
 from diffexplain.attention.tokens import Token, tokenize
-from diffexplain.names import HOOK_POINTS, HookPoint
+from diffexplain.names import HOOK_POINTS, HookPoint, declare_points
 from diffexplain.noise_levels import NoiseLevel, noise_level
 from diffexplain.prompt_limits import TextLimit, text_limit
 from diffexplain.scheduler_state import SCHEDULER_NAMES
@@ -72,6 +72,12 @@ class Family:
     # the guided side of a guidance comparison (GuidanceLab) where the default is w ≤ 1 (no guidance)
     compare_guidance_scale: ClassVar[float] = 7.5
     attention_kind: ClassVar[str] = "cross"  # how the image reads the text: "cross" or "joint" attention
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A family's own hook points are declared where it is defined (``names.declare_points``), so a
+        ``Hook`` may name them before it meets a model."""
+        super().__init_subclass__(**kwargs)
+        declare_points(cls.extra_points)
 
     def __init__(self, **parts: Any) -> None:
         missing = [n for n in self.part_names if n not in parts and n != "vae"]
