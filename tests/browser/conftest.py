@@ -192,3 +192,23 @@ def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
         parts = ", ".join(f"{k} started in {v:.1f} s" for k, v in TIMINGS.items())
         terminalreporter.write_line(f"browser harness: {parts}")
+
+
+@pytest.fixture(scope="module")
+def browser_page(playwright_session):
+    """A fresh headless Chromium with no JupyterLab (for pages opened from a file): (page, the URLs it
+    requested, its page errors and console errors)."""
+    with tempfile.TemporaryDirectory(prefix="diffexplain-page-") as profile:
+        context = launch_chromium(playwright_session, profile, width=1000, height=900)
+        page = context.new_page()
+        requests: list[str] = []
+        errors: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+        page.on(
+            "console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+        )
+        try:
+            yield page, requests, errors
+        finally:
+            context.close()

@@ -4,11 +4,10 @@ URIs. Screenshot: test-artifacts/browser/screenshots/cascade_page.png."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
-from lab_server import ARTIFACTS_DIR, launch_chromium
+from lab_server import ARTIFACTS_DIR
 
 PROMPT = "a red circle on the left"
 
@@ -41,36 +40,27 @@ def _src(frame, selector: str) -> str:
     return frame.eval_on_selector(selector, "i => i.src")
 
 
-def test_the_stage_buttons_show_each_stages_page(page_file: Path, playwright_session) -> None:
-    with tempfile.TemporaryDirectory(prefix="diffexplain-cascade-page-") as profile:
-        context = launch_chromium(playwright_session, profile, width=1000, height=900)
-        page = context.new_page()
-        requests: list[str] = []
-        errors: list[str] = []
-        page.on("request", lambda r: requests.append(r.url))
-        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-        try:
-            page.goto(page_file.as_uri())
-            one, frame_one = _frame(page, "I")
-            two, frame_two = _frame(page, "II")
-            # the last stage first: its button pressed, its frame shown, stage I's hidden
-            assert page.get_attribute('button[data-stage="II"]', "aria-pressed") == "true"
-            assert two.is_visible() and not one.is_visible()
-            assert frame_two.eval_on_selector("#dx-step", "s => s.max") == "1"  # stage II's 2 steps
-            page.click('button[data-stage="I"]')
-            assert one.is_visible() and not two.is_visible()
-            assert page.get_attribute('button[data-stage="I"]', "aria-pressed") == "true"
-            assert frame_one.eval_on_selector("#dx-step", "s => s.max") == "2"  # stage I's 3 steps
-            assert one.bounding_box()["height"] > 300  # the frame is as tall as its page
-            before = _src(frame_one, "img.dx-x0-image")
-            frame_one.focus("#dx-step")
-            frame_one.press("#dx-step", "ArrowRight")
-            assert frame_one.input_value("#dx-step") == "1" and _src(frame_one, "img.dx-x0-image") != before
-            folder = ARTIFACTS_DIR / "screenshots"
-            folder.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(folder / "cascade_page.png"), full_page=True)
-        finally:
-            context.close()
+def test_the_stage_buttons_show_each_stages_page(page_file: Path, browser_page) -> None:
+    page, requests, errors = browser_page
+    page.goto(page_file.as_uri())
+    one, frame_one = _frame(page, "I")
+    two, frame_two = _frame(page, "II")
+    # the last stage first: its button pressed, its frame shown, stage I's hidden
+    assert page.get_attribute('button[data-stage="II"]', "aria-pressed") == "true"
+    assert two.is_visible() and not one.is_visible()
+    assert frame_two.eval_on_selector("#dx-step", "s => s.max") == "1"  # stage II's 2 steps
+    page.click('button[data-stage="I"]')
+    assert one.is_visible() and not two.is_visible()
+    assert page.get_attribute('button[data-stage="I"]', "aria-pressed") == "true"
+    assert frame_one.eval_on_selector("#dx-step", "s => s.max") == "2"  # stage I's 3 steps
+    assert one.bounding_box()["height"] > 300  # the frame is as tall as its page
+    before = _src(frame_one, "img.dx-x0-image")
+    frame_one.focus("#dx-step")
+    frame_one.press("#dx-step", "ArrowRight")
+    assert frame_one.input_value("#dx-step") == "1" and _src(frame_one, "img.dx-x0-image") != before
+    folder = ARTIFACTS_DIR / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / "cascade_page.png"), full_page=True)
     assert not errors, errors
     outside = [u for u in requests if not u.startswith(("file:", "data:", "about:"))]
     assert not outside, outside

@@ -9,12 +9,11 @@ DIFFEXPLAIN_UPDATE_SCREENSHOTS=1, else test-artifacts/browser/screenshots/.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 from lab_helpers import DOCS_SCREENSHOT_MAX_BYTES
-from lab_server import ARTIFACTS_DIR, DOCS_SCREENSHOTS_DIR, launch_chromium
+from lab_server import ARTIFACTS_DIR, DOCS_SCREENSHOTS_DIR
 
 PROMPT = "a red circle on the left and a blue square on the right"
 
@@ -38,25 +37,6 @@ def page_file(tmp_path_factory) -> Path:
     on = ex.run(PROMPT, num_inference_steps=steps, seed=0, guidance_scale=5.0)
     off = ex.run(PROMPT, num_inference_steps=steps, seed=0, guidance_scale=1.0)
     return on.to_html(tmp_path_factory.mktemp("page") / "lesson.html", compare=off)
-
-
-@pytest.fixture(scope="module")
-def browser_page(playwright_session):
-    """A fresh headless Chromium (no JupyterLab), its requests and errors recorded."""
-    with tempfile.TemporaryDirectory(prefix="diffexplain-page-") as profile:
-        context = launch_chromium(playwright_session, profile, width=1000, height=900)
-        page = context.new_page()
-        requests: list[str] = []
-        errors: list[str] = []
-        page.on("request", lambda r: requests.append(r.url))
-        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-        page.on(
-            "console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None
-        )
-        try:
-            yield page, requests, errors
-        finally:
-            context.close()
 
 
 def _src(page, selector: str) -> str:
