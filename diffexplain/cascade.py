@@ -240,7 +240,7 @@ class Cascade:
         loop_hooks, input_hooks = split_hooks(hooks, self.point_names())
         progress = self.progress if progress is None else progress
         for name in self.names[1:]:  # a later stage's settings are checked now, not after stage I ran
-            self.stages[name].start_run(prompt, negative_prompt=negative_prompt, seed=seed, **settings[name])
+            self.stages[name].check_run(prompt, negative_prompt=negative_prompt, seed=seed, **settings[name])
         cascade = CascadeTrace(
             {"stages": list(self.names), "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed}
         )
@@ -409,12 +409,16 @@ class Cascade:
     @staticmethod
     def _recorded_settings(trace: Trace) -> dict[str, Any]:
         """A stage's run settings as its trace recorded them (to run it again on a new input)."""
-        s = trace.settings
-        keys = ("num_inference_steps", "guidance_scale", "height", "width", "eta", "decode")
+        s = trace.run_settings
         return {
-            **{key: s[key] for key in keys if key in s},
-            **{key: value for key, value in s.get("options", {}).items()},
-            "attention_maps": bool(s.get("attention", {}).get("maps", False)),
+            "num_inference_steps": s.num_inference_steps,
+            "guidance_scale": s.guidance_scale,
+            "height": s.height,
+            "width": s.width,
+            "eta": s.eta,
+            "decode": s.decode,
+            **s.options,
+            "attention_maps": s.attention_maps,
             "keep": sorted(trace.kept),
             "store_dtype": trace.store_dtype,
         }

@@ -25,7 +25,6 @@ from PIL import Image
 from diffexplain import checks
 from diffexplain.cascade_hooks import INPUT_POINT, StageHooks, split_hooks
 from diffexplain.jobs import Job
-from diffexplain.loop import Plan
 
 if TYPE_CHECKING:
     from diffexplain.cascade import Cascade
@@ -100,40 +99,10 @@ def start_on_input(
     settings: dict[str, Any],
 ) -> Job:
     """A stage's run on what it receives (``received``: a picture, or the embeddings [2, B, D]), in a cascade
-    or alone: ``start_run`` checks the settings and makes the trace; then x_T and the family's conditioning
-    are drawn from a generator seeded with ``seed`` (in the pipeline's order) and the loop runs with them.
+    or alone: ``start_run`` with ``stage_input``, so that x_T and the family's conditioning are drawn from
+    the generator seeded with ``seed``, in the pipeline's order, as the loop starts.
     ``common``: the cascade's ``negative_prompt``, ``hooks`` and ``progress``."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    checked = explainer.start_run(prompt, generator=generator, **common, **settings)  # never advanced
-    trace, s = checked.trace, checked.trace.settings
-    s["seed"] = seed
-    batch = 1 if isinstance(prompt, str) else len(prompt)
-    x_T, tensors = explainer.family.stage_inputs(
-        received, batch, int(s["height"]), int(s["width"]), generator, s["options"]
-    )
-    plan = Plan(
-        prompt=s["prompt"],
-        negative_prompt=s["negative_prompt"],
-        num_inference_steps=int(s["num_inference_steps"]),
-        guidance_scale=float(s["guidance_scale"]),
-        do_cfg=bool(s["do_cfg"]),
-        height=int(s["height"]),
-        width=int(s["width"]),
-        eta=float(s["eta"]),
-        decode=bool(s["decode"]),
-        options={**s["options"], **tensors},  # the tensors are the run's, not its (JSON) settings
-        restart=bool(settings.get("restart", True)),
-        attention_maps=bool(settings.get("attention_maps", True)),
-    )
-    steps = explainer._loop(  # noqa: SLF001 - the cascade is the explainer's own caller
-        plan,
-        trace,
-        explainer._hooks(common["hooks"]),
-        generator=generator,
-        latents=x_T,
-        progress=common["progress"],
-    )
-    return Job(steps, trace)
+    return explainer.start_run(prompt, seed=seed, stage_input=received, **common, **settings)
 
 
 def stage_input(

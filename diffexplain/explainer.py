@@ -18,13 +18,14 @@ from diffexplain.families.base import Conditioning
 from diffexplain.fingerprint import LazyFingerprint, same_weights
 from diffexplain.guidance import guidance_on
 from diffexplain.hooks import Hook, HookSpec, as_hooks
-from diffexplain.jobs import Job
-from diffexplain.loop import Components, Plan, Resume, loop_steps
+from diffexplain.jobs import Job, finishing
+from diffexplain.loop import Components, Resume, loop_steps
 from diffexplain.names import HookPoint
 from diffexplain.prompt_limits import PromptCut, cut_prompts, read_text, warn_cut
 from diffexplain.scheduler_state import describe, effective_config, scheduler_by_name
+from diffexplain.settings import RunSettings
 from diffexplain.threads import check_threads, cpu_threads, decide_threads
-from diffexplain.trace import Trace
+from diffexplain.trace import Trace, resolve_keep
 
 
 def family_from_parts(parts: dict[str, Any]) -> Family:
@@ -264,9 +265,9 @@ class Explainer:
         cond, uncond = self.encode(prompt, negative_prompt, guidance=guidance)
         return cond["embeds"], None if uncond is None else uncond["embeds"]
 
-    def _settings(self, **settings: Any) -> dict[str, Any]:
+    def _context(self) -> dict[str, Any]:
+        """What a run runs on, as its settings record it: scheduler, model, device, dtype, threads."""
         return {
-            **settings,
             "scheduler": describe(self.scheduler),
             "prediction_type": self.scheduler.config.get(
                 "prediction_type", "flow" if self.family.output_kind == "velocity" else None
@@ -278,74 +279,12 @@ class Explainer:
             "threads": self.threads,
         }
 
-    def _new_trace(self, settings: dict[str, Any], keep: Any, store_dtype: torch.dtype | None) -> Trace:
+    def _new_trace(self, settings: RunSettings, keep: Any, store_dtype: torch.dtype | None) -> Trace:
         trace = Trace(settings, keep=keep, store_dtype=store_dtype, points=self.hook_points())
         trace.explainer = self
         trace.fingerprint_source = LazyFingerprint(self.model)
         self.last_trace = trace
         return trace
-
-    @torch.no_grad()
-    def run(
-        self,
-        prompt: str | list[str],
-        *,
-        negative_prompt: str | list[str] = "",
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        latents: torch.Tensor | None = None,
-        eta: float = 0.0,
-        hooks: HookSpec = None,
-        keep: str | Iterable[str] | None = None,
-        store_dtype: torch.dtype | None = None,
-        progress: bool | None = None,
-        decode: bool = True,
-        restart: bool = True,
-        attention_maps: bool = True,
-        **options: Any,
-    ) -> Trace:
-        """Generate from ``prompt`` and return the trace of every step (diffusers' argument names).
-
-        ``num_inference_steps`` and ``guidance_scale`` default to the model's recommended settings
-        (``explainer.defaults``, from the model folder), else the family's: 25 steps and the scale of
-        its pipeline (7.5 for SD, 5 for SDXL; SD3: 28 steps, scale 7).
-        ``seed`` and ``generator`` are exclusive; with neither, a random seed is drawn and recorded in
-        ``trace.settings["seed"]`` so the run can be repeated. Guidance is on iff ``guidance_scale > 1``
-        (and the model is not guidance-distilled). ``keep`` selects hook points to store (names or
-        globs, default all but the heavy ones); ``store_dtype`` stores them in a smaller dtype (restart
-        state for forks stays at full precision). ``options`` are the family's own settings, e.g.
-        SDXL's ``original_size`` or SD3's ``max_sequence_length``; a model folder's defaults may set them too
-        (e.g. ``noise_level`` for a pixel cascade's stage II). ``restart=False`` makes no restart
-        points (no scheduler snapshot or generator state per step): such a trace cannot be forked.
-        ``attention_maps`` keeps each step's cross-attention maps (``trace.attention("red")``): each
-        text-attention layer runs its own processor and p is computed beside it, so the run equals the
-        pipeline bit for bit either way; ``False`` leaves the model untouched and skips that work. The run
-        uses ``self.threads`` CPU threads, recorded in the trace.
-        """
-        return self.start_run(
-            prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            seed=seed,
-            generator=generator,
-            height=height,
-            width=width,
-            latents=latents,
-            eta=eta,
-            hooks=hooks,
-            keep=keep,
-            store_dtype=store_dtype,
-            progress=progress,
-            decode=decode,
-            restart=restart,
-            attention_maps=attention_maps,
-            **options,
-        ).finish()
 
     def start_run(
         self,
@@ -367,106 +306,124 @@ class Explainer:
         decode: bool = True,
         restart: bool = True,
         attention_maps: bool = True,
+        stage_input: torch.Tensor | None = None,
         **options: Any,
     ) -> Job:
         """``run``, as a :class:`~diffexplain.jobs.Job` that runs one loop step per ``advance()``: the
-        arguments are checked now, the model runs as the job advances (``job.finish()`` is ``run``)."""
+        arguments are checked now, the model runs as the job advances (``job.finish()`` is ``run``).
+
+        ``stage_input``: what a cascade stage receives (the previous stage's picture, or the prior's
+        image embeddings [2, B, D]); ``Cascade`` passes it, checked (``cascade_stage.stage_input``).
+        """
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
-        checks.check_prompt(prompt)
-        checks.check_negative_prompt(negative_prompt, 1 if isinstance(prompt, str) else len(prompt))
-        if num_inference_steps is None:
-            num_inference_steps = int(self.defaults.get("num_inference_steps", self.family.default_steps))
-        num_inference_steps = checks.check_steps(num_inference_steps)
-        if guidance_scale is None:
-            guidance_scale = float(self.defaults.get("guidance_scale", self.family.default_guidance_scale))
-        guidance_scale = checks.check_guidance_scale(guidance_scale)
-        seed = checks.check_seed(seed)
-        multiple, why = self.family.size_multiple()
-        default_h, default_w = self.family.default_size()
-        height = checks.check_size("height", default_h if height is None else height, multiple, why)
-        width = checks.check_size("width", default_w if width is None else width, multiple, why)
         if generator is None:
-            seed = secrets.randbits(63) if seed is None else seed
+            seed = secrets.randbits(63) if seed is None else checks.check_seed(seed)
             generator = torch.Generator(device="cpu").manual_seed(seed)
-        plan = Plan(
-            prompt=prompt,
+        settings = self.run_settings(
+            prompt,
             negative_prompt=negative_prompt,
             num_inference_steps=num_inference_steps,
-            guidance_scale=float(guidance_scale),
-            do_cfg=guidance_on(float(guidance_scale), distilled=self.family.guidance_distilled()),
-            height=height,
-            width=width,
-            eta=checks.check_float("eta", eta, low=0.0, meaning="DDIM's noise share: 0 deterministic"),
-            decode=decode,
-            options=self.family.run_options(height, width, **(self._option_defaults() | options)),
-            restart=restart,
-            attention_maps=checks.check_flag("attention_maps", attention_maps),
-        )
-        self._warn_prompt(prompt, negative_prompt, plan.options)
-        settings = self._settings(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=plan.guidance_scale,
-            do_cfg=plan.do_cfg,
+            guidance_scale=guidance_scale,
             seed=seed,
             generator_device=generator.device.type,
             height=height,
             width=width,
-            eta=plan.eta,
+            eta=eta,
             decode=decode,
-            options=plan.options,
+            restart=restart,
+            attention_maps=attention_maps,
+            **options,
         )
+        self._warn_prompt(prompt, negative_prompt, settings.options)
         trace = self._new_trace(settings, keep, store_dtype)
         steps = self._loop(
-            plan,
             trace,
             self._hooks(hooks),  # now: the hooks of the `with explainer.hooks(...)` block around this call
             generator=generator,
             latents=latents,
+            stage_input=stage_input,
             progress=self.progress if progress is None else progress,
         )
         return Job(steps, trace)
 
-    @torch.no_grad()
-    def fork(
+    run = finishing(
+        start_run,
+        """Generate from ``prompt`` and return the trace of every step (diffusers' argument names).
+
+        ``num_inference_steps`` and ``guidance_scale`` default to the model's recommended settings
+        (``explainer.defaults``, from the model folder), else the family's: 25 steps and the scale of
+        its pipeline (7.5 for SD, 5 for SDXL; SD3: 28 steps, scale 7).
+        ``seed`` and ``generator`` are exclusive; with neither, a random seed is drawn and recorded in
+        ``trace.settings["seed"]`` so the run can be repeated. Guidance is on iff ``guidance_scale > 1``
+        (and the model is not guidance-distilled). ``keep`` selects hook points to store (names or
+        globs, default all but the heavy ones); ``store_dtype`` stores them in a smaller dtype (restart
+        state for forks stays at full precision). ``options`` are the family's own settings, e.g.
+        SDXL's ``original_size`` or SD3's ``max_sequence_length``; a model folder's defaults may set them too
+        (e.g. ``noise_level`` for a pixel cascade's stage II). ``restart=False`` makes no restart
+        points (no scheduler snapshot or generator state per step): such a trace cannot be forked.
+        ``attention_maps`` keeps each step's cross-attention maps (``trace.attention("red")``): each
+        text-attention layer runs its own processor and p is computed beside it, so the run equals the
+        pipeline bit for bit either way; ``False`` leaves the model untouched and skips that work. The run
+        uses ``self.threads`` CPU threads, recorded in the trace. ``run(...)`` is ``start_run(...).finish()``.
+        """,
+    )
+
+    def run_settings(
         self,
-        trace: Trace,
-        step: int,
+        prompt: str | list[str],
         *,
-        hooks: HookSpec = None,
+        negative_prompt: str | list[str] = "",
+        num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        prompt: str | list[str] | None = None,
-        negative_prompt: str | list[str] | None = None,
-        latents: torch.Tensor | None = None,
-        progress: bool | None = None,
-        attention_maps: bool | None = None,
-        other_weights: bool = False,
-    ) -> Trace:
-        """Re-run only loop steps ``step``..N−1 of ``trace`` with the given changes; steps before are kept.
-
-        ``step`` is a loop step index, 0..N−1; a negative one counts from the end, as in Python
-        (−1 forks at the last step), and the fork records the step it took in ``forked_from``.
-
-        With no change (and no hooks) the fork reproduces the original bit for bit. The original run's
-        hooks are not re-applied: pass them again in ``hooks=`` to keep them. ``attention_maps`` is the
-        original run's unless given. The fork runs on the trace's CPU thread count (``trace.settings
-        ["threads"]``), so that it rounds as the run did. A trace made with other weights (its
-        ``fingerprint()`` differs from this model's) is refused unless ``other_weights=True``.
-        """
-        return self.start_fork(
-            trace,
-            step,
-            hooks=hooks,
-            guidance_scale=guidance_scale,
+        seed: int | None = None,
+        generator_device: str = "cpu",
+        height: int | None = None,
+        width: int | None = None,
+        eta: float = 0.0,
+        decode: bool = True,
+        restart: bool = True,
+        attention_maps: bool = True,
+        **options: Any,
+    ) -> RunSettings:
+        """The checked :class:`~diffexplain.settings.RunSettings` of a run with these arguments (``run``'s),
+        defaults filled in, without running anything; an error names a setting that is wrong."""
+        checks.check_prompt(prompt)
+        checks.check_negative_prompt(negative_prompt, 1 if isinstance(prompt, str) else len(prompt))
+        if num_inference_steps is None:
+            num_inference_steps = int(self.defaults.get("num_inference_steps", self.family.default_steps))
+        if guidance_scale is None:
+            guidance_scale = float(self.defaults.get("guidance_scale", self.family.default_guidance_scale))
+        guidance_scale = float(checks.check_guidance_scale(guidance_scale))
+        multiple, why = self.family.size_multiple()
+        default_h, default_w = self.family.default_size()
+        height = checks.check_size("height", default_h if height is None else height, multiple, why)
+        width = checks.check_size("width", default_w if width is None else width, multiple, why)
+        return RunSettings(
             prompt=prompt,
             negative_prompt=negative_prompt,
-            latents=latents,
-            progress=progress,
-            attention_maps=attention_maps,
-            other_weights=other_weights,
-        ).finish()
+            num_inference_steps=checks.check_steps(num_inference_steps),
+            guidance_scale=guidance_scale,
+            do_cfg=guidance_on(guidance_scale, distilled=self.family.guidance_distilled()),
+            seed=checks.check_seed(seed),
+            generator_device=generator_device,
+            height=height,
+            width=width,
+            eta=checks.check_float("eta", eta, low=0.0, meaning="DDIM's noise share: 0 deterministic"),
+            decode=checks.check_flag("decode", decode),
+            options=self.family.run_options(height, width, **(self._option_defaults() | options)),
+            restart=checks.check_flag("restart", restart),
+            attention_maps=checks.check_flag("attention_maps", attention_maps),
+            **self._context(),
+        )
+
+    def check_run(self, prompt: str | list[str], **kwargs: Any) -> RunSettings:
+        """The settings that ``run(prompt, **kwargs)`` would run with, checked (``keep=`` too), without
+        running anything or making a trace: a cascade checks its later stages before the first runs."""
+        unused = {"generator", "latents", "hooks", "progress", "stage_input"}
+        keep, _ = kwargs.pop("keep", None), kwargs.pop("store_dtype", None)
+        resolve_keep(keep, self.hook_points())
+        return self.run_settings(prompt, **{k: v for k, v in kwargs.items() if k not in unused})
 
     def start_fork(
         self,
@@ -486,48 +443,39 @@ class Explainer:
         k = checks.check_fork_step(step, len(trace.steps))
         if trace.steps[k].restart is None:
             raise ValueError(f"step {k} of this trace has no restart state, so it cannot be forked")
-        family = trace.settings.get("model", {}).get("family", "sd")
-        if family != self.family.name:
+        source = trace.run_settings
+        if source.family != self.family.name:
+            family = source.family
             raise ValueError(
                 f"this trace was made by a {FAMILIES[family].label if family in FAMILIES else family} model; "
                 f"this Explainer holds a {self.family.label} model: fork it with an Explainer of its family"
             )
         if not checks.check_flag("other_weights", other_weights):
             self._check_same_weights(trace)
-        source = trace.settings
         if prompt is not None:
             checks.check_prompt(prompt)
-        if guidance_scale is not None:
-            guidance_scale = checks.check_guidance_scale(guidance_scale)
-        changed = {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance_scale}
-        settings = {**source, **{key: value for key, value in changed.items() if value is not None}}
-        settings["guidance_scale"] = w = float(settings["guidance_scale"])
-        settings["do_cfg"] = guidance_on(w, distilled=self.family.guidance_distilled())
-        settings["model"] = {**self.family.describe(), "name": self.model_name}  # the model that runs now
-        options = settings.get("options", {})
-        plan = Plan(
-            prompt=settings["prompt"],
-            negative_prompt=settings["negative_prompt"],
-            num_inference_steps=int(settings["num_inference_steps"]),
-            guidance_scale=w,
-            do_cfg=settings["do_cfg"],
-            height=int(settings["height"]),
-            width=int(settings["width"]),
-            eta=float(settings["eta"]),
-            decode=bool(settings.get("decode", True)),
-            options=self.family.run_options(int(settings["height"]), int(settings["width"]), **options),
+        w = source.guidance_scale if guidance_scale is None else checks.check_guidance_scale(guidance_scale)
+        settings = source.replace(
+            prompt=source.prompt if prompt is None else prompt,
+            negative_prompt=source.negative_prompt if negative_prompt is None else negative_prompt,
+            guidance_scale=float(w),
+            do_cfg=guidance_on(float(w), distilled=self.family.guidance_distilled()),
+            options=self.family.run_options(source.height, source.width, **source.options),
             attention_maps=(
-                bool(source.get("attention", {}).get("maps", False))
+                source.attention_maps
                 if attention_maps is None
                 else checks.check_flag("attention_maps", attention_maps)
             ),
-        )
-        settings["threads"] = (  # the trace's count, so that the fork rounds as its run did
-            check_threads(source["threads"], "trace.settings['threads']")
-            if source.get("threads") is not None and self.device.type == "cpu"
-            else self.threads
-        )
-        self._warn_prompt(prompt, negative_prompt, plan.options)  # the new ones only: None where unchanged
+            model={**self.family.describe(), "name": self.model_name},  # the model that runs now
+            threads=(  # the trace's count, so that the fork rounds as its run did
+                check_threads(source.threads, "trace.settings['threads']")
+                if source.threads is not None and self.device.type == "cpu"
+                else self.threads
+            ),
+        )  # attention: the source's, until the loop records this fork's own
+        self._warn_prompt(
+            prompt, negative_prompt, settings.options
+        )  # the new ones only: None where unchanged
         forked = self._new_trace(settings, None, trace.store_dtype)
         forked.kept = trace.kept
         forked.forked_from = k
@@ -536,7 +484,6 @@ class Explainer:
         forked.run_tensors = {name: x for name, x in trace.run_tensors.items() if name != "decode.image"}
         resume = Resume(trace, k, prompt is not None, negative_prompt is not None, latents)
         steps = self._loop(
-            plan,
             forked,
             self._hooks(hooks),
             resume=resume,
@@ -544,22 +491,36 @@ class Explainer:
         )
         return Job(steps, forked)
 
+    fork = finishing(
+        start_fork,
+        """Re-run only loop steps ``step``..N−1 of ``trace`` with the given changes; steps before are kept.
+
+        ``step`` is a loop step index, 0..N−1; a negative one counts from the end, as in Python
+        (−1 forks at the last step), and the fork records the step it took in ``forked_from``.
+
+        With no change (and no hooks) the fork reproduces the original bit for bit. The original run's
+        hooks are not re-applied: pass them again in ``hooks=`` to keep them. ``attention_maps`` is the
+        original run's unless given. The fork runs on the trace's CPU thread count (``trace.settings
+        ["threads"]``), so that it rounds as the run did. A trace made with other weights (its
+        ``fingerprint()`` differs from this model's) is refused unless ``other_weights=True``.
+        ``fork(...)`` is ``start_fork(...).finish()``.
+        """,
+    )
+
     @torch.no_grad()
-    def _loop(
-        self, plan: Plan, trace: Trace, hooks: list[Hook], **kwargs: Any
-    ) -> Generator[int, None, Trace]:
+    def _loop(self, trace: Trace, hooks: list[Hook], **kwargs: Any) -> Generator[int, None, Trace]:
         """The loop of one job, on its trace's CPU thread count (``diffexplain.threads``)."""
-        with cpu_threads(trace.settings.get("threads") if self.device.type == "cpu" else None):
-            return (
-                yield from loop_steps(Components(self.family, self.scheduler), plan, trace, hooks, **kwargs)
-            )
+        with cpu_threads(trace.run_settings.threads if self.device.type == "cpu" else None):
+            return (yield from loop_steps(Components(self.family, self.scheduler), trace, hooks, **kwargs))
 
     def _check_same_weights(self, trace: Trace) -> None:
         """``ValueError`` naming both fingerprints if ``trace`` was made with other weights than this model's."""
         made_with = trace.fingerprint()
         if made_with is None:  # unknown (a file saved after its weights changed): nothing to compare
             return
-        same, current = same_weights(self.model, made_with, trace.settings["model"].get("fingerprint_scheme"))
+        same, current = same_weights(
+            self.model, made_with, trace.run_settings.model.get("fingerprint_scheme")
+        )
         if not same:
             raise ValueError(
                 f"this trace was made with other weights (fingerprint {made_with}) than this Explainer's "

@@ -16,13 +16,17 @@ generator yields the steps and returns the finished trace.
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import TYPE_CHECKING, TypeVar
+import functools
+import inspect
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
 
 Result = TypeVar("Result")
+Params = ParamSpec("Params")
+Owner = TypeVar("Owner")
 
 
 def drain(work: Generator[object, None, Result]) -> Result:
@@ -98,3 +102,21 @@ class Job:
     def __repr__(self) -> str:
         state = "done" if self.done else "running"
         return f"Job({len(self.trace.steps)} steps recorded, {state}, trace status {self.trace.status!r})"
+
+
+def finishing(
+    start: Callable[Concatenate[Owner, Params], Job], doc: str
+) -> Callable[Concatenate[Owner, Params], Trace]:
+    """The method that runs ``start``'s job to its end (``run`` from ``start_run``): one signature,
+    written once, on ``start``; ``doc`` is the new method's docstring."""
+
+    @functools.wraps(start)
+    def finished(self: Owner, *args: Params.args, **kwargs: Params.kwargs) -> Trace:
+        return start(self, *args, **kwargs).finish()
+
+    finished.__name__ = start.__name__.removeprefix("start_")
+    finished.__qualname__ = start.__qualname__.replace(".start_", ".")
+    finished.__doc__ = doc
+    finished.__annotations__ = {**start.__annotations__, "return": "Trace"}
+    finished.__signature__ = inspect.signature(start).replace(return_annotation="Trace")  # type: ignore[attr-defined]
+    return finished

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -34,9 +34,13 @@ from diffexplain.checks import check_start_level
 from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.guidance import guide
 from diffexplain.hooks import Hook, HookContext, HookRunner, Replacement, StepTensors, check_replacement
+from diffexplain.model_step import predict_branches
+from diffexplain.names import HookPoint
 from diffexplain.noise_levels import model_output_from, pred_x0_from
 from diffexplain.records import RestartPoint, StepRecord
 from diffexplain.scheduler_state import fresh_scheduler, restore, snapshot
+from diffexplain.settings import RunSettings
+from diffexplain.step_scalars import STEP_SCALARS, FinishedStep, read_scalars
 from diffexplain.trace import Trace
 
 if TYPE_CHECKING:
@@ -49,29 +53,6 @@ class Components:
 
     family: Family
     scheduler: SchedulerMixin  # a template: every run uses a fresh copy
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The settings of one run (or fork), decided before the loop starts; ``trace.settings`` records them."""
-
-    prompt: str | list[str]
-    negative_prompt: str | list[str] | None
-    num_inference_steps: int
-    guidance_scale: float
-    do_cfg: bool  # guidance on: decided once, from w and the model (guidance.guidance_on)
-    height: int
-    width: int
-    eta: float
-    decode: bool
-    options: dict[str, Any] = field(default_factory=dict)  # the family's own settings (JSON-ready)
-    restart: bool = True  # keep a restart point per step (what a fork needs); False: this run is never forked
-    attention_maps: bool = True  # keep per-step cross-attention maps (the text layers computed explicitly)
-
-    @property
-    def batch_size(self) -> int:
-        """B: the number of prompts."""
-        return 1 if isinstance(self.prompt, str) else len(self.prompt)
 
 
 @dataclass(frozen=True)
@@ -119,15 +100,22 @@ class Sites:
         self.timestep: float | None = None
         self.current: dict[str, torch.Tensor] = {}
         self.pending: list[Replacement] = []  # this step's replacement records, committed when it finishes
+        self.derived: dict[str, list[HookPoint]] = {}  # derived points by the point they come after
+        for point in trace.hook_points:
+            if point.derive is not None and point.after is not None:
+                self.derived.setdefault(point.after, []).append(point)
 
     def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Run the hooks at ``name`` on ``x`` and return the (possibly replaced) tensor."""
+        """Run the hooks at ``name`` on ``x`` and return the (possibly replaced) tensor; then the derived
+        points declared to come after ``name``, each computed from this step's tensors so far."""
         if self.hooks.has(name):
             record = self.pending.append if self.step is not None else self.trace.replacements.append
             x = self.hooks.apply(name, x, self.step, self._ctx, record)
         self.current[name] = x
         if self.step is None and name in self.trace.kept:
             self.trace.run_tensors[name] = self.trace.store(x)
+        for point in self.derived.get(name, ()):
+            self(point.name, point.derive(StepTensors(self.current)))  # type: ignore[misc]
         return x
 
     def _ctx(self, name: str) -> HookContext:
@@ -154,33 +142,33 @@ class Sites:
 
 # ---- conditioning -------------------------------------------------------------------------------------
 def prepare_conditioning(
-    family: Family, plan: Plan, resume: Resume | None
+    family: Family, settings: RunSettings, options: dict[str, Any], resume: Resume | None
 ) -> tuple[Conditioning, Conditioning | None]:
-    """Each branch's conditioning: encoded for a run; for a fork the source's, re-encoded where it changed."""
+    """Each branch's conditioning: encoded for a run; for a fork the source's, re-encoded where it changed.
+    ``options``: the family's run options, with a cascade stage's input tensors."""
     if resume is None:
-        return family.encode(plan.prompt, plan.negative_prompt, plan.do_cfg, plan.options)
+        return family.encode(settings.prompt, settings.negative_prompt, settings.do_cfg, options)
     device = family.model.device
     saved = {b: {k: x.to(device) for k, x in c.items()} for b, c in resume.source.conditioning.items()}
     cond, uncond = saved["cond"], saved.get("uncond")
-    needs_uncond = plan.do_cfg and (uncond is None or resume.negative_changed)
+    needs_uncond = settings.do_cfg and (uncond is None or resume.negative_changed)
     if resume.prompt_changed or needs_uncond:
-        new_cond, new_uncond = family.encode(plan.prompt, plan.negative_prompt, plan.do_cfg, plan.options)
+        new_cond, new_uncond = family.encode(
+            settings.prompt, settings.negative_prompt, settings.do_cfg, options
+        )
         # keys a family does not re-encode from the prompt (a previous cascade stage's image) keep the source's
         cond = {**cond, **new_cond} if resume.prompt_changed else cond
         if needs_uncond:
             uncond = {**(uncond if uncond is not None else cond), **new_uncond}  # type: ignore[union-attr]
-    return cond, uncond if plan.do_cfg else None
-
-
-def batched(cond: Conditioning, uncond: Conditioning | None) -> Conditioning:
-    """The model's input conditioning: uncond then cond along the batch, as the pipelines concatenate it."""
-    if uncond is None:
-        return cond
-    return {key: torch.cat([uncond[key], cond[key]]) for key in cond}  # [2B, ...] each
+    return cond, uncond if settings.do_cfg else None
 
 
 def attention_capture(
-    family: Family, plan: Plan, sites: Sites, latent_size: Sequence[int], resume: Resume | None = None
+    family: Family,
+    settings: RunSettings,
+    sites: Sites,
+    latent_size: Sequence[int],
+    resume: Resume | None = None,
 ) -> AttentionCapture | None:
     """The run's attention capture, or None where nothing needs it (no maps, no attention hook or keep)."""
     trace = sites.trace
@@ -188,19 +176,20 @@ def attention_capture(
         name.startswith(ATTENTION_PREFIX) and (sites.hooks.has(name) or name in trace.kept)
         for name in trace.hook_names
     )
-    if not (plan.attention_maps or wanted):
+    if not (settings.attention_maps or wanted):
         return None
     layers = family.attention_layers()
     if not layers:
         return None
-    trace.settings["attention"] = attention_settings(family, plan, layers, maps_first_step(resume))
+    info = attention_settings(family, settings, layers, maps_first_step(resume))
+    trace.run_settings = trace.run_settings.replace(attention=info)
     return AttentionCapture(
         layers,
         sites,
-        batch_size=plan.batch_size,
-        do_cfg=plan.do_cfg,
+        batch_size=settings.batch_size,
+        do_cfg=settings.do_cfg,
         latent_size=(int(latent_size[0]), int(latent_size[1])),
-        maps=plan.attention_maps,
+        maps=settings.attention_maps,
     )
 
 
@@ -209,7 +198,7 @@ def maps_first_step(resume: Resume | None) -> dict[str, int]:
     it changed that branch's prompt (or the source kept no such maps), else the source's own."""
     if resume is None:
         return {"cond": 0, "uncond": 0}
-    source = resume.source.settings.get("attention") or {}
+    source = resume.source.run_settings.attention or {}
     before = source.get("first_step") or {}
     first = {}
     for branch, changed in (("cond", resume.prompt_changed), ("uncond", resume.negative_changed)):
@@ -219,12 +208,12 @@ def maps_first_step(resume: Resume | None) -> dict[str, int]:
 
 
 def _generator(
-    settings: dict[str, Any], state: torch.Tensor | None, device: torch.device
+    settings: RunSettings, state: torch.Tensor | None, device: torch.device
 ) -> torch.Generator | None:
     """The random generator as it was entering the fork's step (None where the scheduler draws no noise)."""
     if state is None:
         return None
-    kind = settings.get("generator_device", "cpu")
+    kind = settings.generator_device
     generator = torch.Generator(device=device if kind == device.type else kind)
     generator.set_state(state)
     return generator
@@ -233,41 +222,52 @@ def _generator(
 # ---- the loop -----------------------------------------------------------------------------------------
 def loop_steps(
     components: Components,
-    plan: Plan,
     trace: Trace,
     hooks: Sequence[Hook],
     *,
     generator: torch.Generator | None = None,
     latents: torch.Tensor | None = None,
+    stage_input: torch.Tensor | None = None,
     resume: Resume | None = None,
     progress: bool = True,
 ) -> Generator[int, None, Trace]:
-    """One run (``resume=None``: steps 0..N−1 from ``latents`` or fresh noise) or one fork (steps k..N−1).
+    """One run (``resume=None``: steps 0..N−1 from ``latents`` or fresh noise) or one fork (steps k..N−1),
+    with the settings ``trace.run_settings``. ``stage_input``: what a cascade stage receives (the previous
+    stage's picture or image embeddings), from which the family draws x_T and its conditioning.
 
     Yields each loop step's index once it is finished (recorded in ``trace.steps``); returns the trace.
     """
     family = components.family
     device = family.model.device
+    settings = trace.run_settings
     with keep_partial_trace(trace):
         # 1. timesteps: a fresh scheduler (runs never leak state into each other), or the one entering step k
         if resume is None:
             scheduler = fresh_scheduler(components.scheduler)
-            family.set_timesteps(scheduler, plan.num_inference_steps, plan.height, plan.width)
+            family.set_timesteps(scheduler, settings.num_inference_steps, settings.height, settings.width)
             first = scheduler.timesteps[0]  # warn where the first noise level is known to break sampling
             check_start_level(family.noise_level(scheduler, first), float(first), len(scheduler.timesteps))
             start = 0
         else:
             restart = resume.source.steps[resume.step].restart
-            info = trace.settings["scheduler"]
+            info = settings.scheduler
             scheduler = restore(info["class"], info["config"], restart.scheduler_state, device)
-            generator = _generator(trace.settings, restart.generator_state, device)
+            generator = _generator(settings, restart.generator_state, device)
             start = resume.step
         timesteps = scheduler.timesteps
         runner = HookRunner(hooks, num_steps=len(timesteps), names=trace.hook_names)
-        sites = Sites(trace, runner, plan.guidance_scale, family.init_noise_sigma(scheduler))
+        sites = Sites(trace, runner, settings.guidance_scale, family.init_noise_sigma(scheduler))
 
         # 2. conditioning: named tensors per branch (cond, and uncond with guidance on)   e.g. embeds [B, T, D]
-        cond, uncond = prepare_conditioning(family, plan, resume)
+        options = dict(settings.options)
+        if (
+            stage_input is not None
+        ):  # a cascade stage: x_T and the input's tensors, drawn in the pipeline's order
+            latents, tensors = family.stage_inputs(
+                stage_input, settings.batch_size, settings.height, settings.width, generator, settings.options
+            )
+            options.update(tensors)  # the run's tensors, not its (JSON) settings
+        cond, uncond = prepare_conditioning(family, settings, options, resume)
         for key in cond:  # in hook-point order: prompt.cond, prompt.uncond, prompt.pooled.cond, ...
             cond[key] = sites(conditioning_point(key, "cond"), cond[key])
             if uncond is not None:
@@ -277,7 +277,7 @@ def loop_steps(
         # 3. latents: x_T = noise · init_noise_sigma, or x_t entering step k (or its replacement)  [B, C, h, w]
         if resume is None:
             rows = cond["embeds"].shape[0]  # B; the Kandinsky prior adds its negative prompt's B rows
-            shape = family.latent_shape(rows, plan.height, plan.width)
+            shape = family.latent_shape(rows, settings.height, settings.width)
             latents = sites("latents.init", family.prepare_latents(scheduler, shape, generator, latents))
         else:
             latents = resume.source.steps[start].restart.latents.to(device)
@@ -287,22 +287,22 @@ def loop_steps(
                 trace.replacements.append(Replacement("step.latents", start, "fork(latents=...)"))
 
         # 3b. attention capture: the text-attention layers' hook points and maps, for this run only
-        capture = attention_capture(family, plan, sites, latents.shape[-2:], resume)
+        capture = attention_capture(family, settings, sites, latents.shape[-2:], resume)
 
         # 4. extra step kwargs (eta, generator) and the model's per-run kwargs (a distilled model's w)
-        step_kwargs = family.step_kwargs(scheduler, generator, plan.eta)
-        model_kwargs = family.model_kwargs(plan.guidance_scale, latents)
+        step_kwargs = family.step_kwargs(scheduler, generator, settings.eta)
+        model_kwargs = family.model_kwargs(settings.guidance_scale, latents)
 
         # 5. the denoising loop (the layers' own attention processors come back when it ends)
         with capture.installed() if capture is not None else nullcontext():
             latents = yield from denoise(
-                family, scheduler, sites, trace, plan, cond, uncond, latents, start,
-                step_kwargs, model_kwargs, generator, plan.restart, progress, capture,
+                family, scheduler, sites, trace, settings, cond, uncond, latents, start,
+                step_kwargs, model_kwargs, generator, settings.restart, progress, capture,
             )  # fmt: skip
 
         # 6. decode
         trace.final_latents = latents  # [B, C, h, w], full precision
-        if plan.decode:
+        if settings.decode:
             sites("decode.image", family.decode(latents))  # [B, 3, H, W]
         trace.status, trace.message = "complete", None
     return trace
@@ -313,7 +313,7 @@ def denoise(
     scheduler: SchedulerMixin,
     sites: Sites,
     trace: Trace,
-    plan: Plan,
+    settings: RunSettings,
     cond: Conditioning,
     uncond: Conditioning | None,
     latents: torch.Tensor,
@@ -327,7 +327,7 @@ def denoise(
 ) -> Generator[int, None, torch.Tensor]:
     """5. Steps ``start``..N−1: one model call per step (both branches batched with guidance on);
     yields each step's index when it is recorded, returns x_0's latents."""
-    timesteps, w, do_cfg = scheduler.timesteps, plan.guidance_scale, uncond is not None
+    timesteps, w, do_cfg = scheduler.timesteps, settings.guidance_scale, uncond is not None
     second_order = hasattr(scheduler, "state_in_first_order")
     with tqdm(total=len(timesteps) - start, disable=not progress, desc="denoising") as bar:
         for i in range(start, len(timesteps)):
@@ -350,21 +350,16 @@ def denoise(
                 step_uncond = {**uncond, "embeds": sites("step.prompt.uncond", uncond["embeds"])}
 
             # 5.2 the model: ε_u and ε_c in one batched call with guidance on, ε_c alone with it off
-            model_input = torch.cat([latents] * 2) if do_cfg else latents  # [2B or B, C, h, w]
-            with capture.model_call() if capture is not None else nullcontext():
-                model_output = family.predict(
-                    scheduler, model_input, t, batched(step_cond, step_uncond), model_kwargs
-                )
-            model_output, extra = family.split_output(model_output, latents)  # extra: e.g. a learned variance
-            if extra is not None and do_cfg:
-                extra = extra.chunk(2)[1]  # the cond branch's, as the pipelines take it (unguided)
+            around = capture.model_call() if capture is not None else None
+            eps_cond, eps_uncond, extra = predict_branches(
+                family, scheduler, latents, t, step_cond, step_uncond, model_kwargs, around
+            )  # [B, C, h, w] each; extra: e.g. a learned variance (unguided)
             if do_cfg:
-                eps_uncond, eps_cond = model_output.chunk(2)  # [B, C, h, w] each
                 eps_cond = sites("step.model.cond", eps_cond)
                 eps_uncond = sites("step.model.uncond", eps_uncond)
                 eps_guided = guide(eps_cond, eps_uncond, w)  # [B, C, h, w]
             else:
-                eps_guided = sites("step.model.cond", model_output)
+                eps_guided = sites("step.model.cond", eps_cond)
             eps_guided = sites("step.guidance", eps_guided)  # [B, C, h, w]
 
             # 5.3 x̂0 = a·x_t + b·ε̂, from the family's reading of the output at this step's noise level
@@ -394,11 +389,18 @@ def denoise(
 
             # 5.5 the step is finished: record it, with its attention maps  "cond@16x16": [B, T, 16, 16]
             maps = {} if capture is None else trace.keep_maps(capture.finish_step())
+            finished = FinishedStep(i, float(t), level, scheduler, StepTensors(sites.current))
+            scalars = read_scalars(STEP_SCALARS + family.step_scalars, finished)  # e.g. the scheduler's σ
             trace.steps.append(
-                StepRecord(i, float(t), stage, level, trace.keep_tensors(sites.current), restart, maps)
+                StepRecord(
+                    i, float(t), stage, level, trace.keep_tensors(sites.current), restart, maps, scalars
+                )
             )
             if capture is not None and i == start:
-                trace.settings["attention"]["resolutions"] = capture.layers_by_resolution()
+                recorded, resolutions = trace.run_settings, capture.layers_by_resolution()
+                trace.run_settings = recorded.replace(
+                    attention={**recorded.attention, "resolutions": resolutions}
+                )
             trace.replacements.extend(sites.pending)
             latents = next_latents
             bar.update()

@@ -26,13 +26,21 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class HookPoint:
-    """One named place in the loop where a hook may read or replace a tensor."""
+    """One named place in the loop where a hook may read or replace a tensor.
+
+    Declaring a point is one entry: the loop's in ``HOOK_POINTS`` (then one ``sites(name, x)`` call where
+    the loop has the tensor), a family's in its ``extra_points``. A *derived* point says how to compute
+    its tensor from the step's earlier ones (``derive``, reading ``ctx.current``) and after which point
+    (``after``): the loop then calls it there by itself, with no code of its own. The docs table
+    (docs/hook-points.md) and the trace files follow from the declarations.
+    """
 
     name: str
     tensor: str  # what the tensor is, in words
@@ -40,6 +48,8 @@ class HookPoint:
     per_step: bool  # True: called once per model evaluation; False: once per run
     cfg_only: bool = False  # True: only computed with guidance on (the unconditional branch)
     heavy: bool = False  # True: large; not kept unless asked for by name in keep=
+    derive: Callable[[Mapping[str, Any]], Any] | None = None  # a derived point's tensor, from ctx.current
+    after: str | None = None  # a derived point is called right after this point
 
 
 HOOK_POINTS: tuple[HookPoint, ...] = (
@@ -150,3 +160,13 @@ def hook_point(name: str, points: Iterable[HookPoint] = HOOK_POINTS) -> HookPoin
         if point.name == name:
             return point
     raise ValueError(unknown_name_message("hook point", name, (p.name for p in points)))
+
+
+def markdown_table(points: Iterable[HookPoint]) -> str:
+    """The hook-point table of docs/hook-points.md, made from the declarations
+    (``python scripts/docs_tables.py`` writes it there; a docs test checks that it is current)."""
+    rows = ["| name | tensor | shape | called |", "|---|---|---|---|"]
+    for p in points:
+        called = "every step" if p.per_step else "once per run"
+        rows.append(f"| `{p.name}` | {p.tensor} | {p.shape} | {called} |")
+    return "\n".join(rows)

@@ -16,7 +16,7 @@ import torch
 
 from diffexplain.fingerprint import weight_fingerprint
 from diffexplain.guidance import guidance_on, guide
-from diffexplain.loop import batched
+from diffexplain.model_step import predict_branches
 from diffexplain.noise_levels import NoiseLevel, pred_x0_from
 from diffexplain.scheduler_state import fresh_scheduler
 
@@ -179,15 +179,9 @@ def predict_x0_at(
     cond, uncond = explainer.encode(
         [prompt] * x_t.shape[0], [negative_prompt] * x_t.shape[0], guidance=do_cfg
     )
-    model_input = torch.cat([x_t, x_t]) if do_cfg else x_t
     model_kwargs = family.model_kwargs(guidance_scale, x_t)
-    out = family.predict(scheduler, model_input, timestep, batched(cond, uncond), model_kwargs)
-    out, _ = family.split_output(out, x_t)  # the guided part: a learned variance is the scheduler's only
-    if do_cfg:
-        eps_uncond, eps_cond = out.chunk(2)
-        eps_guided = guide(eps_cond, eps_uncond, guidance_scale)
-    else:
-        eps_cond, eps_uncond, eps_guided = out, None, out
+    eps_cond, eps_uncond, _ = predict_branches(family, scheduler, x_t, timestep, cond, uncond, model_kwargs)
+    eps_guided = eps_cond if eps_uncond is None else guide(eps_cond, eps_uncond, guidance_scale)
     level = family.noise_level(scheduler, timestep)
     return X0Guess(
         pred_x0_from(x_t, eps_guided, level), eps_cond, eps_uncond, eps_guided, float(timestep), level

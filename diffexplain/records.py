@@ -31,3 +31,5 @@ class StepRecord:
     restart: RestartPoint | None = None
     # cross-attention maps, "cond@16x16" → [B, T, 16, 16]: mean over heads and the layers at that resolution
     attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the declared per-step numbers (diffexplain.step_scalars), e.g. "scheduler_sigma" → 0.82
+    scalars: dict[str, float] = field(default_factory=dict)

@@ -6,40 +6,33 @@
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from diffexplain.attention import maps as reading
 from diffexplain.attention.maps import LayerFilter
 from diffexplain.attention.tokens import Token
-from diffexplain.checks import check_guidance_scale
 from diffexplain.errors import TraceKeyError
 from diffexplain.fingerprint import SCHEME
-from diffexplain.guidance import guide
 from diffexplain.hooks import Replacement
 from diffexplain.names import HOOK_POINTS, HookPoint, current_name, resolve_names, unknown_name_message
-from diffexplain.noise_levels import NoiseLevel, pred_x0_from
+from diffexplain.noise_levels import NoiseLevel
 from diffexplain.records import StepRecord
+from diffexplain.reguide import Reguided, reguide
+from diffexplain.settings import RunSettings
+from diffexplain.step_scalars import STEP_SCALARS
 from diffexplain.trace_io import load_trace, save_trace
+from diffexplain.trace_memory import all_tensors, human_bytes, memory_per_step, moved, unique_bytes
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from diffexplain.explainer import Explainer
     from diffexplain.previews import Previews
-
-
-class Reguided(NamedTuple):
-    """The result of re-guiding one step from cached ε_c and ε_u."""
-
-    eps_guided: torch.Tensor  # ε̂ = ε_u + w·(ε_c − ε_u)      [B, C, h, w]
-    pred_x0: torch.Tensor  # x̂0 = a·x_t + b·ε̂               [B, C, h, w]
 
 
 def resolve_keep(
@@ -64,36 +57,21 @@ def resolve_keep(
     return frozenset(chosen)
 
 
-def _unique_bytes(tensors: Iterable[torch.Tensor]) -> int:
-    seen: dict[tuple[str, int], int] = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        key = (str(t.device), storage.data_ptr() if t.device.type != "meta" else id(storage))
-        seen[key] = max(seen.get(key, 0), storage.nbytes())
-    return sum(seen.values())
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.2f} GiB"
-
-
 class Trace:
     """Every tensor of one run by hook point and step, the settings, and the restart state for forks."""
 
     def __init__(
         self,
-        settings: dict[str, Any],
+        settings: RunSettings | dict[str, Any],
         *,
         keep: str | Iterable[str] | None = None,
         store_dtype: torch.dtype | None = None,
         points: tuple[HookPoint, ...] = HOOK_POINTS,
     ) -> None:
-        # JSON-ready: prompt, steps, guidance_scale, seed, scheduler class and config, model...
-        self.settings: dict[str, Any] = settings
+        # prompt, steps, guidance_scale, seed, scheduler class and config, model... (typed, frozen)
+        self.run_settings: RunSettings = (
+            settings if isinstance(settings, RunSettings) else RunSettings.from_json(settings)
+        )
         self.hook_points: tuple[HookPoint, ...] = points  # the names it was made with (loop + family)
         self._points = {p.name: p for p in points}
         self.kept: frozenset[str] = resolve_keep(keep, points)
@@ -113,6 +91,11 @@ class Trace:
         self.previews: Previews | None = None  # decoded pictures of x_t and x̂0 per step (made by save)
         self._previews_too_slow: str | None = None  # why they were left out (not timed again)
         self._stored: OrderedDict[int, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # id(src) -> copy
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The run's settings as JSON (a new dict: ``run_settings`` is the typed, frozen record)."""
+        return self.run_settings.to_json()
 
     # ---- building (used by the loop) -------------------------------------------------------------
     def store(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,12 +145,13 @@ class Trace:
         (``"fingerprint_scheme"``, see ``diffexplain.fingerprint.SCHEME``); None when unknown: a file
         without one, or weights that changed after the run and before anyone asked.
         """
-        model = self.settings.setdefault("model", {})
+        model = self.run_settings.model
         if not model.get("fingerprint") and self.fingerprint_source is not None:
             value = self.fingerprint_source.get()
             if value is not None:
-                model["fingerprint"], model["fingerprint_scheme"] = value, SCHEME
-        return model.get("fingerprint") or None
+                model = {**model, "fingerprint": value, "fingerprint_scheme": SCHEME}
+                self.run_settings = self.run_settings.replace(model=model)
+        return self.run_settings.fingerprint
 
     @property
     def hook_names(self) -> tuple[str, ...]:
@@ -196,9 +180,9 @@ class Trace:
 
     def _not_kept(self, name: str, step: int | None = None) -> TraceKeyError:
         where = f" at step {step}" if step is not None else ""
-        if self._points[name].cfg_only and not self.settings.get("do_cfg", True):
+        if self._points[name].cfg_only and not self.run_settings.do_cfg:
             why = "guidance was off (guidance_scale ≤ 1), so the unconditional branch was never computed"
-        elif name == "decode.image" and not self.settings.get("decode", True):
+        elif name == "decode.image" and not self.run_settings.decode:
             why = "the run was made with decode=False"
         elif name not in self.kept:
             why = (
@@ -252,6 +236,15 @@ class Trace:
     def noise_levels(self) -> list[NoiseLevel]:
         """ᾱ_t, σ_t and the x̂0 coefficients (a, b) of each loop step."""
         return [s.level for s in self.steps]
+
+    def scalars(self, name: str) -> list[float | None]:
+        """A declared per-step number (``diffexplain.step_scalars``, e.g. ``"scheduler_sigma"``) of each
+        loop step; None at a step that has none. ``TraceKeyError`` for a name that is neither declared by
+        the loop nor recorded at any step."""
+        known = dict.fromkeys([*(s.name for s in STEP_SCALARS), *(k for s in self.steps for k in s.scalars)])
+        if name not in known:
+            raise TraceKeyError(unknown_name_message("step scalar", name, known))
+        return [s.scalars.get(name) for s in self.steps]
 
     @property
     def image(self) -> torch.Tensor | None:
@@ -327,66 +320,20 @@ class Trace:
 
         ``guidance_scale`` is w, a finite number ≥ 0, as in ``Explainer.run``.
         """
-        guidance_scale = check_guidance_scale(guidance_scale)
-        record = self.steps[self._index(step)]
-        for name in ("step.model.cond", "step.model.uncond"):
-            if name not in record.tensors:
-                raise self._not_kept(name, record.index)
-        eps_cond, eps_uncond = record.tensors["step.model.cond"], record.tensors["step.model.uncond"]
-        eps_guided = guide(eps_cond, eps_uncond, guidance_scale)
-        latents = record.tensors.get("step.latents")
-        if latents is None:
-            latents = record.restart.latents.to(eps_guided.device, eps_guided.dtype)
-        return Reguided(eps_guided, pred_x0_from(latents, eps_guided, record.level))
+        return reguide(self, step, guidance_scale)
 
     # ---- memory and devices ------------------------------------------------------------------------
-    def _all_tensors(self, include_restart: bool = True) -> Iterable[torch.Tensor]:
-        yield from self.run_tensors.values()
-        if self.final_latents is not None:
-            yield self.final_latents
-        for record in self.steps:
-            yield from record.tensors.values()
-            yield from record.attention.values()
-        if include_restart:
-            for branch in self.conditioning.values():
-                yield from branch.values()
-            for record in self.steps:
-                if record.restart is not None:
-                    yield record.restart.latents
-                    if record.restart.generator_state is not None:
-                        yield record.restart.generator_state
-
     def memory_bytes(self, include_restart: bool = True) -> int:
         """Bytes held by this trace's tensors, each storage counted once (scheduler tables not counted)."""
-        return _unique_bytes(self._all_tensors(include_restart))
+        return unique_bytes(all_tensors(self, include_restart))
 
     def memory_per_step(self) -> float:
         """Mean bytes per loop step of the per-step tensors and restart state."""
-        if not self.steps:
-            return 0.0
-        per_step = [t for r in self.steps for t in (*r.tensors.values(), *r.attention.values())]
-        per_step += [r.restart.latents for r in self.steps if r.restart is not None]
-        return _unique_bytes(per_step) / len(self.steps)
+        return memory_per_step(self)
 
     def to(self, device: torch.device | str) -> Trace:
         """A copy with every tensor on ``device`` (the scheduler snapshots and generator states stay put)."""
-        moved = copy.copy(self)
-        moved._stored = OrderedDict()
-        moved.run_tensors = {k: v.to(device) for k, v in self.run_tensors.items()}
-        moved.conditioning = {
-            b: {k: v.to(device) for k, v in c.items()} for b, c in self.conditioning.items()
-        }
-        moved.final_latents = None if self.final_latents is None else self.final_latents.to(device)
-        moved.steps = [
-            replace(
-                r,
-                tensors={k: v.to(device) for k, v in r.tensors.items()},
-                attention={k: v.to(device) for k, v in r.attention.items()},
-                restart=r.restart and replace(r.restart, latents=r.restart.latents.to(device)),
-            )
-            for r in self.steps
-        ]
-        return moved
+        return moved(self, device)
 
     # ---- files -----------------------------------------------------------------------------------
     def save(self, path: str | Path, *, previews: bool | None = None) -> None:
@@ -432,12 +379,11 @@ class Trace:
         return trace
 
     def __repr__(self) -> str:
-        s = self.settings
-        prompt = s.get("prompt")
+        s = self.run_settings
         status = self.status if self.message is None else f"{self.status}: {self.message}"
         fork = f", forked_from={self.forked_from}" if self.forked_from is not None else ""
         return (
-            f"Trace(prompt={prompt!r}, steps={len(self)}, scheduler={s.get('scheduler', {}).get('class')}, "
-            f"guidance_scale={s.get('guidance_scale')}, seed={s.get('seed')}{fork}, "
-            f"kept={len(self.kept)} names, {_human(self.memory_bytes())}, {status})"
+            f"Trace(prompt={s.prompt!r}, steps={len(self)}, scheduler={s.scheduler.get('class')}, "
+            f"guidance_scale={s.guidance_scale}, seed={s.seed}{fork}, "
+            f"kept={len(self.kept)} names, {human_bytes(self.memory_bytes())}, {status})"
         )

@@ -28,7 +28,8 @@ from diffexplain.noise_levels import NoiseLevel
 from diffexplain.previews import Previews, from_doc, to_doc
 from diffexplain.records import RestartPoint, StepRecord
 from diffexplain.safetensors_file import save_readable
-from diffexplain.scheduler_state import DEVICES_KEY, SCHEDULER_CLASSES
+from diffexplain.scheduler_state import DEVICES_KEY
+from diffexplain.settings import GENERATOR_DEVICES, RunSettings, SettingsError
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
@@ -39,14 +40,12 @@ VERSION = 3  # 3: attention maps and hook points; 2: names per family (step.mode
 # a new version: readers that do not know it ignore it, and files without it load as before.
 METADATA_KEY = "diffexplain"
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the header
-MAX_CONFIG_INT = 10**7  # larger ints in a scheduler config are treated as hostile (huge allocations)
 STORE_DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "float32": torch.float32,
     "float64": torch.float64,
 }
-GENERATOR_DEVICES = ("cpu", "cuda", "mps", "xpu")
 MAP_KEY = re.compile(r"(cond|uncond)@(\d+)x(\d+)")
 _ATTR = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$|^_[A-Za-z0-9][A-Za-z0-9_]*$")
 
@@ -145,7 +144,7 @@ def trace_document(trace: Trace, tensors: _Tensors, previews: Previews | None = 
             }
         level = [r.level.a, r.level.b, r.level.alpha_bar, r.level.sigma]
         tensor_refs = {k: ref(v) for k, v in r.tensors.items()}
-        return {
+        doc = {
             "index": r.index,
             "timestep": r.timestep,
             "stage": r.stage,
@@ -154,12 +153,15 @@ def trace_document(trace: Trace, tensors: _Tensors, previews: Previews | None = 
             "attention": {k: ref(v) for k, v in r.attention.items()},
             "restart": restart,
         }
+        if r.scalars:  # additive: readers that do not know it ignore it
+            doc["scalars"] = dict(r.scalars)
+        return doc
 
     trace.fingerprint()  # hashed now, while the weights are still those the run used (else left out)
     doc = {
         "format": FORMAT,
         "version": VERSION,
-        "settings": trace.settings,
+        "settings": trace.run_settings.to_json(),
         "hook_points": list(trace.hook_names),
         "kept": sorted(trace.kept),
         "store_dtype": None if trace.store_dtype is None else str(trace.store_dtype).removeprefix("torch."),
@@ -271,31 +273,6 @@ def _device_of(value: Any) -> str | None:
     return None
 
 
-def _check_settings(r: _Reader, settings: Any) -> None:
-    where = "settings"
-    prompt = r.get(settings, "prompt", (str, list), where)
-    if isinstance(prompt, list) and not all(isinstance(p, str) for p in prompt):
-        raise r.fail("settings.prompt should be a string or a list of strings")
-    r.get(settings, "negative_prompt", (str, list), where)
-    r.get(settings, "guidance_scale", (int, float), where)
-    r.get(settings, "eta", (int, float), where)
-    if r.get(settings, "generator_device", str, where) not in GENERATOR_DEVICES:
-        raise r.fail(f"settings.generator_device must be one of {GENERATOR_DEVICES}")
-    scheduler = r.get(settings, "scheduler", dict, where)
-    name = r.get(scheduler, "class", str, "settings.scheduler")
-    if name not in SCHEDULER_CLASSES:
-        raise r.fail(
-            f"scheduler class {name!r} is not allowed; allowed: {', '.join(sorted(SCHEDULER_CLASSES))}"
-        )
-    config = r.get(scheduler, "config", dict, "settings.scheduler")
-    for key, value in config.items():
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_CONFIG_INT for v in values):
-            raise r.fail(f"settings.scheduler.config.{key} = {value!r} is absurdly large")
-        if any(isinstance(v, dict | list) for v in values):
-            raise r.fail(f"settings.scheduler.config.{key} is nested too deeply")
-
-
 def _read_header(path: str | Path) -> None:
     try:
         size = os.path.getsize(path)
@@ -353,8 +330,11 @@ def trace_from_document(r: _Reader, doc: Any, new_trace: Callable[..., Trace]) -
         raise r.fail(
             f"format version {version} is not supported (this diffexplain reads versions 1 to {VERSION})"
         )
-    settings = r.get(doc, "settings", dict, "file")
-    _check_settings(r, settings)
+    try:  # the one check of a run's settings (diffexplain.settings)
+        run_settings = RunSettings.from_json(r.get(doc, "settings", dict, "file"))
+    except SettingsError as exc:
+        raise r.fail(str(exc)) from None
+    settings = run_settings.to_json()
     points = _hook_points(r, doc, settings, version)
     names = tuple(p.name for p in points)
     step_names = tuple(p.name for p in points if p.per_step)
@@ -377,7 +357,7 @@ def trace_from_document(r: _Reader, doc: Any, new_trace: Callable[..., Trace]) -
         raise r.fail(f"store_dtype {store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
 
     trace = new_trace(
-        settings,
+        run_settings,
         keep=kept,
         store_dtype=None if store_dtype is None else STORE_DTYPES[store_dtype],
         points=points,
@@ -441,12 +421,15 @@ def _hook_points(
     known = [p.name for p in points]
     if recorded != known:
         extra = [n for n in recorded if n not in known]
-        missing = [n for n in known if n not in recorded]
-        raise r.fail(
-            f"the trace was made with hook points that differ from this diffexplain's for {family_name!r}: "
-            f"unknown {extra or 'none'}, missing {missing or 'none'}"
-            + ("" if extra or missing else " (the same names in another order)")
-        )
+        if extra or recorded != [n for n in known if n in recorded]:
+            missing = [n for n in known if n not in recorded]
+            raise r.fail(
+                f"the trace was made with hook points that differ from this diffexplain's for {family_name!r}: "
+                f"unknown {extra or 'none'}, missing {missing or 'none'}"
+                + ("" if extra or missing else " (the same names in another order)")
+            )
+        # a file from before some points were declared: the trace has the points it was made with
+        points = tuple(p for p in points if p.name in recorded)
     return points
 
 
@@ -533,4 +516,18 @@ def _load_step(r: _Reader, doc: Any, where: str, step_names: tuple[str, ...]) ->
             generator_state=generator_state,
         )
     maps = _attention_maps(r, doc, where)
-    return StepRecord(index, timestep, stage, NoiseLevel(*map(float, level)), tensors, restart, maps)
+    scalars = _scalars(r, doc, where)
+    return StepRecord(index, timestep, stage, NoiseLevel(*map(float, level)), tensors, restart, maps, scalars)
+
+
+def _scalars(r: _Reader, doc: dict[str, Any], where: str) -> dict[str, float]:
+    """A step's declared numbers (``diffexplain.step_scalars``), name → number; absent in older files.
+    Names this version does not declare (a newer file's) are read too: they are plain numbers."""
+    found = doc.get("scalars", {})
+    ok = isinstance(found, dict) and all(
+        isinstance(k, str) and _ATTR.match(k) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in found.items()
+    )
+    if not ok:
+        raise r.fail(f"{where}.scalars should map names to numbers")
+    return {k: float(v) for k, v in found.items()}

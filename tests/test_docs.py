@@ -210,3 +210,14 @@ def test_notebook_plots_with_a_second_y_axis_give_it_its_own_ticks():
             src = "".join(cell["source"])
             if cell["cell_type"] == "code" and "overlaying=" in src:
                 assert "tickmode=" in src and "legend=" in src, f"{path.name}: {src[:200]}"
+
+
+def test_generated_tables_are_current():
+    """The hook-point and step-scalar tables are written from the declarations (scripts/docs_tables.py)."""
+    result = subprocess.run(
+        [sys.executable, str(DOCS.parent / "scripts" / "docs_tables.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

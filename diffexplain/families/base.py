@@ -28,6 +28,7 @@ from diffexplain.names import HOOK_POINTS, HookPoint, declare_points
 from diffexplain.noise_levels import NoiseLevel, noise_level
 from diffexplain.prompt_limits import TextLimit, text_limit
 from diffexplain.scheduler_state import SCHEDULER_NAMES
+from diffexplain.step_scalars import StepScalar
 
 Conditioning = dict[str, torch.Tensor]
 """One branch's conditioning: named tensors, ``"embeds"`` [B, T, D] always first."""
@@ -72,6 +73,7 @@ class Family:
     # the guided side of a guidance comparison (GuidanceLab) where the default is w ≤ 1 (no guidance)
     compare_guidance_scale: ClassVar[float] = 7.5
     attention_kind: ClassVar[str] = "cross"  # how the image reads the text: "cross" or "joint" attention
+    step_scalars: ClassVar[tuple[StepScalar, ...]] = ()  # per-step numbers this family adds to the loop's
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A family's own hook points are declared where it is defined (``names.declare_points``), so a

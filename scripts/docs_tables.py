@@ -1,0 +1,66 @@
+"""Write the tables that docs/ generates from the code's declarations (the hook points, the per-step
+scalars) between their ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` markers.
+
+    python scripts/docs_tables.py          # rewrite them
+    python scripts/docs_tables.py --check  # exit 1 where a table is not current (tests/test_docs.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def tables() -> dict[str, tuple[Path, str]]:
+    """Each generated table: its marker name → (the docs file, the table's markdown)."""
+    from diffexplain.names import HOOK_POINTS, markdown_table
+    from diffexplain.step_scalars import STEP_SCALARS, scalars_table
+
+    return {
+        "hook-points": (DOCS / "hook-points.md", markdown_table(HOOK_POINTS)),
+        "step-scalars": (DOCS / "hook-points.md", scalars_table(STEP_SCALARS)),
+    }
+
+
+def block(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- generated: {name} -->\n)(.*?)(\n<!-- end: {name} -->)", re.S)
+
+
+def stale() -> list[str]:
+    """The names of the tables whose docs text differs from what the code declares."""
+    found = []
+    for name, (path, table) in tables().items():
+        match = block(name).search(path.read_text(encoding="utf-8"))
+        if match is None or match.group(2) != table:
+            found.append(f"{name} ({path.relative_to(DOCS.parent)})")
+    return found
+
+
+def write() -> None:
+    for name, (path, table) in tables().items():
+        text = path.read_text(encoding="utf-8")
+        if block(name).search(text) is None:
+            raise SystemExit(f"{path}: no <!-- generated: {name} --> ... <!-- end: {name} --> markers")
+        path.write_text(
+            block(name).sub(lambda m, t=table: m.group(1) + t + m.group(3), text), encoding="utf-8"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only report stale tables (exit 1)")
+    if parser.parse_args().check:
+        found = stale()
+        if found:
+            print("stale generated tables:", ", ".join(found), "- run python scripts/docs_tables.py")
+            sys.exit(1)
+        return
+    write()
+
+
+if __name__ == "__main__":
+    main()
