@@ -25,11 +25,11 @@ from diffexplain.widgets.base import (
     button,
     figure_box,
     help_box,
-    image_panel,
     is_pixel_space,
     png,
     words,
 )
+from diffexplain.widgets.controls import panels
 
 if TYPE_CHECKING:
     from diffexplain.attention.tokens import Token
@@ -106,16 +106,16 @@ class AttentionMaps(DxWidget):
         self.info = W.HTML()
         self.info.add_class("dx-attention-info")
 
-        panels = {}
-        self.images: dict[str, W.Image] = {}
-        for key, title, css in (
-            ("overlay", "map over x̂0 at this step", "dx-overlay-image"),
-            ("map", "the map alone", "dx-map-image"),
-            ("before", "final picture", "dx-before-image"),
-            ("after", "reweighted (fork)", "dx-after-image"),
-        ):
-            panels[key], self.images[key] = image_panel(title, css, size)
-        self.after_title = panels["after"].children[0]
+        boxes, self.images = panels(
+            (
+                ("overlay", "map over x̂0 at this step", "dx-overlay-image"),
+                ("map", "the map alone", "dx-map-image"),
+                ("before", "final picture", "dx-before-image"),
+                ("after", "reweighted (fork)", "dx-after-image"),
+            ),
+            size,
+        )
+        self.after_title = boxes["after"].children[0]
         self.fig = LiveFigure()
         self.fig.add_bar(x=[], y=[], name="share of attention")
         self.fig.update_layout(
@@ -137,7 +137,7 @@ class AttentionMaps(DxWidget):
             W.HBox([self.token, self.layer]),
             W.HBox([self.step, self.all_steps, self.preview]),
             self.branch,
-            W.HBox([panels["overlay"], panels["map"], panels["before"], panels["after"]]),
+            W.HBox([boxes["overlay"], boxes["map"], boxes["before"], boxes["after"]]),
             self.info,
             W.HBox([self.factor, self.fork_step, self.fork_button, self.stop_button]),
             self.progress,

@@ -1,4 +1,4 @@
-"""Shared pieces of the widgets: image panels, a decoded-frame cache, a progress bar fed by a hook,
+"""Shared pieces of the widgets: a decoded-frame cache, a progress bar fed by a hook,
 and callbacks whose errors land in the widget's own output area.
 
 Widgets never call the U-Net: they ask the Explainer for traces (``start_run``, ``start_fork``) and
@@ -40,6 +40,7 @@ from diffexplain.views import (  # noqa: F401 (the widgets' names for the view h
     vp_scale,
     words,
 )
+from diffexplain.widgets.controls import button, image_panel  # noqa: F401 (re-exported)
 from diffexplain.widgets.figures import PLOTLY_MIME, LiveFigure, figure_box  # noqa: F401 (shared by every widget)
 from diffexplain.widgets.inputs import InputError
 
@@ -48,16 +49,6 @@ if TYPE_CHECKING:
     from diffexplain.trace import Trace
 
 ERROR_STATUS = "<span style='color:#b00'>"  # how the status line starts when it shows an error
-
-
-def image_panel(title: str, css: str, size: int = DEFAULT_SIZE) -> tuple[W.VBox, W.Image]:
-    """A titled picture: returns (box, image widget); both get CSS classes (``css`` on the image)."""
-    image = W.Image(value=blank(size), format="png", width=size)
-    image.add_class(css)
-    label = W.HTML(f"<b>{title}</b>")
-    box = W.VBox([label, image], layout=W.Layout(align_items="center", margin="2px 6px"))
-    box.add_class("dx-panel")
-    return box, image
 
 
 def help_html(html: str) -> str:
@@ -406,12 +397,3 @@ def _call(step: Callable[[], None]) -> None:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")[:500]
-
-
-def button(description: str, css: str, *, style: str = "", tooltip: str = "") -> W.Button:
-    """A button with a CSS class."""
-    b = W.Button(description=description, button_style=style, tooltip=tooltip or description)
-    b.layout.width = "auto"
-    b.layout.flex = "0 0 auto"  # never squeezed below its label (classic Notebook's flex rows shrink it)
-    b.add_class(css)
-    return b

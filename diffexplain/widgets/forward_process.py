@@ -17,11 +17,11 @@ from diffexplain.widgets.base import (
     button,
     figure_box,
     help_box,
-    image_panel,
     is_sigma_space,
     png,
     words,
 )
+from diffexplain.widgets.controls import panels
 from diffexplain.widgets.inputs import SeedBox
 from diffexplain.widgets.noise_lab import first_upload
 
@@ -95,15 +95,15 @@ class ForwardProcess(DxWidget):
         self.ask_button = button("Ask the model again", "dx-ask-button")
         self._prompt_given = prompt is not None
 
-        boxes = {}
-        self.images: dict[str, W.Image] = {}
-        for key, title, css in (
-            ("x0", "x0 (clean picture)", "dx-clean-image"),
-            ("xt", "x_t (forward: noised to t)", "dx-forward-image"),
-            ("model_xt", "x_t in the model's latents", "dx-model-xt-image"),
-            ("model_x0", "the model's guess x̂0", "dx-model-x0-image"),
-        ):
-            boxes[key], self.images[key] = image_panel(title, css, size)
+        boxes, self.images = panels(
+            (
+                ("x0", "x0 (clean picture)", "dx-clean-image"),
+                ("xt", "x_t (forward: noised to t)", "dx-forward-image"),
+                ("model_xt", "x_t in the model's latents", "dx-model-xt-image"),
+                ("model_x0", "the model's guess x̂0", "dx-model-x0-image"),
+            ),
+            size,
+        )
         self.fig = self._make_figure()
         self.info = W.HTML()
 

@@ -23,12 +23,12 @@ from diffexplain.widgets.base import (
     default_steps,
     figure_box,
     help_box,
-    image_panel,
     is_pixel_space,
     png,
     rms,
     words,
 )
+from diffexplain.widgets.controls import panels
 from diffexplain.widgets.inputs import SeedBox, steps_box
 from diffexplain.widgets.seed_grid import SeedGridPanel
 from diffexplain.widgets.stages import embedding_caption, stage_chooser
@@ -116,15 +116,15 @@ class GuidanceLab(DxWidget):
         self.range.add_class("dx-cfg-range")
         self.range_button = button("Guidance off for these steps", "dx-cfg-off-button")
 
-        boxes = {}
-        self.images: dict[str, W.Image] = {}
-        for key, title, css in (
-            ("off", "guidance off (w = 1)", "dx-off-image"),
-            ("on", "guidance on", "dx-on-image"),
-            ("diff", "difference |on − off|", "dx-diff-image"),
-            ("range", "guidance off in a step range", "dx-range-image"),
-        ):
-            boxes[key], self.images[key] = image_panel(title, css, size)
+        boxes, self.images = panels(
+            (
+                ("off", "guidance off (w = 1)", "dx-off-image"),
+                ("on", "guidance on", "dx-on-image"),
+                ("diff", "difference |on − off|", "dx-diff-image"),
+                ("range", "guidance off in a step range", "dx-range-image"),
+            ),
+            size,
+        )
         self.caption = W.HTML()  # what the pictures are, where they are no pictures (the Kandinsky prior)
         self.on_title = boxes["on"].children[0]
         self.range_title = boxes["range"].children[0]

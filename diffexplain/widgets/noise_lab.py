@@ -22,11 +22,11 @@ from diffexplain.widgets.base import (
     default_guidance,
     default_steps,
     help_box,
-    image_panel,
     is_pixel_space,
     png,
     vp_scale,
 )
+from diffexplain.widgets.controls import panels
 from diffexplain.widgets.inputs import SeedBox, steps_box
 
 if TYPE_CHECKING:
@@ -107,16 +107,16 @@ class NoiseLab(DxWidget):
         self.cols.add_class("dx-rect-cols")
         self.inject_button = button("Add noise at step k and fork", "dx-inject-button", style="warning")
 
-        boxes = {}
-        self.images: dict[str, W.Image] = {}
-        for key, title, css in (
-            ("init", "starting noise x_T", "dx-init-image"),
-            ("xk", "x_k of the original, and the region", "dx-xk-image"),
-            ("original", "original", "dx-original-image"),
-            ("branch", "new branch", "dx-branch-image"),
-            ("diff", "difference", "dx-diff-image"),
-        ):
-            boxes[key], self.images[key] = image_panel(title, css, size)
+        boxes, self.images = panels(
+            (
+                ("init", "starting noise x_T", "dx-init-image"),
+                ("xk", "x_k of the original, and the region", "dx-xk-image"),
+                ("original", "original", "dx-original-image"),
+                ("branch", "new branch", "dx-branch-image"),
+                ("diff", "difference", "dx-diff-image"),
+            ),
+            size,
+        )
         self.branch_title = boxes["branch"].children[0]
 
         self.run_button.on_click(self.guard(lambda _: self.start(self._run_work)))

@@ -22,9 +22,9 @@ from diffexplain.widgets.base import (
     default_steps,
     figure_box,
     help_box,
-    image_panel,
     png,
 )
+from diffexplain.widgets.controls import panels
 from diffexplain.widgets.inputs import SeedBox, steps_box
 
 if TYPE_CHECKING:
@@ -88,14 +88,14 @@ class PromptSwap(DxWidget):
         )
         self.sweep_button = button("Sweep k", "dx-sweep-button")
 
-        boxes = {}
-        self.images: dict[str, W.Image] = {}
-        for key, title, css in (
-            ("a", "prompt A all the way", "dx-a-image"),
-            ("swap", "A, then B from step k", "dx-swap-image"),
-            ("diff", "difference", "dx-diff-image"),
-        ):
-            boxes[key], self.images[key] = image_panel(title, css, size)
+        boxes, self.images = panels(
+            (
+                ("a", "prompt A all the way", "dx-a-image"),
+                ("swap", "A, then B from step k", "dx-swap-image"),
+                ("diff", "difference", "dx-diff-image"),
+            ),
+            size,
+        )
         self.swap_title = boxes["swap"].children[0]
         self.strip = W.Image(format="png", layout=W.Layout(align_self="flex-start"))  # not stretched
         self.strip.add_class("dx-sweep-strip")

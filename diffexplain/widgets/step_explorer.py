@@ -27,12 +27,12 @@ from diffexplain.widgets.base import (
     figure_box,
     help_box,
     help_html,
-    image_panel,
     is_pixel_space,
     rms,
     vp_scale,
     words,
 )
+from diffexplain.widgets.controls import panels
 from diffexplain.widgets.stages import chooser_width, embedding_caption, stage_chooser
 
 if TYPE_CHECKING:
@@ -119,9 +119,8 @@ class StepExplorer(DxWidget):
         self.unet_row.add_class("dx-unet-row")
 
         vocab = words(trace, self.explainer)  # "noise" and "U-Net", or "velocity" and "transformer"
-        boxes, self.images = {}, {}
-        for key, title in STEP_PANELS.items():
-            boxes[key], self.images[key] = image_panel(title.format(**vocab), PANEL_CSS[key], size)
+        spec = ((key, title.format(**vocab), PANEL_CSS[key]) for key, title in STEP_PANELS.items())
+        boxes, self.images = panels(spec, size)
         self.panel_titles = {key: box.children[0] for key, box in boxes.items()}  # relabelled per stage
         self.help = help_box(HELP.format(**vocab))
         self.channel_box = boxes["channels"]
