@@ -29,7 +29,7 @@ from diffexplain.widgets.base import (
     png,
     words,
 )
-from diffexplain.widgets.controls import panels
+from diffexplain.widgets.controls import panels, preview_checkbox
 
 if TYPE_CHECKING:
     from diffexplain.attention.tokens import Token
@@ -94,8 +94,7 @@ class AttentionMaps(DxWidget):
         self.branch = W.ToggleButtons(options=[("cond: the prompt", "cond"), ("uncond: negative", "uncond")])
         self.branch.add_class("dx-branch")
         self.branch.style.button_width = "150px"
-        self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
-        self.preview.add_class("dx-preview-toggle")
+        self.preview = preview_checkbox()  # enabled per trace, in set_trace
         self.factor = W.FloatSlider(
             value=0.0, min=0.0, max=3.0, step=0.1, description="reweight", continuous_update=False
         )

@@ -1,5 +1,5 @@
-"""The controls the widgets share, built once here: buttons and titled image panels. Their labels and
-CSS classes are what the browser tests select by.
+"""The controls the widgets share, built once here: buttons, titled image panels, the prompt box and
+the "fast latent preview" checkbox. Their labels and CSS classes are what the browser tests select by.
 """
 
 from __future__ import annotations
@@ -40,3 +40,19 @@ def panels(spec: PanelSpec, size: int = DEFAULT_SIZE) -> tuple[dict[str, W.VBox]
     for key, title, css in spec:
         boxes[key], images[key] = image_panel(title, css, size)
     return boxes, images
+
+
+def prompt_box(
+    value: str, *, description: str = "prompt", css: str = "dx-prompt", width: str = "480px"
+) -> W.Text:
+    """A text box for a prompt, with a CSS class."""
+    box = W.Text(value=value, description=description, layout=W.Layout(width=width))
+    box.add_class(css)
+    return box
+
+
+def preview_checkbox(*, disabled: bool = False) -> W.Checkbox:
+    """The "fast latent preview (no VAE)" box: ticked, pictures of latents skip the VAE decode."""
+    box = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False, disabled=disabled)
+    box.add_class("dx-preview-toggle")
+    return box

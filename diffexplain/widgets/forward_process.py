@@ -21,7 +21,7 @@ from diffexplain.widgets.base import (
     png,
     words,
 )
-from diffexplain.widgets.controls import panels
+from diffexplain.widgets.controls import panels, prompt_box
 from diffexplain.widgets.inputs import SeedBox
 from diffexplain.widgets.noise_lab import first_upload
 
@@ -85,8 +85,7 @@ class ForwardProcess(DxWidget):
         self.dataset_index.add_class("dx-dataset-index")
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="image")
         self.upload.add_class("dx-image-upload")
-        self.prompt = W.Text(value=prompt or "", description="prompt", layout=W.Layout(width="460px"))
-        self.prompt.add_class("dx-prompt")
+        self.prompt = prompt_box(prompt or "", width="460px")
         guidance_scale = check_float(
             "guidance_scale", guidance_scale, 0.0, 30.0, meaning="w of the model's x̂0"
         )

@@ -28,7 +28,7 @@ from diffexplain.widgets.base import (
     rms,
     words,
 )
-from diffexplain.widgets.controls import panels
+from diffexplain.widgets.controls import panels, preview_checkbox, prompt_box
 from diffexplain.widgets.inputs import SeedBox, steps_box
 from diffexplain.widgets.seed_grid import SeedGridPanel
 from diffexplain.widgets.stages import embedding_caption, stage_chooser
@@ -96,14 +96,11 @@ class GuidanceLab(DxWidget):
         w0 = default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
         w0 = w0 if w0 > 1 else explainer.family.compare_guidance_scale  # the guided run needs w > 1
         self.negative_prompt = negative_prompt
-        self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="480px"))
-        self.prompt.add_class("dx-prompt")
+        self.prompt = prompt_box(prompt)
         self.seed = SeedBox(seed)
         self.steps = steps_box(num_inference_steps or default_steps(explainer))
         self.run_button = button("Run guidance off and on", "dx-run", style="primary")
-        self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
-        self.preview.add_class("dx-preview-toggle")
-        self.preview.disabled = explainer.vae is None
+        self.preview = preview_checkbox(disabled=explainer.vae is None)
 
         self.scale = W.FloatSlider(
             value=w0, min=1.0, max=20.0, step=0.5, description="w", continuous_update=True

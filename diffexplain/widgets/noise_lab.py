@@ -26,7 +26,7 @@ from diffexplain.widgets.base import (
     png,
     vp_scale,
 )
-from diffexplain.widgets.controls import panels
+from diffexplain.widgets.controls import panels, preview_checkbox, prompt_box
 from diffexplain.widgets.inputs import SeedBox, steps_box
 
 if TYPE_CHECKING:
@@ -78,8 +78,7 @@ class NoiseLab(DxWidget):
             default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
         )
         self.custom_noise: torch.Tensor | None = None
-        self.prompt = W.Text(value=prompt, description="prompt", layout=W.Layout(width="480px"))
-        self.prompt.add_class("dx-prompt")
+        self.prompt = prompt_box(prompt)
         self.steps = steps_box(num_inference_steps or default_steps(explainer))
         self.source = W.Dropdown(options=SOURCES, value="seed", description="start from")
         self.source.add_class("dx-noise-source")
@@ -89,9 +88,7 @@ class NoiseLab(DxWidget):
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="image")
         self.upload.add_class("dx-noise-upload")
         self.run_button = button("Run from this start", "dx-run", style="primary")
-        self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
-        self.preview.add_class("dx-preview-toggle")
-        self.preview.disabled = explainer.vae is None
+        self.preview = preview_checkbox(disabled=explainer.vae is None)
 
         self.step = W.IntSlider(value=0, min=0, max=1, description="step k", continuous_update=False)
         self.step.add_class("dx-inject-step")

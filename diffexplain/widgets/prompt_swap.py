@@ -24,7 +24,7 @@ from diffexplain.widgets.base import (
     help_box,
     png,
 )
-from diffexplain.widgets.controls import panels
+from diffexplain.widgets.controls import panels, preview_checkbox, prompt_box
 from diffexplain.widgets.inputs import SeedBox, steps_box
 
 if TYPE_CHECKING:
@@ -65,16 +65,12 @@ class PromptSwap(DxWidget):
         self.guidance_scale = (
             default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
         )
-        self.prompt_a = W.Text(value=prompt_a, description="prompt A", layout=W.Layout(width="460px"))
-        self.prompt_a.add_class("dx-prompt-a")
-        self.prompt_b = W.Text(value=prompt_b, description="prompt B", layout=W.Layout(width="460px"))
-        self.prompt_b.add_class("dx-prompt-b")
+        self.prompt_a = prompt_box(prompt_a, description="prompt A", css="dx-prompt-a", width="460px")
+        self.prompt_b = prompt_box(prompt_b, description="prompt B", css="dx-prompt-b", width="460px")
         self.seed = SeedBox(seed)
         self.steps = steps_box(num_inference_steps or default_steps(explainer))
         self.run_button = button("Run prompt A", "dx-run", style="primary")
-        self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
-        self.preview.add_class("dx-preview-toggle")
-        self.preview.disabled = explainer.vae is None
+        self.preview = preview_checkbox(disabled=explainer.vae is None)
         self.step = W.IntSlider(value=0, min=0, max=1, description="swap at k", continuous_update=False)
         self.step.add_class("dx-swap-step")
         self.swap_button = button("Switch to B from step k", "dx-swap-button", style="warning")

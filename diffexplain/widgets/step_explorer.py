@@ -32,7 +32,7 @@ from diffexplain.widgets.base import (
     vp_scale,
     words,
 )
-from diffexplain.widgets.controls import panels
+from diffexplain.widgets.controls import panels, preview_checkbox
 from diffexplain.widgets.stages import chooser_width, embedding_caption, stage_chooser
 
 if TYPE_CHECKING:
@@ -109,8 +109,7 @@ class StepExplorer(DxWidget):
         self.play = W.Play(value=0, min=0, max=1, interval=600, description="play")
         self.play.add_class("dx-play")
         W.jslink((self.play, "value"), (self.slider, "value"))
-        self.preview = W.Checkbox(value=False, description="fast latent preview (no VAE)", indent=False)
-        self.preview.add_class("dx-preview-toggle")
+        self.preview = preview_checkbox()  # enabled per trace, in _switch
         self.header = W.HTML()
         self.header.add_class("dx-header")
         self.info = W.HTML()
