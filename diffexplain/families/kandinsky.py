@@ -45,6 +45,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.families.learned_variance import LearnedVariance, check_output_channels
 from diffexplain.families.sd import uncond_prompts
+from diffexplain.families.vae import MovqAdapter
 from diffexplain.names import HookPoint
 
 
@@ -304,6 +305,10 @@ class KandinskyDecoder(LearnedVariance, Family):
         """The MoVQ (a ``VQModel``): it decodes the latents, as a VAE does."""
         return self.parts["movq"]
 
+    def vae_adapter(self) -> MovqAdapter:
+        """The MoVQ's adapter: no scaling, ``.latents`` out of its encoder, decoded without quantising."""
+        return MovqAdapter(self.vae)
+
     def default_size(self) -> tuple[int, int]:
         """The U-Net's sample_size × the MoVQ's scale factor (``KandinskyV22Pipeline`` itself defaults to
         512 × 512 whatever the config: pass ``height`` and ``width`` to match it)."""
@@ -414,14 +419,3 @@ class KandinskyDecoder(LearnedVariance, Family):
             added_cond_kwargs={"image_embeds": conditioning["embeds"]},
             return_dict=False,
         )[0]
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents → picture [B, 3, H, W] in [-1, 1]: ``movq.decode(latents, force_not_quantize=True)``."""
-        movq = self.vae
-        return movq.decode(latents.to(movq.dtype), force_not_quantize=True)["sample"]
-
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Picture [B, 3, H, W] in [-1, 1] → latents (``movq.encode(...).latents``, as the img2img pipeline)."""
-        movq, model = self.vae, self.model
-        latents = movq.encode(pixels.to(device=model.device, dtype=movq.dtype)).latents
-        return latents.to(model.dtype)

@@ -16,6 +16,7 @@ import torch
 from diffexplain.attention.tokens import Token
 from diffexplain.families.base import Conditioning, conditioning_points
 from diffexplain.families.sd import StableDiffusion
+from diffexplain.families.vae import SdxlVaeAdapter
 from diffexplain.names import HookPoint
 from diffexplain.prompt_limits import TextLimit, text_limit
 
@@ -145,25 +146,8 @@ class StableDiffusionXL(StableDiffusion):
             **model_kwargs,
         )[0]
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """As the pipeline: in float32 when an fp16 VAE asks for it (``force_upcast``); latents_mean/std if set."""
+    def vae_adapter(self) -> SdxlVaeAdapter | None:
+        """SDXL's VAE decodes as its pipeline: in float32 when an fp16 VAE asks for it (``force_upcast``),
+        with ``latents_mean`` / ``latents_std`` if set (``SdxlVaeAdapter``)."""
         vae = self.vae
-        if vae is None:
-            return latents
-        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-        if upcast:
-            vae.to(dtype=torch.float32)
-        try:
-            mean = getattr(vae.config, "latents_mean", None)
-            std = getattr(vae.config, "latents_std", None)
-            z = latents.to(vae.dtype)
-            if mean is not None and std is not None:
-                mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
-                std_t = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
-                z = z * std_t / vae.config.scaling_factor + mean_t
-            else:
-                z = z / vae.config.scaling_factor
-            return vae.decode(z, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(dtype=torch.float16)
+        return None if vae is None else SdxlVaeAdapter(vae)
