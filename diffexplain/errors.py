@@ -19,6 +19,11 @@ class TraceKeyError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class AmbiguousPartsError(TypeError):
+    """The parts given to ``Explainer(**parts)`` fit more than one pipeline family (the message names the
+    candidates and how to choose: ``Explainer(family=...)`` or ``Explainer.from_pipeline``)."""
+
+
 class ModelFolderError(ValueError):
     """A model folder is missing a file, or a file is not what diffexplain wrote."""
 

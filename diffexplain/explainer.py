@@ -15,6 +15,7 @@ from diffexplain import checks
 from diffexplain.attention.layers import with_attention_points
 from diffexplain.families import FAMILIES, Family, family_from_pipeline, supported_pipelines
 from diffexplain.families.base import Conditioning
+from diffexplain.families.parts import family_from_parts
 from diffexplain.fingerprint import LazyFingerprint, same_weights
 from diffexplain.guidance import guidance_on
 from diffexplain.hooks import Hook, HookSpec, as_hooks
@@ -26,18 +27,6 @@ from diffexplain.scheduler_state import describe, effective_config, scheduler_by
 from diffexplain.settings import RunSettings
 from diffexplain.threads import check_threads, cpu_threads, decide_threads
 from diffexplain.trace import Trace, resolve_keep
-
-
-def family_from_parts(parts: dict[str, Any]) -> Family:
-    """The family whose pipeline takes exactly these parts (``vae`` optional); ``TypeError`` if none does."""
-    given = set(parts) - {"vae"}
-    for family in FAMILIES.values():
-        if given == set(family.part_names) - {"vae"}:
-            return family(**parts)
-    expected = "; ".join(f"{f.label}: {', '.join(f.part_names)}" for f in FAMILIES.values())
-    raise TypeError(
-        f"no pipeline family takes the parts {', '.join(sorted(parts))}; expected one of: {expected}"
-    )
 
 
 class Explainer:

@@ -1,7 +1,8 @@
-"""Pipeline families: one adapter each, picked from the pipeline's class (see ``families.base``).
+"""Pipeline families: one adapter each, picked from the pipeline's class (see ``families.base``), or
+from the parts' names and kinds (``families.parts``).
 
-Adding a family is an addition: its adapter module, its entry in ``FAMILIES``, its tests and its
-docs page; nothing in the loop changes.
+Adding a family is an addition: its adapter module (the contract: ``Family``'s docstring), its entry in
+``FAMILIES``, its tests and its docs page; nothing in the loop changes.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.families.deepfloyd_if import IF, IFSuperResolution
 from diffexplain.families.flux import Flux
 from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
+from diffexplain.families.parts import AmbiguousPartsError, PartKind, family_from_parts
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
 from diffexplain.families.sdxl import StableDiffusionXL
+from diffexplain.families.vae import VaeAdapter
 from diffexplain.names import all_hook_names
 
 FAMILIES: dict[str, type[Family]] = {
@@ -63,6 +66,7 @@ def family_from_pipeline(pipe: Any) -> Family:
 __all__ = [
     "ALL_HOOK_NAMES",
     "FAMILIES",
+    "AmbiguousPartsError",
     "Conditioning",
     "Family",
     "Flux",
@@ -70,11 +74,14 @@ __all__ = [
     "IFSuperResolution",
     "KandinskyDecoder",
     "KandinskyPrior",
+    "PartKind",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
+    "VaeAdapter",
     "conditioning_point",
     "family_for_pipeline",
+    "family_from_parts",
     "family_from_pipeline",
     "supported_pipelines",
 ]

@@ -25,6 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.layers import AttentionLayer, find_attention_layers
 from diffexplain.attention.tokens import Token, tokenize
+from diffexplain.families.parts import PartKind
 from diffexplain.families.vae import VaeAdapter
 from diffexplain.names import HOOK_POINTS, HookPoint, declare_points
 from diffexplain.noise_levels import NoiseLevel, noise_level
@@ -66,7 +67,9 @@ class Family(ABC):
       ``encode`` (a prompt → each branch's conditioning) and ``predict`` (one model call on both branches);
     - **optional class attributes** (their defaults are commented below): ``model_attr``, ``output_kind``,
       ``conditioning_keys``, ``extra_points``, ``scheduler_names``, ``default_steps``,
-      ``default_guidance_scale``, ``compare_guidance_scale`` and ``attention_kind``;
+      ``default_guidance_scale``, ``compare_guidance_scale``, ``attention_kind`` and ``part_kinds`` (what
+      ``family_from_parts`` checks of the parts beyond their names, to tell apart families whose parts
+      have the same names);
     - **optional, the prompt**: ``run_options``, ``model_kwargs``, ``guidance_distilled``, ``prompt_tokens``,
       ``negative_prompt_tokens``, ``text_limits``, ``attention_layers`` (with ``attention_kind``);
     - **optional, the model's output**: ``noise_level``, ``split_output``, ``scheduler_input``, ``add_noise``;
@@ -90,6 +93,9 @@ class Family(ABC):
     extra_points: ClassVar[tuple[HookPoint, ...]] = ()  # hook points this family adds to the loop's
     scheduler_names: ClassVar[Mapping[str, tuple[type, dict[str, Any]]]] = SCHEDULER_NAMES
     part_names: ClassVar[tuple[str, ...]]  # the constructor arguments it takes (the pipeline's parts)
+    # what family_from_parts checks of some parts beyond their names (class, config), to tell apart
+    # families whose parts have the same names (SD without a VAE and IF stage I); none by default
+    part_kinds: ClassVar[Mapping[str, PartKind]] = {}
     default_steps: ClassVar[int] = 25  # run() defaults where the model folder recommends none
     default_guidance_scale: ClassVar[float] = 7.5  # the family's pipeline default
     # the guided side of a guidance comparison (GuidanceLab) where the default is w ≤ 1 (no guidance)

@@ -25,6 +25,7 @@ keys): not a cross-attention layer diffexplain captures, so IF traces have no at
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +35,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.families.learned_variance import LearnedVariance, check_output_channels
+from diffexplain.families.parts import PartKind, config_value
 from diffexplain.families.sd import uncond_prompts
 from diffexplain.prompt_limits import TextLimit, text_limit
 
@@ -42,6 +44,18 @@ IF_MAX_LENGTH = 77
 
 DEFAULT_NOISE_LEVEL = 250
 """``IFSuperResolutionPipeline``'s ``noise_level`` default: how much the upscaled stage-I image is noised."""
+
+
+def learns_variance_of_x_t(unet: Any) -> bool:
+    """Stage I's U-Net reads x_t [B, C, H, W] and outputs ε and a learned variance: out = 2 × in channels."""
+    out, into = config_value(unet, "out_channels"), config_value(unet, "in_channels")
+    return out is not None and into is not None and int(out) == 2 * int(into)
+
+
+def learns_variance_beside_image(unet: Any) -> bool:
+    """Stage II's U-Net reads cat([x_t, x_up]) (2C channels) and outputs ε and a variance (2C): out = in."""
+    out, into = config_value(unet, "out_channels"), config_value(unet, "in_channels")
+    return out is not None and into is not None and int(out) == int(into)
 
 
 def token_count(tokenizer: Any) -> int:
@@ -99,6 +113,15 @@ class IF(LearnedVariance, Family):
     label: ClassVar[str] = "DeepFloyd IF stage I"
     pipeline_class: ClassVar[str] = "IFPipeline"
     part_names: ClassVar[tuple[str, ...]] = ("unet", "tokenizer", "text_encoder")
+    # named as SD's parts without a VAE: IF's U-Net predicts a variance beside ε (its text encoder, T5 in
+    # IF itself, MiniLM in the embedded pixel cascade, tells nothing)
+    part_kinds: ClassVar[Mapping[str, PartKind]] = {
+        "unet": PartKind(
+            ("UNet2DConditionModel",),
+            "out_channels = 2 × in_channels (ε and a learned variance)",
+            learns_variance_of_x_t,
+        )
+    }
     default_steps: ClassVar[int] = 100  # IFPipeline's defaults
     default_guidance_scale: ClassVar[float] = 7.0
 
@@ -167,6 +190,13 @@ class IFSuperResolution(IF):
     label: ClassVar[str] = "DeepFloyd IF stage II (super-resolution)"
     pipeline_class: ClassVar[str] = "IFSuperResolutionPipeline"
     part_names: ClassVar[tuple[str, ...]] = ("unet", "tokenizer", "text_encoder", "image_noising_scheduler")
+    part_kinds: ClassVar[Mapping[str, PartKind]] = {
+        "unet": PartKind(
+            ("UNet2DConditionModel",),
+            "out_channels = in_channels (x_t beside x_up in; ε and a learned variance out)",
+            learns_variance_beside_image,
+        )
+    }
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds", "image", "noise_level")
     extra_points = (
         *conditioning_points(

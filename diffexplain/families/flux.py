@@ -43,6 +43,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.checks import check_float
 from diffexplain.families.base import Conditioning, conditioning_points
+from diffexplain.families.parts import PartKind
 from diffexplain.families.sd3 import FlowMatching
 from diffexplain.names import HookPoint
 from diffexplain.prompt_limits import TextLimit, text_limit
@@ -122,6 +123,7 @@ class Flux(FlowMatching):
         "text_encoder_2",
         "vae",
     )
+    part_kinds: ClassVar[Mapping[str, PartKind]] = {"transformer": PartKind(("FluxTransformer2DModel",))}
     default_steps: ClassVar[int] = 28  # FluxPipeline's defaults (Flux dev)
     default_guidance_scale: ClassVar[float] = 1.0  # w = true_cfg_scale: one branch; g defaults to 3.5
     compare_guidance_scale: ClassVar[float] = 4.0  # true CFG as diffusers' examples set true_cfg_scale

@@ -44,6 +44,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.families.learned_variance import LearnedVariance, check_output_channels
+from diffexplain.families.parts import PartKind
 from diffexplain.families.sd import uncond_prompts
 from diffexplain.families.vae import MovqAdapter
 from diffexplain.names import HookPoint
@@ -108,6 +109,7 @@ class KandinskyPrior(Family):
     model_attr: ClassVar[str] = "prior"
     output_kind: ClassVar[str] = "image embedding"
     part_names: ClassVar[tuple[str, ...]] = ("prior", "image_encoder", "text_encoder", "tokenizer")
+    part_kinds: ClassVar[Mapping[str, PartKind]] = {"prior": PartKind(("PriorTransformer",))}
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds", "text_embeds", "mask")
     extra_points = (
         *conditioning_points("text_embeds", "CLIP's projected (pooled) text embedding", "[B, D]"),
@@ -274,6 +276,10 @@ class KandinskyDecoder(LearnedVariance, Family):
     label: ClassVar[str] = "Kandinsky 2.2 decoder"
     pipeline_class: ClassVar[str] = "KandinskyV22Pipeline"
     part_names: ClassVar[tuple[str, ...]] = ("unet", "movq")
+    part_kinds: ClassVar[Mapping[str, PartKind]] = {
+        "unet": PartKind(("UNet2DConditionModel",)),
+        "movq": PartKind(("VQModel",)),
+    }
     default_steps: ClassVar[int] = 100  # KandinskyV22Pipeline's defaults
     default_guidance_scale: ClassVar[float] = 4.0
     stage_input_point: ClassVar[tuple[str, str]] = (

@@ -6,11 +6,13 @@ space). Guidance-distilled U-Nets (``time_cond_proj_dim``, e.g. LCM) take w as `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
 from diffexplain.families.base import Conditioning, Family
+from diffexplain.families.parts import PartKind, config_value
 
 
 def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int, dtype: torch.dtype) -> torch.Tensor:
@@ -24,6 +26,13 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int, dtype: torch.d
     if embedding_dim % 2 == 1:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
+
+
+def predicts_output_alone(unet: Any) -> bool:
+    """Whether a U-Net's output is shaped like its input (ε or v alone, no learned variance beside it);
+    True where its config does not say (a U-Net without ``in_channels`` / ``out_channels``)."""
+    out, into = config_value(unet, "out_channels"), config_value(unet, "in_channels")
+    return out is None or into is None or int(out) == int(into)
 
 
 def uncond_prompts(negative_prompt: str | list[str] | None, batch_size: int) -> list[str]:
@@ -73,6 +82,14 @@ class StableDiffusion(Family):
     label: ClassVar[str] = "Stable Diffusion 1.x / 2.x"
     pipeline_class: ClassVar[str] = "StableDiffusionPipeline"
     part_names: ClassVar[tuple[str, ...]] = ("unet", "tokenizer", "text_encoder", "vae")
+    # without a VAE its parts are named as IF stage I's: its U-Net predicts ε or v alone, IF's a variance too
+    part_kinds: ClassVar[Mapping[str, PartKind]] = {
+        "unet": PartKind(
+            ("UNet2DConditionModel",),
+            "out_channels = in_channels (ε or v alone, no learned variance)",
+            predicts_output_alone,
+        )
+    }
 
     def describe(self) -> dict[str, Any]:
         """The base description plus the U-Net's block widths (kept for older readers of trace files)."""

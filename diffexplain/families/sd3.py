@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
+from diffexplain.families.parts import PartKind
 from diffexplain.names import HookPoint
 from diffexplain.noise_levels import NoiseLevel, step_index
 from diffexplain.prompt_limits import TextLimit, text_limit
@@ -70,6 +71,7 @@ class StableDiffusion3(FlowMatching):
         "text_encoder_3",
         "vae",
     )
+    part_kinds: ClassVar[Mapping[str, PartKind]] = {"transformer": PartKind(("SD3Transformer2DModel",))}
     default_steps: ClassVar[int] = 28  # StableDiffusion3Pipeline's defaults
     default_guidance_scale: ClassVar[float] = 7.0
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds", "pooled")
