@@ -15,8 +15,7 @@ from diffexplain.names import HOOK_NAMES, HOOK_POINTS, HookPoint
 from diffexplain.noise_levels import NoiseLevel
 from diffexplain.scheduler_state import SCHEDULER_NAMES
 from diffexplain.trace import Reguided, StepRecord, Trace
-
-__version__ = "0.1.0"
+from diffexplain.version import __version__
 
 __all__ = [
     "HOOK_NAMES",

@@ -149,7 +149,7 @@ def apply_input_hooks(
             step=None,
             timestep=None,
             num_steps=len(previous.steps),
-            guidance_scale=float(previous.settings.get("guidance_scale", 1.0)),
+            guidance_scale=previous.run_settings.guidance_scale,
             init_noise_sigma=1.0,
             current=StepTensors({}),
             trace=previous,

@@ -13,8 +13,8 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffexplain import __version__
 from diffexplain.html_page import page_data, render_page, write_text
+from diffexplain.version import __version__
 
 if TYPE_CHECKING:
     from diffexplain.cascade_trace import CascadeTrace
@@ -51,17 +51,16 @@ def _stage_label(trace: CascadeTrace, name: str) -> str:
     from diffexplain.families import FAMILIES
 
     stage = trace.stages[name]
-    family = (stage.settings.get("model") or {}).get("family")
+    family = stage.run_settings.model.get("family")
     model = FAMILIES[family].label if family in FAMILIES else family or "model"
-    size = f"{stage.settings.get('height')}×{stage.settings.get('width')}"
+    size = f"{stage.run_settings.height}×{stage.run_settings.width}"
     return f"{name}: {model}, {size}, {len(stage)} steps"
 
 
 def cascade_page(trace: CascadeTrace, title: str | None = None) -> str:
     """The page's HTML: a button per stage (the last shown first) over each stage's one-trace page."""
-    from diffexplain.cascade_trace import CascadeTrace as CascadeTraceClass
-
-    if not isinstance(trace, CascadeTraceClass) or not trace.stages:
+    # a CascadeTrace, told by what it holds (this module imports no trace code: the trace imports it)
+    if not isinstance(getattr(trace, "stages", None), dict) or not trace.stages:
         raise ValueError(f"trace={trace!r}: expected a CascadeTrace with at least one stage")
     empty = [n for n, t in trace.stages.items() if len(t) == 0]
     if empty:

@@ -8,6 +8,8 @@ import numbers
 import warnings
 from typing import Any
 
+from diffexplain.errors import user_stacklevel
+
 SEED_RANGE = (0, 2**64 - 1)  # what torch.Generator.manual_seed takes without overflowing
 
 
@@ -184,7 +186,7 @@ def check_start_level(level: Any, timestep: float, num_steps: int) -> None:
             "training step (e.g. 10 to 250 steps with DDIM's 'leading' spacing), or a scheduler that "
             "starts at the noisiest step: explainer.set_scheduler('ddim', timestep_spacing='trailing').",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     elif gain > START_GAIN_LIMIT:
         warnings.warn(
@@ -193,5 +195,5 @@ def check_start_level(level: Any, timestep: float, num_steps: int) -> None:
             "become large ones in x̂0, and later steps carry them into the picture (expect garbage). "
             "Use fewer steps (e.g. 25 to 250 with DDIM), whose first step is less extreme.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )

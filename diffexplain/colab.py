@@ -44,7 +44,7 @@ def setup(*, quiet: bool = False) -> str:
     Prints one line saying which diffexplain, which device and, in Colab, that the widget manager is on
     (``quiet=True``: nothing printed).
     """
-    from diffexplain import __version__
+    from diffexplain.version import __version__
 
     widgets = enable_colab_widgets()
     device = pick_notebook_device()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 
 class TraceFileError(ValueError):
     """A trace file is corrupt, truncated, of the wrong format or version, or names something not allowed."""
@@ -36,3 +39,17 @@ class TrainConfigError(ValueError):
 class HubUnreachableError(ConnectionError):
     """A pipeline named by its Hugging Face hub id is not in the local cache, and the hub cannot be reached
     (the message names the id and what to do: a local folder, or ``HF_HUB_OFFLINE=1`` with a filled cache)."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point at the first frame
+    outside diffexplain (the user's line, whichever of ``run``, ``start_run`` or a widget led there)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1  # the function that will call warnings.warn
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        # diffexplain's own frames, and the context-manager wrappers around them (torch.no_grad's)
+        if not (path.startswith(package) or os.path.basename(path) in ("contextlib.py", "_contextlib.py")):
+            break
+        frame, level = frame.f_back, level + 1
+    return level

@@ -13,9 +13,15 @@ import torch
 
 from diffexplain import checks
 from diffexplain.attention.layers import with_attention_points
-from diffexplain.families import FAMILIES, Family, family_from_pipeline, supported_pipelines
+from diffexplain.errors import user_stacklevel
+from diffexplain.families import (
+    FAMILIES,
+    Family,
+    family_from_parts,
+    family_from_pipeline,
+    supported_pipelines,
+)
 from diffexplain.families.base import Conditioning
-from diffexplain.families.parts import family_from_parts
 from diffexplain.fingerprint import LazyFingerprint, same_weights
 from diffexplain.guidance import guidance_on
 from diffexplain.hooks import Hook, HookSpec, as_hooks
@@ -239,7 +245,7 @@ class Explainer:
         """Each branch's conditioning as the loop computes it: (cond, uncond or None), named tensors."""
         h, w = self.family.default_size()
         run_options = self.family.run_options(h, w, **options)
-        warn_cut(cut_prompts(self.family.text_limits(run_options), prompt, negative_prompt), stacklevel=3)
+        warn_cut(cut_prompts(self.family.text_limits(run_options), prompt, negative_prompt))
         return self.family.encode(prompt, negative_prompt, guidance, run_options)
 
     @torch.no_grad()
@@ -531,7 +537,7 @@ class Explainer:
         """Warnings about a run's text before it runs: the words cut at a text encoder's token limit
         (``diffexplain.prompt_limits``), then the words the model never saw, of those it reads."""
         cuts = cut_prompts(self.family.text_limits(options), prompt, negative_prompt)
-        warn_cut(cuts, stacklevel=3)  # at the caller of start_run / start_fork
+        warn_cut(cuts)  # at the user's line
         if prompt is not None:
             self._warn_unknown_words(prompt, cuts)
 
@@ -551,7 +557,7 @@ class Explainer:
                 f"{', '.join(repr(w) for w in unknown)} are not in it: expect a picture that ignores them "
                 f"(often a blank one). It knows: {', '.join(sorted(self.vocabulary))}",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=user_stacklevel(),
             )
 
     def __repr__(self) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffexplain import __version__, render
+from diffexplain import render
 from diffexplain.errors import TraceKeyError
 from diffexplain.explanations import (
     GUIDANCE_OFF,
@@ -33,6 +33,7 @@ from diffexplain.explanations import (
     TIMELINE_SERIES,
     TIMELINE_TITLE,
 )
+from diffexplain.version import __version__
 from diffexplain.views import cosine, difference_image, is_pixel_space, rms, shown_latents, words
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class _Pictures:
         self.trace = trace
         self.previews = trace.ensure_previews()  # made now when the model is known; kept on the trace
         self.pixel_space = is_pixel_space(trace, trace.explainer)
-        self.rgb = getattr(trace.explainer, "latent_rgb", None) or trace.settings.get("latent_rgb")
+        self.rgb = getattr(trace.explainer, "latent_rgb", None) or trace.run_settings.latent_rgb
 
     @property
     def kind(self) -> str:
@@ -143,14 +144,15 @@ def _steps(trace: Trace, pictures: _Pictures, cfg: bool) -> tuple[list[dict[str,
 
 
 def _label(trace: Trace) -> str:
-    w = float(trace.settings.get("guidance_scale", 0))
-    return f"guidance off (w = {w:g})" if w <= 1 else f"guidance on (w = {w:g})"
+    """Guidance on or off as the run decided it (``do_cfg``: a distilled model takes w without CFG)."""
+    w = trace.run_settings.guidance_scale
+    return f"guidance on (w = {w:g})" if trace.run_settings.do_cfg else f"guidance off (w = {w:g})"
 
 
 def _comparison(trace: Trace, compare: Trace) -> dict[str, Any]:
     """The two runs side by side, the one with the smaller w first: x̂0 per step and the final pictures."""
 
-    pair = sorted([trace, compare], key=lambda t: float(t.settings.get("guidance_scale", 0)))
+    pair = sorted([trace, compare], key=lambda t: t.run_settings.guidance_scale)
     pictures = [_Pictures(t) for t in pair]
     finals = [_final(t, p) for t, p in zip(pair, pictures, strict=True)]
     diff = None
@@ -160,8 +162,8 @@ def _comparison(trace: Trace, compare: Trace) -> dict[str, Any]:
             diff = data_uri(difference_image(a, b))
     same_steps = len(pair[0]) == len(pair[1])
     x0 = [[p.get("pred_x0", k) for p in pictures] for k in range(len(trace))] if same_steps else None
-    prompts = {str(t.settings.get("prompt")) for t in pair}
-    seeds = {str(t.settings.get("seed")) for t in pair}
+    prompts = {str(t.run_settings.prompt) for t in pair}
+    seeds = {str(t.run_settings.seed) for t in pair}
     same = "the same prompt and seed" if len(prompts) == 1 and len(seeds) == 1 else "two runs"
     return {
         "labels": [_label(t) for t in pair],
@@ -177,13 +179,16 @@ def _comparison(trace: Trace, compare: Trace) -> dict[str, Any]:
     }
 
 
+def _is_trace(value: Any) -> bool:
+    """A ``Trace`` (told by what it holds: this module imports no trace code, so the trace may import it)."""
+    return isinstance(getattr(value, "steps", None), list) and hasattr(value, "run_settings")
+
+
 def page_data(trace: Trace, compare: Trace | None = None, title: str | None = None) -> dict[str, Any]:
     """Everything the page shows, JSON-ready (pictures as data URIs)."""
-    from diffexplain.trace import Trace as TraceClass
-
-    if not isinstance(trace, TraceClass) or len(trace) == 0:
+    if not _is_trace(trace) or len(trace) == 0:
         raise ValueError(f"trace={trace!r}: expected a Trace with at least one finished step")
-    if compare is not None and not (isinstance(compare, TraceClass) and len(compare) > 0):
+    if compare is not None and not (_is_trace(compare) and len(compare) > 0):
         raise TypeError(
             f"compare={compare!r}: expected a Trace with finished steps (e.g. the same run, w = 1)"
         )

@@ -24,6 +24,7 @@ from PIL import Image
 
 from diffexplain import render
 from diffexplain.checks import check_optional_float
+from diffexplain.errors import user_stacklevel
 from diffexplain.views import shown_latents
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def can_make(trace: Trace, explainer: Explainer | None = None) -> bool:
     explainer = explainer if explainer is not None else trace.explainer
     if explainer is not None:
         return True  # its VAE decodes, or (vae=None) the latents are pixels
-    return (trace.settings.get("model") or {}).get("vae") is None and bool(trace.settings.get("model"))
+    return trace.run_settings.model.get("vae") is None and bool(trace.run_settings.model)
 
 
 def _fit(image: Image.Image, max_size: int) -> Image.Image:
@@ -124,9 +125,7 @@ def make_previews(
     budget_s = check_optional_float("budget_s", budget_s, low=0.0, meaning="seconds allowed for all previews")
     explainer = explainer if explainer is not None else trace.explainer
     pixel_space = (
-        explainer.vae is None
-        if explainer is not None
-        else (trace.settings.get("model") or {}).get("vae") is None
+        explainer.vae is None if explainer is not None else trace.run_settings.model.get("vae") is None
     )
     if explainer is None and not pixel_space:
         raise ValueError(
@@ -199,7 +198,7 @@ def ensure_previews(trace: Trace, *, required: bool = False) -> Previews | None:
         warnings.warn(
             f"previews left out: {trace._previews_too_slow}. trace.save(path, previews=True) makes them "
             "anyway; without them a trace opened without the model shows the fast latent preview",
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     return trace.previews if trace.previews is not None and len(trace.previews) == len(trace) else None
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from diffexplain.errors import user_stacklevel
+
 
 @dataclass(frozen=True)
 class TextLimit:
@@ -125,8 +127,9 @@ def read_text(text: str, cuts: Sequence[PromptCut]) -> str:
     return text
 
 
-def warn_cut(cuts: Sequence[PromptCut], *, stacklevel: int = 2) -> None:
-    """One ``UserWarning`` per cut prompt, naming each encoder that cuts it, its limit and the words dropped."""
+def warn_cut(cuts: Sequence[PromptCut], *, stacklevel: int | None = None) -> None:
+    """One ``UserWarning`` per cut prompt, naming each encoder that cuts it, its limit and the words dropped;
+    shown at ``stacklevel`` (None: the first line outside diffexplain)."""
     for cut in cuts:
         details = "; ".join(
             f"{limit.encoder} reads at most {limit.max_length} tokens (start and end tokens included), "
@@ -140,5 +143,5 @@ def warn_cut(cuts: Sequence[PromptCut], *, stacklevel: int = 2) -> None:
         warnings.warn(
             f"{cut.argument} is {effect}: {details}. Shorten the prompt, or put what matters first.",
             UserWarning,
-            stacklevel=stacklevel + 1,
+            stacklevel=user_stacklevel() if stacklevel is None else stacklevel + 1,
         )

@@ -48,7 +48,7 @@ def pred_x0_strip(
 def cfg_comparison(off: Trace, on: Trace, size: int = 128) -> Image.Image:
     """Guidance off | guidance on | their absolute difference, same seed and prompt."""
     a, b = to_pil(off["decode.image"], size=size), to_pil(on["decode.image"], size=size)
-    w_on = on.settings["guidance_scale"]
+    w_on = on.run_settings.guidance_scale
     return strip([a, b, ImageChops.difference(a, b)], ["CFG off (w=1)", f"CFG on (w={w_on:g})", "difference"])
 
 

@@ -69,7 +69,7 @@ def words(trace: Trace | None, explainer: Explainer | None = None) -> dict[str, 
     flow model (SD3), "pixels" for a pixel model (IF), "image embeddings" for Kandinsky's prior."""
     family = explainer.family if explainer is not None else None
     if family is None and trace is not None:
-        family = FAMILIES.get((trace.settings.get("model") or {}).get("family", "sd"))
+        family = FAMILIES.get(trace.run_settings.family)
     if family is None:
         return {"model": "U-Net", "output": "noise", "xt": "latents"}
     if family.output_kind == "image embedding":
@@ -80,7 +80,7 @@ def words(trace: Trace | None, explainer: Explainer | None = None) -> dict[str, 
         xt = "pixels"
     else:
         xt = "latents"
-    prediction = (trace.settings.get("prediction_type") if trace is not None else None) or (
+    prediction = (trace.run_settings.prediction_type if trace is not None else None) or (
         getattr(getattr(explainer, "scheduler", None), "config", {}).get("prediction_type")
     )
     return {
@@ -96,7 +96,7 @@ def is_pixel_space(trace: Trace, explainer: Explainer | None = None) -> bool:
     """True when the trace's model has no VAE (the U-Net denoises pixels)."""
     if explainer is not None:
         return explainer.vae is None
-    return (trace.settings.get("model") or {}).get("vae") is None
+    return trace.run_settings.model.get("vae") is None
 
 
 def is_sigma_space(scheduler_class: str) -> bool:
@@ -108,7 +108,7 @@ def is_sigma_space(scheduler_class: str) -> bool:
 
 def vp_scale(trace: Trace, step: int) -> float:
     """Factor that shows x_t at unit variance: 1/√(1+σ²) for σ-space schedulers (Euler, Heun ...), else 1."""
-    name = (trace.settings.get("scheduler") or {}).get("class", "")
+    name = trace.run_settings.scheduler.get("class", "")
     return 1.0 / math.sqrt(1.0 + trace.steps[step].level.sigma ** 2) if is_sigma_space(name) else 1.0
 
 

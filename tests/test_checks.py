@@ -207,3 +207,15 @@ def test_a_seed_box_takes_an_int_and_refuses_what_the_number_box_misread():
     box.value = "1e30"
     with pytest.raises(ValueError, match=r"the seed box holds '1e30': type a whole number from 0"):
         _ = box.seed
+
+
+def test_warnings_point_at_the_users_line_through_run_and_its_job(explainer):
+    """A warning from inside run (a cut prompt) or from inside its loop (an extreme first step) is shown
+    at the caller's line, not at a line of diffexplain, torch.no_grad or the job's wrapper."""
+    import warnings
+
+    long_prompt = "a red square on the left " * 8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer.run(long_prompt, num_inference_steps=1, seed=0)
+    assert caught and all(w.filename == __file__ for w in caught), [(w.filename, w.lineno) for w in caught]

@@ -54,3 +54,12 @@ def test_hooks_do_not_import_the_family_registry():
     # every family's own points are declared by its class, so a Hook may name them before meeting a model
     for family in diffexplain.families.FAMILIES.values():
         assert {p.name for p in family.extra_points} <= set(all_hook_names()), family.name
+
+
+def test_no_import_cycle_at_run_time_not_even_through_function_local_imports():
+    """scripts/import_graph.py reads every module's imports (module-level and inside functions) with ast."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "import_graph.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and "runtime import cycles (MOD and LOCAL arrows): 0" in result.stdout, (
+        result.stdout + result.stderr
+    )

@@ -169,7 +169,7 @@ def test_the_scheduler_sigma_is_recorded_where_the_scheduler_has_one():
     assert len(sigmas) == 3 and scheduler is not None
 
 
-def test_a_file_written_before_a_point_was_declared_still_loads(declaring, explainer, tmp_path):
+def test_a_file_written_before_a_point_was_declared_still_loads(declaring, tmp_path):
     """Additive: a trace saved without the new point loads with the points it was made with."""
     import json as json_module
 

@@ -127,16 +127,10 @@ def test_an_unsupported_pipeline_gets_an_error_naming_the_supported_ones(parts):
 
 
 def test_families_are_picked_from_the_parts(explainer):
-    assert isinstance(explainer.family, StableDiffusion) and set(FAMILIES) == {
-        "sd",
-        "sdxl",
-        "sd3",
-        "flux",
-        "if",
-        "if_sr",
-        "kandinsky_prior",
-        "kandinsky",
-    }
+    # a new family is an addition: this test names the ones it relies on, not every one
+    assert isinstance(explainer.family, StableDiffusion)
+    assert {"sd", "sdxl", "sd3", "flux", "if", "if_sr", "kandinsky_prior", "kandinsky"} <= set(FAMILIES)
+    assert all(FAMILIES[name].name == name for name in FAMILIES)
     assert "Explainer(unet=UNet2DConditionModel, family=sd" in repr(explainer)
 
 

@@ -32,6 +32,7 @@ from diffexplain.attention.layers import PREFIX, grid_of, layer_of, resolution_n
 from diffexplain.attention.maps import token_indices
 from diffexplain.attention.tokens import Token
 from diffexplain.checks import check_float
+from diffexplain.errors import user_stacklevel
 from diffexplain.hooks import Hook, HookContext, StepFilter
 
 if TYPE_CHECKING:
@@ -270,11 +271,11 @@ def _source_probs(
                 "approximation that changes the picture even for the same prompt. For exact maps run the "
                 f"source with keep=['*', 'attn.*.probs.{branch}']",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         maps = record.attention[key]  # [B, T, rows, cols]
         theirs = maps.flatten(2).transpose(1, 2)[:, None].expand(-1, like.shape[1], -1, -1)
-        kinds = {x["name"]: x["kind"] for x in (source.settings.get("attention") or {}).get("layers", [])}
+        kinds = {x["name"]: x["kind"] for x in (source.run_settings.attention or {}).get("layers", [])}
         if kinds.get(layer) == "joint":  # the maps sum to 1 over the text; this block to the text's share
             theirs = theirs.to(like.dtype) * like.sum(dim=-1, keepdim=True)
     if theirs.shape[0] != like.shape[0]:

@@ -32,7 +32,7 @@ LayerFilter = str | int | Iterable[str | int] | None
 
 def attention_info(trace: Trace) -> dict[str, Any]:
     """The trace's attention record (layers, resolutions, tokens); ``TraceKeyError`` if it has none."""
-    info = trace.settings.get("attention")
+    info = trace.run_settings.attention
     if not info:
         raise TraceKeyError(
             "this trace has no attention record: it was made with attention_maps=False, by a model "
@@ -53,7 +53,7 @@ def token_lists(trace: Trace, branch: str = "cond") -> list[list[Token]]:
 
 def _prompts(trace: Trace, branch: str) -> list[str]:
     key = "prompt" if branch == "cond" else "negative_prompt"
-    value = trace.settings.get(key) or ""
+    value = getattr(trace.run_settings, key) or ""
     return [value] if isinstance(value, str) else list(value)
 
 
@@ -161,7 +161,7 @@ def attention_maps(
     chosen = _steps(trace, steps, branch)
     resolutions, names = _selection(trace, layers)
     by_resolution = attention_info(trace).get("resolutions") or {}
-    height, width = size or (int(trace.settings["height"]), int(trace.settings["width"]))
+    height, width = size or (trace.run_settings.height, trace.run_settings.width)
     total, weight = None, 0
     for step in chosen:
         record = trace.steps[step]
@@ -188,7 +188,7 @@ def _missing(trace: Trace, branch: str, step: int) -> str:
             f"step {step} was copied from the trace this fork started from (at step {trace.forked_from}), "
             f"which kept no {branch} maps there: choose steps {trace.forked_from}..{len(trace) - 1}"
         )
-    if branch == "uncond" and not trace.settings.get("do_cfg", True):
+    if branch == "uncond" and not trace.run_settings.do_cfg:
         return "there are no uncond maps: guidance was off (guidance_scale ≤ 1), so that branch never ran"
     if not attention_info(trace).get("maps", True):
         return "this trace was made with attention_maps=False: it keeps no maps"

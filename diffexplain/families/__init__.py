@@ -7,13 +7,14 @@ Adding a family is an addition: its adapter module (the contract: ``Family``'s d
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.families.deepfloyd_if import IF, IFSuperResolution
 from diffexplain.families.flux import Flux
 from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
-from diffexplain.families.parts import AmbiguousPartsError, PartKind, family_from_parts
+from diffexplain.families.parts import AmbiguousPartsError, PartKind, pick_family
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
 from diffexplain.families.sdxl import StableDiffusionXL
@@ -37,6 +38,16 @@ FAMILIES: dict[str, type[Family]] = {
 
 ALL_HOOK_NAMES: tuple[str, ...] = all_hook_names()
 """The loop's hook names and every family's own (what a ``Hook`` may name before it meets a model)."""
+
+
+def family_from_parts(parts: Mapping[str, Any], families: Iterable[type[Family]] | None = None) -> Family:
+    """The one family (of ``families``, by default every one in ``FAMILIES``) that the parts fit, built
+    over them: by the parts' names (``vae`` optional), then by their declared ``part_kinds``.
+
+    ``TypeError`` naming what each family expects if none fits; ``AmbiguousPartsError`` (a ``TypeError``)
+    naming the candidates, and how to pick one, if several do.
+    """
+    return pick_family(parts, FAMILIES.values() if families is None else families)
 
 
 def supported_pipelines() -> str:

@@ -42,6 +42,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.checks import check_float
+from diffexplain.errors import user_stacklevel
 from diffexplain.families.base import Conditioning, conditioning_points
 from diffexplain.families.parts import PartKind
 from diffexplain.families.sd3 import FlowMatching
@@ -313,7 +314,7 @@ class Flux(FlowMatching):
             "model's own guidance input, is embedded_guidance= here (default 3.5): for a run like "
             "pipe(prompt, guidance_scale=g), leave guidance_scale at 1 and pass embedded_guidance=g.",
             UserWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
 
     def model_kwargs(self, guidance_scale: float, latents: torch.Tensor) -> dict[str, Any]:

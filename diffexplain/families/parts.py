@@ -92,17 +92,14 @@ def kind_problems(family: type[Family], parts: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def family_from_parts(parts: Mapping[str, Any], families: Iterable[type[Family]] | None = None) -> Family:
-    """The one family (of ``families``, by default every one in ``FAMILIES``) that the parts fit, built
-    over them: by the parts' names (``vae`` optional), then by their declared ``part_kinds``.
+def pick_family(parts: Mapping[str, Any], families: Iterable[type[Family]]) -> Family:
+    """The one family of ``families`` that the parts fit, built over them: by the parts' names (``vae``
+    optional), then by their declared ``part_kinds``. ``diffexplain.families.family_from_parts`` asks
+    every family in ``FAMILIES`` (this module needs no import of the registry).
 
     ``TypeError`` naming what each family expects if none fits; ``AmbiguousPartsError`` (a ``TypeError``)
     naming the candidates, and how to pick one, if several do.
     """
-    if families is None:
-        from diffexplain.families import FAMILIES  # the registry imports this module
-
-        families = FAMILIES.values()
     families = tuple(families)
     named = [family for family in families if names_fit(family, parts)]
     fitting = [family for family in named if not kind_problems(family, parts)]

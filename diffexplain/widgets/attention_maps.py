@@ -162,7 +162,7 @@ class AttentionMaps(DxWidget):
         chosen = next((t.index for t in tokens if t.kind == "word"), 0)
         if self._initial_token is not None:  # the constructor's token=, for the first trace only
             try:
-                chosen = find_token(tokens, self._initial_token, prompt=str(trace.settings.get("prompt")))[0]
+                chosen = find_token(tokens, self._initial_token, prompt=str(trace.run_settings.prompt))[0]
             finally:
                 self._initial_token = None
         layers = [("all layers", ALL)]
@@ -191,11 +191,11 @@ class AttentionMaps(DxWidget):
             linked = self._linked_slider.value if self._linked_slider is not None else last
             self.step.value = min(max(linked, self.step.min), last)
             self.fork_step.value = 0
-            has_uncond = "uncond" in trace.settings.get("attention", {}).get("tokens", {})
+            has_uncond = "uncond" in (trace.run_settings.attention or {}).get("tokens", {})
             self.branch.disabled = not has_uncond
         finally:
             self._updating = False
-        self.frames.trace_latent_rgb = trace.settings.get("latent_rgb")
+        self.frames.trace_latent_rgb = trace.run_settings.latent_rgb
         pixel = is_pixel_space(trace, self.explainer)
         can_decode = self.frames.can_decode() and not pixel
         self.preview.disabled = not can_decode
@@ -208,10 +208,10 @@ class AttentionMaps(DxWidget):
         )
         self.images["after"].value = blank(self.frames.size, "fork with a\nreweighted token")
         self.after_title.value = "<b>reweighted (fork)</b>"
-        settings = trace.settings
+        settings = trace.run_settings
         self.header.value = (
-            f"<b>{_escape(str(settings.get('prompt')))}</b> · {n} steps · guidance scale "
-            f"{settings.get('guidance_scale')} · seed {settings.get('seed')}"
+            f"<b>{_escape(str(settings.prompt))}</b> · {n} steps · guidance scale "
+            f"{settings.guidance_scale} · seed {settings.seed}"
         )
         self._redraw()
 

@@ -340,7 +340,7 @@ class DxWidget(W.VBox):
         trace = getattr(explainer, "last_trace", None)
         where = ""
         if trace is not None and trace.status == "stopped":
-            total = int(trace.settings.get("num_inference_steps", 0))
+            total = trace.run_settings.num_inference_steps
             where = f" after {len(trace)} of {total} steps; that partial trace is in explainer.last_trace"
         return f"stopped{where}. The pictures show the last action that finished."
 

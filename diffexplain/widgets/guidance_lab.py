@@ -227,7 +227,7 @@ class GuidanceLab(DxWidget):
         w = self.scale.value if self.scale.value > 1 else self._w_on
         off = yield from self._run(1.0)
         on = yield from self._run(w)
-        if self.on is not None and self.on.settings["prompt"] != on.settings["prompt"]:
+        if self.on is not None and self.on.run_settings.prompt != on.run_settings.prompt:
             self.grid.forget()  # the cached grid columns belonged to the old prompt
         self.off, self.on, self.ranged = off, on, None  # together: a stopped run leaves the last pair
         self.grid.clear()  # the grid and sweep belonged to the previous run
@@ -303,7 +303,7 @@ class GuidanceLab(DxWidget):
         self.caption.layout.display = None if self.caption.value else "none"
         self.images["off"].value = self.frames.final(self.off, preview=preview)
         self.images["on"].value = self.frames.final(self.on, preview=preview)
-        self.on_title.value = f"<b>guidance on (w = {self.on.settings['guidance_scale']:g})</b>"
+        self.on_title.value = f"<b>guidance on (w = {self.on.run_settings.guidance_scale:g})</b>"
         self.images["diff"].value = self.frames.difference(self.on, self.off, preview=preview)
         if self.ranged is not None:
             a, b = self.range.value
@@ -347,7 +347,7 @@ class GuidanceLab(DxWidget):
         self.strip.value = png(render.strip(tiles, labels))
         self.strip_label.value = (
             f"<b>x̂0 at each step, re-guided at w = {w:g}</b> from the cached ε_c and ε_u of the "
-            f"w = {trace.settings['guidance_scale']:g} run (no {words(trace, self.explainer)['model']} call)"
+            f"w = {trace.run_settings.guidance_scale:g} run (no {words(trace, self.explainer)['model']} call)"
         )
         with self.fig.batch_update():
             push = [None if d is None else w * d for d in self._base_delta]

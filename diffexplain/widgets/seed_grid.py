@@ -109,7 +109,7 @@ class SeedGridPanel(W.VBox):
     def chosen_scale(self) -> float:
         """The third column's w: the slider's, or the guided run's when the slider is at w ≤ 1."""
         w = float(self.owner.scale.value)
-        return w if w > 1 else float(self.owner.on.settings["guidance_scale"]) if self.owner.on else 5.0
+        return w if w > 1 else self.owner.on.run_settings.guidance_scale if self.owner.on else 5.0
 
     # ---- actions --------------------------------------------------------------------------------------
     def count(self) -> None:

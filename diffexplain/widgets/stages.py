@@ -36,8 +36,8 @@ def embedding_caption(trace: object) -> str:
     stage, known from its settings), else ""."""
     from diffexplain.render import embedding_grid_shape
 
-    settings = getattr(trace, "settings", None) or {}
-    dim = (settings.get("model") or {}).get("embedding_dim")
+    settings = getattr(trace, "run_settings", None)
+    dim = settings.model.get("embedding_dim") if settings is not None else None
     if not isinstance(dim, int) or dim <= 0:
         return ""
     rows, cols = embedding_grid_shape(dim)

@@ -244,8 +244,8 @@ class StepExplorer(DxWidget):
             self.explainer = explainer if explainer is not None else trace.explainer
             self.frames.explainer = self.explainer
         n = len(trace)
-        self.frames.trace_latent_rgb = trace.settings.get("latent_rgb")
-        self.cfg = trace.settings.get("do_cfg", True) and _get(trace, "step.model.uncond", 0) is not None
+        self.frames.trace_latent_rgb = trace.run_settings.latent_rgb
+        self.cfg = trace.run_settings.do_cfg and _get(trace, "step.model.uncond", 0) is not None
         can_decode = self.frames.can_decode() and not is_pixel_space(trace, self.explainer)
         self.preview.disabled = not can_decode
         self.preview.layout.display = (

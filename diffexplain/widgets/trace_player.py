@@ -156,9 +156,7 @@ class TracePlayer(DxWidget):
             return cascade
         trace = Trace.load(path, explainer=self.explainer)
         self.show(trace)
-        self.say(
-            f"loaded <code>{path.name}</code>: {len(trace)} steps, prompt “{trace.settings.get('prompt')}”"
-        )
+        self.say(f"loaded <code>{path.name}</code>: {len(trace)} steps, prompt “{trace.run_settings.prompt}”")
         return trace
 
     def _on_upload(self, change: dict) -> None:
@@ -197,7 +195,7 @@ class TracePlayer(DxWidget):
         if self.explainer is None and trace.previews is not None:
             self.explorer.preview.value = False  # the saved pictures, not the blocky latent preview
         has_maps = (
-            bool(trace.settings.get("attention", {}).get("maps"))
+            bool((trace.run_settings.attention or {}).get("maps"))
             and bool(trace.steps)
             and bool(trace.steps[0].attention)
         )
