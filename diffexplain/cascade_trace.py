@@ -18,15 +18,9 @@ from diffexplain.errors import TraceKeyError
 from diffexplain.hooks import Replacement
 from diffexplain.names import current_name, unknown_name_message
 from diffexplain.trace import Trace
-from diffexplain.trace_io import (
-    _read_header,
-    _Reader,
-    _Tensors,
-    read_metadata,
-    trace_document,
-    trace_from_document,
-    write_file,
-)
+from diffexplain.trace_io import trace_document, trace_from_document
+from diffexplain.trace_reader import open_file
+from diffexplain.trace_writer import TensorRefs, write_file
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,7 +35,7 @@ def is_cascade_file(path: str | Path) -> bool:
     """Whether ``path`` is a safetensors file holding a cascade trace (False for anything else)."""
     import json
 
-    from diffexplain.trace_io import METADATA_KEY
+    from diffexplain.trace_writer import METADATA_KEY
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
@@ -121,7 +115,7 @@ class CascadeTrace:
         """Write every stage's trace to one file (``Trace.save``'s format per stage; ``previews`` as there)."""
         if previews not in (None, True, False):
             raise ValueError(f"previews={previews!r}: expected True, False or None")
-        tensors = _Tensors()
+        tensors = TensorRefs()
         docs = {}
         for name, trace in self.stages.items():
             made = trace.ensure_previews(required=bool(previews)) if previews is not False else None
@@ -148,17 +142,7 @@ class CascadeTrace:
     @classmethod
     def load(cls, path: str | Path, *, cascade: Cascade | None = None) -> CascadeTrace:
         """Read a file written by ``save``; pass ``cascade`` to fork it. Raises ``TraceFileError``."""
-        _read_header(path)
-        from diffexplain.errors import TraceFileError
-
-        try:
-            handle_cm = safe_open(str(path), framework="pt", device="cpu")
-            handle = handle_cm.__enter__()
-        except Exception as exc:
-            raise TraceFileError(path, f"not a valid safetensors file: {exc}") from None
-        try:
-            r = _Reader(path, handle)
-            doc = read_metadata(r, handle.metadata() or {})
+        with open_file(path) as (r, doc):
             if r.get(doc, "format", str, "file") != FORMAT:
                 hint = " (a single trace: Trace.load)" if doc.get("format") == "diffexplain.trace" else ""
                 raise r.fail(f"format is {doc['format']!r}, expected {FORMAT!r}{hint}")
@@ -183,8 +167,6 @@ class CascadeTrace:
                 ):
                     raise r.fail("replacements should be [hook point, null, hook name] lists")
                 trace.replacements.append(Replacement(rep[0], rep[1], rep[2]))
-        finally:
-            handle_cm.__exit__(None, None, None)
         if cascade is not None:
             trace.cascade = cascade
             for name, stage in trace.stages.items():

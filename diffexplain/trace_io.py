@@ -1,5 +1,8 @@
 """Saving and loading traces: one safetensors file, everything else as JSON in its metadata.
 
+This module reads and writes the JSON record of a trace; ``trace_writer`` collects the tensors and
+writes the file, ``trace_reader`` opens and validates it.
+
 Never pickle, never ``torch.load``. Loading validates everything and raises ``TraceFileError`` for
 a corrupt, truncated, wrong-format or hostile file; nothing named by the file is imported or run
 (scheduler classes are looked up by exact name in ``SCHEDULER_CLASSES``, dtypes in a fixed table).
@@ -7,16 +10,12 @@ a corrupt, truncated, wrong-format or hostile file; nothing named by the file is
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from safetensors import safe_open
 
 from diffexplain.attention.layers import with_attention_points
 from diffexplain.attention.tokens import tokens_from_json
@@ -27,9 +26,9 @@ from diffexplain.names import HookPoint, current_name
 from diffexplain.noise_levels import NoiseLevel
 from diffexplain.previews import Previews, from_doc, to_doc
 from diffexplain.records import RestartPoint, StepRecord
-from diffexplain.safetensors_file import save_readable
-from diffexplain.scheduler_state import DEVICES_KEY
-from diffexplain.settings import GENERATOR_DEVICES, RunSettings, SettingsError
+from diffexplain.settings import RunSettings, SettingsError
+from diffexplain.trace_reader import ATTRIBUTE, Reader, open_file
+from diffexplain.trace_writer import TensorRefs, encode_state, write_file
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
@@ -38,8 +37,6 @@ FORMAT = "diffexplain.trace"
 VERSION = 3  # 3: attention maps and hook points; 2: names per family (step.model.*), conditioning per branch
 # An optional "previews" record (PNG pictures of x_t and x̂0 per step, see ``previews``) came later without
 # a new version: readers that do not know it ignore it, and files without it load as before.
-METADATA_KEY = "diffexplain"
-MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the header
 STORE_DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -47,88 +44,16 @@ STORE_DTYPES = {
     "float64": torch.float64,
 }
 MAP_KEY = re.compile(r"(cond|uncond)@(\d+)x(\d+)")
-_ATTR = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$|^_[A-Za-z0-9][A-Za-z0-9_]*$")
 
 
 # ---- saving ---------------------------------------------------------------------------------------
-class _Tensors:
-    """Collects tensors for the file, each storage view once (same object or same view: one entry)."""
-
-    def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
-        self._keys: dict[tuple[Any, ...], str] = {}
-        self._storages: set[tuple[str, int]] = set()
-
-    def ref(self, t: torch.Tensor) -> str:
-        storage = t.untyped_storage()
-        where = (str(t.device), storage.data_ptr())
-        key = (*where, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if key in self._keys:
-            return self._keys[key]
-        whole = (
-            t.is_contiguous() and t.storage_offset() == 0 and t.numel() * t.element_size() == storage.nbytes()
-        )
-        data = t.detach().cpu()
-        if not whole or where in self._storages:
-            data = data.contiguous().clone()
-        self._storages.add(where)
-        name = f"t{len(self.tensors)}"
-        self.tensors[name] = data
-        self._keys[key] = name
-        return name
-
-
-def _encode(value: Any, tensors: _Tensors) -> Any:
-    if isinstance(value, torch.Tensor):
-        return {"tensor": tensors.ref(value), "device": value.device.type}
-    if isinstance(value, np.ndarray):
-        return {"ndarray": tensors.ref(torch.from_numpy(np.ascontiguousarray(value)))}
-    if isinstance(value, np.generic):
-        return {"npscalar": str(value.dtype), "value": value.item()}
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | tuple):
-        return {"list" if isinstance(value, list) else "tuple": [_encode(v, tensors) for v in value]}
-    raise TypeError(f"cannot save scheduler attribute value of type {type(value).__name__}")
-
-
-def _encode_state(state: dict[str, Any], tensors: _Tensors) -> dict[str, Any]:
-    """A scheduler snapshot for the file; a loaded one's device map (``DEVICES_KEY``) goes back on its tensors."""
-    devices = state.get(DEVICES_KEY, {})
-    doc = {k: _encode(v, tensors) for k, v in state.items() if k != DEVICES_KEY}
-    for attr, device in devices.items():
-        _set_device(doc.get(attr), device)
-    return doc
-
-
-def _set_device(doc: Any, device: str) -> None:
-    if isinstance(doc, dict):
-        if "device" in doc:
-            doc["device"] = device
-        for item in doc.get("list", doc.get("tuple", [])):
-            _set_device(item, device)
-
-
 def save_trace(trace: Trace, path: str | Path, previews: Previews | None = None) -> None:
     """Write ``trace`` to ``path`` (see the module docstring for the format), with ``previews`` if given."""
-    tensors = _Tensors()
+    tensors = TensorRefs()
     write_file(path, tensors, trace_document(trace, tensors, previews))
 
 
-def write_file(path: str | Path, tensors: _Tensors, doc: dict[str, Any]) -> None:
-    """Write ``tensors`` and ``doc`` (JSON in the metadata) to ``path``, atomically."""
-    # Write next to the target, then replace it: a failed save never leaves a half-written trace behind.
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        # readable by others, not safetensors' 0600: a trace is for sharing
-        save_readable(tensors.tensors, tmp, metadata={METADATA_KEY: json.dumps(doc)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def trace_document(trace: Trace, tensors: _Tensors, previews: Previews | None = None) -> dict[str, Any]:
+def trace_document(trace: Trace, tensors: TensorRefs, previews: Previews | None = None) -> dict[str, Any]:
     """One trace's JSON record, its tensors added to ``tensors`` (a cascade's file holds several)."""
     ref = tensors.ref
 
@@ -140,7 +65,7 @@ def trace_document(trace: Trace, tensors: _Tensors, previews: Previews | None = 
                 "generator_state": None
                 if r.restart.generator_state is None
                 else ref(r.restart.generator_state),
-                "scheduler_state": _encode_state(r.restart.scheduler_state, tensors),
+                "scheduler_state": encode_state(r.restart.scheduler_state, tensors),
             }
         level = [r.level.a, r.level.b, r.level.alpha_bar, r.level.sigma]
         tensor_refs = {k: ref(v) for k, v in r.tensors.items()}
@@ -180,148 +105,15 @@ def trace_document(trace: Trace, tensors: _Tensors, previews: Previews | None = 
 
 
 # ---- loading --------------------------------------------------------------------------------------
-class _Reader:
-    """Validating reader: every problem becomes a ``TraceFileError`` naming the file."""
-
-    def __init__(self, path: str | Path, handle: Any) -> None:
-        self.path, self.handle = path, handle
-        self.keys = set(handle.keys())
-        self.cache: dict[str, torch.Tensor] = {}
-
-    def fail(self, problem: str) -> TraceFileError:
-        return TraceFileError(self.path, problem)
-
-    def get(self, doc: Any, key: str, types: type | tuple[type, ...], where: str) -> Any:
-        if not isinstance(doc, dict):
-            raise self.fail(f"{where} should be a JSON object")
-        if key not in doc:
-            raise self.fail(f"missing key {key!r} in {where}")
-        value = doc[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
-            raise self.fail(f"{where}.{key} has the wrong type ({type(value).__name__})")
-        return value
-
-    def tensor(self, name: Any, where: str) -> torch.Tensor:
-        if not isinstance(name, str) or name not in self.keys:
-            raise self.fail(f"{where} refers to a tensor {name!r} that the file does not hold")
-        if name not in self.cache:
-            try:
-                self.cache[name] = self.handle.get_tensor(name)
-            except Exception as exc:  # safetensors errors on bad offsets or dtypes
-                raise self.fail(f"tensor {name!r} cannot be read: {exc}") from None
-        return self.cache[name]
-
-    def names(self, doc: Any, allowed: tuple[str, ...], where: str) -> dict[str, torch.Tensor]:
-        if not isinstance(doc, dict):
-            raise self.fail(f"{where} should be a JSON object")
-        for name in doc:
-            if name not in allowed:
-                raise self.fail(f"{where} holds an unknown name {name!r}")
-        return {name: self.tensor(ref, f"{where}[{name!r}]") for name, ref in doc.items()}
-
-    def value(self, doc: Any, where: str, depth: int = 0) -> Any:
-        if doc is None or isinstance(doc, bool | int | float | str):
-            return doc
-        if depth > 4 or not isinstance(doc, dict) or len(doc) not in (1, 2):
-            raise self.fail(f"{where} is not a valid scheduler value")
-        if "tensor" in doc:
-            return self.tensor(doc["tensor"], where)
-        if "ndarray" in doc:
-            return self.tensor(doc["ndarray"], where).numpy().copy()
-        if "npscalar" in doc:
-            dtype = doc["npscalar"]
-            if dtype not in ("float32", "float64", "int32", "int64", "bool") or "value" not in doc:
-                raise self.fail(f"{where} has an unsupported numpy scalar type {dtype!r}")
-            return np.dtype(dtype).type(doc["value"])
-        for kind in ("list", "tuple"):
-            if kind in doc and isinstance(doc[kind], list):
-                items = [self.value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(doc[kind])]
-                return items if kind == "list" else tuple(items)
-        raise self.fail(f"{where} is not a valid scheduler value")
-
-    def scheduler_state(self, doc: Any, where: str) -> dict[str, Any]:
-        if not isinstance(doc, dict):
-            raise self.fail(f"{where} should be a JSON object")
-        state: dict[str, Any] = {}
-        devices: dict[str, str] = {}
-        for attr, value in doc.items():
-            if not _ATTR.match(attr) or attr in ("_internal_dict", "config"):
-                raise self.fail(f"{where} names a forbidden attribute {attr!r}")
-            state[attr] = self.value(value, f"{where}.{attr}")
-            device = _device_of(value)
-            if device is not None:
-                if device not in GENERATOR_DEVICES:
-                    raise self.fail(f"{where}.{attr} names an unknown device {device!r}")
-                devices[attr] = device
-        state[DEVICES_KEY] = devices
-        return state
-
-
-def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
-    return types if isinstance(types, tuple) else (types,)
-
-
-def _device_of(value: Any) -> str | None:
-    if isinstance(value, dict):
-        if isinstance(value.get("device"), str):
-            return value["device"]
-        for kind in ("list", "tuple"):
-            for item in value.get(kind, []) if isinstance(value.get(kind), list) else []:
-                found = _device_of(item)
-                if found is not None:
-                    return found
-    return None
-
-
-def _read_header(path: str | Path) -> None:
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise TraceFileError(path, f"cannot read the file: {exc}") from None
-    if len(head) < 8:
-        raise TraceFileError(
-            path, f"the file is {size} bytes: too short to be a safetensors trace (truncated?)"
-        )
-    header_len = int.from_bytes(head, "little")
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
-        raise TraceFileError(
-            path, f"the header declares {header_len} bytes but the file has {size}: truncated or not a trace"
-        )
-
-
 def load_trace(path: str | Path, new_trace: Callable[..., Trace]) -> Trace:
     """Read and validate a trace file into ``new_trace(settings, keep=, store_dtype=, points=)`` (the
     ``Trace`` class: ``Trace.load`` passes itself, so this module needs no import of it); ``TraceFileError``
     on any problem."""
-    _read_header(path)
-    try:
-        handle_cm = safe_open(str(path), framework="pt", device="cpu")
-        handle = handle_cm.__enter__()
-    except Exception as exc:
-        raise TraceFileError(path, f"not a valid safetensors file: {exc}") from None
-    try:
-        return _load(_Reader(path, handle), handle.metadata() or {}, new_trace)
-    finally:
-        handle_cm.__exit__(None, None, None)
+    with open_file(path) as (reader, doc):
+        return trace_from_document(reader, doc, new_trace)
 
 
-def read_metadata(r: _Reader, metadata: dict[str, str]) -> Any:
-    """The file's JSON record (``TraceFileError`` where there is none, or it is not JSON)."""
-    if METADATA_KEY not in metadata:
-        raise r.fail("no diffexplain metadata: a safetensors file, but not a trace")
-    try:
-        return json.loads(metadata[METADATA_KEY])
-    except (ValueError, RecursionError) as exc:
-        raise r.fail(f"the metadata is not valid JSON: {exc}") from None
-
-
-def _load(r: _Reader, metadata: dict[str, str], new_trace: Callable[..., Trace]) -> Trace:
-    return trace_from_document(r, read_metadata(r, metadata), new_trace)
-
-
-def trace_from_document(r: _Reader, doc: Any, new_trace: Callable[..., Trace]) -> Trace:
+def trace_from_document(r: Reader, doc: Any, new_trace: Callable[..., Trace]) -> Trace:
     """One trace from its JSON record (``trace_document``'s), validated; ``TraceFileError`` naming the file."""
     if r.get(doc, "format", str, "file") != FORMAT:
         raise r.fail(f"format is {doc['format']!r}, expected {FORMAT!r}")
@@ -396,7 +188,7 @@ def trace_from_document(r: _Reader, doc: Any, new_trace: Callable[..., Trace]) -
 
 
 def _hook_points(
-    r: _Reader, doc: dict[str, Any], settings: dict[str, Any], version: int
+    r: Reader, doc: dict[str, Any], settings: dict[str, Any], version: int
 ) -> tuple[HookPoint, ...]:
     """The hook points the trace was made with: its family's, checked against the names the file records."""
     model = settings.get("model")
@@ -433,7 +225,7 @@ def _hook_points(
     return points
 
 
-def _attention_layers(r: _Reader, settings: dict[str, Any]) -> list[tuple[str, str]]:
+def _attention_layers(r: Reader, settings: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, kind) of each attention layer the trace records (none for a run without attention)."""
     info = settings.get("attention")
     if info is None:
@@ -454,7 +246,7 @@ def _attention_layers(r: _Reader, settings: dict[str, Any]) -> list[tuple[str, s
     return [(x["name"], x["kind"]) for x in layers]
 
 
-def _attention_maps(r: _Reader, doc: Any, where: str) -> dict[str, torch.Tensor]:
+def _attention_maps(r: Reader, doc: Any, where: str) -> dict[str, torch.Tensor]:
     """A step's maps, "cond@16x16" → [B, T, 16, 16]; absent in files written before version 3."""
     refs = doc.get("attention", {}) if isinstance(doc, dict) else {}
     if not isinstance(refs, dict):
@@ -469,7 +261,7 @@ def _attention_maps(r: _Reader, doc: Any, where: str) -> dict[str, torch.Tensor]
     return maps
 
 
-def _conditioning(r: _Reader, doc: dict[str, Any], settings: dict[str, Any], version: int) -> dict[str, Any]:
+def _conditioning(r: Reader, doc: dict[str, Any], settings: dict[str, Any], version: int) -> dict[str, Any]:
     """Each branch's conditioning tensors; version 1 files hold the token embeddings only."""
     if version == 1:
         embeds = r.names(r.get(doc, "prompt_embeds", dict, "file"), ("cond", "uncond"), "prompt_embeds")
@@ -486,7 +278,7 @@ def _conditioning(r: _Reader, doc: dict[str, Any], settings: dict[str, Any], ver
     return conditioning
 
 
-def _load_step(r: _Reader, doc: Any, where: str, step_names: tuple[str, ...]) -> StepRecord:
+def _load_step(r: Reader, doc: Any, where: str, step_names: tuple[str, ...]) -> StepRecord:
     index = r.get(doc, "index", int, where)
     timestep = float(r.get(doc, "timestep", (int, float), where))
     stage = doc.get("stage") if isinstance(doc, dict) else None
@@ -520,12 +312,12 @@ def _load_step(r: _Reader, doc: Any, where: str, step_names: tuple[str, ...]) ->
     return StepRecord(index, timestep, stage, NoiseLevel(*map(float, level)), tensors, restart, maps, scalars)
 
 
-def _scalars(r: _Reader, doc: dict[str, Any], where: str) -> dict[str, float]:
+def _scalars(r: Reader, doc: dict[str, Any], where: str) -> dict[str, float]:
     """A step's declared numbers (``diffexplain.step_scalars``), name → number; absent in older files.
     Names this version does not declare (a newer file's) are read too: they are plain numbers."""
     found = doc.get("scalars", {})
     ok = isinstance(found, dict) and all(
-        isinstance(k, str) and _ATTR.match(k) and isinstance(v, int | float) and not isinstance(v, bool)
+        isinstance(k, str) and ATTRIBUTE.match(k) and isinstance(v, int | float) and not isinstance(v, bool)
         for k, v in found.items()
     )
     if not ok:
