@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import warnings
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from diffexplain import checks
 from diffexplain.attention.layers import with_attention_points
-from diffexplain.errors import user_stacklevel
+from diffexplain.explainer_parts import ModelParts
 from diffexplain.families import (
     FAMILIES,
     Family,
@@ -28,14 +27,15 @@ from diffexplain.hooks import Hook, HookSpec, as_hooks
 from diffexplain.jobs import Job, finishing
 from diffexplain.loop import Components, Resume, loop_steps
 from diffexplain.names import HookPoint
-from diffexplain.prompt_limits import PromptCut, cut_prompts, read_text, warn_cut
+from diffexplain.prompt_limits import cut_prompts, warn_cut
+from diffexplain.prompt_warnings import warn_prompt
 from diffexplain.scheduler_state import describe, effective_config, scheduler_by_name
 from diffexplain.settings import RunSettings
 from diffexplain.threads import check_threads, cpu_threads, decide_threads
 from diffexplain.trace import Trace, resolve_keep
 
 
-class Explainer:
+class Explainer(ModelParts):
     """A diffusion model (one pipeline family's parts) with a hookable, forkable loop.
 
     Build it from a pipeline (``from_pipeline``, ``from_pretrained``) or from parts, named as the
@@ -126,68 +126,6 @@ class Explainer:
         for module in self.family.modules():
             module.to(*args, **kwargs)
         return self
-
-    # ---- parts -------------------------------------------------------------------------------------
-    @property
-    def model(self) -> Any:
-        """The denoiser: a U-Net (SD, SDXL) or a transformer (SD3)."""
-        return self.family.model
-
-    @property
-    def unet(self) -> Any:
-        """The U-Net (SD, SDXL); for a transformer family an ``AttributeError`` that points to ``model``."""
-        if self.family.model_attr != "unet":
-            raise AttributeError(
-                f"{self.family.label} has no U-Net but a {self.family.model_attr}: use explainer.model"
-            )
-        return self.family.model
-
-    @unet.setter
-    def unet(self, module: Any) -> None:
-        self.unet  # noqa: B018 - the same AttributeError for a transformer family
-        self.family.parts["unet"] = module
-
-    @property
-    def tokenizer(self) -> Any:
-        """The (first) tokenizer."""
-        return self.family.parts["tokenizer"]
-
-    @tokenizer.setter
-    def tokenizer(self, tokenizer: Any) -> None:
-        self.family.parts["tokenizer"] = tokenizer
-
-    @property
-    def text_encoder(self) -> Any:
-        """The (first) text encoder."""
-        return self.family.parts["text_encoder"]
-
-    @text_encoder.setter
-    def text_encoder(self, module: Any) -> None:
-        self.family.parts["text_encoder"] = module
-
-    @property
-    def vae(self) -> Any | None:
-        """The VAE, or None in pixel space."""
-        return self.family.vae
-
-    @vae.setter
-    def vae(self, module: Any | None) -> None:
-        self.family.parts["vae"] = module
-
-    @property
-    def device(self) -> torch.device:
-        """The device the model is on (where the loop runs)."""
-        return self.family.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The model's dtype."""
-        return self.family.model.dtype
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """Image size / latent size: 2^(VAE levels − 1), or 1 in pixel space."""
-        return self.family.vae_scale_factor
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
@@ -534,31 +472,8 @@ class Explainer:
         negative_prompt: str | list[str] | None,
         options: dict[str, Any],
     ) -> None:
-        """Warnings about a run's text before it runs: the words cut at a text encoder's token limit
-        (``diffexplain.prompt_limits``), then the words the model never saw, of those it reads."""
-        cuts = cut_prompts(self.family.text_limits(options), prompt, negative_prompt)
-        warn_cut(cuts)  # at the user's line
-        if prompt is not None:
-            self._warn_unknown_words(prompt, cuts)
-
-    def _warn_unknown_words(self, prompt: str | list[str], cuts: list[PromptCut] | None = None) -> None:
-        """A ``UserWarning`` listing the prompt's words the model never saw (models with a ``vocabulary``),
-        leaving out words cut at the text encoder's limit (``cuts``): the model reads them in no case."""
-        if not self.vocabulary:
-            return
-        from diffexplain.data.vocab import unknown_words
-
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        text = " ".join(read_text(p, cuts or []) for p in prompts)
-        unknown = unknown_words(text, self.vocabulary)
-        if unknown:
-            warnings.warn(
-                f"this model was trained on captions with a small vocabulary, and the prompt's words "
-                f"{', '.join(repr(w) for w in unknown)} are not in it: expect a picture that ignores them "
-                f"(often a blank one). It knows: {', '.join(sorted(self.vocabulary))}",
-                UserWarning,
-                stacklevel=user_stacklevel(),
-            )
+        """Warnings about a run's text before it runs (``diffexplain.prompt_warnings``)."""
+        warn_prompt(self.family, self.vocabulary, prompt, negative_prompt, options)
 
     def __repr__(self) -> str:
         vae = None if self.vae is None else type(self.vae).__name__
