@@ -42,7 +42,7 @@ from diffexplain.cascade_stage import start_on_input, start_stage
 from diffexplain.cascade_trace import CascadeTrace
 from diffexplain.explainer import Explainer
 from diffexplain.hooks import Hook
-from diffexplain.jobs import Job, drain
+from diffexplain.jobs import Job, draining
 from diffexplain.names import HookPoint
 from diffexplain.trace import Trace
 
@@ -188,34 +188,6 @@ class Cascade:
         return {name: tuple(p.name for p in e.hook_points()) for name, e in self.stages.items()}
 
     # ---- running -----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def run(
-        self,
-        prompt: str | list[str],
-        *,
-        negative_prompt: str | list[str] = "",
-        seed: int | None = None,
-        hooks: StageHooks = None,
-        progress: bool | None = None,
-        **stage_settings: dict[str, Any],
-    ) -> CascadeTrace:
-        """Run every stage in order and return the trace of each (``CascadeTrace``).
-
-        ``stage_settings``: one dict per stage, by its name, of that stage's ``Explainer.run`` settings,
-        e.g. ``I=dict(num_inference_steps=50), II=dict(num_inference_steps=25, noise_level=100)``.
-        Each stage's generator is seeded with ``seed`` (drawn and recorded when None).
-        """
-        return drain(
-            self.run_steps(
-                prompt,
-                negative_prompt=negative_prompt,
-                seed=seed,
-                hooks=hooks,
-                progress=progress,
-                **stage_settings,
-            )
-        )
-
     def run_steps(
         self,
         prompt: str | list[str],
@@ -248,6 +220,20 @@ class Cascade:
         return self._stages(
             cascade, 0, None, prompt, negative_prompt, seed, settings, loop_hooks, input_hooks, progress
         )
+
+    run = torch.no_grad()(
+        draining(
+            run_steps,
+            """Run every stage in order and return the trace of each (``CascadeTrace``).
+
+            ``stage_settings``: one dict per stage, by its name, of that stage's ``Explainer.run`` settings,
+            e.g. ``I=dict(num_inference_steps=50), II=dict(num_inference_steps=25, noise_level=100)``.
+            Each stage's generator is seeded with ``seed`` (drawn and recorded when None).
+            ``run(...)`` drains ``run_steps(...)``.
+            """,
+            "CascadeTrace",
+        )
+    )
 
     @torch.no_grad()
     def run_stage(
@@ -331,24 +317,6 @@ class Cascade:
         return cascade
 
     # ---- forks -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def fork(
-        self,
-        trace: CascadeTrace,
-        stage: str,
-        step: int,
-        *,
-        hooks: StageHooks = None,
-        progress: bool | None = None,
-        **changes: Any,
-    ) -> CascadeTrace:
-        """Re-run ``stage`` from ``step`` (``Explainer.fork``'s ``changes``: prompt, guidance_scale, latents...).
-
-        Earlier stages are kept; later ones run again from scratch on the new output, with their recorded
-        settings and seed (and the ``hooks`` named for them). With no change: bit for bit the original.
-        """
-        return drain(self.fork_steps(trace, stage, step, hooks=hooks, progress=progress, **changes))
-
     def fork_steps(
         self,
         trace: CascadeTrace,
@@ -374,6 +342,19 @@ class Cascade:
             trace.stages[stage], step, hooks=loop_hooks[stage], progress=progress, **changes
         )
         return self._fork(trace, stage, job, changes, loop_hooks, input_hooks, progress)
+
+    fork = torch.no_grad()(
+        draining(
+            fork_steps,
+            """Re-run ``stage`` from ``step`` (``Explainer.fork``'s ``changes``: prompt, guidance_scale, latents...).
+
+            Earlier stages are kept; later ones run again from scratch on the new output, with their recorded
+            settings and seed (and the ``hooks`` named for them). With no change: bit for bit the original.
+            ``fork(...)`` drains ``fork_steps(...)``.
+            """,
+            "CascadeTrace",
+        )
+    )
 
     @torch.no_grad()
     def _fork(

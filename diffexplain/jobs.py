@@ -120,3 +120,22 @@ def finishing(
     finished.__annotations__ = {**start.__annotations__, "return": "Trace"}
     finished.__signature__ = inspect.signature(start).replace(return_annotation="Trace")  # type: ignore[attr-defined]
     return finished
+
+
+def draining(
+    start: Callable[Concatenate[Owner, Params], Generator[object, None, Result]], doc: str, returns: str
+) -> Callable[Concatenate[Owner, Params], Result]:
+    """The method that runs ``start``'s generator to its end (``Cascade.run`` from ``run_steps``): one
+    signature, written once, on ``start``; ``doc`` is the new method's docstring, ``returns`` its return
+    type's name."""
+
+    @functools.wraps(start)
+    def drained(self: Owner, *args: Params.args, **kwargs: Params.kwargs) -> Result:
+        return drain(start(self, *args, **kwargs))
+
+    drained.__name__ = start.__name__.removesuffix("_steps")
+    drained.__qualname__ = start.__qualname__.removesuffix("_steps")
+    drained.__doc__ = doc
+    drained.__annotations__ = {**start.__annotations__, "return": returns}
+    drained.__signature__ = inspect.signature(start).replace(return_annotation=returns)  # type: ignore[attr-defined]
+    return drained
