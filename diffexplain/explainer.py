@@ -23,6 +23,8 @@ from diffexplain.families import (
 from diffexplain.families.base import Conditioning
 from diffexplain.fingerprint import LazyFingerprint, same_weights
 from diffexplain.guidance import guidance_on
+from diffexplain.guiders.base import Guider, with_guider_points
+from diffexplain.guiders.choose import run_guider
 from diffexplain.hooks import Hook, HookSpec, as_hooks
 from diffexplain.jobs import Job, finishing
 from diffexplain.loop import Components, Resume, loop_steps
@@ -213,7 +215,8 @@ class Explainer(ModelParts):
         }
 
     def _new_trace(self, settings: RunSettings, keep: Any, store_dtype: torch.dtype | None) -> Trace:
-        trace = Trace(settings, keep=keep, store_dtype=store_dtype, points=self.hook_points())
+        points = with_guider_points(self.hook_points(), settings.guider)
+        trace = Trace(settings, keep=keep, store_dtype=store_dtype, points=points)
         trace.explainer = self
         trace.fingerprint_source = LazyFingerprint(self.model)
         self.last_trace = trace
@@ -239,6 +242,8 @@ class Explainer(ModelParts):
         decode: bool = True,
         restart: bool = True,
         attention_maps: bool = True,
+        guider: Guider | None = None,
+        guidance_rescale: float = 0.0,
         stage_input: torch.Tensor | None = None,
         **options: Any,
     ) -> Job:
@@ -266,6 +271,8 @@ class Explainer(ModelParts):
             decode=decode,
             restart=restart,
             attention_maps=attention_maps,
+            guider=guider,
+            guidance_rescale=guidance_rescale,
             **options,
         )
         self._warn_prompt(prompt, negative_prompt, settings.options)
@@ -298,7 +305,11 @@ class Explainer(ModelParts):
         ``attention_maps`` keeps each step's cross-attention maps (``trace.attention("red")``): each
         text-attention layer runs its own processor and p is computed beside it, so the run equals the
         pipeline bit for bit either way; ``False`` leaves the model untouched and skips that work. The run
-        uses ``self.threads`` CPU threads, recorded in the trace. ``run(...)`` is ``start_run(...).finish()``.
+        uses ``self.threads`` CPU threads, recorded in the trace. ``guider`` is the guidance method
+        (``diffexplain.guiders``: ``CFG`` with a step interval or a rescale, ``APG``; None: ε_u + w·(ε_c − ε_u)),
+        recorded in ``trace.settings["guider"]``; ``guidance_rescale`` is the pipelines' knob (φ in [0, 1]:
+        ``CFG(rescale=φ)``, equal to ``StableDiffusionPipeline(..., guidance_rescale=φ)`` bit for bit).
+        ``run(...)`` is ``start_run(...).finish()``.
         """,
     )
 
@@ -317,6 +328,8 @@ class Explainer(ModelParts):
         decode: bool = True,
         restart: bool = True,
         attention_maps: bool = True,
+        guider: Guider | None = None,
+        guidance_rescale: float = 0.0,
         **options: Any,
     ) -> RunSettings:
         """The checked :class:`~diffexplain.settings.RunSettings` of a run with these arguments (``run``'s),
@@ -347,6 +360,7 @@ class Explainer(ModelParts):
             options=self.family.run_options(height, width, **(self._option_defaults() | options)),
             restart=checks.check_flag("restart", restart),
             attention_maps=checks.check_flag("attention_maps", attention_maps),
+            guider=run_guider(guider, guidance_rescale),
             **self._context(),
         )
 
@@ -370,6 +384,7 @@ class Explainer(ModelParts):
         latents: torch.Tensor | None = None,
         progress: bool | None = None,
         attention_maps: bool | None = None,
+        guider: Guider | None = None,
         other_weights: bool = False,
     ) -> Job:
         """``fork``, as a :class:`~diffexplain.jobs.Job` (see ``start_run``): checked now, run as it advances."""
@@ -399,6 +414,7 @@ class Explainer(ModelParts):
                 if attention_maps is None
                 else checks.check_flag("attention_maps", attention_maps)
             ),
+            guider=source.guider if guider is None else run_guider(guider, 0.0),
             model={**self.family.describe(), "name": self.model_name},  # the model that runs now
             threads=(  # the trace's count, so that the fork rounds as its run did
                 check_threads(source.threads, "trace.settings['threads']")
@@ -436,7 +452,8 @@ class Explainer(ModelParts):
         original run's unless given. The fork runs on the trace's CPU thread count (``trace.settings
         ["threads"]``), so that it rounds as the run did. A trace made with other weights (its
         ``fingerprint()`` differs from this model's) is refused unless ``other_weights=True``.
-        ``fork(...)`` is ``start_fork(...).finish()``.
+        ``guider`` changes the guidance method from ``step`` on (a stateful one, APG, keeps the run's state
+        where the run used the same method, else starts afresh). ``fork(...)`` is ``start_fork(...).finish()``.
         """,
     )
 

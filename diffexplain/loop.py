@@ -33,6 +33,7 @@ from diffexplain.attention.layers import PREFIX as ATTENTION_PREFIX
 from diffexplain.checks import check_start_level
 from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.guidance import guide
+from diffexplain.guiders.base import GuidanceStep, Guider, guider_from_json
 from diffexplain.hooks import Hook, HookContext, HookRunner, Replacement, StepTensors, check_replacement
 from diffexplain.model_step import predict_branches
 from diffexplain.names import HookPoint
@@ -254,6 +255,9 @@ def loop_steps(
             scheduler = restore(info["class"], info["config"], restart.scheduler_state, device)
             generator = _generator(settings, restart.generator_state, device)
             start = resume.step
+        guider = guider_from_json(settings.guider)  # a fresh one per run: its state is this run's alone
+        if guider is not None and resume is not None:
+            guider.load_state(resume.source.steps[resume.step].restart.guider_state or {})
         timesteps = scheduler.timesteps
         runner = HookRunner(hooks, num_steps=len(timesteps), names=trace.hook_names)
         sites = Sites(trace, runner, settings.guidance_scale, family.init_noise_sigma(scheduler))
@@ -297,7 +301,7 @@ def loop_steps(
         with capture.installed() if capture is not None else nullcontext():
             latents = yield from denoise(
                 family, scheduler, sites, trace, settings, cond, uncond, latents, start,
-                step_kwargs, model_kwargs, generator, settings.restart, progress, capture,
+                step_kwargs, model_kwargs, generator, settings.restart, progress, capture, guider,
             )  # fmt: skip
 
         # 6. decode
@@ -324,6 +328,7 @@ def denoise(
     make_restart: bool,
     progress: bool,
     capture: AttentionCapture | None = None,
+    guider: Guider | None = None,
 ) -> Generator[int, None, torch.Tensor]:
     """5. Steps ``start``..N−1: one model call per step (both branches batched with guidance on);
     yields each step's index when it is recorded, returns x_0's latents."""
@@ -336,7 +341,8 @@ def denoise(
             restart = None
             if make_restart:
                 generator_state = generator.get_state() if generator is not None else None
-                restart = RestartPoint(latents, snapshot(scheduler), generator_state)
+                guider_state = guider.state() if guider is not None and guider.stateful else None
+                restart = RestartPoint(latents, snapshot(scheduler), generator_state, guider_state)
             stage = (
                 ("first_order" if scheduler.state_in_first_order else "second_order")
                 if second_order
@@ -357,7 +363,15 @@ def denoise(
             if do_cfg:
                 eps_cond = sites("step.model.cond", eps_cond)
                 eps_uncond = sites("step.model.uncond", eps_uncond)
-                eps_guided = guide(eps_cond, eps_uncond, w)  # [B, C, h, w]
+                if guider is None:
+                    eps_guided = guide(eps_cond, eps_uncond, w)  # [B, C, h, w]
+                else:  # a guidance method: its intermediates are hook points (step.guider.*)
+                    eps_guided = guider(
+                        eps_cond,
+                        eps_uncond,
+                        w,
+                        GuidanceStep(i, settings.num_inference_steps, float(t), sites),
+                    )
             else:
                 eps_guided = sites("step.model.cond", eps_cond)
             eps_guided = sites("step.guidance", eps_guided)  # [B, C, h, w]

@@ -17,6 +17,9 @@ class RestartPoint:
     latents: torch.Tensor  # x_t entering the step, before any hook          [B, C, h, w]
     scheduler_state: dict[str, Any]  # the scheduler's mutable attributes (see scheduler_state.snapshot)
     generator_state: torch.Tensor | None  # generator.get_state() entering the step (uint8)
+    guider_state: dict[str, torch.Tensor] | None = (
+        None  # a stateful guider's state entering the step (APG's m)
+    )
 
 
 @dataclass

@@ -54,6 +54,7 @@ class RunSettings:
     options: Mapping[str, Any] = field(default_factory=dict)  # the family's own (run_options), JSON-ready
     restart: bool = True  # a restart point per step (what a fork needs)
     attention_maps: bool = True  # each step's cross-attention maps
+    guider: Mapping[str, Any] | None = None  # the guidance method (Guider.describe()); None: ε_u + w·Δ
     # ---- what it ran on (recorded by the Explainer)
     scheduler: Mapping[str, Any] = field(default_factory=dict)  # {"class": ..., "config": {...}}
     prediction_type: str | None = None
@@ -194,6 +195,10 @@ def _check(s: RunSettings) -> None:
         _mapping(getattr(s, name), name)
     if s.attention is not None:
         _mapping(s.attention, "attention")
+    if s.guider is not None:
+        _mapping(s.guider, "guider")
+        if not isinstance(s.guider.get("name"), str):
+            raise SettingsError("settings.guider should name its guider ('name')")
     for name in ("prediction_type",):
         value = getattr(s, name)
         if value is not None and not isinstance(value, str):

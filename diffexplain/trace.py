@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from diffexplain.explainer import Explainer
+    from diffexplain.guiders.base import Guider
     from diffexplain.previews import Previews
 
 
@@ -315,12 +316,14 @@ class Trace:
         return reading.resolutions(self)
 
     # ---- guidance without the model ----------------------------------------------------------------
-    def reguide(self, step: int, guidance_scale: float) -> Reguided:
+    def reguide(self, step: int, guidance_scale: float, *, guider: Guider | None = None) -> Reguided:
         """ε̂ and x̂0 of ``step`` at another guidance scale, from the cached ε_c and ε_u (no model call).
 
-        ``guidance_scale`` is w, a finite number ≥ 0, as in ``Explainer.run``.
+        ``guidance_scale`` is w, a finite number ≥ 0, as in ``Explainer.run``; ``guider`` another guidance
+        method (``diffexplain.guiders``; None: ε_u + w·Δ). A stateful guider (APG) is exact for that step
+        (``diffexplain.reguide.reguide``).
         """
-        return reguide(self, step, guidance_scale)
+        return reguide(self, step, guidance_scale, guider)
 
     # ---- memory and devices ------------------------------------------------------------------------
     def memory_bytes(self, include_restart: bool = True) -> int:

@@ -21,6 +21,7 @@ from diffexplain.attention.layers import with_attention_points
 from diffexplain.attention.tokens import tokens_from_json
 from diffexplain.errors import TraceFileError
 from diffexplain.families import FAMILIES
+from diffexplain.guiders.base import with_guider_points
 from diffexplain.hooks import Replacement
 from diffexplain.names import HookPoint, current_name
 from diffexplain.noise_levels import NoiseLevel
@@ -67,6 +68,8 @@ def trace_document(trace: Trace, tensors: TensorRefs, previews: Previews | None 
                 else ref(r.restart.generator_state),
                 "scheduler_state": encode_state(r.restart.scheduler_state, tensors),
             }
+            if r.restart.guider_state:  # additive: a stateful guider's state (APG's momentum)
+                restart["guider_state"] = {k: ref(v) for k, v in r.restart.guider_state.items()}
         level = [r.level.a, r.level.b, r.level.alpha_bar, r.level.sigma]
         tensor_refs = {k: ref(v) for k, v in r.tensors.items()}
         doc = {
@@ -209,7 +212,7 @@ def _hook_points(
             if isinstance(n, str) and n.startswith("attn.")
         )
     ]
-    points = with_attention_points(points, layers)
+    points = with_guider_points(with_attention_points(points, layers), settings.get("guider"))
     known = [p.name for p in points]
     if recorded != known:
         extra = [n for n in recorded if n not in known]
@@ -306,6 +309,7 @@ def _load_step(r: Reader, doc: Any, where: str, step_names: tuple[str, ...]) -> 
                 f"{where}.restart.scheduler_state",
             ),
             generator_state=generator_state,
+            guider_state=_guider_state(r, restart_doc.get("guider_state"), f"{where}.restart.guider_state"),
         )
     maps = _attention_maps(r, doc, where)
     scalars = _scalars(r, doc, where)
@@ -323,3 +327,12 @@ def _scalars(r: Reader, doc: dict[str, Any], where: str) -> dict[str, float]:
     if not ok:
         raise r.fail(f"{where}.scalars should map names to numbers")
     return {k: float(v) for k, v in found.items()}
+
+
+def _guider_state(r: Reader, doc: Any, where: str) -> dict[str, torch.Tensor] | None:
+    """A stateful guider's state at a restart point, name → tensor; absent for stateless guiders and older files."""
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or not all(isinstance(k, str) and ATTRIBUTE.match(k) for k in doc):
+        raise r.fail(f"{where} should map state names to tensors")
+    return {k: r.tensor(ref, f"{where}.{k}") for k, ref in doc.items()}

@@ -1,0 +1,174 @@
+"""Guiders: the loop's guidance step as an object. Parity with the pipelines' guidance_rescale and with
+diffusers' own guider code; intervals; APG's momentum in restart points (forks bit-exact, files); reguide
+with a guider; intermediates as hook points; errors that name what was wrong."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.guiders import AdaptiveProjectedGuidance, ClassifierFreeGuidance
+from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
+
+from diffexplain import Explainer, Trace
+from diffexplain.guidance import guide
+from diffexplain.guiders import APG, CFG
+from tests.conftest import PROMPT
+from tests.tiny_families import tiny_sdxl_pipeline
+
+STEPS = 5
+W = 6.0
+
+
+@pytest.fixture
+def ddim(parts) -> Explainer:
+    return Explainer(**parts, progress=False).set_scheduler("ddim")
+
+
+def sd_pipeline_latents(explainer: Explainer, seed: int, **kwargs) -> torch.Tensor:
+    family = explainer.family
+    pipe = StableDiffusionPipeline(
+        **family.parts, scheduler=explainer.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(PROMPT, num_inference_steps=STEPS, generator=generator, output_type="latent", **kwargs).images
+
+
+def test_the_default_guidance_is_unchanged_and_records_no_guider(ddim):
+    trace = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, seed=0)
+    assert trace.run_settings.guider is None and not any(
+        n.startswith("step.guider.") for n in trace.hook_names
+    )
+    expected = guide(trace["step.model.cond"], trace["step.model.uncond"], W)
+    assert torch.equal(trace["step.guidance"], expected)
+
+
+def test_guidance_rescale_equals_stable_diffusion_pipeline(ddim):
+    trace = ddim.run(
+        PROMPT, num_inference_steps=STEPS, guidance_scale=W, guidance_rescale=0.7, seed=3, decode=False
+    )
+    expected = sd_pipeline_latents(ddim, 3, guidance_scale=W, guidance_rescale=0.7)
+    assert torch.equal(trace.final_latents, expected)
+    assert trace.run_settings.guider == {"name": "cfg", "rescale": 0.7, "start": 0.0, "stop": 1.0}
+    for i in range(STEPS):  # the factor rescale used: std(ε_c) / std(ε̂), ε̂ before rescaling
+        cond, uncond = trace["step.model.cond", i], trace["step.model.uncond", i]
+        factor = cond.std(dim=[1, 2, 3], keepdim=True) / guide(cond, uncond, W).std(
+            dim=[1, 2, 3], keepdim=True
+        )
+        assert torch.equal(trace["step.guider.rescale_factor", i], factor)
+    plain = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, seed=3, decode=False)
+    assert not torch.equal(plain.final_latents, trace.final_latents)
+
+
+def test_guidance_rescale_equals_the_sdxl_pipeline():
+    pipe = tiny_sdxl_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    explainer = Explainer.from_pipeline(pipe, progress=False)
+    trace = explainer.run(
+        PROMPT, num_inference_steps=3, guidance_scale=5.0, guidance_rescale=0.5, seed=2, decode=False
+    )
+    expected = pipe(
+        PROMPT, num_inference_steps=3, guidance_scale=5.0, guidance_rescale=0.5, output_type="latent",
+        generator=torch.Generator().manual_seed(2),
+    ).images  # fmt: skip
+    assert torch.equal(trace.final_latents, expected)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (CFG(start=0.2, stop=0.8), dict(cls=ClassifierFreeGuidance, start=0.2, stop=0.8)),
+        (CFG(rescale=0.5), dict(cls=ClassifierFreeGuidance, guidance_rescale=0.5)),
+        (
+            APG(momentum=-0.5, norm_threshold=2.0, eta=0.5),
+            dict(
+                cls=AdaptiveProjectedGuidance,
+                adaptive_projected_guidance_momentum=-0.5,
+                adaptive_projected_guidance_rescale=2.0,
+                eta=0.5,
+            ),
+        ),
+    ],
+    ids=["cfg-interval", "cfg-rescale", "apg-momentum"],
+)
+def test_each_step_equals_diffusers_own_guider(ddim, ours, theirs):
+    """Fed the step's ε_c and ε_u, diffusers' guider (set to each step as a modular pipeline sets it)
+    gives the trace's ε̂ bit for bit, state (APG's momentum) included."""
+    trace = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=ours, seed=1)
+    cls = theirs.pop("cls")
+    guider = cls(guidance_scale=W, **theirs)
+    for i, record in enumerate(trace.steps):
+        guider.set_state(step=i, num_inference_steps=STEPS, timestep=torch.tensor(record.timestep))
+        if i == 0 and isinstance(guider, AdaptiveProjectedGuidance):
+            guider.momentum_buffer = MomentumBuffer(theirs["adaptive_projected_guidance_momentum"])
+        expected = guider.forward(record.tensors["step.model.cond"], record.tensors["step.model.uncond"]).pred
+        assert torch.equal(trace["step.guidance", i], expected), i
+
+
+def test_an_interval_guides_only_inside_it(ddim):
+    trace = ddim.run(
+        PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=CFG(start=0.2, stop=0.6), seed=1
+    )
+    active = [int(0.2 * STEPS) <= i < int(0.6 * STEPS) for i in range(STEPS)]
+    assert active == [False, True, True, False, False]
+    for i, on in enumerate(active):
+        cond, uncond = trace["step.model.cond", i], trace["step.model.uncond", i]
+        expected = guide(cond, uncond, W) if on else cond
+        assert torch.equal(trace["step.guidance", i], expected)
+
+
+def test_forks_of_a_stateful_guider_are_bit_exact_and_survive_a_file(ddim, tmp_path):
+    trace = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=APG(momentum=-0.5), seed=4)
+    states = [r.restart.guider_state for r in trace.steps]
+    assert not states[0] and all("running_average" in s for s in states[1:])  # m starts at the first step
+    for k in (1, 3):
+        fork = ddim.fork(trace, k)
+        assert torch.equal(fork.final_latents, trace.final_latents), k
+    trace.save(tmp_path / "apg.safetensors")
+    loaded = Trace.load(tmp_path / "apg.safetensors", explainer=ddim)
+    assert loaded.run_settings.guider == trace.run_settings.guider
+    assert torch.equal(loaded.steps[2].restart.guider_state["running_average"], states[2]["running_average"])
+    assert torch.equal(loaded["step.guider.delta_parallel"], trace["step.guider.delta_parallel"])
+    assert torch.equal(ddim.fork(loaded, 2).final_latents, trace.final_latents)
+
+
+def test_reguide_with_a_guider_equals_a_run_of_that_step(ddim):
+    plain = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, seed=6)
+    apg = APG(momentum=-0.5)
+    replay = plain.reguide(2, W, guider=apg)  # no model call
+    rerun = ddim.fork(plain, 2, guider=apg)  # the same step, run again with the guider
+    assert torch.equal(replay.eps_guided, rerun["step.guidance", 2])
+    assert torch.equal(replay.pred_x0, pred_x0_at(rerun, 2))
+    with_apg = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=apg, seed=6)
+    assert torch.equal(with_apg.reguide(3, W, guider=apg).eps_guided, with_apg["step.guidance", 3])
+
+
+def pred_x0_at(trace: Trace, step: int) -> torch.Tensor:
+    from diffexplain.noise_levels import pred_x0_from
+
+    return pred_x0_from(trace["step.latents", step], trace["step.guidance", step], trace.steps[step].level)
+
+
+def test_a_guiders_intermediates_are_hook_points(ddim):
+    """Δ∥ replaced by zeros at its hook point is APG with η = 0, bit for bit."""
+    zeroed = ddim.run(
+        PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=APG(), seed=2,
+        hooks={"step.guider.delta_parallel": lambda x, *, ctx: torch.zeros_like(x)},
+    )  # fmt: skip
+    eta0 = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=APG(eta=0.0), seed=2)
+    assert torch.equal(zeroed.final_latents, eta0.final_latents)
+    assert {r.name for r in zeroed.replacements} == {"step.guider.delta_parallel"}
+    assert "step.guider.delta_orthogonal" in zeroed.hook_names
+
+
+def test_bad_guider_arguments_name_what_was_wrong(ddim):
+    with pytest.raises(TypeError, match="expected a diffexplain guider"):
+        ddim.run(PROMPT, num_inference_steps=2, guider=ClassifierFreeGuidance())
+    with pytest.raises(ValueError, match="guidance_rescale=0.5 or guider=, not both"):
+        ddim.run(PROMPT, num_inference_steps=2, guider=CFG(), guidance_rescale=0.5)
+    with pytest.raises(ValueError, match=r"0 ≤ start < stop ≤ 1"):
+        CFG(start=0.8, stop=0.2)
+    with pytest.raises(ValueError, match=r"rescale \(guidance_rescale\) must be a number in \[0, 1\]"):
+        CFG(rescale=2.0)
