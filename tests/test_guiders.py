@@ -7,12 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.guiders import AdaptiveProjectedGuidance, ClassifierFreeGuidance
+from diffusers.guiders import (
+    AdaptiveProjectedGuidance,
+    ClassifierFreeGuidance,
+    ClassifierFreeZeroStarGuidance,
+    PerturbedAttentionGuidance,
+)
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
 
 from diffexplain import Explainer, Trace
 from diffexplain.guidance import guide
-from diffexplain.guiders import APG, CFG
+from diffexplain.guiders import APG, CFG, CFGZeroStar
 from tests.conftest import PROMPT
 from tests.tiny_families import tiny_sdxl_pipeline
 
@@ -90,8 +95,12 @@ def test_guidance_rescale_equals_the_sdxl_pipeline():
                 eta=0.5,
             ),
         ),
+        (
+            CFGZeroStar(zero_init_steps=1, stop=0.8),
+            dict(cls=ClassifierFreeZeroStarGuidance, zero_init_steps=1, stop=0.8),
+        ),
     ],
-    ids=["cfg-interval", "cfg-rescale", "apg-momentum"],
+    ids=["cfg-interval", "cfg-rescale", "apg-momentum", "cfg-zero-star"],
 )
 def test_each_step_equals_diffusers_own_guider(ddim, ours, theirs):
     """Fed the step's ε_c and ε_u, diffusers' guider (set to each step as a modular pipeline sets it)
@@ -165,10 +174,40 @@ def test_a_guiders_intermediates_are_hook_points(ddim):
 
 def test_bad_guider_arguments_name_what_was_wrong(ddim):
     with pytest.raises(TypeError, match="expected a diffexplain guider"):
-        ddim.run(PROMPT, num_inference_steps=2, guider=ClassifierFreeGuidance())
+        ddim.run(PROMPT, num_inference_steps=2, guider="apg")
+    with pytest.raises(ValueError, match="needs the predictions .*pred_cond_skip.* perturbed model pass"):
+        ddim.run(
+            PROMPT, num_inference_steps=2, guider=PerturbedAttentionGuidance(perturbed_guidance_layers=[0])
+        )
     with pytest.raises(ValueError, match="guidance_rescale=0.5 or guider=, not both"):
         ddim.run(PROMPT, num_inference_steps=2, guider=CFG(), guidance_rescale=0.5)
     with pytest.raises(ValueError, match=r"0 ≤ start < stop ≤ 1"):
         CFG(start=0.8, stop=0.2)
     with pytest.raises(ValueError, match=r"rescale \(guidance_rescale\) must be a number in \[0, 1\]"):
         CFG(rescale=2.0)
+
+
+def test_diffusers_guiders_plug_in_directly(ddim, tmp_path):
+    """A diffusers guider object runs as a modular pipeline calls it: the same bits as diffexplain's own
+    APG; its momentum is in the restart points, so forks (also from a file) are bit-exact."""
+    theirs = AdaptiveProjectedGuidance(
+        adaptive_projected_guidance_momentum=-0.5, adaptive_projected_guidance_rescale=2.0, eta=0.5
+    )
+    trace = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=theirs, seed=8)
+    ours = ddim.run(
+        PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=APG(momentum=-0.5, norm_threshold=2.0, eta=0.5),
+        seed=8,
+    )  # fmt: skip
+    assert torch.equal(trace.final_latents, ours.final_latents)
+    assert trace.run_settings.guider["name"] == "diffusers"
+    assert trace.run_settings.guider["cls"] == "AdaptiveProjectedGuidance"
+    assert theirs.momentum_buffer is None  # the caller's object is not the one that ran
+    assert torch.equal(ddim.fork(trace, 3).final_latents, trace.final_latents)
+    trace.save(tmp_path / "t.safetensors")
+    loaded = Trace.load(tmp_path / "t.safetensors", explainer=ddim)
+    assert torch.equal(ddim.fork(loaded, 2).final_latents, trace.final_latents)
+    cfg = ddim.run(
+        PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=ClassifierFreeGuidance(), seed=8
+    )
+    plain = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, seed=8)
+    assert torch.equal(cfg.final_latents, plain.final_latents)

@@ -6,6 +6,7 @@ from typing import Any
 
 from diffexplain.guiders.base import GUIDERS, Guider
 from diffexplain.guiders.cfg import CFG
+from diffexplain.guiders.from_diffusers import DiffusersGuider
 
 
 def run_guider(guider: Any, guidance_rescale: float = 0.0) -> dict[str, Any] | None:
@@ -18,10 +19,12 @@ def run_guider(guider: Any, guidance_rescale: float = 0.0) -> dict[str, Any] | N
         if guidance_rescale == 0:
             return None
         return CFG(rescale=guidance_rescale).describe()
+    if is_diffusers_guider(guider):
+        guider = DiffusersGuider(guider)
     if not isinstance(guider, Guider):
         raise TypeError(
             f"guider={guider!r}: expected a diffexplain guider ({', '.join(sorted(GUIDERS))}: "
-            "from diffexplain.guiders import CFG, APG)"
+            "from diffexplain.guiders import CFG, APG) or a diffusers one (diffusers.guiders)"
         )
     if guidance_rescale:
         raise ValueError(
@@ -29,3 +32,10 @@ def run_guider(guider: Any, guidance_rescale: float = 0.0) -> dict[str, Any] | N
             "rescale (CFG(rescale=...), APG(rescale=...))"
         )
     return guider.describe()
+
+
+def is_diffusers_guider(value: Any) -> bool:
+    """Whether ``value`` is one of diffusers' guiders (by its class's ancestry, without importing them)."""
+    return any(
+        c.__name__ == "BaseGuidance" and c.__module__.startswith("diffusers.") for c in type(value).__mro__
+    )
