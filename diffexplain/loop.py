@@ -256,6 +256,8 @@ def loop_steps(
             generator = _generator(settings, restart.generator_state, device)
             start = resume.step
         guider = guider_from_json(settings.guider)  # a fresh one per run: its state is this run's alone
+        if guider is not None and guider.sampler_stage:
+            guider.check_scheduler(scheduler, settings.eta)
         if guider is not None and resume is not None:
             guider.load_state(resume.source.steps[resume.step].restart.guider_state or {})
         timesteps = scheduler.timesteps
@@ -395,7 +397,13 @@ def denoise(
             # 5.4 scheduler step: x_t → x_{t−1}
             scheduler_input = family.scheduler_input(scheduler, eps_guided, extra)  # ε̂ (and the extra part)
             at_step = family.step_kwargs_at(scheduler, i)  # e.g. UnCLIP's prev_timestep
-            out = scheduler.step(scheduler_input, t, latents, **step_kwargs, **at_step, return_dict=True)
+            if guider is not None and guider.sampler_stage:  # CFG++: guidance in the update itself
+                active = do_cfg and guider.active(i, settings.num_inference_steps)
+                out = guider.sampler_step(
+                    scheduler, t, latents, eps_guided, eps_uncond if do_cfg else None, active
+                )
+            else:
+                out = scheduler.step(scheduler_input, t, latents, **step_kwargs, **at_step, return_dict=True)
             scheduler_x0 = getattr(out, "pred_original_sample", None)
             if scheduler_x0 is not None and not x0_replaced:
                 sites.current["step.pred_x0"] = scheduler_x0  # the scheduler's own x̂0 where it returns one

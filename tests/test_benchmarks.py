@@ -55,6 +55,7 @@ SCRIPTS = {
     "bench_gan": Case(
         ("--grid", "{tmp}/grid.png", *JSON), ("modes_in_first_k",), ("rows",), files=("grid.png",)
     ),
+    "bench_guiders": Case(JSON, ("at gamut edge",), ("_settings", "methods")),
     "bench_loop": Case(("--json",), (), ("families",), json_on_stdout=True),
     "bench_model": Case(
         ("--grid", "{tmp}/grid.png", *JSON),

@@ -17,7 +17,7 @@ from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
 
 from diffexplain import Explainer, Trace
 from diffexplain.guidance import guide
-from diffexplain.guiders import APG, CFG, CFGZeroStar
+from diffexplain.guiders import APG, CFG, CFGPlusPlus, CFGZeroStar
 from tests.conftest import PROMPT
 from tests.tiny_families import tiny_sdxl_pipeline
 
@@ -211,3 +211,33 @@ def test_diffusers_guiders_plug_in_directly(ddim, tmp_path):
     )
     plain = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, seed=8)
     assert torch.equal(cfg.final_latents, plain.final_latents)
+
+
+# ---- CFG++: guidance in the sampler update ------------------------------------------------------------
+def test_cfg_plus_plus_renoises_with_the_unconditional_prediction(ddim):
+    trace = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=CFGPlusPlus(lam=0.6), seed=5)
+    scheduler = ddim.scheduler
+    alphas = scheduler.alphas_cumprod
+    for i, t in enumerate(trace.timesteps):
+        cond, uncond = trace["step.model.cond", i], trace["step.model.uncond", i]
+        eps_lambda = guide(cond, uncond, 0.6)  # ε̂_λ = ε_u + λ·Δ: what x̂0 is read from
+        assert torch.equal(trace["step.guidance", i], eps_lambda)
+        x_t = trace["step.latents", i]
+        a_t = alphas[int(t)]
+        prev = int(t) - scheduler.config.num_train_timesteps // STEPS
+        a_prev = alphas[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+        x0 = (x_t - (1 - a_t) ** 0.5 * eps_lambda) / a_t**0.5
+        assert torch.equal(trace["step.pred_x0", i], x0)
+        assert torch.equal(
+            trace["step.next", i], a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * uncond
+        )  # ε_u, not ε̂
+    assert torch.equal(ddim.fork(trace, 2).final_latents, trace.final_latents)
+    assert trace.run_settings.guider == {"name": "cfg_pp", "lam": 0.6, "start": 0.0, "stop": 1.0}
+
+
+def test_cfg_plus_plus_needs_ddim_and_says_so(parts):
+    euler = Explainer(**parts, progress=False).set_scheduler("euler")
+    with pytest.raises(ValueError, match=r"CFG\+\+ is written for DDIM.*set_scheduler\('ddim'\)"):
+        euler.run(PROMPT, num_inference_steps=2, guidance_scale=W, guider=CFGPlusPlus())
+    with pytest.raises(ValueError, match=r"lam \(CFG\+\+'s λ, in place of w\) must be a number in \[0, 1\]"):
+        CFGPlusPlus(lam=5.0)

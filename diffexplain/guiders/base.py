@@ -50,6 +50,7 @@ class Guider(ABC):
     needs: ClassVar[tuple[str, ...]] = ("cond", "uncond")  # the predictions it combines
     points: ClassVar[tuple[HookPoint, ...]] = ()  # its intermediates, called through step.site
     stateful: ClassVar[bool] = False  # carries state from step to step (kept in restart points)
+    sampler_stage: ClassVar[bool] = False  # also replaces the scheduler's step (``sampler_step``: CFG++)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

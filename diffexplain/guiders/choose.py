@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffexplain.guiders.base import GUIDERS, Guider
+from diffexplain.guiders.base import GUIDERS, Guider, guider_from_json
 from diffexplain.guiders.cfg import CFG
 from diffexplain.guiders.from_diffusers import DiffusersGuider
 
@@ -39,3 +39,10 @@ def is_diffusers_guider(value: Any) -> bool:
     return any(
         c.__name__ == "BaseGuidance" and c.__module__.startswith("diffusers.") for c in type(value).__mro__
     )
+
+
+def check_fits(guider: dict[str, Any] | None, scheduler: Any, eta: float) -> None:
+    """Before a run starts: ``ValueError`` where its guider cannot run with this scheduler (CFG++: DDIM)."""
+    built = guider_from_json(guider)
+    if built is not None and built.sampler_stage:
+        built.check_scheduler(scheduler, eta)
