@@ -27,20 +27,23 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffexplain import load_default
 from diffexplain.data.checker import score
 from diffexplain.data.scenes import Scene, caption, sample_scene
-from diffexplain.guiders import APG, CFG, CFGZeroStar
+from diffexplain.guiders import APG, CFG, CFGPlusPlus, CFGZeroStar
 
 PROMPT_SEED = 20_261_206
 BATCH = 24
 
 
 def methods() -> dict[str, Any]:
-    """The methods compared, by label: None is the loop's own ε_u + w·Δ."""
+    """The methods compared, by label: None is the loop's own ε_u + w·Δ (the embedded model samples with
+    DDIM, which CFG++ needs)."""
     return {
         "CFG": None,
         "CFG + rescale 0.7": CFG(rescale=0.7),
         "CFG in [0.2, 0.8)": CFG(start=0.2, stop=0.8),
         "APG (β = −0.5)": APG(momentum=-0.5),
         "CFG-Zero*": CFGZeroStar(zero_init_steps=1),
+        "CFG++ (λ = 0.6)": CFGPlusPlus(lam=0.6),
+        "CFG++ (λ = 0.9)": CFGPlusPlus(lam=0.9),
     }
 
 
