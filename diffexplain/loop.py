@@ -34,13 +34,13 @@ from diffexplain.checks import check_start_level
 from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.guidance import guide
 from diffexplain.guiders.base import GuidanceStep, Guider, guider_from_json
-from diffexplain.hooks import Hook, HookContext, HookRunner, Replacement, StepTensors, check_replacement
+from diffexplain.hooks import Hook, HookRunner, Replacement, StepTensors, check_replacement
 from diffexplain.model_step import predict_branches
-from diffexplain.names import HookPoint
 from diffexplain.noise_levels import model_output_from, pred_x0_from
 from diffexplain.records import RestartPoint, StepRecord
 from diffexplain.scheduler_state import fresh_scheduler, restore, snapshot
 from diffexplain.settings import RunSettings
+from diffexplain.sites import Sites
 from diffexplain.step_scalars import STEP_SCALARS, FinishedStep, read_scalars
 from diffexplain.trace import Trace
 
@@ -86,59 +86,6 @@ def keep_partial_trace(trace: Trace) -> Iterator[None]:
             "and explainer.last_trace"
         )
         raise
-
-
-# ---- hook sites ---------------------------------------------------------------------------------------
-class Sites:
-    """Calls the hooks at each hook point and collects this step's tensors (``ctx.current``)."""
-
-    def __init__(
-        self, trace: Trace, hooks: HookRunner, guidance_scale: float, init_noise_sigma: float
-    ) -> None:
-        self.trace, self.hooks = trace, hooks
-        self.guidance_scale, self.init_noise_sigma = guidance_scale, init_noise_sigma
-        self.step: int | None = None
-        self.timestep: float | None = None
-        self.current: dict[str, torch.Tensor] = {}
-        self.pending: list[Replacement] = []  # this step's replacement records, committed when it finishes
-        self.derived: dict[str, list[HookPoint]] = {}  # derived points by the point they come after
-        for point in trace.hook_points:
-            if point.derive is not None and point.after is not None:
-                self.derived.setdefault(point.after, []).append(point)
-
-    def __call__(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Run the hooks at ``name`` on ``x`` and return the (possibly replaced) tensor; then the derived
-        points declared to come after ``name``, each computed from this step's tensors so far."""
-        if self.hooks.has(name):
-            record = self.pending.append if self.step is not None else self.trace.replacements.append
-            x = self.hooks.apply(name, x, self.step, self._ctx, record)
-        self.current[name] = x
-        if self.step is None and name in self.trace.kept:
-            self.trace.run_tensors[name] = self.trace.store(x)
-        for point in self.derived.get(name, ()):
-            self(point.name, point.derive(StepTensors(self.current)))  # type: ignore[misc]
-        return x
-
-    def _ctx(self, name: str) -> HookContext:
-        return HookContext(
-            name=name,
-            step=self.step,
-            timestep=self.timestep,
-            num_steps=self.hooks.num_steps,
-            guidance_scale=self.guidance_scale,
-            init_noise_sigma=self.init_noise_sigma,
-            current=StepTensors(self.current),
-            trace=self.trace,
-        )
-
-    def begin_step(self, step: int, timestep: float) -> None:
-        """Start collecting a new step."""
-        self.step, self.timestep = step, timestep
-        self.current, self.pending = {}, []
-
-    def end_step(self) -> None:
-        """Leave step mode (for run-level points after the loop)."""
-        self.step, self.timestep, self.current = None, None, {}
 
 
 # ---- conditioning -------------------------------------------------------------------------------------

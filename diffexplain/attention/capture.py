@@ -25,7 +25,7 @@ from diffexplain.attention.layers import PREFIX, AttentionLayer, grid_of, resolu
 from diffexplain.attention.processors import CrossAttentionCapture, JointAttentionCapture, check_original
 
 if TYPE_CHECKING:
-    from diffexplain.loop import Sites
+    from diffexplain.sites import Sites
 
 
 class AttentionCapture:
