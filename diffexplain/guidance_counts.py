@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from diffexplain.data.scenes import Scene
     from diffexplain.explainer import Explainer
+    from diffexplain.guiders.base import Guider
 
 SWEEP_SCALES: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0)
 """The guidance scales of a w sweep (``sweep``): no prompt, guidance off, then stronger and stronger."""
@@ -70,6 +71,7 @@ class Column:
     )  # checker's all_right per picture; None: no checker for this model/prompt
     readings: tuple[str, ...] | None  # what the checker read in each picture, e.g. "red circle left"
     diversity: float  # mean pairwise pixel distance (see the module's docstring)
+    method: str | None = None  # the guidance method's label (a guider's), None: ε_u + w·Δ
 
     @property
     def n(self) -> int:
@@ -88,8 +90,9 @@ class Column:
 
     @property
     def label(self) -> str:
-        """What this column shows, in words."""
-        return scale_label(self.guidance_scale)
+        """What this column shows, in words (the guidance method's too, where one was given)."""
+        label = scale_label(self.guidance_scale)
+        return label if self.method is None else f"{self.method}, {label}"
 
     @property
     def count_text(self) -> str:
@@ -183,6 +186,7 @@ def column_steps(
     scene: Scene | None = None,
     batch_size: int | None = None,
     on_step: Callable[[], None] | None = None,
+    guider: Guider | None = None,
 ) -> Generator[int, None, Column]:
     """One column, as work that yields each finished loop step (``col = yield from column_steps(...)``).
 
@@ -190,6 +194,7 @@ def column_steps(
     allows), each picture starting from its own seed's noise x_T, so seed s gives the picture of
     ``explainer.run(prompt, seed=s)`` (to float rounding; with a stochastic scheduler the per-step
     noise is shared by the batch). ``on_step`` is called after every loop step (a progress bar).
+    ``guider``: a guidance method (``diffexplain.guiders``) in place of ε_u + w·Δ, for w > 1.
     """
     from diffexplain import checks
     from diffexplain.data.checker import detect_objects, score
@@ -198,6 +203,8 @@ def column_steps(
     height, width = explainer.family.default_size()
     hooks: list[Hook] = []
     run_scale = w
+    if guider is not None and w <= 1:
+        raise ValueError(f"guider={guider!r} needs guidance on (guidance_scale > 1); got {w:g}")
     if w < 1:  # the loop would run ε_c alone: compute both branches and mix them ourselves
         if not guidance_on(2.0, distilled=explainer.family.guidance_distilled()):
             raise ValueError(
@@ -225,6 +232,7 @@ def column_steps(
                 progress=False,
                 restart=False,
                 attention_maps=False,
+                guider=guider,
             )
         for step in job:
             if on_step is not None:
@@ -236,7 +244,8 @@ def column_steps(
         found = [detect_objects(im, n_objects=len(scene.objects)) for im in images]
         verdicts = tuple(score(im, scene, detected=f).all_right for im, f in zip(images, found, strict=True))
         readings = tuple(reading(f) for f in found)
-    return Column(w, tuple(seeds), tuple(images), verdicts, readings, diversity(images))
+    method = None if guider is None else getattr(guider, "label", type(guider).__name__)
+    return Column(w, tuple(seeds), tuple(images), verdicts, readings, diversity(images), method)
 
 
 def count_seeds(
@@ -248,11 +257,13 @@ def count_seeds(
     num_inference_steps: int | None = None,
     negative_prompt: str = "",
     batch_size: int | None = None,
+    guider: Guider | None = None,
 ) -> list[Column]:
     """One :class:`Column` per guidance scale in ``scales``, each over the same ``seeds`` (a count n
     means seeds 0 … n−1), scored by the attribute checker where it can read the model and the prompt.
 
-    ``num_inference_steps`` defaults to the model's own. ``sweep`` is the same over :data:`SWEEP_SCALES`.
+    ``num_inference_steps`` defaults to the model's own. ``guider``: a guidance method for the columns at
+    w > 1 (``diffexplain.guiders``). ``sweep`` is the same over :data:`SWEEP_SCALES`.
     """
     from diffexplain import checks
 
@@ -271,6 +282,7 @@ def count_seeds(
                 negative_prompt=negative_prompt,
                 scene=scene,
                 batch_size=batch_size,
+                guider=guider if w > 1 else None,
             )
         )
         for w in scales

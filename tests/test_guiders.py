@@ -241,3 +241,16 @@ def test_cfg_plus_plus_needs_ddim_and_says_so(parts):
         euler.run(PROMPT, num_inference_steps=2, guidance_scale=W, guider=CFGPlusPlus())
     with pytest.raises(ValueError, match=r"lam \(CFG\+\+'s λ, in place of w\) must be a number in \[0, 1\]"):
         CFGPlusPlus(lam=5.0)
+
+
+def test_seeds_are_counted_under_a_guidance_method(ddim):
+    from diffexplain.guidance_counts import column_steps, count_seeds
+    from diffexplain.jobs import drain
+
+    off, on = count_seeds(ddim, PROMPT, scales=(1.0, W), seeds=2, num_inference_steps=3, guider=APG(eta=0.0))
+    assert off.method is None and on.method == APG.label and on.label.startswith(APG.label)
+    plain = count_seeds(ddim, PROMPT, scales=(W,), seeds=2, num_inference_steps=3)[0]
+    differs = [a.tobytes() != b.tobytes() for a, b in zip(on.images, plain.images, strict=True)]
+    assert any(differs)  # the method changed the pictures
+    with pytest.raises(ValueError, match="needs guidance on"):
+        drain(column_steps(ddim, PROMPT, 1.0, (0,), num_inference_steps=2, guider=APG()))
