@@ -42,6 +42,7 @@ def methods() -> dict[str, Any]:
         "CFG in [0.2, 0.8)": CFG(start=0.2, stop=0.8),
         "APG (β = −0.5)": APG(momentum=-0.5),
         "CFG-Zero*": CFGZeroStar(zero_init_steps=1),
+        "CFG-Zero*, no zero init": CFGZeroStar(zero_init_steps=0),
         "CFG++ (λ = 0.6)": CFGPlusPlus(lam=0.6),
         "CFG++ (λ = 0.9)": CFGPlusPlus(lam=0.9),
     }

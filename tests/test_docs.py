@@ -25,7 +25,7 @@ CONCEPT_NOTEBOOKS = {
     "concepts/predicting-noise.md": ("02",),
     "concepts/sampling-loop.md": ("03",),
     "concepts/text-conditioning.md": ("04",),
-    "concepts/guidance.md": ("05",),
+    "concepts/guidance.md": ("05", "12"),
     "concepts/latent-space.md": ("06",),
     "concepts/cross-attention.md": ("09",),
 }

@@ -3,7 +3,10 @@ arXiv 2503.18886), as diffusers' ``ClassifierFreeZeroStarGuidance`` computes it.
 
 Notation: α = ⟨ε_c, ε_u⟩ / ‖ε_u‖² per sample (the projection of ε_c on ε_u), ε̂ = α·ε_u + w·(ε_c − α·ε_u);
 and the first ``zero_init_steps`` steps predict 0 ("zero init": the first steps of a flow model are the
-least accurate, so they move nothing).
+least accurate, so they move nothing). Zero init is made for flow models, where a zero velocity leaves x_t
+where it is; on an ε model a zero ε at the first step rescales pure noise instead of removing any of it
+(on the embedded model: 0 % of pictures right, ``benchmarks/bench_guiders.py``), so use
+``zero_init_steps=0`` there.
 """
 
 from __future__ import annotations
