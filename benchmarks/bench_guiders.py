@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffexplain import load_default
 from diffexplain.data.checker import score
 from diffexplain.data.scenes import Scene, caption, sample_scene
+from diffexplain.guidance_counts import saturation
 from diffexplain.guiders import APG, CFG, CFGPlusPlus, CFGZeroStar
 
 PROMPT_SEED = 20_261_206
@@ -58,16 +59,6 @@ def plain_two_object_scenes(n: int, seed: int) -> list[Scene]:
     return scenes
 
 
-def saturation(pixels: np.ndarray) -> tuple[float, float]:
-    """(share of coloured pixels at the gamut's edge, mean chroma of coloured pixels) of [N, H, W, 3] in [0, 1]."""
-    chroma = pixels.max(axis=-1) - pixels.min(axis=-1)
-    coloured = chroma >= 0.5
-    if not coloured.any():
-        return 0.0, 0.0
-    edge = ((pixels <= 1 / 255) | (pixels >= 254 / 255)).any(axis=-1) & coloured
-    return float(edge.sum() / coloured.sum()), float(chroma[coloured].mean())
-
-
 def run_method(
     explainer: Any, guider: Any, scenes: list[Scene], seeds: list[int], steps: int
 ) -> dict[str, Any]:
@@ -97,8 +88,8 @@ def run_method(
         seconds += time.perf_counter() - began
         for scene, image in zip(chunk, trace.images, strict=True):
             right.append(score(image, scene).all_right)
-            pictures.append(np.asarray(image, dtype=np.float32) / 255)
-    edge, chroma = saturation(np.stack(pictures))
+            pictures.append(image)
+    edge, chroma = saturation(pictures)
     return {
         "n": len(right),
         "share_right": float(np.mean(right)),

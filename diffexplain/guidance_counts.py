@@ -72,6 +72,7 @@ class Column:
     readings: tuple[str, ...] | None  # what the checker read in each picture, e.g. "red circle left"
     diversity: float  # mean pairwise pixel distance (see the module's docstring)
     method: str | None = None  # the guidance method's label (a guider's), None: ε_u + w·Δ
+    saturation: tuple[float, float] | None = None  # (share at the gamut's edge, mean chroma): ``saturation``
 
     @property
     def n(self) -> int:
@@ -124,6 +125,19 @@ def checker_scene(explainer: Explainer, prompt: str) -> tuple[Scene | None, str]
         return parse_caption(prompt), ""
     except ValueError as err:
         return None, f"no verdicts: the checker cannot read this prompt as a scene ({err})"
+
+
+def saturation(images: Sequence[Image.Image | np.ndarray]) -> tuple[float, float]:
+    """How saturated the pictures are, over their coloured pixels (chroma = max − min of the channels in
+    [0, 1], at least 0.5): the share at the gamut's edge (a channel ≤ 1/255 or ≥ 254/255) and the mean
+    chroma. (0, 0) where no pixel is coloured."""
+    pixels = np.stack([np.asarray(im, dtype=np.float32)[..., :3] for im in images]) / 255.0
+    chroma = pixels.max(axis=-1) - pixels.min(axis=-1)
+    coloured = chroma >= 0.5
+    if not coloured.any():
+        return 0.0, 0.0
+    edge = ((pixels <= 1 / 255) | (pixels >= 254 / 255)).any(axis=-1) & coloured
+    return float(edge.sum() / coloured.sum()), float(chroma[coloured].mean())
 
 
 def diversity(images: Sequence[Image.Image | np.ndarray]) -> float:
@@ -245,7 +259,9 @@ def column_steps(
         verdicts = tuple(score(im, scene, detected=f).all_right for im, f in zip(images, found, strict=True))
         readings = tuple(reading(f) for f in found)
     method = None if guider is None else getattr(guider, "label", type(guider).__name__)
-    return Column(w, tuple(seeds), tuple(images), verdicts, readings, diversity(images), method)
+    return Column(
+        w, tuple(seeds), tuple(images), verdicts, readings, diversity(images), method, saturation(images)
+    )
 
 
 def count_seeds(

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from diffexplain import render
+from diffexplain.errors import TraceKeyError
 from diffexplain.families import FAMILIES
 
 if TYPE_CHECKING:
@@ -127,3 +128,21 @@ def shown_latents(trace: Trace, step: int) -> torch.Tensor | None:
     if latents is None and record.restart is not None:
         latents = record.restart.latents
     return None if latents is None else latents[:1].float() * vp_scale(trace, step)
+
+
+def effective_scales(trace: Trace) -> list[float | None]:
+    """Per step, the w that plain CFG would need along Δ: ⟨ε̂ − ε_u, Δ⟩ / ‖Δ‖², Δ = ε_c − ε_u (the run's
+    own w under CFG; less where a method shrinks or turns guidance, 1 outside an interval, 0 where ε̂ = ε_u).
+    None where a step has no ε_u (guidance off)."""
+    out: list[float | None] = []
+    for i in range(len(trace)):
+        try:
+            cond, uncond = trace["step.model.cond", i], trace["step.model.uncond", i]
+            guided = trace["step.guidance", i]
+        except TraceKeyError:
+            out.append(None)
+            continue
+        delta = (cond - uncond).double()
+        squared = float(delta.pow(2).sum())
+        out.append(None if squared == 0 else float(((guided - uncond).double() * delta).sum()) / squared)
+    return out

@@ -11,6 +11,8 @@ import ipywidgets as W
 from diffexplain import interventions, render
 from diffexplain.checks import check_guidance_scale
 from diffexplain.errors import TraceKeyError
+from diffexplain.guiders.menu import PLAIN, method_menu
+from diffexplain.views import effective_scales
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
     from diffexplain.cascade import Cascade
     from diffexplain.explainer import Explainer
+    from diffexplain.guiders.base import Guider
     from diffexplain.trace import Trace
 
 HELP = (
@@ -45,7 +48,9 @@ HELP = (
     "without it (<b>ε_u</b>); the loop uses <b>ε̂ = ε_u + w·(ε_c − ε_u)</b>. With <b>w = 1</b> guidance is off. "
     "Moving the <b>w</b> slider re-guides the steps already computed (no new {model} call): the strip shows "
     "the guess x̂0 each step would make at that w. <b>Run at this scale</b> runs the whole loop again. "
-    "<b>Guidance off for steps</b> turns guidance off in a range of steps only (a fork from the range start)."
+    "<b>Guidance off for steps</b> turns guidance off in a range of steps only (a fork from the range start). "
+    "The <b>method</b> menu swaps the guidance step for another method (rescale, a step window, APG, "
+    "CFG-Zero*, CFG++): the guided run, the strip and the seed grid use it."
 )
 STRIP_STEPS = 8  # at most this many steps in the re-guided strip
 
@@ -106,6 +111,10 @@ class GuidanceLab(DxWidget):
             value=w0, min=1.0, max=20.0, step=0.5, description="w", continuous_update=True
         )
         self.scale.add_class("dx-guidance-slider")
+        self.methods = method_menu(explainer.scheduler)  # label -> guider (None: ε_u + w·Δ)
+        self.method = W.Dropdown(options=list(self.methods), value=PLAIN, description="method")
+        self.method.layout.width = "260px"
+        self.method.add_class("dx-guidance-method")
         self.run_scale_button = button("Run at this scale", "dx-run-scale")
         self.range = W.IntRangeSlider(
             value=(0, 1), min=0, max=1, description="step range", continuous_update=False
@@ -129,6 +138,18 @@ class GuidanceLab(DxWidget):
         self.strip.add_class("dx-reguide-strip")
         self.strip_label = W.HTML()
         self.strip_label.add_class("dx-reguide-label")
+        self.effective = LiveFigure()  # the effective scale per step, of the guided run
+        self.effective.add_scatter(x=[], y=[], name="effective w", mode="lines+markers")
+        self.effective.update_layout(
+            height=220,
+            margin={"l": 50, "r": 20, "t": 30, "b": 40},
+            title={
+                "text": "effective w per step: ⟨ε̂ − ε_u, Δ⟩ / ‖Δ‖² of the guided run",
+                "font": {"size": 13},
+            },
+            xaxis_title="loop step",
+            yaxis_title="w",
+        )
         self.fig = LiveFigure()
         for name in ("‖Δ‖ of the run (RMS)", "‖w·Δ‖ at the slider's w", "‖Δ‖, guidance off in the range"):
             self.fig.add_scatter(x=[], y=[], name=name, mode="lines+markers")
@@ -147,6 +168,7 @@ class GuidanceLab(DxWidget):
         self.run_scale_button.on_click(self.guard(lambda _: self.start(self._at_scale_work)))
         self.range_button.on_click(self.guard(lambda _: self.start(self._range_work)))
         self.scale.observe(self.guard(self._on_scale), names="value")
+        self.method.observe(self.guard(self._on_method), names="value")
         self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
 
         self.children = [
@@ -155,13 +177,14 @@ class GuidanceLab(DxWidget):
             W.HBox([boxes["off"], boxes["on"], boxes["diff"], boxes["range"]]),
             self.caption,
             W.HBox(
-                [self.stage_chooser, self.scale, self.run_scale_button, self.preview]
+                [self.stage_chooser, self.method, self.scale, self.run_scale_button, self.preview]
             ),  # chooser: cascades
             self.strip_label,
             self.strip,
             W.HBox([self.range, self.range_button]),
             self.progress,
             figure_box(self.fig, "dx-guidance-plot"),
+            figure_box(self.effective, "dx-effective-plot"),
             self.grid,
             self.status,
             self.output,
@@ -173,6 +196,11 @@ class GuidanceLab(DxWidget):
         self.ranged: Trace | None = None
         self._w_on = w0
         self.guard(self.run)()
+
+    @property
+    def guider(self) -> Guider | None:
+        """The chosen guidance method (None: ε_u + w·Δ), for the guided run, the strip and the seed grid."""
+        return self.methods[self.method.value]
 
     @property
     def traces(self) -> dict[str, Trace | None]:
@@ -190,6 +218,7 @@ class GuidanceLab(DxWidget):
             guidance_scale=w,
             num_inference_steps=self.steps.value,
             negative_prompt=self.negative_prompt,
+            guider=self.guider if w > 1 else None,
         )
 
     def _run_cascade(self, w: float) -> Generator[int, None, Trace]:
@@ -208,6 +237,14 @@ class GuidanceLab(DxWidget):
             **settings,
         )
         return run.stages[self.stage]
+
+    def _on_method(self, change: dict | None = None) -> None:
+        """Another guidance method: the guided run again with it (the strip re-guides with it at once)."""
+        if self.cascade is not None and self.guider is not None:
+            self.method.value = PLAIN
+            raise ValueError("guidance methods are for single models; this lab runs a cascade")
+        if self.on is not None:
+            self.start(self._at_scale_work)
 
     def _on_stage(self, name: str | None) -> None:
         """Another stage chosen: its explainer, and the off/on pair run again for it."""
@@ -280,6 +317,11 @@ class GuidanceLab(DxWidget):
                 f"{what} counts runs of one model; this lab runs a cascade (stages {self.cascade.names})"
             )
 
+    def compare_methods(self) -> None:
+        """Count the same seeds at the chosen w under every method of the menu (``grid.methods_table``)."""
+        self._single_model("comparing methods")
+        self.grid.compare_methods()
+
     def sweep(self) -> None:
         """Count the same seeds at w = 0, 1, 2, 3, 5, 7.5, 10 and plot share right and diversity vs w."""
         self._single_model("the w sweep")
@@ -303,7 +345,8 @@ class GuidanceLab(DxWidget):
         self.caption.layout.display = None if self.caption.value else "none"
         self.images["off"].value = self.frames.final(self.off, preview=preview)
         self.images["on"].value = self.frames.final(self.on, preview=preview)
-        self.on_title.value = f"<b>guidance on (w = {self.on.run_settings.guidance_scale:g})</b>"
+        method = "" if self.on.run_settings.guider is None else f", {self.method.value}"
+        self.on_title.value = f"<b>guidance on (w = {self.on.run_settings.guidance_scale:g}{method})</b>"
         self.images["diff"].value = self.frames.difference(self.on, self.off, preview=preview)
         if self.ranged is not None:
             a, b = self.range.value
@@ -320,6 +363,8 @@ class GuidanceLab(DxWidget):
                 self.fig.data[2].x, self.fig.data[2].y = steps, self._delta(self.ranged)
             else:
                 self.fig.data[2].x, self.fig.data[2].y = [], []
+        with self.effective.batch_update():
+            self.effective.data[0].x, self.effective.data[0].y = steps, effective_scales(self.on)
         self._on_scale()
 
     def _strip_steps(self, n: int) -> list[int]:
@@ -337,10 +382,15 @@ class GuidanceLab(DxWidget):
         tiles: list[Image.Image] = []
         labels = []
         for k in self._strip_steps(len(trace)):
-            x0 = trace.reguide(k, w).pred_x0
+            x0 = trace.reguide(k, w, guider=self.guider).pred_x0
             tiles.append(
                 self.frames.picture(
-                    trace, ("reguide", k, w), x0, preview=self.preview.value, pixel_space=pixel, size=96
+                    trace,
+                    ("reguide", k, w, self.method.value),
+                    x0,
+                    preview=self.preview.value,
+                    pixel_space=pixel,
+                    size=96,
                 )
             )
             labels.append(f"step {k}")

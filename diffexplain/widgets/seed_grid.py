@@ -30,7 +30,10 @@ GRID_HELP = (
     "with <b>no prompt (w = 0</b>, ε̂ = ε_u), with the prompt and guidance off (<b>w = 1</b>, ε̂ = ε_c) and "
     "at the slider's <b>w</b>. A green border: the attribute checker read the prompt's objects, colours "
     "and places in the picture; red: it did not. <b>Sweep w</b> counts the same seeds at w = {sweep} and "
-    "plots the share right and the diversity (mean pairwise pixel distance) against w. Try 10 steps."
+    "plots the share right and the diversity (mean pairwise pixel distance) against w. <b>Compare methods</b> "
+    "counts the same seeds at the chosen w under each guidance method (the <b>method</b> menu's), with how "
+    "saturated the pictures are: the share of coloured pixels at the gamut's edge, and their mean chroma. "
+    "Try 10 steps."
 )
 
 
@@ -46,6 +49,9 @@ class SeedGridPanel(W.VBox):
         self.n_seeds.add_class("dx-grid-seeds")
         self.count_button = button("Count seeds", "dx-grid-run")
         self.sweep_button = button("Sweep w", "dx-sweep-run")
+        self.compare_button = button("Compare methods", "dx-compare-methods")
+        self.methods_table = W.HTML()
+        self.methods_table.add_class("dx-methods-table")
         sweep_text = ", ".join(f"{w:g}" for w in counts.SWEEP_SCALES)
         self.note = W.HTML()
         self.note.add_class("dx-grid-note")
@@ -80,6 +86,7 @@ class SeedGridPanel(W.VBox):
         self._cache: dict[tuple, Column] = {}
         self.count_button.on_click(owner.guard(lambda _: owner.start(self._count_work)))
         self.sweep_button.on_click(owner.guard(lambda _: owner.start(self._sweep_work)))
+        self.compare_button.on_click(owner.guard(lambda _: owner.start(self._compare_work)))
         self.help = W.HTML(
             f"<div style='font-size:0.9em;color:#444;max-width:900px'>"
             f"{GRID_HELP.format(n=seeds, sweep=sweep_text)}</div>"
@@ -87,11 +94,21 @@ class SeedGridPanel(W.VBox):
         self.children = [
             self.help,
             # the owner's Stop button and progress bar again (a second view of each): the grid is far below
-            W.HBox([self.n_seeds, self.count_button, self.sweep_button, owner.stop_button, owner.progress]),
+            W.HBox(
+                [
+                    self.n_seeds,
+                    self.count_button,
+                    self.sweep_button,
+                    self.compare_button,
+                    owner.stop_button,
+                    owner.progress,
+                ]
+            ),
             self.note,
             self.columns_box,
             self.sweep_table,
             figure_box(self.fig, "dx-sweep-plot"),
+            self.methods_table,
         ]
         self.clear()
 
@@ -120,11 +137,22 @@ class SeedGridPanel(W.VBox):
         """Run the w sweep now (:data:`~diffexplain.guidance_counts.SWEEP_SCALES`)."""
         self.owner.finish(self._sweep_work())
 
-    def _columns_work(self, scales: list[float], what: str, shown: Any) -> Work:
-        """Each scale's column (from the cache when these settings ran before); ``shown(i, col)`` draws it."""
+    def compare_methods(self) -> None:
+        """Count the seeds at the chosen w under every guidance method of the owner's menu, into a table."""
+        self.owner.finish(self._compare_work())
+
+    def _columns_work(
+        self, scales: list[float], what: str, shown: Any, methods: list[str] | None = None
+    ) -> Work:
+        """Each scale's column (from the cache when these settings ran before); ``shown(i, col)`` draws it.
+        ``methods``: the guidance method of each (the owner's menu labels); default the owner's chosen one
+        for w > 1 (w ≤ 1 has no guidance to choose)."""
         owner, run = self.owner, self.settings()
         scene, why = counts.checker_scene(owner.explainer, run["prompt"])
-        todo = [w for w in scales if self._key(run, w) not in self._cache]
+        if methods is None:
+            methods = [owner.method.value] * len(scales)
+        methods = [m if w > 1 else None for w, m in zip(scales, methods, strict=True)]
+        todo = [w for w, m in zip(scales, methods, strict=True) if self._key(run, w, m) not in self._cache]
         per_run = counts.loop_step_count(owner.explainer, run["num_inference_steps"])
         batch = counts.default_batch_size(owner.explainer)
         batches = -(-len(run["seeds"]) // batch)
@@ -134,12 +162,11 @@ class SeedGridPanel(W.VBox):
         def tick() -> None:
             owner.progress.value = min(owner.progress.value + 1, owner.progress.max)
 
-        for i, w in enumerate(scales):
-            key = self._key(run, w)
+        for i, (w, method) in enumerate(zip(scales, methods, strict=True)):
+            key = self._key(run, w, method)
             if key not in self._cache:
-                owner.say(
-                    f"{what}: {counts.scale_label(w)}, {len(run['seeds'])} seeds ({i + 1} of {len(scales)}) …"
-                )
+                named = counts.scale_label(w) if method is None else f"{method}, {counts.scale_label(w)}"
+                owner.say(f"{what}: {named}, {len(run['seeds'])} seeds ({i + 1} of {len(scales)}) …")
                 self._cache[key] = yield from counts.column_steps(
                     owner.explainer,
                     run["prompt"],
@@ -150,6 +177,7 @@ class SeedGridPanel(W.VBox):
                     scene=scene,
                     batch_size=batch,
                     on_step=tick,
+                    guider=None if method is None else owner.methods[method],
                 )
             shown(i, self._cache[key])
         owner.progress.value = owner.progress.max
@@ -160,6 +188,35 @@ class SeedGridPanel(W.VBox):
         scales = [0.0, 1.0, self.chosen_scale()]
         run = yield from self._columns_work(scales, "counting", self._show_column)
         self.owner.say(self._summary(run, self.columns))
+
+    def _compare_work(self) -> Work:
+        self.methods_table.value = ""
+        labels = list(self.owner.methods)
+        w = self.chosen_scale()
+        found: list[Column] = []
+        run = yield from self._columns_work(
+            [w] * len(labels), "comparing methods", lambda i, c: found.append(c), labels
+        )
+        self._draw_methods(labels, found, w)
+        self.owner.say(self._summary(run, found))
+
+    def _draw_methods(self, labels: list[str], columns: list[Column], w: float) -> None:
+        """One row per method: right, saturation (at the gamut's edge, mean chroma) and diversity."""
+        head = "".join(
+            f"<th>{h}</th>" for h in ("method", "right", "at gamut edge", "mean chroma", "diversity")
+        )
+        rows = []
+        for label, c in zip(labels, columns, strict=True):
+            edge, chroma = c.saturation or (0.0, 0.0)
+            rows.append(
+                f"<tr><th style='text-align:left'>{_escape(label)}</th><td>{c.count_text}</td>"
+                f"<td>{100 * edge:.1f} %</td><td>{chroma:.3f}</td><td>{c.diversity:.3f}</td></tr>"
+            )
+        self.methods_table.value = (
+            f"<b>the same {columns[0].n if columns else 0} seeds at w = {w:g}, one guidance method per row</b>"
+            "<table class='dx-methods' style='font-size:0.85em;border-spacing:10px 2px'>"
+            f"<tr>{head}</tr>{''.join(rows)}</table>"
+        )
 
     def _sweep_work(self) -> Work:
         self.clear_sweep()
@@ -222,6 +279,7 @@ class SeedGridPanel(W.VBox):
         """No sweep: an empty plot and table."""
         self.sweep_columns = []
         self.sweep_table.value = ""
+        self.methods_table.value = ""
         with self.fig.batch_update():
             for series in self.fig.data:
                 series.x, series.y = [], []
@@ -292,8 +350,9 @@ class SeedGridPanel(W.VBox):
         )
         return f"{where} · " + " · ".join(parts)
 
-    def _key(self, run: dict[str, Any], w: float) -> tuple:
-        return (run["prompt"], run["negative_prompt"], run["num_inference_steps"], run["seeds"], float(w))
+    def _key(self, run: dict[str, Any], w: float, method: str | None = None) -> tuple:
+        settings = (run["prompt"], run["negative_prompt"], run["num_inference_steps"], run["seeds"])
+        return (*settings, float(w), method)
 
 
 def _tile(picture: Image.Image) -> Image.Image:
