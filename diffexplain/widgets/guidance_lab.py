@@ -363,8 +363,11 @@ class GuidanceLab(DxWidget):
                 self.fig.data[2].x, self.fig.data[2].y = steps, self._delta(self.ranged)
             else:
                 self.fig.data[2].x, self.fig.data[2].y = [], []
-        with self.effective.batch_update():
-            self.effective.data[0].x, self.effective.data[0].y = steps, effective_scales(self.on)
+        effective = effective_scales(self.on)
+        known = [w for w in effective if w is not None] or [1.0]
+        with self.effective.batch_update():  # from 0, so that float noise around a constant w stays flat
+            self.effective.data[0].x, self.effective.data[0].y = steps, effective
+            self.effective.layout.yaxis.range = [min(0.0, min(known)), max(1.0, max(known)) * 1.15]
         self._on_scale()
 
     def _strip_steps(self, n: int) -> list[int]:

@@ -52,6 +52,9 @@ widget""",
     "guidance_lab": """\
 widget = GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
 widget""",
+    "guidance_methods": """\
+widget = GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=8, seeds=4)
+widget""",
     "noise_lab": """\
 widget = NoiseLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
 widget.use_rect.value = True
@@ -153,6 +156,26 @@ def test_guidance_lab_in_lab(lab_page, lab_server, tmp_path):
     wait_for_text(page, "dx-sweep-table", "w = 10")
     _no_errors(page)
     docs_screenshot(page, "guidance_lab", "dx-guidance-lab")
+
+
+@pytest.mark.timeout(600)
+def test_guidance_lab_method_chooser_in_lab(lab_page, lab_server, tmp_path):
+    """The method menu re-runs the guided side with another guidance method; Compare methods counts the
+    same seeds under every method into a table."""
+    page = lab_page
+    _open(page, lab_server, tmp_path, "guidance_methods")
+    on = wait_for_widget_image(page, "dx-on-image")
+    effective = wait_for_plotly(page, "dx-effective-plot")
+    page.locator(".dx-guidance-method select").select_option(label="APG (β = −0.5)")
+    wait_for_widget_image(page, "dx-on-image", changed_from=on)
+    wait_for_text(page, "dx-status", "ran at w = 5")
+    assert "guidance on (w = 5, APG" in page.locator(".dx-guidance-lab").inner_text()
+    wait_for_plotly(page, "dx-effective-plot", changed_from=effective)
+    click_button(page, "dx-compare-methods")
+    table = wait_for_text(page, "dx-methods-table", "one guidance method per row")
+    for label in ("CFG (ε_u + w·Δ)", "APG (β = −0.5)", "CFG-Zero*", "at gamut edge"):
+        assert label in table, table
+    _no_errors(page)
 
 
 @pytest.mark.timeout(600)
