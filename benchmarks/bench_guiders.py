@@ -62,7 +62,9 @@ def plain_two_object_scenes(n: int, seed: int) -> list[Scene]:
 def run_method(
     explainer: Any, guider: Any, scenes: list[Scene], seeds: list[int], steps: int
 ) -> dict[str, Any]:
-    right, pictures, seconds = [], [], 0.0
+    right, pictures, seconds, loop_steps = [], [], 0.0, 0
+    calls: list[int] = []
+    counter = explainer.model.register_forward_hook(lambda *args: calls.append(1))
     height, width = explainer.family.default_size()
     for start in range(0, len(scenes), BATCH):
         chunk = scenes[start : start + BATCH]
@@ -86,9 +88,11 @@ def run_method(
             progress=False,
         )
         seconds += time.perf_counter() - began
+        loop_steps += len(trace)
         for scene, image in zip(chunk, trace.images, strict=True):
             right.append(score(image, scene).all_right)
             pictures.append(image)
+    counter.remove()
     edge, chroma = saturation(pictures)
     return {
         "n": len(right),
@@ -96,6 +100,7 @@ def run_method(
         "gamut_edge_share": edge,
         "mean_chroma": chroma,
         "seconds_per_picture": seconds / len(right),
+        "model_calls_per_step": len(calls) / max(loop_steps, 1),  # one batched call holds both branches
     }
 
 
@@ -118,11 +123,14 @@ def main() -> None:
     for label, guider in methods().items():
         results[label] = run_method(explainer, guider, scenes, seeds, steps)
     print(f"embedded model, {n} plain two-object captions (one seed each), {steps} steps, w = {w:g}")
-    print(f"{'method':22} {'right':>7} {'at gamut edge':>14} {'mean chroma':>12} {'s / picture':>12}")
+    print(
+        f"{'method':24} {'right':>7} {'at gamut edge':>14} {'mean chroma':>12} {'s / picture':>12} "
+        f"{'model calls / step':>19}"
+    )
     for label, r in results.items():
         print(
-            f"{label:22} {100 * r['share_right']:6.1f}% {100 * r['gamut_edge_share']:13.1f}% "
-            f"{r['mean_chroma']:12.3f} {r['seconds_per_picture']:12.3f}"
+            f"{label:24} {100 * r['share_right']:6.1f}% {100 * r['gamut_edge_share']:13.1f}% "
+            f"{r['mean_chroma']:12.3f} {r['seconds_per_picture']:12.3f} {r['model_calls_per_step']:19.2f}"
         )
     if args.json:
         settings = {"captions": n, "steps": steps, "guidance_scale": w, "prompt_seed": args.prompt_seed}
