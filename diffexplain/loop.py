@@ -306,8 +306,9 @@ def denoise(
 
             # 5.2 the model: ε_u and ε_c in one batched call with guidance on, ε_c alone with it off
             around = capture.model_call() if capture is not None else None
+            separate = guider is not None and guider.separate_branches  # a diffusers guider: as modular does
             eps_cond, eps_uncond, extra = predict_branches(
-                family, scheduler, latents, t, step_cond, step_uncond, model_kwargs, around
+                family, scheduler, latents, t, step_cond, step_uncond, model_kwargs, around, separate
             )  # [B, C, h, w] each; extra: e.g. a learned variance (unguided)
             if do_cfg:
                 eps_cond = sites("step.model.cond", eps_cond)

@@ -43,14 +43,22 @@ def predict_branches(
     uncond: Conditioning | None,
     model_kwargs: dict[str, Any],
     around_call: AbstractContextManager[Any] | None = None,
+    separate: bool = False,
 ) -> BranchPredictions:
-    """ε_c and ε_u (with ``uncond``) at x_t and t in one batched model call, as the pipelines make it.
+    """ε_c and ε_u (with ``uncond``) at x_t and t in one batched model call, as the classic pipelines make
+    it; with ``separate``, one call per branch (uncond, then cond), as a Modular Diffusers denoise block
+    makes it (a batch of 2B and two of B round differently on a CPU).
 
-    ``around_call``: a context entered around the model call alone (the loop's attention capture).
+    ``around_call``: a context entered around the model call(s) alone (the loop's attention capture).
     """
-    model_input = torch.cat([latents] * 2) if uncond is not None else latents  # [2B or B, C, h, w]
     with around_call if around_call is not None else nullcontext():
-        model_output = family.predict(scheduler, model_input, t, batched(cond, uncond), model_kwargs)
+        if separate and uncond is not None:
+            model_output = torch.cat(
+                [family.predict(scheduler, latents, t, branch, model_kwargs) for branch in (uncond, cond)]
+            )  # [2B, C, h, w], uncond rows first as batched
+        else:
+            model_input = torch.cat([latents] * 2) if uncond is not None else latents  # [2B or B, C, h, w]
+            model_output = family.predict(scheduler, model_input, t, batched(cond, uncond), model_kwargs)
     model_output, extra = family.split_output(model_output, latents)  # extra: e.g. a learned variance
     if uncond is None:
         return BranchPredictions(model_output, None, extra)

@@ -188,8 +188,9 @@ def test_bad_guider_arguments_name_what_was_wrong(ddim):
 
 
 def test_diffusers_guiders_plug_in_directly(ddim, tmp_path):
-    """A diffusers guider object runs as a modular pipeline calls it: the same bits as diffexplain's own
-    APG; its momentum is in the restart points, so forks (also from a file) are bit-exact."""
+    """A diffusers guider object runs as a modular pipeline calls it (one model call per branch): close to
+    diffexplain's own APG (which batches the branches, as the classic pipelines do); its momentum is in
+    the restart points, so forks (also from a file) are bit-exact."""
     theirs = AdaptiveProjectedGuidance(
         adaptive_projected_guidance_momentum=-0.5, adaptive_projected_guidance_rescale=2.0, eta=0.5
     )
@@ -198,7 +199,7 @@ def test_diffusers_guiders_plug_in_directly(ddim, tmp_path):
         PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=APG(momentum=-0.5, norm_threshold=2.0, eta=0.5),
         seed=8,
     )  # fmt: skip
-    assert torch.equal(trace.final_latents, ours.final_latents)
+    assert torch.allclose(trace.final_latents, ours.final_latents, atol=1e-4)
     assert trace.run_settings.guider["name"] == "diffusers"
     assert trace.run_settings.guider["cls"] == "AdaptiveProjectedGuidance"
     assert theirs.momentum_buffer is None  # the caller's object is not the one that ran
@@ -206,11 +207,38 @@ def test_diffusers_guiders_plug_in_directly(ddim, tmp_path):
     trace.save(tmp_path / "t.safetensors")
     loaded = Trace.load(tmp_path / "t.safetensors", explainer=ddim)
     assert torch.equal(ddim.fork(loaded, 2).final_latents, trace.final_latents)
-    cfg = ddim.run(
-        PROMPT, num_inference_steps=STEPS, guidance_scale=W, guider=ClassifierFreeGuidance(), seed=8
+
+
+@pytest.mark.parametrize(
+    "make_guider",
+    [
+        lambda: ClassifierFreeGuidance(guidance_scale=5.0),
+        lambda: ClassifierFreeGuidance(guidance_scale=5.0, guidance_rescale=0.5, start=0.2),
+        lambda: AdaptiveProjectedGuidance(guidance_scale=5.0, adaptive_projected_guidance_momentum=-0.5),
+        lambda: ClassifierFreeZeroStarGuidance(guidance_scale=5.0),
+    ],
+    ids=["cfg", "cfg-rescale-interval", "apg", "cfg-zero-star"],
+)
+def test_a_diffusers_guider_equals_the_modular_sdxl_pipeline(make_guider):
+    """diffusers' StableDiffusionXLModularPipeline with the guider, on tiny parts: the same latents bit for
+    bit as explainer.run(guider=the same guider), with the attention maps on (the default)."""
+    from diffusers.modular_pipelines import StableDiffusionXLModularPipeline
+
+    from tests.tiny_families import tiny_sdxl_parts
+
+    parts = tiny_sdxl_parts()
+    pipe = StableDiffusionXLModularPipeline()
+    pipe.update_components(**parts, guider=make_guider())
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        prompt=PROMPT, num_inference_steps=4, generator=torch.Generator().manual_seed(2), output="latents"
     )
-    plain = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, seed=8)
-    assert torch.equal(cfg.final_latents, plain.final_latents)
+    explainer = Explainer(**parts, progress=False)
+    trace = explainer.run(
+        PROMPT, num_inference_steps=4, guidance_scale=5.0, seed=2, decode=False, guider=make_guider()
+    )
+    assert torch.equal(trace.final_latents, expected)
+    assert trace.attention("red").shape[0] == 1  # maps on: the capture followed the per-branch calls
 
 
 # ---- CFG++: guidance in the sampler update ------------------------------------------------------------

@@ -51,6 +51,7 @@ class Guider(ABC):
     points: ClassVar[tuple[HookPoint, ...]] = ()  # its intermediates, called through step.site
     stateful: ClassVar[bool] = False  # carries state from step to step (kept in restart points)
     sampler_stage: ClassVar[bool] = False  # also replaces the scheduler's step (``sampler_step``: CFG++)
+    separate_branches: ClassVar[bool] = False  # one model call per branch (as Modular Diffusers calls them)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

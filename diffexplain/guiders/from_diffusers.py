@@ -5,8 +5,10 @@ APG resets its momentum at step 0), then ``forward(pred_cond, pred_uncond).pred`
 Only the guiders that combine ε_c and ε_u are taken (``_input_predictions == ["pred_cond",
 "pred_uncond"]``: CFG, APG, CFG-Zero*, FDG, MAMBO-G, TCFG ...); the ones that need a perturbed model pass
 (PAG, SLG, SEG, AutoGuidance) are refused with a message. The run's ``guidance_scale`` is the guider's
-(it is set on the guider at every step), so a trace has one w. diffusers marks its guiders as
-experimental: this adapter follows the installed version's API (0.42).
+(it is set on the guider at every step), so a trace has one w. The loop then calls the model once per
+branch, as a modular pipeline does, so that a run equals the modular pipeline bit for bit (tested on
+``StableDiffusionXLModularPipeline``). diffusers marks its guiders as experimental: this adapter follows
+the installed version's API (0.42).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class DiffusersGuider(Guider):
     name: ClassVar[str] = "diffusers"
     label: ClassVar[str] = "a diffusers guider"
     stateful: ClassVar[bool] = True  # APG's momentum buffer; the others carry none
+    separate_branches: ClassVar[bool] = True  # one model call per branch, as a modular denoise block
 
     def __init__(
         self, guider: Any = None, *, cls: str | None = None, config: Mapping[str, Any] | None = None
