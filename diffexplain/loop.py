@@ -306,13 +306,28 @@ def denoise(
 
             # 5.2 the model: ε_u and ε_c in one batched call with guidance on, ε_c alone with it off
             around = capture.model_call() if capture is not None else None
-            separate = guider is not None and guider.separate_branches  # a diffusers guider: as modular does
+            separate = guider is not None and guider.separate_branches and do_cfg  # a diffusers guider
+            if separate:  # as a modular denoise block: the guider's step first, each call between its hooks
+                guider.begin(i, settings.num_inference_steps, float(t), w)  # type: ignore[union-attr]
+            per_call = (lambda: guider.bracket(family.model)) if separate else None  # type: ignore[union-attr]
             eps_cond, eps_uncond, extra = predict_branches(
-                family, scheduler, latents, t, step_cond, step_uncond, model_kwargs, around, separate
+                family,
+                scheduler,
+                latents,
+                t,
+                step_cond,
+                step_uncond,
+                model_kwargs,
+                around,
+                separate,
+                per_call,
             )  # [B, C, h, w] each; extra: e.g. a learned variance (unguided)
             if do_cfg:
                 eps_cond = sites("step.model.cond", eps_cond)
                 eps_uncond = sites("step.model.uncond", eps_uncond)
+                if separate and guider.needs_perturbed():  # type: ignore[union-attr]  # PAG, SLG, SEG
+                    perturbed = guider.perturbed(family, scheduler, latents, t, step_cond, model_kwargs)  # type: ignore[union-attr]
+                    guider.perturbed_prediction = sites("step.guider.perturbed", perturbed)  # type: ignore[union-attr]
                 if guider is None:
                     eps_guided = guide(eps_cond, eps_uncond, w)  # [B, C, h, w]
                 else:  # a guidance method: its intermediates are hook points (step.guider.*)

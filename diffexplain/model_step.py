@@ -11,6 +11,7 @@ its own dialect: ε, v or a flow velocity); ``extra`` the unguided part (IF's le
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, NamedTuple
 
@@ -44,18 +45,22 @@ def predict_branches(
     model_kwargs: dict[str, Any],
     around_call: AbstractContextManager[Any] | None = None,
     separate: bool = False,
+    per_call: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> BranchPredictions:
     """ε_c and ε_u (with ``uncond``) at x_t and t in one batched model call, as the classic pipelines make
     it; with ``separate``, one call per branch (uncond, then cond), as a Modular Diffusers denoise block
     makes it (a batch of 2B and two of B round differently on a CPU).
 
-    ``around_call``: a context entered around the model call(s) alone (the loop's attention capture).
+    ``around_call``: a context entered around the model call(s) alone (the loop's attention capture);
+    ``per_call``: one entered around each of the separate calls (a diffusers guider's ``prepare_models``).
     """
     with around_call if around_call is not None else nullcontext():
         if separate and uncond is not None:
-            model_output = torch.cat(
-                [family.predict(scheduler, latents, t, branch, model_kwargs) for branch in (uncond, cond)]
-            )  # [2B, C, h, w], uncond rows first as batched
+            outputs = []
+            for branch in (uncond, cond):
+                with per_call() if per_call is not None else nullcontext():
+                    outputs.append(family.predict(scheduler, latents, t, branch, model_kwargs))
+            model_output = torch.cat(outputs)  # [2B, C, h, w], uncond rows first as batched
         else:
             model_input = torch.cat([latents] * 2) if uncond is not None else latents  # [2B or B, C, h, w]
             model_output = family.predict(scheduler, model_input, t, batched(cond, uncond), model_kwargs)

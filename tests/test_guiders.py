@@ -11,13 +11,16 @@ from diffusers.guiders import (
     AdaptiveProjectedGuidance,
     ClassifierFreeGuidance,
     ClassifierFreeZeroStarGuidance,
+    LTX2Guidance,
     PerturbedAttentionGuidance,
+    SkipLayerGuidance,
 )
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
+from diffusers.hooks import LayerSkipConfig
 
 from diffexplain import Explainer, Trace
 from diffexplain.guidance import guide
-from diffexplain.guiders import APG, CFG, CFGPlusPlus, CFGZeroStar
+from diffexplain.guiders import APG, CFG, CFGPlusPlus, CFGZeroStar, DiffusersGuider
 from tests.conftest import PROMPT
 from tests.tiny_families import tiny_sdxl_pipeline
 
@@ -175,10 +178,8 @@ def test_a_guiders_intermediates_are_hook_points(ddim):
 def test_bad_guider_arguments_name_what_was_wrong(ddim):
     with pytest.raises(TypeError, match="expected a diffexplain guider"):
         ddim.run(PROMPT, num_inference_steps=2, guider="apg")
-    with pytest.raises(ValueError, match="needs the predictions .*pred_cond_skip.* perturbed model pass"):
-        ddim.run(
-            PROMPT, num_inference_steps=2, guider=PerturbedAttentionGuidance(perturbed_guidance_layers=[0])
-        )
+    with pytest.raises(ValueError, match="LTX2Guidance needs the predictions .* at most one perturbed-model"):
+        ddim.run(PROMPT, num_inference_steps=2, guider=LTX2Guidance())
     with pytest.raises(ValueError, match="guidance_rescale=0.5 or guider=, not both"):
         ddim.run(PROMPT, num_inference_steps=2, guider=CFG(), guidance_rescale=0.5)
     with pytest.raises(ValueError, match=r"0 ≤ start < stop ≤ 1"):
@@ -216,8 +217,28 @@ def test_diffusers_guiders_plug_in_directly(ddim, tmp_path):
         lambda: ClassifierFreeGuidance(guidance_scale=5.0, guidance_rescale=0.5, start=0.2),
         lambda: AdaptiveProjectedGuidance(guidance_scale=5.0, adaptive_projected_guidance_momentum=-0.5),
         lambda: ClassifierFreeZeroStarGuidance(guidance_scale=5.0),
+        lambda: PerturbedAttentionGuidance(
+            guidance_scale=5.0,
+            perturbed_guidance_start=0.0,
+            perturbed_guidance_stop=1.0,
+            perturbed_guidance_config=LayerSkipConfig(
+                indices=[0],
+                fqn="mid_block.attentions.0.transformer_blocks",
+                skip_attention=False,
+                skip_attention_scores=True,
+                skip_ff=False,
+            ),
+        ),
+        lambda: SkipLayerGuidance(
+            guidance_scale=5.0,
+            skip_layer_guidance_start=0.0,
+            skip_layer_guidance_stop=1.0,
+            skip_layer_config=LayerSkipConfig(
+                indices=[0], fqn="down_blocks.1.attentions.0.transformer_blocks"
+            ),
+        ),
     ],
-    ids=["cfg", "cfg-rescale-interval", "apg", "cfg-zero-star"],
+    ids=["cfg", "cfg-rescale-interval", "apg", "cfg-zero-star", "pag", "slg"],
 )
 def test_a_diffusers_guider_equals_the_modular_sdxl_pipeline(make_guider):
     """diffusers' StableDiffusionXLModularPipeline with the guider, on tiny parts: the same latents bit for
@@ -282,3 +303,29 @@ def test_seeds_are_counted_under_a_guidance_method(ddim):
     assert any(differs)  # the method changed the pictures
     with pytest.raises(ValueError, match="needs guidance on"):
         drain(column_steps(ddim, PROMPT, 1.0, (0,), num_inference_steps=2, guider=APG()))
+
+
+def test_a_perturbed_pass_is_its_own_branch_and_its_trace_forks_from_a_file(tmp_path):
+    """PAG's extra pass is recorded at step.guider.perturbed (only in its step range), its settings
+    (a LayerSkipConfig) survive a trace file, and a fork of the loaded file is bit-exact."""
+    from tests.tiny_families import tiny_sdxl_parts
+
+    explainer = Explainer(**tiny_sdxl_parts(), progress=False)
+    pag = PerturbedAttentionGuidance(
+        perturbed_guidance_start=0.0,
+        perturbed_guidance_stop=0.5,
+        perturbed_guidance_config=LayerSkipConfig(
+            indices=[0], fqn="mid_block.attentions.0.transformer_blocks", skip_attention=False,
+            skip_attention_scores=True, skip_ff=False,
+        ),
+    )  # fmt: skip
+    trace = explainer.run(PROMPT, num_inference_steps=4, guidance_scale=5.0, seed=1, guider=pag)
+    perturbed = [("step.guider.perturbed" in r.tensors) for r in trace.steps]
+    assert perturbed == [False, True, False, False]  # diffusers' range: int(0·4) < i < int(0.5·4)
+    assert not torch.equal(trace["step.guider.perturbed", 1], trace["step.model.cond", 1])
+    trace.save(tmp_path / "pag.safetensors")
+    loaded = Trace.load(tmp_path / "pag.safetensors", explainer=explainer)
+    assert loaded.run_settings.guider["config"]["perturbed_guidance_config"]["indices"] == [0]
+    assert torch.equal(explainer.fork(loaded, 1).final_latents, trace.final_latents)
+    with pytest.raises(ValueError, match="cannot be replayed from a trace"):
+        trace.reguide(1, 5.0, guider=DiffusersGuider(pag))
