@@ -14,9 +14,10 @@ from diffusers.guiders import (
     LTX2Guidance,
     PerturbedAttentionGuidance,
     SkipLayerGuidance,
+    SmoothedEnergyGuidance,
 )
 from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
-from diffusers.hooks import LayerSkipConfig
+from diffusers.hooks import LayerSkipConfig, SmoothedEnergyGuidanceConfig
 
 from diffexplain import Explainer, Trace
 from diffexplain.guidance import guide
@@ -237,8 +238,14 @@ def test_diffusers_guiders_plug_in_directly(ddim, tmp_path):
                 indices=[0], fqn="down_blocks.1.attentions.0.transformer_blocks"
             ),
         ),
+        lambda: SmoothedEnergyGuidance(
+            guidance_scale=5.0,
+            seg_guidance_config=SmoothedEnergyGuidanceConfig(
+                indices=[0], fqn="mid_block.attentions.0.transformer_blocks"
+            ),
+        ),
     ],
-    ids=["cfg", "cfg-rescale-interval", "apg", "cfg-zero-star", "pag", "slg"],
+    ids=["cfg", "cfg-rescale-interval", "apg", "cfg-zero-star", "pag", "slg", "seg"],
 )
 def test_a_diffusers_guider_equals_the_modular_sdxl_pipeline(make_guider):
     """diffusers' StableDiffusionXLModularPipeline with the guider, on tiny parts: the same latents bit for
@@ -260,6 +267,8 @@ def test_a_diffusers_guider_equals_the_modular_sdxl_pipeline(make_guider):
     )
     assert torch.equal(trace.final_latents, expected)
     assert trace.attention("red").shape[0] == 1  # maps on: the capture followed the per-branch calls
+    if len(type(pipe.guider)._input_predictions) == 3:  # PAG, SLG, SEG: the perturbed pass really ran
+        assert any("step.guider.perturbed" in r.tensors for r in trace.steps)
 
 
 # ---- CFG++: guidance in the sampler update ------------------------------------------------------------
