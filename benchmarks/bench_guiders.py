@@ -29,6 +29,7 @@ from diffexplain.data.checker import score
 from diffexplain.data.scenes import Scene, caption, sample_scene
 from diffexplain.guidance_counts import saturation
 from diffexplain.guiders import APG, CFG, CFGPlusPlus, CFGZeroStar
+from diffexplain.guiders.menu import pag_unet
 
 PROMPT_SEED = 20_261_206
 BATCH = 24
@@ -46,6 +47,7 @@ def methods() -> dict[str, Any]:
         "CFG-Zero*, no zero init": CFGZeroStar(zero_init_steps=0),
         "CFG++ (λ = 0.6)": CFGPlusPlus(lam=0.6),
         "CFG++ (λ = 0.9)": CFGPlusPlus(lam=0.9),
+        "PAG (middle block)": pag_unet(),
     }
 
 

@@ -111,7 +111,7 @@ class GuidanceLab(DxWidget):
             value=w0, min=1.0, max=20.0, step=0.5, description="w", continuous_update=True
         )
         self.scale.add_class("dx-guidance-slider")
-        self.methods = method_menu(explainer.scheduler)  # label -> guider (None: ε_u + w·Δ)
+        self.methods = method_menu(explainer.scheduler, explainer.model)  # label -> guider (None: ε_u + w·Δ)
         self.method = W.Dropdown(options=list(self.methods), value=PLAIN, description="method")
         self.method.layout.width = "260px"
         self.method.add_class("dx-guidance-method")
