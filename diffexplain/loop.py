@@ -35,7 +35,7 @@ from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.guidance import guide
 from diffexplain.guiders.base import GuidanceStep, Guider, guider_from_json
 from diffexplain.hooks import Hook, HookRunner, Replacement, StepTensors, check_replacement
-from diffexplain.model_step import predict_branches
+from diffexplain.model_step import predict_branches, predictor_at
 from diffexplain.noise_levels import model_output_from, pred_x0_from
 from diffexplain.records import RestartPoint, StepRecord
 from diffexplain.scheduler_state import fresh_scheduler, restore, snapshot
@@ -203,7 +203,7 @@ def loop_steps(
             generator = _generator(settings, restart.generator_state, device)
             start = resume.step
         guider = guider_from_json(settings.guider)  # a fresh one per run: its state is this run's alone
-        if guider is not None and guider.sampler_stage:
+        if guider is not None and guider.checks_scheduler:
             guider.check_scheduler(scheduler, settings.eta)
         if guider is not None and resume is not None:
             guider.load_state(resume.source.steps[resume.step].restart.guider_state or {})
@@ -331,12 +331,11 @@ def denoise(
                 if guider is None:
                     eps_guided = guide(eps_cond, eps_uncond, w)  # [B, C, h, w]
                 else:  # a guidance method: its intermediates are hook points (step.guider.*)
-                    eps_guided = guider(
-                        eps_cond,
-                        eps_uncond,
-                        w,
-                        GuidanceStep(i, settings.num_inference_steps, float(t), sites),
+                    at_other_point = predictor_at(family, scheduler, step_cond, step_uncond, model_kwargs)
+                    where = GuidanceStep(
+                        i, settings.num_inference_steps, float(t), sites, latents, scheduler, at_other_point
                     )
+                    eps_guided = guider(eps_cond, eps_uncond, w, where)
             else:
                 eps_guided = sites("step.model.cond", eps_cond)
             eps_guided = sites("step.guidance", eps_guided)  # [B, C, h, w]

@@ -71,3 +71,20 @@ def predict_branches(
         extra = extra.chunk(2)[1]  # the cond branch's, as the pipelines take it (unguided)
     eps_uncond, eps_cond = model_output.chunk(2)  # [B, C, h, w] each
     return BranchPredictions(eps_cond, eps_uncond, extra)
+
+
+def predictor_at(
+    family: Family,
+    scheduler: Any,
+    cond: Conditioning,
+    uncond: Conditioning | None,
+    model_kwargs: dict[str, Any],
+) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor | None]]:
+    """``predict(x, t) -> (ε_c, ε_u)``: the model on this step's conditioning at another point (a guider's
+    second evaluation, Rectified-CFG++'s corrector), in one batched call, outside the attention capture."""
+
+    def predict(x: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        eps_cond, eps_uncond, _ = predict_branches(family, scheduler, x, t, cond, uncond, model_kwargs)
+        return eps_cond, eps_uncond
+
+    return predict

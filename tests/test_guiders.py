@@ -21,7 +21,7 @@ from diffusers.hooks import LayerSkipConfig, SmoothedEnergyGuidanceConfig
 
 from diffexplain import Explainer, Trace
 from diffexplain.guidance import guide
-from diffexplain.guiders import APG, CFG, CFGPlusPlus, CFGZeroStar, DiffusersGuider
+from diffexplain.guiders import APG, CFG, CFGPlusPlus, CFGZeroStar, DiffusersGuider, RectifiedCFGPlusPlus
 from tests.conftest import PROMPT
 from tests.tiny_families import tiny_sdxl_pipeline
 
@@ -338,3 +338,37 @@ def test_a_perturbed_pass_is_its_own_branch_and_its_trace_forks_from_a_file(tmp_
     assert torch.equal(explainer.fork(loaded, 1).final_latents, trace.final_latents)
     with pytest.raises(ValueError, match="cannot be replayed from a trace"):
         trace.reguide(1, 5.0, guider=DiffusersGuider(pag))
+
+
+# ---- Rectified-CFG++: a predictor-corrector for flow models -------------------------------------------
+def test_rectified_cfg_plus_plus_corrects_at_the_predicted_point():
+    from tests.tiny_families import tiny_sd3_pipeline
+
+    explainer = Explainer.from_pipeline(tiny_sd3_pipeline(), progress=False)
+    trace = explainer.run(
+        PROMPT, num_inference_steps=3, guidance_scale=4.0, seed=0, guider=RectifiedCFGPlusPlus()
+    )
+    sigmas = [float(s) for s in trace.scalars("scheduler_sigma")] + [0.0]  # σ_i, and σ_N = 0
+    calls = []
+    handle = explainer.model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        fork = explainer.fork(trace, 1)
+    finally:
+        handle.remove()
+    assert torch.equal(fork.final_latents, trace.final_latents)  # forks bit-exact
+    assert len(calls) == 2 * 2  # steps 1 and 2: the usual call and the corrector's, both branches batched
+    for i in range(len(trace)):
+        v_c = trace["step.model.cond", i]
+        predicted = trace["step.latents", i] + (sigmas[i + 1] - sigmas[i]) * v_c
+        assert torch.allclose(trace["step.guider.predicted_latents", i], predicted, atol=1e-6)
+        corrected = v_c + 4.0 * (
+            trace["step.guider.corrector_cond", i] - trace["step.guider.corrector_uncond", i]
+        )
+        assert torch.equal(trace["step.guidance", i], corrected)
+    with pytest.raises(ValueError, match="cannot be replayed from a trace without the model"):
+        trace.reguide(1, 4.0, guider=RectifiedCFGPlusPlus())
+
+
+def test_rectified_cfg_plus_plus_needs_a_flow_model(ddim):
+    with pytest.raises(ValueError, match="Rectified-CFG\\+\\+ is written for flow models .* DDIMScheduler"):
+        ddim.run(PROMPT, num_inference_steps=2, guidance_scale=W, guider=RectifiedCFGPlusPlus())

@@ -2,7 +2,8 @@
 
 ``CFG`` is classifier-free guidance with the classic pipelines' knobs (``rescale``: diffusers'
 ``guidance_rescale``; a step interval); ``APG`` is adaptive projected guidance; ``CFGZeroStar`` is CFG-Zero*; ``CFGPlusPlus`` is DDIM CFG++, a sampler-stage method (it also
-replaces the scheduler's step).
+replaces the scheduler's step); ``RectifiedCFGPlusPlus`` is Rectified-CFG++ for flow models (a
+predictor-corrector with a second model evaluation per step).
 diffusers' own guiders (``diffusers.guiders``) that combine ε_c and ε_u are taken too (``DiffusersGuider``). Without a guider the
 loop guides exactly as it always did: ε̂ = ε_u + w·(ε_c − ε_u).
 """
@@ -12,6 +13,7 @@ from diffexplain.guiders.base import GUIDERS, GuidanceStep, Guider, guider_from_
 from diffexplain.guiders.cfg import CFG
 from diffexplain.guiders.cfg_pp import CFGPlusPlus
 from diffexplain.guiders.from_diffusers import DiffusersGuider
+from diffexplain.guiders.rectified_cfg_pp import RectifiedCFGPlusPlus
 from diffexplain.guiders.zero_star import CFGZeroStar
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "DiffusersGuider",
     "GUIDERS",
     "GuidanceStep",
+    "RectifiedCFGPlusPlus",
+    "RectifiedCFGPlusPlus",
     "Guider",
     "guider_from_json",
 ]

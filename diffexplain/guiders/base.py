@@ -38,7 +38,13 @@ class GuidanceStep:
     timestep: float  # the scheduler's t
     site: Callable[
         [str, torch.Tensor], torch.Tensor
-    ]  # a hook point call: site(name, x) -> x (or a replacement)
+    ]  # a hook point call: site(name, x) -> x or a replacement
+    latents: torch.Tensor | None = (
+        None  # x_t entering the step (in a run; None when re-guiding)   [B, C, h, w]
+    )
+    scheduler: Any = None  # the run's scheduler at this step (its σ table)
+    # the model on both branches at another point: predict(x, t) -> (ε_c, ε_u); None when re-guiding
+    predict: Callable[[torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor | None]] | None = None
 
 
 class Guider(ABC):
@@ -52,6 +58,7 @@ class Guider(ABC):
     stateful: ClassVar[bool] = False  # carries state from step to step (kept in restart points)
     sampler_stage: ClassVar[bool] = False  # also replaces the scheduler's step (``sampler_step``: CFG++)
     separate_branches: ClassVar[bool] = False  # one model call per branch (as Modular Diffusers calls them)
+    checks_scheduler: ClassVar[bool] = False  # ``check_scheduler(scheduler, eta)`` before a run starts
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

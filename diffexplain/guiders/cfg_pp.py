@@ -30,6 +30,7 @@ class CFGPlusPlus(Guider):
     """DDIM CFG++: ε̂_λ = ε_u + λ·Δ for x̂0, ε_u for the direction back to x_{t−1} (DDIM, η = 0, only)."""
 
     name: ClassVar[str] = "cfg_pp"
+    checks_scheduler: ClassVar[bool] = True
     label: ClassVar[str] = "CFG++ (DDIM; a sampler-stage method, not a diffusers guider)"
     sampler_stage: ClassVar[bool] = True
 

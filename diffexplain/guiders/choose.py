@@ -44,5 +44,5 @@ def is_diffusers_guider(value: Any) -> bool:
 def check_fits(guider: dict[str, Any] | None, scheduler: Any, eta: float) -> None:
     """Before a run starts: ``ValueError`` where its guider cannot run with this scheduler (CFG++: DDIM)."""
     built = guider_from_json(guider)
-    if built is not None and built.sampler_stage:
+    if built is not None and built.checks_scheduler:
         built.check_scheduler(scheduler, eta)
