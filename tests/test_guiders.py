@@ -21,7 +21,15 @@ from diffusers.hooks import LayerSkipConfig, SmoothedEnergyGuidanceConfig
 
 from diffexplain import Explainer, Trace
 from diffexplain.guidance import guide
-from diffexplain.guiders import APG, CFG, CFGPlusPlus, CFGZeroStar, DiffusersGuider, RectifiedCFGPlusPlus
+from diffexplain.guiders import (
+    APG,
+    CFG,
+    CFGPlusPlus,
+    CFGZeroStar,
+    DiffusersGuider,
+    RectifiedCFGPlusPlus,
+    ZImageGuidance,
+)
 from tests.conftest import PROMPT
 from tests.tiny_families import tiny_sdxl_pipeline
 
@@ -372,3 +380,31 @@ def test_rectified_cfg_plus_plus_corrects_at_the_predicted_point():
 def test_rectified_cfg_plus_plus_needs_a_flow_model(ddim):
     with pytest.raises(ValueError, match="Rectified-CFG\\+\\+ is written for flow models .* DDIMScheduler"):
         ddim.run(PROMPT, num_inference_steps=2, guidance_scale=W, guider=RectifiedCFGPlusPlus())
+
+
+def test_z_image_guidance_is_the_z_image_pipelines_cfg_block():
+    """Fed each step's ε_c and ε_u, the CFG block of diffusers' ZImagePipeline (transcribed here from
+    pipeline_z_image.py) gives the trace's ε̂ bit for bit: scale, norm cap and truncation."""
+    from tests.tiny_families import tiny_sd3_pipeline
+
+    explainer = Explainer.from_pipeline(tiny_sd3_pipeline(), progress=False)
+    guider = ZImageGuidance(normalization=1.05, truncation=0.5)
+    trace = explainer.run(PROMPT, num_inference_steps=4, guidance_scale=4.0, seed=0, guider=guider)
+    truncated = []
+    for i, t in enumerate(trace.timesteps):
+        scale = 4.0 - 1.0  # Z-Image's own s for the classic w = 4
+        if (1000 - t) / 1000 > 0.5:
+            scale = 0.0
+        truncated.append(scale == 0.0)
+        cond, uncond = trace["step.model.cond", i], trace["step.model.uncond", i]
+        expected = []
+        for j in range(cond.shape[0]):
+            pos, neg = cond[j].float(), uncond[j].float()
+            pred = pos + scale * (pos - neg)
+            ori_pos_norm, new_pos_norm = torch.linalg.vector_norm(pos), torch.linalg.vector_norm(pred)
+            max_new_norm = ori_pos_norm * 1.05
+            if scale > 0 and new_pos_norm > max_new_norm:
+                pred = pred * (max_new_norm / new_pos_norm)
+            expected.append(pred)
+        assert torch.equal(trace["step.guidance", i], torch.stack(expected)), i
+    assert not truncated[0] and truncated[-1]  # the late steps (1 − σ > 0.5) run without guidance

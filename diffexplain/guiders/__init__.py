@@ -3,7 +3,8 @@
 ``CFG`` is classifier-free guidance with the classic pipelines' knobs (``rescale``: diffusers'
 ``guidance_rescale``; a step interval); ``APG`` is adaptive projected guidance; ``CFGZeroStar`` is CFG-Zero*; ``CFGPlusPlus`` is DDIM CFG++, a sampler-stage method (it also
 replaces the scheduler's step); ``RectifiedCFGPlusPlus`` is Rectified-CFG++ for flow models (a
-predictor-corrector with a second model evaluation per step).
+predictor-corrector with a second model evaluation per step); ``ZImageGuidance`` is Z-Image's CFG with
+its normalisation and truncation.
 diffusers' own guiders (``diffusers.guiders``) that combine ε_c and ε_u are taken too (``DiffusersGuider``). Without a guider the
 loop guides exactly as it always did: ε̂ = ε_u + w·(ε_c − ε_u).
 """
@@ -14,6 +15,7 @@ from diffexplain.guiders.cfg import CFG
 from diffexplain.guiders.cfg_pp import CFGPlusPlus
 from diffexplain.guiders.from_diffusers import DiffusersGuider
 from diffexplain.guiders.rectified_cfg_pp import RectifiedCFGPlusPlus
+from diffexplain.guiders.z_image import ZImageGuidance
 from diffexplain.guiders.zero_star import CFGZeroStar
 
 __all__ = [
@@ -25,7 +27,9 @@ __all__ = [
     "GUIDERS",
     "GuidanceStep",
     "RectifiedCFGPlusPlus",
+    "ZImageGuidance",
     "RectifiedCFGPlusPlus",
+    "ZImageGuidance",
     "Guider",
     "guider_from_json",
 ]
