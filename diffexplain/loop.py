@@ -304,36 +304,28 @@ def denoise(
             if do_cfg:
                 step_uncond = {**uncond, "embeds": sites("step.prompt.uncond", uncond["embeds"])}
 
-            # 5.2 the model: ε_u and ε_c in one batched call with guidance on, ε_c alone with it off
+            # 5.2 the model: ε_u and ε_c in one batched call with guidance on, ε_c alone with it off; a
+            #     diffusers guider's branches one call each, as a modular pipeline makes them, within its hooks
             around = capture.model_call() if capture is not None else None
-            separate = guider is not None and guider.separate_branches and do_cfg  # a diffusers guider
-            if separate:  # as a modular denoise block: the guider's step first, each call between its hooks
-                guider.begin(i, settings.num_inference_steps, float(t), w)  # type: ignore[union-attr]
-            per_call = (lambda: guider.bracket(family.model)) if separate else None  # type: ignore[union-attr]
+            separate = do_cfg and guider is not None and guider.separate_branches
+            if separate:
+                guider.begin(i, settings.num_inference_steps, float(t), w)
+            per_call = (lambda: guider.bracket(family.model)) if separate else None
             eps_cond, eps_uncond, extra = predict_branches(
-                family,
-                scheduler,
-                latents,
-                t,
-                step_cond,
-                step_uncond,
-                model_kwargs,
-                around,
-                separate,
-                per_call,
-            )  # [B, C, h, w] each; extra: e.g. a learned variance (unguided)
+                family, scheduler, latents, t, step_cond, step_uncond, model_kwargs, around, separate, per_call
+            )  # [B, C, h, w] each; extra: e.g. a learned variance (unguided)  # fmt: skip
             if do_cfg:
                 eps_cond = sites("step.model.cond", eps_cond)
                 eps_uncond = sites("step.model.uncond", eps_uncond)
-                if separate and guider.needs_perturbed():  # type: ignore[union-attr]  # PAG, SLG, SEG
-                    perturbed = guider.perturbed(family, scheduler, latents, t, step_cond, model_kwargs)  # type: ignore[union-attr]
-                    guider.perturbed_prediction = sites("step.guider.perturbed", perturbed)  # type: ignore[union-attr]
                 if guider is None:
                     eps_guided = guide(eps_cond, eps_uncond, w)  # [B, C, h, w]
                 else:  # a guidance method: its intermediates are hook points (step.guider.*)
-                    at_other_point = predictor_at(family, scheduler, step_cond, step_uncond, model_kwargs)
+                    if guider.needs_perturbed():  # PAG, SLG, SEG: the cond branch again, the model perturbed
+                        perturbed = guider.perturbed(family, scheduler, latents, t, step_cond, model_kwargs)
+                        guider.perturbed_prediction = sites("step.guider.perturbed", perturbed)
+                    elsewhere = predictor_at(family, scheduler, step_cond, step_uncond, model_kwargs)
                     where = GuidanceStep(
-                        i, settings.num_inference_steps, float(t), sites, latents, scheduler, at_other_point
+                        i, settings.num_inference_steps, float(t), sites, latents, scheduler, elsewhere
                     )
                     eps_guided = guider(eps_cond, eps_uncond, w, where)
             else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -114,6 +115,32 @@ class Guider(ABC):
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:  # noqa: B027 - optional, as reset
         """Continue from a restart point's ``state()``."""
+
+    # ---- how the loop calls the model for it (a diffusers guider: as a modular pipeline does) --------
+    def begin(self, index: int, num_steps: int, timestep: float, guidance_scale: float) -> None:  # noqa: B027
+        """A step begins, before its model calls (optional; a diffusers guider sets its state here)."""
+
+    def bracket(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
+        """Entered around each separate model call (optional: nothing; a diffusers guider's layer hooks)."""
+        return nullcontext()
+
+    def needs_perturbed(self) -> bool:
+        """Whether this step needs a perturbed model's prediction too (PAG, SLG, SEG); default no."""
+        return False
+
+    def perturbed(
+        self,
+        family: Any,
+        scheduler: Any,
+        latents: torch.Tensor,
+        t: Any,
+        cond: Any,
+        model_kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """ε_c from the perturbed model, where ``needs_perturbed`` (the loop sets ``perturbed_prediction``)."""
+        raise NotImplementedError(f"{type(self).__name__} needs no perturbed model")
+
+    perturbed_prediction: torch.Tensor | None = None  # this step's, set by the loop where one is needed
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
