@@ -27,6 +27,7 @@ from diffexplain.guiders import (
     CFGPlusPlus,
     CFGZeroStar,
     DiffusersGuider,
+    QwenImageGuidance,
     RectifiedCFGPlusPlus,
     ZImageGuidance,
 )
@@ -408,3 +409,23 @@ def test_z_image_guidance_is_the_z_image_pipelines_cfg_block():
             expected.append(pred)
         assert torch.equal(trace["step.guidance", i], torch.stack(expected)), i
     assert not truncated[0] and truncated[-1]  # the late steps (1 − σ > 0.5) run without guidance
+
+
+def test_qwen_image_guidance_is_the_qwen_image_pipelines_cfg_block(ddim):
+    """Fed each step's ε_c and ε_u, packed by QwenImagePipeline's own _pack_latents, the pipeline's CFG block
+    (transcribed here from pipeline_qwenimage.py) gives the trace's ε̂, packed the same way, bit for bit."""
+    from diffusers import QwenImagePipeline
+
+    trace = ddim.run(PROMPT, num_inference_steps=STEPS, guidance_scale=W, seed=0, guider=QwenImageGuidance())
+    for i in range(len(trace)):
+        cond, uncond = trace["step.model.cond", i], trace["step.model.uncond", i]
+        b, c, h, w = cond.shape
+        noise_pred = QwenImagePipeline._pack_latents(cond, b, c, h, w)
+        neg_noise_pred = QwenImagePipeline._pack_latents(uncond, b, c, h, w)
+        comb_pred = neg_noise_pred + W * (noise_pred - neg_noise_pred)
+        cond_norm = torch.norm(noise_pred, dim=-1, keepdim=True)
+        noise_norm = torch.norm(comb_pred, dim=-1, keepdim=True)
+        expected = comb_pred * (cond_norm / noise_norm)
+        guided = QwenImagePipeline._pack_latents(trace["step.guidance", i], b, c, h, w)
+        assert torch.equal(guided, expected), i
+    assert trace["step.guider.token_rescale"].shape[-2:] == (h * w // 4, 1)
