@@ -54,6 +54,7 @@ def test_compare_methods_counts_the_same_seeds_under_every_method(lab: GuidanceL
     assert all(label in table for label in lab.methods), table
     assert table.count("<tr>") == 1 + len(lab.methods)  # a header and one row per method
     assert "at gamut edge" in table and "w = 5" in table
+    assert table.count("dx-method-image") == len(lab.methods) * 2  # each method's pictures of the 2 seeds
     keys = [k for k in lab.grid._cache if k[-2] == 5.0]  # noqa: SLF001 - the grid's cache, by method
     assert sorted(k[-1] for k in keys) == sorted(lab.methods)  # one cached column per method
     lab.method.value = APG_LABEL

@@ -8,6 +8,7 @@ feed the owner's progress bar over all the grid's steps.
 
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
@@ -201,16 +202,19 @@ class SeedGridPanel(W.VBox):
         self.owner.say(self._summary(run, found))
 
     def _draw_methods(self, labels: list[str], columns: list[Column], w: float) -> None:
-        """One row per method: right, saturation (at the gamut's edge, mean chroma) and diversity."""
+        """One row per method: its pictures of the same seeds side by side (a green or red frame: the checker's
+        verdict), right, saturation (at the gamut's edge, mean chroma) and diversity."""
         head = "".join(
-            f"<th>{h}</th>" for h in ("method", "right", "at gamut edge", "mean chroma", "diversity")
+            f"<th>{h}</th>"
+            for h in ("method", "the same seeds", "right", "at gamut edge", "mean chroma", "diversity")
         )
         rows = []
         for label, c in zip(labels, columns, strict=True):
             edge, chroma = c.saturation or (0.0, 0.0)
             rows.append(
-                f"<tr><th style='text-align:left'>{_escape(label)}</th><td>{c.count_text}</td>"
-                f"<td>{100 * edge:.1f} %</td><td>{chroma:.3f}</td><td>{c.diversity:.3f}</td></tr>"
+                f"<tr><th style='text-align:left'>{_escape(label)}</th><td>{_thumbnails(c)}</td>"
+                f"<td>{c.count_text}</td><td>{100 * edge:.1f} %</td><td>{chroma:.3f}</td>"
+                f"<td>{c.diversity:.3f}</td></tr>"
             )
         self.methods_table.value = (
             f"<b>the same {columns[0].n if columns else 0} seeds at w = {w:g}, one guidance method per row</b>"
@@ -353,6 +357,20 @@ class SeedGridPanel(W.VBox):
     def _key(self, run: dict[str, Any], w: float, method: str | None = None) -> tuple:
         settings = (run["prompt"], run["negative_prompt"], run["num_inference_steps"], run["seeds"])
         return (*settings, float(w), method)
+
+
+def _thumbnails(column: Column, size: int = 40) -> str:
+    """The column's pictures in a row of small framed images (inline PNGs: the table is one HTML value)."""
+    cells = []
+    for j, picture in enumerate(column.images):
+        verdict = None if column.verdicts is None else column.verdicts[j]
+        border = NO_BORDER if verdict is None else RIGHT_BORDER if verdict else WRONG_BORDER
+        data = base64.b64encode(png(picture.resize((size, size)))).decode("ascii")
+        cells.append(
+            f"<img class='dx-method-image' src='data:image/png;base64,{data}' width='{size}' height='{size}' "
+            f"title='seed {column.seeds[j]}' style='border:{border.replace('3px', '2px')};margin:1px'>"
+        )
+    return "".join(cells)
 
 
 def _tile(picture: Image.Image) -> Image.Image:

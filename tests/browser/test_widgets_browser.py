@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from lab_helpers import (
+    ARTIFACTS_DIR,
     click_button,
     count_error_outputs,
     docs_screenshot,
@@ -23,6 +24,7 @@ from lab_helpers import (
     wait_for_plotly,
     wait_for_text,
     wait_for_widget_image,
+    widget_screenshot,
 )
 
 SETUP = """\
@@ -175,7 +177,10 @@ def test_guidance_lab_method_chooser_in_lab(lab_page, lab_server, tmp_path):
     table = wait_for_text(page, "dx-methods-table", "one guidance method per row")
     for label in ("CFG (ε_u + w·Δ)", "APG (β = −0.5)", "CFG-Zero*", "at gamut edge"):
         assert label in table, table
+    rows = page.locator(".dx-methods-table tr").count() - 1
+    assert page.locator(".dx-methods-table img.dx-method-image").count() == rows * 4  # 4 seeds per method
     _no_errors(page)
+    widget_screenshot(page, ARTIFACTS_DIR / "guidance_methods.png", "dx-methods-table")
 
 
 @pytest.mark.timeout(600)
