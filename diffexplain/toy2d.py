@@ -145,3 +145,8 @@ def straightness(path: torch.Tensor) -> torch.Tensor:
 def nearest_colour(points: torch.Tensor) -> torch.Tensor:
     """The index of the nearest cluster centre of each point [n]."""
     return torch.cdist(points, cluster_centres()).argmin(dim=1)
+
+
+def in_cluster(points: torch.Tensor, labels: torch.Tensor, radius: float = 1.0) -> torch.Tensor:
+    """Whether each point lies within ``radius`` of its label's centre [n] (the data sit within about 0.5)."""
+    return (points - cluster_centres()[labels]).norm(dim=-1) < radius

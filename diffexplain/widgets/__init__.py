@@ -20,6 +20,7 @@ from diffexplain.widgets.guidance_lab import GuidanceLab
 from diffexplain.widgets.noise_lab import NoiseLab
 from diffexplain.widgets.prompt_swap import PromptSwap
 from diffexplain.widgets.step_explorer import StepExplorer
+from diffexplain.widgets.toy_paths import ToyPaths
 from diffexplain.widgets.trace_player import TracePlayer
 
 __all__ = [
@@ -29,5 +30,6 @@ __all__ = [
     "NoiseLab",
     "PromptSwap",
     "StepExplorer",
+    "ToyPaths",
     "TracePlayer",
 ]

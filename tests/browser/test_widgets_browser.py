@@ -68,6 +68,10 @@ widget""",
     "forward_process": """\
 widget = ForwardProcess(ex, t=300)
 widget""",
+    "toy_paths": """\
+from diffexplain.widgets import ToyPaths
+widget = ToyPaths(num_steps=6)
+widget""",
     "attention_maps": """\
 import ipywidgets as W
 trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=5.0)
@@ -258,3 +262,23 @@ def test_attention_maps_in_lab(lab_page, lab_server, tmp_path):
     wait_for_text(page, "dx-status", "forked at step")
     _no_errors(page)
     docs_screenshot(page, "attention_maps", "dx-attention-maps")
+
+
+@pytest.mark.timeout(600)
+def test_toy_paths_in_lab(lab_page, lab_server, tmp_path):
+    """Both dialects' paths drawn; the step slider redraws both plots; more guidance changes the summary."""
+    page = lab_page
+    _open(page, lab_server, tmp_path, "toy_paths")
+    flow = wait_for_plotly(page, "dx-toy-flow", min_traces=4)
+    epsilon = wait_for_plotly(page, "dx-toy-epsilon", min_traces=4)
+    summary = wait_for_text(page, "dx-toy-summary", "straightness")
+    press_slider(page, "dx-toy-step", "ArrowLeft", times=3)
+    wait_for_plotly(page, "dx-toy-flow", changed_from=flow, min_traces=4)
+    wait_for_plotly(page, "dx-toy-epsilon", changed_from=epsilon, min_traces=4)
+    wait_for_text(page, "dx-status", "step 3 of 6")
+    press_slider(page, "dx-toy-guidance", "ArrowRight", times=4)
+    page.wait_for_function(
+        "old => document.querySelector('.dx-toy-summary').innerText !== old", arg=summary, timeout=60_000
+    )
+    _no_errors(page)
+    docs_screenshot(page, "toy_paths", "dx-toy-paths")
