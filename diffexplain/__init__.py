@@ -9,7 +9,7 @@ from diffexplain.families import FAMILIES, Family
 from diffexplain.fork import fork
 from diffexplain.guidance import guide
 from diffexplain.hooks import Hook, HookContext, Replacement
-from diffexplain.models.default import load_default, load_model
+from diffexplain.models.default import load_default, load_flow_default, load_model
 from diffexplain.models.pixel_cascade import load_pixel_cascade
 from diffexplain.names import HOOK_NAMES, HOOK_POINTS, HookPoint
 from diffexplain.noise_levels import NoiseLevel
@@ -41,6 +41,7 @@ __all__ = [
     "guide",
     "interventions",
     "load_default",
+    "load_flow_default",
     "load_model",
     "load_pixel_cascade",
     "schedules",

@@ -31,7 +31,7 @@ from diffexplain.loop import Components, Resume, loop_steps
 from diffexplain.names import HookPoint
 from diffexplain.prompt_limits import cut_prompts, warn_cut
 from diffexplain.prompt_warnings import warn_prompt
-from diffexplain.scheduler_state import describe, effective_config, scheduler_by_name
+from diffexplain.scheduler_state import describe, effective_config, names_for, scheduler_by_name
 from diffexplain.settings import RunSettings
 from diffexplain.threads import check_threads, cpu_threads, decide_threads
 from diffexplain.trace import Trace, resolve_keep
@@ -132,7 +132,7 @@ class Explainer(ModelParts):
     @property
     def scheduler_names(self) -> tuple[str, ...]:
         """The short scheduler names ``set_scheduler`` takes for this family."""
-        return tuple(self.family.scheduler_names)
+        return tuple(names_for(self._base_scheduler_config, self.family.scheduler_names))
 
     def set_scheduler(self, name_or_scheduler: str | Any, **config_overrides: Any) -> Explainer:
         """Switch scheduler by short name (see ``scheduler_names``) or instance; config overrides apply.
@@ -141,7 +141,8 @@ class Explainer(ModelParts):
         prediction type, spacing), so earlier ``set_scheduler`` overrides do not carry over.
         """
         if isinstance(name_or_scheduler, str):
-            base, names = self._base_scheduler_config, self.family.scheduler_names
+            base = self._base_scheduler_config
+            names = names_for(base, self.family.scheduler_names)
             self.scheduler = scheduler_by_name(name_or_scheduler, base, names, **config_overrides)
         elif config_overrides:
             config = effective_config(name_or_scheduler.config)

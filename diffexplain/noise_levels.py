@@ -11,6 +11,8 @@ Notation (see ``diffexplain.names``)::
         epsilon: a = 1, b = −σ                  v: a = 1/(σ²+1), b = −σ/√(σ²+1)
     (α_t, σ_t)-space (DPM-Solver, UniPC): (α_t, σ_t) = scheduler._sigma_to_alpha_sigma_t(sigmas[step_index])
         epsilon: a = 1/α_t, b = −σ_t/α_t        v: a = α_t, b = −σ_t
+        on flow sigmas (``use_flow_sigmas``): α_t = 1 − σ, σ_t = σ, and a flow velocity v = ε − x0
+        (``prediction_type="flow_prediction"``) gives a = 1, b = −σ
     sample prediction: a = 0, b = 1
 
 Every step also records ᾱ_t and the "variance exploding" σ_t, with σ² = (1−ᾱ)/ᾱ.
@@ -59,7 +61,11 @@ def _coefficients(prediction_type: str, alpha: float, sigma_t: float) -> tuple[f
         return 1.0 / alpha, -sigma_t / alpha
     if prediction_type == "v_prediction":
         return alpha, -sigma_t
-    raise ValueError(f"unknown prediction_type {prediction_type!r}: expected epsilon, v_prediction or sample")
+    if prediction_type == "flow_prediction":  # x_t = (1 − σ)·x0 + σ·ε, v = ε − x0
+        return 1.0, -sigma_t
+    raise ValueError(
+        f"unknown prediction_type {prediction_type!r}: expected epsilon, v_prediction, flow_prediction or sample"
+    )
 
 
 def noise_level(scheduler: object, timestep: torch.Tensor) -> NoiseLevel:
@@ -74,6 +80,9 @@ def noise_level(scheduler: object, timestep: torch.Tensor) -> NoiseLevel:
         alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(sigmas[step_index(scheduler, timestep)])
         alpha, sig = _as_float(alpha_t), _as_float(sigma_t)
         a, b = _coefficients(prediction_type, alpha, sig)
+        if getattr(scheduler.config, "use_flow_sigmas", False):  # α + σ = 1: not variance preserving
+            alpha_bar = alpha * alpha / (alpha * alpha + sig * sig)
+            return NoiseLevel(a, b, alpha_bar, math.inf if alpha <= 0.0 else sig / alpha)
         return NoiseLevel(a, b, alpha * alpha, sig / alpha)
     if sigmas is not None:
         # σ-space: x_t = x0 + σ·ε; the model input was scaled by 1/√(σ²+1)

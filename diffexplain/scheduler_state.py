@@ -100,6 +100,27 @@ FLOW_SCHEDULER_NAMES: Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]] 
 )
 """Short scheduler names of the flow-matching families (SD3): name → (diffusers class, config overrides)."""
 
+FLOW_SIGMA_SCHEDULER_NAMES: Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]] = _Names(
+    {
+        "flow_euler": ("DPMSolverMultistepScheduler", {"solver_order": 1}),
+        "dpm++2m": ("DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++"}),
+        "unipc": ("UniPCMultistepScheduler", {}),
+    }
+)
+"""Short scheduler names of a U-Net that predicts a flow velocity (the embedded flow model): the solvers
+that take ``use_flow_sigmas`` and ``prediction_type="flow_prediction"`` (first-order DPM-Solver is Euler)."""
+
+
+def names_for(
+    base_config: Any, names: Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]]
+) -> Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]]:
+    """The short names that fit a scheduler config: the flow-sigma ones where it predicts a flow velocity
+    (``prediction_type="flow_prediction"``), where DDIM or Euler would misread the output; else ``names``."""
+    if dict(base_config).get("prediction_type") == "flow_prediction":
+        return FLOW_SIGMA_SCHEDULER_NAMES
+    return names
+
+
 _CONFIG_ATTR = "_internal_dict"
 
 

@@ -87,8 +87,10 @@ def words(trace: Trace | None, explainer: Explainer | None = None) -> dict[str, 
     return {
         "model": "U-Net" if family.model_attr == "unet" else family.model_attr,
         "output": "velocity v"
-        if prediction == "v_prediction"
-        else family.output_kind,  # SD 2, the cascade's II
+        if prediction == "v_prediction"  # SD 2, the cascade's II
+        else "velocity"
+        if prediction == "flow_prediction"  # the embedded flow model
+        else family.output_kind,
         "xt": xt,
     }
 

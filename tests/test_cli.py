@@ -103,7 +103,7 @@ def test_explain_strip_frames_differ(explained: tuple[Path, str]) -> None:
         ),
         (
             ["train", "--preset", "huge"],
-            "invalid choice: 'huge' (choose from default, refine, bind, settle, pairs, classroom, tiny, gan, gan-classroom, gan-tiny, pixel-cascade, pixel-cascade-tiny)",
+            "invalid choice: 'huge' (choose from default, refine, bind, settle, pairs, classroom, flow, flow-classroom, tiny, gan, gan-classroom, gan-tiny, pixel-cascade, pixel-cascade-tiny)",
         ),
         (["export"], "--to"),
     ],

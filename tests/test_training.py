@@ -181,7 +181,7 @@ def test_run_folder_holds_only_safetensors_and_json(run: Path) -> None:
 def test_unknown_preset_names_the_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(
         ValueError,
-        match="unknown preset 'huge'; expected one of default, refine, bind, settle, pairs, classroom, tiny",
+        match="unknown preset 'huge'; expected one of default, refine, bind, settle, pairs, classroom, flow, flow-classroom, tiny",
     ):
         train("huge", tmp_path / "run", progress=False)
     with pytest.raises(SystemExit) as exit_info:

@@ -1,4 +1,9 @@
-"""``load_default()``: the embedded default model, offline, as an :class:`~diffexplain.Explainer`."""
+"""``load_default()`` and ``load_flow_default()``: the embedded models, offline, as Explainers.
+
+The default model predicts the noise ε; the flow model is the same U-Net, VAE and text encoder trained on
+to predict the flow velocity v = ε − x0 (docs/model-card.md#the-flow-model). Both run through a plain
+``StableDiffusionPipeline``.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +22,14 @@ if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
+FLOW_MODEL_DIR = Path(__file__).parent / "flow"
+SHIPPED_MODELS = {"default": DEFAULT_MODEL_DIR, "flow": FLOW_MODEL_DIR}
+"""The shipped model folders by the short name ``model_folder`` (and ``--unet-init``) takes."""
 
 
 def model_folder(source: str | Path) -> Path:
-    """The folder ``source`` names: "default" is the shipped model, anything else a path."""
-    return DEFAULT_MODEL_DIR if str(source) == "default" else Path(source)
+    """The folder ``source`` names: "default" and "flow" are the shipped models, anything else a path."""
+    return SHIPPED_MODELS.get(str(source), Path(source))
 
 
 def default_model_info() -> dict[str, Any]:
@@ -81,3 +89,27 @@ def load_default(
             "or train one with `diffexplain train` and use diffexplain.load_model(folder)"
         )
     return load_model(DEFAULT_MODEL_DIR, device=device, dtype=dtype, progress=progress)
+
+
+def flow_model_info() -> dict[str, Any]:
+    """The shipped flow model's description: configs, training recipe and measured figures."""
+    return read_model_json(FLOW_MODEL_DIR)
+
+
+def load_flow_default(
+    *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True
+) -> Explainer:
+    """The embedded flow-matching model: the default model's parts, trained to predict a velocity.
+
+    It draws what the default model draws (the same 64×64 coloured shapes and words), in the other
+    dialect of diffusion: the U-Net predicts v = ε − x0 on the straight path x_t = (1 − σ)·x0 + σ·ε, so
+    x̂0 = x_t − σ·v, and the sampler (flow-sigma Euler, ``scheduler_names``: ``flow_euler``,
+    ``dpm++2m``, ``unipc``) moves x_t along v. Run the same prompt and seed through
+    :func:`load_default` beside it to compare the dialects (``diffexplain.widgets.TwoDialects``).
+    """
+    if not (FLOW_MODEL_DIR / "model.json").is_file():
+        raise FileNotFoundError(
+            f"the flow model's files are missing from {FLOW_MODEL_DIR}; reinstall diffexplain, or train one "
+            "with `diffexplain train --preset flow-classroom` and use diffexplain.load_model(folder)"
+        )
+    return load_model(FLOW_MODEL_DIR, device=device, dtype=dtype, progress=progress)

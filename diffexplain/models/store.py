@@ -58,8 +58,8 @@ def save_model(
 
 
 def is_model_folder(source: str | Path) -> bool:
-    """Whether ``source`` names a model folder (one with ``model.json``; "default" is the shipped model)."""
-    return str(source) == "default" or (Path(source) / "model.json").is_file()
+    """Whether ``source`` names a model folder (one with ``model.json``; "default" and "flow" are the shipped models)."""
+    return str(source) in ("default", "flow") or (Path(source) / "model.json").is_file()
 
 
 def read_model_json(folder: str | Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from diffexplain.data import ShapesDataset
-from diffexplain.models.config import TrainConfig, scheduler_config, vae_config
+from diffexplain.models.config import TrainConfig, flow_scheduler_config, scheduler_config, vae_config
 from diffexplain.models.store import save_model
 from diffexplain.training.checkpoint import read_checkpoint
 from diffexplain.training.latent_norm import fold_into_vae
@@ -72,6 +72,13 @@ def debiased_ema(
     return {k: ((v.float() - w * init[k].float()) / (1 - w)).to(v.dtype) for k, v in ema.items()}
 
 
+def model_scheduler(objective: str) -> dict[str, object]:
+    """The sampler a model folder names: DDIM on the training schedule for ε, flow-sigma Euler for flow."""
+    if objective == "flow":
+        return {"class": "DPMSolverMultistepScheduler", "config": flow_scheduler_config()}
+    return {"class": "DDIMScheduler", "config": scheduler_config()}
+
+
 def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] | None = None) -> Path:
     """Write ``target`` from the run in ``out``: EMA U-Net weights, the VAE, configs and the recipe."""
     out = Path(out)
@@ -108,7 +115,7 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
         unet_config=ucfg,
         vae_config=vae_config(tuple(cfg.vae_blocks))
         | {"sample_size": cfg.image_size, "scaling_factor": scaling_factor},
-        scheduler={"class": "DDIMScheduler", "config": scheduler_config()},
+        scheduler=model_scheduler(cfg.objective),
         recipe=recipe,
     )
     model_json = folder / "model.json"

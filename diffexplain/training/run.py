@@ -119,6 +119,7 @@ _FIXED_FIELDS = _SHARED_FIELDS + (
     "unet_pooled_text",
     "unet_cross_attention",
     "unet_init",
+    "objective",
 )
 
 

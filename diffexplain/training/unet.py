@@ -11,6 +11,11 @@ optional floor β raises that weight to β (w_t = max(min(SNR_t, γ), β)/SNR_t,
 LOW_SNR_WEIGHT_CAP), so "on the left" has to win over what the noise happens to suggest.
 A share ``caption_dropout`` of captions is replaced by the empty caption, so the same network also
 learns ε_θ(z_t, t, ∅), which classifier-free guidance needs.
+
+The flow objective (``TrainConfig.objective="flow"``, rectified flow) trains the same U-Net in the other
+dialect: σ = (t + u)/T with u ~ U[0, 1), z_t = (1 − σ)·z0 + σ·ε on a straight path, and the U-Net, given
+the timestep t = ⌊σ·T⌋ as the flow sampler passes it, predicts the velocity v = ε − z0 with a plain
+squared error ‖v_θ(z_t, t, c) − v‖² (no SNR weight: an error in v is an error in z0 scaled by 1/σ).
 """
 
 from __future__ import annotations
@@ -85,6 +90,20 @@ def draw_timesteps(
         t_noisy = torch.randint(HIGH_NOISE_FROM, num_train_timesteps, (batch,), generator=gen)
         t = torch.where(noisy, t_noisy, t)
     return t
+
+
+def flow_inputs(
+    z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, num_train_timesteps: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The flow objective's (z_t, target v = ε − z0, weight 1) for timesteps ``t`` [B].
+
+    σ = (t + u)/T with u ~ U[0, 1): continuous, while the U-Net sees the integer t = ⌊σ·T⌋ the flow
+    sampler (``DPMSolverMultistepScheduler`` with ``use_flow_sigmas``) passes it.
+    """
+    u = torch.rand(t.shape, generator=gen).to(t.device)
+    sigma = ((t.float() + u) / num_train_timesteps).view(-1, 1, 1, 1)  # [B, 1, 1, 1]
+    z_t = (1 - sigma) * z0 + sigma * noise
+    return z_t, noise - z0, torch.ones_like(u)
 
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, floor: float = 0.0) -> torch.Tensor:
@@ -207,10 +226,13 @@ def train_unet(
             cond[drop.to(device)] = empty
             noise = torch.randn(z0.shape, generator=gen).to(device)
             t = draw_timesteps(cfg.unet_batch, num_train_timesteps, cfg.high_noise_share, gen).to(device)
-            z_t = noise_scheduler.add_noise(z0, noise, t)
-            eps_pred = unet(z_t, t, encoder_hidden_states=cond).sample
-            per_sample = (eps_pred - noise).pow(2).mean(dim=(1, 2, 3))  # [B]
-            loss = loss_eps = (snr_weight[t] * per_sample).mean()
+            if cfg.objective == "flow":
+                z_t, target, weight = flow_inputs(z0, noise, t, num_train_timesteps, gen)
+            else:
+                z_t, target, weight = noise_scheduler.add_noise(z0, noise, t), noise, snr_weight[t]
+            prediction = unet(z_t, t, encoder_hidden_states=cond).sample  # ε̂ or v̂ [B, C, h, w]
+            per_sample = (prediction - target).pow(2).mean(dim=(1, 2, 3))  # [B]
+            loss = loss_eps = (weight * per_sample).mean()
             if supervision is not None:
                 seen = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist(), strict=True)]
                 loss_attn = supervision.loss(seen)
