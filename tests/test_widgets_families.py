@@ -1,24 +1,47 @@
-"""Every widget on SDXL and SD3 (Python level): built without errors, a control moved, and labels that
-name what the model predicts (a flow model's output is a velocity, not a noise)."""
+"""Every widget on SDXL, SD3 and a U-Net trained with the flow objective (Python level): built without
+errors, a control moved, and labels that name what the model predicts (a flow model's output is a
+velocity, not a noise)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import ipywidgets as W
 import pytest
 import torch
 
-from diffexplain import Explainer, Trace
-from diffexplain.widgets import ForwardProcess, GuidanceLab, NoiseLab, PromptSwap, StepExplorer, TracePlayer
+from diffexplain import Explainer, Trace, load_model
+from diffexplain.models.config import preset
+from diffexplain.training.run import train
+from diffexplain.widgets import (
+    AttentionMaps,
+    ForwardProcess,
+    GuidanceLab,
+    NoiseLab,
+    PromptSwap,
+    StepExplorer,
+    TracePlayer,
+)
 from tests.tiny_families import tiny_sd3_pipeline, tiny_sdxl_pipeline
 
 PROMPT = "a red circle on the left"
 STEPS = 3
 
 
-@pytest.fixture(scope="module", params=["sdxl", "sd3"])
-def ex(request) -> Explainer:
+@pytest.fixture(scope="module", params=["sdxl", "sd3", "flow"])
+def ex(request, tmp_path_factory) -> Explainer:
+    if request.param == "flow":  # the embedded model's architecture, a few steps of the flow objective
+        config = dataclasses.replace(preset("tiny"), objective="flow")
+        return load_model(
+            train(config, tmp_path_factory.mktemp("flow") / "run", progress=False), progress=False
+        )
     pipe = tiny_sdxl_pipeline() if request.param == "sdxl" else tiny_sd3_pipeline()
     return Explainer.from_pipeline(pipe, progress=False)
+
+
+def is_flow(ex: Explainer) -> bool:
+    """A flow model: SD3's transformer, or a U-Net whose scheduler reads its output as a velocity."""
+    return ex.family.name == "sd3" or ex.scheduler.config.prediction_type == "flow_prediction"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +70,10 @@ def test_step_explorer_names_the_models_output(ex, trace):
             "velocity predicted with prompt" in words
             and "the transformer" in words
             and "noise predicted" not in words
+        )
+    elif is_flow(ex):
+        assert (
+            "velocity predicted with prompt" in words and "U-Net" in words and "noise predicted" not in words
         )
     else:
         assert "noise predicted with prompt" in words and "U-Net" in words
@@ -87,5 +114,14 @@ def test_forward_process_uses_the_familys_forward_process(ex):
     noise = torch.ones_like(x0)
     noisy, t = noise_latents_at(ex, x0, 500, noise)
     assert noisy.shape == x0.shape and float(noisy.abs().max()) > 0
-    if ex.family.name == "sd3":  # x_t = (1 − σ)·x0 + σ·ε with x0 = 0, ε = 1: every value is σ
+    if is_flow(ex):  # x_t = (1 − σ)·x0 + σ·ε with x0 = 0, ε = 1: every value is σ
         assert torch.allclose(noisy, torch.full_like(noisy, float(noisy.flatten()[0])))
+
+
+def test_attention_maps_and_the_html_page(ex, trace, tmp_path):
+    widget = AttentionMaps(trace)
+    assert errors(widget) == "" and trace.steps[0].attention  # maps are on by default
+    page = tmp_path / "page.html"
+    trace.to_html(page)
+    text = page.read_text(encoding="utf-8")
+    assert ("velocity" in text) is is_flow(ex)
