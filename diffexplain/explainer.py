@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from diffexplain import checks
+from diffexplain import checks, img2img
 from diffexplain.attention.layers import with_attention_points
 from diffexplain.explainer_parts import ModelParts
 from diffexplain.families import (
@@ -28,7 +28,7 @@ from diffexplain.guiders.choose import run_guider
 from diffexplain.hooks import Hook, HookSpec, as_hooks
 from diffexplain.jobs import Job, finishing
 from diffexplain.loop import Components, Resume, loop_steps
-from diffexplain.names import HookPoint
+from diffexplain.names import HookPoint, with_image_points
 from diffexplain.prompt_limits import cut_prompts, warn_cut
 from diffexplain.prompt_warnings import warn_prompt
 from diffexplain.scheduler_state import describe, effective_config, names_for, scheduler_by_name
@@ -216,7 +216,7 @@ class Explainer(ModelParts):
         }
 
     def _new_trace(self, settings: RunSettings, keep: Any, store_dtype: torch.dtype | None) -> Trace:
-        points = with_guider_points(self.hook_points(), settings.guider)
+        points = with_image_points(with_guider_points(self.hook_points(), settings.guider), settings.strength)
         trace = Trace(settings, keep=keep, store_dtype=store_dtype, points=points)
         trace.explainer = self
         trace.fingerprint_source = LazyFingerprint(self.model)
@@ -245,6 +245,8 @@ class Explainer(ModelParts):
         attention_maps: bool = True,
         guider: Guider | None = None,
         guidance_rescale: float = 0.0,
+        image: Any = None,
+        strength: float | None = None,
         stage_input: torch.Tensor | None = None,
         **options: Any,
     ) -> Job:
@@ -256,6 +258,10 @@ class Explainer(ModelParts):
         """
         if seed is not None and generator is not None:
             raise ValueError("pass seed= or generator=, not both")
+        if image is not None and latents is not None:
+            raise ValueError(
+                "pass image= (start from a picture) or latents= (start from these x_T), not both"
+            )
         if generator is None:
             seed = secrets.randbits(63) if seed is None else checks.check_seed(seed)
             generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -274,9 +280,20 @@ class Explainer(ModelParts):
             attention_maps=attention_maps,
             guider=guider,
             guidance_rescale=guidance_rescale,
+            image=image,
+            strength=strength,
             **options,
         )
         self._warn_prompt(prompt, negative_prompt, settings.options)
+        start = img2img.check_start(  # checked by run_settings: the picture's pixels, once more
+            self.family,
+            image,
+            strength,
+            height=height,
+            width=width,
+            num_inference_steps=settings.num_inference_steps,
+            batch_size=settings.batch_size,
+        )
         trace = self._new_trace(settings, keep, store_dtype)
         steps = self._loop(
             trace,
@@ -284,6 +301,7 @@ class Explainer(ModelParts):
             generator=generator,
             latents=latents,
             stage_input=stage_input,
+            image=None if start is None else start.pixels,
             progress=self.progress if progress is None else progress,
         )
         return Job(steps, trace)
@@ -310,7 +328,11 @@ class Explainer(ModelParts):
         (``diffexplain.guiders``: ``CFG`` with a step interval or a rescale, ``APG``; None: ε_u + w·(ε_c − ε_u)),
         recorded in ``trace.settings["guider"]``; ``guidance_rescale`` is the pipelines' knob (φ in [0, 1]:
         ``CFG(rescale=φ)``, equal to ``StableDiffusionPipeline(..., guidance_rescale=φ)`` bit for bit).
-        ``run(...)`` is ``start_run(...).finish()``.
+        ``image`` starts from a picture (img2img, SDEdit; the SD family so far): a PIL image (RGB), a list of
+        them, or a float tensor [B, 3, H, W] or [3, H, W] in [0, 1], whose size sets height and width;
+        ``strength`` (s in (0, 1], default 0.8) is the share of the schedule that runs, from the picture
+        noised to its first timestep, equal to ``StableDiffusionImg2ImgPipeline`` bit for bit
+        (``diffexplain.img2img``). ``run(...)`` is ``start_run(...).finish()``.
         """,
     )
 
@@ -331,6 +353,8 @@ class Explainer(ModelParts):
         attention_maps: bool = True,
         guider: Guider | None = None,
         guidance_rescale: float = 0.0,
+        image: Any = None,
+        strength: float | None = None,
         **options: Any,
     ) -> RunSettings:
         """The checked :class:`~diffexplain.settings.RunSettings` of a run with these arguments (``run``'s),
@@ -342,6 +366,18 @@ class Explainer(ModelParts):
         if guidance_scale is None:
             guidance_scale = float(self.defaults.get("guidance_scale", self.family.default_guidance_scale))
         guidance_scale = float(checks.check_guidance_scale(guidance_scale))
+        num_inference_steps = checks.check_steps(num_inference_steps)
+        start = img2img.check_start(  # None without a picture; with one, it sets H and W
+            self.family,
+            image,
+            strength,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            batch_size=1 if isinstance(prompt, str) else len(prompt),
+        )
+        if start is not None:
+            height, width = start.height, start.width
         multiple, why = self.family.size_multiple()
         default_h, default_w = self.family.default_size()
         height = checks.check_size("height", default_h if height is None else height, multiple, why)
@@ -349,7 +385,7 @@ class Explainer(ModelParts):
         return RunSettings(
             prompt=prompt,
             negative_prompt=negative_prompt,
-            num_inference_steps=checks.check_steps(num_inference_steps),
+            num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             do_cfg=guidance_on(guidance_scale, distilled=self.family.guidance_distilled()),
             seed=checks.check_seed(seed),
@@ -362,6 +398,8 @@ class Explainer(ModelParts):
             restart=checks.check_flag("restart", restart),
             attention_maps=checks.check_flag("attention_maps", attention_maps),
             guider=run_guider(guider, guidance_rescale),
+            strength=None if start is None else start.strength,
+            entry_step=None if start is None else start.entry_step,
             **self._context(),
         )
 

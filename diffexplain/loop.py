@@ -35,6 +35,7 @@ from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.guidance import guide
 from diffexplain.guiders.base import GuidanceStep, Guider, guider_from_json
 from diffexplain.hooks import Hook, HookRunner, Replacement, StepTensors, check_replacement
+from diffexplain.img2img import enter, loop_timesteps, noised_picture
 from diffexplain.model_step import predict_branches, predictor_at
 from diffexplain.noise_levels import model_output_from, pred_x0_from
 from diffexplain.records import RestartPoint, StepRecord
@@ -176,12 +177,14 @@ def loop_steps(
     generator: torch.Generator | None = None,
     latents: torch.Tensor | None = None,
     stage_input: torch.Tensor | None = None,
+    image: torch.Tensor | None = None,
     resume: Resume | None = None,
     progress: bool = True,
 ) -> Generator[int, None, Trace]:
     """One run (``resume=None``: steps 0..N−1 from ``latents`` or fresh noise) or one fork (steps k..N−1),
     with the settings ``trace.run_settings``. ``stage_input``: what a cascade stage receives (the previous
-    stage's picture or image embeddings), from which the family draws x_T and its conditioning.
+    stage's picture or image embeddings), from which the family draws x_T and its conditioning. ``image``:
+    the picture a run starts from (``diffexplain.img2img``), in [-1, 1]  [B_img, 3, H, W].
 
     Yields each loop step's index once it is finished (recorded in ``trace.steps``); returns the trace.
     """
@@ -193,8 +196,12 @@ def loop_steps(
         if resume is None:
             scheduler = fresh_scheduler(components.scheduler)
             family.set_timesteps(scheduler, settings.num_inference_steps, settings.height, settings.width)
-            first = scheduler.timesteps[0]  # warn where the first noise level is known to break sampling
-            check_start_level(family.noise_level(scheduler, first), float(first), len(scheduler.timesteps))
+            if settings.entry_step is None:  # warn where the first noise level is known to break sampling
+                first = scheduler.timesteps[0]
+                check_start_level(
+                    family.noise_level(scheduler, first), float(first), len(scheduler.timesteps)
+                )
+            enter(scheduler, settings)  # from a picture: the loop enters at step t_start (img2img)
             start = 0
         else:
             restart = resume.source.steps[resume.step].restart
@@ -207,7 +214,7 @@ def loop_steps(
             guider.check_scheduler(scheduler, settings.eta)
         if guider is not None and resume is not None:
             guider.load_state(resume.source.steps[resume.step].restart.guider_state or {})
-        timesteps = scheduler.timesteps
+        timesteps = loop_timesteps(scheduler, settings)  # all, or from t_start·order on (img2img)
         runner = HookRunner(hooks, num_steps=len(timesteps), names=trace.hook_names)
         sites = Sites(trace, runner, settings.guidance_scale, family.init_noise_sigma(scheduler))
 
@@ -228,7 +235,11 @@ def loop_steps(
         trace.conditioning = {"cond": cond, **({"uncond": uncond} if uncond is not None else {})}
 
         # 3. latents: x_T = noise · init_noise_sigma, or x_t entering step k (or its replacement)  [B, C, h, w]
-        if resume is None:
+        if resume is None and image is not None:  # from a picture: x_{t_s} = add_noise(x0, ε, t_s)
+            latents = noised_picture(
+                family, scheduler, sites, image, settings.batch_size, generator, timesteps[0]
+            )
+        elif resume is None:
             rows = cond["embeds"].shape[0]  # B; the Kandinsky prior adds its negative prompt's B rows
             shape = family.latent_shape(rows, settings.height, settings.width)
             latents = sites("latents.init", family.prepare_latents(scheduler, shape, generator, latents))
@@ -281,7 +292,8 @@ def denoise(
 ) -> Generator[int, None, torch.Tensor]:
     """5. Steps ``start``..N−1: one model call per step (both branches batched with guidance on);
     yields each step's index when it is recorded, returns x_0's latents."""
-    timesteps, w, do_cfg = scheduler.timesteps, settings.guidance_scale, uncond is not None
+    timesteps, w, do_cfg = loop_timesteps(scheduler, settings), settings.guidance_scale, uncond is not None
+    n_steps = settings.inference_steps_run  # N, less the steps a run from a picture skips
     second_order = hasattr(scheduler, "state_in_first_order")
     with tqdm(total=len(timesteps) - start, disable=not progress, desc="denoising") as bar:
         for i in range(start, len(timesteps)):
@@ -309,7 +321,7 @@ def denoise(
             around = capture.model_call() if capture is not None else None
             separate = do_cfg and guider is not None and guider.separate_branches
             if separate:
-                guider.begin(i, settings.num_inference_steps, float(t), w)
+                guider.begin(i, n_steps, float(t), w)
             per_call = (lambda: guider.bracket(family.model)) if separate else None
             eps_cond, eps_uncond, extra = predict_branches(
                 family, scheduler, latents, t, step_cond, step_uncond, model_kwargs, around, separate, per_call
@@ -324,9 +336,7 @@ def denoise(
                         perturbed = guider.perturbed(family, scheduler, latents, t, step_cond, model_kwargs)
                         guider.perturbed_prediction = sites("step.guider.perturbed", perturbed)
                     elsewhere = predictor_at(family, scheduler, step_cond, step_uncond, model_kwargs)
-                    where = GuidanceStep(
-                        i, settings.num_inference_steps, float(t), sites, latents, scheduler, elsewhere
-                    )
+                    where = GuidanceStep(i, n_steps, float(t), sites, latents, scheduler, elsewhere)
                     eps_guided = guider(eps_cond, eps_uncond, w, where)
             else:
                 eps_guided = sites("step.model.cond", eps_cond)
@@ -352,7 +362,7 @@ def denoise(
             scheduler_input = family.scheduler_input(scheduler, eps_guided, extra)  # ε̂ (and the extra part)
             at_step = family.step_kwargs_at(scheduler, i)  # e.g. UnCLIP's prev_timestep
             if guider is not None and guider.sampler_stage:  # CFG++: guidance in the update itself
-                active = do_cfg and guider.active(i, settings.num_inference_steps)
+                active = do_cfg and guider.active(i, n_steps)
                 out = guider.sampler_step(
                     scheduler, t, latents, eps_guided, eps_uncond if do_cfg else None, active
                 )

@@ -13,6 +13,7 @@ Notation (one scheme in code, docs and widgets)::
     ᾱ_t        alpha_bar          cumulative signal fraction; x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε
     σ_t        sigma              noise level in the "variance exploding" view, σ² = (1−ᾱ)/ᾱ
     x_{t−1}    next_latents       the scheduler's output, the latents of the next step
+    s          strength           img2img: the share of the schedule run from a noised picture (0, 1]
 
 "ε" names the model output whatever it predicts: noise ε, v (v-prediction) or a flow velocity
 v = ε − x0 (SD3, Flux); each family's adapter derives x̂0 from it accordingly.
@@ -57,7 +58,12 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
     HookPoint(
         "prompt.uncond", "text token embeddings of the negative (or empty) prompt", "[B, T, D]", False, True
     ),
-    HookPoint("latents.init", "x_T, the starting noise, scaled by init_noise_sigma", "[B, C, h, w]", False),
+    HookPoint(
+        "latents.init",
+        "x_T, the starting noise, scaled by init_noise_sigma (from a picture: the noised picture)",
+        "[B, C, h, w]",
+        False,
+    ),
     HookPoint("step.latents", "x_t, the latents entering the step", "[B, C, h, w]", True),
     HookPoint("step.prompt.cond", "prompt embeddings fed to the model at this step", "[B, T, D]", True),
     HookPoint(
@@ -107,6 +113,33 @@ def declare_points(points: Iterable[HookPoint]) -> None:
     for point in points:
         if point.name not in HOOK_NAMES:
             _DECLARED.setdefault(point.name, point)
+
+
+IMAGE_POINTS: tuple[HookPoint, ...] = (
+    HookPoint("image.input", "the picture (img2img), in [-1, 1] as the VAE reads it", "[B, 3, H, W]", False),
+    HookPoint(
+        "image.latents",
+        "x0 of the picture: a draw from the VAE's posterior, times scaling_factor",
+        "[B, C, h, w]",
+        False,
+    ),
+    HookPoint(
+        "image.noise", "ε, the noise that noises the picture to the first timestep", "[B, C, h, w]", False
+    ),
+)
+"""The points of a run that starts from a picture (``run(image=...)``), in the order it reaches them, just
+before ``latents.init`` (there: the noised picture); a run from noise has none (``with_image_points``)."""
+
+declare_points(IMAGE_POINTS)
+
+
+def with_image_points(points: tuple[HookPoint, ...], strength: float | None) -> tuple[HookPoint, ...]:
+    """``points`` with ``IMAGE_POINTS`` before ``latents.init`` for a run from a picture (``strength`` set)."""
+    if strength is None:
+        return points
+    names = [p.name for p in points]
+    at = names.index("latents.init") if "latents.init" in names else 0
+    return (*points[:at], *IMAGE_POINTS, *points[at:])
 
 
 def all_hook_names() -> tuple[str, ...]:

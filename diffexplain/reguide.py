@@ -46,7 +46,7 @@ def reguide(trace: Trace, step: int, guidance_scale: float, guider: Guider | Non
         same_method = (trace.run_settings.guider or {}).get("name") == guider.name
         if fresh.stateful and same_method and record.restart is not None:
             fresh.load_state(record.restart.guider_state or {})
-        where = GuidanceStep(record.index, trace.run_settings.num_inference_steps, record.timestep, _unhooked)
+        where = GuidanceStep(record.index, trace.run_settings.inference_steps_run, record.timestep, _unhooked)
         eps_guided = fresh(eps_cond, eps_uncond, guidance_scale, where)
     latents = record.tensors.get("step.latents")
     if latents is None:

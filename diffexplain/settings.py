@@ -55,6 +55,10 @@ class RunSettings:
     restart: bool = True  # a restart point per step (what a fork needs)
     attention_maps: bool = True  # each step's cross-attention maps
     guider: Mapping[str, Any] | None = None  # the guidance method (Guider.describe()); None: ε_u + w·Δ
+    # img2img (diffexplain.img2img): s, and t_start = N − min(⌊N·s⌋, N), the inference steps skipped;
+    # None for a run from noise (and files from before), left out of the JSON form then
+    strength: float | None = None
+    entry_step: int | None = None
     # ---- what it ran on (recorded by the Explainer)
     scheduler: Mapping[str, Any] = field(default_factory=dict)  # {"class": ..., "config": {...}}
     prediction_type: str | None = None
@@ -75,6 +79,11 @@ class RunSettings:
     def batch_size(self) -> int:
         """B: the number of prompts."""
         return 1 if isinstance(self.prompt, str) else len(self.prompt)
+
+    @property
+    def inference_steps_run(self) -> int:
+        """The inference steps the loop runs: N, less those a run from a picture skips (``entry_step``)."""
+        return self.num_inference_steps - (self.entry_step or 0)
 
     @property
     def family(self) -> str:
@@ -98,8 +107,8 @@ class RunSettings:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if f.name == "attention" and value is None:
-                continue  # as files always had it: no key without attention
+            if f.name in ("attention", "strength", "entry_step") and value is None:
+                continue  # as files always had it: no key without attention (or without a picture)
             doc[f.name] = _plain(value)
         doc.update({k: v for k, v in self.extra.items() if k not in doc})
         return MappingProxyType(doc)
@@ -191,6 +200,16 @@ def _check(s: RunSettings) -> None:
         )
     if s.threads is not None:
         _whole(s.threads, "threads", 1)
+    if (s.strength is None) != (s.entry_step is None):
+        raise SettingsError("settings.strength and settings.entry_step go together (a run from a picture)")
+    if s.strength is not None and not 0.0 < _number(s.strength, "strength") <= 1.0:
+        raise SettingsError(f"settings.strength should be in (0, 1]; got {s.strength!r}")
+    if s.entry_step is not None:
+        _whole(s.entry_step, "entry_step", 0)
+        if s.entry_step >= s.num_inference_steps:
+            raise SettingsError(
+                f"settings.entry_step = {s.entry_step} skips all {s.num_inference_steps} inference steps"
+            )
     for name in ("options", "model", "scheduler", "extra"):
         _mapping(getattr(s, name), name)
     if s.attention is not None:

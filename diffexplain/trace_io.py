@@ -23,7 +23,7 @@ from diffexplain.errors import TraceFileError
 from diffexplain.families import FAMILIES
 from diffexplain.guiders.base import with_guider_points
 from diffexplain.hooks import Replacement
-from diffexplain.names import HookPoint, current_name
+from diffexplain.names import HookPoint, current_name, with_image_points
 from diffexplain.noise_levels import NoiseLevel
 from diffexplain.previews import Previews, from_doc, to_doc
 from diffexplain.records import RestartPoint, StepRecord
@@ -213,6 +213,7 @@ def _hook_points(
         )
     ]
     points = with_guider_points(with_attention_points(points, layers), settings.get("guider"))
+    points = with_image_points(points, settings.get("strength"))  # a run from a picture: image.*
     known = [p.name for p in points]
     if recorded != known:
         extra = [n for n in recorded if n not in known]

@@ -46,6 +46,12 @@ class VaeAdapter:
             latents = latents - shift
         return latents * vae.config.scaling_factor
 
+    def encode_sample(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Picture [B, 3, H, W] in [-1, 1] → a draw from the posterior · scaling_factor (one draw from
+        ``generator``), as ``StableDiffusionImg2ImgPipeline`` encodes (``retrieve_latents``, "sample")."""
+        vae = self.vae
+        return vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator) * vae.config.scaling_factor
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → picture [B, 3, H, W] in [-1, 1]: decode(latents / scaling_factor + shift_factor)."""
         vae = self.vae
