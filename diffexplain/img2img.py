@@ -82,7 +82,11 @@ def check_start(
     if family.vae is None:
         raise ValueError("image=: starting from a picture needs a VAE; this model works in pixel space")
     s = checks.check_float(
-        "strength", DEFAULT_STRENGTH if strength is None else strength, 0.0, 1.0, meaning="in (0, 1]"
+        "strength",
+        DEFAULT_STRENGTH if strength is None else strength,
+        0.0,
+        1.0,
+        meaning="the share of the schedule that runs; 0 excluded",
     )
     if s == 0.0:
         raise ValueError("strength must be in (0, 1] (the share of the schedule that runs), got 0.0")

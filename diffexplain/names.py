@@ -116,7 +116,12 @@ def declare_points(points: Iterable[HookPoint]) -> None:
 
 
 IMAGE_POINTS: tuple[HookPoint, ...] = (
-    HookPoint("image.input", "the picture (img2img), in [-1, 1] as the VAE reads it", "[B, 3, H, W]", False),
+    HookPoint(
+        "image.input",
+        "the picture (img2img) in [-1, 1], as the VAE reads it (B = 1: one for every prompt)",
+        "[B, 3, H, W]",
+        False,
+    ),
     HookPoint(
         "image.latents",
         "x0 of the picture: a draw from the VAE's posterior, times scaling_factor",
