@@ -245,7 +245,7 @@ class Explainer(ModelParts):
         attention_maps: bool = True,
         guider: Guider | None = None,
         guidance_rescale: float = 0.0,
-        image: Any = None,
+        image: img2img.PictureInput | None = None,
         strength: float | None = None,
         stage_input: torch.Tensor | None = None,
         **options: Any,
@@ -353,7 +353,7 @@ class Explainer(ModelParts):
         attention_maps: bool = True,
         guider: Guider | None = None,
         guidance_rescale: float = 0.0,
-        image: Any = None,
+        image: img2img.PictureInput | None = None,
         strength: float | None = None,
         **options: Any,
     ) -> RunSettings:

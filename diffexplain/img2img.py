@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -25,6 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffexplain import checks
 
 if TYPE_CHECKING:
+    import PIL.Image
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
     from diffexplain.families.base import Family
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 
 PIPELINES = {"sd": "StableDiffusionImg2ImgPipeline"}
 """The families that start from a picture, and the diffusers pipeline each mirrors bit for bit."""
+
+PictureInput: TypeAlias = "PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor"
+"""What ``run(image=...)`` takes: a PIL image (RGB), a list of them, or a float tensor [B, 3, H, W] / [3, H, W] in [0, 1]."""
 
 DEFAULT_STRENGTH = 0.8  # StableDiffusionImg2ImgPipeline's default
 EXPECTED = "a PIL image (mode RGB), a list of them, or a float tensor [B, 3, H, W] or [3, H, W] in [0, 1]"

@@ -13,15 +13,17 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+sys.path.insert(0, str(DOCS.parent))  # this checkout's diffexplain, not another one installed (a worktree's)
 
 
 def tables() -> dict[str, tuple[Path, str]]:
     """Each generated table: its marker name → (the docs file, the table's markdown)."""
-    from diffexplain.names import HOOK_POINTS, markdown_table
+    from diffexplain.names import HOOK_POINTS, IMAGE_POINTS, markdown_table
     from diffexplain.step_scalars import STEP_SCALARS, scalars_table
 
     return {
         "hook-points": (DOCS / "hook-points.md", markdown_table(HOOK_POINTS)),
+        "image-points": (DOCS / "guides" / "start-from-a-picture.md", markdown_table(IMAGE_POINTS)),
         "step-scalars": (DOCS / "hook-points.md", scalars_table(STEP_SCALARS)),
     }
 
