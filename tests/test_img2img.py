@@ -11,6 +11,7 @@ from PIL import Image
 
 from diffexplain import SCHEDULER_NAMES, Explainer, Trace, load_default
 from diffexplain.scheduler_state import scheduler_by_name
+from diffexplain.settings import RunSettings, SettingsError
 from tests.conftest import PROMPT
 from tests.tiny_families import tiny_sdxl_parts
 
@@ -221,3 +222,17 @@ def test_check_run_checks_a_picture_without_running(explainer):
     settings = explainer.check_run(PROMPT, image=picture(size=8), strength=0.5, num_inference_steps=4)
     assert (settings.height, settings.width, settings.strength, settings.entry_step) == (8, 8, 0.5, 2)
     assert settings.inference_steps_run == 2 and explainer.last_trace is None
+
+
+def test_settings_of_a_run_from_a_picture_are_checked(traced):
+    doc = traced.settings
+    assert RunSettings.from_json(doc) == traced.run_settings
+    without = {k: v for k, v in doc.items() if k not in ("strength", "entry_step")}  # a file from before
+    assert RunSettings.from_json(without).strength is None
+    for bad, message in [
+        ({"strength": 1.5}, r"strength should be in \(0, 1\]"),
+        ({"strength": None}, "strength and settings.entry_step go together"),
+        ({"entry_step": 10}, "entry_step = 10 skips all 10 inference steps"),
+    ]:
+        with pytest.raises(SettingsError, match=message):
+            RunSettings.from_json({**doc, **bad})
