@@ -367,6 +367,8 @@ class Explainer(ModelParts):
             guidance_scale = float(self.defaults.get("guidance_scale", self.family.default_guidance_scale))
         guidance_scale = float(checks.check_guidance_scale(guidance_scale))
         num_inference_steps = checks.check_steps(num_inference_steps)
+        if image is not None and img2img.takes_stage_input(self.family):  # its own image=, as before
+            image, options = None, {**options, "image": image}
         start = img2img.check_start(  # None without a picture; with one, it sets H and W
             self.family,
             image,

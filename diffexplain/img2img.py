@@ -60,6 +60,12 @@ class Start:
         return int(self.pixels.shape[-1])
 
 
+def takes_stage_input(family: Family) -> bool:
+    """Whether ``family`` is a later cascade stage (``stage_inputs``): there ``image=`` is the cascade's input,
+    which the family's ``run_options`` refuses on its own, naming ``diffexplain.Cascade``."""
+    return hasattr(family, "stage_inputs")
+
+
 def check_start(
     family: Family,
     image: Any,

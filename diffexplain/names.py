@@ -58,12 +58,7 @@ HOOK_POINTS: tuple[HookPoint, ...] = (
     HookPoint(
         "prompt.uncond", "text token embeddings of the negative (or empty) prompt", "[B, T, D]", False, True
     ),
-    HookPoint(
-        "latents.init",
-        "x_T, the starting noise, scaled by init_noise_sigma (from a picture: the noised picture)",
-        "[B, C, h, w]",
-        False,
-    ),
+    HookPoint("latents.init", "x_T, the starting noise, scaled by init_noise_sigma", "[B, C, h, w]", False),
     HookPoint("step.latents", "x_t, the latents entering the step", "[B, C, h, w]", True),
     HookPoint("step.prompt.cond", "prompt embeddings fed to the model at this step", "[B, T, D]", True),
     HookPoint(
