@@ -43,12 +43,14 @@ class StepScalar:
 
 
 def scheduler_sigma(step: FinishedStep) -> float | None:
-    """The scheduler's own σ at this step (``scheduler.sigmas[i]``): flow models' share of noise in x_t
+    """The scheduler's own σ at this step (``scheduler.sigmas[i]``, i counted from the scheduler's begin
+    index: a run from a picture enters its table part way): flow models' share of noise in x_t
     (x_t = (1 − σ)·x0 + σ·ε), the Karras/Euler schedulers' σ; None for schedulers without a σ table."""
     sigmas = getattr(step.scheduler, "sigmas", None)
-    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or step.index >= len(sigmas):
+    index = (getattr(step.scheduler, "begin_index", None) or 0) + step.index
+    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or index >= len(sigmas):
         return None
-    return float(sigmas[step.index])
+    return float(sigmas[index])
 
 
 STEP_SCALARS: tuple[StepScalar, ...] = (
