@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from diffexplain import checks, img2img
+from diffexplain import checks, img2img, inpaint
 from diffexplain.attention.layers import with_attention_points
 from diffexplain.explainer_parts import ModelParts
 from diffexplain.families import (
@@ -216,7 +216,8 @@ class Explainer(ModelParts):
         }
 
     def _new_trace(self, settings: RunSettings, keep: Any, store_dtype: torch.dtype | None) -> Trace:
-        points = with_image_points(with_guider_points(self.hook_points(), settings.guider), settings.strength)
+        points = with_guider_points(self.hook_points(), settings.guider)
+        points = with_image_points(points, settings.strength, settings.inpaint)  # from a picture: image.*
         trace = Trace(settings, keep=keep, store_dtype=store_dtype, points=points)
         trace.explainer = self
         trace.fingerprint_source = LazyFingerprint(self.model)
@@ -246,6 +247,7 @@ class Explainer(ModelParts):
         guider: Guider | None = None,
         guidance_rescale: float = 0.0,
         image: img2img.PictureInput | None = None,
+        mask_image: inpaint.MaskInput | None = None,
         strength: float | None = None,
         stage_input: torch.Tensor | None = None,
         **options: Any,
@@ -281,6 +283,7 @@ class Explainer(ModelParts):
             guider=guider,
             guidance_rescale=guidance_rescale,
             image=image,
+            mask_image=mask_image,
             strength=strength,
             **options,
         )
@@ -288,7 +291,7 @@ class Explainer(ModelParts):
         start = img2img.check_start(  # checked by run_settings: the picture's pixels, once more
             self.family,
             image,
-            strength,
+            settings.strength if image is not None else strength,
             height=height,
             width=width,
             num_inference_steps=settings.num_inference_steps,
@@ -302,6 +305,7 @@ class Explainer(ModelParts):
             latents=latents,
             stage_input=stage_input,
             image=None if start is None else start.pixels,
+            mask=inpaint.check_mask(mask_image, start, settings.batch_size),  # [B_m, 1, H, W], or None
             progress=self.progress if progress is None else progress,
         )
         return Job(steps, trace)
@@ -332,7 +336,10 @@ class Explainer(ModelParts):
         them, or a float tensor [B, 3, H, W] or [3, H, W] in [0, 1], whose size sets height and width;
         ``strength`` (s in (0, 1], default 0.8) is the share of the schedule that runs, from the picture
         noised to its first timestep, equal to ``StableDiffusionImg2ImgPipeline`` bit for bit
-        (``diffexplain.img2img``). ``run(...)`` is ``start_run(...).finish()``.
+        (``diffexplain.img2img``). ``mask_image`` inpaints: white (≥ 0.5) is repainted, black kept; its default
+        strength is 1 (from noise), with a regular U-Net (the known region blended back each step) or an
+        inpainting one (2·C + 1 input channels), equal to ``StableDiffusionInpaintPipeline`` bit for bit
+        (``diffexplain.inpaint``). ``run(...)`` is ``start_run(...).finish()``.
         """,
     )
 
@@ -354,6 +361,7 @@ class Explainer(ModelParts):
         guider: Guider | None = None,
         guidance_rescale: float = 0.0,
         image: img2img.PictureInput | None = None,
+        mask_image: inpaint.MaskInput | None = None,
         strength: float | None = None,
         **options: Any,
     ) -> RunSettings:
@@ -369,6 +377,8 @@ class Explainer(ModelParts):
         num_inference_steps = checks.check_steps(num_inference_steps)
         if image is not None and img2img.takes_stage_input(self.family):  # its own image=, as before
             image, options = None, {**options, "image": image}
+        strength = inpaint.check_arguments(self.family, image, mask_image, strength)  # 1 with a mask
+        batch_size = 1 if isinstance(prompt, str) else len(prompt)
         start = img2img.check_start(  # None without a picture; with one, it sets H and W
             self.family,
             image,
@@ -376,8 +386,9 @@ class Explainer(ModelParts):
             height=height,
             width=width,
             num_inference_steps=num_inference_steps,
-            batch_size=1 if isinstance(prompt, str) else len(prompt),
+            batch_size=batch_size,
         )
+        mask = inpaint.check_mask(mask_image, start, batch_size)  # None without one
         if start is not None:
             height, width = start.height, start.width
         multiple, why = self.family.size_multiple()
@@ -402,6 +413,7 @@ class Explainer(ModelParts):
             guider=run_guider(guider, guidance_rescale),
             strength=None if start is None else start.strength,
             entry_step=None if start is None else start.entry_step,
+            inpaint=None if mask is None else inpaint.kind(self.family),
             **self._context(),
         )
 

@@ -36,6 +36,7 @@ from diffexplain.guidance import guide
 from diffexplain.guiders.base import GuidanceStep, Guider, guider_from_json
 from diffexplain.hooks import Hook, HookRunner, Replacement, StepTensors, check_replacement
 from diffexplain.img2img import enter, loop_timesteps, noised_picture
+from diffexplain.inpaint import blend, masked_start, with_mask_channels
 from diffexplain.model_step import predict_branches, predictor_at
 from diffexplain.noise_levels import model_output_from, pred_x0_from
 from diffexplain.records import RestartPoint, StepRecord
@@ -178,13 +179,15 @@ def loop_steps(
     latents: torch.Tensor | None = None,
     stage_input: torch.Tensor | None = None,
     image: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
     resume: Resume | None = None,
     progress: bool = True,
 ) -> Generator[int, None, Trace]:
     """One run (``resume=None``: steps 0..N−1 from ``latents`` or fresh noise) or one fork (steps k..N−1),
     with the settings ``trace.run_settings``. ``stage_input``: what a cascade stage receives (the previous
     stage's picture or image embeddings), from which the family draws x_T and its conditioning. ``image``:
-    the picture a run starts from (``diffexplain.img2img``), in [-1, 1]  [B_img, 3, H, W].
+    the picture a run starts from (``diffexplain.img2img``), in [-1, 1]  [B_img, 3, H, W]; ``mask``: the
+    region of it to repaint (``diffexplain.inpaint``), 1 where the model paints  [B_m, 1, H, W].
 
     Yields each loop step's index once it is finished (recorded in ``trace.steps``); returns the trace.
     """
@@ -235,7 +238,12 @@ def loop_steps(
         trace.conditioning = {"cond": cond, **({"uncond": uncond} if uncond is not None else {})}
 
         # 3. latents: x_T = noise · init_noise_sigma, or x_t entering step k (or its replacement)  [B, C, h, w]
-        if resume is None and image is not None:  # from a picture: x_{t_s} = add_noise(x0, ε, t_s)
+        if resume is None and mask is not None:  # inpainting: x_T or x_{t_s}, then the mask's tensors
+            latents, trace.inpainting = masked_start(
+                family, scheduler, sites, image, mask, settings.inpaint, settings.strength,
+                settings.batch_size, generator, timesteps[0],
+            )  # fmt: skip
+        elif resume is None and image is not None:  # from a picture: x_{t_s} = add_noise(x0, ε, t_s)
             latents = noised_picture(
                 family, scheduler, sites, image, settings.batch_size, generator, timesteps[0]
             )
@@ -245,10 +253,14 @@ def loop_steps(
             latents = sites("latents.init", family.prepare_latents(scheduler, shape, generator, latents))
         else:
             latents = resume.source.steps[start].restart.latents.to(device)
+            trace.inpainting = {k: x.to(device) for k, x in resume.source.inpainting.items()}
             if resume.latents is not None:
                 where = dict(point="step.latents", step=start, hook="fork(latents=...)")
                 latents = check_replacement(resume.latents, latents, **where)
                 trace.replacements.append(Replacement("step.latents", start, "fork(latents=...)"))
+
+        # an inpainting U-Net reads the mask and the masked picture's latents beside x_t at every call
+        cond, uncond = with_mask_channels(cond, uncond, trace.inpainting, settings.inpaint)
 
         # 3b. attention capture: the text-attention layers' hook points and maps, for this run only
         capture = attention_capture(family, settings, sites, latents.shape[-2:], resume)
@@ -372,6 +384,8 @@ def denoise(
             if scheduler_x0 is not None and not x0_replaced:
                 sites.current["step.pred_x0"] = scheduler_x0  # the scheduler's own x̂0 where it returns one
             next_latents = sites("step.next", out.prev_sample)  # [B, C, h, w]
+            if settings.inpaint == "blend":  # inpainting, a regular U-Net: the known region put back
+                next_latents = blend(scheduler, sites, next_latents, trace.inpainting, timesteps, i)
 
             # 5.5 the step is finished: record it, with its attention maps  "cond@16x16": [B, T, 16, 16]
             maps = {} if capture is None else trace.keep_maps(capture.finish_step())

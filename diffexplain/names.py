@@ -14,6 +14,7 @@ Notation (one scheme in code, docs and widgets)::
     σ_t        sigma              noise level in the "variance exploding" view, σ² = (1−ᾱ)/ᾱ
     x_{t−1}    next_latents       the scheduler's output, the latents of the next step
     s          strength           img2img: the share of the schedule run from a noised picture (0, 1]
+    m          mask               inpainting: 1 where the model paints, 0 where the picture stays
 
 "ε" names the model output whatever it predicts: noise ε, v (v-prediction) or a flow velocity
 v = ε − x0 (SD3, Flux); each family's adapter derives x̂0 from it accordingly.
@@ -133,13 +134,61 @@ before ``latents.init`` (there: the noised picture); a run from noise has none (
 declare_points(IMAGE_POINTS)
 
 
-def with_image_points(points: tuple[HookPoint, ...], strength: float | None) -> tuple[HookPoint, ...]:
-    """``points`` with ``IMAGE_POINTS`` before ``latents.init`` for a run from a picture (``strength`` set)."""
+INPAINT_POINTS: tuple[HookPoint, ...] = (
+    HookPoint(
+        "image.mask",
+        "m, the mask at latent size: 1 where the model paints, 0 where the picture stays (inpainting)",
+        "[B, 1, h, w]",
+        False,
+    ),
+    HookPoint(
+        "image.masked_latents",
+        "the latents of the picture with its masked region blacked out (an inpainting U-Net's input)",
+        "[B, C, h, w]",
+        False,
+    ),
+)
+"""The run-level points of an inpainting run (``run(image=..., mask_image=...)``), right after
+``latents.init``, where the pipeline prepares them."""
+
+BLEND_POINTS: tuple[HookPoint, ...] = (
+    HookPoint(
+        "step.inpaint.known",
+        "the picture's latents noised to the next step's level (x0 itself after the last step)",
+        "[B, C, h, w]",
+        True,
+    ),
+    HookPoint(
+        "step.inpaint.blend",
+        "(1 − m)·known + m·x_{t−1}: the scheduler's output with the known region put back",
+        "[B, C, h, w]",
+        True,
+    ),
+)
+"""The per-step points of inpainting with a regular U-Net (``inpaint="blend"``), right after ``step.next``:
+the blend is the latents of the next step."""
+
+declare_points((*INPAINT_POINTS, *BLEND_POINTS))
+
+
+def with_image_points(
+    points: tuple[HookPoint, ...], strength: float | None, inpaint: str | None = None
+) -> tuple[HookPoint, ...]:
+    """``points`` with ``IMAGE_POINTS`` before ``latents.init`` for a run from a picture (``strength`` set);
+    inpainting (``inpaint`` set) adds ``INPAINT_POINTS`` after it, and ``BLEND_POINTS`` after ``step.next``
+    with a regular U-Net (``inpaint="blend"``)."""
     if strength is None:
         return points
     names = [p.name for p in points]
     at = names.index("latents.init") if "latents.init" in names else 0
-    return (*points[:at], *IMAGE_POINTS, *points[at:])
+    points = (*points[:at], *IMAGE_POINTS, *points[at:])
+    if inpaint is not None:  # after latents.init
+        at += len(IMAGE_POINTS) + ("latents.init" in names)
+        points = (*points[:at], *INPAINT_POINTS, *points[at:])
+    if inpaint == "blend":
+        at = [p.name for p in points].index("step.next") + 1
+        points = (*points[:at], *BLEND_POINTS, *points[at:])
+    return points
 
 
 def all_hook_names() -> tuple[str, ...]:

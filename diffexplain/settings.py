@@ -59,6 +59,9 @@ class RunSettings:
     # None for a run from noise (and files from before), left out of the JSON form then
     strength: float | None = None
     entry_step: int | None = None
+    # inpainting (diffexplain.inpaint): "blend" (a regular U-Net, the known region blended back each step)
+    # or "channels" (an inpainting U-Net: mask and masked picture as input channels); None otherwise
+    inpaint: str | None = None
     # ---- what it ran on (recorded by the Explainer)
     scheduler: Mapping[str, Any] = field(default_factory=dict)  # {"class": ..., "config": {...}}
     prediction_type: str | None = None
@@ -107,7 +110,7 @@ class RunSettings:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if f.name in ("attention", "strength", "entry_step") and value is None:
+            if f.name in ("attention", "strength", "entry_step", "inpaint") and value is None:
                 continue  # as files always had it: no key without attention (or without a picture)
             doc[f.name] = _plain(value)
         doc.update({k: v for k, v in self.extra.items() if k not in doc})
@@ -210,6 +213,10 @@ def _check(s: RunSettings) -> None:
             raise SettingsError(
                 f"settings.entry_step = {s.entry_step} skips all {s.num_inference_steps} inference steps"
             )
+    if s.inpaint not in (None, "blend", "channels"):
+        raise SettingsError(f"settings.inpaint should be 'blend', 'channels' or null; got {s.inpaint!r}")
+    if s.inpaint is not None and s.strength is None:
+        raise SettingsError("settings.inpaint needs settings.strength (inpainting starts from a picture)")
     for name in ("options", "model", "scheduler", "extra"):
         _mapping(getattr(s, name), name)
     if s.attention is not None:

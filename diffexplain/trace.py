@@ -83,6 +83,9 @@ class Trace:
         self.final_latents: torch.Tensor | None = None  # latents after the last step     [B, C, h, w]
         # restart state, full precision: each branch's conditioning by key ("cond" → {"embeds": ...})
         self.conditioning: dict[str, dict[str, torch.Tensor]] = {}
+        # inpainting's (diffexplain.inpaint.STATE_KEYS): the mask, and the picture's latents and noise
+        # (a regular U-Net) or the masked picture's latents (an inpainting U-Net); {} otherwise
+        self.inpainting: dict[str, torch.Tensor] = {}
         self.replacements: list[Replacement] = []
         self.status: str = "running"  # "complete" | "interrupted" (| "running" while the loop runs)
         self.message: str | None = None  # for interrupted traces: what happened, and where

@@ -23,6 +23,7 @@ from diffexplain.errors import TraceFileError
 from diffexplain.families import FAMILIES
 from diffexplain.guiders.base import with_guider_points
 from diffexplain.hooks import Replacement
+from diffexplain.inpaint import STATE_KEYS
 from diffexplain.names import HookPoint, current_name, with_image_points
 from diffexplain.noise_levels import NoiseLevel
 from diffexplain.previews import Previews, from_doc, to_doc
@@ -102,6 +103,8 @@ def trace_document(trace: Trace, tensors: TensorRefs, previews: Previews | None 
         "steps": [step_doc(r) for r in trace.steps],
         "replacements": [[r.name, r.step, r.hook] for r in trace.replacements],
     }
+    if trace.inpainting:  # additive: an inpainting run's mask tensors (diffexplain.inpaint)
+        doc["inpainting"] = {k: ref(v) for k, v in trace.inpainting.items()}
     if previews is not None:
         doc["previews"] = to_doc(previews, ref)
     return doc
@@ -167,6 +170,7 @@ def trace_from_document(r: Reader, doc: Any, new_trace: Callable[..., Trace]) ->
     trace.forked_from = forked
     trace.run_tensors = r.names(renamed(r.get(doc, "run_tensors", dict, "file")), run_names, "run_tensors")
     trace.conditioning = _conditioning(r, doc, settings, version)
+    trace.inpainting = _inpainting(r, doc, settings)
     final = doc.get("final_latents")
     trace.final_latents = None if final is None else r.tensor(final, "final_latents")
     for i, step in enumerate(r.get(doc, "steps", list, "file")):
@@ -213,7 +217,7 @@ def _hook_points(
         )
     ]
     points = with_guider_points(with_attention_points(points, layers), settings.get("guider"))
-    points = with_image_points(points, settings.get("strength"))  # a run from a picture: image.*
+    points = with_image_points(points, settings.get("strength"), settings.get("inpaint"))  # image.*
     known = [p.name for p in points]
     if recorded != known:
         extra = [n for n in recorded if n not in known]
@@ -280,6 +284,16 @@ def _conditioning(r: Reader, doc: dict[str, Any], settings: dict[str, Any], vers
     if "cond" not in conditioning:
         raise r.fail("conditioning has no 'cond' branch")
     return conditioning
+
+
+def _inpainting(r: Reader, doc: dict[str, Any], settings: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """An inpainting run's tensors (``STATE_KEYS`` of its kind), which its forks need; {} for other runs."""
+    how = settings.get("inpaint")
+    needed = STATE_KEYS.get(how, ())
+    found = r.names(doc.get("inpainting", {}), needed, "inpainting")
+    if set(found) != set(needed):
+        raise r.fail(f"inpainting should hold {', '.join(needed)} (settings.inpaint is {how!r})")
+    return found
 
 
 def _load_step(r: Reader, doc: Any, where: str, step_names: tuple[str, ...]) -> StepRecord:

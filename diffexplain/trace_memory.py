@@ -25,6 +25,7 @@ def all_tensors(trace: Trace, include_restart: bool = True) -> Iterable[torch.Te
     if include_restart:
         for branch in trace.conditioning.values():
             yield from branch.values()
+        yield from trace.inpainting.values()
         for record in trace.steps:
             if record.restart is not None:
                 yield record.restart.latents
@@ -66,6 +67,7 @@ def moved(trace: Trace, device: torch.device | str) -> Trace:
     result._stored = OrderedDict()  # noqa: SLF001 - the copy's own store cache starts empty
     result.run_tensors = {k: v.to(device) for k, v in trace.run_tensors.items()}
     result.conditioning = {b: {k: v.to(device) for k, v in c.items()} for b, c in trace.conditioning.items()}
+    result.inpainting = {k: v.to(device) for k, v in trace.inpainting.items()}
     result.final_latents = None if trace.final_latents is None else trace.final_latents.to(device)
     result.steps = [
         replace(

@@ -29,10 +29,17 @@ def guidance_scale_embedding(w: torch.Tensor, embedding_dim: int, dtype: torch.d
 
 
 def predicts_output_alone(unet: Any) -> bool:
-    """Whether a U-Net's output is shaped like its input (ε or v alone, no learned variance beside it);
-    True where its config does not say (a U-Net without ``in_channels`` / ``out_channels``)."""
+    """Whether a U-Net's output is shaped like its input (ε or v alone, no learned variance beside it), or
+    like x_t for an inpainting U-Net (``is_inpainting_unet``); True where its config does not say."""
     out, into = config_value(unet, "out_channels"), config_value(unet, "in_channels")
-    return out is None or into is None or int(out) == int(into)
+    return out is None or into is None or int(out) == int(into) or is_inpainting_unet(unet)
+
+
+def is_inpainting_unet(unet: Any) -> bool:
+    """Whether a U-Net reads [x_t ; m ; masked picture latents]: in_channels = 2·C + 1 (9 for C = 4), as
+    ``StableDiffusionInpaintPipeline`` concatenates them (``diffexplain.inpaint``)."""
+    out, into = config_value(unet, "out_channels"), config_value(unet, "in_channels")
+    return out is not None and into is not None and int(into) == 2 * int(out) + 1
 
 
 def uncond_prompts(negative_prompt: str | list[str] | None, batch_size: int) -> list[str]:
@@ -95,6 +102,11 @@ class StableDiffusion(Family):
         """The base description plus the U-Net's block widths (kept for older readers of trace files)."""
         return {**super().describe(), "block_out_channels": list(self.model.config.block_out_channels)}
 
+    def latent_shape(self, batch_size: int, height: int, width: int) -> tuple[int, ...]:
+        """[B, C, h, w], C the U-Net's output channels (an inpainting U-Net reads 2·C + 1)."""
+        scale = self.vae_scale_factor
+        return (batch_size, int(self.model.config.out_channels), int(height) // scale, int(width) // scale)
+
     def guidance_distilled(self) -> bool:
         """A U-Net with ``time_cond_proj_dim`` (LCM-style) takes w as an input."""
         return getattr(self.model.config, "time_cond_proj_dim", None) is not None
@@ -132,8 +144,13 @@ class StableDiffusion(Family):
         conditioning: Conditioning,
         model_kwargs: dict[str, Any],
     ) -> torch.Tensor:
-        """``scale_model_input``, then the U-Net on both branches: [2B or B, C, h, w] → ε or v."""
+        """``scale_model_input``, then the U-Net on both branches: [2B or B, C, h, w] → ε or v. An inpainting
+        U-Net reads the mask and the masked picture's latents beside x_t (conditioning keys of the run)."""
         model_input = scheduler.scale_model_input(model_input, t)
+        if "mask" in conditioning:  # [x_t ; m ; masked picture latents]  [2B or B, 2C + 1, h, w]
+            model_input = torch.cat(
+                [model_input, conditioning["mask"], conditioning["masked_image_latents"]], dim=1
+            )
         return self.model(
             model_input,
             t,
