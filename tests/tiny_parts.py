@@ -53,19 +53,21 @@ def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
 def tiny_unet(
     *,
     in_channels: int = 4,
+    out_channels: int | None = None,
     sample_size: int = 8,
     block_out_channels: tuple[int, ...] = (32, 64),
     seed: int = 0,
     **extra_config,
 ) -> UNet2DConditionModel:
-    """A two-level conditional U-Net (~0.4M parameters at the default size)."""
+    """A two-level conditional U-Net (~0.4M parameters at the default size); ``out_channels`` defaults to
+    ``in_channels`` (an inpainting U-Net: in_channels=9, out_channels=4)."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         block_out_channels=block_out_channels,
         layers_per_block=1,
         sample_size=sample_size,
         in_channels=in_channels,
-        out_channels=in_channels,
+        out_channels=in_channels if out_channels is None else out_channels,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TEXT_DIM,
