@@ -18,12 +18,16 @@ sys.path.insert(0, str(DOCS.parent))  # this checkout's diffexplain, not another
 
 def tables() -> dict[str, tuple[Path, str]]:
     """Each generated table: its marker name → (the docs file, the table's markdown)."""
-    from diffexplain.names import HOOK_POINTS, IMAGE_POINTS, markdown_table
+    from diffexplain.names import BLEND_POINTS, HOOK_POINTS, IMAGE_POINTS, INPAINT_POINTS, markdown_table
     from diffexplain.step_scalars import STEP_SCALARS, scalars_table
 
     return {
         "hook-points": (DOCS / "hook-points.md", markdown_table(HOOK_POINTS)),
         "image-points": (DOCS / "guides" / "start-from-a-picture.md", markdown_table(IMAGE_POINTS)),
+        "inpaint-points": (
+            DOCS / "guides" / "start-from-a-picture.md",
+            markdown_table((*INPAINT_POINTS, *BLEND_POINTS)),
+        ),
         "step-scalars": (DOCS / "hook-points.md", scalars_table(STEP_SCALARS)),
     }
 
