@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from diffexplain import checks, img2img, inpaint
+from diffexplain import checks, img2img, inpaint, inversion
 from diffexplain.attention.layers import with_attention_points
 from diffexplain.explainer_parts import ModelParts
 from diffexplain.families import (
@@ -415,6 +415,22 @@ class Explainer(ModelParts):
             entry_step=None if start is None else start.entry_step,
             inpaint=None if mask is None else inpaint.kind(self.family),
             **self._context(),
+        )
+
+    def invert(
+        self,
+        image: img2img.PictureInput,
+        prompt: str | list[str],
+        *,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        **run: Any,
+    ) -> Trace:
+        """DDIM inversion (``diffexplain.inversion``): the trace of DDIM run backwards from ``image``'s latents
+        (``DDIMInverseScheduler``), whose ``final_latents`` x_T start a DDIM run that draws the picture again:
+        ``inversion.reconstruct(explainer, trace)``, or ``run(prompt, latents=trace.final_latents)`` with DDIM."""
+        return inversion.invert(
+            self, image, prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **run
         )
 
     def check_run(self, prompt: str | list[str], **kwargs: Any) -> RunSettings:

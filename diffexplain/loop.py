@@ -199,8 +199,8 @@ def loop_steps(
         if resume is None:
             scheduler = fresh_scheduler(components.scheduler)
             family.set_timesteps(scheduler, settings.num_inference_steps, settings.height, settings.width)
-            if settings.entry_step is None:  # warn where the first noise level is known to break sampling
-                first = scheduler.timesteps[0]
+            first = scheduler.timesteps[0]  # from noise (not a picture, not an inversion's ascending t):
+            if settings.entry_step is None and first >= scheduler.timesteps[-1]:  # warn where it breaks
                 check_start_level(
                     family.noise_level(scheduler, first), float(first), len(scheduler.timesteps)
                 )

@@ -56,6 +56,7 @@ class _Names(Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]]):
 # The only scheduler classes a trace file may name, looked up by exact class name.
 SCHEDULER_CLASSES: Mapping[str, type[SchedulerMixin]] = _Classes(
     (
+        "DDIMInverseScheduler",  # DDIM inversion's (diffexplain.inversion)
         "DDIMScheduler",
         "DDPMScheduler",
         "DEISMultistepScheduler",
