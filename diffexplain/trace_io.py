@@ -291,7 +291,7 @@ def _inpainting(r: Reader, doc: dict[str, Any], settings: dict[str, Any]) -> dic
     how = settings.get("inpaint")
     needed = STATE_KEYS.get(how, ())
     found = r.names(doc.get("inpainting", {}), needed, "inpainting")
-    if set(found) != set(needed):
+    if set(found) != set(needed) and (found or doc.get("steps")):  # none: stopped before its first step
         raise r.fail(f"inpainting should hold {', '.join(needed)} (settings.inpaint is {how!r})")
     return found
 
