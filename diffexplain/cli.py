@@ -57,7 +57,9 @@ def finite_float(text: str) -> float:
 
 
 def check_model_arg(model: str) -> None:
-    """Fail fast on a ``--model`` that is neither a model folder nor (plausibly) a hub id."""
+    """Fail fast on a ``--model`` that is neither a shipped model's name, a model folder nor (plausibly) a hub id."""
+    if model in ("default", "flow"):
+        return
     path = Path(model).expanduser()
     if path.is_dir():
         if not ((path / "model.json").is_file() or (path / "model_index.json").is_file()):
@@ -249,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--model",
         default=None,
-        help="a model folder from `diffexplain train`, or a diffusers "
-        "Stable Diffusion folder/id (default: the embedded model)",
+        help="'flow' (the embedded flow-matching model), a model folder from `diffexplain train`, or a "
+        "diffusers Stable Diffusion folder/id (default: the embedded model)",
     )
     explain.add_argument(
         "--steps", type=positive_int, default=None, help="inference steps (default: the model's)"

@@ -20,14 +20,17 @@ HTML_NAME = "trace.html"  # the one-file page, written beside the other outputs 
 
 
 def open_model(model: str | None = None, *, device: str | None = None) -> Explainer:
-    """The embedded model (``None``), a ``diffexplain train`` folder, or a diffusers Stable Diffusion folder/id."""
+    """The embedded model (``None`` or "default"), the embedded flow model ("flow"), a ``diffexplain train``
+    folder, or a diffusers Stable Diffusion folder/id."""
     from diffexplain.devices import pick_device
-    from diffexplain.models.default import load_default, load_model
+    from diffexplain.models.default import load_default, load_flow_default, load_model
 
     device = pick_device(device)
     dtype = torch.float16 if device == "cuda" else torch.float32
-    if model is None:
+    if model is None or model == "default":
         return load_default(device=device)
+    if model == "flow":
+        return load_flow_default(device=device)
     if (Path(model) / "model.json").is_file():
         return load_model(model, device=device)
     from diffexplain.explainer import Explainer

@@ -64,6 +64,8 @@ class RunSettings:
     inpaint: str | None = None
     # ---- what it ran on (recorded by the Explainer)
     scheduler: Mapping[str, Any] = field(default_factory=dict)  # {"class": ..., "config": {...}}
+    # what the model output is: "epsilon", "v_prediction", "flow_prediction" (a flow velocity read by a
+    # flow-sigma scheduler) or "flow" (a flow family: SD3, Flux)
     prediction_type: str | None = None
     model: Mapping[str, Any] = field(default_factory=dict)  # family, name, parts, fingerprint...
     latent_rgb: list[list[float]] | None = None

@@ -51,6 +51,7 @@ SCRIPTS = {
         ("a picture (goal ≤",),
         ("one_object", "two_object", "one_object_stage_I", "latent_one_object", "image_s", "latent_image_s"),
     ),
+    "bench_dialects": Case(JSON, ("steps: 1 obj / 2 obj",), ("rows", "n_one", "n_two", "steps")),
     "bench_early_binding": Case(JSON, ("side score",), ("dataset pictures",)),
     "bench_gan": Case(
         ("--grid", "{tmp}/grid.png", *JSON), ("modes_in_first_k",), ("rows",), files=("grid.png",)

@@ -28,6 +28,7 @@ CONCEPT_NOTEBOOKS = {
     "concepts/guidance.md": ("05", "12"),
     "concepts/latent-space.md": ("06",),
     "concepts/cross-attention.md": ("09",),
+    "concepts/two-dialects.md": ("13",),
 }
 
 

@@ -76,7 +76,7 @@ def test_flow_inputs_lie_on_the_straight_path_and_give_back_x0() -> None:
 def test_flow_export_names_the_flow_sampler(flow_folder: Path) -> None:
     meta = json.loads((flow_folder / "model.json").read_text())
     assert meta["scheduler"] == {"class": "DPMSolverMultistepScheduler", "config": flow_scheduler_config()}
-    assert meta["recipe"]["config"]["objective"] == "flow"
+    assert meta["recipe"]["config"]["objective"] == "flow" and meta["name"] == "diffexplain-shapes-32-flow"
 
 
 @pytest.mark.parametrize("guidance_scale", [5.0, 1.0])
@@ -153,3 +153,93 @@ def test_resume_refuses_another_objective(flow_folder: Path, tmp_path: Path) -> 
     run = shutil.copytree(flow_folder.parent, tmp_path / "run")
     with pytest.raises(TrainConfigError, match="objective: 'flow' there, 'epsilon' now"):
         train(preset("tiny"), run, progress=False)
+
+
+# ---- the shipped flow model ----------------------------------------------------------------------
+def test_cli_explain_runs_the_shipped_flow_model(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from diffexplain.cli import main
+
+    out = tmp_path / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert (
+            main(["explain", PROMPT, "--model", "flow", "--out", str(out), "--steps", "3", "--device", "cpu"])
+            == 0
+        )
+    trace = Trace.load(out / "trace.safetensors")
+    assert trace.settings["prediction_type"] == "flow_prediction"
+    assert trace.settings["scheduler"]["class"] == "DPMSolverMultistepScheduler"
+
+
+def test_shipped_flow_model_shares_the_default_models_parts() -> None:
+    from diffexplain import load_default, load_flow_default
+    from diffexplain.models.default import flow_model_info
+
+    eps, flow = load_default(progress=False), load_flow_default(progress=False)
+    assert dict(eps.unet.config) == dict(flow.unet.config)
+    assert eps.text_encoder.config.to_dict() == flow.text_encoder.config.to_dict()
+    # the same VAE but for the per-channel standardisation of its latents, measured again on the flow
+    # model's training pool and folded into (post_)quant_conv
+    a, b = eps.vae.state_dict(), flow.vae.state_dict()
+    assert {k for k in a if not torch.equal(a[k], b[k])} <= {
+        f"{c}.{p}" for c in ("quant_conv", "post_quant_conv") for p in ("weight", "bias")
+    }
+    info = flow_model_info()
+    assert info["recipe"]["config"]["objective"] == "flow" and info["recipe"]["preset"] == "flow"
+    assert flow.scheduler.config.prediction_type == "flow_prediction"
+    assert not torch.equal(eps.unet.conv_out.weight, flow.unet.conv_out.weight)  # trained on, not copied
+
+
+@pytest.mark.slow
+def test_shipped_flow_model_draws_plain_prompts_right() -> None:
+    """A few plain prompts at the flow model's defaults, read back by the attribute checker."""
+    from diffexplain import load_flow_default
+    from diffexplain.data.checker import score
+    from diffexplain.data.scenes import Scene, SceneObject, caption
+
+    flow = load_flow_default(progress=False)
+    scenes = [
+        Scene((SceneObject("red", "circle", "left", "large"),), "light", say_size=(False,)),
+        Scene((SceneObject("blue", "square", "top", "large"),), "dark", say_size=(False,)),
+        Scene((SceneObject("green", "triangle", "right", "large"),), "light", say_size=(False,)),
+        Scene((SceneObject("yellow", "circle", "bottom", "large"),), "dark", say_size=(False,)),
+    ]
+    right = 0
+    for seed, scene in enumerate(scenes):
+        trace = flow.run(caption(scene), seed=seed)
+        right += score(trace.images[0], scene).all_right
+    assert right >= 3, f"{right} of {len(scenes)} plain one-object prompts fully right"
+
+
+def test_flow_img2img_equals_the_pipeline(flow) -> None:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    picture = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    settings = {"strength": 0.6, "num_inference_steps": STEPS, "guidance_scale": 5.0}
+    trace = flow.run(PROMPT, image=picture, seed=2, decode=False, **settings)
+    pipe = StableDiffusionImg2ImgPipeline(
+        unet=flow.unet,
+        vae=flow.vae,
+        text_encoder=flow.text_encoder,
+        tokenizer=flow.tokenizer,
+        scheduler=scheduler_by_name("flow_euler", flow._base_scheduler_config, FLOW_SIGMA_SCHEDULER_NAMES),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        PROMPT,
+        image=picture,
+        generator=torch.Generator().manual_seed(2),
+        output_type="latent",
+        **settings,
+    ).images
+    assert torch.equal(trace.final_latents, expected)
+    assert len(trace) == 3 and trace.scalars("scheduler_sigma")[0] == pytest.approx(0.5994, abs=1e-4)
+    # the start lies on the straight path: (1 − σ)·x0 + σ·ε at the entry step's σ
+    sigma = trace.scalars("scheduler_sigma")[0]
+    start = (1 - sigma) * trace["image.latents"] + sigma * trace["image.noise"]
+    assert torch.allclose(trace["latents.init"], start, atol=1e-5)

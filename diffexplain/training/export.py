@@ -120,7 +120,7 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
     )
     model_json = folder / "model.json"
     info = json.loads(model_json.read_text())
-    info["name"] = f"diffexplain-shapes-{cfg.image_size}"
+    info["name"] = f"diffexplain-shapes-{cfg.image_size}" + ("-flow" if cfg.objective == "flow" else "")
     info["defaults"] = DEFAULTS
     info["latent_rgb"] = fit_latent_rgb(vae, scaling_factor, cfg)
     model_json.write_text(json.dumps(info, indent=1))

@@ -7,6 +7,8 @@
 - :class:`ForwardProcess`: the forward noising x0 → x_t for several schedules, and the model's x̂0.
 - :class:`AttentionMaps`: which pixels read which token, per step and layer; reweight a token and fork.
 - :class:`TracePlayer`: open a saved trace file and explore it without a model.
+- :class:`TwoDialects`: the ε model and the flow model on one prompt and seed, one step slider.
+- :class:`ToyPaths`: the 2-D toy of both dialects, the paths samples take from noise to data.
 
 Plots show as plotly figures, or as PNG pictures drawn in the kernel where plotly cannot run in the
 page (Colab, classic Notebook 6): :func:`set_plot_mode` or ``DIFFEXPLAIN_PLOTS=plotly|image|auto``.
@@ -22,6 +24,7 @@ from diffexplain.widgets.prompt_swap import PromptSwap
 from diffexplain.widgets.step_explorer import StepExplorer
 from diffexplain.widgets.toy_paths import ToyPaths
 from diffexplain.widgets.trace_player import TracePlayer
+from diffexplain.widgets.two_dialects import TwoDialects
 
 __all__ = [
     "AttentionMaps",
@@ -32,4 +35,5 @@ __all__ = [
     "StepExplorer",
     "ToyPaths",
     "TracePlayer",
+    "TwoDialects",
 ]

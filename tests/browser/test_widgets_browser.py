@@ -72,6 +72,10 @@ widget""",
 from diffexplain.widgets import ToyPaths
 widget = ToyPaths(num_steps=6)
 widget""",
+    "two_dialects": """\
+from diffexplain.widgets import TwoDialects
+widget = TwoDialects(ex, seed=3, num_inference_steps=STEPS)  # the shipped flow model beside ex
+widget""",
     "attention_maps": """\
 import ipywidgets as W
 trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=5.0)
@@ -282,3 +286,22 @@ def test_toy_paths_in_lab(lab_page, lab_server, tmp_path):
     )
     _no_errors(page)
     docs_screenshot(page, "toy_paths", "dx-toy-paths")
+
+
+@pytest.mark.timeout(600)
+def test_two_dialects_in_lab(lab_page, lab_server, tmp_path):
+    """Both models' rows and the settle plot drawn; one step slider moves both rows' pictures."""
+    page = lab_page
+    _open(page, lab_server, tmp_path, "two_dialects")
+    wait_for_text(page, "dx-status", "ran both")
+    eps = wait_for_widget_image(page, "dx-epsilon-pred-x0")
+    flow = wait_for_widget_image(page, "dx-flow-pred-x0")
+    fig = wait_for_plotly(page, "dx-dialect-plot")
+    wait_for_text(page, "dx-flow-label", "x̂0 = x_t − σ·v̂")
+    press_slider(page, "dx-dialect-step", "ArrowRight", times=4)
+    wait_for_widget_image(page, "dx-epsilon-pred-x0", changed_from=eps)
+    wait_for_widget_image(page, "dx-flow-pred-x0", changed_from=flow)
+    wait_for_plotly(page, "dx-dialect-plot", changed_from=fig)
+    wait_for_text(page, "dx-epsilon-label", "step 4:")
+    _no_errors(page)
+    docs_screenshot(page, "two_dialects", "dx-two-dialects")
