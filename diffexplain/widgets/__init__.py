@@ -6,6 +6,7 @@
 - :class:`PromptSwap`: switch prompt at step k; sweep k to see when the layout is decided.
 - :class:`ForwardProcess`: the forward noising x0 → x_t for several schedules, and the model's x̂0.
 - :class:`AttentionMaps`: which pixels read which token, per step and layer; reweight a token and fork.
+- :class:`PictureLab`: start from a picture (strength, a mask to inpaint), and DDIM-invert it.
 - :class:`TracePlayer`: open a saved trace file and explore it without a model.
 - :class:`TwoDialects`: the ε model and the flow model on one prompt and seed, one step slider.
 - :class:`ToyPaths`: the 2-D toy of both dialects, the paths samples take from noise to data.
@@ -20,6 +21,7 @@ from diffexplain.widgets.figures import set_plot_mode as set_plot_mode  # so not
 from diffexplain.widgets.forward_process import ForwardProcess
 from diffexplain.widgets.guidance_lab import GuidanceLab
 from diffexplain.widgets.noise_lab import NoiseLab
+from diffexplain.widgets.picture_lab import PictureLab
 from diffexplain.widgets.prompt_swap import PromptSwap
 from diffexplain.widgets.step_explorer import StepExplorer
 from diffexplain.widgets.toy_paths import ToyPaths
@@ -31,6 +33,7 @@ __all__ = [
     "ForwardProcess",
     "GuidanceLab",
     "NoiseLab",
+    "PictureLab",
     "PromptSwap",
     "StepExplorer",
     "ToyPaths",

@@ -68,6 +68,14 @@ widget""",
     "forward_process": """\
 widget = ForwardProcess(ex, t=300)
 widget""",
+    "picture_lab": """\
+from diffexplain.widgets import PictureLab
+widget = PictureLab(
+    ex, "a blue circle on the left", picture_caption="a red circle on the left", strength=0.8, num_inference_steps=STEPS
+)
+widget.use_mask.value = True  # repaint the left half (the circle), keep the right
+widget.box["x0"].value, widget.box["x1"].value = 0, 32
+widget""",
     "toy_paths": """\
 from diffexplain.widgets import ToyPaths
 widget = ToyPaths(num_steps=6)
@@ -233,6 +241,31 @@ def test_forward_process_in_lab(lab_page, lab_server, tmp_path):
     wait_for_plotly(page, "dx-schedule-plot", changed_from=fig)
     _no_errors(page)
     docs_screenshot(page, "forward_process", "dx-forward-process")
+
+
+@pytest.mark.timeout(600)
+def test_picture_lab_in_lab(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "picture_lab")
+    wait_for_widget_image(page, "dx-input-image")
+    result = wait_for_widget_image(page, "dx-result-image")
+    fig = wait_for_plotly(page, "dx-schedule-plot", min_traces=3)
+    press_slider(page, "dx-strength", "ArrowRight", times=2)  # 0.8 → 0.9: the loop enters earlier
+    wait_for_plotly(page, "dx-schedule-plot", changed_from=fig)
+    wait_for_text(page, "dx-entry", "enters at step")
+    click_button(page, "dx-run")
+    wait_for_widget_image(page, "dx-result-image", changed_from=result)
+    wait_for_widget_image(page, "dx-start-image")
+    wait_for_widget_image(page, "dx-x0-image")
+    wait_for_text(page, "dx-status", "inpainting: entered at step")
+    errors = wait_for_plotly(page, "dx-inversion-plot")
+    rebuilt = wait_for_widget_image(page, "dx-reconstruction-image")
+    click_button(page, "dx-invert")
+    wait_for_plotly(page, "dx-inversion-plot", changed_from=errors)
+    wait_for_widget_image(page, "dx-reconstruction-image", changed_from=rebuilt)
+    wait_for_text(page, "dx-status", "final error")
+    _no_errors(page)
+    docs_screenshot(page, "picture_lab", "dx-picture-lab")
 
 
 @pytest.mark.timeout(600)
