@@ -57,6 +57,7 @@ SCRIPTS = {
         ("--grid", "{tmp}/grid.png", *JSON), ("modes_in_first_k",), ("rows",), files=("grid.png",)
     ),
     "bench_guiders": Case(JSON, ("at gamut edge",), ("_settings", "methods")),
+    "bench_img2img": Case(JSON, ("old shape", "shift (px)"), ("_settings", "input_right", "strengths")),
     "bench_loop": Case(("--json",), (), ("families",), json_on_stdout=True),
     "bench_model": Case(
         ("--grid", "{tmp}/grid.png", *JSON),
