@@ -142,3 +142,28 @@ def test_bad_values_are_refused_on_the_status_line(ex: Explainer) -> None:
     lab.seed.value = "-1"
     assert lab.status.value.startswith(ERROR_STATUS) and "scene seed" in lab.status.value
     assert not lab.output.outputs  # typed values: the status line alone, no traceback
+
+
+def test_the_step_slider_shows_x0_as_the_loop_goes(ex: Explainer) -> None:
+    lab = PictureLab(ex, num_inference_steps=STEPS, strength=0.5)
+    trace = lab.run()
+    last = lab.images["x0"].value
+    assert lab.x0_title.value == f"<b>x̂0 at step {STEPS - 1} of {STEPS}</b>"
+    lab.step.value = 0  # the entry step: x̂0 from the noised picture
+    assert lab.images["x0"].value != last
+    assert lab.x0_title.value == f"<b>x̂0 at step {trace.settings['entry_step']} of {STEPS}</b>"
+
+
+def test_image_plot_mode(ex: Explainer) -> None:
+    from diffexplain.widgets import set_plot_mode
+
+    set_plot_mode("image")
+    try:
+        lab = PictureLab(ex, num_inference_steps=STEPS)
+    finally:
+        set_plot_mode(None)
+    before = bytes(lab.schedule_fig.output.value)
+    assert before.startswith(b"\x89PNG")
+    lab.strength.value = 0.25
+    after = bytes(lab.schedule_fig.output.value)
+    assert after != before and after.startswith(b"\x89PNG")
