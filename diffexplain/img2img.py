@@ -1,16 +1,22 @@
-"""Start from a picture (SDEdit): the loop entered part-way, as ``StableDiffusionImg2ImgPipeline`` enters it.
+"""Start from a picture (SDEdit): the loop entered part-way, as the family's img2img pipeline enters it
+(``PIPELINES``: ``StableDiffusionImg2ImgPipeline``, its SDXL, SD3 and Flux counterparts).
 
 Notation (``diffexplain.names``): N ``num_inference_steps``, s ``strength``, x0 the picture's latents
 (``image.latents``), ε the noise drawn (``image.noise``), t_s the first timestep the loop runs::
 
-    t_start   = N − min(⌊N·s⌋, N)                   inference steps skipped (settings.entry_step)
+    t_start   = Family.entry_step(N, s)              inference steps skipped (settings.entry_step):
+              = N − min(⌊N·s⌋, N)                    SD, SDXL
+              = ⌊max(N − min(N·s, N), 0)⌋            flow matching (SD3, Flux), in floating point
     timesteps = scheduler.timesteps[t_start·order:]  (order 2 for Heun; set_begin_index(t_start·order))
-    x0        = VAE posterior sample · scaling_factor  the first draw from the run's generator
-    ε         ~ N(0, I)                              the second draw
-    x_{t_s}   = add_noise(x0, ε, t_s)               = √ᾱ·x0 + √(1−ᾱ)·ε (σ-space schedulers: x0 + σ·ε)
+    x0        = (VAE posterior sample − shift) · scaling_factor   the first draw from the run's generator
+                (SDXL: (sample − latents_mean) · scaling_factor / latents_std where its VAE sets them)
+    ε         ~ N(0, I)  [B, C, h, w]               the second draw
+    x_{t_s}   = Family.add_noise(x0, ε, t_s)        = √ᾱ·x0 + √(1−ᾱ)·ε (σ-space schedulers: x0 + σ·ε;
+                                                     flow matching: (1 − σ)·x0 + σ·ε, ``scale_noise``)
 
 ``x_{t_s}`` is ``latents.init``: unlike a run from noise it is not scaled by ``init_noise_sigma``. s = 1
 runs every step, from the picture noised to the first timestep; a small s changes the picture little.
+Flux's latents are drawn and noised unpacked [B, C, h, w]; its transformer call packs them (exact).
 """
 
 from __future__ import annotations
@@ -31,13 +37,21 @@ if TYPE_CHECKING:
     from diffexplain.families.base import Family
     from diffexplain.settings import RunSettings
 
-PIPELINES = {"sd": "StableDiffusionImg2ImgPipeline"}
+PIPELINES = {
+    "sd": "StableDiffusionImg2ImgPipeline",
+    "sdxl": "StableDiffusionXLImg2ImgPipeline",
+    "sd3": "StableDiffusion3Img2ImgPipeline",
+    "flux": "FluxImg2ImgPipeline",
+}
 """The families that start from a picture, and the diffusers pipeline each mirrors bit for bit."""
+
+DEFAULT_STRENGTHS = {"sd": 0.8, "sdxl": 0.3, "sd3": 0.6, "flux": 0.6}
+"""Each family's default s: its img2img pipeline's ``strength`` default."""
 
 PictureInput: TypeAlias = "PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor"
 """What ``run(image=...)`` takes: a PIL image (RGB), a list of them, or a float tensor [B, 3, H, W] / [3, H, W] in [0, 1]."""
 
-DEFAULT_STRENGTH = 0.8  # StableDiffusionImg2ImgPipeline's default
+DEFAULT_STRENGTH = DEFAULT_STRENGTHS["sd"]  # StableDiffusionImg2ImgPipeline's default
 EXPECTED = "a PIL image (mode RGB), a list of them, or a float tensor [B, 3, H, W] or [3, H, W] in [0, 1]"
 
 
@@ -86,24 +100,24 @@ def check_start(
         return None
     if family.name not in PIPELINES:
         raise ValueError(
-            f"image=: starting from a picture (img2img) is for the Stable Diffusion 1.x / 2.x family (and the "
-            f"embedded default model) so far; this Explainer holds a {family.label} model"
+            "image=: starting from a picture (img2img) is for the Stable Diffusion 1.x / 2.x, SDXL, SD3 and Flux "
+            f"families (and the embedded default model) so far; this Explainer holds a {family.label} model"
         )
     if family.vae is None:
         raise ValueError("image=: starting from a picture needs a VAE; this model works in pixel space")
     s = checks.check_float(
         "strength",
-        DEFAULT_STRENGTH if strength is None else strength,
+        DEFAULT_STRENGTHS[family.name] if strength is None else strength,
         0.0,
         1.0,
         meaning="the share of the schedule that runs; 0 excluded",
     )
     if s == 0.0:
         raise ValueError("strength must be in (0, 1] (the share of the schedule that runs), got 0.0")
-    run = min(int(num_inference_steps * s), num_inference_steps)  # the pipeline's init_timestep
-    if run == 0:
+    entry = family.entry_step(num_inference_steps, s)  # t_start, as the pipeline's get_timesteps
+    if entry >= num_inference_steps:
         raise ValueError(
-            f"strength={s:g} with num_inference_steps={num_inference_steps} runs no step (⌊N·s⌋ = 0): "
+            f"strength={s:g} with num_inference_steps={num_inference_steps} runs no step: "
             f"raise strength to at least {1 / num_inference_steps:g} or take more steps"
         )
     pixels = picture_pixels(image, family.vae_scale_factor, family.size_multiple())
@@ -118,7 +132,7 @@ def check_start(
                 f"{name}={given!r} differs from the image's {name} ({size}): the picture sets the size. "
                 f"Leave {name} out, or resize the picture to the size you want"
             )
-    return Start(pixels, s, num_inference_steps - run)
+    return Start(pixels, s, entry)
 
 
 def picture_pixels(image: Any, scale_factor: int, multiple: tuple[int, str]) -> torch.Tensor:
@@ -205,5 +219,5 @@ def noised_picture(
     noise = sites(
         "image.noise", randn_tensor(x0.shape, generator=generator, device=model.device, dtype=model.dtype)
     )
-    latents = scheduler.add_noise(x0, noise, timestep.reshape(1).repeat(batch_size))  # [B, C, h, w]
+    latents = family.add_noise(scheduler, x0, noise, timestep.reshape(1).repeat(batch_size))  # [B, C, h, w]
     return sites("latents.init", latents)

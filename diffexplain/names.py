@@ -120,7 +120,7 @@ IMAGE_POINTS: tuple[HookPoint, ...] = (
     ),
     HookPoint(
         "image.latents",
-        "x0 of the picture: a draw from the VAE's posterior, times scaling_factor",
+        "x0 of the picture: a draw from the VAE's posterior, shifted and scaled as the family's VAE",
         "[B, C, h, w]",
         False,
     ),

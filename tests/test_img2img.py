@@ -13,7 +13,7 @@ from diffexplain import SCHEDULER_NAMES, Explainer, Trace, load_default
 from diffexplain.scheduler_state import scheduler_by_name
 from diffexplain.settings import RunSettings, SettingsError
 from tests.conftest import PROMPT
-from tests.tiny_families import tiny_sdxl_parts
+from tests.tiny_families import tiny_if_parts
 
 STEPS = 10  # strength 0.3 runs 3 of them (Heun: its 2nd-order pairs), strength 1.0 all
 
@@ -208,12 +208,10 @@ def test_strength_without_a_picture_is_refused(explainer):
         explainer.run(PROMPT, strength=0.5, num_inference_steps=2, seed=0)
 
 
-def test_other_families_say_img2img_is_for_the_sd_family_so_far(pixel_parts):
-    sdxl = Explainer(**tiny_sdxl_parts(), progress=False)
-    with pytest.raises(
-        ValueError, match=r"Stable Diffusion 1.x / 2.x family .* so far; .* holds a Stable Diffusion XL"
-    ):
-        sdxl.run(PROMPT, image=picture(), num_inference_steps=2, seed=0)
+def test_other_families_say_which_families_start_from_a_picture(pixel_parts):
+    stage_1 = Explainer(**tiny_if_parts(), progress=False)
+    with pytest.raises(ValueError, match=r"SDXL, SD3 and Flux families .* so far; .* holds a DeepFloyd IF"):
+        stage_1.run(PROMPT, image=picture(), num_inference_steps=2, seed=0)
     with pytest.raises(ValueError, match="needs a VAE"):
         Explainer(**pixel_parts, progress=False).run(PROMPT, image=picture(), num_inference_steps=2, seed=0)
 

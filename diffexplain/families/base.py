@@ -73,6 +73,8 @@ class Family(ABC):
     - **optional, the prompt**: ``run_options``, ``model_kwargs``, ``guidance_distilled``, ``prompt_tokens``,
       ``negative_prompt_tokens``, ``text_limits``, ``attention_layers`` (with ``attention_kind``);
     - **optional, the model's output**: ``noise_level``, ``split_output``, ``scheduler_input``, ``add_noise``;
+    - **optional, from a picture** (``diffexplain.img2img``): ``entry_step`` (with ``add_noise`` and the VAE
+      adapter's ``encode_sample``);
     - **optional, sizes and latents**: ``default_size``, ``size_multiple``, ``latent_shape``,
       ``init_noise_sigma``, ``prepare_latents``;
     - **optional, the scheduler**: ``set_timesteps``, ``step_kwargs``, ``step_kwargs_at``, ``scheduler_names``;
@@ -309,10 +311,19 @@ class Family(ABC):
     def add_noise(
         self, scheduler: Any, clean_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
     ) -> torch.Tensor:
-        """The forward process with the model's own scheduler: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (``add_noise``).
+        """The forward process with the model's own scheduler: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε (``add_noise``);
+        ``timestep`` a scalar or one per row [B].
 
         Optional: the default calls ``scheduler.add_noise``; flow matching overrides it (``scale_noise``)."""
-        return scheduler.add_noise(clean_latents, noise, timestep.reshape(1))
+        return scheduler.add_noise(clean_latents, noise, timestep.reshape(-1))
+
+    def entry_step(self, num_inference_steps: int, strength: float) -> int:
+        """t_start, the inference steps a run from a picture skips (its pipeline's ``get_timesteps``):
+        N − min(⌊N·s⌋, N). N when it would run none.
+
+        Optional: the default is the Stable Diffusion img2img pipelines' (SD, SDXL); flow matching's
+        pipelines cut ⌊N − N·s⌋ instead (``FlowMatching.entry_step``)."""
+        return num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
 
     def noise_level(self, scheduler: Any, timestep: torch.Tensor) -> NoiseLevel:
         """ᾱ_t, σ_t and the x̂0 map (a, b) of this step.

@@ -45,7 +45,13 @@ class FlowMatching(Family):
         self, scheduler: Any, clean_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
     ) -> torch.Tensor:
         """The forward process of flow matching: x_t = (1 − σ)·x0 + σ·ε (the scheduler's ``scale_noise``)."""
-        return scheduler.scale_noise(clean_latents, timestep.reshape(1), noise)
+        return scheduler.scale_noise(clean_latents, timestep.reshape(-1), noise)
+
+    def entry_step(self, num_inference_steps: int, strength: float) -> int:
+        """t_start as the flow-matching img2img pipelines cut it (SD3's, Flux's ``get_timesteps``):
+        ⌊max(N − min(N·s, N), 0)⌋, in floating point (N = 10, s = 0.35: ⌊6.5⌋ = 6, four steps run where
+        SD's rule runs three)."""
+        return int(max(num_inference_steps - min(num_inference_steps * strength, num_inference_steps), 0))
 
     def noise_level(self, scheduler: Any, timestep: torch.Tensor) -> NoiseLevel:
         """σ of this step from the scheduler's own table; x̂0 = x_t − σ·v."""

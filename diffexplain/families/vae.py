@@ -47,10 +47,15 @@ class VaeAdapter:
         return latents * vae.config.scaling_factor
 
     def encode_sample(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Picture [B, 3, H, W] in [-1, 1] → a draw from the posterior · scaling_factor (one draw from
-        ``generator``), as ``StableDiffusionImg2ImgPipeline`` encodes (``retrieve_latents``, "sample")."""
+        """Picture [B, 3, H, W] in [-1, 1] → (a draw from the posterior − shift_factor) · scaling_factor (one
+        draw from ``generator``), as the img2img pipelines encode (``retrieve_latents``, "sample"): SD's
+        has no shift factor, SD3's and Flux's subtract theirs."""
         vae = self.vae
-        return vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator) * vae.config.scaling_factor
+        latents = vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator)
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift is not None:
+            latents = latents - shift
+        return latents * vae.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents → picture [B, 3, H, W] in [-1, 1]: decode(latents / scaling_factor + shift_factor)."""
@@ -65,6 +70,28 @@ class VaeAdapter:
 class SdxlVaeAdapter(VaeAdapter):
     """SDXL's ``AutoencoderKL`` as ``StableDiffusionXLPipeline`` decodes with it: in float32 when an fp16
     VAE asks for it (``force_upcast``), and with per-channel ``latents_mean`` / ``latents_std`` if set."""
+
+    def encode_sample(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A posterior draw as ``StableDiffusionXLImg2ImgPipeline.prepare_latents`` makes it: in float32
+        where the config says ``force_upcast``, then (z − mean) · scaling_factor / std, or z · scaling_factor."""
+        vae, dtype = self.vae, pixels.dtype
+        upcast = bool(getattr(vae.config, "force_upcast", False))
+        if upcast:
+            pixels = pixels.float()
+            vae.to(dtype=torch.float32)
+        try:
+            latents = vae.encode(pixels).latent_dist.sample(generator)
+        finally:
+            if upcast:
+                vae.to(dtype)
+        latents = latents.to(dtype)
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, dtype)
+            std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, dtype)
+            return (latents - mean_t) * vae.config.scaling_factor / std_t
+        return vae.config.scaling_factor * latents
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """z = latents · std / scaling_factor + mean (or latents / scaling_factor), decoded as the pipeline."""
