@@ -336,10 +336,12 @@ class Explainer(ModelParts):
         (RGB), a list of them, or a float tensor [B, 3, H, W] or [3, H, W] in [0, 1], whose size sets height
         and width; ``strength`` (s in (0, 1], default the family's img2img pipeline's: 0.8 SD, 0.3 SDXL, 0.6
         SD3 and Flux) is the share of the schedule that runs, from the picture noised to its first timestep,
-        equal to the family's img2img pipeline bit for bit (``diffexplain.img2img.PIPELINES``). ``mask_image`` inpaints: white (≥ 0.5) is repainted, black kept; its default
-        strength is 1 (from noise), with a regular U-Net (the known region blended back each step) or an
-        inpainting one (2·C + 1 input channels), equal to ``StableDiffusionInpaintPipeline`` bit for bit
-        (``diffexplain.inpaint``). ``run(...)`` is ``start_run(...).finish()``.
+        equal to the family's img2img pipeline bit for bit (``diffexplain.img2img.PIPELINES``).
+        ``mask_image`` inpaints: white (≥ 0.5) is repainted, black kept; its default strength is 1 (from
+        noise), with a regular U-Net (the known region blended back each step) or an inpainting one
+        (2·C + 1 input channels), equal to ``StableDiffusionInpaintPipeline`` (SDXL:
+        ``StableDiffusionXLInpaintPipeline``, default strength 0.9999) bit for bit (``diffexplain.inpaint``).
+        ``run(...)`` is ``start_run(...).finish()``.
         """,
     )
 

@@ -1,4 +1,6 @@
-"""Inpainting: repaint the masked region of a picture, as ``StableDiffusionInpaintPipeline`` does.
+"""Inpainting: repaint the masked region of a picture, as ``StableDiffusionInpaintPipeline`` does (SDXL:
+``StableDiffusionXLInpaintPipeline``, whose default strength is 0.9999 and whose VAE encodes through
+``Family.inpaint_vae_adapter``).
 
 Two kinds, chosen by the U-Net (``RunSettings.inpaint``):
 
@@ -43,14 +45,18 @@ if TYPE_CHECKING:
     from diffexplain.families.base import Conditioning, Family
     from diffexplain.img2img import Start
 
-PIPELINES = {"sd": "StableDiffusionInpaintPipeline"}
+PIPELINES = {"sd": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline"}
 """The families that inpaint, and the diffusers pipeline each mirrors bit for bit."""
+
+DEFAULT_STRENGTHS = {"sd": 1.0, "sdxl": 0.9999}
+"""Each family's default s with a mask: its inpainting pipeline's (SDXL's starts from the noised picture,
+one inference step in from the top for N < 10 000)."""
 
 MaskInput: TypeAlias = "PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor"
 """What ``run(mask_image=...)`` takes: a PIL image (any mode, read as grey), a list of them, or a float
 tensor [B, 1, H, W], [1, H, W] or [H, W] in [0, 1]; white (≥ 0.5) is repainted, black kept."""
 
-DEFAULT_STRENGTH = 1.0  # StableDiffusionInpaintPipeline's default
+DEFAULT_STRENGTH = DEFAULT_STRENGTHS["sd"]  # StableDiffusionInpaintPipeline's default
 EXPECTED = "a PIL image, a list of them, or a float tensor [B, 1, H, W], [1, H, W] or [H, W] in [0, 1]"
 STATE_KEYS = {
     "blend": ("mask", "image_latents", "noise"),
@@ -84,10 +90,10 @@ def check_arguments(family: Family, image: Any, mask_image: Any, strength: Any) 
         )
     if family.name not in PIPELINES:
         raise ValueError(
-            f"mask_image=: inpainting is for the Stable Diffusion 1.x / 2.x family (and the embedded default "
-            f"model) so far; this Explainer holds a {family.label} model"
+            "mask_image=: inpainting is for the Stable Diffusion 1.x / 2.x and SDXL families (and the embedded "
+            f"default model) so far; this Explainer holds a {family.label} model"
         )
-    return DEFAULT_STRENGTH if strength is None else strength
+    return DEFAULT_STRENGTHS[family.name] if strength is None else strength
 
 
 def check_mask(mask_image: Any, start: Start | None, batch_size: int) -> torch.Tensor | None:
@@ -153,7 +159,7 @@ def masked_start(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """x_{t_0} and the run's inpainting state (``STATE_KEYS[how]``), as the pipeline's ``prepare_latents``
     then ``prepare_mask_latents`` draw and compute them; each tensor passes its hook point on the way."""
-    model, adapter = family.model, family.vae_adapter()
+    model, adapter = family.model, family.inpaint_vae_adapter()
     assert adapter is not None  # check_start refuses pixel space
     device, dtype = model.device, model.dtype
     pixels = sites("image.input", pixels.to(device=device, dtype=dtype))  # [B_img, 3, H, W]

@@ -14,7 +14,7 @@ from diffexplain import SCHEDULER_NAMES, Explainer, Trace, load_default
 from diffexplain.scheduler_state import scheduler_by_name
 from diffexplain.settings import RunSettings, SettingsError
 from tests.conftest import PROMPT
-from tests.tiny_families import tiny_sdxl_parts
+from tests.tiny_families import tiny_sd3_parts
 from tests.tiny_parts import tiny_unet
 
 STEPS = 6
@@ -237,12 +237,12 @@ def test_bad_masks_name_the_argument(explainer, kwargs, error, message):
         explainer.run(PROMPT, image=picture(), num_inference_steps=STEPS, seed=0, **kwargs)
 
 
-def test_a_mask_needs_a_picture_and_the_sd_family(explainer):
+def test_a_mask_needs_a_picture_and_an_inpainting_family(explainer):
     with pytest.raises(ValueError, match=r"mask_image= needs image="):
         explainer.run(PROMPT, mask_image=square_mask(), num_inference_steps=2, seed=0)
-    sdxl = Explainer(**tiny_sdxl_parts(), progress=False)
-    with pytest.raises(ValueError, match=r"mask_image=: inpainting is for the Stable Diffusion 1.x / 2.x"):
-        sdxl.run(PROMPT, image=picture(), mask_image=square_mask(), num_inference_steps=2, seed=0)
+    sd3 = Explainer(**tiny_sd3_parts(), progress=False)
+    with pytest.raises(ValueError, match=r"inpainting is for the Stable Diffusion 1.x / 2.x and SDXL .* 3"):
+        sd3.run(PROMPT, image=picture(), mask_image=square_mask(), num_inference_steps=2, seed=0)
 
 
 def test_an_inpainting_unet_needs_a_mask(parts9):

@@ -73,8 +73,8 @@ class Family(ABC):
     - **optional, the prompt**: ``run_options``, ``model_kwargs``, ``guidance_distilled``, ``prompt_tokens``,
       ``negative_prompt_tokens``, ``text_limits``, ``attention_layers`` (with ``attention_kind``);
     - **optional, the model's output**: ``noise_level``, ``split_output``, ``scheduler_input``, ``add_noise``;
-    - **optional, from a picture** (``diffexplain.img2img``): ``entry_step`` (with ``add_noise`` and the VAE
-      adapter's ``encode_sample``);
+    - **optional, from a picture** (``diffexplain.img2img``, ``diffexplain.inpaint``): ``entry_step`` (with
+      ``add_noise`` and the VAE adapter's ``encode_sample``), ``inpaint_vae_adapter``;
     - **optional, sizes and latents**: ``default_size``, ``size_multiple``, ``latent_shape``,
       ``init_noise_sigma``, ``prepare_latents``;
     - **optional, the scheduler**: ``set_timesteps``, ``step_kwargs``, ``step_kwargs_at``, ``scheduler_names``;
@@ -227,6 +227,12 @@ class Family(ABC):
         Kandinsky's ``MovqAdapter``); nothing else needs to change."""
         vae = self.vae
         return None if vae is None else VaeAdapter(vae)
+
+    def inpaint_vae_adapter(self) -> VaeAdapter | None:
+        """The autoencoder as the family's inpainting pipeline encodes the picture and the masked picture
+        (``diffexplain.inpaint``). Optional: the default is ``vae_adapter()``; SDXL's inpainting pipeline
+        encodes without the latent statistics its img2img pipeline uses."""
+        return self.vae_adapter()
 
     @property
     def vae_scale_factor(self) -> int:

@@ -42,6 +42,14 @@ def is_inpainting_unet(unet: Any) -> bool:
     return out is not None and into is not None and int(into) == 2 * int(out) + 1
 
 
+def with_inpaint_channels(model_input: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+    """An inpainting U-Net's input: [x_t ; m ; masked picture latents]  [2B or B, 2C + 1, h, w] where the
+    run's conditioning holds the mask (``diffexplain.inpaint.with_mask_channels``); x_t as is otherwise."""
+    if "mask" not in conditioning:
+        return model_input
+    return torch.cat([model_input, conditioning["mask"], conditioning["masked_image_latents"]], dim=1)
+
+
 def uncond_prompts(negative_prompt: str | list[str] | None, batch_size: int) -> list[str]:
     """The unconditional branch's prompts: "" or the negative prompt, one per image (a list must match)."""
     if negative_prompt is None or negative_prompt == "":
@@ -146,11 +154,7 @@ class StableDiffusion(Family):
     ) -> torch.Tensor:
         """``scale_model_input``, then the U-Net on both branches: [2B or B, C, h, w] → ε or v. An inpainting
         U-Net reads the mask and the masked picture's latents beside x_t (conditioning keys of the run)."""
-        model_input = scheduler.scale_model_input(model_input, t)
-        if "mask" in conditioning:  # [x_t ; m ; masked picture latents]  [2B or B, 2C + 1, h, w]
-            model_input = torch.cat(
-                [model_input, conditioning["mask"], conditioning["masked_image_latents"]], dim=1
-            )
+        model_input = with_inpaint_channels(scheduler.scale_model_input(model_input, t), conditioning)
         return self.model(
             model_input,
             t,

@@ -15,7 +15,7 @@ import torch
 
 from diffexplain.attention.tokens import Token
 from diffexplain.families.base import Conditioning, conditioning_points
-from diffexplain.families.sd import StableDiffusion
+from diffexplain.families.sd import StableDiffusion, with_inpaint_channels
 from diffexplain.families.vae import SdxlVaeAdapter
 from diffexplain.names import HookPoint
 from diffexplain.prompt_limits import TextLimit, text_limit
@@ -134,8 +134,9 @@ class StableDiffusionXL(StableDiffusion):
         conditioning: Conditioning,
         model_kwargs: dict[str, Any],
     ) -> torch.Tensor:
-        """``scale_model_input``, then the U-Net with ``added_cond_kwargs`` (pooled text and time ids)."""
-        model_input = scheduler.scale_model_input(model_input, t)
+        """``scale_model_input``, then the U-Net with ``added_cond_kwargs`` (pooled text and time ids); an
+        inpainting U-Net reads the mask and the masked picture's latents beside x_t, as SD's."""
+        model_input = with_inpaint_channels(scheduler.scale_model_input(model_input, t), conditioning)
         added = {"text_embeds": conditioning["pooled"], "time_ids": conditioning["time_ids"]}
         return self.model(
             model_input,
@@ -151,3 +152,9 @@ class StableDiffusionXL(StableDiffusion):
         with ``latents_mean`` / ``latents_std`` if set (``SdxlVaeAdapter``)."""
         vae = self.vae
         return None if vae is None else SdxlVaeAdapter(vae)
+
+    def inpaint_vae_adapter(self) -> SdxlVaeAdapter | None:
+        """As ``StableDiffusionXLInpaintPipeline._encode_vae_image``: float32 where ``force_upcast``, then
+        z · scaling_factor, without ``latents_mean`` / ``latents_std`` (its img2img pipeline uses them)."""
+        vae = self.vae
+        return None if vae is None else SdxlVaeAdapter(vae, normalise=False)

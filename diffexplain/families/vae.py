@@ -71,9 +71,14 @@ class SdxlVaeAdapter(VaeAdapter):
     """SDXL's ``AutoencoderKL`` as ``StableDiffusionXLPipeline`` decodes with it: in float32 when an fp16
     VAE asks for it (``force_upcast``), and with per-channel ``latents_mean`` / ``latents_std`` if set."""
 
+    def __init__(self, vae: Any, *, normalise: bool = True) -> None:
+        super().__init__(vae)
+        self.normalise = normalise  # encode_sample: with latents_mean / latents_std where set (img2img)
+
     def encode_sample(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """A posterior draw as ``StableDiffusionXLImg2ImgPipeline.prepare_latents`` makes it: in float32
-        where the config says ``force_upcast``, then (z − mean) · scaling_factor / std, or z · scaling_factor."""
+        where the config says ``force_upcast``, then (z − mean) · scaling_factor / std, or z · scaling_factor
+        (always the latter with ``normalise=False``, as the inpainting pipeline's ``_encode_vae_image``)."""
         vae, dtype = self.vae, pixels.dtype
         upcast = bool(getattr(vae.config, "force_upcast", False))
         if upcast:
@@ -87,7 +92,7 @@ class SdxlVaeAdapter(VaeAdapter):
         latents = latents.to(dtype)
         mean = getattr(vae.config, "latents_mean", None)
         std = getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:
+        if self.normalise and mean is not None and std is not None:
             mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, dtype)
             std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, dtype)
             return (latents - mean_t) * vae.config.scaling_factor / std_t
