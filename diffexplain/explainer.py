@@ -430,7 +430,9 @@ class Explainer(ModelParts):
     ) -> Trace:
         """DDIM inversion (``diffexplain.inversion``): the trace of DDIM run backwards from ``image``'s latents
         (``DDIMInverseScheduler``), whose ``final_latents`` x_T start a DDIM run that draws the picture again:
-        ``inversion.reconstruct(explainer, trace)``, or ``run(prompt, latents=trace.final_latents)`` with DDIM."""
+        ``inversion.reconstruct(explainer, trace)``, or ``run(prompt, latents=trace.final_latents)`` with DDIM.
+        SD3 and Flux invert by flow reversal (``diffexplain.flow_inversion``): Euler from σ = 0 up to 1,
+        reconstructed by flow-matching Euler."""
         return inversion.invert(
             self, image, prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **run
         )

@@ -19,6 +19,10 @@ or ᾱ_0::
 
 x0 is the VAE posterior's mean · scaling_factor (deterministic). Guidance off (w = 1) inverts best; with
 w > 1 the two directions drift apart (what null-text inversion corrects).
+
+Flow-matching families (SD3, Flux) invert by flow reversal instead (``diffexplain.flow_inversion``): Euler
+on the reversed σ schedule, from σ = 0 to 1, and reconstruction by flow-matching Euler; the rest (x0, the
+trace, e_i) is as above.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from diffexplain import flow_inversion
+from diffexplain.families.sd3 import FlowMatching
 from diffexplain.img2img import PictureInput, picture_pixels
 from diffexplain.scheduler_state import effective_config, names_for, scheduler_by_name
 
@@ -37,8 +43,12 @@ if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
 
-FAMILIES = ("sd",)
-"""The families that invert: a VAE and a U-Net predicting ε or v on DDPM's ᾱ schedule."""
+FAMILIES = ("sd", "sd3", "flux")
+"""The families that invert: SD's (a U-Net predicting ε or v on DDPM's ᾱ schedule: DDIM inversion) and the
+flow-matching ones (flow reversal), each with a VAE."""
+
+INVERSE_SCHEDULERS = ("DDIMInverseScheduler", "FlowMatchEulerInverseScheduler")
+"""The scheduler classes of an inversion's trace (``reconstruct`` takes those traces)."""
 
 ERROR_SCALAR = "reconstruction_error"
 """The per-step number a reconstruction trace records (``record.scalars``): e_i above."""
@@ -59,8 +69,12 @@ class Reconstruction:
 
 def inverse_scheduler(explainer: Explainer) -> Any:
     """``DDIMInverseScheduler`` on the config of the explainer's DDIM (its betas, spacing, offset and
-    prediction type, from the scheduler it was made with)."""
+    prediction type, from the scheduler it was made with); for flow matching, flow reversal's
+    ``FlowMatchEulerInverseScheduler``."""
     from diffusers import DDIMInverseScheduler
+
+    if isinstance(explainer.family, FlowMatching):
+        return flow_inversion.inverse_scheduler(explainer)
 
     base = explainer._base_scheduler_config  # noqa: SLF001 - what set_scheduler("ddim") builds on
     ddim = scheduler_by_name("ddim", base, names_for(base, explainer.family.scheduler_names))
@@ -85,10 +99,11 @@ def invert(
     family = explainer.family
     if family.name not in FAMILIES or family.vae_adapter() is None:
         raise ValueError(
-            f"invert: DDIM inversion is for the Stable Diffusion 1.x / 2.x family (and the embedded default "
-            f"model) with a VAE so far; this Explainer holds a {family.label} model"
+            "invert: inversion is for the Stable Diffusion 1.x / 2.x family (DDIM; and the embedded default "
+            f"model), SD3 and Flux (flow reversal), with a VAE; this Explainer holds a {family.label} model"
         )
-    if explainer.scheduler.config.get("prediction_type") not in ("epsilon", "v_prediction"):
+    flow = isinstance(family, FlowMatching)
+    if not flow and explainer.scheduler.config.get("prediction_type") not in ("epsilon", "v_prediction"):
         raise ValueError("invert: DDIM inversion needs a model that predicts ε or v")
     pixels = picture_pixels(image, family.vae_scale_factor, family.size_multiple())  # [B_img, 3, H, W]
     model, adapter = family.model, family.vae_adapter()
@@ -117,14 +132,21 @@ def invert(
 
 def reconstruct(explainer: Explainer, inversion: Trace, **run: Any) -> Reconstruction:
     """A DDIM run (η = 0) from ``inversion``'s x_T with its prompt, steps and guidance, and e_i per step
-    (recorded in each step's scalars as ``ERROR_SCALAR``). ``run``: more of ``Explainer.run``'s arguments."""
+    (recorded in each step's scalars as ``ERROR_SCALAR``); a flow reversal's runs flow-matching Euler.
+    ``run``: more of ``Explainer.run``'s arguments; the family's own run settings are the inversion's."""
     from diffusers import DDIMScheduler
 
     settings = inversion.run_settings
-    if settings.scheduler.get("class") != "DDIMInverseScheduler" or inversion.final_latents is None:
+    kind = settings.scheduler.get("class")
+    if kind not in INVERSE_SCHEDULERS or inversion.final_latents is None:
         raise ValueError("reconstruct: pass the finished trace of explainer.invert(...)")
-    ddim = DDIMScheduler.from_config(effective_config(settings.scheduler["config"]))
-    forward = copy.copy(explainer).set_scheduler(ddim)
+    config = settings.scheduler["config"]
+    if kind == "FlowMatchEulerInverseScheduler":
+        scheduler = flow_inversion.forward_scheduler(config)
+    else:
+        scheduler = DDIMScheduler.from_config(effective_config(config))
+    forward = copy.copy(explainer).set_scheduler(scheduler)
+    run = {**settings.options, **run}  # e.g. max_sequence_length, as inverted
     trace = forward.run(
         settings.prompt,
         negative_prompt=settings.negative_prompt,

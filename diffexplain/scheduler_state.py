@@ -9,6 +9,7 @@ since schedulers do mutate those in place.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -16,6 +17,9 @@ import diffusers
 import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+OWN_SCHEDULERS = {"FlowMatchEulerInverseScheduler": "diffexplain.flow_inversion"}
+"""Scheduler classes of this package (name → module) that trace files may name, beside diffusers' own."""
 
 
 class _Classes(Mapping[str, type[SchedulerMixin]]):
@@ -27,6 +31,8 @@ class _Classes(Mapping[str, type[SchedulerMixin]]):
     def __getitem__(self, name: str) -> type[SchedulerMixin]:
         if name not in self._names:
             raise KeyError(name)
+        if name in OWN_SCHEDULERS:  # the package's own, imported on use
+            return getattr(importlib.import_module(OWN_SCHEDULERS[name]), name)
         return getattr(diffusers, name)
 
     def __iter__(self) -> Iterator[str]:
@@ -65,6 +71,7 @@ SCHEDULER_CLASSES: Mapping[str, type[SchedulerMixin]] = _Classes(
         "EulerAncestralDiscreteScheduler",
         "EulerDiscreteScheduler",
         "FlowMatchEulerDiscreteScheduler",
+        "FlowMatchEulerInverseScheduler",  # flow reversal's (diffexplain.flow_inversion)
         "FlowMatchHeunDiscreteScheduler",
         "HeunDiscreteScheduler",
         "KDPM2AncestralDiscreteScheduler",
