@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffexplain import flow_inversion
 from diffexplain.families.sd3 import FlowMatching
 from diffexplain.img2img import PictureInput, picture_pixels
 from diffexplain.scheduler_state import effective_config, names_for, scheduler_by_name
@@ -74,6 +73,8 @@ def inverse_scheduler(explainer: Explainer) -> Any:
     from diffusers import DDIMInverseScheduler
 
     if isinstance(explainer.family, FlowMatching):
+        from diffexplain import flow_inversion  # diffusers' flow-matching Euler imports scipy: on use
+
         return flow_inversion.inverse_scheduler(explainer)
 
     base = explainer._base_scheduler_config  # noqa: SLF001 - what set_scheduler("ddim") builds on
@@ -142,6 +143,8 @@ def reconstruct(explainer: Explainer, inversion: Trace, **run: Any) -> Reconstru
         raise ValueError("reconstruct: pass the finished trace of explainer.invert(...)")
     config = settings.scheduler["config"]
     if kind == "FlowMatchEulerInverseScheduler":
+        from diffexplain import flow_inversion
+
         scheduler = flow_inversion.forward_scheduler(config)
     else:
         scheduler = DDIMScheduler.from_config(effective_config(config))
