@@ -1,20 +1,21 @@
 """SDXL inpainting: parity with StableDiffusionXLInpaintPipeline bit for bit, per scheduler name, for a
 regular U-Net (the known region blended back each step) and a 9-channel inpainting U-Net; its default
-strength (0.9999); forks and trace files."""
+strength (0.9999); forks and trace files; a VAE with latent statistics (img2img and inpainting encode
+differently)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, UNet2DConditionModel
 from PIL import Image
 
 from diffexplain import SCHEDULER_NAMES, Explainer, Trace
 from diffexplain.inpaint import DEFAULT_STRENGTHS
 from diffexplain.scheduler_state import scheduler_by_name
 from tests.conftest import PROMPT
-from tests.tiny_families import tiny_sdxl_parts
+from tests.tiny_families import tiny_sdxl_parts, tiny_vae
 
 STEPS = 6
 SIZE = 16  # px: latents [B, 4, 8, 8]
@@ -116,3 +117,30 @@ def test_forks_and_trace_files_of_sdxl_inpainting_are_bit_exact(sdxl_parts, sdxl
         keep = trace["image.mask"] == 0  # [B, 1, h, w]
         x0 = trace["image.latents"]
         assert torch.equal(trace.final_latents[keep.expand_as(x0)], x0[keep.expand_as(x0)])
+
+
+# ---- a VAE with latent statistics ----------------------------------------------------------------------
+def test_a_vae_with_latent_statistics_encodes_as_each_pipeline(sdxl_parts):
+    """SDXL's img2img pipeline encodes (z − latents_mean)·scaling_factor / latents_std; its inpainting
+    pipeline z·scaling_factor. Both runs equal their pipeline with such a VAE."""
+    stats = dict(latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 1.2, 2.0])
+    parts = {
+        **sdxl_parts,
+        "vae": tiny_vae(latent_channels=4, scaling_factor=0.13025, force_upcast=True, **stats),
+    }
+    explainer = Explainer(**parts, progress=False).set_scheduler("euler")
+    image, mask = picture(), square_mask()
+    run = dict(strength=0.5, num_inference_steps=STEPS, guidance_scale=5.0)
+    img2img = explainer.run(PROMPT, image=image, seed=1, decode=False, **run)
+    pipe = StableDiffusionXLImg2ImgPipeline(**{**parts, "scheduler": explainer.scheduler})
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        PROMPT, image=image, generator=torch.Generator().manual_seed(1), output_type="latent", **run
+    ).images
+    assert torch.equal(img2img.final_latents, expected)
+    inpainted = explainer.run(PROMPT, image=image, mask_image=mask, seed=1, decode=False, **run)
+    theirs = dict(prompt=PROMPT, strength=0.5, guidance_scale=5.0)  # pipeline_latents takes STEPS
+    assert torch.equal(inpainted.final_latents, pipeline_latents(parts, "euler", image, mask, 1, **theirs))
+    mean, std = (torch.tensor(stats[k]).view(1, 4, 1, 1) for k in ("latents_mean", "latents_std"))
+    z = inpainted["image.latents"] / 0.13025  # the same posterior draw, encoded two ways
+    torch.testing.assert_close(img2img["image.latents"], (z - mean) * 0.13025 / std)
