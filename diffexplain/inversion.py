@@ -104,8 +104,15 @@ def invert(
             f"model), SD3 and Flux (flow reversal), with a VAE; this Explainer holds a {family.label} model"
         )
     flow = isinstance(family, FlowMatching)
-    if not flow and explainer.scheduler.config.get("prediction_type") not in ("epsilon", "v_prediction"):
-        raise ValueError("invert: DDIM inversion needs a model that predicts ε or v")
+    prediction = explainer.scheduler.config.get("prediction_type")
+    if not flow and prediction == "flow_prediction":
+        raise ValueError(
+            "invert: this U-Net predicts a flow velocity on flow sigmas (the embedded flow model): DDIM "
+            "inversion needs ε or v, and flow reversal is for SD3 and Flux so far; invert with "
+            "load_default() (the same parts in the ε dialect)"
+        )
+    if not flow and prediction not in ("epsilon", "v_prediction"):
+        raise ValueError(f"invert: DDIM inversion needs a model that predicts ε or v, not {prediction!r}")
     pixels = picture_pixels(image, family.vae_scale_factor, family.size_multiple())  # [B_img, 3, H, W]
     model, adapter = family.model, family.vae_adapter()
     with torch.no_grad():  # x0 = the posterior's mean · scaling_factor  [B_img, C, h, w]

@@ -243,3 +243,32 @@ def test_flow_img2img_equals_the_pipeline(flow) -> None:
     sigma = trace.scalars("scheduler_sigma")[0]
     start = (1 - sigma) * trace["image.latents"] + sigma * trace["image.noise"]
     assert torch.allclose(trace["latents.init"], start, atol=1e-5)
+
+
+def test_flow_model_inversion_is_refused_with_what_to_use(flow) -> None:
+    picture = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="predicts a flow velocity on flow sigmas.*invert with load_default"):
+        flow.invert(picture, PROMPT, num_inference_steps=4)
+
+
+def test_shipped_flow_model_equals_the_plain_pipeline() -> None:
+    from diffexplain import load_flow_default
+
+    flow = load_flow_default(progress=False)
+    trace = flow.run(PROMPT, num_inference_steps=4, guidance_scale=5.0, seed=1, decode=False)
+    pipe = StableDiffusionPipeline(
+        unet=flow.unet,
+        vae=flow.vae,
+        text_encoder=flow.text_encoder,
+        tokenizer=flow.tokenizer,
+        scheduler=scheduler_by_name("flow_euler", flow._base_scheduler_config, FLOW_SIGMA_SCHEDULER_NAMES),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(1)
+    expected = pipe(
+        PROMPT, num_inference_steps=4, guidance_scale=5.0, generator=generator, output_type="latent"
+    )
+    assert torch.equal(trace.final_latents, expected.images)
