@@ -183,8 +183,10 @@ def check_start_level(level: Any, timestep: float, num_steps: int) -> None:
             f"num_inference_steps={num_steps}: this scheduler's first step is t = {timestep:g}, where "
             f"x_t is meant to be {100 * alpha_bar:.0f} % picture, but the loop starts from pure noise: "
             "expect a noisy or washed-out picture. Take a step count whose first step is near the last "
-            "training step (e.g. 10 to 250 steps with DDIM's 'leading' spacing), or a scheduler that "
-            "starts at the noisiest step: explainer.set_scheduler('ddim', timestep_spacing='trailing').",
+            "training step (e.g. 10 to 250 steps with DDIM's 'leading' spacing), or, where the schedule "
+            "leaves some signal at its last step (SD 1.x/2.x, SDXL; not the embedded default model, whose "
+            "ᾱ there is about 2e-9), a scheduler that starts at the noisiest step: "
+            "explainer.set_scheduler('ddim', timestep_spacing='trailing').",
             UserWarning,
             stacklevel=user_stacklevel(),
         )

@@ -20,6 +20,8 @@ from diffexplain.training.latent_norm import fold_into_vae
 from diffexplain.training.vae import vae_from_model
 
 DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 5.0}
+FLOW_DEFAULTS = {"num_inference_steps": 25, "guidance_scale": 3.0}
+"""The flow model's: it needs less guidance (docs/model-card.md#the-flow-model, measured by bench_model.py)."""
 
 
 def _checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -121,7 +123,7 @@ def export_model(out: str | Path, target: str | Path, *, recipe: dict[str, Any] 
     model_json = folder / "model.json"
     info = json.loads(model_json.read_text())
     info["name"] = f"diffexplain-shapes-{cfg.image_size}" + ("-flow" if cfg.objective == "flow" else "")
-    info["defaults"] = DEFAULTS
+    info["defaults"] = FLOW_DEFAULTS if cfg.objective == "flow" else DEFAULTS
     info["latent_rgb"] = fit_latent_rgb(vae, scaling_factor, cfg)
     model_json.write_text(json.dumps(info, indent=1))
     return folder
