@@ -58,7 +58,9 @@ def finite_float(text: str) -> float:
 
 def check_model_arg(model: str) -> None:
     """Fail fast on a ``--model`` that is neither a shipped model's name, a model folder nor (plausibly) a hub id."""
-    if model in ("default", "flow"):
+    from diffexplain.models.store import SHIPPED_MODELS
+
+    if model in SHIPPED_MODELS:
         return
     path = Path(model).expanduser()
     if path.is_dir():

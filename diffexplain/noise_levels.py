@@ -79,10 +79,9 @@ def noise_level(scheduler: object, timestep: torch.Tensor) -> NoiseLevel:
         # (α_t, σ_t)-space: DPM-Solver, UniPC, DEIS
         alpha_t, sigma_t = scheduler._sigma_to_alpha_sigma_t(sigmas[step_index(scheduler, timestep)])
         alpha, sig = _as_float(alpha_t), _as_float(sigma_t)
+        if getattr(scheduler.config, "use_flow_sigmas", False) and prediction_type == "flow_prediction":
+            return flow_noise_level(sig)  # α = 1 − σ: the flow path, not variance preserving
         a, b = _coefficients(prediction_type, alpha, sig)
-        if getattr(scheduler.config, "use_flow_sigmas", False):  # α + σ = 1: not variance preserving
-            alpha_bar = alpha * alpha / (alpha * alpha + sig * sig)
-            return NoiseLevel(a, b, alpha_bar, math.inf if alpha <= 0.0 else sig / alpha)
         return NoiseLevel(a, b, alpha * alpha, sig / alpha)
     if sigmas is not None:
         # σ-space: x_t = x0 + σ·ε; the model input was scaled by 1/√(σ²+1)
@@ -103,6 +102,15 @@ def noise_level(scheduler: object, timestep: torch.Tensor) -> NoiseLevel:
     alpha_bar = _as_float(scheduler.alphas_cumprod[int(timestep)])
     a, b = _coefficients(prediction_type, math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar))
     return NoiseLevel(a, b, alpha_bar, math.sqrt((1.0 - alpha_bar) / alpha_bar))
+
+
+def flow_noise_level(sigma: float) -> NoiseLevel:
+    """The noise level of a flow-matching step at σ: x̂0 = x_t − σ·v (a = 1, b = −σ), ᾱ the signal fraction
+    (1 − σ)² / ((1 − σ)² + σ²) of the same noise-to-signal ratio, σ_VE = σ/(1 − σ) (infinite at σ = 1)."""
+    signal = 1.0 - sigma
+    alpha_bar = signal * signal / (signal * signal + sigma * sigma)
+    sigma_ve = math.inf if signal <= 0.0 else sigma / signal
+    return NoiseLevel(1.0, -sigma, alpha_bar, sigma_ve)
 
 
 def pred_x0_from(latents: torch.Tensor, model_output: torch.Tensor, level: NoiseLevel) -> torch.Tensor:

@@ -14,7 +14,6 @@ encoders' states side by side, padded to T5's width, then T5's) and the pooled p
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -25,17 +24,9 @@ from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.families.parts import PartKind
 from diffexplain.names import HookPoint
-from diffexplain.noise_levels import NoiseLevel, step_index
+from diffexplain.noise_levels import NoiseLevel, flow_noise_level, step_index
 from diffexplain.prompt_limits import TextLimit, text_limit
 from diffexplain.scheduler_state import FLOW_SCHEDULER_NAMES
-
-
-def flow_noise_level(sigma: float) -> NoiseLevel:
-    """The noise level of a flow-matching step at σ: x̂0 = x_t − σ·v (a = 1, b = −σ)."""
-    signal = 1.0 - sigma
-    alpha_bar = signal * signal / (signal * signal + sigma * sigma)
-    sigma_ve = math.inf if signal <= 0.0 else sigma / signal
-    return NoiseLevel(1.0, -sigma, alpha_bar, sigma_ve)
 
 
 class FlowMatching(Family):

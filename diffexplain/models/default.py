@@ -15,16 +15,14 @@ import torch
 
 from diffexplain.data.vocab import caption_words
 from diffexplain.errors import ModelFolderError
-from diffexplain.models.store import load_model_parts, read_model_json
+from diffexplain.models.store import SHIPPED_MODELS, load_model_parts, read_model_json
 from diffexplain.models.text import load_text_encoder
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
-FLOW_MODEL_DIR = Path(__file__).parent / "flow"
-SHIPPED_MODELS = {"default": DEFAULT_MODEL_DIR, "flow": FLOW_MODEL_DIR}
-"""The shipped model folders by the short name ``model_folder`` (and ``--unet-init``) takes."""
+DEFAULT_MODEL_DIR = SHIPPED_MODELS["default"]
+FLOW_MODEL_DIR = SHIPPED_MODELS["flow"]
 
 
 def model_folder(source: str | Path) -> Path:

@@ -57,9 +57,13 @@ def save_model(
     return folder
 
 
+SHIPPED_MODELS = {"default": Path(__file__).parent / "default", "flow": Path(__file__).parent / "flow"}
+"""The shipped model folders by the short name ``model_folder``, ``--unet-init`` and ``--model`` take."""
+
+
 def is_model_folder(source: str | Path) -> bool:
     """Whether ``source`` names a model folder (one with ``model.json``; "default" and "flow" are the shipped models)."""
-    return str(source) in ("default", "flow") or (Path(source) / "model.json").is_file()
+    return str(source) in SHIPPED_MODELS or (Path(source) / "model.json").is_file()
 
 
 def read_model_json(folder: str | Path) -> dict[str, Any]:

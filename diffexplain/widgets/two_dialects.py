@@ -12,7 +12,6 @@ Notation (``diffexplain.names``)::
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
@@ -61,11 +60,6 @@ FORMULAS = {
 }
 COLOURS = {"epsilon": "#1f77b4", "flow": "#d62728"}
 STRIP_FRAMES = 6
-
-
-def flow_sigma(sigma_ve: float) -> float:
-    """The flow share of noise σ from the recorded "variance exploding" σ_ve = σ/(1 − σ)."""
-    return 1.0 if math.isinf(sigma_ve) else sigma_ve / (1.0 + sigma_ve)
 
 
 def settle_curve(trace: Trace) -> list[float]:
@@ -239,7 +233,7 @@ class TwoDialects(DxWidget):
             images["final"].value = frames.final(trace, preview=preview)
             record = trace.steps[k]
             noise = (
-                f"σ = {flow_sigma(record.level.sigma):.3f}"
+                f"σ = {record.scalars['scheduler_sigma']:.3f}"
                 if dialect == "flow"
                 else (f"ᾱ = {record.level.alpha_bar:.3f}")
             )
