@@ -6,6 +6,13 @@ trace memory per step, and the first run against the second.
     python benchmarks/bench_loop.py --json             # machine-readable
     python benchmarks/bench_loop.py --quick            # smoke run (CI): 2 steps, 1 repeat, 32 px, every family
 
+A family beyond these four brings its own setup as ``benchmarks/loop_<family>.py`` (found by name, so
+adding one edits nothing here): ``FAMILY`` (its short name) and ``setup() -> dict`` with ``pipe`` (the
+diffusers pipeline over small parts), ``options`` (run options both sides take, e.g. a short
+``max_sequence_length``), ``traced`` (guidance keywords for ``Explainer.run``), ``pipeline`` (the same
+guidance as the pipeline's own keywords) and optionally ``to_trace`` (pipeline latents → the trace's layout,
+e.g. unpacking tokens) and ``size`` (the image side its parts need, overriding ``--size``).
+
 Same parts and seed for every measurement of a family; each figure is the median of ``--repeats``
 runs, the pipeline and the traced run interleaved so that background load affects both alike. The
 denoisers are small but not tiny (32×32 latents, wider blocks) so that the model call dominates, as
@@ -16,6 +23,7 @@ costs ≤ (N − k)/N + 0.05 of a run, and the first run ≤ 1.05 × the second 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -31,6 +39,20 @@ from diffexplain import Explainer  # noqa: E402
 
 PROMPT = "a red square on the left"
 QUICK = {"steps": 2, "repeats": 1, "size": 32}  # --quick: every family and code path, parity included
+
+
+def extra_setups() -> dict[str, Any]:
+    """The ``benchmarks/loop_<family>.py`` modules beside this file, by their ``FAMILY``."""
+    found = {}
+    for path in sorted(Path(__file__).parent.glob("loop_*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found[module.FAMILY] = module
+    return found
+
+
+BUILT_IN = ["sd", "sdxl", "sd3", "flux"]
 
 
 def median_time(fn, repeats: int) -> float:
@@ -118,8 +140,19 @@ def guidance(family: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: int = 64) -> dict[str, Any]:
-    pipe, options = pipeline(family)
-    traced_guidance, pipe_guidance = guidance(family)
+    extra = extra_setups().get(family)
+    to_trace = None
+    if extra is None:
+        pipe, options = pipeline(family)
+        traced_guidance, pipe_guidance = guidance(family)
+        timed_guidance = pipe_guidance if family == "flux" else {}  # the others: their default w, as before
+    else:
+        setup = extra.setup()
+        pipe, options, to_trace = setup["pipe"], setup.get("options", {}), setup.get("to_trace")
+        traced_guidance, pipe_guidance = setup["traced"], setup["pipeline"]
+        timed_guidance = pipe_guidance
+        side = setup.get("size", side)
+        pipe.set_progress_bar_config(disable=True)
     explainer = Explainer.from_pipeline(pipe, progress=False)
     if scheduler:
         explainer.set_scheduler(scheduler)
@@ -136,7 +169,7 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: in
             output_type="latent",
             **size,
             **options,
-            **({} if family != "flux" else pipe_guidance),  # the others: their default w, as before
+            **timed_guidance,
         ).images
 
     def run_traced(ex: Explainer = explainer):
@@ -180,6 +213,8 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: in
     ).images
     if family == "flux":  # packed [B, (h/2)·(w/2), 4C]: compare as the trace holds them
         expected = pipe._unpack_latents(expected, size["height"], size["width"], pipe.vae_scale_factor)
+    if to_trace is not None:
+        expected = to_trace(expected, size)
     assert torch.equal(trace.final_latents, expected), f"{family}: the traced run differs from the pipeline"
     return {
         "family": family,
@@ -200,7 +235,7 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=["sd", "sdxl", "sd3", "flux"], action="append")
+    parser.add_argument("--family", choices=BUILT_IN + list(extra_setups()), action="append")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
@@ -221,7 +256,7 @@ def main() -> None:
 
     results = [
         bench(f, args.steps, args.repeats, args.scheduler, args.size)
-        for f in args.family or ["sd", "sdxl", "sd3", "flux"]
+        for f in args.family or BUILT_IN + list(extra_setups())
     ]
     if args.json:
         print(
