@@ -201,6 +201,11 @@ class Explainer(ModelParts):
         cond, uncond = self.encode(prompt, negative_prompt, guidance=guidance)
         return cond["embeds"], None if uncond is None else uncond["embeds"]
 
+    def _model_record(self) -> dict[str, Any]:
+        """What a run's settings record of the model: the family's description, its name and conventions."""
+        conventions = self.family.conventions(self.scheduler).record()
+        return {**self.family.describe(), "name": self.model_name, "conventions": conventions}
+
     def _context(self) -> dict[str, Any]:
         """What a run runs on, as its settings record it: scheduler, model, device, dtype, threads."""
         return {
@@ -208,7 +213,7 @@ class Explainer(ModelParts):
             "prediction_type": self.scheduler.config.get(
                 "prediction_type", "flow" if self.family.output_kind == "velocity" else None
             ),
-            "model": {**self.family.describe(), "name": self.model_name},
+            "model": self._model_record(),
             "latent_rgb": self.latent_rgb,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -488,7 +493,7 @@ class Explainer(ModelParts):
                 else checks.check_flag("attention_maps", attention_maps)
             ),
             guider=source.guider if guider is None else run_guider(guider, 0.0),
-            model={**self.family.describe(), "name": self.model_name},  # the model that runs now
+            model=self._model_record(),  # the model that runs now
             threads=(  # the trace's count, so that the fork rounds as its run did
                 check_threads(source.threads, "trace.settings['threads']")
                 if source.threads is not None and self.device.type == "cpu"

@@ -16,6 +16,7 @@ import torch
 from diffexplain.attention import maps as reading
 from diffexplain.attention.maps import LayerFilter
 from diffexplain.attention.tokens import Token
+from diffexplain.conventions import conventions_of_run
 from diffexplain.errors import TraceKeyError
 from diffexplain.fingerprint import SCHEME
 from diffexplain.hooks import Replacement
@@ -136,6 +137,15 @@ class Trace:
         """A step's attention maps converted for storage (``store_dtype``, else float32)."""
         dtype = self.store_dtype or torch.float32
         return {key: x.detach().to(dtype) for key, x in maps.items()}
+
+    @property
+    def conventions(self) -> dict[str, Any] | None:
+        """The family's conventions as the run recorded them (``diffexplain.conventions``): what
+        ``step.model.*`` holds and the raw output's sign, the time the model was given, the pipeline's
+        guidance formula, and this run's w on the classic scale and on the pipeline's own. None for a
+        file written before conventions were recorded."""
+        settings = self.run_settings
+        return conventions_of_run(settings.model.get("conventions"), settings.guidance_scale)
 
     @property
     def prompt_embeds(self) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.layers import AttentionLayer, find_attention_layers
 from diffexplain.attention.tokens import Token, tokenize
+from diffexplain.conventions import Conventions
 from diffexplain.families.parts import PartKind
 from diffexplain.families.vae import VaeAdapter
 from diffexplain.names import HOOK_POINTS, HookPoint, declare_points
@@ -72,6 +73,8 @@ class Family(ABC):
       have the same names);
     - **optional, the prompt**: ``run_options``, ``model_kwargs``, ``guidance_distilled``, ``prompt_tokens``,
       ``negative_prompt_tokens``, ``text_limits``, ``attention_layers`` (with ``attention_kind``);
+    - **optional, the conventions**: ``conventions`` (what the output means, its sign, the model's time and the
+      pipeline's guidance scale; recorded in every trace);
     - **optional, the model's output**: ``noise_level``, ``split_output``, ``scheduler_input``, ``add_noise``;
     - **optional, from a picture** (``diffexplain.img2img``, ``diffexplain.inpaint``): ``entry_step`` (with
       ``add_noise`` and the VAE adapter's ``encode_sample``), ``inpaint_vae_adapter``;
@@ -196,6 +199,17 @@ class Family(ABC):
         none without one."""
         limit = text_limit(self.parts, "tokenizer", "text_encoder")
         return () if limit is None else (limit,)
+
+    def conventions(self, scheduler: Any) -> Conventions:
+        """What the model outputs (after its sign), the time it is given, and what the pipeline's guidance
+        number means (``diffexplain.conventions``); every trace records it.
+
+        Optional: the default reads ``prediction_type`` from the scheduler's config ("flow" for a velocity
+        family whose scheduler has none), sign +1, the model given t, and classic CFG."""
+        prediction = scheduler.config.get("prediction_type") or (
+            "flow" if self.output_kind == "velocity" else "epsilon"
+        )
+        return Conventions(prediction=prediction)
 
     def describe(self) -> dict[str, Any]:
         """What a trace records about the model (JSON-ready): family, classes and the denoiser's shape.

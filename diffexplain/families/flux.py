@@ -42,6 +42,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.tokens import Token, tokenize
 from diffexplain.checks import check_float
+from diffexplain.conventions import Conventions
 from diffexplain.errors import user_stacklevel
 from diffexplain.families.base import Conditioning, conditioning_points
 from diffexplain.families.parts import PartKind
@@ -157,6 +158,21 @@ class Flux(FlowMatching):
     def guidance_embeds(self) -> bool:
         """Whether the transformer takes the embedded guidance g (guidance-distilled, e.g. Flux dev)."""
         return bool(getattr(self.model.config, "guidance_embeds", False))
+
+    def conventions(self, scheduler: Any) -> Conventions:
+        """A flow velocity given σ = t/1000; w is FluxPipeline's true CFG (two calls), and a guidance-distilled
+        transformer (Flux dev) reads its own embedded guidance g as an input."""
+        embedded = (
+            "; the embedded guidance g (FluxPipeline's guidance_scale) is an input" * self.guidance_embeds()
+        )
+        return Conventions(
+            prediction="flow",
+            model_time="σ = t/1000",
+            time_direction="σ falls from 1 (noise) to 0 (picture)",
+            guidance_formula="v_u + w·(v_c − v_u), one transformer call per branch",
+            pipeline_scale="true_cfg_scale = w",
+            notes=f"w = 1: one branch{embedded}",
+        )
 
     def describe(self) -> dict[str, Any]:
         """The base description plus the latent channels (in_channels / 4) and whether g is an input."""

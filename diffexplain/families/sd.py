@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from diffexplain.conventions import Conventions
 from diffexplain.families.base import Conditioning, Family
 from diffexplain.families.parts import PartKind, config_value
 
@@ -118,6 +119,18 @@ class StableDiffusion(Family):
     def guidance_distilled(self) -> bool:
         """A U-Net with ``time_cond_proj_dim`` (LCM-style) takes w as an input."""
         return getattr(self.model.config, "time_cond_proj_dim", None) is not None
+
+    def conventions(self, scheduler: Any) -> Conventions:
+        """The scheduler's prediction type, the model given t; an LCM-style U-Net reads w as an embedding of
+        w − 1 (``timestep_cond``) on one branch instead of CFG's second."""
+        prediction = scheduler.config.get("prediction_type") or "epsilon"
+        if not self.guidance_distilled():
+            return Conventions(prediction=prediction)
+        return Conventions(
+            prediction=prediction,
+            guidance_formula="one branch; w enters as timestep_cond = embedding(w − 1)",
+            notes="guidance-distilled (LCM): no second branch, w is an input",
+        )
 
     def encode(
         self,

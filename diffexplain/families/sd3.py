@@ -21,6 +21,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffexplain.attention.tokens import Token, tokenize
+from diffexplain.conventions import Conventions
 from diffexplain.families.base import Conditioning, Family, conditioning_points
 from diffexplain.families.parts import PartKind
 from diffexplain.names import HookPoint
@@ -31,6 +32,12 @@ from diffexplain.scheduler_state import FLOW_SCHEDULER_NAMES
 
 class FlowMatching(Family):
     """What every flow-matching family shares (SD3, Flux): the forward process and x̂0 = x_t − σ·v."""
+
+    def conventions(self, scheduler: Any) -> Conventions:
+        """A flow velocity, sign +1, the model given t = 1000·σ (σ falls from 1 to 0), classic CFG."""
+        return Conventions(
+            prediction="flow", model_time="t = 1000·σ", time_direction="σ falls from 1 (noise) to 0 (picture)"
+        )
 
     def add_noise(
         self, scheduler: Any, clean_latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor
