@@ -1,8 +1,12 @@
 """Write the tables that docs/ generates from the code's declarations (the hook points, the per-step
-scalars) between their ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` markers.
+scalars, each family's own hook points) between their ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` markers.
 
     python scripts/docs_tables.py          # rewrite them
     python scripts/docs_tables.py --check  # exit 1 where a table is not current (tests/test_docs.py)
+
+A family page ``docs/families/<page>.md`` that holds the markers ``<!-- generated: points-<family> -->``
+and ``<!-- end: points-<family> -->`` gets the family's own hook points (``Family.extra_points``, with their
+shapes) written between them, ``<family>`` being its short name (``Family.name``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ def tables() -> dict[str, tuple[Path, str]]:
     from diffexplain.names import BLEND_POINTS, HOOK_POINTS, IMAGE_POINTS, INPAINT_POINTS, markdown_table
     from diffexplain.step_scalars import STEP_SCALARS, scalars_table
 
-    return {
+    found = {
         "hook-points": (DOCS / "hook-points.md", markdown_table(HOOK_POINTS)),
         "image-points": (DOCS / "guides" / "start-from-a-picture.md", markdown_table(IMAGE_POINTS)),
         "inpaint-points": (
@@ -30,6 +34,22 @@ def tables() -> dict[str, tuple[Path, str]]:
         ),
         "step-scalars": (DOCS / "hook-points.md", scalars_table(STEP_SCALARS)),
     }
+    return found | family_tables()
+
+
+def family_tables() -> dict[str, tuple[Path, str]]:
+    """``points-<family>`` for each family page that has its markers (module docstring)."""
+    from diffexplain.families import FAMILIES
+    from diffexplain.names import markdown_table
+
+    found = {}
+    for page in sorted((DOCS / "families").glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for family in FAMILIES.values():
+            name = f"points-{family.name}"
+            if f"<!-- generated: {name} -->" in text:
+                found[name] = (page, markdown_table(family.extra_points))
+    return found
 
 
 def block(name: str) -> re.Pattern[str]:
