@@ -64,6 +64,36 @@ def default_guidance(explainer: Explainer, fallback: float | None = None) -> flo
     return float(getattr(explainer, "defaults", {}).get("guidance_scale", fallback))
 
 
+TEXT_ENCODER_NAMES = {
+    "CLIPTextModel": "CLIP",
+    "CLIPTextModelWithProjection": "CLIP",
+    "T5EncoderModel": "T5",
+    "UMT5EncoderModel": "UMT5",
+    "BertModel": "MiniLM",
+    "Qwen3Model": "Qwen3 (an LLM)",
+    "Qwen3ForCausalLM": "Qwen3 (an LLM)",
+    "Qwen2_5_VLForConditionalGeneration": "Qwen2.5-VL (an LLM)",
+    "Qwen3VLForConditionalGeneration": "Qwen3-VL (an LLM)",
+    "Gemma2Model": "Gemma-2 (an LLM)",
+    "Gemma2ForCausalLM": "Gemma-2 (an LLM)",
+    "Mistral3ForConditionalGeneration": "Mistral Small 3 (an LLM)",
+}
+"""The text encoder's class → what to call it in labels."""
+
+
+def text_reader(trace: Trace | None, explainer: Explainer | None = None) -> str:
+    """Who reads the prompt, in words: "CLIP and T5", "Qwen3 (an LLM)"; "" where unknown (a trace without a
+    model record). The encoders' class names come from the family's record (``Family.describe``)."""
+    if explainer is not None:
+        classes = explainer.family.describe().get("text_encoders", [])
+    elif trace is not None:
+        classes = trace.run_settings.model.get("text_encoders", [])
+    else:
+        classes = []
+    names = list(dict.fromkeys(TEXT_ENCODER_NAMES.get(c, c) for c in classes))
+    return " and ".join(names)
+
+
 def words(trace: Trace | None, explainer: Explainer | None = None) -> dict[str, str]:
     """How to name the model, its output and x_t in labels: ``{"model": "U-Net", "output": "noise",
     "xt": "latents"}`` for Stable Diffusion, ``{"model": "transformer", "output": "velocity", ...}`` for a

@@ -90,3 +90,16 @@ def test_a_file_from_before_conventions_has_none():
 
     trace.run_settings = dataclasses.replace(trace.run_settings, model=model)
     assert trace.conventions is None
+
+
+def test_widgets_name_who_reads_the_prompt():
+    from diffexplain.views import text_reader
+    from diffexplain.widgets import AttentionMaps
+
+    ex = explainer("sd3")
+    assert text_reader(None, ex) == "CLIP and T5"
+    trace = ex.run(
+        PROMPT, num_inference_steps=2, seed=0, decode=False, max_sequence_length=SD3_MAX_SEQUENCE_LENGTH
+    )
+    assert text_reader(trace) == "CLIP and T5"  # from the trace's record alone
+    assert "as CLIP and T5 wrote them" in AttentionMaps(trace, explainer=ex).children[0].value

@@ -14,6 +14,7 @@ from diffexplain.attention import edits
 from diffexplain.attention.maps import first_step as maps_first_step
 from diffexplain.attention.tokens import find_token
 from diffexplain.errors import TraceKeyError
+from diffexplain.views import text_reader
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
     DxWidget,
@@ -40,13 +41,19 @@ if TYPE_CHECKING:
 ALL = "all"  # the layer chooser's "every layer" (a Dropdown's None would mean "nothing chosen")
 
 HELP = (
-    "At every step each pixel of the {model} <b>reads</b> the prompt's tokens through cross-attention: "
+    "At every step each pixel of the {model} <b>reads</b> the prompt's tokens{reader} through attention: "
     "its attention over the tokens sums to 1. Pick a <b>token</b> and a <b>step</b>: the map shows where "
     "the picture reads that token (bright: read most), laid over <b>x̂0</b>, the model's guess at that "
     "step. Special and padding tokens are listed too: they often take most of the attention. "
     "<b>Reweight</b> scales the chosen token's attention by a factor from a step on (a fork): at 0 the "
     "token is no longer read, and the new picture appears beside the old one."
 )
+
+
+def reader_clause(trace: Trace, explainer: Explainer | None) -> str:
+    """ " (as Qwen3 (an LLM) wrote them)": who turned the words into the token states the maps are over."""
+    reader = text_reader(trace, explainer)
+    return f" (as {reader} wrote them)" if reader else ""
 
 
 def token_label(token: Token) -> str:
@@ -131,7 +138,11 @@ class AttentionMaps(DxWidget):
         self.fork_button.on_click(self.guard(lambda _: self.start(self._reweight_work)))
 
         self.children = [
-            help_box(HELP.format(model=words(trace, self.explainer)["model"])),
+            help_box(
+                HELP.format(
+                    model=words(trace, self.explainer)["model"], reader=reader_clause(trace, self.explainer)
+                )
+            ),
             self.header,
             W.HBox([self.token, self.layer]),
             W.HBox([self.step, self.all_steps, self.preview]),
