@@ -232,9 +232,12 @@ def loop_steps(
             options.update(tensors)  # the run's tensors, not its (JSON) settings
         cond, uncond = prepare_conditioning(family, settings, options, resume)
         for key in cond:  # in hook-point order: prompt.cond, prompt.uncond, prompt.pooled.cond, ...
+            given = cond[key], None if uncond is None else uncond[key]
             cond[key] = sites(conditioning_point(key, "cond"), cond[key])
             if uncond is not None:
                 uncond[key] = sites(conditioning_point(key, "uncond"), uncond[key])
+            replaced = (cond[key] is not given[0], uncond is not None and uncond[key] is not given[1])
+            family.conditioning_hooked(key, cond, uncond, replaced)  # FLUX.2: embeds follow its layers
         trace.conditioning = {"cond": cond, **({"uncond": uncond} if uncond is not None else {})}
 
         # 3. latents: x_T = noise · init_noise_sigma, or x_t entering step k (or its replacement)  [B, C, h, w]

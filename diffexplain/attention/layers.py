@@ -45,15 +45,17 @@ def find_attention_layers(model: torch.nn.Module, kind: str = "cross") -> tuple[
 
     ``kind="cross"``: the ``Attention`` modules with a ``cross_attention_dim`` (U-Nets);
     ``kind="joint"``: those with added text projections (``add_k_proj``: SD3's joint attention, and
-    Flux's double-stream blocks, ``FluxAttention``; its single-stream blocks are not text layers here).
+    Flux's double-stream blocks, ``FluxAttention``, and FLUX.2's, ``Flux2Attention``; their single-stream
+    blocks are not text layers here).
     """
     from diffusers.models.attention_processor import Attention
 
     classes: tuple[type, ...] = (Attention,)
-    if kind == "joint":  # Flux's attention is a class of its own
+    if kind == "joint":  # Flux's and FLUX.2's attention are classes of their own
         from diffusers.models.transformers.transformer_flux import FluxAttention
+        from diffusers.models.transformers.transformer_flux2 import Flux2Attention
 
-        classes += (FluxAttention,)
+        classes += (FluxAttention, Flux2Attention)
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, classes):

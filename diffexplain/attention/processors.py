@@ -39,8 +39,8 @@ PLAIN_PROCESSORS = frozenset(
 )
 """Processors that compute plain attention (no adapters or IP layers): p beside them is the layer's p."""
 
-FLUX_PROCESSORS = frozenset({"FluxAttnProcessor", "FluxAttnProcessor2_0"})
-"""Flux's joint-attention processors (text tokens first, rotary positions on queries and keys)."""
+FLUX_PROCESSORS = frozenset({"FluxAttnProcessor", "FluxAttnProcessor2_0", "Flux2AttnProcessor"})
+"""Flux's and FLUX.2's joint-attention processors (text tokens first, rotary positions on queries and keys)."""
 
 JOINT_PROCESSORS = frozenset({"JointAttnProcessor2_0"}) | FLUX_PROCESSORS
 """SD3's and Flux's joint-attention processors."""

@@ -15,7 +15,7 @@ from typing import Any
 WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 """A word of the prompt: letters and digits (with inner apostrophes), or one punctuation mark."""
 
-KINDS = ("start", "word", "end", "pad", "special")
+KINDS = ("start", "word", "end", "pad", "special", "template")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Token:
     index: int  # position along T (the column of the attention maps)
     text: str  # the tokenizer's token, e.g. "red", "##ish", "[CLS]", "<|endoftext|>"
     word: str | None  # the prompt's word it comes from, None for special and padding tokens
-    kind: str  # "start", "word", "end", "pad" (padding, after the prompt) or "special"
+    kind: str  # "start", "word", "end", "pad" (padding), "special" or "template" (a chat template's own text)
     word_index: int | None = None  # which word of the prompt (0, 1, ...), None where word is None
     source: str = "text"  # the encoder whose sequence it is in (SD3: "clip" or "t5")
 

@@ -13,6 +13,7 @@ from typing import Any
 from diffexplain.families.base import Conditioning, Family, conditioning_point
 from diffexplain.families.deepfloyd_if import IF, IFSuperResolution
 from diffexplain.families.flux import Flux
+from diffexplain.families.flux2 import Flux2Dev, Flux2Klein
 from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
 from diffexplain.families.parts import AmbiguousPartsError, PartKind, pick_family
 from diffexplain.families.sd import StableDiffusion
@@ -28,6 +29,8 @@ FAMILIES: dict[str, type[Family]] = {
         StableDiffusionXL,
         StableDiffusion3,
         Flux,
+        Flux2Klein,
+        Flux2Dev,
         IF,
         IFSuperResolution,
         KandinskyPrior,
@@ -81,6 +84,8 @@ __all__ = [
     "Conditioning",
     "Family",
     "Flux",
+    "Flux2Dev",
+    "Flux2Klein",
     "IF",
     "IFSuperResolution",
     "KandinskyDecoder",

@@ -72,7 +72,8 @@ class Family(ABC):
       ``family_from_parts`` checks of the parts beyond their names, to tell apart families whose parts
       have the same names);
     - **optional, the prompt**: ``run_options``, ``model_kwargs``, ``guidance_distilled``, ``prompt_tokens``,
-      ``negative_prompt_tokens``, ``text_limits``, ``attention_layers`` (with ``attention_kind``);
+      ``negative_prompt_tokens``, ``text_limits``, ``attention_layers`` (with ``attention_kind``),
+      ``conditioning_hooked`` (conditioning tensors derived from others);
     - **optional, the conventions**: ``conventions`` (what the output means, its sign, the model's time and the
       pipeline's guidance scale; recorded in every trace);
     - **optional, the model's output**: ``noise_level``, ``split_output``, ``scheduler_input``, ``add_noise``;
@@ -370,6 +371,15 @@ class Family(ABC):
         """The conditioning of each branch (cond, uncond or None with guidance off), in the model's dtype.
 
         Required: ``{"embeds": [B, T, D], ...}`` per branch, with the keys of ``conditioning_keys``."""
+
+    def conditioning_hooked(
+        self, key: str, cond: Conditioning, uncond: Conditioning | None, replaced: tuple[bool, bool]
+    ) -> None:
+        """Called after the run-level hooks of ``prompt.<key>.*`` (``replaced``: whether a hook replaced the
+        cond, uncond tensor), in the order of the conditioning's keys: a family whose other tensors derive
+        from this one recomputes them here, in place, before their own hooks run.
+
+        Optional: the default does nothing (FLUX.2 flattens a replaced layer stack into ``embeds``)."""
 
     def run_options(self, height: int, width: int, **options: Any) -> dict[str, Any]:
         """The family's own run settings (JSON-ready), with defaults filled in; unknown ones are an error.
