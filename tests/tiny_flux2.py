@@ -28,12 +28,22 @@ from __future__ import annotations
 from functools import cache
 
 import torch
-from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline
-from diffusers import Flux2Transformer2DModel
+from diffusers import (
+    AutoencoderKLFlux2,
+    FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Pipeline,
+    Flux2Transformer2DModel,
+)
 from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PreTrainedTokenizerFast, Qwen3Config
-from transformers import Qwen3ForCausalLM
+from transformers import (
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from tests.tiny_llm_tokenizers import CORPUS, QWEN_VOCAB_SIZE, qwen_tokenizer
 

@@ -380,6 +380,7 @@ class Family(ABC):
         from this one recomputes them here, in place, before their own hooks run.
 
         Optional: the default does nothing (FLUX.2 flattens a replaced layer stack into ``embeds``)."""
+        return None
 
     def run_options(self, height: int, width: int, **options: Any) -> dict[str, Any]:
         """The family's own run settings (JSON-ready), with defaults filled in; unknown ones are an error.

@@ -78,7 +78,11 @@ LAYER_POINTS = (
 GUIDANCE_POINTS = (
     HookPoint("prompt.guidance.cond", "embedded guidance g fed with the prompt (dev's input)", "[B]", False),
     HookPoint(
-        "prompt.guidance.uncond", "embedded guidance g fed with the negative (or empty) prompt", "[B]", False, True
+        "prompt.guidance.uncond",
+        "embedded guidance g fed with the negative (or empty) prompt",
+        "[B]",
+        False,
+        True,
     ),
 )
 TRANSFORMER = PartKind(("Flux2Transformer2DModel",))
@@ -186,7 +190,9 @@ class Flux2Family(FlowMatching):
         model = self.model
         if latents is not None:
             if tuple(latents.shape) != tuple(shape):
-                packed = " (the pipeline's packed tokens: pass them as [B, C, h, w])" if latents.dim() == 3 else ""
+                packed = (
+                    " (the pipeline's packed tokens: pass them as [B, C, h, w])" if latents.dim() == 3 else ""
+                )
                 raise ValueError(
                     f"latents has shape {list(latents.shape)}{packed}; expected x_T {list(shape)} = [B, C, h, w]"
                 )
@@ -257,7 +263,9 @@ class Flux2Family(FlowMatching):
             return cond, None
         if isinstance(negative_prompt, list):
             if len(negative_prompt) != len(prompts):
-                raise ValueError(f"negative_prompt has {len(negative_prompt)} entries but prompt has {len(prompts)}")
+                raise ValueError(
+                    f"negative_prompt has {len(negative_prompt)} entries but prompt has {len(prompts)}"
+                )
             negatives = list(negative_prompt)
         else:
             negatives = [negative_prompt or ""] * len(prompts)
@@ -461,7 +469,9 @@ class Flux2Dev(Flux2Family):
                 )
             return {"embedded_guidance": None}
         g = 4.0 if embedded_guidance is None else embedded_guidance
-        return {"embedded_guidance": check_float("embedded_guidance", g, low=0.0, meaning="Flux2Pipeline's g")}
+        return {
+            "embedded_guidance": check_float("embedded_guidance", g, low=0.0, meaning="Flux2Pipeline's g")
+        }
 
     def conventions(self, scheduler: Any) -> Conventions:
         """A flow velocity given σ = t/1000; g embedded; w > 1 adds true CFG the pipeline lacks."""

@@ -111,7 +111,9 @@ def chat_tokens(
             tokens.append(Token(i, str(token_text), None, "template", None, source))
             continue
         index = next((k for k, (wa, wb, _) in enumerate(words) if wa < b and a < wb), None)
-        word = words[index][2] if index is not None else tokenizer.convert_tokens_to_string([token_text]).strip()
+        word = (
+            words[index][2] if index is not None else tokenizer.convert_tokens_to_string([token_text]).strip()
+        )
         tokens.append(Token(i, str(token_text), word or str(token_text), "word", index, source))
     return tokens
 
@@ -155,7 +157,9 @@ def mistral_messages(prompts: Sequence[str]) -> list[list[dict[str, Any]]]:
 
 def mistral_chat_text(processor: Any, prompt: str) -> str:
     """The text ``Flux2Pipeline`` encodes for ``prompt`` (system message and user turn, no generation prompt)."""
-    return processor.apply_chat_template(mistral_messages([prompt])[0], tokenize=False, add_generation_prompt=False)
+    return processor.apply_chat_template(
+        mistral_messages([prompt])[0], tokenize=False, add_generation_prompt=False
+    )
 
 
 def mistral_inputs(processor: Any, prompts: Sequence[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
