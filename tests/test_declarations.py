@@ -21,10 +21,17 @@ from tests.tiny_families import tiny_flux_pipeline, tiny_if_pipelines, tiny_sd3_
 PROMPT = "a red circle on the left"
 
 
+def flux2_pipelines() -> tuple:
+    """FLUX.2 klein (Base) and dev."""
+    from tests.tiny_flux2 import tiny_dev_pipeline, tiny_klein_pipeline
+
+    return tiny_klein_pipeline(), tiny_dev_pipeline()
+
+
 def family_traces(parts: dict) -> list[Trace]:
     """One short trace of every family (the cascades' later stages on their previous stage's output)."""
     traces = [Explainer(**parts, progress=False).run(PROMPT, num_inference_steps=2, seed=0)]
-    for pipe in (tiny_sdxl_pipeline(), tiny_sd3_pipeline(), tiny_flux_pipeline()):
+    for pipe in (tiny_sdxl_pipeline(), tiny_sd3_pipeline(), tiny_flux_pipeline(), *flux2_pipelines()):
         traces.append(
             Explainer.from_pipeline(pipe, progress=False).run(PROMPT, num_inference_steps=2, seed=0)
         )
