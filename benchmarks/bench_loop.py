@@ -163,7 +163,7 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: in
     def run_pipeline():
         generator = torch.Generator().manual_seed(0)
         return pipe(
-            PROMPT,
+            prompt=PROMPT,
             num_inference_steps=n,
             generator=generator,
             output_type="latent",
@@ -203,7 +203,7 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: in
 
     trace = run_traced()
     expected = pipe(
-        PROMPT,
+        prompt=PROMPT,
         num_inference_steps=n,
         generator=torch.Generator().manual_seed(0),
         output_type="latent",
