@@ -11,6 +11,7 @@ is its own transformer call (uncond first), inside ``cache_context("uncond")`` /
 from __future__ import annotations
 
 import warnings
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -87,6 +88,7 @@ class Flux2Family(FlowMatching):
         self._warned_cfg = False  # the w-is-not-the-pipeline's notice is given once per adapter
 
     def _pipeline_extra(self) -> dict[str, Any]:
+        """Further arguments of the reference pipeline built over bare parts (klein: ``is_distilled``)."""
         return {}
 
     # ---- what the model is -------------------------------------------------------------------------
@@ -106,9 +108,9 @@ class Flux2Family(FlowMatching):
         config = getattr(config, "text_config", None) or config
         return int(config.num_hidden_layers), int(config.hidden_size)
 
+    @abstractmethod
     def chat_text(self, prompt: str) -> str:
         """The text the pipeline encodes for ``prompt``, chat template included."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """The base description plus the latent channels, g as an input, and the chat template's text
@@ -220,9 +222,9 @@ class Flux2Family(FlowMatching):
             raise TypeError(f"{self.label} takes no run setting {', '.join(sorted(extra))}")
         return {}
 
+    @abstractmethod
     def text_inputs(self, prompts: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids and attention_mask [B, T] of the chat texts, as the pipeline tokenizes them."""
-        raise NotImplementedError
 
     def encode(
         self,
