@@ -417,7 +417,7 @@ class Explainer(ModelParts):
             options=self.family.run_options(height, width, **(self._option_defaults() | options)),
             restart=checks.check_flag("restart", restart),
             attention_maps=checks.check_flag("attention_maps", attention_maps),
-            guider=run_guider(guider, guidance_rescale),
+            guider=run_guider(guider, guidance_rescale) or run_guider(self.family.default_guider()),
             strength=None if start is None else start.strength,
             entry_step=None if start is None else start.entry_step,
             inpaint=None if mask is None else inpaint.kind(self.family),

@@ -270,7 +270,9 @@ def loop_steps(
 
         # 4. extra step kwargs (eta, generator) and the model's per-run kwargs (a distilled model's w)
         step_kwargs = family.step_kwargs(scheduler, generator, settings.eta)
-        model_kwargs = family.model_kwargs(settings.guidance_scale, latents)
+        model_kwargs = family.model_kwargs(settings.guidance_scale, latents) | family.guider_kwargs(
+            settings.guider
+        )
 
         # 5. the denoising loop (the layers' own attention processors come back when it ends)
         with capture.installed() if capture is not None else nullcontext():

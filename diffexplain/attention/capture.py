@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from diffexplain.attention.layers import PREFIX, AttentionLayer, grid_of, resolution_name
-from diffexplain.attention.processors import CrossAttentionCapture, JointAttentionCapture, check_original
+from diffexplain.attention.processors import (
+    PROCESSOR_WRAPPERS,
+    CrossAttentionCapture,
+    JointAttentionCapture,
+    check_original,
+)
 
 if TYPE_CHECKING:
     from diffexplain.sites import Sites
@@ -71,7 +76,9 @@ class AttentionCapture:
             check_original(layer.name, processor, layer.kind)
         try:
             for layer, processor in originals:
-                wrapper = JointAttentionCapture if layer.kind == "joint" else CrossAttentionCapture
+                wrapper = PROCESSOR_WRAPPERS.get(type(processor).__name__) or (
+                    JointAttentionCapture if layer.kind == "joint" else CrossAttentionCapture
+                )
                 layer.module.set_processor(wrapper(processor, layer.name, self))
             yield self
         finally:

@@ -45,6 +45,10 @@ FLUX_PROCESSORS = frozenset({"FluxAttnProcessor", "FluxAttnProcessor2_0", "Flux2
 JOINT_PROCESSORS = frozenset({"JointAttnProcessor2_0"}) | FLUX_PROCESSORS
 """SD3's and Flux's joint-attention processors."""
 
+PROCESSOR_WRAPPERS: dict[str, Any] = {}
+"""A family's own joint-attention processor (by class name) → the wrapper that captures it, registered by
+the family's module (Z-Image's ``ZSingleStreamAttnProcessor``: ``families.z_image_attention``)."""
+
 CHUNK_ELEMENTS = 2**26
 """Joint attention's scores are computed in blocks of query rows of at most this many elements (256 MiB
 in float32), so memory stays bounded at any image size."""
@@ -52,9 +56,9 @@ in float32), so memory stays bounded at any image size."""
 
 def check_original(layer_name: str, processor: Any, kind: str) -> None:
     """``ValueError`` unless ``processor`` computes plain attention, whose p the wrapper can compute beside it."""
-    known = JOINT_PROCESSORS if kind == "joint" else PLAIN_PROCESSORS
+    known = JOINT_PROCESSORS | set(PROCESSOR_WRAPPERS) if kind == "joint" else PLAIN_PROCESSORS
     name = type(processor).__name__
-    if name in ("CrossAttentionCapture", "JointAttentionCapture"):
+    if name.endswith("AttentionCapture"):
         raise RuntimeError(
             f"layer {layer_name!r} is already being captured: a run started inside another run's hook?"
         )

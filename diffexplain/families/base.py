@@ -74,6 +74,7 @@ class Family(ABC):
     - **optional, the prompt**: ``run_options``, ``model_kwargs``, ``guidance_distilled``, ``prompt_tokens``,
       ``negative_prompt_tokens``, ``text_limits``, ``attention_layers`` (with ``attention_kind``),
       ``conditioning_hooked`` (conditioning tensors derived from others);
+    - **optional, guidance** (a family whose pipeline guides its own way): ``default_guider``, ``guider_kwargs``;
     - **optional, the conventions**: ``conventions`` (what the output means, its sign, the model's time and the
       pipeline's guidance scale; recorded in every trace);
     - **optional, the model's output**: ``noise_level``, ``split_output``, ``scheduler_input``, ``add_noise``;
@@ -394,6 +395,18 @@ class Family(ABC):
         """Extra keyword arguments of every model call of a run (e.g. a distilled model's w embedding).
 
         Optional: the default is none."""
+        return {}
+
+    def default_guider(self) -> Any:
+        """The guidance method (a ``diffexplain.guiders.Guider``) of a run that names none.
+
+        Optional: the default is None, the loop's ε_u + w·Δ; Z-Image's is its pipeline's own formula."""
+        return None
+
+    def guider_kwargs(self, guider: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Extra ``model_kwargs`` of a run from its guider's settings (``Guider.describe()``), for a model call
+        that depends on them. Optional: the default is none (Z-Image skips the negative branch at the
+        steps where its guidance is truncated, as its pipeline does)."""
         return {}
 
     # ---- the model call ----------------------------------------------------------------------------
