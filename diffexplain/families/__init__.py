@@ -20,6 +20,7 @@ from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
 from diffexplain.families.sdxl import StableDiffusionXL
 from diffexplain.families.vae import VaeAdapter
+from diffexplain.families.z_image import ZImage
 from diffexplain.names import all_hook_names
 
 FAMILIES: dict[str, type[Family]] = {
@@ -35,6 +36,7 @@ FAMILIES: dict[str, type[Family]] = {
         IFSuperResolution,
         KandinskyPrior,
         KandinskyDecoder,
+        ZImage,
     )
 }
 """Every supported family by short name."""
@@ -95,6 +97,7 @@ __all__ = [
     "StableDiffusion3",
     "StableDiffusionXL",
     "VaeAdapter",
+    "ZImage",
     "conditioning_point",
     "family_for_pipeline",
     "family_from_parts",
