@@ -17,6 +17,7 @@ from diffexplain.names import HookPoint
 from diffexplain.settings import RunSettings, SettingsError
 from diffexplain.step_scalars import StepScalar
 from tests.tiny_families import tiny_flux_pipeline, tiny_if_pipelines, tiny_sd3_pipeline, tiny_sdxl_pipeline
+from tests.tiny_zimage import tiny_zimage_pipeline
 
 PROMPT = "a red circle on the left"
 
@@ -31,7 +32,13 @@ def flux2_pipelines() -> tuple:
 def family_traces(parts: dict) -> list[Trace]:
     """One short trace of every family (the cascades' later stages on their previous stage's output)."""
     traces = [Explainer(**parts, progress=False).run(PROMPT, num_inference_steps=2, seed=0)]
-    for pipe in (tiny_sdxl_pipeline(), tiny_sd3_pipeline(), tiny_flux_pipeline(), *flux2_pipelines()):
+    for pipe in (
+        tiny_sdxl_pipeline(),
+        tiny_sd3_pipeline(),
+        tiny_flux_pipeline(),
+        *flux2_pipelines(),
+        tiny_zimage_pipeline(),
+    ):
         traces.append(
             Explainer.from_pipeline(pipe, progress=False).run(PROMPT, num_inference_steps=2, seed=0)
         )

@@ -106,7 +106,9 @@ def tiny_zimage_parts() -> dict:
 
 
 def tiny_zimage_pipeline() -> ZImagePipeline:
-    """ZImagePipeline(**tiny_zimage_parts()), no progress bar; pass max_sequence_length and a 16 px size."""
+    """ZImagePipeline(**tiny_zimage_parts()), no progress bar, ``default_sample_size`` 8 (the Explainer's
+    default picture 16 px; the pipeline's own default stays 1024); pass max_sequence_length."""
     pipe = ZImagePipeline(**tiny_zimage_parts())
+    pipe.default_sample_size = ZIMAGE_DEFAULT_SAMPLE_SIZE
     pipe.set_progress_bar_config(disable=True)
     return pipe
