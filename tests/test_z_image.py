@@ -340,3 +340,14 @@ def test_the_other_widgets_build_on_z_image(ex, make):
         "attention_maps": lambda: AttentionMaps(ex.run(PROMPT, num_inference_steps=2, seed=0, **OPTIONS)),
     }[make]()
     assert errors(widget) == ""
+
+
+def test_the_docs_page_lists_the_familys_hook_points_and_is_in_the_nav():
+    from pathlib import Path
+
+    from diffexplain.names import markdown_table
+
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "families" / "z-image.md").read_text(encoding="utf-8")
+    assert f"<!-- generated: points-z_image -->\n{markdown_table(ZImage.extra_points)}\n<!-- end" in page
+    assert "families/z-image.md" in (root / "mkdocs.yml").read_text(encoding="utf-8")

@@ -85,9 +85,11 @@ class ZImage(FlowMatching):
     compare_guidance_scale: ClassVar[float] = 6.0
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds", "mask", "ids")
     extra_points: ClassVar[tuple[HookPoint, ...]] = (
-        *conditioning_points("mask", "which of the T positions are real tokens (bool; the rest is dropped)", "[B, T]"),
-        *conditioning_points("ids", "the token ids the LLM read: the prompt in its chat template", "[B, T]"),
-    )  # fmt: skip
+        *conditioning_points(
+            "mask", "real-token mask (bool: True is read, False is padding dropped)", "[B, T]"
+        ),
+        *conditioning_points("ids", "token ids the LLM read (the chat-template text)", "[B, T]"),
+    )
     scheduler_names: ClassVar[Mapping[str, tuple[type, dict[str, Any]]]] = FLUX_SCHEDULER_NAMES
     attention_kind: ClassVar[str] = "joint"
 
