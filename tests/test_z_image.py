@@ -351,3 +351,15 @@ def test_the_docs_page_lists_the_familys_hook_points_and_is_in_the_nav():
     page = (root / "docs" / "families" / "z-image.md").read_text(encoding="utf-8")
     assert f"<!-- generated: points-z_image -->\n{markdown_table(ZImage.extra_points)}\n<!-- end" in page
     assert "families/z-image.md" in (root / "mkdocs.yml").read_text(encoding="utf-8")
+
+
+def test_bfloat16_weights_keep_float32_latents_and_the_picture_decodes_as_the_pipeline():
+    pipe = tiny_zimage_pipeline().to(torch.bfloat16)  # as real weights run: the latents stay float32
+    ex = Explainer.from_pipeline(pipe, progress=False)
+    trace = ex.run(PROMPT, num_inference_steps=2, seed=3, guidance_scale=4.0, **OPTIONS)
+    expected = pipe(PROMPT, num_inference_steps=2, guidance_scale=3.0, output_type="latent", generator=torch.Generator().manual_seed(3), **OPTIONS).images  # fmt: skip
+    assert trace.final_latents.dtype == torch.float32 and torch.equal(trace.final_latents, expected)
+    assert trace["prompt.cond"].dtype == torch.bfloat16
+    picture = pipe(PROMPT, num_inference_steps=2, guidance_scale=3.0, output_type="pt", generator=torch.Generator().manual_seed(3), **OPTIONS).images  # fmt: skip
+    ours = (trace["decode.image"].float() / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(ours, picture.float(), rtol=0, atol=1e-2)
