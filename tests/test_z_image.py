@@ -363,3 +363,15 @@ def test_bfloat16_weights_keep_float32_latents_and_the_picture_decodes_as_the_pi
     picture = pipe(PROMPT, num_inference_steps=2, guidance_scale=3.0, output_type="pt", generator=torch.Generator().manual_seed(3), **OPTIONS).images  # fmt: skip
     ours = (trace["decode.image"].float() / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(ours, picture.float(), rtol=0, atol=1e-2)
+
+
+def test_a_prompt_past_the_llms_tokens_warns_with_the_words_cut(ex):
+    long = PROMPT + " and a green triangle above a yellow circle"
+    with pytest.warns(
+        UserWarning, match=r"Qwen3Model\) reads at most 12 tokens .* drops 'and a green triangle above"
+    ):
+        trace = ex.run(long, num_inference_steps=1, seed=0, guidance_scale=1.0, height=SIZE, width=SIZE, max_sequence_length=16)  # fmt: skip
+    tokenizer = ex.family.parts["tokenizer"]
+    assert (
+        tokenizer.decode(trace["prompt.ids.cond"][0]) == f"<|im_start|>user\n{PROMPT}"
+    )  # the template's start kept

@@ -53,7 +53,7 @@ from diffexplain.families.z_image_attention import CallLayout, call_layout
 from diffexplain.families.z_image_text import (
     caption_list,
     encode_texts,
-    template_overhead,
+    template_prefix,
     template_tokens,
 )
 from diffexplain.guiders.z_image import ZImageGuidance
@@ -142,11 +142,12 @@ class ZImage(FlowMatching):
         return template_tokens(self.parts["tokenizer"], prompt, int(options["max_sequence_length"]))
 
     def text_limits(self, options: dict[str, Any]) -> tuple[TextLimit, ...]:
-        """The LLM reads ``max_sequence_length`` tokens, the chat template's own among them."""
+        """The LLM reads ``max_sequence_length`` tokens, the chat template's opening ones first: the prompt's
+        words past the rest are cut (and the template's closing tokens with them)."""
         tokenizer, encoder = self.parts.get("tokenizer"), self.parts.get("text_encoder")
         if tokenizer is None or encoder is None:
             return ()
-        room = int(options["max_sequence_length"]) - template_overhead(tokenizer)
+        room = int(options["max_sequence_length"]) - template_prefix(tokenizer)
         return (TextLimit(f"text_encoder ({type(encoder).__name__})", tokenizer, max(room, 0)),)
 
     # ---- sizes and latents -------------------------------------------------------------------------

@@ -87,9 +87,12 @@ def template_tokens(tokenizer: Any, prompt: str, length: int) -> list[Token]:
     return tokens
 
 
-def template_overhead(tokenizer: Any) -> int:
-    """How many of the ``max_sequence_length`` positions the chat template itself takes (an empty prompt's)."""
-    return len(tokenizer(chat_text(tokenizer, ""))["input_ids"])
+def template_prefix(tokenizer: Any) -> int:
+    """How many tokens the chat template puts before the prompt (``<|im_start|>user\\n``): the positions of
+    ``max_sequence_length`` the prompt cannot have. The template's closing tokens come after the prompt and
+    are cut first (``truncation=True`` keeps the start)."""
+    text, start = prompt_span(tokenizer, "x")  # a one-letter prompt: where the template puts it
+    return len(tokenizer(text[:start])["input_ids"])
 
 
 @torch.no_grad()
