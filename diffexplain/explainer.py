@@ -22,7 +22,6 @@ from diffexplain.families import (
 )
 from diffexplain.families.base import Conditioning
 from diffexplain.fingerprint import LazyFingerprint, same_weights
-from diffexplain.guidance import guidance_on
 from diffexplain.guiders.base import Guider, with_guider_points
 from diffexplain.guiders.choose import run_guider
 from diffexplain.hooks import Hook, HookSpec, as_hooks
@@ -407,7 +406,7 @@ class Explainer(ModelParts):
             negative_prompt=negative_prompt,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            do_cfg=guidance_on(guidance_scale, distilled=self.family.guidance_distilled()),
+            do_cfg=self.family.uses_guidance(guidance_scale, negative_prompt),
             seed=checks.check_seed(seed),
             generator_device=generator_device,
             height=height,
@@ -481,11 +480,12 @@ class Explainer(ModelParts):
         if prompt is not None:
             checks.check_prompt(prompt)
         w = source.guidance_scale if guidance_scale is None else checks.check_guidance_scale(guidance_scale)
+        settings_negative = source.negative_prompt if negative_prompt is None else negative_prompt
         settings = source.replace(
             prompt=source.prompt if prompt is None else prompt,
-            negative_prompt=source.negative_prompt if negative_prompt is None else negative_prompt,
+            negative_prompt=settings_negative,
             guidance_scale=float(w),
-            do_cfg=guidance_on(float(w), distilled=self.family.guidance_distilled()),
+            do_cfg=self.family.uses_guidance(float(w), settings_negative),
             options=self.family.run_options(source.height, source.width, **source.options),
             attention_maps=(
                 source.attention_maps

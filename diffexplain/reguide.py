@@ -28,7 +28,7 @@ class Reguided(NamedTuple):
 
 def reguide(trace: Trace, step: int, guidance_scale: float, guider: Guider | None = None) -> Reguided:
     """``trace.reguide``: step ``step``'s ε̂ and x̂0 at ``guidance_scale`` (a finite w ≥ 0), with the loop's
-    ε_u + w·Δ or ``guider``. A stateful guider (APG) starts from the state the run's own guider had entering
+    ε_u + w·Δ or ``guider`` (None: the family's own guidance where it has one, Qwen-Image's true CFG). A stateful guider (APG) starts from the state the run's own guider had entering
     that step where the run used the same method, else from none: exact for that one step, since a change
     there would change the state every later step sees."""
     guidance_scale = check_guidance_scale(guidance_scale)
@@ -37,6 +37,8 @@ def reguide(trace: Trace, step: int, guidance_scale: float, guider: Guider | Non
         if name not in record.tensors:
             raise trace._not_kept(name, record.index)  # noqa: SLF001 - its "why" message
     eps_cond, eps_uncond = record.tensors["step.model.cond"], record.tensors["step.model.uncond"]
+    if guider is None:
+        guider = family_guider(trace)  # the family's own guidance (Qwen-Image's), else None
     if guider is None:
         eps_guided = guide(eps_cond, eps_uncond, guidance_scale)
     else:
@@ -52,6 +54,15 @@ def reguide(trace: Trace, step: int, guidance_scale: float, guider: Guider | Non
     if latents is None:
         latents = record.restart.latents.to(eps_guided.device, eps_guided.dtype)
     return Reguided(eps_guided, pred_x0_from(latents, eps_guided, record.level))
+
+
+def family_guider(trace: Trace) -> Guider | None:
+    """The default guidance method of the family that made ``trace`` (``Family.default_guider``), None for
+    the loop's ε_u + w·Δ."""
+    from diffexplain.families import FAMILIES
+
+    family = FAMILIES.get(trace.run_settings.family)
+    return None if family is None else family.default_guider()
 
 
 def _unhooked(name: str, x: torch.Tensor) -> torch.Tensor:

@@ -42,8 +42,8 @@ PLAIN_PROCESSORS = frozenset(
 FLUX_PROCESSORS = frozenset({"FluxAttnProcessor", "FluxAttnProcessor2_0", "Flux2AttnProcessor"})
 """Flux's and FLUX.2's joint-attention processors (text tokens first, rotary positions on queries and keys)."""
 
-JOINT_PROCESSORS = frozenset({"JointAttnProcessor2_0"}) | FLUX_PROCESSORS
-"""SD3's and Flux's joint-attention processors."""
+JOINT_PROCESSORS = frozenset({"JointAttnProcessor2_0", "QwenDoubleStreamAttnProcessor2_0"}) | FLUX_PROCESSORS
+"""SD3's, Flux's and Qwen-Image's joint-attention processors (Qwen-Image's: ``attention.qwen``)."""
 
 PROCESSOR_WRAPPERS: dict[str, Any] = {}
 """A family's own joint-attention processor (by class name) → the wrapper that captures it, registered by

@@ -16,6 +16,7 @@ from diffexplain.families.flux import Flux
 from diffexplain.families.flux2 import Flux2Dev, Flux2Klein
 from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
 from diffexplain.families.parts import AmbiguousPartsError, PartKind, pick_family
+from diffexplain.families.qwen_image import QwenImage
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
 from diffexplain.families.sdxl import StableDiffusionXL
@@ -37,6 +38,7 @@ FAMILIES: dict[str, type[Family]] = {
         KandinskyPrior,
         KandinskyDecoder,
         ZImage,
+        QwenImage,
     )
 }
 """Every supported family by short name."""
@@ -93,6 +95,7 @@ __all__ = [
     "KandinskyDecoder",
     "KandinskyPrior",
     "PartKind",
+    "QwenImage",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",

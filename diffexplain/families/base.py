@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -33,6 +33,9 @@ from diffexplain.noise_levels import NoiseLevel, noise_level
 from diffexplain.prompt_limits import TextLimit, text_limit
 from diffexplain.scheduler_state import SCHEDULER_NAMES
 from diffexplain.step_scalars import StepScalar
+
+if TYPE_CHECKING:
+    from diffexplain.guiders.base import Guider
 
 Conditioning = dict[str, torch.Tensor]
 """One branch's conditioning: named tensors, ``"embeds"`` [B, T, D] always first."""
@@ -74,7 +77,8 @@ class Family(ABC):
     - **optional, the prompt**: ``run_options``, ``model_kwargs``, ``guidance_distilled``, ``prompt_tokens``,
       ``negative_prompt_tokens``, ``text_limits``, ``attention_layers`` (with ``attention_kind``),
       ``conditioning_hooked`` (conditioning tensors derived from others);
-    - **optional, guidance** (a family whose pipeline guides its own way): ``default_guider``, ``guider_kwargs``;
+    - **optional, guidance** (a family whose pipeline guides its own way): ``uses_guidance``,
+      ``default_guider``, ``guider_kwargs``;
     - **optional, the conventions**: ``conventions`` (what the output means, its sign, the model's time and the
       pipeline's guidance scale; recorded in every trace);
     - **optional, the model's output**: ``noise_level``, ``split_output``, ``scheduler_input``, ``add_noise``;
@@ -361,6 +365,23 @@ class Family(ABC):
         Optional: the default is False (SD's LCM-style U-Nets say True)."""
         return False
 
+    def uses_guidance(self, guidance_scale: float, negative_prompt: str | list[str] | None) -> bool:
+        """Whether a run with w = ``guidance_scale`` and this negative prompt has two branches (decided once
+        per run: ``trace.settings["do_cfg"]``).
+
+        Optional: the default is w > 1 on a model that is not guidance-distilled (``guidance.guidance_on``);
+        Qwen-Image's pipeline also needs a negative prompt."""
+        from diffexplain.guidance import guidance_on
+
+        return guidance_on(guidance_scale, distilled=self.guidance_distilled())
+
+    @classmethod
+    def default_guider(cls) -> Guider | None:
+        """The guidance method of a run given none (``guider=None``, no ``guidance_rescale``), and of
+        ``trace.reguide`` without one. Optional: the default is None, the loop's ε_u + w·(ε_c − ε_u);
+        Qwen-Image's is its pipeline's true CFG with the norm rescale per token, Z-Image's its own formula."""
+        return None
+
     @abstractmethod
     def encode(
         self,
@@ -396,12 +417,6 @@ class Family(ABC):
 
         Optional: the default is none."""
         return {}
-
-    def default_guider(self) -> Any:
-        """The guidance method (a ``diffexplain.guiders.Guider``) of a run that names none.
-
-        Optional: the default is None, the loop's ε_u + w·Δ; Z-Image's is its pipeline's own formula."""
-        return None
 
     def guider_kwargs(self, guider: Mapping[str, Any] | None) -> dict[str, Any]:
         """Extra ``model_kwargs`` of a run from its guider's settings (``Guider.describe()``), for a model call

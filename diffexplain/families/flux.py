@@ -224,7 +224,11 @@ class Flux(FlowMatching):
         model = self.model
         if latents is not None:
             if tuple(latents.shape) != tuple(shape):
-                packed = " (FluxPipeline's packed layout: pass them unpacked)" if latents.dim() == 3 else ""
+                packed = (
+                    f" ({self.pipeline_class}'s packed layout: pass them unpacked)"
+                    if latents.dim() == 3
+                    else ""
+                )
                 raise ValueError(
                     f"latents has shape {list(latents.shape)}{packed}; expected the unpacked x_T "
                     f"{list(shape)} = [B, C, h, w] for this size"

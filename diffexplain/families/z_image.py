@@ -206,7 +206,8 @@ class ZImage(FlowMatching):
         scheduler.set_begin_index(0)
 
     # ---- guidance and conditioning -----------------------------------------------------------------
-    def default_guider(self) -> ZImageGuidance:
+    @classmethod
+    def default_guider(cls) -> ZImageGuidance:
         """The pipeline's CFG block: c + (w − 1)·(c − u) per sample, no norm cap, no truncation."""
         return ZImageGuidance()
 
