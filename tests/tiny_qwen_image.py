@@ -33,7 +33,7 @@ from tests.tiny_llm_tokenizers import QWEN_VOCAB_SIZE, qwen_tokenizer
 
 QWEN_TEXT_DIM = 16  # the text encoder's hidden size = transformer joint_attention_dim
 QWEN_LATENT_CHANNELS = 4  # the VAE's z_dim; the transformer reads 4 × 4 = 16 per packed token
-QWEN_MAX_SEQUENCE_LENGTH = 32  # what tests pass as max_sequence_length (the pipeline's default: 512)
+QWEN_MAX_SEQUENCE_LENGTH = 64  # what tests pass as max_sequence_length (the pipeline's default: 512)
 QWEN_DEFAULT_SAMPLE_SIZE = 8  # latent side of the default image (the pipeline's default_sample_size: 128)
 QWEN_LATENTS_MEAN = [0.1, -0.2, 0.05, 0.0]
 QWEN_LATENTS_STD = [1.5, 0.8, 1.2, 2.0]

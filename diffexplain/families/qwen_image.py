@@ -292,6 +292,12 @@ class QwenImage(Flux):
             config.get("max_shift", 1.15),
         )
         retrieve_timesteps(scheduler, num_inference_steps, self.model.device, sigmas=sigmas, mu=mu)
+        if bool(torch.isnan(scheduler.sigmas).any()):
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps}: this scheduler's σ schedule is undefined (NaN) for "
+                f"so few steps (shift_terminal={config.get('shift_terminal')!r} stretches σ = 1 to 0 by 0); "
+                "QwenImagePipeline would return NaN latents. Use at least 2 steps"
+            )
 
     # ---- the autoencoder and the model call ----------------------------------------------------------
     def vae_adapter(self) -> VaeAdapter | None:
