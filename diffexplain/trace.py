@@ -195,7 +195,14 @@ class Trace:
     def _not_kept(self, name: str, step: int | None = None) -> TraceKeyError:
         where = f" at step {step}" if step is not None else ""
         if self._points[name].cfg_only and not self.run_settings.do_cfg:
-            why = "guidance was off (guidance_scale ≤ 1), so the unconditional branch was never computed"
+            w = self.run_settings.guidance_scale
+            cause = (
+                "guidance_scale ≤ 1"
+                if w <= 1
+                else f"guidance_scale={w:g}, but one branch: a guidance-distilled model, or Qwen-Image without a "
+                "negative prompt"
+            )
+            why = f"guidance was off ({cause}), so the unconditional branch was never computed"
         elif name == "decode.image" and not self.run_settings.decode:
             why = "the run was made with decode=False"
         elif name not in self.kept:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import warnings
 
-import ipywidgets as W
 import pytest
 import torch
 from diffusers import QwenImagePipeline
@@ -16,20 +15,12 @@ from diffusers import QwenImagePipeline
 from diffexplain import Explainer, Trace
 from diffexplain.attention import edits
 from diffexplain.attention.qwen import QwenAttentionCapture
+from diffexplain.errors import TraceKeyError
 from diffexplain.families import QwenImage, family_for_pipeline
 from diffexplain.families.flux import pack_latents, unpack_latents
 from diffexplain.families.qwen_image_text import prefix_token_count
 from diffexplain.guiders import CFG, QwenImageGuidance
 from diffexplain.guiders.qwen_image import pack
-from diffexplain.widgets import (
-    AttentionMaps,
-    ForwardProcess,
-    GuidanceLab,
-    NoiseLab,
-    PromptSwap,
-    StepExplorer,
-    TracePlayer,
-)
 from tests.tiny_qwen_image import QWEN_MAX_SEQUENCE_LENGTH, tiny_qwen_image_parts, tiny_qwen_image_pipeline
 
 PROMPT = "a red square on the left"
@@ -135,6 +126,10 @@ def test_w_above_one_without_a_negative_prompt_runs_one_branch_and_says_so(pipe,
         warnings.simplefilter("error", UserWarning)  # w = 1, or a negative prompt: no warning
         ex.run(PROMPT, num_inference_steps=2, seed=0, guidance_scale=1.0, **OPTIONS)
         ex.run(PROMPT, num_inference_steps=2, seed=0, negative_prompt="blue", **OPTIONS)
+    with pytest.raises(
+        TraceKeyError, match=r"guidance_scale=4, but one branch: .*Qwen-Image without a negative"
+    ):
+        trace.reguide(0, 2.0)
     # a fork that adds a negative prompt turns the second branch on from its step
     forked = ex.fork(trace, 1, negative_prompt="blue")
     assert forked.settings["do_cfg"] is True and "step.model.uncond" in forked.steps[1].tensors
@@ -417,58 +412,3 @@ def test_reweight_edits_act_on_the_joint_attention(ex):
     assert not torch.equal(gone.final_latents, plain.final_latents)
     assert gone.attention("red").abs().max() == 0 and plain.attention("red").abs().max() > 0
     assert plain.attention("red").shape == (1, SIZE, SIZE)
-
-
-# ---- widgets ------------------------------------------------------------------------------------------
-def texts(widget: W.Widget) -> str:
-    found = [widget.value] if isinstance(widget, W.HTML) else []
-    for child in getattr(widget, "children", ()):
-        found.append(texts(child))
-    return " ".join(found)
-
-
-def errors(widget) -> str:
-    return "".join(o.get("text", "") for o in widget.output.outputs)
-
-
-def test_widgets_and_the_page_open_a_qwen_image_trace(guided, tmp_path):
-    explorer = StepExplorer(guided)
-    assert errors(explorer) == ""
-    words = texts(explorer)
-    assert "velocity predicted with prompt" in words and "the transformer" in words
-    before = explorer.images["x0"].value
-    explorer.slider.value = 2
-    assert errors(explorer) == "" and explorer.images["x0"].value != before
-    path = tmp_path / "qwen.safetensors"
-    guided.save(path)
-    assert errors(TracePlayer(Trace.load(path))) == ""
-    page = guided.to_html(tmp_path / "page.html")
-    assert "velocity" in page.read_text(encoding="utf-8")
-
-
-def test_guidance_lab_on_qwen_image_reguides_without_a_model_call(ex):
-    widget = GuidanceLab(ex, PROMPT, negative_prompt=" ", num_inference_steps=2)
-    assert errors(widget) == ""
-    assert widget.off.settings["do_cfg"] is False and widget.on.settings["do_cfg"] is True
-    calls = []
-    handle = ex.model.register_forward_hook(lambda *args: calls.append(1))
-    try:
-        before = widget.strip.value
-        widget.scale.value = widget.scale.value + 2
-    finally:
-        handle.remove()
-    assert errors(widget) == "" and calls == [] and widget.strip.value != before
-
-
-@pytest.mark.filterwarnings(NO_NEGATIVE)
-@pytest.mark.parametrize("make", ["noise_lab", "prompt_swap", "forward_process", "attention_maps"])
-def test_the_other_widgets_build_on_qwen_image(ex, make):
-    widget = {
-        "noise_lab": lambda: NoiseLab(ex, PROMPT, num_inference_steps=2),
-        "prompt_swap": lambda: PromptSwap(ex, PROMPT, "a blue square", num_inference_steps=2),
-        "forward_process": lambda: ForwardProcess(ex),
-        "attention_maps": lambda: AttentionMaps(
-            ex.run(PROMPT, num_inference_steps=2, seed=0, negative_prompt="blue", **OPTIONS)
-        ),
-    }[make]()
-    assert errors(widget) == ""

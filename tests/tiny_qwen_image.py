@@ -65,6 +65,8 @@ def tiny_qwen_text_encoder(*, seed: int = 0) -> Qwen2_5_VLForConditionalGenerati
             "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
             "rope_theta": 1000000.0,
             "vocab_size": QWEN_VOCAB_SIZE,
+            "bos_token_id": 0,  # <|endoftext|> and <|im_end|> of the local vocabulary, as Qwen's own
+            "eos_token_id": 2,
         },
         vision_config={
             "depth": 2,
@@ -75,6 +77,8 @@ def tiny_qwen_text_encoder(*, seed: int = 0) -> Qwen2_5_VLForConditionalGenerati
         },
         hidden_size=QWEN_TEXT_DIM,
         vocab_size=QWEN_VOCAB_SIZE,
+        bos_token_id=0,
+        eos_token_id=2,
         # the vision markers sit outside the tiny vocabulary's ids a prompt uses (never in a text prompt)
         vision_start_token_id=QWEN_VOCAB_SIZE - 3,
         vision_end_token_id=QWEN_VOCAB_SIZE - 2,

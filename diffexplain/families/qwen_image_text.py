@@ -92,6 +92,7 @@ def prompt_tokens(
     prompts to its longest with masked positions, which are not listed (they get no attention)."""
     before, _ = template_parts(template)
     words = [(a + len(before), b + len(before), w) for a, b, w in words_of(prompt)]
+    prompt_end = len(before) + len(prompt)
     text = template.format(prompt)
     ids, spans = _encoded(tokenizer, text)
     pieces = tokenizer.convert_ids_to_tokens(ids)
@@ -101,7 +102,8 @@ def prompt_tokens(
     for i in range(drop, min(len(ids), drop + int(max_sequence_length))):
         index = i - drop
         if marked[i].role == "template":
-            kind = "end" if seen_prompt else "special"
+            after = spans[i][0] >= prompt_end if spans is not None else seen_prompt
+            kind = "end" if after else "special"
             tokens.append(Token(index, str(pieces[i]), None, kind, None, "template"))
             continue
         seen_prompt = True
