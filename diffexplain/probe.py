@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from diffexplain.fingerprint import weight_fingerprint
-from diffexplain.guidance import guidance_on, guide
+from diffexplain.guidance import guide
+from diffexplain.guiders.base import GuidanceStep
 from diffexplain.model_step import predict_branches
 from diffexplain.noise_levels import NoiseLevel, pred_x0_from
 from diffexplain.scheduler_state import fresh_scheduler
@@ -175,14 +176,26 @@ def predict_x0_at(
     scheduler, timestep = scheduler_at(explainer, t)
     family = explainer.family
     x_t = noisy_latents.to(explainer.device, explainer.dtype)
-    do_cfg = guidance_on(guidance_scale, distilled=family.guidance_distilled())
-    cond, uncond = explainer.encode(
-        [prompt] * x_t.shape[0], [negative_prompt] * x_t.shape[0], guidance=do_cfg
-    )
+    negatives = [negative_prompt] * x_t.shape[0]  # a list: the empty prompt is a negative prompt here
+    do_cfg = family.uses_guidance(guidance_scale, negatives)
+    cond, uncond = explainer.encode([prompt] * x_t.shape[0], negatives, guidance=do_cfg)
     model_kwargs = family.model_kwargs(guidance_scale, x_t)
     eps_cond, eps_uncond, _ = predict_branches(family, scheduler, x_t, timestep, cond, uncond, model_kwargs)
-    eps_guided = eps_cond if eps_uncond is None else guide(eps_cond, eps_uncond, guidance_scale)
+    guider = family.default_guider()  # the family's own guidance (Qwen-Image's norm rescale), else ε_u + w·Δ
+    if eps_uncond is None:
+        eps_guided = eps_cond
+    elif guider is None:
+        eps_guided = guide(eps_cond, eps_uncond, guidance_scale)
+    else:
+        eps_guided = guider(
+            eps_cond, eps_uncond, guidance_scale, GuidanceStep(0, 1, float(timestep), _unhooked)
+        )
     level = family.noise_level(scheduler, timestep)
     return X0Guess(
         pred_x0_from(x_t, eps_guided, level), eps_cond, eps_uncond, eps_guided, float(timestep), level
     )
+
+
+def _unhooked(name: str, x: torch.Tensor) -> torch.Tensor:
+    """A guider's hook points in a probe: no hooks, the tensor as it is."""
+    return x

@@ -21,6 +21,7 @@ from diffexplain.families.flux import pack_latents, unpack_latents
 from diffexplain.families.qwen_image_text import prefix_token_count
 from diffexplain.guiders import CFG, QwenImageGuidance
 from diffexplain.guiders.qwen_image import pack
+from diffexplain.probe import predict_x0_at
 from tests.tiny_qwen_image import QWEN_MAX_SEQUENCE_LENGTH, tiny_qwen_image_parts, tiny_qwen_image_pipeline
 
 PROMPT = "a red square on the left"
@@ -177,6 +178,9 @@ def test_the_chat_template_and_the_tokens_dropped_and_read(pipe, ex, guided):
         "<|im_start|>",
     ]
     assert {t.kind for t in tokens[-len(suffix) :]} == {"end"}
+    # the hidden states before the drop: prompt.cond is their tail
+    hidden = ex.family.text_hidden_states(PROMPT)
+    assert hidden.shape == (1, len(ids), 16) and torch.equal(hidden[:, 34:], guided["prompt.cond"])
     # the conditioning is the pipeline's own encoding
     embeds, mask = pipe.encode_prompt(PROMPT, max_sequence_length=QWEN_MAX_SEQUENCE_LENGTH)
     assert mask is None and torch.equal(guided["prompt.cond"], embeds)
@@ -270,6 +274,18 @@ def test_the_guidance_is_the_pipelines_true_cfg_and_reguides(guided):
     assert torch.equal(pack(at_two), pipelines_cfg(2.0))
     assert torch.equal(guided.reguide(1, 2.0, guider=QwenImageGuidance()).eps_guided, at_two)
     assert not torch.equal(guided.reguide(1, 2.0, guider=CFG()).eps_guided, at_two)
+
+
+def test_the_probe_guides_as_the_family_does(ex):
+    x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    guess = predict_x0_at(ex, x_t, 500.0, PROMPT, guidance_scale=3.0, negative_prompt="blue")
+    eps_cond, eps_uncond = guess.eps_cond, guess.eps_uncond
+    comb = pack(eps_uncond) + 3.0 * (pack(eps_cond) - pack(eps_uncond))
+    rescaled = comb * (
+        torch.norm(pack(eps_cond), dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True)
+    )
+    assert torch.equal(pack(guess.eps_guided), rescaled)
+    assert guess.level.b == pytest.approx(-guess.timestep / 1000)
 
 
 def test_conventions_and_x0_at_the_last_step(guided, tmp_path):

@@ -171,6 +171,19 @@ class QwenImage(Flux):
         kept (``families.qwen_image_text``)."""
         return template_tokens(self.parts["tokenizer"], self.template, prompt, self.template_drop)
 
+    @torch.no_grad()
+    def text_hidden_states(self, prompt: str) -> torch.Tensor:
+        """The text encoder's last hidden state over the whole templated prompt, [1, L, D], before the pipeline
+        drops its first ``template_drop`` positions (``template_tokens(prompt)`` names the L): what
+        ``prompt.cond`` is cut from. An inspection helper, not a hook point (the run uses the pipeline's own
+        ``encode_prompt``)."""
+        tokenizer, encoder = self.parts["tokenizer"], self.parts["text_encoder"]
+        tokens = tokenizer([self.template.format(prompt)], return_tensors="pt").to(encoder.device)
+        out = encoder(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
+        )
+        return out.hidden_states[-1]
+
     def describe(self) -> dict[str, Any]:
         """Flux's description plus the template, the drop and how many template tokens this tokenizer makes."""
         tokenizer = self.parts["tokenizer"]
