@@ -29,8 +29,9 @@ class Reguided(NamedTuple):
 def reguide(trace: Trace, step: int, guidance_scale: float, guider: Guider | None = None) -> Reguided:
     """``trace.reguide``: step ``step``'s ε̂ and x̂0 at ``guidance_scale`` (a finite w ≥ 0), with the loop's
     ε_u + w·Δ or ``guider`` (None: the family's own guidance where it has one, Qwen-Image's true CFG). A
-    stateful guider (APG) starts from the state the run's own guider had entering that step where the run used the same method, else from none: exact for that one step, since a change
-    there would change the state every later step sees."""
+    stateful guider (APG) starts from the state the run's own guider had entering that step where the run
+    used the same method, else from none: exact for that one step, since a change there would change the
+    state every later step sees."""
     guidance_scale = check_guidance_scale(guidance_scale)
     record = trace.steps[trace._index(step)]  # noqa: SLF001 - the trace's own step lookup
     for name in ("step.model.cond", "step.model.uncond"):
