@@ -34,8 +34,21 @@ from diffexplain.attention.explicit import explicit_cross_attention
 if TYPE_CHECKING:
     from diffexplain.attention.capture import AttentionCapture
 
-PLAIN_PROCESSORS = frozenset(
-    {"AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "SlicedAttnProcessor", "AttnProcessorNPU"}
+NORMS_ACROSS_HEADS = frozenset({"SanaAttnProcessor2_0"})
+"""Plain processors that apply ``norm_q`` / ``norm_k`` to the projections before splitting the heads
+(SANA's cross-attention; SANA 1.5's ``qk_norm="rms_norm_across_heads"``), not per head."""
+
+PLAIN_PROCESSORS = (
+    frozenset(
+        {
+            "AttnProcessor",
+            "AttnProcessor2_0",
+            "XFormersAttnProcessor",
+            "SlicedAttnProcessor",
+            "AttnProcessorNPU",
+        }
+    )
+    | NORMS_ACROSS_HEADS
 )
 """Processors that compute plain attention (no adapters or IP layers): p beside them is the layer's p."""
 
@@ -165,19 +178,31 @@ class CrossAttentionCapture:
         **kwargs: Any,
     ) -> torch.Tensor:
         call = (attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args)
+        if temb is None and not args:  # as it was called: SANA's processor takes no temb
+            call = call[:4]
         if encoder_hidden_states is None or not self.capture.active:  # self-attention, or another run's call
             return self.original(*call, **kwargs)
         if not is_plain(attn, hidden_states):  # rare (no U-Net text layer is): the layer computed explicitly
-            return explicit_cross_attention(self, *call[:5])
+            return explicit_cross_attention(
+                self, attn, hidden_states, encoder_hidden_states, attention_mask, temb
+            )
         if not self.capture.reads_probs(self.layer):
             return self.capture.output(self.layer, self.original(*call, **kwargs))
         with projections(attn, ("to_q", "to_k")) as seen:
             out = self.original(*call, **kwargs)  # [2B, h·w, C]: the model's own output
-        query = attn.head_to_batch_dim(seen["to_q"])  # [2B·heads, h·w, d]
-        key = attn.head_to_batch_dim(seen["to_k"])  # [2B·heads, T, d]
-        if getattr(attn, "norm_q", None) is not None:  # per-head norms over d, as AttnProcessor2_0
+        query, key = seen["to_q"], seen["to_k"]  # [2B, h·w, heads·d], [2B, T, heads·d]
+        across = type(self.original).__name__ in NORMS_ACROSS_HEADS  # SANA: norms before the heads split
+        if across and getattr(attn, "norm_q", None) is not None:
             query = attn.norm_q(query)
-        if getattr(attn, "norm_k", None) is not None:
+        if across and getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
+        query = attn.head_to_batch_dim(query)  # [2B·heads, h·w, d]
+        key = attn.head_to_batch_dim(key)  # [2B·heads, T, d]
+        if (
+            not across and getattr(attn, "norm_q", None) is not None
+        ):  # per-head norms over d, as AttnProcessor2_0
+            query = attn.norm_q(query)
+        if not across and getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
         batch_size, tokens = encoder_hidden_states.shape[:2]
         mask = attn.prepare_attention_mask(attention_mask, tokens, batch_size)

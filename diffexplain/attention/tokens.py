@@ -15,7 +15,15 @@ from typing import Any
 WORD = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
 """A word of the prompt: letters and digits (with inner apostrophes), or one punctuation mark."""
 
-KINDS = ("start", "word", "end", "pad", "special", "template")
+KINDS = (
+    "start",
+    "word",
+    "end",
+    "pad",
+    "special",
+    "template",
+    "instruction",
+)  # "instruction": SANA's, before the prompt
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from diffexplain.families.flux2 import Flux2Dev, Flux2Klein
 from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
 from diffexplain.families.parts import AmbiguousPartsError, PartKind, pick_family
 from diffexplain.families.qwen_image import QwenImage
+from diffexplain.families.sana import Sana
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
 from diffexplain.families.sdxl import StableDiffusionXL
@@ -39,6 +40,7 @@ FAMILIES: dict[str, type[Family]] = {
         KandinskyDecoder,
         ZImage,
         QwenImage,
+        Sana,
     )
 }
 """Every supported family by short name."""
@@ -96,6 +98,7 @@ __all__ = [
     "KandinskyPrior",
     "PartKind",
     "QwenImage",
+    "Sana",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",
