@@ -26,6 +26,7 @@ PREDICTIONS = {
     "flow_prediction": "the flow velocity v = ε − x0",
     "flow": "the flow velocity v = ε − x0",
     "sample": "the clean sample x0",
+    "trigflow": "the TrigFlow velocity cos t·z − sin t·x0 (z = σ_d·ε), so x0 = cos t·x_t − sin t·F",
 }
 """What ``step.model.*`` holds, by ``prediction_type``, in words."""
 

@@ -184,12 +184,16 @@ def _tensor_size(image: torch.Tensor) -> tuple[int, int, int]:
 
 
 # ---- in the loop ------------------------------------------------------------------------------------
-def loop_timesteps(scheduler: SchedulerMixin, settings: RunSettings) -> torch.Tensor:
-    """The timesteps the loop runs: all the scheduler's, or, from a picture, those from t_start·order on
-    (the pipeline's ``get_timesteps``). Loop step i runs ``loop_timesteps(...)[i]``."""
+def loop_timesteps(
+    scheduler: SchedulerMixin, settings: RunSettings, timesteps: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The timesteps the loop runs: all of ``timesteps`` (the family's ``loop_timesteps``; default the
+    scheduler's), or, from a picture, those from t_start·order on (the pipeline's ``get_timesteps``). Loop
+    step i runs ``loop_timesteps(...)[i]``."""
+    timesteps = scheduler.timesteps if timesteps is None else timesteps
     if settings.entry_step is None:
-        return scheduler.timesteps
-    return scheduler.timesteps[settings.entry_step * scheduler.order :]
+        return timesteps
+    return timesteps[settings.entry_step * scheduler.order :]
 
 
 def enter(scheduler: SchedulerMixin, settings: RunSettings) -> None:

@@ -217,7 +217,9 @@ def loop_steps(
             guider.check_scheduler(scheduler, settings.eta)
         if guider is not None and resume is not None:
             guider.load_state(resume.source.steps[resume.step].restart.guider_state or {})
-        timesteps = loop_timesteps(scheduler, settings)  # all, or from t_start·order on (img2img)
+        timesteps = loop_timesteps(
+            scheduler, settings, family.loop_timesteps(scheduler)
+        )  # all, or from t_start
         runner = HookRunner(hooks, num_steps=len(timesteps), names=trace.hook_names)
         sites = Sites(trace, runner, settings.guidance_scale, family.init_noise_sigma(scheduler))
 
@@ -309,7 +311,8 @@ def denoise(
 ) -> Generator[int, None, torch.Tensor]:
     """5. Steps ``start``..N−1: one model call per step (both branches batched with guidance on);
     yields each step's index when it is recorded, returns x_0's latents."""
-    timesteps, w, do_cfg = loop_timesteps(scheduler, settings), settings.guidance_scale, uncond is not None
+    timesteps = loop_timesteps(scheduler, settings, family.loop_timesteps(scheduler))
+    w, do_cfg = settings.guidance_scale, uncond is not None
     n_steps = settings.inference_steps_run  # N, less the steps a run from a picture skips
     second_order = hasattr(scheduler, "state_in_first_order")
     with tqdm(total=len(timesteps) - start, disable=not progress, desc="denoising") as bar:

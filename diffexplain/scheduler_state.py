@@ -79,6 +79,7 @@ SCHEDULER_CLASSES: Mapping[str, type[SchedulerMixin]] = _Classes(
         "LCMScheduler",
         "LMSDiscreteScheduler",
         "PNDMScheduler",
+        "SCMScheduler",  # SANA-Sprint's (TrigFlow)
         "UnCLIPScheduler",  # the Kandinsky 2.2 prior's
         "UniPCMultistepScheduler",
     )
@@ -117,6 +118,12 @@ FLOW_SIGMA_SCHEDULER_NAMES: Mapping[str, tuple[type[SchedulerMixin], dict[str, A
 )
 """Short scheduler names of a U-Net that predicts a flow velocity (the embedded flow model): the solvers
 that take ``use_flow_sigmas`` and ``prediction_type="flow_prediction"`` (first-order DPM-Solver is Euler)."""
+
+
+SCM_SCHEDULER_NAMES: Mapping[str, tuple[type[SchedulerMixin], dict[str, Any]]] = _Names(
+    {"scm": ("SCMScheduler", {})}
+)
+"""SANA-Sprint's one scheduler: sCM's TrigFlow sampler (``SCMScheduler``), which reads a TrigFlow velocity."""
 
 
 def names_for(

@@ -27,7 +27,14 @@ import json
 from functools import cache
 
 import torch
-from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+from diffusers import (
+    AutoencoderDC,
+    DPMSolverMultistepScheduler,
+    SanaPipeline,
+    SanaSprintPipeline,
+    SanaTransformer2DModel,
+    SCMScheduler,
+)
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
 
@@ -123,8 +130,9 @@ def tiny_gemma_encoder(*, seed: int = 0) -> Gemma2Model:
     return Gemma2Model(config).eval()
 
 
-def tiny_sana_transformer(*, seed: int = 0, out_channels: int = 4) -> SanaTransformer2DModel:
-    """Two SANA blocks (linear self-attention, softmax cross-attention), 2 heads x 8 dims, 4 channels."""
+def tiny_sana_transformer(*, seed: int = 0, out_channels: int = 4, **sprint) -> SanaTransformer2DModel:
+    """Two SANA blocks (linear self-attention, softmax cross-attention), 2 heads x 8 dims, 4 channels;
+    ``sprint``: SANA-Sprint's config entries (``guidance_embeds``, ``qk_norm``)."""
     torch.manual_seed(seed)
     return SanaTransformer2DModel(
         patch_size=1,
@@ -138,6 +146,7 @@ def tiny_sana_transformer(*, seed: int = 0, out_channels: int = 4) -> SanaTransf
         cross_attention_dim=16,
         caption_channels=SANA_TEXT_DIM,
         sample_size=8,
+        **sprint,
     ).eval()
 
 
@@ -184,5 +193,23 @@ def tiny_sana_pipeline(**kwargs) -> SanaPipeline:
     """SanaPipeline(**tiny_sana_parts()), no progress bar; pass max_sequence_length=16 and
     use_resolution_binning=False to its calls."""
     pipe = SanaPipeline(**tiny_sana_parts(**kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---- SANA-Sprint ---------------------------------------------------------------------------------------
+def tiny_sana_sprint_parts() -> dict:
+    """The components of a SanaSprintPipeline: SANA's, with a guidance embedding and norms across heads
+    (as diffusers' Sprint test dummies), and ``SCMScheduler`` (σ_d = 0.5, TrigFlow)."""
+    parts = tiny_sana_parts()
+    parts["transformer"] = tiny_sana_transformer(guidance_embeds=True, qk_norm="rms_norm_across_heads")
+    parts["scheduler"] = SCMScheduler()
+    return parts
+
+
+def tiny_sana_sprint_pipeline() -> SanaSprintPipeline:
+    """SanaSprintPipeline(**tiny_sana_sprint_parts()), no progress bar; pass max_sequence_length=16 and
+    use_resolution_binning=False to its calls (and intermediate_timesteps=None for other than 2 steps)."""
+    pipe = SanaSprintPipeline(**tiny_sana_sprint_parts())
     pipe.set_progress_bar_config(disable=True)
     return pipe

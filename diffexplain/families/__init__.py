@@ -18,6 +18,7 @@ from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
 from diffexplain.families.parts import AmbiguousPartsError, PartKind, pick_family
 from diffexplain.families.qwen_image import QwenImage
 from diffexplain.families.sana import Sana
+from diffexplain.families.sana_sprint import SanaSprint
 from diffexplain.families.sd import StableDiffusion
 from diffexplain.families.sd3 import StableDiffusion3
 from diffexplain.families.sdxl import StableDiffusionXL
@@ -41,6 +42,7 @@ FAMILIES: dict[str, type[Family]] = {
         ZImage,
         QwenImage,
         Sana,
+        SanaSprint,
     )
 }
 """Every supported family by short name."""
@@ -99,6 +101,7 @@ __all__ = [
     "PartKind",
     "QwenImage",
     "Sana",
+    "SanaSprint",
     "StableDiffusion",
     "StableDiffusion3",
     "StableDiffusionXL",

@@ -86,7 +86,8 @@ class Family(ABC):
       ``add_noise`` and the VAE adapter's ``encode_sample``), ``inpaint_vae_adapter``;
     - **optional, sizes and latents**: ``default_size``, ``size_multiple``, ``latent_shape``,
       ``init_noise_sigma``, ``prepare_latents``;
-    - **optional, the scheduler**: ``set_timesteps``, ``step_kwargs``, ``step_kwargs_at``, ``scheduler_names``;
+    - **optional, the scheduler**: ``set_timesteps``, ``loop_timesteps``, ``step_kwargs``, ``step_kwargs_at``,
+      ``scheduler_names``;
     - **optional, the autoencoder**: ``vae_adapter`` (a ``diffexplain.families.vae.VaeAdapter``; the
       default reads an ``AutoencoderKL``), through which ``vae_scale_factor``, ``decode`` and ``encode_image``
       go; a family whose output is no latent (Kandinsky's prior) overrides ``decode`` and ``encode_image``;
@@ -313,6 +314,14 @@ class Family(ABC):
 
         Optional: the default is ``scheduler.set_timesteps(num_inference_steps)`` (Flux and SD3 shift σ)."""
         scheduler.set_timesteps(num_inference_steps, device=self.model.device)
+
+    def loop_timesteps(self, scheduler: Any) -> torch.Tensor:
+        """The timesteps the loop steps through, once ``set_timesteps`` has run (a run from a picture
+        starts later in them: ``img2img.loop_timesteps``).
+
+        Optional: the default is all of ``scheduler.timesteps``; SANA-Sprint's ``SCMScheduler`` lists its
+        end point t = 0 too, which its pipeline never runs (``timesteps[:-1]``)."""
+        return scheduler.timesteps
 
     def step_kwargs(self, scheduler: Any, generator: torch.Generator | None, eta: float) -> dict[str, Any]:
         """``eta`` and ``generator`` for ``scheduler.step``, where its signature accepts them.

@@ -36,7 +36,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffexplain.attention.tokens import Token
 from diffexplain.conventions import Conventions
 from diffexplain.families.base import Conditioning, Family, conditioning_points
-from diffexplain.families.parts import PartKind
+from diffexplain.families.parts import PartKind, config_value
 from diffexplain.families.sana_text import check_instruction, pipeline_instruction, preprocess, sana_tokens
 from diffexplain.families.sd import uncond_prompts
 from diffexplain.families.vae import VaeAdapter
@@ -84,7 +84,13 @@ class Sana(Family):
     model_attr: ClassVar[str] = "transformer"
     output_kind: ClassVar[str] = "velocity"
     part_names: ClassVar[tuple[str, ...]] = ("tokenizer", "text_encoder", "vae", "transformer")
-    part_kinds: ClassVar[Mapping[str, PartKind]] = {"transformer": PartKind(("SanaTransformer2DModel",))}
+    part_kinds: ClassVar[Mapping[str, PartKind]] = {
+        "transformer": PartKind(
+            ("SanaTransformer2DModel",),
+            "no guidance embedding (config.guidance_embeds false; SANA-Sprint has one)",
+            lambda model: not config_value(model, "guidance_embeds"),
+        )
+    }
     default_steps: ClassVar[int] = 20  # SanaPipeline's defaults
     default_guidance_scale: ClassVar[float] = 4.5
     compare_guidance_scale: ClassVar[float] = 4.5
