@@ -30,9 +30,16 @@ INSTRUCTION = "instruction"
 
 
 def pipeline_instruction(pipeline_class: type) -> list[str]:
-    """The pipeline's default ``complex_human_instruction``, read from its ``__call__`` (never copied)."""
-    default = inspect.signature(pipeline_class.__call__).parameters["complex_human_instruction"].default
-    return [str(line) for line in default]
+    """The pipeline's default ``complex_human_instruction``, read from its ``__call__`` (never copied): the
+    first in its class hierarchy that names one (a subclass may take ``**kwargs``)."""
+    for cls in pipeline_class.__mro__:
+        call = cls.__dict__.get("__call__")
+        parameter = (
+            None if call is None else inspect.signature(call).parameters.get("complex_human_instruction")
+        )
+        if parameter is not None:
+            return [str(line) for line in parameter.default]
+    raise TypeError(f"{pipeline_class.__name__}.__call__ takes no complex_human_instruction")
 
 
 def check_instruction(value: Any) -> list[str] | None:
