@@ -217,9 +217,8 @@ def loop_steps(
             guider.check_scheduler(scheduler, settings.eta)
         if guider is not None and resume is not None:
             guider.load_state(resume.source.steps[resume.step].restart.guider_state or {})
-        timesteps = loop_timesteps(
-            scheduler, settings, family.loop_timesteps(scheduler)
-        )  # all, or from t_start
+        # all the family's timesteps, or from t_start·order on (img2img)
+        timesteps = loop_timesteps(scheduler, settings, family.loop_timesteps(scheduler))
         runner = HookRunner(hooks, num_steps=len(timesteps), names=trace.hook_names)
         sites = Sites(trace, runner, settings.guidance_scale, family.init_noise_sigma(scheduler))
 

@@ -38,17 +38,8 @@ NORMS_ACROSS_HEADS = frozenset({"SanaAttnProcessor2_0"})
 """Plain processors that apply ``norm_q`` / ``norm_k`` to the projections before splitting the heads
 (SANA's cross-attention; SANA 1.5's ``qk_norm="rms_norm_across_heads"``), not per head."""
 
-PLAIN_PROCESSORS = (
-    frozenset(
-        {
-            "AttnProcessor",
-            "AttnProcessor2_0",
-            "XFormersAttnProcessor",
-            "SlicedAttnProcessor",
-            "AttnProcessorNPU",
-        }
-    )
-    | NORMS_ACROSS_HEADS
+PLAIN_PROCESSORS = NORMS_ACROSS_HEADS | frozenset(
+    {"AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "SlicedAttnProcessor", "AttnProcessorNPU"}
 )
 """Processors that compute plain attention (no adapters or IP layers): p beside them is the layer's p."""
 
@@ -198,9 +189,7 @@ class CrossAttentionCapture:
             key = attn.norm_k(key)
         query = attn.head_to_batch_dim(query)  # [2B·heads, h·w, d]
         key = attn.head_to_batch_dim(key)  # [2B·heads, T, d]
-        if (
-            not across and getattr(attn, "norm_q", None) is not None
-        ):  # per-head norms over d, as AttnProcessor2_0
+        if not across and getattr(attn, "norm_q", None) is not None:  # per-head norms, as AttnProcessor2_0
             query = attn.norm_q(query)
         if not across and getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
