@@ -149,6 +149,20 @@ def test_an_instruction_whose_last_token_is_kept_is_marked(pipe, ex):
         ex.run(PROMPT, num_inference_steps=1, max_sequence_length=1)
 
 
+def test_a_prompt_longer_than_the_kept_positions_warns_and_keeps_its_start(pipe, ex):
+    prompt = (
+        "a red cube on the left of a blue sphere above a green triangle beside a yellow circle in the snow"
+    )
+    with pytest.warns(UserWarning, match=r"text_encoder \(Gemma2Model\) reads at most 16 tokens.*drops"):
+        trace = ex.run(prompt, num_inference_steps=1, seed=0, decode=False, **OPTIONS)
+    expected = pipe(prompt, num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="latent",
+                    height=SIZE, width=SIZE, use_resolution_binning=False, **OPTIONS).images  # fmt: skip
+    assert torch.equal(trace.final_latents, expected)
+    tokens = trace.tokens  # the pipeline cuts the end of [instruction; prompt]: the prompt's start is kept
+    assert [t.kind for t in tokens] == ["start"] + ["word"] * (M - 1)
+    assert tokens[1].word == "a" and "snow" not in {t.word for t in tokens}
+
+
 # ---- attention ----------------------------------------------------------------------------------------------
 def test_the_attention_layers_are_the_cross_attention_ones(ex):
     layers = ex.family.attention_layers()
