@@ -18,9 +18,8 @@ from diffexplain.settings import RunSettings, SettingsError
 from diffexplain.step_scalars import StepScalar
 from tests.tiny_families import tiny_flux_pipeline, tiny_if_pipelines, tiny_sd3_pipeline, tiny_sdxl_pipeline
 from tests.tiny_qwen_image import tiny_qwen_image_pipeline
-from tests.tiny_sana import tiny_sana_pipeline
-from tests.tiny_zimage import tiny_zimage_pipeline
 from tests.tiny_sana import tiny_sana_pipeline, tiny_sana_sprint_pipeline
+from tests.tiny_zimage import tiny_zimage_pipeline
 
 PROMPT = "a red circle on the left"
 
