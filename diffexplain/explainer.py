@@ -16,6 +16,7 @@ from diffexplain.explainer_parts import ModelParts
 from diffexplain.families import (
     FAMILIES,
     Family,
+    family_for_class_name,
     family_from_parts,
     family_from_pipeline,
     supported_pipelines,
@@ -30,6 +31,7 @@ from diffexplain.loop import Components, Resume, loop_steps
 from diffexplain.names import HookPoint, with_image_points
 from diffexplain.prompt_limits import cut_prompts, warn_cut
 from diffexplain.prompt_warnings import warn_prompt
+from diffexplain.scheduler_outputs import with_scheduler_points
 from diffexplain.scheduler_state import describe, effective_config, names_for, scheduler_by_name
 from diffexplain.settings import RunSettings
 from diffexplain.threads import check_threads, cpu_threads, decide_threads
@@ -113,11 +115,11 @@ class Explainer(ModelParts):
             kwargs["local_files_only"] = True
         path, config = source.path, source.config
         name = config.get("_class_name", "")
-        if name not in {f.pipeline_class for f in FAMILIES.values()}:
+        if family_for_class_name(name) is None:
             raise ValueError(
                 f"{path}: {name or 'this pipeline'} is not supported; supported: {supported_pipelines()}"
             )
-        if name == "StableDiffusionPipeline":
+        if name in ("StableDiffusionPipeline", "LatentConsistencyModelPipeline"):
             kwargs.setdefault("safety_checker", None)
             kwargs.setdefault("requires_safety_checker", False)
         return cls.from_pipeline(getattr(diffusers, name).from_pretrained(path, **kwargs))
@@ -222,6 +224,7 @@ class Explainer(ModelParts):
     def _new_trace(self, settings: RunSettings, keep: Any, store_dtype: torch.dtype | None) -> Trace:
         points = with_guider_points(self.hook_points(), settings.guider)
         points = with_image_points(points, settings.strength, settings.inpaint)  # from a picture: image.*
+        points = with_scheduler_points(points, settings.scheduler.get("class"))  # LCM: step.denoised
         trace = Trace(settings, keep=keep, store_dtype=store_dtype, points=points)
         trace.explainer = self
         trace.fingerprint_source = LazyFingerprint(self.model)

@@ -40,6 +40,7 @@ from diffexplain.inpaint import blend, masked_start, with_mask_channels
 from diffexplain.model_step import predict_branches, predictor_at
 from diffexplain.noise_levels import model_output_from, pred_x0_from
 from diffexplain.records import RestartPoint, StepRecord
+from diffexplain.scheduler_outputs import through_sites
 from diffexplain.scheduler_state import fresh_scheduler, restore, snapshot
 from diffexplain.settings import RunSettings
 from diffexplain.sites import Sites
@@ -390,7 +391,8 @@ def denoise(
             scheduler_x0 = getattr(out, "pred_original_sample", None)
             if scheduler_x0 is not None and not x0_replaced:
                 sites.current["step.pred_x0"] = scheduler_x0  # the scheduler's own x̂0 where it returns one
-            next_latents = sites("step.next", out.prev_sample)  # [B, C, h, w]
+            next_latents = through_sites(sites, scheduler, out, out.prev_sample)  # LCM: step.denoised
+            next_latents = sites("step.next", next_latents)  # [B, C, h, w]
             if settings.inpaint == "blend":  # inpainting, a regular U-Net: the known region put back
                 next_latents = blend(scheduler, sites, next_latents, trace.inpainting, timesteps, i)
 

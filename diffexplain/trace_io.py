@@ -28,6 +28,7 @@ from diffexplain.names import HookPoint, current_name, with_image_points
 from diffexplain.noise_levels import NoiseLevel
 from diffexplain.previews import Previews, from_doc, to_doc
 from diffexplain.records import RestartPoint, StepRecord
+from diffexplain.scheduler_outputs import with_scheduler_points
 from diffexplain.settings import RunSettings, SettingsError
 from diffexplain.trace_reader import ATTRIBUTE, Reader, open_file
 from diffexplain.trace_writer import TensorRefs, encode_state, write_file
@@ -218,6 +219,7 @@ def _hook_points(
     ]
     points = with_guider_points(with_attention_points(points, layers), settings.get("guider"))
     points = with_image_points(points, settings.get("strength"), settings.get("inpaint"))  # image.*
+    points = with_scheduler_points(points, (settings.get("scheduler") or {}).get("class"))
     known = [p.name for p in points]
     if recorded != known:
         extra = [n for n in recorded if n not in known]

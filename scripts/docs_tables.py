@@ -23,6 +23,7 @@ sys.path.insert(0, str(DOCS.parent))  # this checkout's diffexplain, not another
 def tables() -> dict[str, tuple[Path, str]]:
     """Each generated table: its marker name → (the docs file, the table's markdown)."""
     from diffexplain.names import BLEND_POINTS, HOOK_POINTS, IMAGE_POINTS, INPAINT_POINTS, markdown_table
+    from diffexplain.scheduler_outputs import SCHEDULER_OUTPUTS
     from diffexplain.step_scalars import STEP_SCALARS, scalars_table
 
     found = {
@@ -33,6 +34,10 @@ def tables() -> dict[str, tuple[Path, str]]:
             markdown_table((*INPAINT_POINTS, *BLEND_POINTS)),
         ),
         "step-scalars": (DOCS / "hook-points.md", scalars_table(STEP_SCALARS)),
+        "scheduler-points": (  # the points a scheduler's step output adds (LCM's denoised)
+            DOCS / "families" / "lcm.md",
+            markdown_table(o.point for outputs in SCHEDULER_OUTPUTS.values() for o in outputs),
+        ),
     }
     return found | family_tables()
 

@@ -62,19 +62,27 @@ def family_from_parts(parts: Mapping[str, Any], families: Iterable[type[Family]]
 
 
 def supported_pipelines() -> str:
-    """ "StableDiffusionPipeline (Stable Diffusion 1.x / 2.x), ...", for error messages and docs."""
-    return ", ".join(f"{f.pipeline_class} ({f.label})" for f in FAMILIES.values())
+    """ "StableDiffusionPipeline or LatentConsistencyModelPipeline (Stable Diffusion 1.x / 2.x), ...", for
+    error messages and docs."""
+    return ", ".join(f"{' or '.join(f.pipeline_classes())} ({f.label})" for f in FAMILIES.values())
 
 
 def family_for_pipeline(pipe: Any) -> type[Family]:
-    """The family of a diffusers pipeline, by its class (or a base class); ``ValueError`` naming the supported ones."""
+    """The family of a diffusers pipeline, by its class (or a base class) among each family's
+    ``pipeline_classes()``; ``ValueError`` naming the supported ones."""
     for cls in type(pipe).__mro__:
         for family in FAMILIES.values():
-            if cls.__name__ == family.pipeline_class:
+            if cls.__name__ in family.pipeline_classes():
                 return family
     raise ValueError(
         f"{type(pipe).__name__} is not supported by diffexplain; supported pipelines: {supported_pipelines()}"
     )
+
+
+def family_for_class_name(name: str) -> type[Family] | None:
+    """The family that mirrors the diffusers pipeline class called ``name`` (a ``model_index.json``'s
+    ``_class_name``), or None."""
+    return next((f for f in FAMILIES.values() if name in f.pipeline_classes()), None)
 
 
 def family_from_pipeline(pipe: Any) -> Family:
@@ -108,6 +116,7 @@ __all__ = [
     "VaeAdapter",
     "ZImage",
     "conditioning_point",
+    "family_for_class_name",
     "family_for_pipeline",
     "family_from_parts",
     "family_from_pipeline",

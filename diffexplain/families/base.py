@@ -69,7 +69,9 @@ class Family(ABC):
     - **required class attributes**: ``name``, ``label``, ``pipeline_class`` and ``part_names``;
     - **required methods** (abstract: a family without them cannot be instantiated):
       ``encode`` (a prompt → each branch's conditioning) and ``predict`` (one model call on both branches);
-    - **optional class attributes** (their defaults are commented below): ``model_attr``, ``output_kind``,
+    - **optional class attributes** (their defaults are commented below): ``also_serves`` (further diffusers
+      pipeline classes whose loop this family matches bit for bit: ``from_pipeline`` and ``from_pretrained``
+      accept them too; ``pipeline_classes()`` lists all), ``model_attr``, ``output_kind``,
       ``conditioning_keys``, ``extra_points``, ``scheduler_names``, ``default_steps``,
       ``default_guidance_scale``, ``compare_guidance_scale``, ``attention_kind`` and ``part_kinds`` (what
       ``family_from_parts`` checks of the parts beyond their names, to tell apart families whose parts
@@ -99,6 +101,8 @@ class Family(ABC):
     name: ClassVar[str]  # short name, e.g. "sd"
     label: ClassVar[str]  # for people, e.g. "Stable Diffusion 1.x / 2.x"
     pipeline_class: ClassVar[str]  # the diffusers pipeline it mirrors
+    # further pipeline classes it mirrors over the same parts (SD: LatentConsistencyModelPipeline); none by default
+    also_serves: ClassVar[tuple[str, ...]] = ()
     model_attr: ClassVar[str] = "unet"  # the pipeline's attribute holding the denoiser
     output_kind: ClassVar[str] = "noise"  # what the model predicts, in words: "noise" or "velocity"
     conditioning_keys: ClassVar[tuple[str, ...]] = ("embeds",)
@@ -114,6 +118,12 @@ class Family(ABC):
     compare_guidance_scale: ClassVar[float] = 7.5
     attention_kind: ClassVar[str] = "cross"  # how the image reads the text: "cross" or "joint" attention
     step_scalars: ClassVar[tuple[StepScalar, ...]] = ()  # per-step numbers this family adds to the loop's
+
+    @classmethod
+    def pipeline_classes(cls) -> tuple[str, ...]:
+        """Every diffusers pipeline class this family mirrors: ``pipeline_class``, then ``also_serves``.
+        Not an override: set ``also_serves``."""
+        return (cls.pipeline_class, *cls.also_serves)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A family's own hook points are declared where it is defined (``names.declare_points``), so a

@@ -1,17 +1,23 @@
 """Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``), and the embedded default model.
 
 One CLIP-style text encoder, a ``UNet2DConditionModel`` predicting ε or v, a VAE (or none: pixel
-space). Guidance-distilled U-Nets (``time_cond_proj_dim``, e.g. LCM) take w as ``timestep_cond``.
+space). Guidance-distilled U-Nets (``time_cond_proj_dim``, e.g. LCM) take w as ``timestep_cond``: with
+``LCMScheduler`` this family is ``LatentConsistencyModelPipeline`` bit for bit (``also_serves``), one
+branch, w embedded, and the scheduler's ``denoised`` recorded at ``step.denoised``
+(``diffexplain.scheduler_outputs``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
+from diffexplain import scheduler_outputs  # noqa: F401  (declares LCM's step.denoised with the family)
 from diffexplain.conventions import Conventions
+from diffexplain.errors import user_stacklevel
 from diffexplain.families.base import Conditioning, Family
 from diffexplain.families.parts import PartKind, config_value
 
@@ -97,6 +103,9 @@ class StableDiffusion(Family):
     name: ClassVar[str] = "sd"
     label: ClassVar[str] = "Stable Diffusion 1.x / 2.x"
     pipeline_class: ClassVar[str] = "StableDiffusionPipeline"
+    also_serves: ClassVar[tuple[str, ...]] = (
+        "LatentConsistencyModelPipeline",
+    )  # its loop, with an LCM U-Net
     part_names: ClassVar[tuple[str, ...]] = ("unet", "tokenizer", "text_encoder", "vae")
     # without a VAE its parts are named as IF stage I's: its U-Net predicts ε or v alone, IF's a variance too
     part_kinds: ClassVar[Mapping[str, PartKind]] = {
@@ -106,6 +115,14 @@ class StableDiffusion(Family):
             predicts_output_alone,
         )
     }
+
+    def __init__(self, **parts: Any) -> None:
+        """The parts; a guidance-distilled (LCM) U-Net takes ``LatentConsistencyModelPipeline``'s defaults,
+        4 steps and w = 8.5."""
+        super().__init__(**parts)
+        if self.guidance_distilled():
+            self.default_steps, self.default_guidance_scale = 4, 8.5
+        self._warned_negative = False  # the negative-prompt-is-ignored notice is given once per adapter
 
     def describe(self) -> dict[str, Any]:
         """The base description plus the U-Net's block widths (kept for older readers of trace files)."""
@@ -129,7 +146,8 @@ class StableDiffusion(Family):
         return Conventions(
             prediction=prediction,
             guidance_formula="one branch; w enters as timestep_cond = embedding(w − 1)",
-            notes="guidance-distilled (LCM): no second branch, w is an input",
+            notes="guidance-distilled (LCM): no second branch, w is an input (the guidance is embedded); "
+            "a negative prompt is ignored",
         )
 
     def encode(
@@ -139,8 +157,17 @@ class StableDiffusion(Family):
         do_cfg: bool,
         options: dict[str, Any],
     ) -> tuple[Conditioning, Conditioning | None]:
-        """``{"embeds": [B, T, D]}`` per branch, in the U-Net's dtype (a no-op when equal)."""
+        """``{"embeds": [B, T, D]}`` per branch, in the U-Net's dtype (a no-op when equal). A
+        guidance-distilled U-Net has one branch: a negative prompt is ignored, with a notice (once)."""
         model = self.model
+        if negative_prompt and self.guidance_distilled() and not self._warned_negative:
+            self._warned_negative = True
+            warnings.warn(
+                "this U-Net is guidance-distilled (LCM: time_cond_proj_dim): it runs one branch and takes w "
+                "as an input, so negative_prompt is ignored (LatentConsistencyModelPipeline takes none)",
+                UserWarning,
+                stacklevel=user_stacklevel(),
+            )
         cond, uncond = encode_prompt(
             self.parts["tokenizer"], self.parts["text_encoder"], prompt, model.device, do_cfg, negative_prompt
         )
