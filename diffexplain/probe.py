@@ -126,6 +126,8 @@ def scheduler_at(explainer: Explainer, timestep: float) -> tuple[Any, torch.Tens
     """
     scheduler = fresh_scheduler(explainer.scheduler)
     total = int(scheduler.config.num_train_timesteps)
+    if "original_inference_steps" in scheduler.config:  # LCM: its timesteps are a subset of this grid
+        scheduler = type(scheduler).from_config(scheduler.config, original_inference_steps=total)
     # as the family's pipeline sets them (a dynamically shifted schedule needs the image size: the default)
     explainer.family.set_timesteps(scheduler, total, *explainer.family.default_size())
     timesteps = scheduler.timesteps

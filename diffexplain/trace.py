@@ -203,6 +203,14 @@ class Trace:
                 "negative prompt"
             )
             why = f"guidance was off ({cause}), so the unconditional branch was never computed"
+        if (
+            self._points[name].cfg_only
+            and not self.run_settings.do_cfg
+            and self.run_settings.guidance_scale > 1
+        ):
+            why = "the model is guidance-distilled (w is an input of its one branch, as LCM's): it has no unconditional branch"
+        elif self._points[name].cfg_only and not self.run_settings.do_cfg:
+            why = "guidance was off (guidance_scale ≤ 1), so the unconditional branch was never computed"
         elif name == "decode.image" and not self.run_settings.decode:
             why = "the run was made with decode=False"
         elif name not in self.kept:

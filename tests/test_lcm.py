@@ -18,7 +18,15 @@ from diffexplain.families import (
     supported_pipelines,
 )
 from diffexplain.hooks import Hook
-from diffexplain.widgets import AttentionMaps, GuidanceLab, StepExplorer, TracePlayer
+from diffexplain.widgets import (
+    AttentionMaps,
+    ForwardProcess,
+    GuidanceLab,
+    NoiseLab,
+    PromptSwap,
+    StepExplorer,
+    TracePlayer,
+)
 from tests.conftest import PROMPT
 from tests.tiny_parts import SD_SCHEDULER_CONFIG, tiny_parts, tiny_unet
 
@@ -141,6 +149,8 @@ def test_w_is_an_input_and_a_negative_prompt_is_ignored_with_a_notice(pipe):
     low = ex.run(PROMPT, num_inference_steps=2, seed=0, guidance_scale=1.0, decode=False)
     high = ex.run(PROMPT, num_inference_steps=2, seed=0, guidance_scale=8.5, decode=False)
     assert low.settings["do_cfg"] is False and high.settings["do_cfg"] is False  # one branch either way
+    with pytest.raises(KeyError, match="guidance-distilled .* no unconditional branch"):
+        high["step.model.uncond", 0]
     assert not torch.equal(low.final_latents, high.final_latents)
     assert torch.equal(low.final_latents, pipeline_latents(pipe, PROMPT, 2, 0, w=1.0))
     with pytest.warns(UserWarning, match="guidance-distilled .* negative_prompt is ignored"):
@@ -178,5 +188,14 @@ def test_widgets_open_an_lcm_trace(ex, tmp_path):
     path = tmp_path / "lcm.safetensors"
     trace.save(path)
     assert errors(TracePlayer(Trace.load(path))) == ""
-    assert errors(AttentionMaps(trace)) == ""
-    assert isinstance(GuidanceLab(ex, PROMPT, num_inference_steps=2), W.Widget)
+    assert errors(AttentionMaps(trace)) == "" and trace.steps[0].attention
+    page = trace.to_html(tmp_path / "page.html")
+    assert "noise" in page.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match="GuidanceLab .* this model is guidance-distilled"):
+        GuidanceLab(ex, PROMPT, num_inference_steps=2)
+    for widget in (
+        NoiseLab(ex, PROMPT, num_inference_steps=2),
+        PromptSwap(ex, PROMPT, "a blue square", num_inference_steps=2),
+        ForwardProcess(ex),
+    ):
+        assert isinstance(widget, W.Widget) and errors(widget) == "", type(widget).__name__

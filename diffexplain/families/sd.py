@@ -160,7 +160,8 @@ class StableDiffusion(Family):
         """``{"embeds": [B, T, D]}`` per branch, in the U-Net's dtype (a no-op when equal). A
         guidance-distilled U-Net has one branch: a negative prompt is ignored, with a notice (once)."""
         model = self.model
-        if negative_prompt and self.guidance_distilled() and not self._warned_negative:
+        negatives = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt or ())
+        if any(negatives) and self.guidance_distilled() and not self._warned_negative:
             self._warned_negative = True
             warnings.warn(
                 "this U-Net is guidance-distilled (LCM: time_cond_proj_dim): it runs one branch and takes w "

@@ -97,6 +97,11 @@ class GuidanceLab(DxWidget):
             self.cascade.names if self.cascade else (), self.stage, self._on_stage
         )
         self.explainer = explainer
+        if explainer.family.guidance_distilled():
+            raise ValueError(
+                "GuidanceLab compares guidance off and on over two branches; this model is guidance-distilled "
+                "(w is an input of its one branch, as LCM's): compare runs at several guidance_scale instead"
+            )
         self.frames = Frames(explainer, size)
         w0 = default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
         w0 = w0 if w0 > 1 else explainer.family.compare_guidance_scale  # the guided run needs w > 1
