@@ -150,16 +150,25 @@ class AttentionCapture:
             f"{PREFIX}{layer}.probs.{branch}" in self.wanted for branch in ("cond", "uncond")
         )
 
-    def probs(self, layer: str, probs: torch.Tensor) -> torch.Tensor:
-        """p of one layer, [2B or B, heads, h·w, T]: hooks may replace each branch; then summed into the maps."""
+    def probs(self, layer: str, probs: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """p of one layer, [2B or B, heads, h·w, T]: hooks may replace each branch; then summed into the maps.
+
+        ``keep`` [2B or B, T]: the text tokens an attention mask lets through (Chroma's), the same rows as
+        ``probs``; the maps leave the others out (None: every token)."""
         probs, uncond, cond = self._through_sites(layer, "probs", probs)
         if layer not in self.resolutions:
             self.resolutions[layer] = resolution_name(*grid_of(probs.shape[2], *self.latent_size))
         if self.maps:
             resolution = self.resolutions[layer]
+            both = cond is not None and uncond is not None
+            b = self.batch_size
             for branch, x in (("cond", cond), ("uncond", uncond)):
-                if x is not None:
-                    self._add(branch, resolution, x, joint=self.kinds[layer] == "joint")
+                if x is None:
+                    continue
+                kept = keep if keep is None or not both else (keep[b:] if branch == "cond" else keep[:b])
+                if kept is not None:
+                    x = x * kept[:, None, None, :].to(x.dtype)  # masked tokens: no share of the map
+                self._add(branch, resolution, x, joint=self.kinds[layer] == "joint")
         return probs
 
     def output(self, layer: str, out: torch.Tensor) -> torch.Tensor:

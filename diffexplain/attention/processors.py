@@ -105,16 +105,23 @@ def projection_change(projection: torch.nn.Module, change: torch.Tensor) -> torc
     return projection(change) - projection(torch.zeros_like(change[..., :1, :]))
 
 
-def text_block(query: torch.Tensor, key: torch.Tensor, text: slice, scale: float) -> torch.Tensor:
+def text_block(
+    query: torch.Tensor, key: torch.Tensor, text: slice, scale: float, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """p's image → text block: softmax over all keys of ``query``·``key``ᵀ·scale, then the ``text`` columns.
 
     query [B, heads, h·w, d] (image rows only), key [B, heads, L, d] → [B, heads, h·w, T]. Each row's
     normaliser, logsumexp over all L keys, comes from torch's fused CPU attention kernel where there is
     one (``row_logsumexp``): p = exp(q·k_textᵀ·scale − lse), and the [h·w, L] scores never exist.
     Elsewhere the scores are computed in blocks of query rows, so that they never exist whole either
-    (SD3 at 1024²: L = 4096 + 333).
+    (SD3 at 1024²: L = 4096 + 333). ``bias``: the attention mask of the image rows as SDPA reads it,
+    added to the scores, [B, 1, h·w, L] (Chroma's text mask: float 0/1, or boolean, False → −∞).
     """
-    lse = row_logsumexp(query, key, scale)  # [B, heads, h·w]
+    if bias is not None and bias.dtype == torch.bool:
+        bias = torch.zeros(bias.shape, dtype=query.dtype, device=bias.device).masked_fill(
+            ~bias, float("-inf")
+        )
+    lse = row_logsumexp(query, key, scale) if bias is None else None  # [B, heads, h·w]
     if lse is not None:
         scores = (query @ key[:, :, text].transpose(-1, -2)) * scale  # [B, heads, h·w, T]
         return torch.exp(scores.float() - lse.float()[..., None]).to(query.dtype)
@@ -123,6 +130,8 @@ def text_block(query: torch.Tensor, key: torch.Tensor, text: slice, scale: float
     blocks = []
     for start in range(0, rows_total, rows):
         scores = (query[:, :, start : start + rows] @ key.transpose(-1, -2)) * scale
+        if bias is not None:
+            scores = scores + bias[:, :, start : start + rows].to(scores.dtype)
         blocks.append(scores.float().softmax(dim=-1).to(query.dtype)[..., text])  # [B, heads, rows, T]
     return torch.cat(blocks, dim=2)
 
@@ -150,6 +159,22 @@ def is_plain(attn: Any, hidden_states: torch.Tensor) -> bool:
         and not attn.residual_connection
         and attn.rescale_output_factor == 1.0
     )
+
+
+def image_rows_mask(
+    attention_mask: torch.Tensor | None, n_text: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A Flux-style joint mask [B, 1, T + N, T + N] (text first; Chroma's) as the image queries see it:
+    (bias [B, 1, N, T + N], SDPA's reading of it; keep [B, T], the text tokens the mask lets through),
+    or (None, None) without a mask. The mask may be boolean, or float as SDPA adds it (ChromaPipeline's
+    0/1: a kept token's scores get +1, the others +0)."""
+    if attention_mask is None:
+        return None, None
+    if attention_mask.dim() == 2:  # [B, T + N], as SDPA broadcasts it
+        attention_mask = attention_mask[:, None, None, :]
+    bias = attention_mask[:, :, n_text:, :] if attention_mask.shape[2] > 1 else attention_mask
+    keep = bias[:, 0, 0, :n_text] != 0 if bias.dtype != torch.bool else bias[:, 0, 0, :n_text]
+    return bias, keep
 
 
 class CrossAttentionCapture:
@@ -231,7 +256,7 @@ class JointAttentionCapture:
         if not self.capture.reads_probs(self.layer):
             image_out, text_out = self.original(*call, **kwargs)
             return self.capture.output(self.layer, image_out), text_out
-        if self.flux and attention_mask is not None:
+        if attention_mask is not None and not self.flux:
             raise ValueError(
                 f"attention maps of layer {self.layer!r}: an attention mask is not supported; "
                 "run with attention_maps=False"
@@ -240,8 +265,9 @@ class JointAttentionCapture:
             image_out, text_out = self.original(*call, **kwargs)  # the model's own outputs
         rotary = (args[0] if args else kwargs.get("image_rotary_emb")) if self.flux else None
         query, key, text = self._queries_keys(attn, seen, rotary)
-        block = text_block(query, key, text, query.shape[-1] ** -0.5)  # [2B, heads, h·w, T]
-        new_block = self.capture.probs(self.layer, block)
+        bias, keep = image_rows_mask(attention_mask, text.stop)  # Chroma's text mask, else None
+        block = text_block(query, key, text, query.shape[-1] ** -0.5, bias)  # [2B, heads, h·w, T]
+        new_block = self.capture.probs(self.layer, block, keep)
         if new_block is not block:  # a hook replaced p: add what p' − p changes
             value = self._heads(attn, attn.add_v_proj(encoder_hidden_states))  # [2B, heads, T, d]
             change = (new_block - block).to(value.dtype) @ value  # [2B, heads, h·w, d]

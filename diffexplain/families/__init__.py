@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from diffexplain.families.base import Conditioning, Family, conditioning_point
+from diffexplain.families.chroma import Chroma
 from diffexplain.families.deepfloyd_if import IF, IFSuperResolution
 from diffexplain.families.flux import Flux
 from diffexplain.families.flux2 import Flux2Dev, Flux2Klein
@@ -35,6 +36,7 @@ FAMILIES: dict[str, type[Family]] = {
         Flux,
         Flux2Klein,
         Flux2Dev,
+        Chroma,
         IF,
         IFSuperResolution,
         KandinskyPrior,
@@ -97,6 +99,7 @@ __all__ = [
     "ALL_HOOK_NAMES",
     "FAMILIES",
     "AmbiguousPartsError",
+    "Chroma",
     "Conditioning",
     "Family",
     "Flux",
