@@ -16,6 +16,7 @@ from diffexplain.families.tiny_kandinsky import tiny_kandinsky_pipelines
 from diffexplain.names import HookPoint
 from diffexplain.settings import RunSettings, SettingsError
 from diffexplain.step_scalars import StepScalar
+from tests.tiny_chroma import tiny_chroma_pipeline
 from tests.tiny_families import tiny_flux_pipeline, tiny_if_pipelines, tiny_sd3_pipeline, tiny_sdxl_pipeline
 from tests.tiny_qwen_image import tiny_qwen_image_pipeline
 from tests.tiny_sana import tiny_sana_pipeline, tiny_sana_sprint_pipeline
@@ -43,6 +44,7 @@ def family_traces(parts: dict) -> list[Trace]:
         tiny_qwen_image_pipeline(),
         tiny_sana_pipeline(),
         tiny_sana_sprint_pipeline(),
+        tiny_chroma_pipeline(),
     ):
         traces.append(
             Explainer.from_pipeline(pipe, progress=False).run(PROMPT, num_inference_steps=2, seed=0)
