@@ -341,3 +341,16 @@ def test_the_other_widgets_build_on_chroma(ex, make):
         "forward_process": lambda: ForwardProcess(ex),
     }[make]()
     assert errors(widget) == ""
+
+
+def test_the_docs_page_lists_exactly_the_familys_hook_points():
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install -e '.[docs]')")
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    spec = importlib.util.spec_from_file_location("chroma_docs_hooks", docs / "hooks" / "diffexplain_docs.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    markdown = (docs / "families" / "chroma.md").read_text(encoding="utf-8")
+    assert hooks.hook_table_problems(markdown, Chroma.extra_points) == []
