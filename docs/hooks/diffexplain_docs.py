@@ -169,11 +169,12 @@ def hook_points() -> tuple[Any, ...]:
     return sys.modules[name].HOOK_POINTS
 
 
-def family_points(name: str) -> tuple[Any, ...]:
-    """The hook points a model family adds (``diffexplain.families.FAMILIES[name].extra_points``)."""
+def family_points(name: str) -> tuple[Any, ...] | None:
+    """The hook points a model family adds (``diffexplain.families.FAMILIES[name].extra_points``); None for
+    a page under families/ that is no family's own (lcm.md: LCM runs through the SD family)."""
     from diffexplain.families import FAMILIES  # imports torch: only for the family pages
 
-    return FAMILIES[name].extra_points
+    return FAMILIES[name].extra_points if name in FAMILIES else None
 
 
 def hook_table_problems(markdown: str, points: tuple[Any, ...] | None = None) -> list[str]:
@@ -263,7 +264,8 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
         for problem in hook_table_problems(markdown):
             log.warning("%s: %s", HOOK_POINTS_PAGE, problem)
     family = re.fullmatch(r"families/([a-z0-9]+)\.md", page.file.src_uri)
-    if family and family.group(1) != "index":
-        for problem in hook_table_problems(markdown, family_points(family.group(1))):
+    points = family_points(family.group(1)) if family and family.group(1) != "index" else None
+    if points is not None:
+        for problem in hook_table_problems(markdown, points):
             log.warning("%s: %s", page.file.src_uri, problem)
     return markdown
