@@ -121,9 +121,11 @@ def text_block(
         bias = torch.zeros(bias.shape, dtype=query.dtype, device=bias.device).masked_fill(
             ~bias, float("-inf")
         )
-    lse = row_logsumexp(query, key, scale) if bias is None else None  # [B, heads, h·w]
+    lse = row_logsumexp(query, key, scale, bias)  # [B, heads, h·w]
     if lse is not None:
         scores = (query @ key[:, :, text].transpose(-1, -2)) * scale  # [B, heads, h·w, T]
+        if bias is not None:
+            scores = scores + bias[..., text].to(scores.dtype)
         return torch.exp(scores.float() - lse.float()[..., None]).to(query.dtype)
     batch, heads, rows_total, length = *query.shape[:3], key.shape[2]
     rows = max(1, CHUNK_ELEMENTS // (batch * heads * length))
@@ -136,16 +138,20 @@ def text_block(
     return torch.cat(blocks, dim=2)
 
 
-def row_logsumexp(query: torch.Tensor, key: torch.Tensor, scale: float) -> torch.Tensor | None:
-    """logsumexp over the keys of each query row's scores, [B, heads, rows], from torch's fused CPU
-    attention kernel (which returns it beside its output; the values it is given are zeros); None where
-    that kernel is not available (another device, an older torch) or refuses the inputs."""
+def row_logsumexp(
+    query: torch.Tensor, key: torch.Tensor, scale: float, bias: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """logsumexp over the keys of each query row's scores (plus ``bias``, an additive mask), [B, heads,
+    rows], from torch's fused CPU attention kernel (which returns it beside its output; the values it is
+    given are zeros); None where that kernel is not available (another device, an older torch) or refuses
+    the inputs."""
     kernel = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if kernel is None or query.device.type != "cpu" or query.dtype not in (torch.float32, torch.bfloat16):
         return None
     try:
         values = torch.zeros_like(key)  # the kernel wants values of the keys' head size
-        return kernel(query, key, values, 0.0, False, attn_mask=None, scale=scale)[1]
+        mask = None if bias is None else bias.to(query.dtype).expand(*query.shape[:3], key.shape[2])
+        return kernel(query, key, values, 0.0, False, attn_mask=mask, scale=scale)[1]
     except RuntimeError:  # shapes or strides it does not take: the blocked softmax instead
         return None
 
