@@ -354,3 +354,61 @@ def test_the_docs_page_lists_exactly_the_familys_hook_points():
     spec.loader.exec_module(hooks)
     markdown = (docs / "families" / "chroma.md").read_text(encoding="utf-8")
     assert hooks.hook_table_problems(markdown, Chroma.extra_points) == []
+
+
+@pytest.mark.parametrize("kind", ["float", "bool"])
+@torch.no_grad()
+def test_an_edit_of_p_under_the_mask_changes_the_output_by_its_change(pipe, kind):
+    """The wrapper keeps the layer's own output and, where p's text block is edited, adds the change of
+    p·V: checked against the joint attention written out with the mask added to the scores."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    from diffexplain.attention.processors import JointAttentionCapture
+    from tests.test_attention_beside import Capture as StandIn
+    from tests.test_attention_beside import halve_first_token
+
+    class Capture(StandIn):
+        def probs(self, layer: str, probs: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+            self.keep = keep  # [B, T]: the tokens the mask lets through, for the maps
+            return super().probs(layer, probs)
+
+    model = pipe.transformer
+    layer = model.transformer_blocks[0].attn
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 16, layer.to_q.in_features, generator=generator)  # [B, N, C]
+    text = torch.randn(2, 6, layer.add_k_proj.in_features, generator=generator)  # [B, T, C]
+    keep = torch.tensor([[1.0, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    joint = torch.cat([keep, torch.ones(2, 16)], dim=1)
+    mask = joint[:, None, None, :] * joint[:, None, :, None]  # [B, 1, T + N, T + N], as Chroma's blocks
+    mask = mask.bool() if kind == "bool" else mask
+    grid = torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij")
+    rotary = model.pos_embed(torch.cat([torch.zeros(6, 3), torch.stack(grid, -1).reshape(16, 3)]))
+    own, _ = layer.processor(layer, hidden, text, mask, rotary)
+    capture = Capture(halve_first_token)
+    edited, _ = JointAttentionCapture(layer.processor, "L", capture)(layer, hidden, text, mask, rotary)
+    same, _ = JointAttentionCapture(layer.processor, "L", Capture(lambda p: p))(
+        layer, hidden, text, mask, rotary
+    )
+    assert torch.equal(same, own)
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (layer.heads, -1)).transpose(1, 2)
+
+    q = torch.cat(
+        [layer.norm_added_q(heads(layer.add_q_proj(text))), layer.norm_q(heads(layer.to_q(hidden)))], 2
+    )
+    k = torch.cat(
+        [layer.norm_added_k(heads(layer.add_k_proj(text))), layer.norm_k(heads(layer.to_k(hidden)))], 2
+    )
+    v = torch.cat([heads(layer.add_v_proj(text)), heads(layer.to_v(hidden))], 2)
+    q, k = apply_rotary_emb(q, rotary, sequence_dim=2), apply_rotary_emb(k, rotary, sequence_dim=2)
+    bias = mask if kind == "float" else torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    p = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias).softmax(-1)  # [B, heads, L, L]
+    torch.testing.assert_close(capture.seen[0], p[:, :, 6:, :6], rtol=1e-5, atol=1e-6)
+    assert torch.equal(capture.keep, keep.bool())
+    if kind == "bool":
+        assert float(capture.seen[0][0, :, :, 3:].abs().max()) == 0.0  # a boolean mask removes the pads
+    p[:, :, 6:, :6] = halve_first_token(p[:, :, 6:, :6])
+    expected = layer.to_out[0]((p @ v).transpose(1, 2).flatten(2, 3)[:, 6:])
+    torch.testing.assert_close(edited, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(edited, own, atol=1e-4)

@@ -273,7 +273,11 @@ class JointAttentionCapture:
         query, key, text = self._queries_keys(attn, seen, rotary)
         bias, keep = image_rows_mask(attention_mask, text.stop)  # Chroma's text mask, else None
         block = text_block(query, key, text, query.shape[-1] ** -0.5, bias)  # [2B, heads, h·w, T]
-        new_block = self.capture.probs(self.layer, block, keep)
+        new_block = (  # keep: the tokens a mask lets through, for the maps (only with a mask)
+            self.capture.probs(self.layer, block)
+            if keep is None
+            else self.capture.probs(self.layer, block, keep)
+        )
         if new_block is not block:  # a hook replaced p: add what p' − p changes
             value = self._heads(attn, attn.add_v_proj(encoder_hidden_states))  # [2B, heads, T, d]
             change = (new_block - block).to(value.dtype) @ value  # [2B, heads, h·w, d]
