@@ -42,10 +42,11 @@ PIPELINES = {
     "sdxl": "StableDiffusionXLImg2ImgPipeline",
     "sd3": "StableDiffusion3Img2ImgPipeline",
     "flux": "FluxImg2ImgPipeline",
+    "chroma": "ChromaImg2ImgPipeline",
 }
 """The families that start from a picture, and the diffusers pipeline each mirrors bit for bit."""
 
-DEFAULT_STRENGTHS = {"sd": 0.8, "sdxl": 0.3, "sd3": 0.6, "flux": 0.6}
+DEFAULT_STRENGTHS = {"sd": 0.8, "sdxl": 0.3, "sd3": 0.6, "flux": 0.6, "chroma": 0.9}
 """Each family's default s: its img2img pipeline's ``strength`` default."""
 
 PictureInput: TypeAlias = "PIL.Image.Image | list[PIL.Image.Image] | torch.Tensor"
@@ -100,8 +101,8 @@ def check_start(
         return None
     if family.name not in PIPELINES:
         raise ValueError(
-            "image=: starting from a picture (img2img) is for the Stable Diffusion 1.x / 2.x, SDXL, SD3 and Flux "
-            f"families (and the embedded default model) so far; this Explainer holds a {family.label} model"
+            "image=: starting from a picture (img2img) is for the Stable Diffusion 1.x / 2.x, SDXL, SD3, Flux "
+            f"and Chroma families (and the embedded default model) so far; this Explainer holds a {family.label} model"
         )
     if family.vae is None:
         raise ValueError("image=: starting from a picture needs a VAE; this model works in pixel space")

@@ -412,3 +412,29 @@ def test_an_edit_of_p_under_the_mask_changes_the_output_by_its_change(pipe, kind
     expected = layer.to_out[0]((p @ v).transpose(1, 2).flatten(2, 3)[:, 6:])
     torch.testing.assert_close(edited, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(edited, own, atol=1e-4)
+
+
+@pytest.mark.parametrize("w", [1.0, 5.0])
+def test_a_run_from_a_picture_equals_chromas_img2img_pipeline(pipe, ex, w):
+    from diffusers import ChromaImg2ImgPipeline
+
+    img2img = ChromaImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+    picture = torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))  # in [0, 1]
+    trace = ex.run(
+        PROMPT, image=picture, num_inference_steps=5, seed=1, decode=False, guidance_scale=w, **OPTIONS
+    )
+    assert trace.settings["strength"] == 0.9  # ChromaImg2ImgPipeline's default
+    packed = img2img(
+        PROMPT,
+        image=picture,
+        num_inference_steps=5,
+        guidance_scale=w,
+        generator=torch.Generator().manual_seed(1),
+        output_type="latent",
+        height=SIZE,
+        width=SIZE,
+        **OPTIONS,
+    ).images
+    assert torch.equal(trace.final_latents, pipe._unpack_latents(packed, SIZE, SIZE, pipe.vae_scale_factor))
+    assert torch.equal(ex.fork(trace, 2).final_latents, trace.final_latents)

@@ -210,7 +210,9 @@ def test_strength_without_a_picture_is_refused(explainer):
 
 def test_other_families_say_which_families_start_from_a_picture(pixel_parts):
     stage_1 = Explainer(**tiny_if_parts(), progress=False)
-    with pytest.raises(ValueError, match=r"SDXL, SD3 and Flux families .* so far; .* holds a DeepFloyd IF"):
+    with pytest.raises(
+        ValueError, match=r"SDXL, SD3, Flux and Chroma families .* so far; .* holds a DeepFloyd IF"
+    ):
         stage_1.run(PROMPT, image=picture(), num_inference_steps=2, seed=0)
     with pytest.raises(ValueError, match="needs a VAE"):
         Explainer(**pixel_parts, progress=False).run(PROMPT, image=picture(), num_inference_steps=2, seed=0)
