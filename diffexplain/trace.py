@@ -196,21 +196,13 @@ class Trace:
         where = f" at step {step}" if step is not None else ""
         if self._points[name].cfg_only and not self.run_settings.do_cfg:
             w = self.run_settings.guidance_scale
-            cause = (
-                "guidance_scale ≤ 1"
+            why = (
+                "guidance was off (guidance_scale ≤ 1), so the unconditional branch was never computed"
                 if w <= 1
-                else f"guidance_scale={w:g}, but one branch: a guidance-distilled model, or Qwen-Image without a "
+                else f"guidance_scale={w:g}, but one branch: the model is guidance-distilled (w is an input of "
+                "its one branch, as LCM's) and has no unconditional branch, or Qwen-Image without a "
                 "negative prompt"
             )
-            why = f"guidance was off ({cause}), so the unconditional branch was never computed"
-        if (
-            self._points[name].cfg_only
-            and not self.run_settings.do_cfg
-            and self.run_settings.guidance_scale > 1
-        ):
-            why = "the model is guidance-distilled (w is an input of its one branch, as LCM's): it has no unconditional branch"
-        elif self._points[name].cfg_only and not self.run_settings.do_cfg:
-            why = "guidance was off (guidance_scale ≤ 1), so the unconditional branch was never computed"
         elif name == "decode.image" and not self.run_settings.decode:
             why = "the run was made with decode=False"
         elif name not in self.kept:
