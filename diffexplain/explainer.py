@@ -22,6 +22,7 @@ from diffexplain.families import (
     supported_pipelines,
 )
 from diffexplain.families.base import Conditioning
+from diffexplain.families.modular import is_modular, modular_defaults
 from diffexplain.fingerprint import LazyFingerprint, same_weights
 from diffexplain.guiders.base import Guider, with_guider_points
 from diffexplain.guiders.choose import run_guider
@@ -94,8 +95,14 @@ class Explainer(ModelParts):
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
     def from_pipeline(cls, pipe: Any, **kwargs: Any) -> Explainer:
-        """An Explainer sharing a diffusers pipeline's parts; the family is picked from the pipeline's class."""
-        return cls(family=family_from_pipeline(pipe), scheduler=pipe.scheduler, **kwargs)
+        """An Explainer sharing a diffusers pipeline's parts; the family is picked from the pipeline's class.
+
+        A Modular Diffusers pipeline (``diffexplain.families.modular``) also gives its guider: the default
+        guidance method of every run (``explainer.defaults["guider"]``), its scale the default w."""
+        family = family_from_pipeline(pipe)
+        if is_modular(pipe):
+            kwargs["defaults"] = {**modular_defaults(pipe), **(kwargs.get("defaults") or {})}
+        return cls(family=family, scheduler=pipe.scheduler, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Explainer:
@@ -419,7 +426,8 @@ class Explainer(ModelParts):
             options=self.family.run_options(height, width, **(self._option_defaults() | options)),
             restart=checks.check_flag("restart", restart),
             attention_maps=checks.check_flag("attention_maps", attention_maps),
-            guider=run_guider(guider, guidance_rescale) or run_guider(self.family.default_guider()),
+            guider=run_guider(guider, guidance_rescale)
+            or run_guider(self.defaults.get("guider") or self.family.default_guider()),
             strength=None if start is None else start.strength,
             entry_step=None if start is None else start.entry_step,
             inpaint=None if mask is None else inpaint.kind(self.family),
@@ -562,7 +570,11 @@ class Explainer(ModelParts):
 
     def _option_defaults(self) -> dict[str, Any]:
         """The model's defaults for its family's own run settings (e.g. the pixel cascade's ``noise_level``)."""
-        return {k: v for k, v in self.defaults.items() if k not in ("num_inference_steps", "guidance_scale")}
+        return {
+            k: v
+            for k, v in self.defaults.items()
+            if k not in ("num_inference_steps", "guidance_scale", "guider")
+        }
 
     def _warn_prompt(
         self,

@@ -199,3 +199,13 @@ def test_widgets_open_an_lcm_trace(ex, tmp_path):
         ForwardProcess(ex),
     ):
         assert isinstance(widget, W.Widget) and errors(widget) == "", type(widget).__name__
+
+
+def test_only_the_sd_family_serves_the_lcm_pipeline():
+    from diffexplain.families import FAMILIES, supported_pipelines
+
+    serving = [
+        name for name, f in FAMILIES.items() if "LatentConsistencyModelPipeline" in f.pipeline_classes()
+    ]
+    assert serving == ["sd"]
+    assert supported_pipelines().count("LatentConsistencyModelPipeline") == 1

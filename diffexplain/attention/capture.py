@@ -28,9 +28,14 @@ from diffexplain.attention.processors import (
     JointAttentionCapture,
     check_original,
 )
+from diffexplain.attention.single_stream import SingleStreamCapture
 
 if TYPE_CHECKING:
     from diffexplain.sites import Sites
+
+
+WRAPPERS = {"cross": CrossAttentionCapture, "joint": JointAttentionCapture, "single": SingleStreamCapture}
+"""The processor wrapper of each layer kind (``AttentionLayer.kind``); "single": FLUX.3's joint sequence."""
 
 
 class AttentionCapture:
@@ -76,8 +81,8 @@ class AttentionCapture:
             check_original(layer.name, processor, layer.kind)
         try:
             for layer, processor in originals:
-                wrapper = PROCESSOR_WRAPPERS.get(type(processor).__name__) or (
-                    JointAttentionCapture if layer.kind == "joint" else CrossAttentionCapture
+                wrapper = PROCESSOR_WRAPPERS.get(type(processor).__name__) or WRAPPERS.get(
+                    layer.kind, CrossAttentionCapture
                 )
                 layer.module.set_processor(wrapper(processor, layer.name, self))
             yield self
@@ -168,7 +173,7 @@ class AttentionCapture:
                 kept = keep if keep is None or not both else (keep[b:] if branch == "cond" else keep[:b])
                 if kept is not None:
                     x = x * kept[:, None, None, :].to(x.dtype)  # masked tokens: no share of the map
-                self._add(branch, resolution, x, joint=self.kinds[layer] == "joint")
+                self._add(branch, resolution, x, joint=self.kinds[layer] != "cross")
         return probs
 
     def output(self, layer: str, out: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,8 @@ class AttentionLayer:
 
     name: str  # the module's path in the denoiser
     module: torch.nn.Module  # a diffusers ``Attention``
-    kind: str  # "cross" (image queries, text keys) or "joint" (SD3: one softmax over image and text)
+    kind: str  # "cross" (image queries, text keys), "joint" (SD3: one softmax over image and text) or
+    # "single" (FLUX.3: text and image concatenated before the layer, text first)
 
 
 def find_attention_layers(model: torch.nn.Module, kind: str = "cross") -> tuple[AttentionLayer, ...]:
@@ -75,7 +76,7 @@ def attention_points(layers: Iterable[AttentionLayer | tuple[str, str]]) -> tupl
     points = []
     for item in layers:
         name, kind = (item.name, item.kind) if isinstance(item, AttentionLayer) else item
-        what = "joint attention's image-query → text-key block" if kind == "joint" else "attention"
+        what = "joint attention's image-query → text-key block" if kind != "cross" else "attention"
         points += [
             HookPoint(
                 f"{PREFIX}{name}.probs.cond",

@@ -53,6 +53,9 @@ PROCESSOR_WRAPPERS: dict[str, Any] = {}
 """A family's own joint-attention processor (by class name) → the wrapper that captures it, registered by
 the family's module (Z-Image's ``ZSingleStreamAttnProcessor``: ``families.z_image_attention``)."""
 
+SINGLE_PROCESSORS = frozenset({"Flux3AttnProcessor"})
+"""FLUX.3's processor: plain attention over the joint sequence (text first) of its single blocks."""
+
 CHUNK_ELEMENTS = 2**26
 """Joint attention's scores are computed in blocks of query rows of at most this many elements (256 MiB
 in float32), so memory stays bounded at any image size."""
@@ -60,9 +63,11 @@ in float32), so memory stays bounded at any image size."""
 
 def check_original(layer_name: str, processor: Any, kind: str) -> None:
     """``ValueError`` unless ``processor`` computes plain attention, whose p the wrapper can compute beside it."""
-    known = JOINT_PROCESSORS | set(PROCESSOR_WRAPPERS) if kind == "joint" else PLAIN_PROCESSORS
+    known = {"joint": JOINT_PROCESSORS | set(PROCESSOR_WRAPPERS), "single": SINGLE_PROCESSORS}.get(
+        kind, PLAIN_PROCESSORS
+    )
     name = type(processor).__name__
-    if name.endswith("AttentionCapture"):
+    if name.endswith("AttentionCapture") or name == "SingleStreamCapture":
         raise RuntimeError(
             f"layer {layer_name!r} is already being captured: a run started inside another run's hook?"
         )

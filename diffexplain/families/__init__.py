@@ -15,7 +15,9 @@ from diffexplain.families.chroma import Chroma
 from diffexplain.families.deepfloyd_if import IF, IFSuperResolution
 from diffexplain.families.flux import Flux
 from diffexplain.families.flux2 import Flux2Dev, Flux2Klein
+from diffexplain.families.flux3 import Flux3, Flux3Distilled
 from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
+from diffexplain.families.modular import is_modular, modular_entry, modular_parts, supported_modular_pipelines
 from diffexplain.families.parts import AmbiguousPartsError, PartKind, pick_family
 from diffexplain.families.qwen_image import QwenImage
 from diffexplain.families.sana import Sana
@@ -45,6 +47,8 @@ FAMILIES: dict[str, type[Family]] = {
         QwenImage,
         Sana,
         SanaSprint,
+        Flux3,
+        Flux3Distilled,
     )
 }
 """Every supported family by short name."""
@@ -65,19 +69,23 @@ def family_from_parts(parts: Mapping[str, Any], families: Iterable[type[Family]]
 
 def supported_pipelines() -> str:
     """ "StableDiffusionPipeline or LatentConsistencyModelPipeline (Stable Diffusion 1.x / 2.x), ...", for
-    error messages and docs."""
+    error messages and docs (the modular pipelines: ``modular.supported_modular_pipelines``)."""
     return ", ".join(f"{' or '.join(f.pipeline_classes())} ({f.label})" for f in FAMILIES.values())
 
 
 def family_for_pipeline(pipe: Any) -> type[Family]:
     """The family of a diffusers pipeline, by its class (or a base class) among each family's
-    ``pipeline_classes()``; ``ValueError`` naming the supported ones."""
+    ``pipeline_classes()``, or of a Modular Diffusers pipeline, by its blocks (``families.modular``);
+    ``ValueError`` naming the supported ones."""
+    if is_modular(pipe):
+        return FAMILIES[modular_entry(pipe).family]
     for cls in type(pipe).__mro__:
         for family in FAMILIES.values():
             if cls.__name__ in family.pipeline_classes():
                 return family
     raise ValueError(
-        f"{type(pipe).__name__} is not supported by diffexplain; supported pipelines: {supported_pipelines()}"
+        f"{type(pipe).__name__} is not supported by diffexplain; supported pipelines: {supported_pipelines()}; "
+        f"modular pipelines: {supported_modular_pipelines()}"
     )
 
 
@@ -88,8 +96,16 @@ def family_for_class_name(name: str) -> type[Family] | None:
 
 
 def family_from_pipeline(pipe: Any) -> Family:
-    """The adapter over a pipeline's own parts (shared, not copied)."""
+    """The adapter over a pipeline's own parts (shared, not copied). A modular pipeline's components go to
+    its family; a family with a classic pipeline too (SDXL) builds that one over them for its reference."""
     family = family_for_pipeline(pipe)
+    if is_modular(pipe):
+        parts = modular_parts(pipe, family)
+        if (
+            family.pipeline_class == modular_entry(pipe).pipeline_class
+        ):  # the family reads the modular pipeline
+            return family(**parts, pipeline=pipe)
+        return family(**parts, scheduler=pipe.scheduler)
     parts = {name: getattr(pipe, name, None) for name in family.part_names}
     extra = {} if family is StableDiffusion else {"pipeline": pipe}
     return family(**parts, **extra)
@@ -105,6 +121,8 @@ __all__ = [
     "Flux",
     "Flux2Dev",
     "Flux2Klein",
+    "Flux3",
+    "Flux3Distilled",
     "IF",
     "IFSuperResolution",
     "KandinskyDecoder",

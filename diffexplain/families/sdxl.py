@@ -33,6 +33,7 @@ class StableDiffusionXL(StableDiffusion):
     name: ClassVar[str] = "sdxl"
     label: ClassVar[str] = "Stable Diffusion XL"
     pipeline_class: ClassVar[str] = "StableDiffusionXLPipeline"
+    also_serves: ClassVar[tuple[str, ...]] = ()  # not LCM's SD pipeline, which the SD family serves
     part_names: ClassVar[tuple[str, ...]] = (
         "unet",
         "tokenizer",
