@@ -242,7 +242,9 @@ def _attention_layers(r: Reader, settings: dict[str, Any]) -> list[tuple[str, st
         return []
     layers = info.get("layers") if isinstance(info, dict) else None
     ok = isinstance(layers, list) and all(
-        isinstance(x, dict) and isinstance(x.get("name"), str) and x.get("kind") in ("cross", "joint")
+        isinstance(x, dict)
+        and isinstance(x.get("name"), str)
+        and x.get("kind") in ("cross", "joint", "single")
         for x in layers
     )
     tokens = info.get("tokens")

@@ -131,7 +131,7 @@ def tiny_flux3_parts(*, distilled: bool = False) -> dict:
 def tiny_flux3_pipeline(*, distilled: bool = False, guidance_scale: float | None = None):
     """A ``Flux3ModularPipeline`` (or the distilled one) over the tiny parts, its prompt upsampler step
     removed (the prompt is encoded as given), no progress bar. ``guidance_scale``: the base pipeline's
-    ``ClassifierFreeGuidance`` scale (its default 3.5 where None)."""
+    ``ClassifierFreeGuidance`` scale (its default 3.5 where None). Its default size is 16 × 16 px."""
     from diffusers.guiders import ClassifierFreeGuidance
     from diffusers.modular_pipelines import Flux3DistilledModularPipeline, Flux3ModularPipeline
 
@@ -144,4 +144,18 @@ def tiny_flux3_pipeline(*, distilled: bool = False, guidance_scale: float | None
         extra["guider"] = ClassifierFreeGuidance(guidance_scale=guidance_scale)
     pipe.update_components(**tiny_flux3_parts(distilled=distilled), **extra)
     pipe.set_progress_bar_config(disable=True)
+    set_default_size(pipe, FLUX3_SIZE)
     return pipe
+
+
+def set_default_size(pipe, side: int) -> None:
+    """Make ``side`` × ``side`` px the default size of the pipeline's prepare-latents steps (1024 in the
+    recipe), which the explainer reads too: the widgets' runs stay tiny."""
+    from diffusers.modular_pipelines.flux3.before_denoise import Flux3PrepareLatentsStep
+
+    stack = list(pipe._blocks.sub_blocks.values())  # the blocks it runs (pipe.blocks is a copy)
+    while stack:
+        block = stack.pop()
+        if isinstance(block, Flux3PrepareLatentsStep):
+            block.default_height = block.default_width = side
+        stack.extend(getattr(block, "sub_blocks", {}).values())

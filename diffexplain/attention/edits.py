@@ -276,7 +276,10 @@ def _source_probs(
         maps = record.attention[key]  # [B, T, rows, cols]
         theirs = maps.flatten(2).transpose(1, 2)[:, None].expand(-1, like.shape[1], -1, -1)
         kinds = {x["name"]: x["kind"] for x in (source.run_settings.attention or {}).get("layers", [])}
-        if kinds.get(layer) == "joint":  # the maps sum to 1 over the text; this block to the text's share
+        if kinds.get(layer) in (
+            "joint",
+            "single",
+        ):  # the maps sum to 1 over the text; this block to the text's share
             theirs = theirs.to(like.dtype) * like.sum(dim=-1, keepdim=True)
     if theirs.shape[0] != like.shape[0]:
         if theirs.shape[0] != 1:

@@ -130,7 +130,10 @@ def _layer_map(trace: Trace, layer: str, step: int, branch: str) -> torch.Tensor
     probs = record.tensors[point].float().mean(dim=1)  # [B, h·w, T]
     rows, cols = grid_of(probs.shape[1], *_latent_size(trace, step))
     kinds = {layer["name"]: layer["kind"] for layer in attention_info(trace).get("layers", [])}
-    if kinds.get(layer) == "joint":  # joint attention's image → text block: renormalise over the text
+    if kinds.get(layer) in (
+        "joint",
+        "single",
+    ):  # joint attention's image → text block: renormalise over the text
         probs = probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)
     return probs.transpose(1, 2).reshape(probs.shape[0], -1, rows, cols)
 

@@ -46,6 +46,7 @@ from diffexplain.attention.tokens import Token, words_of
 from diffexplain.conventions import Conventions
 from diffexplain.families.base import Conditioning
 from diffexplain.families.flux import BRANCH_SIZE, FLUX_SCHEDULER_NAMES
+from diffexplain.families.modular import pipeline_blocks
 from diffexplain.families.parts import PartKind, config_value
 from diffexplain.families.sd3 import FlowMatching
 from diffexplain.families.vae import VaeAdapter
@@ -135,7 +136,7 @@ class Flux3(FlowMatching):
         import diffusers.modular_pipelines.flux3.encoders as encoders
 
         wanted = getattr(encoders, cls, None) or getattr(before, cls)
-        blocks = getattr(self.pipeline, "blocks", None)
+        blocks = None if self.pipeline is None else pipeline_blocks(self.pipeline)
         stack = [blocks.sub_blocks.get(name)] if blocks is not None else []
         while stack:
             block = stack.pop(0)

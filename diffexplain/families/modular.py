@@ -66,10 +66,16 @@ def supported_modular_pipelines() -> str:
     )
 
 
+def pipeline_blocks(pipe: Any) -> Any:
+    """The blocks a modular pipeline runs: ``pipe._blocks`` itself (``pipe.blocks`` is a deep copy)."""
+    blocks = getattr(pipe, "_blocks", None)
+    return blocks if blocks is not None else getattr(pipe, "blocks", None)
+
+
 def modular_entry(pipe: Any) -> ModularEntry:
     """The entry of a modular pipeline: by its blocks' ``model_name``, its blocks' class, then its own
     class (or a base) and ``default_blocks_name``; ``ValueError`` naming the supported ones."""
-    blocks = getattr(pipe, "blocks", None)
+    blocks = pipeline_blocks(pipe)
     model_name = getattr(blocks, "model_name", None)
     blocks_class = type(blocks).__name__ if blocks is not None else None
     classes = [c.__name__ for c in type(pipe).__mro__]
@@ -113,7 +119,7 @@ def modular_defaults(pipe: Any) -> dict[str, Any]:
         defaults["guidance_scale"] = (
             float(guider.guidance_scale) if getattr(guider, "_enabled", True) else 1.0
         )
-    blocks = getattr(getattr(pipe, "blocks", None), "sub_blocks", {}) or {}
+    blocks = getattr(pipeline_blocks(pipe), "sub_blocks", {}) or {}
     skipped = [name for name in SKIPPED_BLOCKS if name in blocks]
     if skipped:
         warnings.warn(
