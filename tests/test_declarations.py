@@ -21,6 +21,7 @@ from tests.tiny_families import tiny_flux_pipeline, tiny_if_pipelines, tiny_sd3_
 from tests.tiny_qwen_image import tiny_qwen_image_pipeline
 from tests.tiny_sana import tiny_sana_pipeline, tiny_sana_sprint_pipeline
 from tests.tiny_zimage import tiny_zimage_pipeline
+from tests.tiny_flux3 import tiny_flux3_pipeline
 
 PROMPT = "a red circle on the left"
 
@@ -45,6 +46,7 @@ def family_traces(parts: dict) -> list[Trace]:
         tiny_sana_pipeline(),
         tiny_sana_sprint_pipeline(),
         tiny_chroma_pipeline(),
+        tiny_flux3_pipeline(),
     ):
         traces.append(
             Explainer.from_pipeline(pipe, progress=False).run(PROMPT, num_inference_steps=2, seed=0)
