@@ -11,7 +11,9 @@ adding one edits nothing here): ``FAMILY`` (its short name) and ``setup() -> dic
 diffusers pipeline over small parts), ``options`` (run options both sides take, e.g. a short
 ``max_sequence_length``), ``traced`` (guidance keywords for ``Explainer.run``), ``pipeline`` (the same
 guidance as the pipeline's own keywords) and optionally ``to_trace`` (pipeline latents → the trace's layout,
-e.g. unpacking tokens) and ``size`` (the image side its parts need, overriding ``--size``).
+e.g. unpacking tokens), ``size`` (the image side its parts need, overriding ``--size``) and ``call`` (how to
+call a pipeline that is not called like the classic ones, e.g. a Modular Diffusers pipeline:
+``call(pipe, prompt, num_inference_steps, generator, **keywords) -> latents``).
 
 Same parts and seed for every measurement of a family; each figure is the median of ``--repeats``
 runs, the pipeline and the traced run interleaved so that background load affects both alike. The
@@ -141,7 +143,7 @@ def guidance(family: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: int = 64) -> dict[str, Any]:
     extra = extra_setups().get(family)
-    to_trace = None
+    to_trace, call = None, None
     if extra is None:
         pipe, options = pipeline(family)
         traced_guidance, pipe_guidance = guidance(family)
@@ -152,7 +154,19 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: in
         traced_guidance, pipe_guidance = setup["traced"], setup["pipeline"]
         timed_guidance = pipe_guidance
         side = setup.get("size", side)
+        call = setup.get("call")
         pipe.set_progress_bar_config(disable=True)
+    if call is None:  # a classic pipeline: its output_type="latent" images
+
+        def call(pipe, prompt, num_inference_steps, generator, **keywords):
+            return pipe(
+                prompt,
+                num_inference_steps=num_inference_steps,
+                generator=generator,
+                output_type="latent",
+                **keywords,
+            ).images
+
     explainer = Explainer.from_pipeline(pipe, progress=False)
     if scheduler:
         explainer.set_scheduler(scheduler)
@@ -171,6 +185,7 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: in
             **options,
             **timed_guidance,
         ).images
+        return call(pipe, PROMPT, n, generator, **size, **options, **timed_guidance)
 
     def run_traced(ex: Explainer = explainer):
         return ex.run(
@@ -211,6 +226,7 @@ def bench(family: str, steps: int, repeats: int, scheduler: str | None, side: in
         **options,
         **pipe_guidance,
     ).images
+    expected = call(pipe, PROMPT, n, torch.Generator().manual_seed(0), **size, **options, **pipe_guidance)
     if family == "flux":  # packed [B, (h/2)·(w/2), 4C]: compare as the trace holds them
         expected = pipe._unpack_latents(expected, size["height"], size["width"], pipe.vae_scale_factor)
     if to_trace is not None:
