@@ -22,7 +22,7 @@ from diffexplain.families import (
     supported_pipelines,
 )
 from diffexplain.families.base import Conditioning
-from diffexplain.families.modular import is_modular, modular_defaults
+from diffexplain.families.modular import is_modular, is_modular_folder, load_modular, modular_defaults
 from diffexplain.fingerprint import LazyFingerprint, same_weights
 from diffexplain.guiders.base import Guider, with_guider_points
 from diffexplain.guiders.choose import run_guider
@@ -111,11 +111,19 @@ class Explainer(ModelParts):
         ``kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype=torch.float16``). Where the pipeline is
         is decided first (``diffexplain.models.hub``): a missing folder is ``FileNotFoundError`` ("no such
         folder"); a hub id that is neither cached nor reachable is ``HubUnreachableError`` at once, and a
-        cached one loads offline when the hub cannot be reached.
+        cached one loads offline when the hub cannot be reached. A local folder of a Modular Diffusers
+        pipeline (``modular_model_index.json``, its ``save_pretrained``) loads with ``ModularPipeline`` and
+        its ``load_components(**kwargs)`` (``diffexplain.families.modular.load_modular``).
         """
         import diffusers
 
         from diffexplain.models.hub import locate_pipeline
+
+        if is_modular_folder(path):  # the Explainer's own keywords to it, the others to load_components
+            own = {
+                k: kwargs.pop(k) for k in ("progress", "model_name", "latent_rgb", "defaults") if k in kwargs
+            }
+            return cls.from_pipeline(load_modular(path, **kwargs), **own)
 
         source = locate_pipeline(path, **kwargs)
         if source.local_files_only:

@@ -110,3 +110,13 @@ def test_files_conventions_and_widgets(ex, tmp_path):
     for widget in (StepExplorer(trace), TracePlayer(Trace.load(path))):
         assert isinstance(widget, W.Widget)
         assert "".join(o.get("text", "") for o in widget.output.outputs) == ""
+
+
+def test_from_pretrained_of_a_saved_modular_pipeline(pipe, ex, tmp_path):
+    pipe.save_pretrained(str(tmp_path / "sdxl"))  # a str: the modular save_pretrained splits it
+    loaded = Explainer.from_pretrained(tmp_path / "sdxl", progress=False)
+    assert isinstance(loaded.family, StableDiffusionXL) and loaded.defaults["guidance_scale"] == 7.5
+    a = ex.run(PROMPT, num_inference_steps=2, seed=0, decode=False)
+    b = loaded.run(PROMPT, num_inference_steps=2, seed=0, decode=False)
+    # the same weights; loaded tensors may sit at other alignments (see test_families): float precision
+    torch.testing.assert_close(a.final_latents, b.final_latents, rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from diffexplain.errors import user_stacklevel
@@ -131,3 +132,19 @@ def modular_defaults(pipe: Any) -> dict[str, Any]:
             stacklevel=user_stacklevel(),
         )
     return defaults
+
+
+def is_modular_folder(path: Any) -> bool:
+    """Whether ``path`` is a local folder a modular pipeline saved (``modular_model_index.json``)."""
+    return isinstance(path, str | Path) and (Path(path) / "modular_model_index.json").is_file()
+
+
+def load_modular(path: str | Path, **kwargs: Any) -> Any:
+    """The modular pipeline saved in the folder ``path`` (its class from ``modular_model_index.json``), with
+    its components loaded (``load_components(**kwargs)``, e.g. ``torch_dtype=torch.bfloat16``)."""
+    from diffusers.modular_pipelines import ModularPipeline
+
+    pipe = ModularPipeline.from_pretrained(str(path))
+    modular_entry(pipe)  # ValueError for a modular pipeline diffexplain does not read, before loading weights
+    pipe.load_components(**kwargs)
+    return pipe
