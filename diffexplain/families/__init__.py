@@ -15,7 +15,8 @@ from diffexplain.families.chroma import Chroma
 from diffexplain.families.deepfloyd_if import IF, IFSuperResolution
 from diffexplain.families.flux import Flux
 from diffexplain.families.flux2 import Flux2Dev, Flux2Klein
-from diffexplain.families.flux3 import Flux3, Flux3Distilled
+from diffexplain.families.flux3 import Flux3
+from diffexplain.families.flux3_distilled import Flux3Distilled
 from diffexplain.families.kandinsky import KandinskyDecoder, KandinskyPrior
 from diffexplain.families.modular import is_modular, modular_entry, modular_parts, supported_modular_pipelines
 from diffexplain.families.parts import AmbiguousPartsError, PartKind, pick_family

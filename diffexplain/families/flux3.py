@@ -26,6 +26,8 @@ own text-encoder step's function. The prompt upsampler (a Qwen3.5 LLM that rewri
 run: diffexplain encodes the prompt as given. Guidance: one transformer call per branch, as the
 pipeline's ``ClassifierFreeGuidance`` guider makes them; the distilled model has one branch only.
 
+The step-distilled flow map is ``families.flux3_distilled.Flux3Distilled``.
+
 Attention maps come from the joint single blocks (``single_transformer_blocks.<i>.attn``): text and
 image tokens form one sequence (text first) in one softmax, whose image-query → text-key block is
 read beside the layer (``diffexplain.attention.single_stream``).
@@ -50,48 +52,8 @@ from diffexplain.families.modular import pipeline_blocks
 from diffexplain.families.parts import PartKind, config_value
 from diffexplain.families.sd3 import FlowMatching
 from diffexplain.families.vae import VaeAdapter
-from diffexplain.noise_levels import step_index
+from diffexplain.families.vae_flux2 import Flux2VaeAdapter
 from diffexplain.prompt_limits import TextLimit
-from diffexplain.step_scalars import FinishedStep, StepScalar
-
-
-class Flux2VaeAdapter(VaeAdapter):
-    """FLUX.2's autoencoder as FLUX.3 reads it: latents patchified 2×2 (4·C channels, H/16 sides) and
-    normalised by the VAE's batch-norm statistics, as the pipeline's VAE encoder and decode steps."""
-
-    @property
-    def scale_factor(self) -> int:
-        """Image side / latent side: the VAE's 2^(levels − 1) × 2 (the patchify)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1) * 2
-
-    def _statistics(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        vae = self.vae
-        mean = vae.bn.running_mean.view(1, -1, 1, 1).to(like.device, like.dtype)
-        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(
-            like.device, like.dtype
-        )
-        return mean, std
-
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Picture [B, 3, H, W] in [-1, 1] → the posterior's mode, patchified and normalised [B, 4C, H/16, W/16]."""
-        from diffusers.modular_pipelines.flux3.encoders import Flux3VaeEncoderStep
-
-        vae = self.vae
-        latents = Flux3VaeEncoderStep._patchify_latents(vae.encode(pixels.to(vae.dtype)).latent_dist.mode())
-        mean, std = self._statistics(latents)
-        return (latents - mean) / std
-
-    def encode_sample(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """The pipeline encodes references with the posterior's mode (no draw): ``encode``."""
-        return self.encode(pixels)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """[B, 4C, h, w] → picture [B, 3, H, W] in [-1, 1]: de-normalise, unpatchify, decode."""
-        from diffusers.modular_pipelines.flux3.decoders import Flux3DecodeStep
-
-        mean, std = self._statistics(latents)
-        z = Flux3DecodeStep._unpatchify_latents(latents * std + mean)
-        return self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
 
 
 def window_length(tokenizer: Any, text: str, max_sequence_length: int, pad_multiple: int) -> int:
@@ -339,13 +301,12 @@ class Flux3(FlowMatching):
 
     def target_timestep(self, scheduler: Any, t: torch.Tensor) -> torch.Tensor:
         """t', the timestep a flow-map step jumps to: the next in the schedule, 0 after the last (the
-        pipeline's distilled denoiser). A t off the schedule (a probe) jumps to 0: x̂0 in one call."""
+        pipeline's distilled denoiser). A t off the schedule (a probe) jumps to 0: x̂0 in one call.
+        (A flow schedule's timesteps are distinct, so t's place in it is found by value.)"""
         timesteps = scheduler.timesteps
         t = torch.as_tensor(t)
-        index = step_index(scheduler, t) if scheduler.step_index is not None else None
-        if index is None or index >= len(timesteps) or timesteps[index] != t.to(timesteps.device):
-            matches = (timesteps == t.to(timesteps.device)).nonzero()
-            index = int(matches[0]) if len(matches) else len(timesteps)
+        at = (timesteps == t.to(timesteps.device)).nonzero()
+        index = int(at[0]) if len(at) else len(timesteps)
         return timesteps[index + 1] if index + 1 < len(timesteps) else torch.zeros_like(t)
 
     def _call(
@@ -380,68 +341,3 @@ class Flux3(FlowMatching):
             **kwargs,
         )[0]  # [B, h·w, C]
         return velocity.transpose(1, 2).reshape(b, c, h, w)
-
-
-def target_timestep_scalar(step: FinishedStep) -> float | None:
-    """t' of a flow-map step: the scheduler's next timestep (0 after the last)."""
-    timesteps = step.scheduler.timesteps
-    index = (getattr(step.scheduler, "begin_index", None) or 0) + step.index
-    if index >= len(timesteps):
-        return None
-    return float(timesteps[index + 1]) if index + 1 < len(timesteps) else 0.0
-
-
-class Flux3Distilled(Flux3):
-    """The step-distilled FLUX.3 (a flow map): ``Flux3DistilledModularPipeline``, 16 steps, one branch."""
-
-    name: ClassVar[str] = "flux3-distilled"
-    label: ClassVar[str] = "FLUX.3 step-distilled (flow map)"
-    pipeline_class: ClassVar[str] = "Flux3DistilledModularPipeline"
-    part_kinds: ClassVar[Mapping[str, PartKind]] = {
-        "transformer": PartKind(
-            ("Flux3Transformer2DModel",),
-            "config.flow_map True (a step-distilled flow map)",
-            lambda part: bool(config_value(part, "flow_map")),
-        )
-    }
-    default_steps: ClassVar[int] = 16
-    default_guidance_scale: ClassVar[float] = 1.0  # no classifier-free guidance
-    compare_guidance_scale: ClassVar[float] = 1.0
-    flow_map: ClassVar[bool] = True
-    step_scalars: ClassVar[tuple[StepScalar, ...]] = (
-        StepScalar(
-            "target_timestep",
-            "t', the timestep the flow map jumps to (the next step's t, 0 after the last; the model reads t'/1000)",
-            target_timestep_scalar,
-        ),
-    )
-
-    def conventions(self, scheduler: Any) -> Conventions:
-        """An average velocity given (σ, σ') = (t/1000, t'/1000); no guidance (one branch)."""
-        return Conventions(
-            prediction="flow",
-            model_time="(σ, σ') = (t/1000, t'/1000): where the step starts and the σ it jumps to",
-            time_direction="σ falls from 1 (noise) to 0 (picture)",
-            guidance_formula="none: one branch, no classifier-free guidance",
-            pipeline_scale="none (guidance_scale must be 1)",
-            notes=(
-                "a flow map: v is the average velocity over the jump σ → σ' (x_σ' = x_t + (σ' − σ)·v); "
-                "x̂0 = x_t − σ·v continues that jump to σ = 0 (the flow map's own jump to 0 at the last step); "
-                "t' is recorded per step as the scalar target_timestep"
-            ),
-        )
-
-    def encode(
-        self,
-        prompt: str | list[str],
-        negative_prompt: str | list[str] | None,
-        do_cfg: bool,
-        options: dict[str, Any],
-    ) -> tuple[Conditioning, Conditioning | None]:
-        """``embeds`` of the prompt alone; ``ValueError`` where guidance is asked for (w > 1)."""
-        if do_cfg:
-            raise ValueError(
-                "the step-distilled FLUX.3 (a flow map: 16 steps, no classifier-free guidance) runs one branch: "
-                "guidance_scale must be 1 (leave it unset); a negative prompt has no effect on it"
-            )
-        return super().encode(prompt, negative_prompt, False, options)
