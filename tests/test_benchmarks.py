@@ -75,7 +75,9 @@ SCRIPTS = {
 
 
 def test_every_script_is_run() -> None:
-    assert sorted(p.stem for p in BENCHMARKS.glob("*.py")) == sorted(SCRIPTS)
+    # loop_<family>.py are bench_loop's setups (no script of their own): its quick mode runs each of them
+    scripts = [p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("loop_")]
+    assert sorted(scripts) == sorted(SCRIPTS)
 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))
