@@ -264,6 +264,19 @@ def test_attention_maps_are_the_image_to_text_block_of_the_joint_sequence(ex):
     )
     assert not torch.equal(gone.final_latents, trace.final_latents)
     assert gone.attention("red").abs().max() == 0
+    # the layer's output for the image tokens is a hook point too: [B, h·w, C], put back in the sequence
+    out = "attn.single_transformer_blocks.0.attn.out.cond"
+    seen = []
+    kept = ex.run(
+        PROMPT, num_inference_steps=2, seed=0, guidance_scale=1.0, **SIZE,
+        hooks=Hook(out, lambda x, ctx: seen.append(tuple(x.shape)) or x),
+    )  # fmt: skip
+    assert seen[0] == (1, 16, 16) and torch.equal(kept.final_latents, trace.final_latents)
+    zeroed = ex.run(
+        PROMPT, num_inference_steps=2, seed=0, guidance_scale=1.0, **SIZE,
+        hooks=Hook(out, lambda x, ctx: torch.zeros_like(x)),
+    )  # fmt: skip
+    assert not torch.equal(zeroed.final_latents, trace.final_latents)
 
 
 # ---- widgets ------------------------------------------------------------------------------------------
