@@ -18,10 +18,10 @@ from diffexplain.settings import RunSettings, SettingsError
 from diffexplain.step_scalars import StepScalar
 from tests.tiny_chroma import tiny_chroma_pipeline
 from tests.tiny_families import tiny_flux_pipeline, tiny_if_pipelines, tiny_sd3_pipeline, tiny_sdxl_pipeline
+from tests.tiny_flux3 import tiny_flux3_pipeline
 from tests.tiny_qwen_image import tiny_qwen_image_pipeline
 from tests.tiny_sana import tiny_sana_pipeline, tiny_sana_sprint_pipeline
 from tests.tiny_zimage import tiny_zimage_pipeline
-from tests.tiny_flux3 import tiny_flux3_pipeline
 
 PROMPT = "a red circle on the left"
 
@@ -47,6 +47,7 @@ def family_traces(parts: dict) -> list[Trace]:
         tiny_sana_sprint_pipeline(),
         tiny_chroma_pipeline(),
         tiny_flux3_pipeline(),
+        tiny_flux3_pipeline(distilled=True),
     ):
         traces.append(
             Explainer.from_pipeline(pipe, progress=False).run(PROMPT, num_inference_steps=2, seed=0)

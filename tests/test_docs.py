@@ -174,6 +174,8 @@ FAMILY_PAGES = {
     "qwen_image": "qwen-image",
     "sana": "sana",
     "sana_sprint": "sana",
+    "flux3": "flux3",
+    "flux3-distilled": "flux3",
     "if": "if",
     "if_sr": "if",
     "kandinsky_prior": "kandinsky",

@@ -48,11 +48,11 @@ from diffexplain.attention.tokens import Token, words_of
 from diffexplain.conventions import Conventions
 from diffexplain.families.base import Conditioning
 from diffexplain.families.flux import BRANCH_SIZE, FLUX_SCHEDULER_NAMES
+from diffexplain.families.flux2_latents import Flux2VaeAdapter
 from diffexplain.families.modular import pipeline_blocks
 from diffexplain.families.parts import PartKind, config_value
 from diffexplain.families.sd3 import FlowMatching
 from diffexplain.families.vae import VaeAdapter
-from diffexplain.families.vae_flux2 import Flux2VaeAdapter
 from diffexplain.prompt_limits import TextLimit
 
 
