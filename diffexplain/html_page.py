@@ -1,9 +1,10 @@
 """One trace as one self-contained HTML page: open it in any browser, with no Python, no server, no network.
 
 ``write_page(trace, path)`` (``trace.to_html``) renders every step's pictures to PNG data URIs, puts
-them with the per-step numbers into a JSON block, and fills the template ``html_page.html`` (plain
-HTML, CSS and a small script: a step slider, a play button, the StepExplorer's panels and a hand-drawn
-SVG timeline). Nothing is inlined from any library; the page's Content-Security-Policy forbids loading
+them with the per-step numbers (``diffexplain.web.view_data``) into a JSON block, and fills the template
+``html_page.html`` with it and the shared module ``diffexplain/web/trace_view.js`` (the step slider, play,
+keyboard scrubbing, the StepExplorer's panels and a hand-drawn SVG timeline: the same code the anywidget
+StepExplorer runs, so a trace looks the same live, saved and exported). Nothing is inlined from any library; the page's Content-Security-Policy forbids loading
 anything (``default-src 'none'``, images from ``data:`` only), so it cannot fetch even by mistake.
 
 The texts are the StepExplorer's (``diffexplain.explanations``). x_t and x̂0 are the trace's saved
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,16 +27,10 @@ from PIL import Image
 
 from diffexplain import render
 from diffexplain.errors import TraceKeyError
-from diffexplain.explanations import (
-    GUIDANCE_OFF,
-    STEP_HELP,
-    STEP_PANELS,
-    TIMELINE_AXES,
-    TIMELINE_SERIES,
-    TIMELINE_TITLE,
-)
 from diffexplain.version import __version__
-from diffexplain.views import cosine, difference_image, is_pixel_space, rms, shown_latents, words
+from diffexplain.views import difference_image, is_pixel_space, shown_latents
+from diffexplain.web import trace_view_js
+from diffexplain.web.view_data import view_data
 
 if TYPE_CHECKING:
     from diffexplain.trace import Trace
@@ -108,13 +104,10 @@ def _final(trace: Trace, pictures: _Pictures) -> str | None:
     return pictures.get("pred_x0", len(trace) - 1) if len(trace) else None
 
 
-def _round(value: float | None, digits: int = 5) -> float | None:
-    return None if value is None else round(float(value), digits)
-
-
-def _steps(trace: Trace, pictures: _Pictures, cfg: bool) -> tuple[list[dict[str, Any]], dict[str, list]]:
-    steps, series = [], {k: [] for k in TIMELINE_SERIES}
-    for k, record in enumerate(trace.steps):
+def _pictures(trace: Trace, pictures: _Pictures, cfg: bool) -> list[dict[str, str | None]]:
+    """Every step's pictures as data URIs (None: not kept, or no ε_u with guidance off)."""
+    out = []
+    for k in range(len(trace)):
         xt = shown_latents(trace, k)
         ec, eu, guided = (
             _get(trace, n, k) for n in ("step.model.cond", "step.model.uncond", "step.guidance")
@@ -127,20 +120,8 @@ def _steps(trace: Trace, pictures: _Pictures, cfg: bool) -> tuple[list[dict[str,
         img["eps_u"] = None if eu is None else _noise(eu)
         img["delta"] = None if ec is None or eu is None else _channels(ec - eu)
         img["guided"] = None if guided is None else _noise(guided)
-        steps.append(
-            {
-                "t": _round(record.timestep, 4),
-                "abar": _round(record.level.alpha_bar),
-                "sigma": _round(record.level.sigma),
-                "img": img,
-            }
-        )
-        series["c"].append(None if ec is None else _round(rms(ec)))
-        series["u"].append(None if eu is None else _round(rms(eu)))
-        series["d"].append(None if ec is None or eu is None else _round(rms(ec - eu)))
-        series["cos"].append(None if ec is None or eu is None else _round(cosine(ec, eu)))
-        series["abar"].append(_round(record.level.alpha_bar))
-    return steps, series
+        out.append(img)
+    return out
 
 
 def _label(trace: Trace) -> str:
@@ -192,40 +173,24 @@ def page_data(trace: Trace, compare: Trace | None = None, title: str | None = No
         raise TypeError(
             f"compare={compare!r}: expected a Trace with finished steps (e.g. the same run, w = 1)"
         )
-    vocab = words(trace, trace.explainer)
-    s = trace.settings
-    cfg = bool(s.get("do_cfg", True)) and _get(trace, "step.model.uncond", 0) is not None
     pictures = _Pictures(trace)
-    steps, series = _steps(trace, pictures, cfg)
-    prompt = s.get("prompt")
+    data = view_data(trace, trace.explainer, pixel_space=pictures.pixel_space, size=DISPLAY_SIZE)
+    for step, img in zip(data["steps"], _pictures(trace, pictures, data["cfg"]), strict=True):
+        step["img"] = img
+    data["header"].pop("stage")
+    data["header"].pop("caption")
     return {
-        "title": title or f"diffexplain: {prompt}",
-        "header": {
-            "prompt": prompt if isinstance(prompt, str) else " | ".join(map(str, prompt)),
-            "w": s.get("guidance_scale"),
-            "seed": s.get("seed"),
-            "scheduler": (s.get("scheduler") or {}).get("class", "?"),
-            "steps": len(trace),
-            "forked_from": trace.forked_from,
-        },
-        "help": STEP_HELP.format(**vocab),
-        "panels": {k: v.format(**vocab) for k, v in STEP_PANELS.items()},
-        "guidance_off": GUIDANCE_OFF.format(**vocab),
-        "cfg": cfg,
-        "pixel_space": pictures.pixel_space,
+        "title": title or f"diffexplain: {trace.settings.get('prompt')}",
+        **data,
         "pictures": pictures.kind,
-        "steps": steps,
-        "series": series,
-        "series_names": TIMELINE_SERIES,
-        "timeline_title": TIMELINE_TITLE,
-        "axes": TIMELINE_AXES,
         "final": _final(trace, pictures),
         "final_label": "the final picture"
         if trace.image is not None
         else "x̂0 at the last step (no decoded image)",
         "compare": None if compare is None else _comparison(trace, compare),
-        "display_size": DISPLAY_SIZE,
         "version": __version__,
+        "note": f"x_t and x̂0: {pictures.kind}. Written by diffexplain {__version__} (trace.to_html); "
+        "this page needs no server and no network.",
     }
 
 
@@ -234,7 +199,9 @@ def render_page(data: dict[str, Any]) -> str:
     template = resources.files("diffexplain").joinpath(TEMPLATE).read_text(encoding="utf-8")
     # JSON inside <script>: "<" escaped, so no text in it (a prompt) can close the element
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
-    return template.replace("{{TITLE}}", html.escape(data["title"])).replace("{{DATA}}", payload)
+    fills = {"TITLE": html.escape(data["title"]), "DATA": payload, "TRACE_VIEW_JS": trace_view_js()}
+    # one pass: a prompt that reads "{{DATA}}" stays text
+    return re.sub(r"\{\{(TITLE|DATA|TRACE_VIEW_JS)\}\}", lambda m: fills[m.group(1)], template)
 
 
 def write_page(

@@ -155,6 +155,7 @@ def test_wheel_holds_weights_notebooks_licence_and_metadata(installed: Installed
         assert f"diffexplain/_notebooks/{name}" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert {"diffexplain/fonts/DejaVuSans-subset.ttf", "diffexplain/fonts/LICENSE-DejaVu.txt"} <= names
+    assert "diffexplain/web/trace_view.js" in names  # the step view's ES module (page and anywidgets)
     assert meta["Name"] == "diffexplain" and meta["Version"]
     assert meta["License-Expression"] == "Apache-2.0"
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
