@@ -300,6 +300,7 @@ export function mountTraceView(root, D, picture, opts = {}) {
     if (D.cfg && D.series.d[k] !== null) parts.push("‖Δ‖ = " + fmt(D.series.d[k], 3), "cos(ε_c, ε_u) = " + fmt(D.series.cos[k], 3));
     else if (!D.cfg) parts.push("guidance off: no ε_u, no Δ");
     info.innerHTML = parts.join(" · ");
+    for (const p of Object.values(images)) p.img.dataset.step = String(k); // which step each picture shows
     chips.forEach((chip, i) => chip.classList.toggle("dx-on", i === k));
     cursor.setAttribute("x1", xs(k)); cursor.setAttribute("x2", xs(k));
     const my = yl(c === null ? 0 : c), mx = xs(k);
@@ -345,7 +346,7 @@ export function mountTraceView(root, D, picture, opts = {}) {
 //   _view: the view data (JSON);  _frames: every picture of the trace, PNGs end to end (ONE binary
 //   buffer); _index: {"k/key": [offset, length]} into it;  _version: bumped when a new trace is sent;
 //   step: the step shown (set here on scrubbing, sent to Python once scrubbing settles);
-//   status, errors, busy, progress, progress_max: what Python says; messages {"action": ...} go to Python.
+//   status_html, error_text, busy, can_stop, progress_value, progress_max: what Python says; messages {"action": ...} go to Python.
 export const STEP_SYNC_MS = 250; // the step reaches Python this long after the last move (never per key)
 
 function blobUrls(model) {
@@ -375,15 +376,15 @@ function render({ model, el: host }) {
   let urls = {}, view = null, syncTimer = null;
 
   function drawStatus() {
-    status.innerHTML = model.get("status") || "";
-    errors.textContent = model.get("errors") || "";
+    status.innerHTML = model.get("status_html") || "";
+    errors.textContent = model.get("error_text") || "";
     errors.hidden = !errors.textContent;
     const busy = model.get("busy");
     stop.hidden = !model.get("can_stop");
     stop.disabled = !busy;
     progress.hidden = !model.get("can_stop");
     progress.max = Math.max(1, model.get("progress_max") || 1);
-    progress.value = model.get("progress") || 0;
+    progress.value = model.get("progress_value") || 0;
     root.classList.toggle("dx-busy", !!busy);
   }
   function rebuild() {
@@ -430,14 +431,14 @@ function render({ model, el: host }) {
   const onStep = () => { if (view && model.get("step") !== view.step()) view.setStep(model.get("step")); };
   model.on("change:_version", rebuild);
   model.on("change:step", onStep);
-  for (const name of ["status", "errors", "busy", "can_stop", "progress", "progress_max"]) model.on("change:" + name, drawStatus);
+  for (const name of ["status_html", "error_text", "busy", "can_stop", "progress_value", "progress_max"]) model.on("change:" + name, drawStatus);
   drawStatus();
   rebuild();
   return () => {
     clearTimeout(syncTimer);
     model.off("change:_version", rebuild);
     model.off("change:step", onStep);
-    for (const name of ["status", "errors", "busy", "can_stop", "progress", "progress_max"]) model.off("change:" + name, drawStatus);
+    for (const name of ["status_html", "error_text", "busy", "can_stop", "progress_value", "progress_max"]) model.off("change:" + name, drawStatus);
     if (view) view.destroy();
     Object.values(urls).forEach((u) => URL.revokeObjectURL(u));
   };

@@ -1,6 +1,7 @@
 """Jupyter widgets over traces: each reads a ``Trace`` and asks an ``Explainer`` for new ones (run, fork).
 
-- :class:`StepExplorer`: walk through one trace step by step (x_t, x̂0, ε_c, ε_u, Δ, ε̂, timeline).
+- :class:`StepExplorer`: walk through one trace step by step (x_t, x̂0, ε_c, ε_u, Δ, ε̂, timeline): an
+  anywidget that scrubs in the browser (``ClassicStepExplorer``: the ipywidgets one it replaced).
 - :class:`GuidanceLab`: guidance off vs on, re-guiding at any w without a U-Net call.
 - :class:`NoiseLab`: choose the starting noise; add noise at step k and fork.
 - :class:`PromptSwap`: switch prompt at step k; sweep k to see when the layout is decided.
@@ -16,6 +17,7 @@ page (Colab, classic Notebook 6): :func:`set_plot_mode` or ``DIFFEXPLAIN_PLOTS=p
 """
 
 from diffexplain.widgets.attention_maps import AttentionMaps
+from diffexplain.widgets.classic_step_explorer import ClassicStepExplorer as ClassicStepExplorer  # ipywidgets
 from diffexplain.widgets.figures import plot_mode as plot_mode  # the plot switch: not a widget,
 from diffexplain.widgets.figures import set_plot_mode as set_plot_mode  # so not in __all__
 from diffexplain.widgets.forward_process import ForwardProcess

@@ -1,49 +1,39 @@
-"""StepExplorer: walk through a trace step by step: x_t, x̂0, ε_c, ε_u, Δ, ε̂ and a timeline."""
+"""StepExplorer: walk through a trace step by step (x_t, x̂0, ε_c, ε_u, Δ, ε̂, the channels, a timeline),
+drawn and scrubbed in the browser: an anywidget (``TraceView``) running ``diffexplain/web/trace_view.js``.
+
+Each trace's pictures go to the browser once; the step slider, play, the arrow keys and the timeline
+then move through the steps with no kernel round trip. Python computes the pictures (VAE-decoded, or
+the fast latent preview: a tick box, a message to Python) and keeps today's attributes: ``slider``
+(``.value``, ``.max``), ``images[key].value`` (the PNG at the step shown), ``info``, ``header``, ``help``,
+``panel_titles``, ``unet_row``, ``preview``, ``stage_chooser``, ``fig`` (the plotly timeline, built when
+read) and ``children`` (ipywidgets copies of the texts, built when read). The ipywidgets version is
+``ClassicStepExplorer``.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import ipywidgets as W
-from plotly.subplots import make_subplots
+import traitlets as T
 
-from diffexplain.errors import TraceKeyError
-from diffexplain.explanations import (
-    GUIDANCE_OFF,
-    STEP_HELP,
-    STEP_PANELS,
-    TIMELINE_AXES,
-    TIMELINE_SERIES,
-    TIMELINE_TITLE,
-)
+from diffexplain.explanations import GUIDANCE_OFF, STEP_HELP, STEP_PANELS
 from diffexplain.probe import trace_fingerprint
-from diffexplain.widgets.base import (
-    DEFAULT_SIZE,
-    DxWidget,
-    Frames,
-    LiveFigure,
-    blank,
-    cosine,
-    figure_box,
-    help_box,
-    help_html,
-    is_pixel_space,
-    rms,
-    vp_scale,
-    words,
-)
-from diffexplain.widgets.controls import panels, preview_checkbox
-from diffexplain.widgets.stages import chooser_width, embedding_caption, stage_chooser
+from diffexplain.views import DEFAULT_SIZE, blank, is_pixel_space, vp_scale, words
+from diffexplain.web.view_data import get, step_info, view_data
+from diffexplain.widgets.base import Frames, help_html
+from diffexplain.widgets.stages import embedding_caption
+from diffexplain.widgets.stand_ins import Checkbox, Chooser, IntControl, Shown, Text
+from diffexplain.widgets.step_figure import fill_timeline, make_timeline, mark_step
+from diffexplain.widgets.trace_view import TraceView
 
 if TYPE_CHECKING:
-    import torch
-
     from diffexplain.cascade_trace import CascadeTrace
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
+    from diffexplain.widgets.figures import LiveFigure
 
 HELP = STEP_HELP  # the texts live in diffexplain.explanations, shared with the HTML page
-PANEL_CSS = {
+PANEL_CSS = {  # the pictures' CSS classes in the browser (trace_view.js gives them; the tests select by them)
     "xt": "dx-xt-image",
     "x0": "dx-x0-image",
     "channels": "dx-channels-image",
@@ -52,6 +42,8 @@ PANEL_CSS = {
     "delta": "dx-delta-image",
     "guided": "dx-eps-guided-image",
 }
+EMPTY = {"xt": "x_t\nnot kept in this trace", "x0": "x̂0\nnot kept in this trace", "channels": "not kept"}
+EMPTY |= {"eps_c": "ε_c not kept", "eps_u": "ε_u not kept", "delta": "Δ not kept", "guided": "ε̂ not kept"}
 
 
 def _is_cascade(trace: object) -> bool:
@@ -68,20 +60,13 @@ def _stage_name(trace: CascadeTrace, stage: str | None, *, keep: bool = False) -
     return stage
 
 
-def _get(trace: Trace, name: str, step: int) -> torch.Tensor | None:
-    try:
-        return trace[name, step]
-    except TraceKeyError:  # not kept, or not computed (ε_u with guidance off)
-        return None
-
-
-class StepExplorer(DxWidget):
+class StepExplorer(TraceView):
     """Explore one trace step by step: pictures of x_t, x̂0, ε_c, ε_u, Δ, ε̂, the latent channels, and a timeline.
 
     ``explainer`` (default: the trace's own) lets x_t and x̂0 be decoded with the VAE; without one,
     pictures use the fast latent preview. ``set_trace`` shows another trace in the same widget.
     A ``CascadeTrace`` (``diffexplain.Cascade``) gets a stage chooser: ``stage`` (default the last)
-    picks which stage's trace is shown.
+    picks which stage's trace is shown. Scrubbing runs in the browser (see the module's docstring).
     """
 
     css_class = "dx-step-explorer"
@@ -95,108 +80,56 @@ class StepExplorer(DxWidget):
         stage: str | None = None,
     ) -> None:
         super().__init__()
+        self._data: dict[str, Any] = {}  # the view data of the trace shown (diffexplain.web.view_data)
         self.cascade_trace: CascadeTrace | None = None
         self.stage: str | None = None  # the stage shown, for a cascade trace
-        self.stage_chooser = stage_chooser((), None, self.guard(self._on_stage))
+        self.stage_chooser = Chooser()
+        self.stage_chooser.layout.display = "none"
         if _is_cascade(trace):
             self.cascade_trace, self.stage = trace, _stage_name(trace, stage)
             trace = trace.stage(self.stage)
         self.explainer = explainer if explainer is not None else trace.explainer
         self.frames = Frames(self.explainer, size)
         self.trace: Trace = trace
-        self.slider = W.IntSlider(value=0, min=0, max=1, description="step", continuous_update=True)
-        self.slider.add_class("dx-step-slider")
-        self.play = W.Play(value=0, min=0, max=1, interval=600, description="play")
-        self.play.add_class("dx-play")
-        W.jslink((self.play, "value"), (self.slider, "value"))
-        self.preview = preview_checkbox()  # enabled per trace, in _switch
-        self.header = W.HTML()
-        self.header.add_class("dx-header")
-        self.info = W.HTML()
-        self.info.add_class("dx-step-info")
-        self.unet_row = W.HTML()
-        self.unet_row.add_class("dx-unet-row")
-
-        vocab = words(trace, self.explainer)  # "noise" and "U-Net", or "velocity" and "transformer"
-        spec = ((key, title.format(**vocab), PANEL_CSS[key]) for key, title in STEP_PANELS.items())
-        boxes, self.images = panels(spec, size)
-        self.panel_titles = {key: box.children[0] for key, box in boxes.items()}  # relabelled per stage
-        self.help = help_box(HELP.format(**vocab))
-        self.channel_box = boxes["channels"]
-        self.fig = self._make_figure()
-
+        self.cfg = False
+        self.slider = IntControl()  # the step slider: linked to ``step``, which the browser sets
+        self.play = IntControl()
+        T.link((self, "step"), (self.slider, "value"))
+        T.link((self, "step"), (self.play, "value"))
+        self.preview = Checkbox()  # "fast latent preview (no VAE)": enabled per trace, in _switch
+        self.header, self.help = Text(), Text()
+        self.panel_titles = {key: Text() for key in STEP_PANELS}
+        self.channel_box = Text()  # its layout.display: hidden for pixel-space traces
+        self.images = {key: Shown(lambda key=key: self._picture(key)) for key in STEP_PANELS}
+        self.info = Shown(lambda: step_info(self._data, self._k()))
+        self.unet_row = Shown(lambda: unet_row_html(self.trace, self.explainer, self._k()))
+        self._pictures: dict[str, bytes | None] = {}
+        self._fig: LiveFigure | None = None
+        self._children: tuple | None = None
         self._switching = False  # True while set_trace changes controls: their observers wait
-        self.slider.observe(self.guard(self._on_control), names="value")
-        self.preview.observe(self.guard(self._on_control), names="value")
-        self.children = [
-            self.help,
-            self.header,
-            W.HBox([self.stage_chooser, self.play, self.slider, self.preview]),  # the chooser: cascades
-            W.HBox([boxes["xt"], boxes["x0"], boxes["channels"]]),
-            W.HBox([boxes["eps_c"], boxes["eps_u"], boxes["delta"], boxes["guided"]]),
-            self.info,
-            self.unet_row,
-            figure_box(self.fig, "dx-timeline"),
-            self.status,
-            self.output,
-        ]
+        self.stage_chooser.observe(self.guard(lambda c: self._on_stage(c["new"])), names="value")
+        self.preview.observe(self.guard(self._on_preview), names="value")
+        self.observe(self.guard(self._on_step), names="step")
         self.guard(self.set_trace)(self.cascade_trace if self.cascade_trace is not None else trace)
 
-    # ---- figure ----------------------------------------------------------------------------------
-    def _make_figure(self) -> LiveFigure:
-        base = make_subplots(specs=[[{"secondary_y": True}]])
-        fig = LiveFigure(base)
-        for key in ("c", "u", "d"):
-            fig.add_scatter(x=[], y=[], name=TIMELINE_SERIES[key], mode="lines+markers", secondary_y=False)
-        for key, dash in (("cos", "dot"), ("abar", "dash")):
-            fig.add_scatter(
-                x=[], y=[], name=TIMELINE_SERIES[key], mode="lines", line={"dash": dash}, secondary_y=True
-            )
-        fig.add_scatter(
-            x=[],
-            y=[],
-            name="current step",
-            mode="markers",
-            marker={"size": 14, "symbol": "diamond"},
-            secondary_y=False,
-        )
-        fig.update_layout(
-            height=300,
-            margin={"l": 50, "r": 50, "t": 30, "b": 40},
-            legend={"orientation": "h", "y": -0.25},
-            title={"text": TIMELINE_TITLE, "font": {"size": 13}},
-        )
-        fig.update_xaxes(title_text=TIMELINE_AXES["x"])
-        fig.update_yaxes(title_text=TIMELINE_AXES["left"], secondary_y=False)
-        fig.update_yaxes(  # its own round ticks (plotly would otherwise line them up with the left axis's)
-            title_text=TIMELINE_AXES["right"],
-            range=[-0.05, 1.05],
-            tickmode="array",
-            tickvals=[0, 0.25, 0.5, 0.75, 1],
-            showgrid=False,
-            secondary_y=True,
-        )
-        return fig
+    # ---- the browser's messages ------------------------------------------------------------------
+    def action_stage(self, name: str) -> None:
+        """The browser's stage button: show stage ``name`` of the cascade."""
+        self.stage_chooser.value = name
 
-    def _series(self) -> dict[str, list[Any]]:
-        trace = self.trace
-        out: dict[str, list[Any]] = {k: [] for k in ("c", "u", "d", "cos", "abar")}
-        for i in range(len(trace)):
-            ec, eu = _get(trace, "step.model.cond", i), _get(trace, "step.model.uncond", i)
-            out["c"].append(None if ec is None else rms(ec))
-            out["u"].append(None if eu is None else rms(eu))
-            out["d"].append(None if ec is None or eu is None else rms(ec - eu))
-            out["cos"].append(None if ec is None or eu is None else cosine(ec, eu))
-            out["abar"].append(trace.steps[i].level.alpha_bar)
-        return out
+    def action_preview(self, value: bool) -> None:
+        """The browser's "fast latent preview" box."""
+        if not self.preview.disabled:
+            self.preview.value = bool(value)
+        else:
+            self._send_trace()  # the box was not to be changed: redraw it as it is
 
     # ---- switching traces ------------------------------------------------------------------------
     def set_trace(self, trace: Trace | CascadeTrace, explainer: Explainer | None = None) -> None:
         """Show ``trace`` (keeping the current step where it exists); a cascade trace: its chosen stage."""
         if _is_cascade(trace):
             self.cascade_trace, self.stage = trace, _stage_name(trace, self.stage, keep=True)
-            self.stage_chooser.options = [(f"stage {n}", n) for n in trace.names]  # _on_stage: no change
-            self.stage_chooser.style.button_width = chooser_width(trace.names)
+            self.stage_chooser.options = [(f"stage {n}", n) for n in trace.names]
             self.stage_chooser.value = self.stage
             self.stage_chooser.layout.display = None if len(trace.names) > 1 else "none"
             self.show_stage(self.stage, explainer)
@@ -206,11 +139,12 @@ class StepExplorer(DxWidget):
             self.stage_chooser.layout.display = "none"
         if len(trace) == 0:
             raise ValueError("this trace has no finished steps to show")
-        self._switching = True  # the controls change below; draw once, at the end
+        self._switching = True
         try:
             self._switch(trace, explainer)
         finally:
             self._switching = False
+        self._send_trace()
         self._on_step()
 
     def _on_stage(self, name: str | None) -> None:
@@ -231,148 +165,149 @@ class StepExplorer(DxWidget):
             self.stage_chooser.value = name
         self.set_trace(trace)
 
-    def _relabel(self, trace: Trace) -> None:
-        """Name the model, its output and x_t as the trace shown has them (a cascade's stages differ)."""
-        vocab = words(trace, self.explainer)
-        self.help.value = help_html(HELP.format(**vocab))
-        for key, title in STEP_PANELS.items():
-            self.panel_titles[key].value = f"<b>{title.format(**vocab)}</b>"
-
     def _switch(self, trace: Trace, explainer: Explainer | None) -> None:
         self.trace = trace
         if explainer is not None or self.explainer is None:
             self.explainer = explainer if explainer is not None else trace.explainer
             self.frames.explainer = self.explainer
-        n = len(trace)
         self.frames.trace_latent_rgb = trace.run_settings.latent_rgb
-        self.cfg = trace.run_settings.do_cfg and _get(trace, "step.model.uncond", 0) is not None
-        can_decode = self.frames.can_decode() and not is_pixel_space(trace, self.explainer)
+        pixel = is_pixel_space(trace, self.explainer)
+        can_decode = self.frames.can_decode() and not pixel
         self.preview.disabled = not can_decode
-        self.preview.layout.display = (
-            None if can_decode or not is_pixel_space(trace, self.explainer) else "none"
-        )
-        if not can_decode and not is_pixel_space(trace, self.explainer):
+        self.preview.layout.display = None if can_decode or not pixel else "none"
+        if not can_decode and not pixel:
             self.preview.value = True
-        self.channel_box.layout.display = "none" if is_pixel_space(trace, self.explainer) else None
+        self.channel_box.layout.display = "none" if pixel else None
+        vocab = words(trace, self.explainer)
+        self.help.value = help_html(HELP.format(**vocab))
+        for key, title in STEP_PANELS.items():
+            self.panel_titles[key].value = f"<b>{title.format(**vocab)}</b>"
         s = trace.settings
         fork = "" if trace.forked_from is None else f" · forked at step {trace.forked_from}"
         stage = "" if self.cascade_trace is None else f"<b>stage {self.stage}</b> · "
+        caption = embedding_caption(trace)  # the Kandinsky prior: x_t is a vector
         self.header.value = (
             f"{stage}<b>prompt</b>: “{s.get('prompt')}” · <b>w</b> = {s.get('guidance_scale')} · "
-            f"seed {s.get('seed')} · {(s.get('scheduler') or {}).get('class', '?')} · {n} steps{fork}"
+            f"seed {s.get('seed')} · {(s.get('scheduler') or {}).get('class', '?')} · {len(trace)} steps{fork}"
+        ) + (f"<br>{caption}" if caption else "")
+        data = view_data(
+            trace, self.explainer, pixel_space=pixel, size=self.frames.size, stage=self.stage, caption=caption
         )
-        self._relabel(trace)
-        caption = embedding_caption(trace)  # the Kandinsky prior: x_t is a vector
-        self.header.value += f"<br>{caption}" if caption else ""
-        series = self._series()
-        steps = list(range(n))
-        with self.fig.batch_update():
-            data = self.fig.data
-            data[0].x, data[0].y = steps, series["c"]
-            data[1].x, data[1].y = (steps, series["u"]) if self.cfg else ([], [])
-            data[2].x, data[2].y = (steps, series["d"]) if self.cfg else ([], [])
-            data[3].x, data[3].y = (steps, series["cos"]) if self.cfg else ([], [])
-            data[4].x, data[4].y = steps, series["abar"]
-            self.fig.layout.xaxis.range = [-0.5, n - 0.5]
-        self._series_cache = series
-        step = min(self.slider.value, n - 1)
-        self.slider.max = self.play.max = n - 1
-        self.slider.value = step
+        self.cfg = data["cfg"]
+        self._data = data
+        if self._fig is not None:
+            fill_timeline(self._fig, data["series"], self.cfg)
+        step = min(self.slider.value, len(trace) - 1)
+        self.slider.max = self.play.max = len(trace) - 1
+        self.step = step
 
-    # ---- one step --------------------------------------------------------------------------------
-    def _latent_picture(self, name: str, step: int, latents: torch.Tensor | None) -> bytes:
-        if latents is None:
-            return blank(self.frames.size, f"{name}\nnot kept in this trace")
+    def _send_trace(self) -> None:
+        """Draw every step's pictures (cached per trace) and send them to the browser with the view data."""
+        data = dict(self._data)
+        data["stages"] = list(self.cascade_trace.names) if self.cascade_trace is not None else []
+        shown = self.preview.layout.display is None and not data["pixel_space"]
+        data["preview"] = {"value": self.preview.value, "disabled": self.preview.disabled, "shown": shown}
+        self._pictures = self._draw_all()
+        self.send_view(data, self._pictures)
+
+    # ---- pictures ---------------------------------------------------------------------------------
+    def _draw_all(self) -> dict[str, bytes | None]:
+        pictures: dict[str, bytes | None] = {}
+        trace, pixel = self.trace, is_pixel_space(self.trace, self.explainer)
+        for k, record in enumerate(trace.steps):
+            xt = get(trace, "step.latents", k)
+            if xt is None and record.restart is not None:
+                xt = record.restart.latents
+            xt = None if xt is None else xt * vp_scale(trace, k)
+            x0 = get(trace, "step.pred_x0", k)
+            pictures[f"{k}/xt"] = None if xt is None else self._latents("x_t", k, xt, pixel)
+            pictures[f"{k}/x0"] = None if x0 is None else self._latents("x̂0", k, x0, pixel)
+            pictures[f"{k}/channels"] = None if xt is None or pixel else self.frames.channels(xt)
+            ec, eu, guided = (
+                get(trace, n, k) for n in ("step.model.cond", "step.model.uncond", "step.guidance")
+            )
+            pictures[f"{k}/eps_c"] = None if ec is None else self.frames.noise(ec)
+            pictures[f"{k}/guided"] = None if guided is None else self.frames.noise(guided)
+            both = self.cfg and ec is not None and eu is not None
+            pictures[f"{k}/eps_u"] = self.frames.noise(eu) if both else None
+            pictures[f"{k}/delta"] = self.frames.channels(ec - eu) if both else None
+        return pictures
+
+    def _latents(self, name: str, k: int, latents: Any, pixel: bool) -> bytes:
         return self.frames.latents(
-            self.trace,
-            (name, step),
-            latents,
-            preview=self.preview.value,
-            pixel_space=is_pixel_space(self.trace, self.explainer),
+            self.trace, (name, k), latents, preview=self.preview.value, pixel_space=pixel
         )
 
-    def _on_control(self, change: dict) -> None:
+    def _k(self) -> int:
+        return max(0, min(self.step, len(self.trace) - 1))
+
+    def _picture(self, key: str) -> bytes:
+        """The PNG of panel ``key`` at the step shown (a grey placeholder saying why where there is none)."""
+        found = self._pictures.get(f"{self._k()}/{key}")
+        if found is not None:
+            return found
+        if key in ("eps_u", "delta") and not self.cfg:
+            return blank(
+                self.frames.size, GUIDANCE_OFF.format(model=words(self.trace, self.explainer)["model"])
+            )
+        return blank(self.frames.size, EMPTY[key])
+
+    # ---- the step ----------------------------------------------------------------------------------
+    def _on_preview(self, change: dict) -> None:
         if not self._switching:
-            self._on_step()
+            self._send_trace()
 
     def _on_step(self, change: dict | None = None) -> None:
-        trace = self.trace
-        k = min(self.slider.value, len(trace) - 1)
-        record = trace.steps[k]
-        xt = _get(trace, "step.latents", k)
-        if xt is None and record.restart is not None:
-            xt = record.restart.latents
-        scale = vp_scale(trace, k)
-        self.images["xt"].value = self._latent_picture("x_t", k, None if xt is None else xt * scale)
-        self.images["x0"].value = self._latent_picture("x̂0", k, _get(trace, "step.pred_x0", k))
-        if xt is not None and not is_pixel_space(trace, self.explainer):
-            self.images["channels"].value = self.frames.channels(xt * scale)
-        ec, eu, guided = (
-            _get(trace, n, k) for n in ("step.model.cond", "step.model.uncond", "step.guidance")
-        )
-        size = self.frames.size
-        self.images["eps_c"].value = blank(size, "ε_c not kept") if ec is None else self.frames.noise(ec)
-        self.images["guided"].value = (
-            blank(size, "ε̂ not kept") if guided is None else self.frames.noise(guided)
-        )
-        if not self.cfg:
-            model = words(self.trace, self.explainer)["model"]
-            off = GUIDANCE_OFF.format(model=model)
-            self.images["eps_u"].value = blank(size, off)
-            self.images["delta"].value = blank(size, off)
-        elif ec is not None and eu is not None:
-            self.images["eps_u"].value = self.frames.noise(eu)
-            self.images["delta"].value = self.frames.channels(ec - eu)
-        lv = record.level
-        s = self._series_cache
-        parts = [
-            f"<b>step {k}</b> of {len(trace)} (0-based)",
-            f"t = {record.timestep:g}",
-            f"ᾱ_t = {lv.alpha_bar:.4f}",
-            f"σ_t = {lv.sigma:.3f}",
-        ]
-        if s["c"][k] is not None:
-            parts.append(f"‖ε_c‖ = {s['c'][k]:.3f}")
-        if self.cfg and s["d"][k] is not None:
-            parts += [f"‖Δ‖ = {s['d'][k]:.3f}", f"cos(ε_c, ε_u) = {s['cos'][k]:.3f}"]
-        elif not self.cfg:
-            parts.append("guidance off: no ε_u, no Δ")
-        self.info.value = " · ".join(parts)
-        self._draw_unet_row(k)
-        with self.fig.batch_update():
-            y = s["c"][k] if s["c"][k] is not None else 0.0
-            self.fig.data[5].x, self.fig.data[5].y = [k], [y]
-            self.fig.layout.shapes = [
-                {
-                    "type": "line",
-                    "x0": k,
-                    "x1": k,
-                    "yref": "paper",
-                    "y0": 0,
-                    "y1": 1,
-                    "line": {"color": "#888", "width": 1},
-                }
-            ]
+        if self._fig is not None:
+            mark_step(self._fig, self._k(), self._data["series"]["c"][self._k()])
 
-    def _draw_unet_row(self, k: int) -> None:
-        trace = self.trace
-        n = len(trace)
-        fp = trace_fingerprint(trace, self.explainer)
-        model = words(self.trace, self.explainer)["model"]
-        label = f"#{fp}" if fp else model
-        chips = []
-        for i, t in enumerate(trace.timesteps):
-            on = i == k
-            style = (
-                "display:inline-block;margin:1px;padding:1px 3px;border-radius:3px;font-size:10px;"
-                f"border:1px solid {'#d33' if on else '#99a'};background:{'#fdd' if on else '#eef'}"
-            )
-            chips.append(
-                f"<span class='dx-unet-chip' title='step {i}, t = {t:g}' style='{style}'>{label}<br>t={t:g}</span>"
-            )
-        if fp:
-            text = f"The same {model}, same weights (fingerprint <code>{fp}</code>): <b>same weights at all {n} steps</b>."
-        else:
-            text = f"The same {model} runs at all {n} steps (this trace records no weight fingerprint)."
-        text += " Only its inputs change: x_t, the timestep t and the prompt."
-        self.unet_row.value = f"<div>{text}</div><div style='line-height:1.1'>{''.join(chips)}</div>"
+    @property
+    def fig(self) -> LiveFigure:
+        """The timeline as a plotly figure (built on first read; the browser draws its own)."""
+        if self._fig is None:
+            self._fig = make_timeline()
+            fill_timeline(self._fig, self._data["series"], self.cfg)
+            self._on_step()
+        return self._fig
+
+    @property
+    def children(self) -> tuple:
+        """ipywidgets copies of what the view shows, in the classic layout (help, header, controls, the two
+        picture rows, info, the same-model row): for code that reads texts the way it did."""
+        import ipywidgets as W
+
+        if self._children is None:
+            rows = [["xt", "x0", "channels"], ["eps_c", "eps_u", "delta", "guided"]]
+            titles = {key: W.HTML() for key in STEP_PANELS}
+            boxes = [W.HBox([W.VBox([titles[key]]) for key in row]) for row in rows]
+            self._children = (W.HTML(), W.HTML(), W.HBox(), *boxes, W.HTML(), W.HTML(), titles)
+        help_, header, controls, row1, row2, info, unet, titles = self._children
+        help_.value, header.value = self.help.value, self.header.value
+        info.value, unet.value = self.info.value, self.unet_row.value
+        for key, text in self.panel_titles.items():
+            titles[key].value = text.value
+        return help_, header, controls, row1, row2, info, unet
+
+
+def unet_row_html(trace: Trace, explainer: Explainer | None, k: int) -> str:
+    """The same-model row as HTML (the chip of step ``k`` marked): what the browser draws, for Python."""
+    n = len(trace)
+    fp = trace_fingerprint(trace, explainer)
+    model = words(trace, explainer)["model"]
+    label = f"#{fp}" if fp else model
+    chips = []
+    for i, t in enumerate(trace.timesteps):
+        on = i == k
+        style = (
+            "display:inline-block;margin:1px;padding:1px 3px;border-radius:3px;font-size:10px;"
+            f"border:1px solid {'#d33' if on else '#99a'};background:{'#fdd' if on else '#eef'}"
+        )
+        chips.append(
+            f"<span class='dx-unet-chip' title='step {i}, t = {t:g}' style='{style}'>{label}<br>t={t:g}</span>"
+        )
+    if fp:
+        text = f"The same {model}, same weights (fingerprint <code>{fp}</code>): <b>same weights at all {n} steps</b>."
+    else:
+        text = f"The same {model} runs at all {n} steps (this trace records no weight fingerprint)."
+    text += " Only its inputs change: x_t, the timestep t and the prompt."
+    return f"<div>{text}</div><div style='line-height:1.1'>{''.join(chips)}</div>"
