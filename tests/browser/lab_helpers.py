@@ -280,13 +280,15 @@ def wait_for_text(page, css_class: str, text: str, timeout: float = TIMEOUT_S) -
 
 
 def slider_readout(page, css_class: str) -> str:
-    """The value an ipywidgets slider shows next to it (its readout text)."""
+    """The value a slider shows next to it (its readout text: ipywidgets', or the anywidget views')."""
     return page.locator(f"{_scope(css_class)} .widget-readout").first.inner_text().strip()
 
 
 def press_slider(page, css_class: str, key: str = "ArrowRight", times: int = 1) -> None:
-    """Focus the slider handle inside the widget with ``css_class`` and press ``key`` ``times`` times."""
-    handle = page.locator(f"{_scope(css_class)} .noUi-handle").first
+    """Focus the slider inside the widget with ``css_class`` (an ipywidgets slider's handle, or the
+    anywidget views' range input) and press ``key`` ``times`` times."""
+    sel = _scope(css_class)
+    handle = page.locator(f"{sel} .noUi-handle, {sel} input[type=range]").first
     handle.wait_for(state="visible", timeout=_ms(TIMEOUT_S))
     handle.focus()
     for _ in range(times):

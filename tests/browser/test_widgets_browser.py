@@ -118,6 +118,20 @@ def _open(page, lab_server, tmp_path: Path, name: str) -> None:
     assert state["done"] == state["total"] == 2 and state["errors"] == 0, (state, error_outputs(page))
 
 
+def _timeline_cursor(page, css_class: str, changed_from: str | None = None) -> str:
+    """The x of the step line on the anywidget views' SVG timeline (once drawn, or once moved)."""
+    return page.wait_for_function(
+        """([sel, old]) => {
+          const line = document.querySelector(`.${sel} .dx-cursor`);
+          const x = line && line.getAttribute('x1');
+          return x && x !== old ? x : null;
+        }""",
+        arg=[css_class, changed_from],
+        polling=250,
+        timeout=120_000,
+    ).json_value()
+
+
 def _no_errors(page) -> None:
     assert count_error_outputs(page) == 0, error_outputs(page)
 
@@ -127,10 +141,10 @@ def test_step_explorer_in_lab(lab_page, lab_server, tmp_path):
     page = lab_page
     _open(page, lab_server, tmp_path, "step_explorer")
     src = wait_for_widget_image(page, "dx-xt-image")
-    fig = wait_for_plotly(page, "dx-timeline")
+    cursor = _timeline_cursor(page, "dx-step-explorer")  # the anywidget view's SVG timeline
     press_slider(page, "dx-step-slider", "ArrowRight", times=2)
     wait_for_widget_image(page, "dx-xt-image", changed_from=src)
-    wait_for_plotly(page, "dx-timeline", changed_from=fig)
+    _timeline_cursor(page, "dx-step-explorer", changed_from=cursor)
     wait_for_text(page, "dx-step-info", f"step {slider_readout(page, 'dx-step-slider')} of")
     _no_errors(page)
     docs_screenshot(page, "step_explorer", "dx-step-explorer")
@@ -273,10 +287,10 @@ def test_trace_player_in_lab(lab_page, lab_server, tmp_path):
     page = lab_page
     _open(page, lab_server, tmp_path, "trace_player")
     src = wait_for_widget_image(page, "dx-xt-image")
-    fig = wait_for_plotly(page, "dx-timeline")
+    cursor = _timeline_cursor(page, "dx-step-explorer")
     press_slider(page, "dx-step-slider", "ArrowRight")
     wait_for_widget_image(page, "dx-xt-image", changed_from=src)
-    wait_for_plotly(page, "dx-timeline", changed_from=fig)
+    _timeline_cursor(page, "dx-step-explorer", changed_from=cursor)
     wait_for_text(page, "dx-step-info", f"step {slider_readout(page, 'dx-step-slider')} of")
     _no_errors(page)
     docs_screenshot(page, "trace_player", "dx-trace-player")
