@@ -41,8 +41,11 @@ BUSY_JS = """
 (seconds) => {
   const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
   // a background computation that holds the kernel: pure Python, so no thread can answer for it
-  kernel.requestExecute({ code: `import time\\n_t = time.time()\\nwhile time.time() - _t < ${seconds}:\\n    sum(range(10000))`,
-                          silent: true, store_history: false });
+  const future = kernel.requestExecute({
+    code: `import time\\n_t = time.time()\\nwhile time.time() - _t < ${seconds}:\\n    sum(range(10000))`,
+    silent: true, store_history: false });
+  window.__dxBusyDone = null;  // when the kernel said the loop is over
+  future.done.then(() => { window.__dxBusyDone = performance.now(); }, () => { window.__dxBusyDone = -1; });
   return true;
 }
 """
@@ -61,6 +64,11 @@ def counts(page) -> dict:
     )
 
 
+def kernel_still_busy(page) -> bool:
+    """Whether the loop of ``make_kernel_busy`` has not ended yet (its reply has not come)."""
+    return page.evaluate("() => window.__dxBusyDone === null")
+
+
 def make_kernel_busy(page, seconds: float) -> None:
     """Run a pure-Python loop of ``seconds`` in the kernel (it answers nothing meanwhile), and wait
     until the page sees the kernel busy."""
@@ -72,7 +80,9 @@ def make_kernel_busy(page, seconds: float) -> None:
     )
 
 
-def press_and_time(page, focus_selector: str, presses: int, *, key: str = "ArrowRight", timeout: float = 30.0) -> list[float | None]:
+def press_and_time(
+    page, focus_selector: str, presses: int, *, key: str = "ArrowRight", timeout: float = 30.0
+) -> list[float | None]:
     """Press ``key`` ``presses`` times, one at a time, each once the picture of the last one is shown
     (or ``timeout`` passed); returns each delay in ms (None: no new picture in time)."""
     page.locator(focus_selector).first.focus()
@@ -86,7 +96,9 @@ def press_and_time(page, focus_selector: str, presses: int, *, key: str = "Arrow
         if counts(page)["pics"] <= before:
             delays.append(None)
             continue
-        delays.append(page.evaluate("(i) => __dx.pics[__dx.pics.length - 1].t - __dx.keys[__dx.keys.length - 1]", 0))
+        delays.append(
+            page.evaluate("(i) => __dx.pics[__dx.pics.length - 1].t - __dx.keys[__dx.keys.length - 1]", 0)
+        )
     return delays
 
 
@@ -96,7 +108,9 @@ def rapid(page, focus_selector: str, presses: int, *, key: str = "ArrowRight") -
     page.locator(focus_selector).first.focus()
     for _ in range(presses):
         page.keyboard.press(key)
-    return page.evaluate("() => (__dx.pics.length ? __dx.pics[__dx.pics.length - 1].t : NaN) - __dx.keys[__dx.keys.length - 1]")
+    return page.evaluate(
+        "() => (__dx.pics.length ? __dx.pics[__dx.pics.length - 1].t : NaN) - __dx.keys[__dx.keys.length - 1]"
+    )
 
 
 def median_ms(delays: list[float | None]) -> float | None:
