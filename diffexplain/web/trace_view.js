@@ -392,6 +392,7 @@ function render({ model, el: host }) {
     Object.values(urls).forEach((u) => URL.revokeObjectURL(u));
     view = null;
     const D = model.get("_view");
+    top.replaceChildren(...loader(D || {}));
     body.replaceChildren();
     if (!D || !D.steps || !D.steps.length) return;
     urls = blobUrls(model);
@@ -405,6 +406,26 @@ function render({ model, el: host }) {
         syncTimer = setTimeout(() => { model.set("step", k); model.save_changes(); }, STEP_SYNC_MS);
       },
     });
+  }
+  function loader(D) { // TracePlayer: a trace file's path and Load, or an upload (the bytes go as a buffer)
+    if (!D.loader) return [];
+    const help = el("div", { class: "dx-help" });
+    help.innerHTML = D.loader.help;
+    const row = el("div", { class: "dx-controls dx-loader" });
+    const path = el("input", { type: "text", class: "dx-trace-path", placeholder: "path/to/run.trace",
+                               "aria-label": "trace file" });
+    path.value = D.loader.path || "";
+    path.style.width = "420px";
+    const load = el("button", { type: "button", class: "dx-load-button" }, "Load");
+    load.addEventListener("click", () => model.send({ action: "load", path: path.value }));
+    path.addEventListener("keydown", (ev) => { ev.stopPropagation(); if (ev.key === "Enter") load.click(); });
+    const file = el("input", { type: "file", class: "dx-trace-upload", "aria-label": "upload a trace file" });
+    file.addEventListener("change", async () => {
+      const f = file.files && file.files[0];
+      if (f) model.send({ action: "upload", name: f.name }, undefined, [await f.arrayBuffer()]);
+    });
+    row.append(el("label", {}, "trace file "), path, load, el("label", {}, "upload "), file);
+    return [help, row];
   }
   function controls(D) { // what needs Python: another stage of a cascade, decoded pictures or the fast preview
     const out = [];

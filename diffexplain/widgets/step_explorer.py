@@ -80,17 +80,22 @@ class StepExplorer(TraceView):
         stage: str | None = None,
     ) -> None:
         super().__init__()
-        self._data: dict[str, Any] = {}  # the view data of the trace shown (diffexplain.web.view_data)
-        self.cascade_trace: CascadeTrace | None = None
-        self.stage: str | None = None  # the stage shown, for a cascade trace
-        self.stage_chooser = Chooser()
-        self.stage_chooser.layout.display = "none"
+        self._setup()
         if _is_cascade(trace):
             self.cascade_trace, self.stage = trace, _stage_name(trace, stage)
             trace = trace.stage(self.stage)
         self.explainer = explainer if explainer is not None else trace.explainer
         self.frames = Frames(self.explainer, size)
         self.trace: Trace = trace
+        self.guard(self.set_trace)(self.cascade_trace if self.cascade_trace is not None else trace)
+
+    def _setup(self) -> None:
+        """The stand-ins of the controls and texts (a subclass with its own constructor calls it too)."""
+        self._data: dict[str, Any] = {}  # the view data of the trace shown (diffexplain.web.view_data)
+        self.cascade_trace: CascadeTrace | None = None
+        self.stage: str | None = None  # the stage shown, for a cascade trace
+        self.stage_chooser = Chooser()
+        self.stage_chooser.layout.display = "none"
         self.cfg = False
         self.slider = IntControl()  # the step slider: linked to ``step``, which the browser sets
         self.play = IntControl()
@@ -110,7 +115,6 @@ class StepExplorer(TraceView):
         self.stage_chooser.observe(self.guard(lambda c: self._on_stage(c["new"])), names="value")
         self.preview.observe(self.guard(self._on_preview), names="value")
         self.observe(self.guard(self._on_step), names="step")
-        self.guard(self.set_trace)(self.cascade_trace if self.cascade_trace is not None else trace)
 
     # ---- the browser's messages ------------------------------------------------------------------
     def action_stage(self, name: str) -> None:
@@ -203,12 +207,16 @@ class StepExplorer(TraceView):
 
     def _send_trace(self) -> None:
         """Draw every step's pictures (cached per trace) and send them to the browser with the view data."""
-        data = dict(self._data)
+        data = {**self._data, **self._extra_view()}
         data["stages"] = list(self.cascade_trace.names) if self.cascade_trace is not None else []
         shown = self.preview.layout.display is None and not data["pixel_space"]
         data["preview"] = {"value": self.preview.value, "disabled": self.preview.disabled, "shown": shown}
         self._pictures = self._draw_all()
         self.send_view(data, self._pictures)
+
+    def _extra_view(self) -> dict[str, Any]:
+        """More view data a subclass sends (TracePlayer: its loader)."""
+        return {}
 
     # ---- pictures ---------------------------------------------------------------------------------
     def _draw_all(self) -> dict[str, bytes | None]:

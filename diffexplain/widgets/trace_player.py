@@ -1,4 +1,5 @@
-"""TracePlayer: open a saved trace file and explore it with a StepExplorer (and its attention maps), no model needed."""
+"""TracePlayer: open a saved trace file and explore it as the StepExplorer does (an anywidget; its attention
+maps below), no model needed."""
 
 from __future__ import annotations
 
@@ -8,14 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
+import traitlets as T
 from PIL import Image
 
 from diffexplain.errors import TraceFileError
 from diffexplain.widgets.attention_maps import AttentionMaps
-from diffexplain.widgets.base import DEFAULT_SIZE, DxWidget, Frames, button, help_box
+from diffexplain.widgets.base import DEFAULT_SIZE, Frames
 from diffexplain.widgets.inputs import InputError
 from diffexplain.widgets.noise_lab import first_upload
+from diffexplain.widgets.stand_ins import Button, Text
 from diffexplain.widgets.step_explorer import StepExplorer
+from diffexplain.widgets.trace_view import TraceView
 
 if TYPE_CHECKING:
     import torch
@@ -78,9 +82,15 @@ class SavedFrames(Frames):
         return super().picture(owner, key, latents, preview=preview, pixel_space=pixel_space, size=size)
 
 
-class TracePlayer(DxWidget):
-    """Load a saved trace (a path, an upload, a ``Trace`` or a ``CascadeTrace``) and explore it with
-    :class:`StepExplorer` (with a stage chooser for a cascade's).
+class TracePlayer(StepExplorer):
+    """Load a saved trace (a path, an upload, a ``Trace`` or a ``CascadeTrace``) and explore it as the
+    :class:`StepExplorer` does (with a stage chooser for a cascade's): one anywidget, scrubbed in the browser.
+
+    The path box, Load and the upload are drawn in the browser; Load and an upload are messages to
+    Python (the file's bytes as a binary buffer). In Python: ``path.value``, ``load_button.click()``,
+    ``upload.value`` (ipywidgets 8's format), ``load(path)``, ``show(trace)``; ``explorer`` is the
+    player itself once a trace is shown (None before). A trace with attention maps gets an
+    ``AttentionMaps`` (ipywidgets, linked to the step) displayed below the player.
 
     A path that names no file, or a file that is no trace (the loader's ``TraceFileError``), is told on
     the status line, without a traceback.
@@ -96,40 +106,65 @@ class TracePlayer(DxWidget):
         explainer: Explainer | None = None,
         size: int = DEFAULT_SIZE,
     ) -> None:
-        super().__init__()
+        TraceView.__init__(self)
+        self.add_class("dx-step-explorer")  # the step view's parts are selected by it, as in the explorer
+        self._setup()
         self.explainer = explainer
+        self._given_explainer = explainer  # None: the saved pictures, when a file has them
         self.size = size
-        self.path = W.Text(value="", placeholder="path/to/run.trace", description="trace file")
-        self.path.layout.width = "480px"
-        self.path.add_class("dx-trace-path")
-        self.load_button = button("Load", "dx-load-button", style="primary")
-        self.upload = W.FileUpload(accept="", multiple=False, description="upload")
-        self.upload.add_class("dx-trace-upload")
-        self.explorer_box = W.VBox()
-        self.explorer: StepExplorer | None = None
-        self.attention_box = W.VBox()
+        self.frames: Frames = SavedFrames(explainer, size, None)
+        self.trace: Trace | None = None  # type: ignore[assignment]
+        self.path = Text()
+        self.load_button = Button("Load")
+        self.upload = Upload()
+        self.view_buttons = [self.load_button]
         self.attention: AttentionMaps | None = None  # shown for traces with attention maps
-        self.trace: Trace | None = None
-        self.cascade_trace: CascadeTrace | None = None  # a cascade's file: self.trace is its shown stage
-
+        self.attention_box = Text()  # its layout.display: None while attention maps are shown
+        self.attention_box.layout.display = "none"
         self.load_button.on_click(self.guard(lambda _: self.load(self.path.value)))
         self.upload.observe(self.guard(self._on_upload), names="value")
-        self.children = [
-            help_box(HELP),
-            W.HBox([self.path, self.load_button, self.upload]),
-            self.status,
-            self.output,
-            self.explorer_box,
-            self.attention_box,
-        ]
+        self.path.observe(lambda _: None if self.trace is not None else self._send_trace(), names="value")
         if path_or_trace is None:
+            self._send_trace()
             return
         if isinstance(path_or_trace, str | os.PathLike):
             self.path.value = str(path_or_trace)
             self.guard(self.load)(path_or_trace)
         else:
             self.guard(self.show)(path_or_trace)
+        if self.trace is None:
+            self._send_trace()  # nothing shown (an error): the loader alone
 
+    @property
+    def explorer(self) -> TracePlayer | None:
+        """The step view: the player itself once a trace is shown (None before)."""
+        return self if self.trace is not None else None
+
+    # ---- the browser's messages ------------------------------------------------------------------
+    def action_load(self, path: str) -> None:
+        """The browser's Load button (the path typed beside it)."""
+        self.path.value = path
+        self.load(path)
+
+    def action_upload(self, name: str, buffers: list[Any] | None = None) -> None:
+        """The browser's upload: the file's bytes came as a binary buffer."""
+        if not buffers:
+            raise InputError(f"the upload of {name!r} came without its content")
+        self._load_bytes(bytes(buffers[0]))
+
+    def _extra_view(self) -> dict[str, Any]:
+        return {"loader": {"help": HELP, "path": self.path.value}}
+
+    def _send_trace(self) -> None:
+        if self.trace is None:  # the loader alone
+            self.send_view(self._extra_view(), {})
+            return
+        super()._send_trace()
+
+    def _picture(self, key: str) -> bytes:
+        return super()._picture(key) if self.trace is not None else b""
+
+    # ---- loading -----------------------------------------------------------------------------------
     def load(self, path: str | os.PathLike[str]) -> Trace | CascadeTrace:
         """Load the trace file at ``path`` and show it. Raises ``InputError`` for an empty path or one that
         names no file, and the loader's ``TraceFileError`` for a file that is no trace."""
@@ -154,21 +189,51 @@ class TracePlayer(DxWidget):
                 f"prompt “{cascade.settings.get('prompt')}”"
             )
             return cascade
-        trace = Trace.load(path, explainer=self.explainer)
+        trace = Trace.load(path, explainer=self._given_explainer)
         self.show(trace)
         self.say(f"loaded <code>{path.name}</code>: {len(trace)} steps, prompt “{trace.run_settings.prompt}”")
         return trace
 
     def _on_upload(self, change: dict) -> None:
         content = first_upload(self.upload)
-        if content is None:
-            return
+        if content is not None:
+            self._load_bytes(content)
+
+    def _load_bytes(self, content: bytes) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "uploaded.trace"
             path.write_bytes(content)
             self.load(path)
 
-    def _frames(self, frames: Frames, trace: Trace) -> SavedFrames:
+    def show(self, trace: Trace | CascadeTrace) -> None:
+        """Show an already loaded ``trace`` (a cascade's: its last stage first, a stage chooser above)."""
+        from diffexplain.cascade_trace import CascadeTrace
+
+        first = trace
+        if isinstance(trace, CascadeTrace):
+            first = trace.stages.get(self.stage or "", trace.last)
+        else:
+            self.explainer = self._given_explainer  # the explainer given, else (in set_trace) the trace's
+        self.frames = self._saved_frames(self.frames, first)
+        self.set_trace(trace)
+        if self._given_explainer is None and first.previews is not None:
+            self.preview.value = False  # the saved pictures, not the blocky latent preview
+        has_maps = (
+            bool((first.run_settings.attention or {}).get("maps"))
+            and bool(first.steps)
+            and bool(first.steps[0].attention)
+        )
+        if has_maps and self.attention is None:
+            self.attention = AttentionMaps(first, self._given_explainer, size=self.size).link(self)
+        if has_maps and self.attention is not None:
+            self.attention.frames = self._saved_frames(self.attention.frames, first)
+            self.attention.set_trace(first)
+            if self._given_explainer is None and first.previews is not None:
+                self.attention.preview.value = False
+        self.attention_box.layout.display = None if has_maps else "none"
+        self.clear_errors()
+
+    def _saved_frames(self, frames: Frames, trace: Trace) -> SavedFrames:
         """``frames`` as ``SavedFrames`` following ``trace`` (its cache kept)."""
         if not isinstance(frames, SavedFrames):
             saved = SavedFrames(frames.explainer, frames.size, trace)
@@ -177,35 +242,18 @@ class TracePlayer(DxWidget):
         frames.trace = trace
         return frames
 
-    def show(self, trace: Trace | CascadeTrace) -> None:
-        """Show an already loaded ``trace`` (a cascade's: its last stage first, a stage chooser above)."""
-        from diffexplain.cascade_trace import CascadeTrace
+    def _ipython_display_(self) -> None:
+        """The player, then its attention maps (an ipywidgets view, until it is an anywidget too)."""
+        from IPython.display import display
 
-        shown = trace
-        self.cascade_trace = trace if isinstance(trace, CascadeTrace) else None
-        if self.cascade_trace is not None:
-            stage = self.explorer.stage if self.explorer is not None else None
-            trace = self.cascade_trace.stages.get(stage or "", self.cascade_trace.last)
-        self.trace = trace
-        if self.explorer is None:
-            self.explorer = StepExplorer(trace, self.explainer, size=self.size)
-            self.explorer_box.children = [self.explorer]
-        self.explorer.frames = self._frames(self.explorer.frames, trace)
-        self.explorer.set_trace(shown)
-        if self.explainer is None and trace.previews is not None:
-            self.explorer.preview.value = False  # the saved pictures, not the blocky latent preview
-        has_maps = (
-            bool((trace.run_settings.attention or {}).get("maps"))
-            and bool(trace.steps)
-            and bool(trace.steps[0].attention)
-        )
-        if has_maps and self.attention is None:
-            self.attention = AttentionMaps(trace, self.explainer, size=self.size).link(self.explorer)
-            self.attention_box.children = [W.HTML("<h4>Cross-attention maps</h4>"), self.attention]
-        if has_maps and self.attention is not None:
-            self.attention.frames = self._frames(self.attention.frames, trace)
-            self.attention.set_trace(trace)
-            if self.explainer is None and trace.previews is not None:
-                self.attention.preview.value = False
-        self.attention_box.layout.display = None if has_maps else "none"
-        self.clear_errors()
+        data, metadata = self._repr_mimebundle_() or ({}, {})
+        display(data, metadata=metadata, raw=True)
+        if self.attention is not None and self.attention_box.layout.display is None:
+            display(W.HTML("<h4>Cross-attention maps</h4>"), self.attention)
+
+
+class Upload(T.HasTraits):
+    """The upload's stand-in: ``value`` as ipywidgets 8's ``FileUpload`` gives it (a tuple of dicts
+    with ``name`` and ``content``); setting it loads the file, as an upload from the browser does."""
+
+    value = T.Tuple()
