@@ -41,6 +41,7 @@ class Shown:
 
     @property
     def value(self) -> Any:
+        """The value now (read when asked)."""
         return self._read()
 
 
@@ -89,9 +90,11 @@ class Button(T.HasTraits):
         self._handlers: list[Callable[[Button], Any]] = []
 
     def on_click(self, fn: Callable[[Button], Any]) -> None:
+        """Call ``fn(button)`` on each click."""
         self._handlers.append(fn)
 
     def click(self) -> None:
+        """Click it: what the browser's button does."""
         for fn in self._handlers:
             fn(self)
 
@@ -102,9 +105,11 @@ class Output(T.HasTraits):
     outputs = T.Tuple()
 
     def append_stderr(self, text: str) -> None:
+        """Add ``text`` as a stderr stream output."""
         self.outputs = (*self.outputs, {"output_type": "stream", "name": "stderr", "text": text})
 
     def text(self) -> str:
+        """All the text of the outputs."""
         return "".join(o.get("text", "") for o in self.outputs)
 
 

@@ -111,7 +111,9 @@ class TraceView(Actions, anywidget.AnyWidget):
         self.guard(handler)(**args)
 
     def buttons(self) -> list[Button]:
+        """The view's buttons (``view_buttons``): off while an action runs."""
         return list(self.view_buttons)
 
     def clear_errors(self) -> None:
+        """Empty the output area."""
         self.output.outputs = ()

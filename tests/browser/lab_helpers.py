@@ -296,12 +296,13 @@ def press_slider(page, css_class: str, key: str = "ArrowRight", times: int = 1) 
 
 
 def click_button(page, css_class: str | None = None, *, text: str | None = None) -> None:
-    """Click the ipywidgets Button with ``css_class``, or else the one whose label is ``text``."""
+    """Click the button with ``css_class``, or else the one whose label is ``text`` (an ipywidgets Button,
+    or a button an anywidget view draws)."""
     if css_class:
         sel = _scope(css_class)
         button = page.locator(f"button{sel}, {sel} button").first
     elif text is not None:
-        button = page.locator("button.jupyter-button").filter(
+        button = page.locator("button.jupyter-button, .dx-widget button").filter(  # ipywidgets', the views'
             has_text=re.compile(rf"^\s*{re.escape(text)}\s*$")
         )
         button = button.first

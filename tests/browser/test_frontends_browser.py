@@ -57,8 +57,8 @@ SCREENSHOTS = (
     else ARTIFACTS_DIR / "frontends"
 )
 
-# A slider's track: noUiSlider in ipywidgets 8, jQuery UI in ipywidgets 7.
-SLIDER_TRACK = ".noUi-base, .ui-slider"
+# A slider's track: noUiSlider in ipywidgets 8, jQuery UI in ipywidgets 7, the anywidget views' range input.
+SLIDER_TRACK = ".noUi-base, .ui-slider, input[type=range]"
 # Error outputs in every front end: classic's output areas, JupyterLab's mimetype attributes (Notebook 7,
 # Voilà), widgets that failed to render, and the widgets' own error status line.
 ERRORS_JS = """
@@ -80,6 +80,13 @@ _IMAGE_JS = """
   const img = document.querySelector(`img${sel}, ${sel} img`);
   if (!img || !img.complete || img.naturalWidth === 0) return null;
   return (old === null || img.src !== old) ? img.src : null;
+}
+"""
+_CURSOR_JS = """
+([sel, old]) => {  // the anywidget StepExplorer's SVG timeline: where its step line is
+  const line = document.querySelector(`${sel} .dx-cursor`);
+  const x = line && line.getAttribute('x1');
+  return x && (old === null || x !== old) ? x : null;
 }
 """
 _PLOTLY_JS = """
@@ -229,15 +236,15 @@ def _check_widgets(page, *, plots: str) -> None:
     """Both widgets drawn; the step slider and the w slider each change their pictures and plots."""
     figure = _image if plots == "image" else _plot
     xt = _image(page, "dx-xt-image")
-    timeline = figure(page, "dx-timeline")
+    timeline = _wait(page, _CURSOR_JS, [".dx-step-explorer", None])  # drawn in the browser, in any mode
     strip = _image(page, "dx-reguide-strip")
     _image(page, "dx-on-image")
     guidance_plot = figure(page, "dx-guidance-plot")
     if plots == "image":  # the figures are pictures, not plotly
-        assert page.locator(".dx-timeline .js-plotly-plot").count() == 0
+        assert page.locator(".dx-guidance-plot .js-plotly-plot").count() == 0
     _move(page, "dx-step-slider", 0.45)
     _image(page, "dx-xt-image", changed_from=xt)
-    figure(page, "dx-timeline", changed_from=timeline)
+    _wait(page, _CURSOR_JS, [".dx-step-explorer", timeline])
     _move(page, "dx-guidance-slider", 0.45)
     _image(page, "dx-reguide-strip", changed_from=strip)
     figure(page, "dx-guidance-plot", changed_from=guidance_plot)
