@@ -67,6 +67,7 @@ SCRIPTS = {
     ),
     "bench_noise_levels": Case(JSON, ("x̂0 MSE",), ("rows", "z0_variance")),
     "bench_position": Case(JSON, ("follows the caption",), ("pairs", "two_objects", "exchanged_words")),
+    "bench_scrub": Case(JSON, ("bytes per trace",), ("settings", "bytes_per_trace", "browser")),
     "bench_text_binding": Case((), ("linear probes", '"top" / "left"')),
     "bench_threads": Case(JSON, ("slower (goal ≤ 2×)",), ("before_slowdown", "load_average")),
     "sample_grid": Case(("--out", "{tmp}/grid.png"), ("wrote",), files=("grid.png",)),

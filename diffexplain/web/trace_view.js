@@ -373,7 +373,7 @@ function render({ model, el: host }) {
   const progress = el("progress", { class: "dx-progress", max: "1", value: "0" });
   stop.addEventListener("click", () => model.send({ action: "stop" }));
   root.append(top, body, status, progress, stop, errors);
-  let urls = {}, view = null, syncTimer = null;
+  let urls = {}, view = null, syncTimer = null, warm = [];
 
   function drawStatus() {
     status.innerHTML = model.get("status_html") || "";
@@ -391,12 +391,14 @@ function render({ model, el: host }) {
     if (view) view.destroy();
     Object.values(urls).forEach((u) => URL.revokeObjectURL(u));
     view = null;
+    warm = [];
     const D = model.get("_view");
     top.replaceChildren(...loader(D || {}));
     body.replaceChildren();
     if (!D || !D.steps || !D.steps.length) return;
     urls = blobUrls(model);
-    for (const u of Object.values(urls)) { const im = new Image(); im.src = u; if (im.decode) im.decode().catch(() => {}); }
+    // every picture decoded now and kept decoded (the images held here): a step change then only swaps src
+    warm = Object.values(urls).map((u) => { const im = new Image(); im.src = u; im.decode().catch(() => {}); return im; });
     const picture = (k, key) => urls[k === null ? key : k + "/" + key] || null;
     view = mountTraceView(body, D, picture, {
       step: model.get("step"),
