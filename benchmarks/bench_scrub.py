@@ -80,7 +80,11 @@ def _notebook(view: str, steps: int, folder: Path) -> Path:
         nbformat.v4.new_code_cell(SETUP.format(prompt=PROMPT, steps=steps)),
         nbformat.v4.new_code_cell(f"widget = {VIEWS[view]}(trace)\nwidget"),
     ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
     path = folder / f"scrub_{view}.ipynb"
     nbformat.write(nb, path)
     return path
@@ -156,8 +160,12 @@ def measure_view(page, server, view: str, args: argparse.Namespace, folder: Path
     wait_for_kernel_idle(page, timeout=120)
     before = counts(page)
     make_kernel_busy(page, args.busy_seconds)
-    busy = press_and_time(page, slider, min(args.presses, 3 if view == "ipywidgets" else args.presses),
-                          timeout=args.busy_seconds + 5)
+    busy = press_and_time(
+        page,
+        slider,
+        min(args.presses, 3 if view == "ipywidgets" else args.presses),
+        timeout=args.busy_seconds + 5,
+    )
     out["busy_key_to_picture_ms"] = median_ms(busy)
     out["busy_all_ms"] = [None if d is None else round(d, 1) for d in busy]
     out["comm_messages_while_scrubbing_busy"] = counts(page)["comm"] - before["comm"]
@@ -202,11 +210,15 @@ def main() -> None:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    figures: dict = {"settings": {k: v for k, v in vars(args).items() if k != "json" and not isinstance(v, Path)}}
+    figures: dict = {
+        "settings": {k: v for k, v in vars(args).items() if k != "json" and not isinstance(v, Path)}
+    }
     figures["bytes_per_trace"] = bytes_per_trace(args.steps)
     figures["browser"] = browser_part(args)
     sent = figures["bytes_per_trace"]
-    print(f"bytes per trace ({args.steps} steps): anywidget {sent['anywidget']:,}, ipywidgets {sent['ipywidgets']:,}")
+    print(
+        f"bytes per trace ({args.steps} steps): anywidget {sent['anywidget']:,}, ipywidgets {sent['ipywidgets']:,}"
+    )
     for view, row in figures["browser"].items():
         if view == "skipped":
             print(f"browser: skipped ({row})")
