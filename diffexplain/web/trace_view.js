@@ -363,7 +363,8 @@ function blobUrls(model) {
 
 function render({ model, el: host }) {
   const root = document.createElement("div");
-  root.classList.add("dx-widget");
+  root.classList.add("dx-widget", "dx-view");
+  addStyle(root);
   host.append(root);
   const top = document.createElement("div");
   const body = document.createElement("div");
