@@ -192,3 +192,15 @@ def test_a_stopped_run_has_a_page_of_the_steps_it_made(runs, tmp_path):
     assert len(data["steps"]) == len(stopped) == 2
     assert data["final_label"].startswith("x̂0 at the last step")
     assert png_of(data["final"]) == stopped.previews.png("pred_x0", 1)
+
+
+def test_bundle_names_a_view_module_that_does_not_exist():
+    """bundle(view): the shared module then the view's own; a clear error for a file not there."""
+    import pytest
+
+    from diffexplain import web
+
+    with pytest.raises(
+        FileNotFoundError, match="view='nothing.js': expected an ES module file of diffexplain/web/"
+    ):
+        web.bundle("nothing.js")
