@@ -155,10 +155,10 @@ explorer.slider.value = 7  # linked in the kernel (W.link), so in every front en
 assert widgets[-1].step.value == 7
 trace.save(TRACE_PATH)
 widgets.append(TracePlayer(TRACE_PATH))
-player, content = TracePlayer(), open(TRACE_PATH, "rb").read()  # an upload as ipywidgets 7's page sends it
-player.upload.metadata = [{"name": "run.trace", "type": "", "size": len(content), "lastModified": 0}]
-player.upload.data = [content]
-player.upload._counter = 1
+# an upload as the anywidget TracePlayer's page sends it (a message with the file as a binary buffer,
+# the same under ipywidgets 7 and 8)
+player, content = TracePlayer(), open(TRACE_PATH, "rb").read()
+player._on_message(player, {"action": "upload", "name": "run.trace"}, [memoryview(content)])
 assert player.trace is not None and len(player.trace) == len(trace)
 widgets.append(player)
 for w in widgets:
