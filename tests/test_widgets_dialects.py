@@ -68,3 +68,57 @@ def test_a_bad_seed_is_refused_on_the_status_line_and_the_runs_are_kept(widget: 
     assert "seed box holds 'not a seed'" in widget.status.value
     assert widget.traces is traces  # nothing the user had is lost
     widget.seed.value = "2"
+
+
+# ---- the anywidget view: what it sends the browser and what it does with its messages ----------------
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_pictures_go_once_as_one_binary_buffer(widget: TwoDialects) -> None:
+    from ipywidgets.widgets.widget import _instances, _remove_buffers
+
+    before = set(_instances)
+    fresh = TwoDialects(widget.explainers["epsilon"], widget.explainers["flow"], run=False)
+    made = {type(_instances[i]).__name__ for i in set(_instances) - before}
+    assert made == {"TwoDialects", "Layout"}  # no plain ipywidgets control (Layout: any DOMWidget's)
+    assert "export default { render: renderTwoDialects }" in str(fresh._esm)
+    assert fresh._view["n"] == 0 and fresh._frames == b""  # nothing run yet: the boxes and Run alone
+    state, paths, buffers = _remove_buffers(widget.get_state())
+    assert ["_frames"] in paths and len(buffers) == 1  # a binary buffer, not base64 in JSON
+    index, frames = widget._index, widget._frames
+    keys = {
+        f"{d}/{k}/{p}"
+        for d in ("epsilon", "flow")
+        for k in range(4)
+        for p in ("latents", "output", "pred_x0")
+    }
+    assert keys | {"epsilon/final", "flow/final", "epsilon/strip", "flow/strip"} == set(index)
+    for offset, length in index.values():
+        assert frames[offset : offset + 8] == PNG and length > 8
+    version = widget._version
+    widget.shown_step = 3  # what the browser sends once scrubbing settles: nothing is sent back
+    assert widget._version == version and widget._frames is frames and widget.step.value == 3
+    offset, length = index["flow/3/pred_x0"]
+    assert widget.images["flow"]["pred_x0"].value == frames[offset : offset + length]
+    assert widget._view["rows"][1]["labels"][3] in widget.labels["flow"].value  # the label the browser shows
+    assert list(widget.fig.data[2].x) == [3, 3]
+
+
+def test_run_both_from_the_browser(widget: TwoDialects) -> None:
+    traces, version = widget.traces, widget._version
+    widget._handle_custom_msg(
+        {"action": "run", "prompt": "a red circle", "seed": "x", "steps": 4, "w": 3}, []
+    )
+    assert "seed box holds 'x'" in widget.status.value and widget.traces is traces
+    assert widget._version == version and not widget.run_button.disabled and not widget.busy
+    widget._handle_custom_msg(
+        {"action": "run", "prompt": "a blue square", "seed": "5", "steps": 3, "w": 2}, []
+    )
+    assert widget.traces is not traces and len(widget.traces["flow"]) == 3
+    assert widget.traces["epsilon"].settings["seed"] == 5 and widget.guidance.value == 2.0
+    assert widget._version == version + 1 and widget._view["inputs"]["prompt"] == "a blue square"
+    assert widget.step.max == 2 and widget.status.value.startswith("ran both: 3 steps each")
+    decoded = widget.images["epsilon"]["pred_x0"].value
+    widget._handle_custom_msg({"action": "preview", "value": True}, [])
+    assert widget.preview.value and widget._view["inputs"]["preview"] is True
+    assert widget.images["epsilon"]["pred_x0"].value != decoded

@@ -18,6 +18,7 @@ page (Colab, classic Notebook 6): :func:`set_plot_mode` or ``DIFFEXPLAIN_PLOTS=p
 
 from diffexplain.widgets.attention_maps import AttentionMaps
 from diffexplain.widgets.classic_step_explorer import ClassicStepExplorer as ClassicStepExplorer  # ipywidgets
+from diffexplain.widgets.classic_two_dialects import ClassicTwoDialects as ClassicTwoDialects  # ipywidgets
 from diffexplain.widgets.figures import plot_mode as plot_mode  # the plot switch: not a widget,
 from diffexplain.widgets.figures import set_plot_mode as set_plot_mode  # so not in __all__
 from diffexplain.widgets.forward_process import ForwardProcess

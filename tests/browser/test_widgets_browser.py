@@ -337,18 +337,34 @@ def test_toy_paths_in_lab(lab_page, lab_server, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_two_dialects_in_lab(lab_page, lab_server, tmp_path):
-    """Both models' rows and the settle plot drawn; one step slider moves both rows' pictures."""
+    """Both models' rows and the settle plot drawn in the browser (an anywidget); the step slider moves
+    both rows' pictures, labels and the plot's marks with no comm message to the kernel; "Run both" is a
+    message to Python and comes back with new pictures."""
+    from scrub_probe import counts, install
+
     page = lab_page
     _open(page, lab_server, tmp_path, "two_dialects")
     wait_for_text(page, "dx-status", "ran both")
     eps = wait_for_widget_image(page, "dx-epsilon-pred-x0")
     flow = wait_for_widget_image(page, "dx-flow-pred-x0")
-    fig = wait_for_plotly(page, "dx-dialect-plot")
+    wait_for_widget_image(page, "dx-epsilon-strip")
     wait_for_text(page, "dx-flow-label", "x̂0 = x_t − σ·v̂")
+    plot = ".dx-two-dialects .dx-dialect-plot"
+    assert page.locator(f"{plot} path.dx-series").count() == 2  # the settle curves, drawn by the module
+    mark = page.locator(f"{plot} circle.dx-mark").first.get_attribute("cx")
+    install(page, ".dx-two-dialects img.dx-epsilon-pred-x0")
     press_slider(page, "dx-dialect-step", "ArrowRight", times=4)
     wait_for_widget_image(page, "dx-epsilon-pred-x0", changed_from=eps)
     wait_for_widget_image(page, "dx-flow-pred-x0", changed_from=flow)
-    wait_for_plotly(page, "dx-dialect-plot", changed_from=fig)
     wait_for_text(page, "dx-epsilon-label", "step 4:")
+    assert page.locator(f"{plot} circle.dx-mark").first.get_attribute("cx") != mark
+    assert counts(page)["comm"] == 0, counts(page)  # scrubbing needed no kernel
     _no_errors(page)
     docs_screenshot(page, "two_dialects", "dx-two-dialects")
+    shown = page.locator(".dx-two-dialects img.dx-flow-final").get_attribute("src")
+    page.locator(".dx-two-dialects .dx-seed input").fill("7")
+    click_button(page, "dx-run")  # a model action: a message to Python, new pictures back
+    wait_for_text(page, "dx-status", "ran both")
+    wait_for_widget_image(page, "dx-flow-final", changed_from=shown)
+    assert page.locator(".dx-two-dialects .dx-seed input").input_value() == "7"  # the run's own seed
+    _no_errors(page)
