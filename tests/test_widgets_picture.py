@@ -167,3 +167,64 @@ def test_image_plot_mode(ex: Explainer) -> None:
     lab.strength.value = 0.25
     after = bytes(lab.schedule_fig.output.value)
     assert after != before and after.startswith(b"\x89PNG")
+
+
+# ---- the anywidget view: what it sends the browser and what it does with its messages ----------------
+def test_the_pictures_go_once_as_one_binary_buffer(ex: Explainer) -> None:
+    from ipywidgets.widgets.widget import _instances, _remove_buffers
+
+    before = set(_instances)
+    lab = PictureLab(ex, num_inference_steps=STEPS, strength=0.5)
+    made = {type(_instances[i]).__name__ for i in set(_instances) - before}
+    assert made == {"PictureLab", "Layout"}  # no plain ipywidgets control (Layout: any DOMWidget's)
+    assert set(lab._index) == {"input"} and lab._view["n"] == 0
+    assert lab._schedule["steps"] == STEPS and len(lab._schedule["values"]) == STEPS
+    lab.run()
+    _, paths, buffers = _remove_buffers(lab.get_state())
+    assert ["_frames"] in paths and len(buffers) == 1  # a binary buffer, not base64 in JSON
+    assert {f"x0/{k}" for k in range(4)} | {"input", "start", "result"} == set(lab._index)
+    version, frames = lab._version, lab._frames
+    lab.shown_step = 1  # what the browser sends once the x̂0 slider settles: nothing is sent back
+    assert lab._version == version and lab._frames is frames and lab.step.value == 1
+    offset, length = lab._index["x0/1"]
+    assert lab.images["x0"].value == frames[offset : offset + length]
+    assert lab.x0_title.value == f"<b>x̂0 at step {STEPS // 2 + 1} of {STEPS}</b>"
+
+
+def test_the_browsers_messages_are_actions(ex: Explainer) -> None:
+    lab = PictureLab(ex, num_inference_steps=STEPS)
+    send = lab._handle_custom_msg
+    version = lab._version
+    send({"action": "set", "strength": 0.25}, [])  # the strength slider settled: no picture resent
+    assert lab.strength.value == 0.25 and "enters at step <b>6</b>" in lab.entry_label.value
+    assert lab._inputs["strength"] == 0.25 and lab._version == version
+    send({"action": "set", "use_mask": True, "box": {"x0": 10, "y0": 0, "x1": 10, "y1": 64}}, [])
+    assert lab.status.value.startswith(ERROR_STATUS) and "mask rectangle is empty" in lab.status.value
+    assert not lab.output.outputs and "mask rectangle is empty" not in lab.error_text  # status line alone
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 80), (0, 0, 220)).save(buffer, format="PNG")
+    send({"action": "upload", "name": "blue.png"}, [memoryview(buffer.getvalue())])
+    assert lab.source.value == "upload" and pixels(lab.picture)[32, 32, 2] > 0.7
+    assert lab._version == version + 1 and lab._inputs["source"] == "upload"
+    send({"action": "run", "prompt": "a red circle", "strength": 0.5, "steps": STEPS, "use_mask": True,
+          "box": {"x0": 0, "y0": 0, "x1": 32, "y1": 64}}, [])  # fmt: skip
+    assert (
+        lab.trace is not None
+        and lab.trace.settings["inpaint"] == "blend"
+        and lab.prompt.value == "a red circle"
+    )
+    assert (
+        lab._view["n"] == len(lab.trace) == STEPS // 2 and "inpainting: entered at step" in lab.status.value
+    )
+    send(
+        {
+            "action": "invert",
+            "prompt": "a red circle",
+            "strength": 0.5,
+            "steps": 4,
+            "use_mask": False,
+            "box": {},
+        },
+        [],
+    )
+    assert len(lab._view["errors"]) == 4 and "rebuilt" in lab._index and "final error" in lab.status.value

@@ -17,6 +17,7 @@ page (Colab, classic Notebook 6): :func:`set_plot_mode` or ``DIFFEXPLAIN_PLOTS=p
 """
 
 from diffexplain.widgets.attention_maps import AttentionMaps
+from diffexplain.widgets.classic_picture_lab import ClassicPictureLab as ClassicPictureLab  # ipywidgets
 from diffexplain.widgets.classic_step_explorer import ClassicStepExplorer as ClassicStepExplorer  # ipywidgets
 from diffexplain.widgets.classic_two_dialects import ClassicTwoDialects as ClassicTwoDialects  # ipywidgets
 from diffexplain.widgets.figures import plot_mode as plot_mode  # the plot switch: not a widget,

@@ -1,32 +1,38 @@
-"""PictureLab: start from a picture (img2img), repaint a rectangle of it (inpainting), or invert it (DDIM)."""
+"""PictureLab: start from a picture (img2img), repaint a rectangle of it (inpainting), or invert it (DDIM),
+drawn in the browser: an anywidget (``ActionView``) running ``diffexplain/web/picture_lab.js``.
+
+The browser gets the picture, the run's pictures (x̂0 at every step) and the reconstruction once; the
+strength slider (where the loop enters, on the schedule plot), the mask rectangle (drawn over the
+picture) and the x̂0 step slider then move with no kernel round trip, and reach Python once they settle.
+What needs the model is a message to Python with the busy state, Stop and errors: Run, Invert, a new
+picture (scene, seed, source, an upload's bytes as a binary buffer), the steps (the schedule), the
+preview. The ipywidgets version is ``ClassicPictureLab``.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import ipywidgets as W
+import traitlets as T
 from PIL import Image
 
 from diffexplain.checks import check_guidance_scale
 from diffexplain.inversion import reconstruct
 from diffexplain.probe import image_size
+from diffexplain.widgets.action_view import ActionView, view_bundle
+from diffexplain.widgets.actions import Work
 from diffexplain.widgets.base import (
     DEFAULT_SIZE,
-    DxWidget,
     Frames,
-    LiveFigure,
-    Work,
     blank,
-    button,
     default_guidance,
     default_steps,
-    figure_box,
-    help_box,
     png,
     vp_scale,
 )
-from diffexplain.widgets.controls import panels, preview_checkbox, prompt_box
-from diffexplain.widgets.inputs import InputError, SeedBox, steps_box
+from diffexplain.widgets.classic_picture_lab import HELP, SOURCES
+from diffexplain.widgets.figures import plot_mode
+from diffexplain.widgets.inputs import InputError
 from diffexplain.widgets.noise_lab import first_upload
 from diffexplain.widgets.picture_parts import (
     Box,
@@ -39,30 +45,48 @@ from diffexplain.widgets.picture_parts import (
     uploaded_picture,
     with_box,
 )
+from diffexplain.widgets.picture_plots import (
+    entry_text,
+    error_figure,
+    fill_errors,
+    fill_schedule,
+    schedule_figure,
+)
+from diffexplain.widgets.stand_ins import Button, Checkbox, Chooser, IntControl, Shown, Text
+from diffexplain.widgets.typed_inputs import Number, PictureUpload, SeedText, as_upload
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
     from diffexplain.inversion import Reconstruction
     from diffexplain.trace import Trace
+    from diffexplain.widgets.figures import LiveFigure
 
-HELP = (
-    "Start from a <b>picture</b> instead of noise. The picture is encoded, noised part of the way up the "
-    "schedule and the loop runs only the rest: <b>strength</b> s is the share that runs (the plot marks "
-    "where the loop enters), so a small s keeps most of the picture. Tick <b>inpaint</b> to repaint only "
-    "the red rectangle. <b>Invert</b> runs DDIM backwards from the picture to the x_T that draws it again, "
-    "then draws it from there (guidance off) and plots how far each step is from the inversion's path."
-)
-SOURCES = ("dataset scene", "upload", "last trace")
+PANELS = {  # key: (title, the picture's CSS class)
+    "input": ("the picture", "dx-input-image"),
+    "start": ("noised start", "dx-start-image"),
+    "x0": ("x̂0 at the step", "dx-x0-image"),
+    "result": ("result", "dx-result-image"),
+    "rebuilt": ("reconstruction", "dx-reconstruction-image"),
+}
+BOX = ("x0", "y0", "x1", "y1")
 
 
-class PictureLab(DxWidget):
+class PictureLab(ActionView):
     """Run ``prompt`` from a picture (``explainer.run(prompt, image=, strength=, mask_image=)``), and
     invert the picture (``explainer.invert`` then ``inversion.reconstruct``).
 
     ``trace`` is the last run from the picture, ``inversion`` and ``reconstruction`` the last inversion.
+    Python attributes as before: ``source``, ``caption``, ``seed``, ``upload``, ``strength``, ``steps``,
+    ``use_mask``, ``box[name]``, ``prompt``, ``preview`` (``.value``), ``step`` (``.value``, ``.max``),
+    ``run_button`` / ``invert_button`` (``.click()``), ``images[key].value``, ``entry_label``,
+    ``x0_title``, ``schedule_fig`` and ``error_fig`` (plotly figures, built when read).
     """
 
     css_class = "dx-picture-lab"
+    _esm = view_bundle("picture_lab.js")
+    shown_step = T.Int(0).tag(sync=True)  # the x̂0 step shown (the browser sets it once it settles)
+    _inputs = T.Dict().tag(sync=True)  # the boxes' values as Python has them (the browser's controls follow)
+    _schedule = T.Dict().tag(sync=True)  # the levels the N steps start from (schedule_levels) and N
 
     def __init__(
         self,
@@ -83,26 +107,17 @@ class PictureLab(DxWidget):
             default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
         )
         self.height, self.width = image_size(explainer)
-        self.source = W.Dropdown(options=SOURCES, value="dataset scene", description="picture")
-        self.source.add_class("dx-picture-source")
-        self.caption = prompt_box(
-            picture_caption, description="scene", css="dx-picture-caption", width="360px"
-        )
-        self.caption.continuous_update = False
-        self.seed = SeedBox(seed, description="scene seed", width="180px")
-        self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload")
-        self.upload.add_class("dx-picture-upload")
-        self.strength = W.FloatSlider(
-            value=strength, min=0.05, max=1.0, step=0.05, description="strength", continuous_update=False
-        )
-        self.strength.add_class("dx-strength")
-        self.steps = steps_box(num_inference_steps or default_steps(explainer))
-        self.entry_label = W.HTML("")
-        self.entry_label.add_class("dx-entry")
-        self.use_mask = W.Checkbox(value=False, description="inpaint inside the rectangle", indent=False)
-        self.use_mask.add_class("dx-use-mask")
+        self._plot_mode = plot_mode()  # the figures, built when read, use the mode of the widget's birth
+        self.source = Chooser(options=list(SOURCES), value="dataset scene")
+        self.caption = Text(picture_caption)
+        self.seed = SeedText(seed, description="scene seed")
+        self.upload = PictureUpload()
+        self.strength = Number(strength, min=0.05, max=1.0)
+        self.steps = Number(num_inference_steps or default_steps(explainer), min=1, max=1000, integer=True)
+        self.entry_label = Text()
+        self.use_mask = Checkbox()
         self.box = {
-            name: W.IntSlider(value=value, min=0, max=side, description=name, continuous_update=False)
+            name: IntControl(min=0, max=side, value=value)
             for name, value, side in (
                 ("x0", self.width // 2, self.width),
                 ("y0", self.height // 4, self.height),
@@ -110,28 +125,18 @@ class PictureLab(DxWidget):
                 ("y1", 3 * self.height // 4, self.height),
             )
         }
-        for name, slider in self.box.items():
-            slider.layout.width = "210px"
-            slider.add_class(f"dx-mask-{name}")
-        self.prompt = prompt_box(prompt)
-        self.preview = preview_checkbox(disabled=explainer.vae is None)
-        self.run_button = button("Run from the picture", "dx-run", style="primary")
-        self.invert_button = button("Invert", "dx-invert", tooltip="DDIM inversion, then reconstruction")
-        self.step = W.IntSlider(value=0, min=0, max=0, description="x̂0 step", continuous_update=False)
-        self.step.add_class("dx-picture-step")
-        boxes, self.images = panels(
-            (
-                ("input", "the picture", "dx-input-image"),
-                ("start", "noised start", "dx-start-image"),
-                ("x0", "x̂0 at the step", "dx-x0-image"),
-                ("result", "result", "dx-result-image"),
-                ("rebuilt", "reconstruction", "dx-reconstruction-image"),
-            ),
-            size,
-        )
-        self.x0_title = boxes["x0"].children[0]
-        self.schedule_fig = self._schedule_figure()
-        self.error_fig = self._error_figure()
+        self.prompt = Text(prompt)
+        self.preview = Checkbox(disabled=explainer.vae is None)
+        self.run_button = Button("Run from the picture")
+        self.invert_button = Button("Invert")
+        self.view_buttons = [self.run_button, self.invert_button]
+        self._step = IntControl()
+        T.link((self._step, "value"), (self, "shown_step"))
+        self.images = {key: Shown(lambda key=key: self._picture(key)) for key in PANELS}
+        self.x0_title = Shown(self._x0_title)
+        self._schedule_fig: LiveFigure | None = None
+        self._error_fig: LiveFigure | None = None
+        self._pics: dict[str, bytes | None] = {}
 
         self.picture: Image.Image | None = None
         self.picture_caption = picture_caption
@@ -139,37 +144,91 @@ class PictureLab(DxWidget):
         self.inversion: Trace | None = None
         self.reconstruction: Reconstruction | None = None
 
+        self._quiet = False  # True while a browser message sets several boxes: one redraw after
         for control in (self.source, self.caption, self.seed, self.upload):
-            control.observe(self.guard(lambda _: self.load_picture()), names="value")
+            control.observe(self._when_loud(self.load_picture), names="value")
         for control in (self.strength, self.steps):
-            control.observe(self.guard(lambda _: self._draw_schedule()), names="value")
+            control.observe(self._when_loud(self._draw_schedule), names="value")
         for control in (self.use_mask, *self.box.values()):
-            control.observe(self.guard(lambda _: self._draw_input()), names="value")
-        self.step.observe(self.guard(lambda _: self._draw_step()), names="value")
+            control.observe(self._when_loud(self._draw_input), names="value")
+        for control in (self.prompt, self.preview):
+            control.observe(lambda _: self._sync_inputs(), names="value")
         self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
         self.run_button.on_click(self.guard(lambda _: self.start(self._run_work)))
         self.invert_button.on_click(self.guard(lambda _: self.start(self._invert_work)))
-
-        self.children = [
-            help_box(HELP),
-            W.HBox([self.source, self.caption, self.seed, self.upload]),
-            W.HBox([self.strength, self.steps, self.entry_label]),
-            W.HBox([self.use_mask, *self.box.values()]),
-            W.HBox([self.prompt, self.preview]),
-            W.HBox([self.run_button, self.invert_button, self.stop_button, self.progress]),
-            W.HBox([boxes["input"], boxes["start"], boxes["x0"], boxes["result"], boxes["rebuilt"]]),
-            self.step,
-            W.HBox(
-                [
-                    figure_box(self.schedule_fig, "dx-schedule-plot"),
-                    figure_box(self.error_fig, "dx-inversion-plot"),
-                ]
-            ),
-            self.status,
-            self.output,
-        ]
         self.guard(self.load_picture)()
         self.guard(self._draw_schedule)()
+        self._send_view()
+
+    def _when_loud(self, fn: Any) -> Any:
+        guarded = self.guard(lambda _: fn())
+        return lambda change: None if self._quiet else guarded(change)
+
+    @property
+    def step(self) -> IntControl:  # type: ignore[override]
+        """The x̂0 step slider (``.value``, ``.max``), over the steps the run ran."""
+        return self._step
+
+    # ---- the browser's messages ------------------------------------------------------------------
+    def _apply(self, values: dict[str, Any]) -> None:
+        """Set the boxes the browser sent (quietly: the caller redraws once)."""
+        self._quiet = True
+        try:
+            for name in ("prompt", "caption", "seed"):
+                if name in values:
+                    getattr(self, name).value = str(values[name])
+            for name in ("strength", "steps"):
+                if name in values:
+                    getattr(self, name).value = float(values[name])
+            if "source" in values:
+                self.source.value = values["source"]
+            if "use_mask" in values:
+                self.use_mask.value = bool(values["use_mask"])
+            for name, value in (values.get("box") or {}).items():
+                self.box[name].value = int(value)
+        finally:
+            self._quiet = False
+
+    def action_set(self, **values: Any) -> None:
+        """Strength, steps or the mask changed in the browser (once the slider settles)."""
+        self._apply(values)
+        self._draw_schedule()
+        self._draw_input()
+
+    def action_picture(self, **values: Any) -> None:
+        """Another picture: the source, the scene's caption or its seed changed in the browser."""
+        self._apply(values)
+        self.load_picture()
+
+    def action_upload(self, name: str, buffers: list[Any] | None = None) -> None:
+        """The browser's upload: the picture's bytes came as a binary buffer."""
+        if not buffers:
+            raise InputError(f"the upload of {name!r} came without its content")
+        self._quiet = True
+        try:
+            self.source.value = "upload"
+        finally:
+            self._quiet = False
+        self.upload.value = as_upload(name, bytes(buffers[0]))  # loads it (its observer)
+
+    def action_run(self, **values: Any) -> None:
+        """The browser's Run, with its boxes as typed there."""
+        self._apply(values)
+        self._draw_schedule()
+        self.run_button.click()
+
+    def action_invert(self, **values: Any) -> None:
+        """The browser's Invert, with its boxes as typed there."""
+        self._apply(values)
+        self._draw_schedule()
+        self.invert_button.click()
+
+    def action_preview(self, value: bool) -> None:
+        """The browser's "fast latent preview" box."""
+        if self.preview.disabled:
+            self._sync_inputs()  # the box was not to be changed: drawn again as it is
+        else:
+            self.preview.value = bool(value)
 
     # ---- the picture, the mask, the entry point -------------------------------------------------
     def load_picture(self) -> Image.Image:
@@ -184,7 +243,9 @@ class PictureLab(DxWidget):
         else:
             self.picture = last_picture(self.explainer, size)
         self.say(f"picture: {self.source.value}" + (f" ({self.picture_caption})" if self._is_scene else ""))
-        self._draw_input()
+        self._pics["input"] = png(self._shown(self.picture))
+        self._send_view()
+        self._draw_input()  # after: an empty mask rectangle is told, the picture is shown anyway
         return self.picture
 
     @property
@@ -195,13 +256,13 @@ class PictureLab(DxWidget):
         """The inpainting rectangle (x0, y0, x1, y1) in pixels, or None when inpainting is off."""
         if not self.use_mask.value:
             return None
-        box = tuple(self.box[name].value for name in ("x0", "y0", "x1", "y1"))
+        box = tuple(self.box[name].value for name in BOX)
         return check_box(box, self.height, self.width)  # type: ignore[arg-type]
 
     @property
     def entry_step(self) -> int:
         """t_start = N − ⌊N·s⌋ for the strength and steps set now: the steps the loop skips."""
-        return entry_step(self.steps.value, self.strength.value)
+        return entry_step(int(self.steps.value), self.strength.value)
 
     # ---- actions ---------------------------------------------------------------------------------
     def run(self) -> Trace:
@@ -213,10 +274,11 @@ class PictureLab(DxWidget):
     def _run_work(self) -> Work:
         if self.picture is None:
             self.load_picture()
-        if self.entry_step == self.steps.value:
+        n = int(self.steps.value)
+        if self.entry_step == n:
             raise InputError(
-                f"strength {self.strength.value:g} with {self.steps.value} steps runs no step (⌊N·s⌋ = 0): "
-                f"raise the strength slider to at least {1 / self.steps.value:g} or take more steps"
+                f"strength {self.strength.value:g} with {n} steps runs no step (⌊N·s⌋ = 0): "
+                f"raise the strength slider to at least {1 / n:g} or take more steps"
             )
         box = self.mask_box()
         mask = None if box is None else box_mask(box, self.height, self.width)
@@ -230,12 +292,12 @@ class PictureLab(DxWidget):
             strength=self.strength.value,
             seed=self.seed.seed,
             guidance_scale=self.guidance_scale,
-            num_inference_steps=self.steps.value,
+            num_inference_steps=n,
         )
-        n, skipped = self.trace.run_settings.num_inference_steps, self.trace.settings["entry_step"]
-        self.say(f"{what}: entered at step {skipped} of {n}, ran {len(self.trace)} steps")
-        self.step.max = len(self.trace) - 1
-        self.step.value = self.step.max
+        total, skipped = self.trace.run_settings.num_inference_steps, self.trace.settings["entry_step"]
+        self.say(f"{what}: entered at step {skipped} of {total}, ran {len(self.trace)} steps")
+        self._step.max = len(self.trace) - 1
+        self._step.value = self._step.max
         self._redraw()
 
     def invert(self) -> Reconstruction:
@@ -249,7 +311,7 @@ class PictureLab(DxWidget):
         if self.picture is None:
             self.load_picture()
         prompt = self.picture_caption if self._is_scene else self.prompt.value
-        n = self.steps.value
+        n = int(self.steps.value)
         self.say(f"inverting the picture with “{prompt}”, {n} steps …")
         yield 0  # Stop is heard here and between the two runs (each runs to its end)
         self.inversion = self.explainer.invert(
@@ -261,91 +323,115 @@ class PictureLab(DxWidget):
             self.explainer, self.inversion, hooks=self.progress.with_hooks(), progress=False
         )
         errors = self.reconstruction.errors
-        self.images["rebuilt"].value = self.frames.final(
-            self.reconstruction.trace, preview=self.preview.value
-        )
-        with self.error_fig.batch_update():
-            self.error_fig.data[0].x = list(range(len(errors)))
-            self.error_fig.data[0].y = list(errors)
+        self._redraw()
         self.say(
             f"inverted with “{prompt}” and rebuilt: final error ‖x0_rec − x0‖/‖x0‖ = {errors[-1]:.3f}, "
             f"largest {max(errors):.3f}"
         )
 
-    # ---- drawing ---------------------------------------------------------------------------------
-    def _schedule_figure(self) -> LiveFigure:
-        fig = LiveFigure()
-        fig.add_scatter(x=[], y=[], mode="lines+markers", name="skipped", marker={"color": "#bbb"})
-        fig.add_scatter(x=[], y=[], mode="lines+markers", name="runs", marker={"color": "#1f77b4"})
-        fig.add_scatter(x=[], y=[], mode="markers", name="entry", marker={"color": "#d62728", "size": 12})
-        fig.update_layout(
-            title="where the loop enters", height=260, width=420, margin={"l": 50, "r": 10, "t": 40, "b": 40}
-        )
-        fig.update_xaxes(title_text="inference step")
-        return fig
+    # ---- what the browser gets ---------------------------------------------------------------------
+    def _shown(self, picture: Image.Image) -> Image.Image:
+        return picture.resize((self.frames.size, self.frames.size), Image.Resampling.NEAREST)
 
-    def _error_figure(self) -> LiveFigure:
-        fig = LiveFigure()
-        fig.add_scatter(x=[], y=[], mode="lines+markers", name="e_i", marker={"color": "#2ca02c"})
-        fig.update_layout(
-            title="reconstruction error per step",
-            height=260,
-            width=420,
-            margin={"l": 50, "r": 10, "t": 40, "b": 40},
-        )
-        fig.update_xaxes(title_text="reconstruction step")
-        fig.update_yaxes(title_text="‖x − x_inv‖ / ‖x_inv‖")
-        return fig
+    def _send_view(self) -> None:
+        """Send the pictures (the input, the run's, the reconstruction) and what goes with them."""
+        trace, rec = self.trace, self.reconstruction
+        data = {
+            "help": HELP,
+            "panels": {key: title for key, (title, _) in PANELS.items()},
+            "css": {key: css for key, (_, css) in PANELS.items()},
+            "display_size": self.frames.size,
+            "picture_size": [self.height, self.width],
+            "n": 0 if trace is None else len(trace),
+            "entry": 0 if trace is None else trace.settings["entry_step"],
+            "total": 0 if trace is None else trace.run_settings.num_inference_steps,
+            "errors": [] if rec is None else [float(e) for e in rec.errors],
+            "sources": list(SOURCES),
+        }
+        self._sync_inputs()
+        self.send_view(data, self._pics)
+
+    def _sync_inputs(self) -> None:
+        self._inputs = {
+            "source": self.source.value,
+            "caption": self.caption.value,
+            "seed": self.seed.value,
+            "strength": self.strength.value,
+            "steps": int(self.steps.value),
+            "use_mask": self.use_mask.value,
+            "box": {name: self.box[name].value for name in BOX},
+            "prompt": self.prompt.value,
+            "preview": self.preview.value,
+            "preview_disabled": self.preview.disabled,
+        }
 
     def _draw_schedule(self) -> None:
-        n, k = self.steps.value, self.entry_step
+        n, k = int(self.steps.value), self.entry_step
         levels = schedule_levels(self.explainer, n)
-        values, steps = levels["values"], list(range(n))
-        with self.schedule_fig.batch_update():
-            self.schedule_fig.data[0].x, self.schedule_fig.data[0].y = steps[: k + 1], values[: k + 1]
-            self.schedule_fig.data[1].x, self.schedule_fig.data[1].y = steps[k:], values[k:]
-            self.schedule_fig.data[2].x, self.schedule_fig.data[2].y = (
-                ([k], [values[k]]) if k < n else ([], [])
-            )
-            self.schedule_fig.update_yaxes(title_text=levels["name"])
-        runs = n - k
-        if runs == 0:
-            self.entry_label.value = "<span style='color:#b00'>⌊N·s⌋ = 0: no step runs; raise strength</span>"
-            return
-        t = levels["timesteps"][k]
-        self.entry_label.value = f"enters at step <b>{k}</b> of {n} (t = {t:g}, {levels['name']} = {values[k]:.3f}); {runs} steps run"
+        self._schedule = {"steps": n, **levels}
+        self.entry_label.value = entry_text(n, k, levels)
+        if self._schedule_fig is not None:
+            fill_schedule(self._schedule_fig, n, k, levels)
+        self._sync_inputs()
 
     def _draw_input(self) -> None:
-        if self.picture is None:
-            return
-        box = self.mask_box() if self.use_mask.value else None
-        picture = with_box(self.picture, box).resize(
-            (self.frames.size, self.frames.size), Image.Resampling.NEAREST
-        )
-        self.images["input"].value = png(picture)
+        self.mask_box()  # an empty rectangle is told now (InputError on the status line)
+        self._sync_inputs()
 
     def _redraw(self) -> None:
+        """The run's and the reconstruction's pictures (decoded, or the fast preview), sent once."""
+        preview = self.preview.value
+        self._pics = {"input": self._pics.get("input")}
         trace = self.trace
         if trace is not None:
             start = trace["latents.init"] * vp_scale(trace, 0)
-            self.images["start"].value = self.frames.latents(
-                trace, ("start",), start, preview=self.preview.value
-            )
-            self.images["result"].value = self.frames.final(trace, preview=self.preview.value)
-            self._draw_step()
-        else:
-            self.images["x0"].value = blank(self.frames.size, "run first")
+            self._pics["start"] = self.frames.latents(trace, ("start",), start, preview=preview)
+            self._pics["result"] = self.frames.final(trace, preview=preview)
+            for k in range(len(trace)):
+                x0 = trace["step.pred_x0", k]
+                self._pics[f"x0/{k}"] = self.frames.latents(trace, ("x0", k), x0, preview=preview)
         if self.reconstruction is not None:
-            self.images["rebuilt"].value = self.frames.final(
-                self.reconstruction.trace, preview=self.preview.value
-            )
+            self._pics["rebuilt"] = self.frames.final(self.reconstruction.trace, preview=preview)
+            if self._error_fig is not None:
+                fill_errors(self._error_fig, self.reconstruction.errors)
+        self._send_view()
 
-    def _draw_step(self) -> None:
+    # ---- Python's view of what is shown ------------------------------------------------------------
+    def _picture(self, key: str) -> bytes:
+        if key == "input":
+            if self.picture is None:
+                return blank(self.frames.size)
+            box = self.mask_box() if self.use_mask.value else None
+            return png(self._shown(with_box(self.picture, box)))
+        if key == "x0":
+            if self.trace is None:
+                return blank(self.frames.size, "run first")
+            key = f"x0/{min(self._step.value, len(self.trace) - 1)}"
+        found = self._pics.get(key)
+        return found if found is not None else blank(self.frames.size)
+
+    def _x0_title(self) -> str:
         trace = self.trace
         if trace is None:
-            return
-        k = min(self.step.value, len(trace) - 1)
-        x0 = trace["step.pred_x0", k]
-        self.images["x0"].value = self.frames.latents(trace, ("x0", k), x0, preview=self.preview.value)
+            return "<b>x̂0 at the step</b>"
+        k = min(self._step.value, len(trace) - 1)
         total = trace.run_settings.num_inference_steps
-        self.x0_title.value = f"<b>x̂0 at step {trace.settings['entry_step'] + k} of {total}</b>"
+        return f"<b>x̂0 at step {trace.settings['entry_step'] + k} of {total}</b>"
+
+    @property
+    def schedule_fig(self) -> LiveFigure:
+        """Where the loop enters, as a plotly figure (built on first read; the browser draws its own)."""
+        if self._schedule_fig is None:
+            self._schedule_fig = schedule_figure(self._plot_mode)
+            n = int(self.steps.value)
+            fill_schedule(self._schedule_fig, n, self.entry_step, schedule_levels(self.explainer, n))
+        return self._schedule_fig
+
+    @property
+    def error_fig(self) -> LiveFigure:
+        """The reconstruction error per step, as a plotly figure (built on first read)."""
+        if self._error_fig is None:
+            self._error_fig = error_figure(self._plot_mode)
+            if self.reconstruction is not None:
+                fill_errors(self._error_fig, self.reconstruction.errors)
+        return self._error_fig

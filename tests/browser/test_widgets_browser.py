@@ -259,25 +259,41 @@ def test_forward_process_in_lab(lab_page, lab_server, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_picture_lab_in_lab(lab_page, lab_server, tmp_path):
+    """PictureLab as an anywidget: the picture with the mask rectangle Python set, the schedule plot; the
+    strength slider moves the entry point and the x̂0 slider the picture with no comm message to the
+    kernel; Run and Invert are messages to Python and come back with pictures and the error plot."""
+    from scrub_probe import counts, install
+
     page = lab_page
+    lab = ".dx-picture-lab"
     _open(page, lab_server, tmp_path, "picture_lab")
     wait_for_widget_image(page, "dx-input-image")
-    result = wait_for_widget_image(page, "dx-result-image")
-    fig = wait_for_plotly(page, "dx-schedule-plot", min_traces=3)
+    page.wait_for_function(f"() => !document.querySelector('{lab} .dx-mask-rect').hidden", timeout=60_000)
+    assert page.locator(f"{lab} .dx-schedule-plot path.dx-series").count() == 2  # skipped, runs
+    entry = wait_for_text(page, "dx-entry", "enters at step")
+    install(page, f"{lab} img.dx-input-image")
     press_slider(page, "dx-strength", "ArrowRight", times=2)  # 0.8 → 0.9: the loop enters earlier
-    wait_for_plotly(page, "dx-schedule-plot", changed_from=fig)
-    wait_for_text(page, "dx-entry", "enters at step")
+    page.wait_for_function(
+        "([sel, old]) => document.querySelector(sel).innerText !== old", arg=[f"{lab} .dx-entry", entry]
+    )
+    assert counts(page)["comm"] == 0, counts(page)  # drawn in the browser (Python hears it once it settles)
     click_button(page, "dx-run")
-    wait_for_widget_image(page, "dx-result-image", changed_from=result)
+    result = wait_for_widget_image(page, "dx-result-image")
     wait_for_widget_image(page, "dx-start-image")
-    wait_for_widget_image(page, "dx-x0-image")
-    wait_for_text(page, "dx-status", "inpainting: entered at step")
-    errors = wait_for_plotly(page, "dx-inversion-plot")
-    rebuilt = wait_for_widget_image(page, "dx-reconstruction-image")
+    x0 = wait_for_widget_image(page, "dx-x0-image")
+    wait_for_text(page, "dx-status", "inpainting: entered at step 2")  # the strength the browser set
+    install(page, f"{lab} img.dx-x0-image")
+    press_slider(page, "dx-picture-step", "Home")
+    wait_for_widget_image(page, "dx-x0-image", changed_from=x0)
+    wait_for_text(page, "dx-picture-lab", "x̂0 at step 2 of")
+    assert counts(page)["comm"] == 0, counts(page)  # scrubbing x̂0 needed no kernel
+    rebuilt_plot = page.locator(f"{lab} .dx-inversion-plot path.dx-series")
+    assert rebuilt_plot.count() == 0
     click_button(page, "dx-invert")
-    wait_for_plotly(page, "dx-inversion-plot", changed_from=errors)
-    wait_for_widget_image(page, "dx-reconstruction-image", changed_from=rebuilt)
     wait_for_text(page, "dx-status", "final error")
+    wait_for_widget_image(page, "dx-reconstruction-image")
+    assert rebuilt_plot.count() == 1  # the error per step, drawn by the module
+    assert page.locator(f"{lab} img.dx-result-image").get_attribute("src") != result  # all pictures resent
     _no_errors(page)
     docs_screenshot(page, "picture_lab", "dx-picture-lab")
 
