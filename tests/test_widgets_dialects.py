@@ -112,7 +112,12 @@ def test_run_both_from_the_browser(widget: TwoDialects) -> None:
     assert "seed box holds 'x'" in widget.status.value and widget.traces is traces
     assert widget._version == version and not widget.run_button.disabled and not widget.busy
     widget._handle_custom_msg(
-        {"action": "run", "prompt": "a blue square", "seed": "5", "steps": 3, "w": 2}, []
+        {"action": "run", "prompt": "a red circle", "seed": "2", "steps": "many", "w": "3"}, []
+    )
+    assert "the steps box holds 'many'" in widget.status.value and widget.traces is traces
+    assert not widget.output.outputs  # a typed value: the status line alone, no traceback
+    widget._handle_custom_msg(
+        {"action": "run", "prompt": "a blue square", "seed": "5", "steps": "3", "w": "2"}, []
     )
     assert widget.traces is not traces and len(widget.traces["flow"]) == 3
     assert widget.traces["epsilon"].settings["seed"] == 5 and widget.guidance.value == 2.0

@@ -195,6 +195,8 @@ def test_the_browsers_messages_are_actions(ex: Explainer) -> None:
     lab = PictureLab(ex, num_inference_steps=STEPS)
     send = lab._handle_custom_msg
     version = lab._version
+    send({"action": "set", "steps": ""}, [])
+    assert "the steps box holds ''" in lab.status.value and lab.steps.value == STEPS
     send({"action": "set", "strength": 0.25}, [])  # the strength slider settled: no picture resent
     assert lab.strength.value == 0.25 and "enters at step <b>6</b>" in lab.entry_label.value
     assert lab._inputs["strength"] == 0.25 and lab._version == version

@@ -76,7 +76,7 @@ function renderPictureLab({ model, el: host }) {
 
   const boxValues = () => Object.fromEntries(BOX_NAMES.map((n) => [n, Number(boxSliders[n].s.value)]));
   const settings = () => ({
-    prompt: prompt.value, strength: Number(strength.value), steps: Number(steps.value),
+    prompt: prompt.value, strength: Number(strength.value), steps: steps.value,
     use_mask: useMask.checked, box: boxValues(),
   });
   const pictureSettings = () => ({ source: source.value, caption: caption.value, seed: seed.value });
@@ -92,7 +92,7 @@ function renderPictureLab({ model, el: host }) {
     drawSchedule();
     later("strength", () => model.send({ action: "set", strength: Number(strength.value) }));
   });
-  steps.addEventListener("change", () => model.send({ action: "set", steps: Number(steps.value) }));
+  steps.addEventListener("change", () => model.send({ action: "set", steps: steps.value }));
   const maskMoved = () => {
     drawMask();
     later("mask", () => model.send({ action: "set", use_mask: useMask.checked, box: boxValues() }));

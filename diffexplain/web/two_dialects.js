@@ -39,7 +39,7 @@ function renderTwoDialects({ model, el: host }) {
     const run = el("button", { type: "button", class: "dx-run dx-action" }, "Run both");
     run.disabled = !!model.get("busy");
     run.addEventListener("click", () => model.send({
-      action: "run", prompt: prompt.value, seed: seed.value, steps: Number(steps.value), w: Number(w.value),
+      action: "run", prompt: prompt.value, seed: seed.value, steps: steps.value, w: w.value,
     }));
     const previewLabel = el("label", { class: "dx-preview-toggle" });
     const preview = el("input", { type: "checkbox" });

@@ -53,7 +53,7 @@ from diffexplain.widgets.picture_plots import (
     schedule_figure,
 )
 from diffexplain.widgets.stand_ins import Button, Checkbox, Chooser, IntControl, Shown, Text
-from diffexplain.widgets.typed_inputs import Number, PictureUpload, SeedText, as_upload
+from diffexplain.widgets.typed_inputs import Number, PictureUpload, SeedText, as_upload, parse_number
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -179,7 +179,7 @@ class PictureLab(ActionView):
                     getattr(self, name).value = str(values[name])
             for name in ("strength", "steps"):
                 if name in values:
-                    getattr(self, name).value = float(values[name])
+                    getattr(self, name).value = parse_number(values[name], name)
             if "source" in values:
                 self.source.value = values["source"]
             if "use_mask" in values:

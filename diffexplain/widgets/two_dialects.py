@@ -37,7 +37,7 @@ from diffexplain.widgets.classic_two_dialects import (
     settle_curve,
 )
 from diffexplain.widgets.stand_ins import Button, Checkbox, IntControl, Shown, Text
-from diffexplain.widgets.typed_inputs import Number, SeedText
+from diffexplain.widgets.typed_inputs import Number, SeedText, parse_number
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -132,10 +132,10 @@ class TwoDialects(ActionView):
         return self._step
 
     # ---- the browser's messages ------------------------------------------------------------------
-    def action_run(self, prompt: str, seed: str, steps: float, w: float) -> None:
+    def action_run(self, prompt: str, seed: str, steps: str, w: str) -> None:
         """The browser's "Run both", with the boxes as typed there."""
         self.prompt.value, self.seed.value = str(prompt), str(seed)
-        self.steps.value, self.guidance.value = steps, w
+        self.steps.value, self.guidance.value = parse_number(steps, "steps"), parse_number(w, "w")
         self.run_button.click()
 
     def action_preview(self, value: bool) -> None:

@@ -66,3 +66,18 @@ class PictureUpload(T.HasTraits):
 def as_upload(name: str, content: bytes) -> tuple[dict[str, Any], ...]:
     """One uploaded file in ``FileUpload``'s value format."""
     return ({"name": name, "type": "", "size": len(content), "content": memoryview(content)},)
+
+
+def parse_number(value: Any, box: str) -> float:
+    """A number typed in the browser's ``box`` (text or a number), else an ``InputError`` naming the box."""
+    import math
+
+    from diffexplain.widgets.inputs import InputError
+
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise InputError(f"the {box} box holds {str(value)!r}: type a number")
+    return number
