@@ -34,6 +34,7 @@ from diffexplain.widgets.classic_picture_lab import HELP, SOURCES
 from diffexplain.widgets.figures import plot_mode
 from diffexplain.widgets.inputs import InputError
 from diffexplain.widgets.noise_lab import first_upload
+from diffexplain.widgets.picture_messages import BOX, PictureMessages
 from diffexplain.widgets.picture_parts import (
     Box,
     box_mask,
@@ -53,7 +54,7 @@ from diffexplain.widgets.picture_plots import (
     schedule_figure,
 )
 from diffexplain.widgets.stand_ins import Button, Checkbox, Chooser, IntControl, Shown, Text
-from diffexplain.widgets.typed_inputs import Number, PictureUpload, SeedText, as_upload, parse_number
+from diffexplain.widgets.typed_inputs import Number, PictureUpload, SeedText
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -68,10 +69,9 @@ PANELS = {  # key: (title, the picture's CSS class)
     "result": ("result", "dx-result-image"),
     "rebuilt": ("reconstruction", "dx-reconstruction-image"),
 }
-BOX = ("x0", "y0", "x1", "y1")
 
 
-class PictureLab(ActionView):
+class PictureLab(PictureMessages, ActionView):
     """Run ``prompt`` from a picture (``explainer.run(prompt, image=, strength=, mask_image=)``), and
     invert the picture (``explainer.invert`` then ``inversion.reconstruct``).
 
@@ -168,67 +168,6 @@ class PictureLab(ActionView):
     def step(self) -> IntControl:  # type: ignore[override]
         """The x̂0 step slider (``.value``, ``.max``), over the steps the run ran."""
         return self._step
-
-    # ---- the browser's messages ------------------------------------------------------------------
-    def _apply(self, values: dict[str, Any]) -> None:
-        """Set the boxes the browser sent (quietly: the caller redraws once)."""
-        self._quiet = True
-        try:
-            for name in ("prompt", "caption", "seed"):
-                if name in values:
-                    getattr(self, name).value = str(values[name])
-            for name in ("strength", "steps"):
-                if name in values:
-                    getattr(self, name).value = parse_number(values[name], name)
-            if "source" in values:
-                self.source.value = values["source"]
-            if "use_mask" in values:
-                self.use_mask.value = bool(values["use_mask"])
-            for name, value in (values.get("box") or {}).items():
-                self.box[name].value = int(value)
-        finally:
-            self._quiet = False
-
-    def action_set(self, **values: Any) -> None:
-        """Strength, steps or the mask changed in the browser (once the slider settles)."""
-        self._apply(values)
-        self._draw_schedule()
-        self._draw_input()
-
-    def action_picture(self, **values: Any) -> None:
-        """Another picture: the source, the scene's caption or its seed changed in the browser."""
-        self._apply(values)
-        self.load_picture()
-
-    def action_upload(self, name: str, buffers: list[Any] | None = None) -> None:
-        """The browser's upload: the picture's bytes came as a binary buffer."""
-        if not buffers:
-            raise InputError(f"the upload of {name!r} came without its content")
-        self._quiet = True
-        try:
-            self.source.value = "upload"
-        finally:
-            self._quiet = False
-        self.upload.value = as_upload(name, bytes(buffers[0]))  # loads it (its observer)
-
-    def action_run(self, **values: Any) -> None:
-        """The browser's Run, with its boxes as typed there."""
-        self._apply(values)
-        self._draw_schedule()
-        self.run_button.click()
-
-    def action_invert(self, **values: Any) -> None:
-        """The browser's Invert, with its boxes as typed there."""
-        self._apply(values)
-        self._draw_schedule()
-        self.invert_button.click()
-
-    def action_preview(self, value: bool) -> None:
-        """The browser's "fast latent preview" box."""
-        if self.preview.disabled:
-            self._sync_inputs()  # the box was not to be changed: drawn again as it is
-        else:
-            self.preview.value = bool(value)
 
     # ---- the picture, the mask, the entry point -------------------------------------------------
     def load_picture(self) -> Image.Image:
