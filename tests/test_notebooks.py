@@ -44,6 +44,10 @@ def test_committed_without_outputs(path: Path) -> None:
     assert nb.cells[-1].cell_type == "markdown" and "Exercises" in nb.cells[-1].source, (
         f"{path.name} should end with its exercises"
     )
+    badges = [i for i, cell in enumerate(nb.cells) if "colab-badge.svg" in cell.source]
+    assert badges == [0], (
+        f"{path.name}: one Colab badge, the first cell (scripts/notebook_setup_cell.py); at {badges}"
+    )
 
 
 @pytest.mark.notebook
