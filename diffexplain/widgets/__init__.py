@@ -2,7 +2,8 @@
 
 - :class:`StepExplorer`: walk through one trace step by step (x_t, x̂0, ε_c, ε_u, Δ, ε̂, timeline): an
   anywidget that scrubs in the browser (``ClassicStepExplorer``: the ipywidgets one it replaced).
-- :class:`GuidanceLab`: guidance off vs on, re-guiding at any w without a U-Net call.
+- :class:`GuidanceLab`: guidance off vs on, re-guiding at any w without a U-Net call; an anywidget whose
+  steps scrub in the browser (``ClassicGuidanceLab``: the ipywidgets one).
 - :class:`NoiseLab`: choose the starting noise; add noise at step k and fork.
 - :class:`PromptSwap`: switch prompt at step k; sweep k to see when the layout is decided.
 - :class:`ForwardProcess`: the forward noising x0 → x_t for several schedules, and the model's x̂0.
@@ -17,6 +18,7 @@ page (Colab, classic Notebook 6): :func:`set_plot_mode` or ``DIFFEXPLAIN_PLOTS=p
 """
 
 from diffexplain.widgets.attention_maps import AttentionMaps
+from diffexplain.widgets.classic_guidance_lab import ClassicGuidanceLab as ClassicGuidanceLab  # ipywidgets
 from diffexplain.widgets.classic_picture_lab import ClassicPictureLab as ClassicPictureLab  # ipywidgets
 from diffexplain.widgets.classic_step_explorer import ClassicStepExplorer as ClassicStepExplorer  # ipywidgets
 from diffexplain.widgets.classic_two_dialects import ClassicTwoDialects as ClassicTwoDialects  # ipywidgets

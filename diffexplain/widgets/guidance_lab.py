@@ -1,64 +1,58 @@
 """GuidanceLab: the same seed and prompt with classifier-free guidance off and on, and a scale slider;
-below, a seed grid that counts over many seeds (``widgets.seed_grid``)."""
+below, a seed grid that counts over many seeds. An anywidget (``TraceView``) running
+``diffexplain/web/guidance_lab.js``; the ipywidgets version is ``ClassicGuidanceLab``.
+
+In the browser, with no kernel round trip: the x̂0 of every step of the unguided, guided and
+range-forked runs (sent once per run, ``_frames``), scrubbed with a step slider, the arrow keys or a
+click on the strips, and the plots' step cursor. Messages to Python (busy state, Stop, errors): run,
+run at this scale, the method, guidance off in a step range, the w slider (re-guiding needs the cached
+ε_c and ε_u: ``trace.reguide``, no model call; the strip comes back in ``_strip``), the preview box, the
+stage, and the seed grid's Count seeds / Sweep w / Compare methods (``_grid``, ``_grid_frames``).
+
+Python keeps today's attributes as stand-ins (``diffexplain.widgets.stand_ins``): ``prompt``, ``seed``,
+``steps``, ``scale``, ``method``, ``range``, ``preview``, ``stage_chooser``, the buttons (``click()``),
+``images[key].value``, ``strip.value``, the texts, ``fig`` and ``effective`` (plotly figures in Python)
+and ``grid`` (``seed_grid_view.SeedGrid``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import ipywidgets as W
+import traitlets as T
 
-from diffexplain import interventions, render
 from diffexplain.checks import check_guidance_scale
-from diffexplain.errors import TraceKeyError
 from diffexplain.guiders.menu import PLAIN, method_menu
-from diffexplain.views import effective_scales
-from diffexplain.widgets.base import (
-    DEFAULT_SIZE,
-    DxWidget,
-    Frames,
-    LiveFigure,
-    Work,
-    blank,
-    button,
-    default_guidance,
-    default_steps,
-    figure_box,
-    help_box,
-    is_pixel_space,
-    png,
-    rms,
-    words,
+from diffexplain.jobs import drain
+from diffexplain.views import DEFAULT_SIZE, default_guidance, default_steps, is_pixel_space, png, words
+from diffexplain.web import bundle
+from diffexplain.web.view_data import get
+from diffexplain.widgets.actions import Actions, Work
+from diffexplain.widgets.base import Frames, help_html
+from diffexplain.widgets.guidance_work import (
+    DELTA_TITLE,
+    EFFECTIVE_TITLE,
+    HELP,
+    GuidanceWork,
+    guidance_figures,
 )
-from diffexplain.widgets.controls import panels, preview_checkbox, prompt_box
-from diffexplain.widgets.inputs import SeedBox, steps_box
-from diffexplain.widgets.seed_grid import SeedGridPanel
-from diffexplain.widgets.stages import embedding_caption, stage_chooser
+from diffexplain.widgets.lab_controls import FloatControl, Picture, RangeControl
+from diffexplain.widgets.seed_grid_view import SeedGrid, SeedText
+from diffexplain.widgets.stand_ins import Button, Checkbox, Chooser, IntControl, Text
+from diffexplain.widgets.trace_view import TraceView, pack_pictures
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from diffexplain.cascade import Cascade
     from diffexplain.explainer import Explainer
-    from diffexplain.guiders.base import Guider
     from diffexplain.trace import Trace
 
-HELP = (
-    "Classifier-free guidance: at every step the {model} predicts the {output} with the prompt (<b>ε_c</b>) and "
-    "without it (<b>ε_u</b>); the loop uses <b>ε̂ = ε_u + w·(ε_c − ε_u)</b>. With <b>w = 1</b> guidance is off. "
-    "Moving the <b>w</b> slider re-guides the steps already computed (no new {model} call): the strip shows "
-    "the guess x̂0 each step would make at that w. <b>Run at this scale</b> runs the whole loop again. "
-    "<b>Guidance off for steps</b> turns guidance off in a range of steps only (a fork from the range start). "
-    "The <b>method</b> menu swaps the guidance step for another method (rescale, a step window, APG, "
-    "CFG-Zero*, CFG++): the guided run, the strip and the seed grid use it."
-)
-STRIP_STEPS = 8  # at most this many steps in the re-guided strip
+FINALS = ("off", "on", "diff", "range")
 
 
-class GuidanceLab(DxWidget):
+class GuidanceLab(GuidanceWork, TraceView):
     """Guidance off vs on for one prompt and seed; re-guide cached steps at any w; guidance off in a step
     range; and, counted over ``seeds`` seeds, w = 0 / w = 1 / the chosen w with the checker's verdicts
-    (``count_seeds``) and a w sweep (``sweep``).
+    (``count_seeds``), a w sweep (``sweep``) and every guidance method (``compare_methods``).
 
     The constructor runs the loop twice (w = 1 and w = ``guidance_scale``); ``traces`` holds the results.
     The seed grid runs when its button is pressed (or ``count_seeds()``); ``lab.grid.columns`` holds it.
@@ -66,9 +60,16 @@ class GuidanceLab(DxWidget):
     ``explainer`` may be a ``Cascade``: a stage chooser picks the stage whose w changes (``stage``,
     default the first); each run is the whole cascade, the other stages at their own default w, and
     the lab shows the chosen stage's trace. The seed grid is for single models and is hidden then.
+    Scrubbing through the steps runs in the browser (see the module's docstring).
     """
 
+    _esm = bundle("guidance_lab.js")
     css_class = "dx-guidance-lab"
+    _strip = T.Bytes(b"").tag(sync=True)  # the re-guided strip's PNG (a message to Python: trace.reguide)
+    _reguide = T.Dict().tag(sync=True)  # its label, w and ‖w·Δ‖ per step
+    _grid = T.Dict().tag(sync=True)  # the seed grid (SeedGrid.view)
+    _grid_frames = T.Bytes(b"").tag(sync=True)  # its pictures, PNGs end to end
+    _grid_index = T.Dict().tag(sync=True)  # {"c/j": [offset, length]} into _grid_frames
 
     def __init__(
         self,
@@ -83,9 +84,10 @@ class GuidanceLab(DxWidget):
         size: int = DEFAULT_SIZE,
         seeds: int = 12,
     ) -> None:
-        super().__init__()
+        super().__init__(can_stop=True)
         from diffexplain.cascade import Cascade
 
+        self._ready = False  # True once every control exists: changes are then sent to the browser
         self.cascade = explainer if isinstance(explainer, Cascade) else None
         self.stage: str | None = None  # the stage whose w changes, for a cascade
         if self.cascade is not None:
@@ -93,9 +95,9 @@ class GuidanceLab(DxWidget):
             if self.stage not in self.cascade.stages:
                 raise ValueError(f"stage={stage!r}: expected one of {', '.join(self.cascade.names)}")
             explainer = self.cascade.stages[self.stage]
-        self.stage_chooser = stage_chooser(
-            self.cascade.names if self.cascade else (), self.stage, self._on_stage
-        )
+        names = list(self.cascade.names) if self.cascade else []
+        self.stage_chooser = Chooser(options=[(f"stage {n}", n) for n in names], value=self.stage)
+        self.stage_chooser.layout.display = None if len(names) > 1 else "none"
         self.explainer = explainer
         if explainer.family.guidance_distilled():
             raise ValueError(
@@ -106,68 +108,29 @@ class GuidanceLab(DxWidget):
         w0 = default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
         w0 = w0 if w0 > 1 else explainer.family.compare_guidance_scale  # the guided run needs w > 1
         self.negative_prompt = negative_prompt
-        self.prompt = prompt_box(prompt)
-        self.seed = SeedBox(seed)
-        self.steps = steps_box(num_inference_steps or default_steps(explainer))
-        self.run_button = button("Run guidance off and on", "dx-run", style="primary")
-        self.preview = preview_checkbox(disabled=explainer.vae is None)
-
-        self.scale = W.FloatSlider(
-            value=w0, min=1.0, max=20.0, step=0.5, description="w", continuous_update=True
-        )
-        self.scale.add_class("dx-guidance-slider")
+        self.prompt = Text(prompt)
+        self.seed = SeedText(seed)
+        self.steps = IntControl(max=1000)
+        self.steps.min, self.steps.value = 1, num_inference_steps or default_steps(explainer)
+        self.run_button = Button("Run guidance off and on")
+        self.preview = Checkbox(disabled=explainer.vae is None)
+        self.scale = FloatControl(value=w0)
         self.methods = method_menu(explainer.scheduler, explainer.model)  # label -> guider (None: ε_u + w·Δ)
-        self.method = W.Dropdown(options=list(self.methods), value=PLAIN, description="method")
-        self.method.layout.width = "260px"
-        self.method.add_class("dx-guidance-method")
-        self.run_scale_button = button("Run at this scale", "dx-run-scale")
-        self.range = W.IntRangeSlider(
-            value=(0, 1), min=0, max=1, description="step range", continuous_update=False
-        )
-        self.range.add_class("dx-cfg-range")
-        self.range_button = button("Guidance off for these steps", "dx-cfg-off-button")
-
-        boxes, self.images = panels(
-            (
-                ("off", "guidance off (w = 1)", "dx-off-image"),
-                ("on", "guidance on", "dx-on-image"),
-                ("diff", "difference |on − off|", "dx-diff-image"),
-                ("range", "guidance off in a step range", "dx-range-image"),
-            ),
-            size,
-        )
-        self.caption = W.HTML()  # what the pictures are, where they are no pictures (the Kandinsky prior)
-        self.on_title = boxes["on"].children[0]
-        self.range_title = boxes["range"].children[0]
-        self.strip = W.Image(format="png", layout=W.Layout(align_self="flex-start"))  # not stretched
-        self.strip.add_class("dx-reguide-strip")
-        self.strip_label = W.HTML()
-        self.strip_label.add_class("dx-reguide-label")
-        self.effective = LiveFigure()  # the effective scale per step, of the guided run
-        self.effective.add_scatter(x=[], y=[], name="effective w", mode="lines+markers")
-        self.effective.update_layout(
-            height=220,
-            margin={"l": 50, "r": 20, "t": 30, "b": 40},
-            title={
-                "text": "effective w per step: ⟨ε̂ − ε_u, Δ⟩ / ‖Δ‖² of the guided run",
-                "font": {"size": 13},
-            },
-            xaxis_title="loop step",
-            yaxis_title="w",
-        )
-        self.fig = LiveFigure()
-        for name in ("‖Δ‖ of the run (RMS)", "‖w·Δ‖ at the slider's w", "‖Δ‖, guidance off in the range"):
-            self.fig.add_scatter(x=[], y=[], name=name, mode="lines+markers")
-        self.fig.update_layout(
-            height=280,
-            margin={"l": 50, "r": 20, "t": 30, "b": 40},
-            title={"text": "what the prompt adds, per step: Δ = ε_c − ε_u", "font": {"size": 13}},
-            xaxis_title="loop step",
-            yaxis_title="RMS",
-            legend={"orientation": "h", "y": -0.3},
-        )
-
-        self.grid = SeedGridPanel(self, seeds)
+        self.method = Chooser(options=list(self.methods), value=PLAIN)
+        self.run_scale_button = Button("Run at this scale")
+        self.range = RangeControl()
+        self.range_button = Button("Guidance off for these steps")
+        self.images = {key: Picture() for key in FINALS}
+        self.caption = Text()  # what the pictures are, where they are no pictures (the Kandinsky prior)
+        self.on_title = Text("<b>guidance on</b>")
+        self.range_title = Text("<b>guidance off in a step range</b>")
+        self.strip, self.strip_label = Picture(), Text()
+        self.help = Text(help_html(HELP.format(**words(None, explainer))))
+        self.fig, self.effective = guidance_figures()
+        self.grid = SeedGrid(self, seeds)
+        if self.cascade is not None:
+            self.grid.layout.display = "none"  # it counts runs of one model
+        self.view_buttons = [self.run_button, self.run_scale_button, self.range_button, *self.grid.buttons()]
 
         self.run_button.on_click(self.guard(lambda _: self.start(self._run_work)))
         self.run_scale_button.on_click(self.guard(lambda _: self.start(self._at_scale_work)))
@@ -175,238 +138,174 @@ class GuidanceLab(DxWidget):
         self.scale.observe(self.guard(self._on_scale), names="value")
         self.method.observe(self.guard(self._on_method), names="value")
         self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
-
-        self.children = [
-            help_box(HELP.format(**words(None, explainer))),
-            W.HBox([self.prompt, self.seed, self.steps, self.run_button, self.stop_button]),
-            W.HBox([boxes["off"], boxes["on"], boxes["diff"], boxes["range"]]),
-            self.caption,
-            W.HBox(
-                [self.stage_chooser, self.method, self.scale, self.run_scale_button, self.preview]
-            ),  # chooser: cascades
-            self.strip_label,
-            self.strip,
-            W.HBox([self.range, self.range_button]),
-            self.progress,
-            figure_box(self.fig, "dx-guidance-plot"),
-            figure_box(self.effective, "dx-effective-plot"),
-            self.grid,
-            self.status,
-            self.output,
-        ]
-        if self.cascade is not None:
-            self.grid.layout.display = "none"  # it counts runs of one model
+        self.stage_chooser.observe(self.guard(lambda c: self._on_stage(c["new"])), names="value")
         self.off: Trace | None = None
         self.on: Trace | None = None
         self.ranged: Trace | None = None
         self._w_on = w0
+        self._ready = True
+        self.grid_changed()
         self.guard(self.run)()
-
-    @property
-    def guider(self) -> Guider | None:
-        """The chosen guidance method (None: ε_u + w·Δ), for the guided run, the strip and the seed grid."""
-        return self.methods[self.method.value]
-
-    @property
-    def traces(self) -> dict[str, Trace | None]:
-        """The current traces: "off" (w = 1), "on" (w > 1) and "range" (guidance off in a range, or None)."""
-        return {"off": self.off, "on": self.on, "range": self.ranged}
-
-    # ---- actions (each a generator that yields between loop steps: DxWidget.start) ---------------
-    def _run(self, w: float) -> Generator[int, None, Trace]:
-        if self.cascade is not None:
-            return self._run_cascade(w)
-        return self.run_steps(
-            self.explainer,
-            self.prompt.value,
-            seed=self.seed.seed,
-            guidance_scale=w,
-            num_inference_steps=self.steps.value,
-            negative_prompt=self.negative_prompt,
-            guider=self.guider if w > 1 else None,
-        )
-
-    def _run_cascade(self, w: float) -> Generator[int, None, Trace]:
-        """The whole cascade with w in the chosen stage; the chosen stage's trace."""
-        cascade = self.cascade
-        assert cascade is not None and self.stage is not None
-        steps = {"num_inference_steps": self.steps.value}
-        settings = {n: {**steps, **({"guidance_scale": w} if n == self.stage else {})} for n in cascade.names}
-        ticks = [(f"{n}.step.next", self.progress._tick) for n in cascade.names]  # noqa: SLF001 - its own bar
-        run = yield from cascade.run_steps(
-            self.prompt.value,
-            negative_prompt=self.negative_prompt,
-            seed=self.seed.seed,
-            hooks=ticks,
-            progress=False,
-            **settings,
-        )
-        return run.stages[self.stage]
-
-    def _on_method(self, change: dict | None = None) -> None:
-        """Another guidance method: the guided run again with it (the strip re-guides with it at once)."""
-        if self.cascade is not None and self.guider is not None:
-            self.method.value = PLAIN
-            raise ValueError("guidance methods are for single models; this lab runs a cascade")
-        if self.on is not None:
-            self.start(self._at_scale_work)
-
-    def _on_stage(self, name: str | None) -> None:
-        """Another stage chosen: its explainer, and the off/on pair run again for it."""
-        if self.cascade is None or name is None or name == self.stage:
-            return
-        self.stage = name
-        self.explainer = self.frames.explainer = self.cascade.stages[name]
-        self.off = self.on = self.ranged = None
-        self.guard(lambda: self.start(self._run_work))()
-
-    def run(self) -> None:
-        """Run the loop with guidance off (w = 1) and on (w = the slider's value, at least 1.5)."""
-        self.finish(self._run_work())
-
-    def _run_work(self) -> Work:
-        self.say("running with guidance off, then on …")
-        w = self.scale.value if self.scale.value > 1 else self._w_on
-        off = yield from self._run(1.0)
-        on = yield from self._run(w)
-        if self.on is not None and self.on.run_settings.prompt != on.run_settings.prompt:
-            self.grid.forget()  # the cached grid columns belonged to the old prompt
-        self.off, self.on, self.ranged = off, on, None  # together: a stopped run leaves the last pair
-        self.grid.clear()  # the grid and sweep belonged to the previous run
-        n = len(self.on)
-        self.range.max = n - 1
-        self.range.value = (0, max(0, n // 2 - 1))
-        self.say(f"done: {n} steps each, seed {self.seed.seed}")
-        self._redraw()
-
-    def run_at_scale(self) -> None:
-        """Run the full loop again at the slider's w (replaces the "guidance on" result)."""
-        self.finish(self._at_scale_work())
-
-    def _at_scale_work(self) -> Work:
-        w = self.scale.value
-        if w <= 1:
-            self.say("w = 1 is guidance off: that is the left picture")
-            return
-        self.say(f"running the whole loop at w = {w:g} …")
-        self.on = yield from self._run(w)
-        self.ranged = None
-        self.say(f"ran at w = {w:g}")
-        self._redraw()
-
-    def guidance_off_range(self) -> None:
-        """Fork the guided run at the range start with guidance off (ε̂ = ε_c) in the chosen steps."""
-        self.finish(self._range_work())
-
-    def _range_work(self) -> Work:
         if self.on is None:
-            raise RuntimeError("run first: there is no guided trace to fork")
-        a, b = self.range.value
-        hooks = interventions.cfg_off(steps=range(a, b + 1))
-        self.say(f"forking at step {a}: guidance off for steps {a}–{b} …")
-        self.ranged = yield from self.fork_steps(self.explainer, self.on, a, hooks=hooks)
-        copied = (
-            "" if a == 0 else f"; steps 0–{a - 1} copied from the guided run" if a > 1 else "; step 0 copied"
-        )
-        self.say(f"guidance off for steps {a}–{b} (a fork from step {a}{copied})")
-        self._redraw()
+            self._send_lab()  # nothing ran (an error): the controls alone
 
-    def count_seeds(self) -> None:
-        """Draw the seed grid: the prompt at w = 0, 1 and the slider's w over the seeds, each checked."""
-        self._single_model("the seed grid")
-        self.grid.count()
+    def finish(self, work: Work) -> Any:
+        """Run ``work`` to the end now, the buttons off meanwhile (an action called from Python).
 
-    def _single_model(self, what: str) -> None:
-        if self.cascade is not None:
-            raise ValueError(
-                f"{what} counts runs of one model; this lab runs a cascade (stages {self.cascade.names})"
-            )
+        ``Actions.finish`` enters ``self.busy()``, which ``TraceView``'s ``busy`` trait (the browser's
+        busy state) hides on an anywidget: the context manager is called from ``Actions`` here."""
+        with Actions.busy(self):
+            return drain(work)
 
-    def compare_methods(self) -> None:
-        """Count the same seeds at the chosen w under every method of the menu (``grid.methods_table``)."""
-        self._single_model("comparing methods")
-        self.grid.compare_methods()
+    # ---- the browser's messages ------------------------------------------------------------------
+    def _take(self, prompt: str | None = None, seed: str | None = None, steps: int | None = None) -> None:
+        """The boxes as the browser has them (sent with each action that runs the model)."""
+        if prompt is not None:
+            self.prompt.value = str(prompt)
+        if seed is not None:
+            self.seed.value = str(seed)
+        if steps is not None:
+            self.steps.value = int(steps)
 
-    def sweep(self) -> None:
-        """Count the same seeds at w = 0, 1, 2, 3, 5, 7.5, 10 and plot share right and diversity vs w."""
-        self._single_model("the w sweep")
-        self.grid.run_sweep()
+    def action_run(self, **boxes: Any) -> None:
+        """Run guidance off and on."""
+        self._take(**boxes)
+        self.run_button.click()
 
-    # ---- drawing ---------------------------------------------------------------------------------
-    def _delta(self, trace: Trace) -> list[float | None]:
-        out: list[float | None] = []
-        for i in range(len(trace)):
-            try:
-                out.append(rms(trace["step.model.cond", i] - trace["step.model.uncond", i]))
-            except TraceKeyError:  # not kept, or not computed (ε_u with guidance off)
-                out.append(None)
-        return out
+    def action_run_scale(self, w: float, **boxes: Any) -> None:
+        """Run the whole loop at the slider's w."""
+        self._take(**boxes)
+        self.scale.value = float(w)
+        self.run_scale_button.click()
 
+    def action_scale(self, w: float) -> None:
+        """The w slider, let go: re-guide the cached steps (no model call)."""
+        self.scale.value = float(w)
+
+    def action_method(self, label: str) -> None:
+        """Another guidance method from the menu: the guided run again with it."""
+        self.method.value = label
+
+    def action_range_off(self, a: int, b: int, **boxes: Any) -> None:
+        """Guidance off in steps a..b: a fork of the guided run."""
+        self.range.value = (int(a), int(b))
+        self.range_button.click()
+
+    def action_grid(self, what: str, seeds: int, **boxes: Any) -> None:
+        """The seed grid's buttons: ``what`` is "count", "sweep" or "compare"."""
+        self._take(**boxes)
+        self.grid.n_seeds.value = int(seeds)
+        buttons = {"count": self.grid.count_button, "sweep": self.grid.sweep_button}
+        buttons["compare"] = self.grid.compare_button
+        if what not in buttons:
+            raise ValueError(f"what={what!r}: expected count, sweep or compare")
+        buttons[what].click()
+
+    def action_preview(self, value: bool) -> None:
+        """The "fast latent preview" box."""
+        if not self.preview.disabled:
+            self.preview.value = bool(value)
+
+    def action_stage(self, name: str) -> None:
+        """A cascade's stage button."""
+        self.stage_chooser.value = name
+
+    # ---- what the browser draws ------------------------------------------------------------------
     def _redraw(self) -> None:
-        if self.off is None or self.on is None:
-            return
-        preview = self.preview.value
-        self.caption.value = embedding_caption(self.on)
-        self.caption.layout.display = None if self.caption.value else "none"
-        self.images["off"].value = self.frames.final(self.off, preview=preview)
-        self.images["on"].value = self.frames.final(self.on, preview=preview)
-        method = "" if self.on.run_settings.guider is None else f", {self.method.value}"
-        self.on_title.value = f"<b>guidance on (w = {self.on.run_settings.guidance_scale:g}{method})</b>"
-        self.images["diff"].value = self.frames.difference(self.on, self.off, preview=preview)
-        if self.ranged is not None:
-            a, b = self.range.value
-            self.images["range"].value = self.frames.final(self.ranged, preview=preview)
-            self.range_title.value = f"<b>guidance off in steps {a}–{b}</b>"
-        else:  # a new run: the last range's picture belonged to the previous one
-            self.images["range"].value = blank(self.frames.size, "press “Guidance off\nfor these steps”")
-            self.range_title.value = "<b>guidance off in a step range</b>"
-        self._base_delta = self._delta(self.on)
-        steps = list(range(len(self.on)))
-        with self.fig.batch_update():
-            self.fig.data[0].x, self.fig.data[0].y = steps, self._base_delta
-            if self.ranged is not None:
-                self.fig.data[2].x, self.fig.data[2].y = steps, self._delta(self.ranged)
-            else:
-                self.fig.data[2].x, self.fig.data[2].y = [], []
-        effective = effective_scales(self.on)
-        known = [w for w in effective if w is not None] or [1.0]
-        with self.effective.batch_update():  # from 0, so that float noise around a constant w stays flat
-            self.effective.data[0].x, self.effective.data[0].y = steps, effective
-            self.effective.layout.yaxis.range = [min(0.0, min(known)), max(1.0, max(known)) * 1.15]
-        self._on_scale()
-
-    def _strip_steps(self, n: int) -> list[int]:
-        if n <= STRIP_STEPS:
-            return list(range(n))
-        return sorted({round(i * (n - 1) / (STRIP_STEPS - 1)) for i in range(STRIP_STEPS)})
+        super()._redraw()
+        self._send_lab()
 
     def _on_scale(self, change: dict | None = None) -> None:
-        """Re-guide every cached step at the slider's w (``trace.reguide``: no U-Net call)."""
-        trace = self.on
-        if trace is None:
+        super()._on_scale(change)
+        if self._ready and self.on is not None:
+            push = self.fig.data[1].y
+            self._strip = self.strip.value
+            self._reguide = {
+                "label": self.strip_label.value,
+                "w": float(self.scale.value),
+                "push": [None if v is None else float(v) for v in push or []],
+            }
+
+    def grid_changed(self) -> None:
+        """Send the seed grid to the browser (its cells, counts, tables and sweep)."""
+        if not getattr(self, "_ready", False) or not hasattr(self, "grid"):
             return
-        w = float(self.scale.value)
-        pixel = is_pixel_space(trace, self.explainer)
-        tiles: list[Image.Image] = []
-        labels = []
-        for k in self._strip_steps(len(trace)):
-            x0 = trace.reguide(k, w, guider=self.guider).pred_x0
-            tiles.append(
-                self.frames.picture(
-                    trace,
-                    ("reguide", k, w, self.method.value),
-                    x0,
-                    preview=self.preview.value,
-                    pixel_space=pixel,
-                    size=96,
+        frames, index = pack_pictures(self.grid.pictures())
+        with self.hold_sync():
+            self._grid, self._grid_frames, self._grid_index = self.grid.view(), frames, index
+
+    def _step_pictures(self) -> dict[str, bytes | None]:
+        """x̂0 of every step of the off, on and range runs (``"k/off"``...), decoded as the finals are."""
+        pictures: dict[str, bytes | None] = {}
+        for name, trace in (("off", self.off), ("on", self.on), ("range", self.ranged)):
+            if trace is None:
+                continue
+            pixel = is_pixel_space(trace, self.explainer)
+            for k in range(len(trace)):
+                x0 = get(trace, "step.pred_x0", k)
+                pictures[f"{k}/{name}"] = (
+                    None
+                    if x0 is None
+                    else png(
+                        self.frames.picture(
+                            trace, ("x̂0", k), x0, preview=self.preview.value, pixel_space=pixel
+                        )
+                    )
                 )
-            )
-            labels.append(f"step {k}")
-        self.strip.value = png(render.strip(tiles, labels))
-        self.strip_label.value = (
-            f"<b>x̂0 at each step, re-guided at w = {w:g}</b> from the cached ε_c and ε_u of the "
-            f"w = {trace.run_settings.guidance_scale:g} run (no {words(trace, self.explainer)['model']} call)"
-        )
-        with self.fig.batch_update():
-            push = [None if d is None else w * d for d in self._base_delta]
-            self.fig.data[1].x, self.fig.data[1].y = list(range(len(trace))), push
+        return pictures
+
+    def _series(self) -> dict[str, Any]:
+        def floats(values: Any) -> list[float | None]:
+            return [None if v is None else float(v) for v in values or []]
+
+        return {
+            "delta": [{"name": s.name, "y": floats(s.y)} for s in self.fig.data],
+            "effective": floats(self.effective.data[0].y),
+            "delta_title": DELTA_TITLE,
+            "effective_title": EFFECTIVE_TITLE,
+        }
+
+    def _send_lab(self) -> None:
+        """Send the view: the finals, every step's x̂0 of each run, the plots, the controls' state."""
+        pictures: dict[str, bytes | None] = {key: self.images[key].value or None for key in FINALS}
+        if self.off is not None and self.on is not None:
+            pictures |= self._step_pictures()
+        n = len(self.on) if self.on is not None else 0
+        pixel = self.on is not None and is_pixel_space(self.on, self.explainer)
+        data = {
+            "help": self.help.value,
+            "prompt": self.prompt.value,
+            "seed": self.seed.value,
+            "steps": self.steps.value,
+            "n": n,
+            "timesteps": [float(t) for t in self.on.timesteps] if self.on is not None else [],
+            "ranged": self.ranged is not None,
+            "titles": {
+                "off": "<b>guidance off (w = 1)</b>",
+                "on": self.on_title.value,
+                "diff": "<b>difference |on − off|</b>",
+                "range": self.range_title.value,
+            },
+            "caption": self.caption.value,
+            "w": float(self.scale.value),
+            "scale": {"min": self.scale.min, "max": self.scale.max, "step": self.scale.step},
+            "methods": list(self.methods),
+            "method": self.method.value,
+            "range": {"min": self.range.min, "max": self.range.max, "value": list(self.range.value)},
+            "preview": {"value": self.preview.value, "disabled": self.preview.disabled, "shown": not pixel},
+            "stages": [value for _, value in self.stage_chooser.options],
+            "stage": self.stage,
+            "model": words(self.on, self.explainer)["model"] if self.on is not None else "model",
+            "size": self.frames.size,
+            **self._series(),
+        }
+        self.send_view(data, pictures)
+
+    @property
+    def children(self) -> tuple:
+        """ipywidgets copies of the lab's texts (help, titles, the strip's label, caption, grid note): for
+        code that reads the texts the way it did."""
+        import ipywidgets as W
+
+        texts = (self.help, self.on_title, self.range_title, self.strip_label, self.caption, self.grid.note)
+        return tuple(W.HTML(t.value) for t in texts)

@@ -38,80 +38,39 @@ GRID_HELP = (
 )
 
 
-class SeedGridPanel(W.VBox):
-    """The seed grid and w sweep of a :class:`~diffexplain.widgets.GuidanceLab` (``lab.grid``)."""
+def sweep_figure() -> LiveFigure:
+    """The w sweep's plot: share right (left axis) and diversity (right axis) against w."""
+    fig = LiveFigure()
+    fig.add_scatter(x=[], y=[], name="share right", mode="lines+markers", yaxis="y")
+    fig.add_scatter(x=[], y=[], name="diversity", mode="lines+markers", yaxis="y2")
+    fig.update_layout(
+        height=260,
+        margin={"l": 50, "r": 60, "t": 30, "b": 40},
+        title={"text": "the same seeds at every w", "font": {"size": 13}},
+        xaxis_title="guidance scale w",
+        yaxis={"title": "share right", "range": [-0.02, 1.02], "dtick": 0.25},
+        yaxis2={
+            "title": "diversity",
+            "overlaying": "y",
+            "side": "right",
+            "range": [0, 0.6],
+            "dtick": 0.1,
+            "showgrid": False,
+        },
+        legend={"orientation": "h", "y": -0.3},
+    )
+    return fig
 
-    def __init__(self, owner: GuidanceLab, seeds: int = counts.DEFAULT_SEEDS) -> None:
-        super().__init__()
-        self.add_class("dx-seed-grid")
-        self.owner = owner
-        self.n_seeds = W.BoundedIntText(value=seeds, min=2, max=48, description="seeds")
-        self.n_seeds.layout.width = "140px"
-        self.n_seeds.add_class("dx-grid-seeds")
-        self.count_button = button("Count seeds", "dx-grid-run")
-        self.sweep_button = button("Sweep w", "dx-sweep-run")
-        self.compare_button = button("Compare methods", "dx-compare-methods")
-        self.methods_table = W.HTML()
-        self.methods_table.add_class("dx-methods-table")
-        sweep_text = ", ".join(f"{w:g}" for w in counts.SWEEP_SCALES)
-        self.note = W.HTML()
-        self.note.add_class("dx-grid-note")
-        self.columns_box = W.HBox(layout=W.Layout(flex_flow="row wrap"))
-        self.columns_box.add_class("dx-grid-columns")
-        self.titles: list[W.HTML] = []
-        self.count_labels: list[W.HTML] = []
-        self.images: list[list[W.Image]] = []  # [column][seed]
-        self.columns: list[Column | None] = [None, None, None]  # w = 0, 1, the chosen w
-        self.sweep_columns: list[Column] = []
-        self.sweep_table = W.HTML()
-        self.sweep_table.add_class("dx-sweep-table")
-        self.fig = LiveFigure()
-        self.fig.add_scatter(x=[], y=[], name="share right", mode="lines+markers", yaxis="y")
-        self.fig.add_scatter(x=[], y=[], name="diversity", mode="lines+markers", yaxis="y2")
-        self.fig.update_layout(
-            height=260,
-            margin={"l": 50, "r": 60, "t": 30, "b": 40},
-            title={"text": "the same seeds at every w", "font": {"size": 13}},
-            xaxis_title="guidance scale w",
-            yaxis={"title": "share right", "range": [-0.02, 1.02], "dtick": 0.25},
-            yaxis2={
-                "title": "diversity",
-                "overlaying": "y",
-                "side": "right",
-                "range": [0, 0.6],
-                "dtick": 0.1,
-                "showgrid": False,
-            },
-            legend={"orientation": "h", "y": -0.3},
-        )
-        self._cache: dict[tuple, Column] = {}
-        self.count_button.on_click(owner.guard(lambda _: owner.start(self._count_work)))
-        self.sweep_button.on_click(owner.guard(lambda _: owner.start(self._sweep_work)))
-        self.compare_button.on_click(owner.guard(lambda _: owner.start(self._compare_work)))
-        self.help = W.HTML(
-            f"<div style='font-size:0.9em;color:#444;max-width:900px'>"
-            f"{GRID_HELP.format(n=seeds, sweep=sweep_text)}</div>"
-        )
-        self.children = [
-            self.help,
-            # the owner's Stop button and progress bar again (a second view of each): the grid is far below
-            W.HBox(
-                [
-                    self.n_seeds,
-                    self.count_button,
-                    self.sweep_button,
-                    self.compare_button,
-                    owner.stop_button,
-                    owner.progress,
-                ]
-            ),
-            self.note,
-            self.columns_box,
-            self.sweep_table,
-            figure_box(self.fig, "dx-sweep-plot"),
-            self.methods_table,
-        ]
-        self.clear()
+
+class GridWork:
+    """The seed grid's counting and drawing, whatever draws its cells: ``SeedGridPanel`` (ipywidgets) and
+    ``diffexplain.widgets.seed_grid_view.SeedGrid`` (the anywidget lab's stand-ins) give ``owner``,
+    ``n_seeds``, ``note``, ``titles``, ``count_labels``, ``images`` (cells with ``value``, ``tooltip``,
+    ``layout.border``, ``add_class``/``remove_class``), ``sweep_table``, ``methods_table``, ``fig`` and
+    ``_cache``, and ``_build_cells(n)``."""
+
+    owner: GuidanceLab
+    _cache: dict[tuple, Column]
 
     # ---- settings read from the owner ---------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -256,29 +215,6 @@ class SeedGridPanel(W.VBox):
                 image.remove_class("dx-right")
                 image.remove_class("dx-wrong")
 
-    def _build_cells(self, n: int) -> None:
-        """Three columns of ``n`` picture cells, each with a title and a count (old cells are closed)."""
-        for box in self.columns_box.children:
-            _close_tree(box)
-        boxes, self.titles, self.count_labels, self.images = [], [], [], []
-        for _ in range(3):
-            title, label = W.HTML(), W.HTML("—")
-            title.add_class("dx-grid-title")
-            label.add_class("dx-grid-count")
-            tiles = []
-            for _ in range(n):
-                image = W.Image(format="png", width=TILE, height=TILE, layout=W.Layout(margin="1px"))
-                image.add_class("dx-grid-image")
-                tiles.append(image)
-            grid = W.GridBox(tiles, layout=W.Layout(grid_template_columns=f"repeat(4, {TILE + 8}px)"))
-            box = W.VBox([title, label, grid], layout=W.Layout(align_items="center", margin="2px 8px"))
-            box.add_class("dx-grid-column")
-            boxes.append(box)
-            self.titles.append(title)
-            self.count_labels.append(label)
-            self.images.append(tiles)
-        self.columns_box.children = boxes
-
     def clear_sweep(self) -> None:
         """No sweep: an empty plot and table."""
         self.sweep_columns = []
@@ -357,6 +293,90 @@ class SeedGridPanel(W.VBox):
     def _key(self, run: dict[str, Any], w: float, method: str | None = None) -> tuple:
         settings = (run["prompt"], run["negative_prompt"], run["num_inference_steps"], run["seeds"])
         return (*settings, float(w), method)
+
+    def _build_cells(self, n: int) -> None:
+        raise NotImplementedError
+
+
+class SeedGridPanel(GridWork, W.VBox):
+    """The seed grid and w sweep of a :class:`~diffexplain.widgets.GuidanceLab` (``lab.grid``)."""
+
+    def __init__(self, owner: GuidanceLab, seeds: int = counts.DEFAULT_SEEDS) -> None:
+        super().__init__()
+        self.add_class("dx-seed-grid")
+        self.owner = owner
+        self.n_seeds = W.BoundedIntText(value=seeds, min=2, max=48, description="seeds")
+        self.n_seeds.layout.width = "140px"
+        self.n_seeds.add_class("dx-grid-seeds")
+        self.count_button = button("Count seeds", "dx-grid-run")
+        self.sweep_button = button("Sweep w", "dx-sweep-run")
+        self.compare_button = button("Compare methods", "dx-compare-methods")
+        self.methods_table = W.HTML()
+        self.methods_table.add_class("dx-methods-table")
+        sweep_text = ", ".join(f"{w:g}" for w in counts.SWEEP_SCALES)
+        self.note = W.HTML()
+        self.note.add_class("dx-grid-note")
+        self.columns_box = W.HBox(layout=W.Layout(flex_flow="row wrap"))
+        self.columns_box.add_class("dx-grid-columns")
+        self.titles: list[W.HTML] = []
+        self.count_labels: list[W.HTML] = []
+        self.images: list[list[W.Image]] = []  # [column][seed]
+        self.columns: list[Column | None] = [None, None, None]  # w = 0, 1, the chosen w
+        self.sweep_columns: list[Column] = []
+        self.sweep_table = W.HTML()
+        self.sweep_table.add_class("dx-sweep-table")
+        self.fig = sweep_figure()
+        self._cache: dict[tuple, Column] = {}
+        self.count_button.on_click(owner.guard(lambda _: owner.start(self._count_work)))
+        self.sweep_button.on_click(owner.guard(lambda _: owner.start(self._sweep_work)))
+        self.compare_button.on_click(owner.guard(lambda _: owner.start(self._compare_work)))
+        self.help = W.HTML(
+            f"<div style='font-size:0.9em;color:#444;max-width:900px'>"
+            f"{GRID_HELP.format(n=seeds, sweep=sweep_text)}</div>"
+        )
+        self.children = [
+            self.help,
+            # the owner's Stop button and progress bar again (a second view of each): the grid is far below
+            W.HBox(
+                [
+                    self.n_seeds,
+                    self.count_button,
+                    self.sweep_button,
+                    self.compare_button,
+                    owner.stop_button,
+                    owner.progress,
+                ]
+            ),
+            self.note,
+            self.columns_box,
+            self.sweep_table,
+            figure_box(self.fig, "dx-sweep-plot"),
+            self.methods_table,
+        ]
+        self.clear()
+
+    def _build_cells(self, n: int) -> None:
+        """Three columns of ``n`` picture cells, each with a title and a count (old cells are closed)."""
+        for box in self.columns_box.children:
+            _close_tree(box)
+        boxes, self.titles, self.count_labels, self.images = [], [], [], []
+        for _ in range(3):
+            title, label = W.HTML(), W.HTML("—")
+            title.add_class("dx-grid-title")
+            label.add_class("dx-grid-count")
+            tiles = []
+            for _ in range(n):
+                image = W.Image(format="png", width=TILE, height=TILE, layout=W.Layout(margin="1px"))
+                image.add_class("dx-grid-image")
+                tiles.append(image)
+            grid = W.GridBox(tiles, layout=W.Layout(grid_template_columns=f"repeat(4, {TILE + 8}px)"))
+            box = W.VBox([title, label, grid], layout=W.Layout(align_items="center", margin="2px 8px"))
+            box.add_class("dx-grid-column")
+            boxes.append(box)
+            self.titles.append(title)
+            self.count_labels.append(label)
+            self.images.append(tiles)
+        self.columns_box.children = boxes
 
 
 def _thumbnails(column: Column, size: int = 40) -> str:
