@@ -52,7 +52,8 @@ trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=5.0)
 widget = StepExplorer(trace)
 widget""",
     "guidance_lab": """\
-widget = GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
+from diffexplain.widgets import ClassicGuidanceLab  # the ipywidgets lab (the anywidget: test_guidance_lab_browser)
+widget = ClassicGuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
 widget""",
     "guidance_methods": """\
 widget = GuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=8, seeds=4)
@@ -132,6 +133,20 @@ def _timeline_cursor(page, css_class: str, changed_from: str | None = None) -> s
     ).json_value()
 
 
+def _series_path(page, css_class: str, changed_from: str | None = None) -> str:
+    """The first series line of an anywidget view's SVG plot (once drawn, or once changed)."""
+    return page.wait_for_function(
+        """([sel, old]) => {
+          const path = document.querySelector(`.${sel} path.dx-series`);
+          const d = path && path.getAttribute('d');
+          return d && d !== old ? d : null;
+        }""",
+        arg=[css_class, changed_from],
+        polling=250,
+        timeout=120_000,
+    ).json_value()
+
+
 def _no_errors(page) -> None:
     assert count_error_outputs(page) == 0, error_outputs(page)
 
@@ -187,7 +202,9 @@ def test_guidance_lab_in_lab(lab_page, lab_server, tmp_path):
     wait_for_plotly(page, "dx-sweep-plot", changed_from=sweep, min_traces=2)
     wait_for_text(page, "dx-sweep-table", "w = 10")
     _no_errors(page)
-    docs_screenshot(page, "guidance_lab", "dx-guidance-lab")
+    widget_screenshot(
+        page, ARTIFACTS_DIR / "classic_guidance_lab.png", "dx-guidance-lab"
+    )  # docs: the anywidget's
 
 
 @pytest.mark.timeout(600)
@@ -197,12 +214,12 @@ def test_guidance_lab_method_chooser_in_lab(lab_page, lab_server, tmp_path):
     page = lab_page
     _open(page, lab_server, tmp_path, "guidance_methods")
     on = wait_for_widget_image(page, "dx-on-image")
-    effective = wait_for_plotly(page, "dx-effective-plot")
+    effective = _series_path(page, "dx-effective-plot")  # the anywidget lab draws its plots as SVG
     page.locator(".dx-guidance-method select").select_option(label="APG (β = −0.5)")
     wait_for_widget_image(page, "dx-on-image", changed_from=on)
     wait_for_text(page, "dx-status", "ran at w = 5")
     assert "guidance on (w = 5, APG" in page.locator(".dx-guidance-lab").inner_text()
-    wait_for_plotly(page, "dx-effective-plot", changed_from=effective)
+    _series_path(page, "dx-effective-plot", changed_from=effective)
     click_button(page, "dx-compare-methods")
     table = wait_for_text(page, "dx-methods-table", "one guidance method per row")
     for label in ("CFG (ε_u + w·Δ)", "APG (β = −0.5)", "CFG-Zero*", "at gamut edge"):
