@@ -1,9 +1,6 @@
 """``ActionView``: a ``TraceView`` whose actions run the model (Run, Invert …) and may also be called from
 Python (``lab.run()``), and the browser parts such views share (``diffexplain/web/view_parts.js``: a small
 SVG line plot, the status / progress / Stop shell, input boxes, a step slider, picture panels).
-
-``TraceView`` syncs the busy state as its ``busy`` trait, which hides ``Actions.busy()`` (the context
-manager ``Actions.finish`` uses); ``ActionView.finish`` turns the buttons off and back by itself.
 """
 
 from __future__ import annotations
@@ -11,8 +8,6 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from diffexplain.jobs import drain
-from diffexplain.widgets.actions import Work
 from diffexplain.widgets.trace_view import TraceView
 
 VIEW_PARTS = "view_parts.js"
@@ -37,12 +32,3 @@ class ActionView(TraceView):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.can_stop = True
-
-    def finish(self, work: Work) -> Any:
-        """Run ``work`` to the end now, the buttons off meanwhile (an action called from Python)."""
-        states = self._disable_buttons()
-        try:
-            return drain(work)
-        finally:
-            for b, state in states:
-                b.disabled = state

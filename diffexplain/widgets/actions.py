@@ -125,7 +125,7 @@ class Actions:
 
     def finish(self, work: Work) -> Any:
         """Run ``work`` to the end now, the buttons off meanwhile (an action called from Python)."""
-        with self.busy():
+        with self.buttons_off():
             return drain(work)
 
     def start(self, make_work: Callable[[], Work]) -> None:
@@ -223,7 +223,7 @@ class Actions:
         return states
 
     @contextlib.contextmanager
-    def busy(self) -> Iterator[None]:
+    def buttons_off(self) -> Iterator[None]:
         """Disable the widget's buttons while it runs the model (a click then cannot queue another run);
         each button gets its own state back afterwards, also after an error."""
         states = self._disable_buttons()

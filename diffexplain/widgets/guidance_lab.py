@@ -23,11 +23,9 @@ import traitlets as T
 
 from diffexplain.checks import check_guidance_scale
 from diffexplain.guiders.menu import PLAIN, method_menu
-from diffexplain.jobs import drain
 from diffexplain.views import DEFAULT_SIZE, default_guidance, default_steps, is_pixel_space, png, words
 from diffexplain.web import bundle
 from diffexplain.web.view_data import get
-from diffexplain.widgets.actions import Actions, Work
 from diffexplain.widgets.base import Frames, help_html
 from diffexplain.widgets.guidance_work import (
     DELTA_TITLE,
@@ -148,14 +146,6 @@ class GuidanceLab(GuidanceWork, TraceView):
         self.guard(self.run)()
         if self.on is None:
             self._send_lab()  # nothing ran (an error): the controls alone
-
-    def finish(self, work: Work) -> Any:
-        """Run ``work`` to the end now, the buttons off meanwhile (an action called from Python).
-
-        ``Actions.finish`` enters ``self.busy()``, which ``TraceView``'s ``busy`` trait (the browser's
-        busy state) hides on an anywidget: the context manager is called from ``Actions`` here."""
-        with Actions.busy(self):
-            return drain(work)
 
     # ---- the browser's messages ------------------------------------------------------------------
     def _take(self, prompt: str | None = None, seed: str | None = None, steps: int | None = None) -> None:
