@@ -28,7 +28,7 @@ ENV = {
 
 
 def test_there_are_notebooks() -> None:
-    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(15)], [p.name for p in NOTEBOOKS]
+    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(16)], [p.name for p in NOTEBOOKS]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
