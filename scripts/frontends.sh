@@ -3,8 +3,10 @@
 #   - Notebook 7 and Voilà: installed into .venv (they run on jupyter_server, like JupyterLab);
 #   - classic Notebook 6.5 with ipywidgets 7.7 and widgetsnbextension 3.6 (the nearest to Colab's widget
 #     stack that runs here): a venv of its own, $DIFFEXPLAIN_FRONTENDS_DIR/classic, holding only the
-#     Jupyter and widget packages; a .pth file puts .venv's site-packages after its own, so torch,
-#     diffusers, plotly and the editable diffexplain are .venv's (nothing large is downloaded twice).
+#     Jupyter and widget packages (anywidget too, at .venv's version: the StepExplorer needs its classic
+#     nbextension, which lives in the venv's own share/ and etc/); a .pth file puts .venv's site-packages
+#     after its own, so torch, diffusers, plotly and the editable diffexplain are .venv's (nothing large
+#     is downloaded twice).
 # Idempotent and quick when done already (a stamp file records what was installed). Needs .venv
 # (scripts/setup.sh). Prints the seconds it took.
 set -euo pipefail
@@ -25,6 +27,7 @@ if ! python -c "import notebook, voila, sys; sys.exit(int(notebook.__version__.s
   python -m pip install -q "${shared_reqs[@]}" 2> >(grep -v "is ignored: it is neither" >&2)
 fi
 venv_site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+classic_reqs+=("anywidget==$(python -c 'import anywidget; print(anywidget.__version__)')")
 deactivate
 
 classic="$dir/classic"

@@ -1,12 +1,17 @@
-"""StepExplorer and GuidanceLab in the front ends beside JupyterLab 4, each in headless Chromium.
+"""StepExplorer and GuidanceLab in the front ends beside JupyterLab 4, each in headless Chromium, and the
+anywidget ES module on its own (what VS Code's widget manager does with it: VS Code cannot run here).
 
 - classic Notebook 6.5 with ipywidgets 7.7 and widgetsnbextension 3.6 (the nearest to Colab's widget
-  stack that runs here), plots in image mode (``DIFFEXPLAIN_PLOTS=image``: PNGs drawn in the kernel);
+  stack that runs here; anywidget's classic nbextension beside), plots in image mode
+  (``DIFFEXPLAIN_PLOTS=image``: PNGs drawn in the kernel);
 - Notebook 7 (ipywidgets 8, plotly figures);
-- Voilà serving ``notebooks/00_quickstart.ipynb`` as a dashboard (no code shown).
+- Voilà serving ``notebooks/00_quickstart.ipynb`` as a dashboard (no code shown);
+- the StepExplorer's ES module imported from a blob URL in a bare page and mounted on a stand-in model
+  (anywidget's model API: get/set/on/off/send/save_changes), as every anywidget host loads it.
 
-Each test: both widgets render, a slider changes the picture (and the plot), no error output, and a
-screenshot of the page is saved (``test-artifacts/browser/frontends/``; with
+Each front-end test: both widgets render, the StepExplorer (an anywidget) scrubs with the arrow keys in
+the browser (pictures and timeline marker follow), the w slider changes GuidanceLab's picture and plot,
+no error output, and a screenshot of the page is saved (``test-artifacts/browser/frontends/``; with
 ``DIFFEXPLAIN_UPDATE_SCREENSHOTS=1`` into ``docs/assets/screenshots/frontends/``).
 
 The environments come from ``scripts/frontends.sh`` (CI runs it first); a missing one skips its test.
@@ -72,6 +77,7 @@ ERRORS_JS = """
     if (e.innerText.trim().startsWith('Error displaying widget')) add('widget error', e);
   });
   document.querySelectorAll('.dx-status').forEach((e) => { if (e.innerText.includes('Error')) add('status', e); });
+  document.querySelectorAll('.dx-errors').forEach((e) => { if (e.innerText.trim()) add('widget output', e); });
   return out;
 }
 """
@@ -232,6 +238,44 @@ def _move(page, css: str, fraction: float) -> None:
     page.mouse.click(box["x"] + box["width"] * fraction, box["y"] + box["height"] / 2)
 
 
+_MARKER_JS = """
+(old) => {
+  const m = document.querySelector('.dx-view .dx-marker');
+  const d = m && m.getAttribute('d');
+  return d && d !== old ? d : null;
+}
+"""
+
+
+def _check_step_explorer(page) -> None:
+    """The anywidget StepExplorer: every panel drawn from its frames buffer; five ArrowRight presses on the
+    focused view move the pictures, the readout and the timeline's marker (in the browser, no kernel)."""
+    for css in (
+        "dx-xt-image",
+        "dx-x0-image",
+        "dx-eps-cond-image",
+        "dx-eps-uncond-image",
+        "dx-eps-guided-image",
+    ):
+        _image(page, css)
+    xt = _image(page, "dx-xt-image")
+    marker = _wait(page, _MARKER_JS, None)
+    view = page.locator(".dx-step-explorer .dx-view").first
+    view.scroll_into_view_if_needed()
+    view.focus()
+    for _ in range(5):
+        view.press("ArrowRight")
+    _image(page, "dx-xt-image", changed_from=xt)
+    _wait(page, _MARKER_JS, marker)
+    assert page.locator(".dx-view .dx-step-readout").first.inner_text().strip() == "5"
+    assert page.locator(".dx-view img.dx-xt-image").first.get_attribute("data-step") == "5"
+    xt = _image(page, "dx-xt-image")
+    timeline = _wait(page, _CURSOR_JS, [".dx-step-explorer", None])  # drawn in the browser, in any mode
+    _move(page, "dx-step-slider", 0.85)  # a click on the range input too
+    _image(page, "dx-xt-image", changed_from=xt)
+    _wait(page, _CURSOR_JS, [".dx-step-explorer", timeline])
+
+
 _SERIES_JS = """
 ([sel, old]) => {  // the anywidget GuidanceLab's SVG plot: its series lines, all together
   const d = [...document.querySelectorAll(`${sel} path.dx-series`)].map((p) => p.getAttribute('d')).join('|');
@@ -241,17 +285,13 @@ _SERIES_JS = """
 
 
 def _check_widgets(page, *, plots: str) -> None:
-    """Both widgets drawn; the step slider and the w slider each change their pictures and plots."""
-    xt = _image(page, "dx-xt-image")
-    timeline = _wait(page, _CURSOR_JS, [".dx-step-explorer", None])  # drawn in the browser, in any mode
+    """Both widgets drawn; the StepExplorer scrubs; the w slider changes GuidanceLab's picture and plot."""
     strip = _image(page, "dx-reguide-strip")
     _image(page, "dx-on-image")
     guidance_plot = _wait(page, _SERIES_JS, [".dx-guidance-plot", None])  # drawn in the browser, any mode
     if plots == "image":  # the figures are pictures, not plotly
         assert page.locator(".dx-guidance-plot .js-plotly-plot").count() == 0
-    _move(page, "dx-step-slider", 0.45)
-    _image(page, "dx-xt-image", changed_from=xt)
-    _wait(page, _CURSOR_JS, [".dx-step-explorer", timeline])
+    _check_step_explorer(page)
     _move(page, "dx-guidance-slider", 0.45)
     _image(page, "dx-reguide-strip", changed_from=strip)
     _wait(page, _SERIES_JS, [".dx-guidance-plot", guidance_plot])  # ‖w·Δ‖ follows the slider
@@ -301,6 +341,8 @@ def _screenshot(page, name: str, max_height: int = 8000, between: tuple[str, str
 def test_classic_notebook_ipywidgets7_image_plots(page, served, tmp_path):
     if not CLASSIC_PYTHON.exists():
         pytest.skip(f"no classic Notebook environment at {CLASSIC_PYTHON}: run scripts/frontends.sh")
+    if not (CLASSIC_PYTHON.parents[1] / "share" / "jupyter" / "nbextensions" / "anywidget").is_dir():
+        pytest.skip(f"no anywidget nbextension in {CLASSIC_PYTHON.parents[1]}: run scripts/frontends.sh")
     args = ["notebook", "--no-browser", "--ip=127.0.0.1", "--port={port}", "--NotebookApp.port_retries=0"]
     args += ["--NotebookApp.token={token}", "--NotebookApp.open_browser=False"]
     with serve(args, CLASSIC_PYTHON, tmp_path, DIFFEXPLAIN_PLOTS="image") as server:
@@ -360,3 +402,83 @@ def test_voila_quickstart(page, served, tmp_path):
         text = page.evaluate("() => document.body.innerText")
         assert "StepExplorer(trace)" not in text and "GuidanceLab(explainer" not in text  # no code shown
         _screenshot(page, "voila_quickstart", between=(".dx-step-explorer", ".dx-guidance-lab"))
+
+
+_MOUNT_JS = """
+async ([esm, state, frames]) => {
+  // A stand-in for anywidget's model (get/set/on/off/send/save_changes), as VS Code's, JupyterLab's and
+  // marimo's hosts give it: the ES module comes as text and is imported from a blob URL.
+  const bytes = Uint8Array.from(atob(frames), (c) => c.charCodeAt(0));
+  const values = {...state, _frames: new DataView(bytes.buffer)};
+  const handlers = {};
+  const log = window.dxLog = {set: [], saved: 0, sent: []};
+  const model = {
+    get: (k) => values[k],
+    set: (k, v) => { values[k] = v; log.set.push([k, v]); },
+    save_changes: () => { log.saved += 1; },
+    send: (msg) => log.sent.push(msg),
+    on: (evt, cb) => { (handlers[evt] = handlers[evt] || []).push(cb); },
+    off: (evt, cb) => { handlers[evt] = (handlers[evt] || []).filter((f) => f !== cb); },
+  };
+  window.dxFromPython = (k, v) => { values[k] = v; (handlers['change:' + k] || []).forEach((f) => f()); };
+  const url = URL.createObjectURL(new Blob([esm], {type: 'text/javascript'}));
+  const mod = await import(url);
+  const host = document.getElementById('host');
+  const cleanup = await mod.default.render({model, el: host});
+  window.dxCleanup = cleanup;
+  return [Object.keys(mod.default), typeof cleanup];
+}
+"""
+
+
+@pytest.mark.timeout(300)
+def test_esm_loads_from_a_blob_url_and_scrubs_a_fake_model(page, parts):
+    """What VS Code relies on (it cannot run here): the StepExplorer's ES module, as text, imported from a
+    blob URL in a bare page with no network, mounted on a stand-in model with the widget's own state and
+    frames buffer; it draws, scrubs with the keyboard, syncs the step once (debounced) and sends actions."""
+    import base64
+
+    from ipywidgets.widgets.widget import _remove_buffers
+
+    from diffexplain import Explainer
+    from diffexplain.widgets import StepExplorer
+
+    explorer = StepExplorer(
+        Explainer(**parts, progress=False).run("a red circle", num_inference_steps=4, seed=0)
+    )
+    state, paths, buffers = _remove_buffers(explorer.get_state())
+    assert paths == [["_frames"]]
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.set_content("<!doctype html><html><body><div id='host'></div></body></html>")
+    keys, cleanup = page.evaluate(
+        _MOUNT_JS, [state["_esm"], state, base64.b64encode(bytes(buffers[0])).decode()]
+    )
+    assert keys == ["render"] and cleanup == "function"
+    for css in (
+        "dx-xt-image",
+        "dx-x0-image",
+        "dx-channels-image",
+        "dx-eps-cond-image",
+        "dx-eps-guided-image",
+    ):
+        _image(page, css)
+    xt = _image(page, "dx-xt-image")
+    view = page.locator(".dx-view").first
+    view.focus()
+    for _ in range(3):
+        view.press("ArrowRight")
+    _image(page, "dx-xt-image", changed_from=xt)
+    assert page.locator("img.dx-xt-image").get_attribute("data-step") == "3"
+    page.wait_for_function("() => window.dxLog.saved > 0", polling=100, timeout=10_000)
+    page.wait_for_timeout(500)
+    log = page.evaluate("() => window.dxLog")
+    assert log["set"] == [["step", 3]] and log["saved"] == 1  # once, after scrubbing settled
+    page.evaluate("() => window.dxFromPython('step', 1)")  # Python moves the step
+    assert page.locator("img.dx-xt-image").get_attribute("data-step") == "1"
+    page.locator(".dx-preview-toggle input").check()
+    assert page.evaluate("() => window.dxLog.sent") == [{"action": "preview", "value": True}]
+    explorer._on_message(explorer, {"action": "preview", "value": True}, [])  # as the comm delivers it
+    assert explorer.preview.value is True and explorer.output.outputs == ()
+    page.evaluate("() => window.dxCleanup()")
+    assert all(u.startswith(("about:", "blob:", "data:")) for u in requests), requests
