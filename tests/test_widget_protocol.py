@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import sys
 import types
+from pathlib import Path
 
 import anywidget
 import ipywidgets as W
@@ -120,3 +121,22 @@ def test_colab_ipywidgets_views_get_no_widget_manager_metadata(parts: dict, cola
 
     setup(quiet=True)
     assert colab == ["enable_custom_widget_manager"]
+
+
+def test_ipywidgets_8_1_9_is_avoided_while_views_need_plain_ipywidgets() -> None:
+    """VS Code shows no plain ipywidgets control with ipywidgets 8.1.9 (microsoft/vscode-jupyter#17504):
+    while any view is still made of them, the package's requirement leaves 8.1.9 out (8.1.8 and Colab's
+    7.7.1 stay in). Once every view is an anywidget, this test says the exclusion can go."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    import diffexplain.widgets as widgets
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    (spec,) = [
+        Requirement(r).specifier for r in pyproject["project"]["dependencies"] if r.startswith("ipywidgets")
+    ]
+    plain = [n for n in widgets.__all__ if not issubclass(getattr(widgets, n), anywidget.AnyWidget)]
+    assert plain, "every view is an anywidget now: drop the ipywidgets!=8.1.9 exclusion and this test"
+    assert "8.1.9" not in spec and "8.1.8" in spec and "7.7.1" in spec and "8.2.0" in spec, (plain, spec)
