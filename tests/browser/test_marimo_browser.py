@@ -5,7 +5,8 @@
   other request off this machine is refused and counted). The StepExplorer anywidget's pictures are in
   the page (its ``_frames`` buffer), so it draws every panel and scrubs with the keyboard with no kernel.
 - ``marimo run --headless``: the live app. Moving the w slider re-runs the re-guide cell (a new re-guided
-  x̂0), and scrubbing the StepExplorer reaches Python and re-runs it at the new step.
+  x̂0), scrubbing the StepExplorer reaches Python and re-runs it at the new step, and a new prompt makes a
+  new trace and StepExplorer.
 
 marimo renders an anywidget inside a shadow root: Playwright's CSS locators pierce it, ``document``
 queries do not, so these tests use locators.
@@ -252,5 +253,14 @@ def test_live_app_reguides_from_the_w_slider_and_the_explorer_step(page, tmp_pat
         after = _wait_src_change(page.locator("img.dx-reguided-x0"), before)
         assert after.startswith("data:image/png;base64,")
         assert page.locator("img.dx-run-x0").get_attribute("src") != after  # re-guided ≠ the run's x̂0
+        prompt = page.locator("input[type=text]").first  # the prompt box: a new trace, a new StepExplorer
+        prompt.fill("a blue square on the right")
+        prompt.press("Enter")
+        header = page.locator(".dx-view .dx-header").first
+        deadline = time.monotonic() + TIMEOUT_S
+        while "a blue square on the right" not in header.inner_text():
+            assert time.monotonic() < deadline, f"the StepExplorer still shows {header.inner_text()!r}"
+            time.sleep(0.25)
+        _loaded(page, "dx-xt-image")
         _screenshot(page, "live")
         assert page.problems == []
