@@ -260,7 +260,7 @@ def _check_step_explorer(page) -> None:
         _image(page, css)
     xt = _image(page, "dx-xt-image")
     marker = _wait(page, _MARKER_JS, None)
-    view = page.locator(".dx-step-explorer .dx-view").first
+    view = page.locator(".dx-step-explorer .dx-view[tabindex]").first  # the mounted view: it takes the keys
     view.scroll_into_view_if_needed()
     view.focus()
     for _ in range(5):
@@ -464,7 +464,7 @@ def test_esm_loads_from_a_blob_url_and_scrubs_a_fake_model(page, parts):
     ):
         _image(page, css)
     xt = _image(page, "dx-xt-image")
-    view = page.locator(".dx-view").first
+    view = page.locator(".dx-view[tabindex]").first
     view.focus()
     for _ in range(3):
         view.press("ArrowRight")

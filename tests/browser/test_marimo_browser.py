@@ -142,7 +142,7 @@ def _check_explorer_scrubs(page) -> None:
     """Every panel drawn; the arrow keys on the focused view move the step, its pictures and the readout."""
     for name in PANELS:
         _loaded(page, f"dx-{name}-image")
-    view = page.locator(".dx-view").first
+    view = page.locator(".dx-view[tabindex]").first  # the mounted view: it takes the keys
     xt = page.locator("img.dx-xt-image").first
     first = xt.get_attribute("src")
     assert xt.get_attribute("data-step") == "0" and first.startswith("blob:")  # from the _frames buffer
@@ -240,7 +240,7 @@ def test_live_app_reguides_from_the_w_slider_and_the_explorer_step(page, tmp_pat
         _check_explorer_scrubs(page)  # ends on the last step: the re-guide cell follows it
         last = page.locator("input.dx-step").first.get_attribute("max")
         _wait_attr(reguide, "data-step", last)
-        view = page.locator(".dx-view").first
+        view = page.locator(".dx-view[tabindex]").first
         view.focus()
         view.press("Home")
         _wait_attr(reguide, "data-step", "0")
