@@ -28,12 +28,7 @@ const SERIES_COLORS = ["#636efa", "#ef553b", "#00cc96", "#ab63fa"];
 
 function addLabStyle(root) {
   addStyle(root);
-  const doc = root.ownerDocument || document;
-  if (doc.getElementById("dx-lab-style")) return;
-  const style = doc.createElement("style");
-  style.id = "dx-lab-style";
-  style.textContent = LAB_CSS;
-  (doc.head || doc.documentElement).append(style);
+  addCss(root, "dx-lab-style", LAB_CSS);
 }
 
 function urlsOf(frames, index) {
@@ -114,8 +109,8 @@ function panel(title, cls, size) {
 
 function renderGuidanceLab({ model, el: host }) {
   const root = el("div", { class: "dx-widget dx-view dx-lab", tabindex: "0", "data-lm-suppress-shortcuts": "true" });
-  addLabStyle(root);
   host.append(root);
+  addLabStyle(root); // once attached (a shadow root in marimo)
   const body = el("div"), reguideBox = el("div"), gridBox = el("div", { class: "dx-seed-grid" });
   const status = el("div", { class: "dx-status" });
   const errors = el("div", { class: "dx-errors dx-output" });

@@ -19,9 +19,9 @@ const BOX_NAMES = ["x0", "y0", "x1", "y1"];
 
 function renderPictureLab({ model, el: host }) {
   const root = el("div", { class: "dx-widget dx-view dx-picture-view" });
-  addStyle(root);
   root.setAttribute("data-lm-suppress-shortcuts", "true");
   host.append(el("style", {}, PICTURE_CSS), root);
+  addStyle(root); // once attached (a shadow root in marimo)
   const timers = {};
   const later = (name, fn) => { clearTimeout(timers[name]); timers[name] = setTimeout(fn, STEP_SYNC_MS); };
   const I0 = model.get("_inputs") || {};

@@ -67,13 +67,26 @@ function el(tag, attrs, text) {
 const fmt = (v, d) => (v === null || v === undefined ? "–" : Number(v).toFixed(d));
 const g = (v) => String(Number(Number(v).toPrecision(6)));
 
-function addStyle(root) {
+// A view's CSS goes where its root is drawn: the document's head, or the shadow root a front end draws
+// widgets in (marimo), which the document's styles do not reach. Call it once the root is attached.
+function styleScope(root) {
   const doc = root.ownerDocument || document;
-  if (doc.getElementById("dx-view-style")) return;
+  const scope = root.getRootNode ? root.getRootNode() : doc;
+  const shadow = typeof ShadowRoot !== "undefined" && scope instanceof ShadowRoot;
+  return { doc, target: shadow ? scope : doc.head || doc.documentElement, query: shadow ? scope : doc };
+}
+
+function addCss(root, id, css) {
+  const { doc, target, query } = styleScope(root);
+  if (query.getElementById ? query.getElementById(id) : query.querySelector("#" + id)) return;
   const style = doc.createElement("style");
-  style.id = "dx-view-style";
-  style.textContent = CSS;
-  (doc.head || doc.documentElement).append(style);
+  style.id = id;
+  style.textContent = css;
+  target.append(style);
+}
+
+function addStyle(root) {
+  addCss(root, "dx-view-style", CSS);
 }
 
 /**
@@ -364,8 +377,8 @@ function blobUrls(model) {
 function render({ model, el: host }) {
   const root = document.createElement("div");
   root.classList.add("dx-widget", "dx-view");
-  addStyle(root);
   host.append(root);
+  addStyle(root); // once attached: inside a shadow root where the front end draws in one
   const top = document.createElement("div");
   const body = document.createElement("div");
   const status = el("div", { class: "dx-status" });

@@ -14,10 +14,10 @@ const DIALECT_CSS = `
 
 function renderTwoDialects({ model, el: host }) {
   const root = el("div", { class: "dx-widget dx-view dx-dialects-view" });
-  addStyle(root);
   const style = el("style", {}, DIALECT_CSS);
   root.setAttribute("data-lm-suppress-shortcuts", "true");
   host.append(style, root);
+  addStyle(root); // once attached (a shadow root in marimo)
   const body = el("div");
   root.append(body);
   const shell = actionShell(model, root);

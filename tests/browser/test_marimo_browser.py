@@ -177,11 +177,6 @@ def test_exported_page_draws_and_scrubs_the_step_explorer(page, exported):
     assert page.problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="trace_view.js adds its CSS to document.head; marimo draws anywidgets in a shadow root, which "
-    "document styles do not reach (the fix: a <style> inside the widget's own root)",
-)
 @pytest.mark.timeout(900)
 def test_exported_page_styles_reach_the_shadow_root(page, exported):
     page.goto(exported.as_uri(), timeout=TIMEOUT_S * 1000)
