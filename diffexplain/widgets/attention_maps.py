@@ -1,44 +1,48 @@
-"""AttentionMaps: which pixels read which token, at every step, and what a reweighted token does."""
+"""AttentionMaps: which pixels read which token, at every step, and what a reweighted token does; drawn and
+chosen in the browser: an anywidget (``TraceView``) running ``diffexplain/web/attention_maps.js``.
+
+Each trace's maps go to the browser ONCE, as one binary buffer (``_maps``: every token's map at every step,
+every layer choice and branch, at most ``MAP_SIDE`` pixels a side, 8 bits each, scaled by its own peak),
+with the x̂0 pictures (``_frames``). Choosing the token, step, layer, "all steps" or the branch then redraws
+the overlay, the map, the info line and the per-token bars in the browser with no kernel round trip; the
+choices reach Python once they settle. The reweight fork runs the model: a message to Python, with the
+busy state, Stop and errors. Python keeps today's attributes as stand-ins (``token``, ``step``, ``layer``,
+``all_steps``, ``branch``, ``factor``, ``fork_step``, ``fork_button``, ``images[key].value``, ``info``,
+``fig``, ``children``). The ipywidgets version is ``ClassicAttentionMaps``.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import ipywidgets as W
 import numpy as np
 import torch
+import traitlets as T
 from PIL import Image
 
 from diffexplain import render
 from diffexplain.attention import edits
+from diffexplain.attention import maps as reading
 from diffexplain.attention.maps import first_step as maps_first_step
 from diffexplain.attention.tokens import find_token
 from diffexplain.errors import TraceKeyError
-from diffexplain.views import text_reader
-from diffexplain.widgets.base import (
-    DEFAULT_SIZE,
-    DxWidget,
-    Frames,
-    LiveFigure,
-    Work,
-    _escape,
-    blank,
-    button,
-    figure_box,
-    help_box,
-    is_pixel_space,
-    png,
-    words,
-)
-from diffexplain.widgets.controls import panels, preview_checkbox
+from diffexplain.jobs import drain
+from diffexplain.views import DEFAULT_SIZE, blank, is_pixel_space, png, text_reader, words
+from diffexplain.web import bundle
+from diffexplain.widgets.actions import Actions, Work, _escape
+from diffexplain.widgets.base import Frames, help_html
+from diffexplain.widgets.stand_ins import Button, Checkbox, Chooser, IntControl, Shown, Text
+from diffexplain.widgets.trace_view import TraceView
 
 if TYPE_CHECKING:
     from diffexplain.attention.tokens import Token
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
+    from diffexplain.widgets.figures import LiveFigure
     from diffexplain.widgets.step_explorer import StepExplorer
 
 ALL = "all"  # the layer chooser's "every layer" (a Dropdown's None would mean "nothing chosen")
+MAP_SIDE = 32  # the maps the browser gets: at most this many pixels a side (drawn smoothed to the picture)
 
 HELP = (
     "At every step each pixel of the {model} <b>reads</b> the prompt's tokens{reader} through attention: "
@@ -65,15 +69,56 @@ def token_label(token: Token) -> str:
     return f"{token.index} · {token.text} ({kind})"
 
 
-class AttentionMaps(DxWidget):
+class Choice(Chooser):
+    """A chooser with the parts of ``ipywidgets.Dropdown`` code reads: ``label``, ``index``, ``disabled``."""
+
+    disabled = T.Bool(False)
+
+    @property
+    def label(self) -> str:
+        """The label of the value chosen ("" for none)."""
+        return next((label for label, value in self.options if value == self.value), "")
+
+    @property
+    def index(self) -> int:
+        """The position of the value chosen among the options."""
+        return next((i for i, (_, value) in enumerate(self.options) if value == self.value), 0)
+
+
+class FloatControl(T.HasTraits):
+    """A float slider: ``value``."""
+
+    value = T.Float(0.0)
+
+
+class AttentionMaps(TraceView):
     """Cross-attention maps of one trace: a token, a step, a layer or resolution, cond or uncond.
 
     ``explainer`` (default: the trace's own) decodes x̂0 and runs the reweight fork; without one the
-    maps are still shown (over the fast latent preview). ``link(explorer)`` ties the step slider to a
-    ``StepExplorer``'s. ``forked`` is the latest reweighted trace.
+    maps are still shown (over the fast latent preview). ``link(explorer)`` ties the step to a
+    ``StepExplorer``'s (through the kernel). ``forked`` is the latest reweighted trace. The choices are
+    made in the browser (see the module's docstring).
     """
 
+    _esm = bundle("attention_maps.js")
     css_class = "dx-attention-maps"
+
+    # what the browser chooses (sent to Python once the choice settles) and Python may set
+    token_index = T.Int(0).tag(sync=True)
+    map_step = T.Int(0).tag(sync=True)
+    layer_key = T.Unicode(ALL).tag(sync=True)
+    all_steps_on = T.Bool(False).tag(sync=True)
+    branch_name = T.Unicode("cond").tag(sync=True)
+    _maps = T.Bytes(b"").tag(sync=True)  # every map of the trace, uint8, end to end: sent once per trace
+    _after = T.Bytes(b"").tag(sync=True)  # the reweighted picture (PNG), b"" before a fork
+    after_html = T.Unicode("").tag(sync=True)
+    fork_disabled = T.Bool(False).tag(sync=True)
+    fork_tooltip = T.Unicode("").tag(sync=True)
+
+    @property
+    def step(self) -> IntControl:  # type: ignore[override]  # the stand-in slider, as the ipywidgets view had
+        """The step slider's stand-in (``value``, ``min``, ``max``); ``map_step`` is what the browser syncs."""
+        return self._step
 
     def __init__(
         self,
@@ -83,84 +128,57 @@ class AttentionMaps(DxWidget):
         token: str | int | None = None,
         size: int = DEFAULT_SIZE,
     ) -> None:
-        super().__init__()
+        self._step = IntControl()
+        super().__init__(can_stop=True)
         self.explainer = explainer if explainer is not None else trace.explainer
         self.frames = Frames(self.explainer, size)
         self.trace: Trace = trace
         self.forked: Trace | None = None
-        self.header = W.HTML()
-        self.header.add_class("dx-header")
-        self.token = W.Dropdown(description="token", layout=W.Layout(width="300px"))
-        self.token.add_class("dx-token")
-        self.step = W.IntSlider(value=0, min=0, max=1, description="step", continuous_update=True)
-        self.step.add_class("dx-attention-step")
-        self.all_steps = W.Checkbox(value=False, description="average over all steps", indent=False)
-        self.all_steps.add_class("dx-all-steps")
-        self.layer = W.Dropdown(description="layers", layout=W.Layout(width="300px"))
-        self.layer.add_class("dx-layer")
-        self.branch = W.ToggleButtons(options=[("cond: the prompt", "cond"), ("uncond: negative", "uncond")])
-        self.branch.add_class("dx-branch")
-        self.branch.style.button_width = "150px"
-        self.preview = preview_checkbox()  # enabled per trace, in set_trace
-        self.factor = W.FloatSlider(
-            value=0.0, min=0.0, max=3.0, step=0.1, description="reweight", continuous_update=False
-        )
-        self.factor.add_class("dx-factor")
-        self.fork_step = W.IntSlider(value=0, min=0, max=1, description="from step", continuous_update=False)
-        self.fork_step.add_class("dx-fork-step")
-        self.fork_button = button("Fork with the token reweighted", "dx-reweight-button", style="warning")
-        self.info = W.HTML()
-        self.info.add_class("dx-attention-info")
-
-        boxes, self.images = panels(
-            (
-                ("overlay", "map over x̂0 at this step", "dx-overlay-image"),
-                ("map", "the map alone", "dx-map-image"),
-                ("before", "final picture", "dx-before-image"),
-                ("after", "reweighted (fork)", "dx-after-image"),
-            ),
-            size,
-        )
-        self.after_title = boxes["after"].children[0]
-        self.fig = LiveFigure()
-        self.fig.add_bar(x=[], y=[], name="share of attention")
-        self.fig.update_layout(
-            height=240,
-            margin={"l": 50, "r": 20, "t": 30, "b": 80},
-            title={"text": "share of the picture's attention per token, at this step", "font": {"size": 13}},
-            yaxis_title="mean over pixels",
-            xaxis={"tickangle": -60, "type": "category"},
-        )
-
-        redraw = self.guard(lambda _: self._redraw())
-        for control in (self.token, self.step, self.all_steps, self.layer, self.preview):
-            control.observe(redraw, names="value")
+        self.header, self.help, self.after_title = Text(), Text(), Text()
+        self.token, self.layer, self.branch = Choice(), Choice(), Choice()
+        self.branch.options = [("cond: the prompt", "cond"), ("uncond: negative", "uncond")]
+        self.branch.value = "cond"
+        self.all_steps, self.preview = Checkbox(), Checkbox()
+        self.factor = FloatControl(value=0.0)
+        self.fork_step = IntControl()
+        self.fork_button = Button("Fork with the token reweighted")
         self.fork_button.on_click(self.guard(lambda _: self.start(self._reweight_work)))
-
-        self.children = [
-            help_box(
-                HELP.format(
-                    model=words(trace, self.explainer)["model"], reader=reader_clause(trace, self.explainer)
-                )
-            ),
-            self.header,
-            W.HBox([self.token, self.layer]),
-            W.HBox([self.step, self.all_steps, self.preview]),
-            self.branch,
-            W.HBox([boxes["overlay"], boxes["map"], boxes["before"], boxes["after"]]),
-            self.info,
-            W.HBox([self.factor, self.fork_step, self.fork_button, self.stop_button]),
-            self.progress,
-            figure_box(self.fig, "dx-token-shares"),
-            self.status,
-            self.output,
-        ]
+        self.view_buttons = [self.fork_button]
+        T.link((self, "map_step"), (self._step, "value"))
+        T.link((self, "token_index"), (self.token, "value"))
+        T.link((self, "layer_key"), (self.layer, "value"))
+        T.link((self, "all_steps_on"), (self.all_steps, "value"))
+        T.link((self, "branch_name"), (self.branch, "value"))
+        T.link((self, "fork_disabled"), (self.fork_button, "disabled"))
+        T.link((self, "after_html"), (self.after_title, "value"))
+        self.images = {key: Shown(lambda key=key: self._picture(key)) for key in ("overlay", "map", "before")}
+        self.images["after"] = Shown(
+            lambda: self._after or blank(self.frames.size, "fork with a\nreweighted token")
+        )
+        self.info = Shown(self._info)
         self._initial_token = token
-        self._linked_slider: W.IntSlider | None = None  # a StepExplorer's slider, once linked
+        self._linked_slider: IntControl | None = None  # a StepExplorer's slider, once linked
         self._given_explainer = explainer
         self._updating = False
+        self._maps_of: tuple[int, bytes, dict] | None = None  # (id(trace), buffer, index): the maps sent
+        self._fig: LiveFigure | None = None
+        self._children: tuple | None = None
         self.branch.observe(self.guard(self._on_branch), names="value")
+        self.preview.observe(self.guard(lambda _: self._updating or self._send_maps()), names="value")
         self.guard(self.set_trace)(trace)
+
+    # ---- the browser's messages ------------------------------------------------------------------
+    def action_reweight(self, factor: float, step: int) -> None:
+        """The browser's fork button: reweight the chosen token by ``factor`` from ``step`` on."""
+        self.factor.value, self.fork_step.value = float(factor), int(step)
+        self.fork_button.click()
+
+    def action_preview(self, value: bool) -> None:
+        """The browser's "fast latent preview" box."""
+        if not self.preview.disabled:
+            self.preview.value = bool(value)
+        else:
+            self._send_maps()
 
     # ---- public --------------------------------------------------------------------------------------
     def set_trace(self, trace: Trace) -> None:
@@ -183,59 +201,62 @@ class AttentionMaps(DxWidget):
         kept_layers = {k.removeprefix("attn.").split(".probs.")[0] for k in trace.kept if ".probs." in k}
         layers += [(name, name) for name in sorted(kept_layers)]  # single layers: their p is kept
         self.clear_errors()
-        self.trace, self.forked = trace, None
+        self.trace, self.forked, self._after = trace, None, b""
         if self._given_explainer is None:  # follow the trace's own model
             self.explainer = trace.explainer
             self.frames.explainer = self.explainer
         n = len(trace)
-        self._updating = True  # no redraw while the controls are set one by one
+        self._updating = True  # no resend while the controls are set one by one
         try:
             self.branch.value = "cond"
             self._set_token_options("cond", chosen)
             self.layer.options = layers
             self.layer.value = ALL
-            self.step.min = 0
-            self.step.max = self.fork_step.max = max(n - 1, 0)
-            self.step.min = min(first_step, self.step.max)  # a fork that changed the prompt: k..
-            last = n - 1 if n else 0
+            self.all_steps.value = False
+            last = max(n - 1, 0)
+            self._step.min = 0
+            self._step.max = self.fork_step.max = last
+            self._step.min = min(first_step, last)  # a fork that changed the prompt: k..
             # linked to a StepExplorer (kernel-side, both ways): keep its step rather than move it
             linked = self._linked_slider.value if self._linked_slider is not None else last
-            self.step.value = min(max(linked, self.step.min), last)
+            self._step.value = min(max(linked, self._step.min), last)
             self.fork_step.value = 0
             has_uncond = "uncond" in (trace.run_settings.attention or {}).get("tokens", {})
             self.branch.disabled = not has_uncond
+            self.frames.trace_latent_rgb = trace.run_settings.latent_rgb
+            pixel = is_pixel_space(trace, self.explainer)
+            can_decode = self.frames.can_decode() and not pixel
+            self.preview.disabled = not can_decode
+            self.preview.layout.display = "none" if pixel else None
+            if not can_decode and not pixel:
+                self.preview.value = True  # no VAE here: the fast latent preview is all there is
         finally:
             self._updating = False
-        self.frames.trace_latent_rgb = trace.run_settings.latent_rgb
-        pixel = is_pixel_space(trace, self.explainer)
-        can_decode = self.frames.can_decode() and not pixel
-        self.preview.disabled = not can_decode
-        self.preview.layout.display = "none" if pixel else None
-        if not can_decode and not pixel:
-            self.preview.value = True  # no VAE here: the fast latent preview is all there is
         self.fork_button.disabled = self.explainer is None
-        self.fork_button.tooltip = (
+        self.fork_tooltip = (
             "needs the model: open the widget with an explainer" if self.explainer is None else "fork"
         )
-        self.images["after"].value = blank(self.frames.size, "fork with a\nreweighted token")
         self.after_title.value = "<b>reweighted (fork)</b>"
+        vocab = words(trace, self.explainer)
+        self.help.value = help_html(
+            HELP.format(model=vocab["model"], reader=reader_clause(trace, self.explainer))
+        )
         settings = trace.run_settings
         self.header.value = (
             f"<b>{_escape(str(settings.prompt))}</b> · {n} steps · guidance scale "
             f"{settings.guidance_scale} · seed {settings.seed}"
         )
-        self._redraw()
+        self._send_maps()
 
     def link(self, explorer: StepExplorer) -> AttentionMaps:
-        """Move this widget's step slider with a ``StepExplorer``'s (and the other way round)."""
-        # A kernel-side link: jslink does nothing in Colab (googlecolab/colabtools#1612), link works everywhere.
-        W.link((explorer.slider, "value"), (self.step, "value"))
+        """Move this view's step with a ``StepExplorer``'s (and the other way round), through the kernel."""
+        T.link((explorer.slider, "value"), (self._step, "value"))
         self._linked_slider = explorer.slider
         return self
 
     def map(self) -> torch.Tensor:
         """The map shown now: [H, W] for the first prompt of the batch."""
-        steps = None if self.all_steps.value else self.step.value
+        steps = None if self.all_steps.value else self._step.value
         return self.trace.attention(
             self.token.value, steps=steps, layers=self.layers, branch=self.branch.value
         )[0]
@@ -244,6 +265,12 @@ class AttentionMaps(DxWidget):
     def layers(self) -> str | None:
         """The chosen layers as ``Trace.attention`` takes them: None (all), a resolution or a layer name."""
         return None if self.layer.value == ALL else self.layer.value
+
+    def finish(self, work: Work) -> Any:
+        """Run ``work`` to the end now, the buttons off meanwhile (TraceView's ``busy`` trait hides
+        ``Actions.busy()``: called through the class)."""
+        with Actions.busy(self):
+            return drain(work)
 
     def reweight(self) -> Trace:
         """Fork from the chosen step with the chosen token's attention times the factor (chosen layers)."""
@@ -258,11 +285,11 @@ class AttentionMaps(DxWidget):
         hooks = edits.reweight(token, factor, layers=self.layers)
         self.forked = yield from self.fork_steps(self.explainer, self.trace, k, hooks=hooks)
         self.after_title.value = f"<b>“{name}” × {factor:g} from step {k}</b>"
-        self.images["after"].value = self.frames.final(self.forked, preview=self.preview.value)
+        self._after = self.frames.final(self.forked, preview=self.preview.value)
         self.say(f"forked at step {k}: “{name}” (token {token}) × {factor:g} in {self.layer.label}")
         return self.forked
 
-    # ---- drawing -------------------------------------------------------------------------------------
+    # ---- what the browser gets ---------------------------------------------------------------------
     def _set_token_options(self, branch: str, index: int) -> None:
         """The chooser lists the tokens of the branch shown (the negative prompt's for uncond)."""
         tokens = self.trace.token_lists(branch)[0]
@@ -277,46 +304,144 @@ class AttentionMaps(DxWidget):
             self._set_token_options(change["new"], self.token.value)
         finally:
             self._updating = False
-        self._redraw()
 
-    def _redraw(self) -> None:
-        trace = self.trace
-        if self._updating or not len(trace) or self.token.value is None:
-            return
-        step = self.step.value
-        values = self.map()
-        size = self.frames.size
-        base = self._x0_picture(step)
-        limit = float(values.max().clamp_min(1e-8))
-        self.images["overlay"].value = png(render.overlay(base, values, alpha=0.6, limit=limit))
-        heat = render.heat(values, limit=limit)
-        self.images["map"].value = png(Image.fromarray(heat).resize((size, size), Image.Resampling.BILINEAR))
-        self.images["before"].value = self.frames.final(trace, preview=self.preview.value)
+    def _branches(self) -> list[str]:
+        return ["cond"] if self.branch.disabled else ["cond", "uncond"]
+
+    def _send_maps(self) -> None:
+        """Send the trace's maps (computed once per trace), x̂0 pictures and final picture to the browser."""
+        trace, n = self.trace, len(self.trace)
+        if self._maps_of is None or self._maps_of[0] != id(trace):
+            self._maps_of = (id(trace), *self._all_maps())
+        _, buffer, index = self._maps_of
+        pictures: dict[str, bytes | None] = {f"{k}/x0": self._x0_png(k) for k in range(n)}
+        pictures["before"] = self.frames.final(trace, preview=self.preview.value)
         if self.forked is not None:
-            self.images["after"].value = self.frames.final(self.forked, preview=self.preview.value)
-        where = "all steps" if self.all_steps.value else f"step {step} (t = {trace.steps[step].timestep:g})"
-        self.info.value = (
-            f"token <b>{_escape(self.token.label)}</b> · {where} · {_escape(self.layer.label)} · "
-            f"{self.branch.value}: peak {limit:.3f}, mean {float(values.mean()):.3f} "
-            f"(a token read evenly everywhere by every pixel would have 1/{len(self.token.options)})"
-        )
-        self._draw_shares()
+            self._after = self.frames.final(self.forked, preview=self.preview.value)
+        pixel = is_pixel_space(trace, self.explainer)
+        data = {
+            "help": self.help.value,
+            "header": self.header.value,
+            "size": self.frames.size,
+            "steps": n,
+            "timesteps": [float(t) for t in trace.timesteps],
+            "first_step": {b: maps_first_step(trace, b) for b in self._branches()},
+            "tokens": {
+                b: [[token_label(t), t.index] for t in trace.token_lists(b)[0]] for b in self._branches()
+            },
+            "layers": [list(pair) for pair in self.layer.options],
+            "maps": index,
+            "preview": {"value": self.preview.value, "disabled": self.preview.disabled, "shown": not pixel},
+        }
+        with self.hold_sync():
+            self._maps = buffer
+            self.send_view(data, pictures)
 
-    def _x0_picture(self, step: int) -> Any:
-        trace, size = self.trace, self.frames.size
+    def _all_maps(self) -> tuple[bytes, dict[str, Any]]:
+        """Every token's map at every step (and all steps), layer choice and branch: uint8 scaled by each
+        map's peak, end to end; the index gives per ``"branch|layer|step"`` (step "all": every step) the
+        offset of its [T, h, w] block, each map's peak and mean (its share of the picture's attention)."""
+        trace = self.trace
+        height, width = trace.run_settings.height, trace.run_settings.width
+        scale = min(1.0, MAP_SIDE / max(height, width))
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        chunks, blocks, offset = [], {}, 0
+        for branch in self._branches():
+            steps: list[int | None] = [*range(maps_first_step(trace, branch), len(trace)), None]
+            for _, layer in self.layer.options:
+                for step in steps:
+                    maps = reading.attention_maps(
+                        trace, steps=step, layers=None if layer == ALL else layer, branch=branch, size=(h, w)
+                    )[0].float()  # [T, h, w]
+                    peaks = maps.amax(dim=(-1, -2))
+                    scaled = maps / peaks.clamp_min(1e-8)[:, None, None] * 255
+                    data = scaled.round().clamp(0, 255).to(torch.uint8).cpu().numpy().tobytes()
+                    key = f"{branch}|{layer}|{'all' if step is None else step}"
+                    blocks[key] = {
+                        "offset": offset,
+                        "peak": np.round(peaks.cpu().numpy(), 5).tolist(),
+                        "mean": np.round(maps.mean(dim=(-1, -2)).cpu().numpy(), 5).tolist(),
+                    }
+                    chunks.append(data)
+                    offset += len(data)
+        return b"".join(chunks), {"h": h, "w": w, "blocks": blocks}
+
+    def _x0_png(self, step: int) -> bytes | None:
+        picture = self._x0_picture(step)
+        return None if picture is None else png(picture)
+
+    def _x0_picture(self, step: int) -> Image.Image | None:
+        trace = self.trace
         try:
             x0 = trace["step.pred_x0", step]
         except TraceKeyError:  # not kept, or not computed (ε_u with guidance off)
-            return render.to_pil(torch.zeros(1, 3, size, size), size=size)
+            return None
         pixel = is_pixel_space(trace, self.explainer)
         return self.frames.picture(trace, ("x0", step), x0, preview=self.preview.value, pixel_space=pixel)
 
-    def _draw_shares(self) -> None:
-        steps = None if self.all_steps.value else self.step.value
+    # ---- what Python reads (the browser draws its own) -------------------------------------------------
+    def _picture(self, key: str) -> bytes:
+        """The PNG of ``key`` for the choices now: the overlay, the map alone or the final picture."""
+        if key == "before":
+            return self.frames.final(self.trace, preview=self.preview.value)
+        values, size = self.map(), self.frames.size
+        limit = float(values.max().clamp_min(1e-8))
+        if key == "map":
+            heat = render.heat(values, limit=limit)
+            return png(Image.fromarray(heat).resize((size, size), Image.Resampling.BILINEAR))
+        found = self._x0_picture(self._step.value)
+        base = render.to_pil(torch.zeros(1, 3, size, size), size=size) if found is None else found
+        return png(render.overlay(base, values, alpha=0.6, limit=limit))
+
+    def _info(self) -> str:
+        values, trace, step = self.map(), self.trace, self._step.value
+        where = "all steps" if self.all_steps.value else f"step {step} (t = {trace.steps[step].timestep:g})"
+        return (
+            f"token <b>{_escape(self.token.label)}</b> · {where} · {_escape(self.layer.label)} · "
+            f"{self.branch.value}: peak {float(values.max()):.3f}, mean {float(values.mean()):.3f} "
+            f"(a token read evenly everywhere by every pixel would have 1/{len(self.token.options)})"
+        )
+
+    @property
+    def fig(self) -> LiveFigure:
+        """The per-token bars as a plotly figure, for the choices now (the browser draws its own)."""
+        from diffexplain.widgets.figures import LiveFigure
+
+        if self._fig is None:
+            self._fig = LiveFigure()
+            self._fig.add_bar(x=[], y=[], name="share of attention")
+            self._fig.update_layout(
+                height=240,
+                margin={"l": 50, "r": 20, "t": 30, "b": 80},
+                title={
+                    "text": "share of the picture's attention per token, at this step",
+                    "font": {"size": 13},
+                },
+                yaxis_title="mean over pixels",
+                xaxis={"tickangle": -60, "type": "category"},
+            )
+        steps = None if self.all_steps.value else self._step.value
         maps = self.trace.attention_maps(steps=steps, layers=self.layers, branch=self.branch.value)
         shares = maps[0].mean(dim=(-1, -2)).cpu().numpy()  # [T]
         labels = [label for label, _ in self.token.options]
-        chosen = [i == self.token.index for i in range(len(labels))]
-        with self.fig.batch_update():
-            self.fig.data[0].x, self.fig.data[0].y = labels, np.round(shares, 4)
-            self.fig.data[0].marker.color = ["#d62728" if c else "#1f77b4" for c in chosen]
+        with self._fig.batch_update():
+            self._fig.data[0].x, self._fig.data[0].y = labels, np.round(shares, 4)
+            self._fig.data[0].marker.color = [
+                "#d62728" if i == self.token.index else "#1f77b4" for i in range(len(labels))
+            ]
+        return self._fig
+
+    @property
+    def children(self) -> tuple:
+        """ipywidgets copies of the texts (help, header, info, the fork's title): for code that reads texts."""
+        import ipywidgets as W
+
+        if self._children is None:
+            self._children = tuple(W.HTML() for _ in range(4))
+        for box, text in zip(
+            self._children,
+            (self.help.value, self.header.value, self.info.value, self.after_title.value),
+            strict=True,
+        ):
+            box.value = text
+        return self._children
