@@ -29,3 +29,21 @@ def test_toy_paths_draws_both_dialects_from_the_same_noise(models):
     assert widget.summary.value != before and widget.step.value == 5
     with pytest.raises(ValueError, match="colour='teal': expected one of"):
         ToyPaths(colour="teal", models=models)
+
+
+def test_toy_paths_sends_the_paths_once_and_samples_on_a_message(models):
+    widget = ToyPaths(colour="green", num_steps=5, samples=6, models=models)
+    plots, version = widget._view["plots"], widget._version
+    assert set(plots) == set(toy2d.OBJECTIVES) and widget._view["num_steps"] == 5
+    assert len(plots["flow"]["path"]) == 6 and len(plots["flow"]["path"][0]) == 6  # [S+1, n, 2]
+    widget.shown_step = 2  # what the browser sends once scrubbing settles: nothing is sent back
+    assert (
+        widget._version == version
+        and widget.step.value == 2
+        and widget.status.value.startswith("step 2 of 5")
+    )
+    widget._handle_custom_msg({"action": "settings", "colour": "red", "num_steps": 3, "guidance": 2.0}, [])
+    assert widget._version == version + 1 and widget.colour.value == "red" and widget._view["num_steps"] == 3
+    assert widget.step.value == widget.shown_step == 3 and "red cluster" in widget.summary.value
+    widget._handle_custom_msg({"action": "settings", "colour": "teal", "num_steps": 3, "guidance": 2.0}, [])
+    assert "colour='teal'" in widget.error_text and widget._version == version + 1
