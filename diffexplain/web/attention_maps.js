@@ -85,6 +85,9 @@ function mountAttentionMaps(root, D, model, pictures, maps) {
   const [mapImg] = panel("dx-map-image", "the map alone");
   const [beforeImg] = panel("dx-before-image", "final picture");
   const [afterImg, afterTitle] = panel("dx-after-image", "reweighted (fork)");
+  const afterEmpty = el("div", { class: "dx-empty" }, "fork with a\nreweighted token");
+  afterEmpty.style.width = S + "px"; afterEmpty.style.height = S + "px";
+  afterImg.after(afterEmpty);
   if (pictures.before) beforeImg.src = pictures.before;
   const info = el("div", { class: "dx-info dx-attention-info" });
   root.append(row, info);
@@ -189,7 +192,7 @@ function mountAttentionMaps(root, D, model, pictures, maps) {
     if (changed) sync(false);
   }
   function drawBars(means, list) {
-    const W = Math.max(500, 24 * list.length + 70), H = 240, M = { l: 50, r: 10, t: 10, b: 90 };
+    const W = Math.max(500, 24 * list.length + 70), H = 290, M = { l: 50, r: 10, t: 10, b: 140 };
     svg.replaceChildren();
     for (const [k, v] of Object.entries({ width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" })) svg.setAttribute(k, v);
     const node = (tag, attrs, text) => {
@@ -253,6 +256,7 @@ function mountAttentionMaps(root, D, model, pictures, maps) {
     },
     after(src, title) {
       if (src) afterImg.src = src; else afterImg.removeAttribute("src");
+      afterImg.hidden = !src; afterEmpty.hidden = !!src;
       afterTitle.innerHTML = title || "<b>reweighted (fork)</b>";
     },
     forkState(disabled, tooltip) { fork.disabled = !!disabled; fork.title = tooltip || ""; },

@@ -89,7 +89,7 @@ widget""",
 import ipywidgets as W
 trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=5.0)
 explorer = StepExplorer(trace)
-widget = AttentionMaps(trace, token="blue").link(explorer)  # one step slider moves both
+widget = AttentionMaps(trace, token="blue").link(explorer)  # linked through the kernel
 W.VBox([widget, explorer])""",
     "trace_player": """\
 path = "run.trace"  # next to the served copy of this notebook (a temp folder)
@@ -331,41 +331,83 @@ def test_trace_player_in_lab(lab_page, lab_server, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_attention_maps_in_lab(lab_page, lab_server, tmp_path):
+    """The anywidget AttentionMaps: its own step slider redraws the overlay and the bars in the browser; the
+    linked StepExplorer follows through the kernel; the fork comes back from Python. Choosing with no comm
+    message: tests/browser/test_attention_browser.py."""
     page = lab_page
     _open(page, lab_server, tmp_path, "attention_maps")
     overlay = wait_for_widget_image(page, "dx-overlay-image")
     wait_for_widget_image(page, "dx-map-image")
-    fig = wait_for_plotly(page, "dx-token-shares")
-    press_slider(page, "dx-step-slider", "ArrowRight", times=2)  # the StepExplorer's slider: linked
+    bars = _svg(page, "dx-token-shares")
+    press_slider(page, "dx-attention-step", "ArrowRight", times=2)  # from step 0: the explorer's
     overlay = wait_for_widget_image(page, "dx-overlay-image", changed_from=overlay)
-    wait_for_plotly(page, "dx-token-shares", changed_from=fig)
-    wait_for_text(page, "dx-attention-info", f"step {slider_readout(page, 'dx-step-slider')} ")
-    after = wait_for_widget_image(page, "dx-after-image")
+    _svg(page, "dx-token-shares", changed_from=bars)
+    step = slider_readout(page, "dx-attention-step")
+    wait_for_text(page, "dx-attention-info", f"step {step} ")
+    wait_for_text(page, "dx-step-explorer .dx-step-info", f"step {step} of")  # linked through the kernel
     click_button(page, "dx-reweight-button")
-    wait_for_widget_image(page, "dx-after-image", changed_from=after)
+    wait_for_widget_image(page, "dx-after-image")
     wait_for_text(page, "dx-status", "forked at step")
     _no_errors(page)
     docs_screenshot(page, "attention_maps", "dx-attention-maps")
 
 
+def _svg(page, css_class: str, changed_from: str | None = None) -> str:
+    """The markup of the SVG an anywidget view draws inside ``css_class`` (once drawn, or once changed)."""
+    return page.wait_for_function(
+        """([sel, old]) => {
+          const svg = document.querySelector(`.${sel} svg`);
+          const html = svg && svg.innerHTML;
+          return html && html !== old ? html : null;
+        }""",
+        arg=[css_class, changed_from],
+        polling=100,
+        timeout=120_000,
+    ).json_value()
+
+
 @pytest.mark.timeout(600)
 def test_toy_paths_in_lab(lab_page, lab_server, tmp_path):
-    """Both dialects' paths drawn; the step slider redraws both plots; more guidance changes the summary."""
+    """Both dialects' paths drawn; the step slider redraws both plots in the browser with no comm message
+    (Python hears the step once it settles); more guidance samples again in Python."""
     page = lab_page
     _open(page, lab_server, tmp_path, "toy_paths")
-    flow = wait_for_plotly(page, "dx-toy-flow", min_traces=4)
-    epsilon = wait_for_plotly(page, "dx-toy-epsilon", min_traces=4)
+    flow = _svg(page, "dx-toy-flow")
+    epsilon = _svg(page, "dx-toy-epsilon")
     summary = wait_for_text(page, "dx-toy-summary", "straightness")
+    page.wait_for_timeout(500)
+    sent = _count_comm(page)
     press_slider(page, "dx-toy-step", "ArrowLeft", times=3)
-    wait_for_plotly(page, "dx-toy-flow", changed_from=flow, min_traces=4)
-    wait_for_plotly(page, "dx-toy-epsilon", changed_from=epsilon, min_traces=4)
-    wait_for_text(page, "dx-status", "step 3 of 6")
+    _svg(page, "dx-toy-flow", changed_from=flow)
+    _svg(page, "dx-toy-epsilon", changed_from=epsilon)
+    assert page.inner_text(".dx-toy-caption") == "step 3 of 6"
+    assert _count_comm(page) == sent  # drawn in the browser: nothing sent to the kernel yet
+    wait_for_text(page, "dx-status", "step 3 of 6")  # Python heard the settled step
     press_slider(page, "dx-toy-guidance", "ArrowRight", times=4)
+    page.locator(".dx-toy-guidance input").dispatch_event("change")
     page.wait_for_function(
         "old => document.querySelector('.dx-toy-summary').innerText !== old", arg=summary, timeout=60_000
     )
     _no_errors(page)
     docs_screenshot(page, "toy_paths", "dx-toy-paths")
+
+
+def _count_comm(page) -> int:
+    """How many comm messages the page has sent the kernel since the first call (counting starts then)."""
+    return page.evaluate(
+        """() => {
+          const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+          if (!kernel.__dxComm) {
+            const send = kernel.sendShellMessage.bind(kernel);
+            kernel.__dxComm = { n: 0 };
+            kernel.sendShellMessage = (msg, ...rest) => {
+              if (msg.header.msg_type === 'comm_msg') kernel.__dxComm.n += 1;
+              return send(msg, ...rest);
+            };
+          }
+          return kernel.__dxComm.n;
+        }"""
+    )
 
 
 @pytest.mark.timeout(600)
