@@ -15,6 +15,7 @@ from ipywidgets.widgets.widget import _instances, _remove_buffers
 
 from diffexplain import Explainer, Trace
 from diffexplain.attention import maps as reading
+from diffexplain.web.attention_data import map_size
 from diffexplain.widgets import AttentionMaps, StepExplorer
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -47,7 +48,7 @@ def test_the_maps_go_once_as_binary_buffers(trace: Trace) -> None:
     assert "data:image" not in json.dumps(state)
     index = widget._view["maps"]
     h, w, n = index["h"], index["w"], len(trace)
-    assert max(h, w) <= 32
+    assert (h, w) == map_size(trace) and max(h, w) <= 32
     layers = [value for _, value in widget.layer.options]
     branches = ["cond", "uncond"]  # guidance on: the negative prompt's maps too
     assert set(index["blocks"]) == {
@@ -104,3 +105,12 @@ def test_a_linked_step_explorer_moves_the_step(trace: Trace) -> None:
     assert widget.map_step == 1 and widget.step.value == 1
     widget.map_step = 0  # this view's browser chose step 0
     assert explorer.slider.value == 0
+
+
+def test_the_classic_ipywidgets_view_still_builds(trace: Trace) -> None:
+    from diffexplain.widgets import ClassicAttentionMaps
+
+    classic = AttentionMaps(trace, token="red"), ClassicAttentionMaps(trace, token="red")
+    assert all(w.output.outputs == () for w in classic)
+    assert classic[0].help.value == classic[1].children[0].value  # the same help, reader clause and all
+    torch.testing.assert_close(classic[0].map(), classic[1].map())

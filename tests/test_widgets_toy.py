@@ -47,3 +47,13 @@ def test_toy_paths_sends_the_paths_once_and_samples_on_a_message(models):
     assert widget.step.value == widget.shown_step == 3 and "red cluster" in widget.summary.value
     widget._handle_custom_msg({"action": "settings", "colour": "teal", "num_steps": 3, "guidance": 2.0}, [])
     assert "colour='teal'" in widget.error_text and widget._version == version + 1
+
+
+def test_the_classic_toy_paths_still_builds(models):
+    from diffexplain.widgets import ClassicToyPaths
+
+    new, classic = (
+        cls(colour="red", num_steps=4, samples=5, models=models) for cls in (ToyPaths, ClassicToyPaths)
+    )
+    assert new.summary.value == classic.summary.value and classic.output.outputs == ()
+    assert list(new.figures["flow"].data[1].x) == list(classic.figures["flow"].data[1].x)

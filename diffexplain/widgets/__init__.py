@@ -18,9 +18,13 @@ page (Colab, classic Notebook 6): :func:`set_plot_mode` or ``DIFFEXPLAIN_PLOTS=p
 """
 
 from diffexplain.widgets.attention_maps import AttentionMaps
+from diffexplain.widgets.classic_attention_maps import (
+    ClassicAttentionMaps as ClassicAttentionMaps,  # ipywidgets
+)
 from diffexplain.widgets.classic_guidance_lab import ClassicGuidanceLab as ClassicGuidanceLab  # ipywidgets
 from diffexplain.widgets.classic_picture_lab import ClassicPictureLab as ClassicPictureLab  # ipywidgets
 from diffexplain.widgets.classic_step_explorer import ClassicStepExplorer as ClassicStepExplorer  # ipywidgets
+from diffexplain.widgets.classic_toy_paths import ClassicToyPaths as ClassicToyPaths  # ipywidgets
 from diffexplain.widgets.classic_two_dialects import ClassicTwoDialects as ClassicTwoDialects  # ipywidgets
 from diffexplain.widgets.figures import plot_mode as plot_mode  # the plot switch: not a widget,
 from diffexplain.widgets.figures import set_plot_mode as set_plot_mode  # so not in __all__

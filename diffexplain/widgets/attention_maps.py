@@ -2,8 +2,8 @@
 chosen in the browser: an anywidget (``TraceView``) running ``diffexplain/web/attention_maps.js``.
 
 Each trace's maps go to the browser ONCE, as one binary buffer (``_maps``: every token's map at every step,
-every layer choice and branch, at most ``MAP_SIDE`` pixels a side, 8 bits each, scaled by its own peak),
-with the x̂0 pictures (``_frames``). Choosing the token, step, layer, "all steps" or the branch then redraws
+every layer choice and branch, small and 8 bits each: ``diffexplain.web.attention_data``), with the x̂0
+pictures (``_frames``). Choosing the token, step, layer, "all steps" or the branch then redraws
 the overlay, the map, the info line and the per-token bars in the browser with no kernel round trip; the
 choices reach Python once they settle. The reweight fork runs the model: a message to Python, with the
 busy state, Stop and errors. Python keeps today's attributes as stand-ins (``token``, ``step``, ``layer``,
@@ -22,13 +22,13 @@ from PIL import Image
 
 from diffexplain import render
 from diffexplain.attention import edits
-from diffexplain.attention import maps as reading
 from diffexplain.attention.maps import first_step as maps_first_step
 from diffexplain.attention.tokens import find_token
 from diffexplain.errors import TraceKeyError
 from diffexplain.jobs import drain
 from diffexplain.views import DEFAULT_SIZE, blank, is_pixel_space, png, text_reader, words
 from diffexplain.web import bundle
+from diffexplain.web.attention_data import pack_maps
 from diffexplain.widgets.actions import Actions, Work, _escape
 from diffexplain.widgets.base import Frames, help_html
 from diffexplain.widgets.stand_ins import Button, Checkbox, Chooser, IntControl, Shown, Text
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from diffexplain.widgets.step_explorer import StepExplorer
 
 ALL = "all"  # the layer chooser's "every layer" (a Dropdown's None would mean "nothing chosen")
-MAP_SIDE = 32  # the maps the browser gets: at most this many pixels a side (drawn smoothed to the picture)
 
 HELP = (
     "At every step each pixel of the {model} <b>reads</b> the prompt's tokens{reader} through attention: "
@@ -312,7 +311,8 @@ class AttentionMaps(TraceView):
         """Send the trace's maps (computed once per trace), x̂0 pictures and final picture to the browser."""
         trace, n = self.trace, len(self.trace)
         if self._maps_of is None or self._maps_of[0] != id(trace):
-            self._maps_of = (id(trace), *self._all_maps())
+            layers = [None if value == ALL else value for _, value in self.layer.options]
+            self._maps_of = (id(trace), *pack_maps(trace, layers, self._branches()))
         _, buffer, index = self._maps_of
         pictures: dict[str, bytes | None] = {f"{k}/x0": self._x0_png(k) for k in range(n)}
         pictures["before"] = self.frames.final(trace, preview=self.preview.value)
@@ -329,42 +329,13 @@ class AttentionMaps(TraceView):
             "tokens": {
                 b: [[token_label(t), t.index] for t in trace.token_lists(b)[0]] for b in self._branches()
             },
-            "layers": [list(pair) for pair in self.layer.options],
+            "layers": [[label, value] for label, value in self.layer.options],
             "maps": index,
             "preview": {"value": self.preview.value, "disabled": self.preview.disabled, "shown": not pixel},
         }
         with self.hold_sync():
             self._maps = buffer
             self.send_view(data, pictures)
-
-    def _all_maps(self) -> tuple[bytes, dict[str, Any]]:
-        """Every token's map at every step (and all steps), layer choice and branch: uint8 scaled by each
-        map's peak, end to end; the index gives per ``"branch|layer|step"`` (step "all": every step) the
-        offset of its [T, h, w] block, each map's peak and mean (its share of the picture's attention)."""
-        trace = self.trace
-        height, width = trace.run_settings.height, trace.run_settings.width
-        scale = min(1.0, MAP_SIDE / max(height, width))
-        h, w = max(1, round(height * scale)), max(1, round(width * scale))
-        chunks, blocks, offset = [], {}, 0
-        for branch in self._branches():
-            steps: list[int | None] = [*range(maps_first_step(trace, branch), len(trace)), None]
-            for _, layer in self.layer.options:
-                for step in steps:
-                    maps = reading.attention_maps(
-                        trace, steps=step, layers=None if layer == ALL else layer, branch=branch, size=(h, w)
-                    )[0].float()  # [T, h, w]
-                    peaks = maps.amax(dim=(-1, -2))
-                    scaled = maps / peaks.clamp_min(1e-8)[:, None, None] * 255
-                    data = scaled.round().clamp(0, 255).to(torch.uint8).cpu().numpy().tobytes()
-                    key = f"{branch}|{layer}|{'all' if step is None else step}"
-                    blocks[key] = {
-                        "offset": offset,
-                        "peak": np.round(peaks.cpu().numpy(), 5).tolist(),
-                        "mean": np.round(maps.mean(dim=(-1, -2)).cpu().numpy(), 5).tolist(),
-                    }
-                    chunks.append(data)
-                    offset += len(data)
-        return b"".join(chunks), {"h": h, "w": w, "blocks": blocks}
 
     def _x0_png(self, step: int) -> bytes | None:
         picture = self._x0_picture(step)

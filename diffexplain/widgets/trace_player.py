@@ -90,7 +90,8 @@ class TracePlayer(StepExplorer):
     Python (the file's bytes as a binary buffer). In Python: ``path.value``, ``load_button.click()``,
     ``upload.value`` (ipywidgets 8's format), ``load(path)``, ``show(trace)``; ``explorer`` is the
     player itself once a trace is shown (None before). A trace with attention maps gets an
-    ``AttentionMaps`` (ipywidgets, linked to the step) displayed below the player.
+    ``AttentionMaps`` (an anywidget too, its step linked to the player's through the kernel) displayed
+    below the player.
 
     A path that names no file, or a file that is no trace (the loader's ``TraceFileError``), is told on
     the status line, without a traceback.
@@ -243,7 +244,7 @@ class TracePlayer(StepExplorer):
         return frames
 
     def _ipython_display_(self) -> None:
-        """The player, then its attention maps (an ipywidgets view, until it is an anywidget too)."""
+        """The player, then its attention maps (a second anywidget view)."""
         from IPython.display import display
 
         data, metadata = self._repr_mimebundle_() or ({}, {})
