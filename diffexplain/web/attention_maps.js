@@ -267,13 +267,9 @@ function mountAttentionMaps(root, D, model, pictures, maps) {
 function renderAttentionMaps({ model, el: host }) {
   const root = document.createElement("div");
   root.classList.add("dx-widget", "dx-view", "dx-attention-maps");
-  addStyle(root);
-  if (!document.getElementById("dx-attn-style")) {
-    const style = document.createElement("style");
-    style.id = "dx-attn-style"; style.textContent = ATTN_CSS;
-    document.head.append(style);
-  }
   host.append(root);
+  addStyle(root); // once attached (a shadow root in marimo)
+  addCss(root, "dx-attn-style", ATTN_CSS);
   const body = document.createElement("div");
   const status = el("div", { class: "dx-status" });
   const errors = el("div", { class: "dx-errors dx-output" });

@@ -122,8 +122,8 @@ function mountToyPaths(root, D, model) {
 function renderToyPaths({ model, el: host }) {
   const root = document.createElement("div");
   root.classList.add("dx-widget", "dx-view", "dx-toy-paths");
-  addStyle(root);
   host.append(root);
+  addStyle(root); // once attached (a shadow root in marimo)
   const body = document.createElement("div");
   const status = el("div", { class: "dx-status" });
   const errors = el("div", { class: "dx-errors dx-output" });

@@ -13,7 +13,7 @@ busy state, Stop and errors. Python keeps today's attributes as stand-ins (``tok
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,11 +25,10 @@ from diffexplain.attention import edits
 from diffexplain.attention.maps import first_step as maps_first_step
 from diffexplain.attention.tokens import find_token
 from diffexplain.errors import TraceKeyError
-from diffexplain.jobs import drain
 from diffexplain.views import DEFAULT_SIZE, blank, is_pixel_space, png, text_reader, words
 from diffexplain.web import bundle
 from diffexplain.web.attention_data import pack_maps
-from diffexplain.widgets.actions import Actions, Work, _escape
+from diffexplain.widgets.actions import Work, _escape
 from diffexplain.widgets.base import Frames, help_html
 from diffexplain.widgets.stand_ins import Button, Checkbox, Chooser, IntControl, Shown, Text
 from diffexplain.widgets.trace_view import TraceView
@@ -264,12 +263,6 @@ class AttentionMaps(TraceView):
     def layers(self) -> str | None:
         """The chosen layers as ``Trace.attention`` takes them: None (all), a resolution or a layer name."""
         return None if self.layer.value == ALL else self.layer.value
-
-    def finish(self, work: Work) -> Any:
-        """Run ``work`` to the end now, the buttons off meanwhile (TraceView's ``busy`` trait hides
-        ``Actions.busy()``: called through the class)."""
-        with Actions.busy(self):
-            return drain(work)
 
     def reweight(self) -> Trace:
         """Fork from the chosen step with the chosen token's attention times the factor (chosen layers)."""
