@@ -16,13 +16,11 @@ from diffexplain.explainer_parts import ModelParts
 from diffexplain.families import (
     FAMILIES,
     Family,
-    family_for_class_name,
     family_from_parts,
     family_from_pipeline,
-    supported_pipelines,
 )
 from diffexplain.families.base import Conditioning
-from diffexplain.families.modular import is_modular, is_modular_folder, load_modular, modular_defaults
+from diffexplain.families.modular import is_modular, modular_defaults
 from diffexplain.fingerprint import LazyFingerprint, same_weights
 from diffexplain.guiders.base import Guider, with_guider_points
 from diffexplain.guiders.choose import run_guider
@@ -108,36 +106,18 @@ class Explainer(ModelParts):
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> Explainer:
         """Load a pipeline (folder or Hub id) with the diffusers class its ``model_index.json`` names, then ``from_pipeline``.
 
-        ``kwargs`` go to ``from_pretrained`` (e.g. ``torch_dtype=torch.float16``). Where the pipeline is
+        ``kwargs`` go to the pipeline's ``from_pretrained`` (e.g. ``torch_dtype=torch.float16``), but for the
+        Explainer's own (``progress``, ``model_name``, ``latent_rgb``, ``defaults``). Where the pipeline is
         is decided first (``diffexplain.models.hub``): a missing folder is ``FileNotFoundError`` ("no such
         folder"); a hub id that is neither cached nor reachable is ``HubUnreachableError`` at once, and a
         cached one loads offline when the hub cannot be reached. A local folder of a Modular Diffusers
         pipeline (``modular_model_index.json``, its ``save_pretrained``) loads with ``ModularPipeline`` and
         its ``load_components(**kwargs)`` (``diffexplain.families.modular.load_modular``).
         """
-        import diffusers
+        from diffexplain.loading import load_pipeline
 
-        from diffexplain.models.hub import locate_pipeline
-
-        if is_modular_folder(path):  # the Explainer's own keywords to it, the others to load_components
-            own = {
-                k: kwargs.pop(k) for k in ("progress", "model_name", "latent_rgb", "defaults") if k in kwargs
-            }
-            return cls.from_pipeline(load_modular(path, **kwargs), **own)
-
-        source = locate_pipeline(path, **kwargs)
-        if source.local_files_only:
-            kwargs["local_files_only"] = True
-        path, config = source.path, source.config
-        name = config.get("_class_name", "")
-        if family_for_class_name(name) is None:
-            raise ValueError(
-                f"{path}: {name or 'this pipeline'} is not supported; supported: {supported_pipelines()}"
-            )
-        if name in ("StableDiffusionPipeline", "LatentConsistencyModelPipeline"):
-            kwargs.setdefault("safety_checker", None)
-            kwargs.setdefault("requires_safety_checker", False)
-        return cls.from_pipeline(getattr(diffusers, name).from_pretrained(path, **kwargs))
+        own = {k: kwargs.pop(k) for k in ("progress", "model_name", "latent_rgb", "defaults") if k in kwargs}
+        return cls.from_pipeline(load_pipeline(path, **kwargs), **own)
 
     def to(self, *args: Any, **kwargs: Any) -> Explainer:
         """Move every model part, like ``nn.Module.to`` (device and/or dtype); returns self."""
