@@ -1,33 +1,36 @@
-"""NoiseLab: choose the starting noise, then add noise at step k (optionally in a rectangle) and fork."""
+"""NoiseLab: choose the starting noise, then add noise at step k (optionally in a rectangle) and fork.
+
+An anywidget (``LabView``): the step k slider shows x_k of the original from pictures sent once per run,
+and the rectangle is drawn over it in the browser (``diffexplain/web/noise_lab.js``), so scrubbing k and
+moving the rectangle need no kernel; Run and "Add noise at step k and fork" run the model in Python with
+the busy state, Stop and errors. The ipywidgets version is ``ClassicNoiseLab``.
+"""
 
 from __future__ import annotations
 
+import io
 from typing import TYPE_CHECKING, Any
 
-import ipywidgets as W
 import torch
-from PIL import ImageDraw
+from PIL import Image, ImageDraw
 
 from diffexplain import interventions
 from diffexplain.checks import check_guidance_scale
 from diffexplain.hooks import Hook
 from diffexplain.probe import image_size, image_tensor
-from diffexplain.widgets.base import (
+from diffexplain.views import (
     DEFAULT_SIZE,
-    DxWidget,
-    Frames,
-    Work,
     blank,
-    button,
     default_guidance,
     default_steps,
-    help_box,
     is_pixel_space,
     png,
     vp_scale,
 )
-from diffexplain.widgets.controls import panels, preview_checkbox, prompt_box
-from diffexplain.widgets.inputs import SeedBox, steps_box
+from diffexplain.widgets.actions import Work
+from diffexplain.widgets.base import Frames
+from diffexplain.widgets.lab_view import FloatControl, LabView, RangeControl, SeedText, Upload, lab_bundle
+from diffexplain.widgets.stand_ins import Button, Checkbox, Chooser, IntControl, Shown, Text
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -41,9 +44,10 @@ HELP = (
     "steps k… run again, and the two branches are shown side by side."
 )
 SOURCES = ("seed", *interventions.PATTERNS, "image", "my tensor")
+PICTURES = ("init", "original", "branch", "diff")
 
 
-def first_upload(upload: W.FileUpload) -> bytes | None:
+def first_upload(upload: Any) -> bytes | None:
     """The content of the first file in a ``FileUpload`` (ipywidgets 8 value format), or None."""
     value = upload.value
     if not value:
@@ -53,13 +57,18 @@ def first_upload(upload: W.FileUpload) -> bytes | None:
     return bytes(content)
 
 
-class NoiseLab(DxWidget):
+class NoiseLab(LabView):
     """Choose x_T (seed, pattern, image or tensor); add noise at step k, optionally in a rectangle, and fork.
 
-    ``original`` is the run from the chosen start; ``branch`` the fork with the added noise.
+    ``original`` is the run from the chosen start; ``branch`` the fork with the added noise. The controls
+    are Python stand-ins mirrored in the browser: ``prompt``, ``steps``, ``source``, ``seed``,
+    ``dataset_index``, ``upload``, ``preview``, ``step`` (k), ``strength``, ``noise_seed``, ``use_rect``,
+    ``rows``, ``cols``; ``run_button`` / ``inject_button`` (``click()``); ``images[key].value`` (PNG).
     """
 
     css_class = "dx-noise-lab"
+    _esm = lab_bundle("noise_lab.js")
+    step = None  # type: ignore[assignment]  # the injection step k (an IntControl): this view shows no trace step
 
     def __init__(
         self,
@@ -78,65 +87,36 @@ class NoiseLab(DxWidget):
             default_guidance(explainer) if guidance_scale is None else check_guidance_scale(guidance_scale)
         )
         self.custom_noise: torch.Tensor | None = None
-        self.prompt = prompt_box(prompt)
-        self.steps = steps_box(num_inference_steps or default_steps(explainer))
-        self.source = W.Dropdown(options=SOURCES, value="seed", description="start from")
-        self.source.add_class("dx-noise-source")
-        self.seed = SeedBox(seed)
-        self.dataset_index = W.BoundedIntText(value=0, min=0, max=99_999, description="dataset #")
-        self.dataset_index.layout.width = "180px"
-        self.upload = W.FileUpload(accept="image/*", multiple=False, description="image")
-        self.upload.add_class("dx-noise-upload")
-        self.run_button = button("Run from this start", "dx-run", style="primary")
-        self.preview = preview_checkbox(disabled=explainer.vae is None)
-
-        self.step = W.IntSlider(value=0, min=0, max=1, description="step k", continuous_update=False)
-        self.step.add_class("dx-inject-step")
-        self.strength = W.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.1, description="strength")
-        self.strength.add_class("dx-noise-strength")
-        self.noise_seed = SeedBox(1, description="noise seed", width="180px")
-        self.noise_seed.add_class("dx-noise-seed")
-        self.use_rect = W.Checkbox(value=False, description="only inside the rectangle", indent=False)
-        self.use_rect.add_class("dx-use-rect")
-        self.rows = W.IntRangeSlider(value=(25, 75), min=0, max=100, description="rows %")
-        self.rows.add_class("dx-rect-rows")
-        self.cols = W.IntRangeSlider(value=(0, 50), min=0, max=100, description="columns %")
-        self.cols.add_class("dx-rect-cols")
-        self.inject_button = button("Add noise at step k and fork", "dx-inject-button", style="warning")
-
-        boxes, self.images = panels(
-            (
-                ("init", "starting noise x_T", "dx-init-image"),
-                ("xk", "x_k of the original, and the region", "dx-xk-image"),
-                ("original", "original", "dx-original-image"),
-                ("branch", "new branch", "dx-branch-image"),
-                ("diff", "difference", "dx-diff-image"),
-            ),
-            size,
+        self.original: Trace | None = None
+        self.branch: Trace | None = None
+        self._pics: dict[str, bytes | None] = {}
+        self.prompt = self.bind("prompt", Text(prompt))
+        self.steps = self.bind(
+            "steps", IntControl(min=1, max=1000, value=num_inference_steps or default_steps(explainer))
         )
-        self.branch_title = boxes["branch"].children[0]
+        self.source = self.bind("source", Chooser(options=list(SOURCES), value="seed"))
+        self.seed = self.bind("seed", SeedText(seed))
+        self.dataset_index = self.bind("dataset_index", IntControl(min=0, max=99_999, value=0))
+        self.upload = Upload()
+        self.preview = self.bind("preview", Checkbox(value=False, disabled=explainer.vae is None))
+        self.step = self.bind("step", IntControl(min=0, max=1, value=0))
+        self.strength = self.bind("strength", FloatControl(1.0, min=0.0, max=4.0, step=0.1))
+        self.noise_seed = self.bind("noise_seed", SeedText(1, description="noise seed"))
+        self.use_rect = self.bind("use_rect", Checkbox(value=False))
+        self.rows = self.bind("rows", RangeControl((25, 75)))
+        self.cols = self.bind("cols", RangeControl((0, 50)))
+        self.run_button = Button("Run from this start")
+        self.inject_button = Button("Add noise at step k and fork")
+        self.name_buttons(run=self.run_button, inject=self.inject_button)
+        self.branch_title = Text("<b>new branch</b>")
+        self.images = {key: Shown(lambda key=key: self._picture(key)) for key in PICTURES}
+        self.images["xk"] = Shown(self._region_picture)
 
         self.run_button.on_click(self.guard(lambda _: self.start(self._run_work)))
         self.inject_button.on_click(self.guard(lambda _: self.start(self._inject_work)))
-        for control in (self.step, self.rows, self.cols, self.use_rect, self.preview):
-            control.observe(self.guard(lambda _: self._draw_region()), names="value")
         self.preview.observe(self.guard(lambda _: self._redraw()), names="value")
-
-        self.children = [
-            help_box(HELP),
-            W.HBox([self.prompt, self.steps, self.preview]),
-            W.HBox(
-                [self.source, self.seed, self.dataset_index, self.upload, self.run_button, self.stop_button]
-            ),
-            W.HBox([self.step, self.strength, self.noise_seed]),
-            W.HBox([self.use_rect, self.rows, self.cols, self.inject_button]),
-            self.progress,
-            W.HBox([boxes["init"], boxes["xk"], boxes["original"], boxes["branch"], boxes["diff"]]),
-            self.status,
-            self.output,
-        ]
-        self.original: Trace | None = None
-        self.branch: Trace | None = None
+        self.upload.observe(lambda _: setattr(self.source, "value", "image"), names="value")
+        self._send_lab()
         self.guard(self.run)()
 
     # ---- the starting noise ----------------------------------------------------------------------
@@ -222,46 +202,64 @@ class NoiseLab(DxWidget):
         self.say(f"forked at step {k}: {copied}, steps {k}–{len(self.branch) - 1} ran again")
         self._redraw()
 
-    # ---- drawing ---------------------------------------------------------------------------------
-    def _redraw(self) -> None:
+    # ---- pictures --------------------------------------------------------------------------------
+    def _latents_picture(self, key: tuple, latents: torch.Tensor) -> Image.Image:
         trace = self.original
-        if trace is None:
-            return
-        preview, pixel = self.preview.value, is_pixel_space(trace, self.explainer)
-        init = trace.steps[0].restart.latents if trace.steps[0].restart is not None else trace["latents.init"]
-        scale = vp_scale(trace, 0)
-        self.images["init"].value = png(
-            self.frames.picture(trace, ("init",), init * scale, preview=preview, pixel_space=pixel)
-        )
-        self.images["original"].value = self.frames.final(trace, preview=preview)
-        if self.branch is not None:
-            self.images["branch"].value = self.frames.final(self.branch, preview=preview)
-            self.images["diff"].value = self.frames.difference(self.branch, trace, preview=preview)
-        else:  # a new run: the last branch belonged to the previous one
-            self.images["branch"].value = blank(self.frames.size, "add noise at\nstep k to fork")
-            self.images["diff"].value = blank(self.frames.size)
-            self.branch_title.value = "<b>new branch</b>"
-        self._draw_region()
+        assert trace is not None
+        pixel = is_pixel_space(trace, self.explainer)
+        return self.frames.picture(trace, key, latents, preview=self.preview.value, pixel_space=pixel)
 
-    def _draw_region(self) -> None:
+    def _redraw(self) -> None:
+        """Every picture of the original (x_T, x_k at each k, final) and of the branch, sent once."""
         trace = self.original
         if trace is None:
             return
-        k = self.step.value
-        record = trace.steps[k]
-        xk = record.restart.latents if record.restart is not None else trace["step.latents", k]
-        picture = self.frames.picture(
-            trace,
-            ("xk", k),
-            xk * vp_scale(trace, k),
-            preview=self.preview.value,
-            pixel_space=is_pixel_space(trace, self.explainer),
-        ).copy()
+        preview = self.preview.value
+        init = trace.steps[0].restart.latents if trace.steps[0].restart is not None else trace["latents.init"]
+        pics: dict[str, bytes | None] = {
+            "init": png(self._latents_picture(("init",), init * vp_scale(trace, 0))),
+            "original": self.frames.final(trace, preview=preview),
+        }
+        if self.branch is not None:
+            pics["branch"] = self.frames.final(self.branch, preview=preview)
+            pics["diff"] = self.frames.difference(self.branch, trace, preview=preview)
+        else:  # a new run: the last branch belonged to the previous one
+            pics["branch"] = blank(self.frames.size, "add noise at\nstep k to fork")
+            pics["diff"] = blank(self.frames.size)
+            self.branch_title.value = "<b>new branch</b>"
+        for k, record in enumerate(trace.steps):
+            xk = record.restart.latents if record.restart is not None else trace["step.latents", k]
+            pics[f"{k}/xk"] = png(self._latents_picture(("xk", k), xk * vp_scale(trace, k)))
+        self._pics = pics
+        self._send_lab()
+
+    def _send_lab(self) -> None:
+        data = {
+            "help": HELP,
+            "size": self.frames.size,
+            "steps": 0 if self.original is None else len(self.original),
+            "sources": list(SOURCES),
+            "branch_title": self.branch_title.value,
+            "preview_disabled": self.preview.disabled,
+        }
+        self.send_view(data, self._pics)
+
+    def _picture(self, key: str) -> bytes:
+        return self._pics.get(key) or blank(self.frames.size)
+
+    def _region_picture(self) -> bytes:
+        """x_k of the original at the step k chosen, the rectangle drawn where it is used (as the browser)."""
+        if self.original is None:
+            return blank(self.frames.size)
+        k = max(0, min(self.step.value, len(self.original) - 1))
+        data = self._pics.get(f"{k}/xk") or blank(self.frames.size)
         box = self.mask()
-        if box is not None:
-            top, bottom, left, right = box
-            w, h = picture.size
-            ImageDraw.Draw(picture).rectangle(
-                (left * w, top * h, right * w - 1, bottom * h - 1), outline=(255, 0, 0), width=2
-            )
-        self.images["xk"].value = png(picture)
+        if box is None:
+            return data
+        picture = Image.open(io.BytesIO(data)).convert("RGB")
+        top, bottom, left, right = box
+        w, h = picture.size
+        ImageDraw.Draw(picture).rectangle(
+            (left * w, top * h, right * w - 1, bottom * h - 1), outline=(255, 0, 0), width=2
+        )
+        return png(picture)

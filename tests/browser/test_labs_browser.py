@@ -1,0 +1,123 @@
+"""The anywidget labs (NoiseLab, PromptSwap, ForwardProcess) in a real JupyterLab: each renders its
+pictures, a scrub in the browser changes the picture with no comm message to the kernel, and one model
+action (a button) round-trips to Python. Python-level tests: tests/test_widgets_labs_anywidget.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from lab_helpers import (
+    click_button,
+    count_error_outputs,
+    docs_screenshot,
+    error_outputs,
+    open_notebook,
+    run_all,
+    wait_for_text,
+    wait_for_widget_image,
+)
+from scrub_probe import counts, install, rapid
+
+SETUP = """\
+import os, warnings
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+warnings.filterwarnings("ignore")
+import torch
+torch.set_num_threads(1)
+from diffexplain import Explainer
+from diffexplain.widgets import ForwardProcess, NoiseLab, PromptSwap
+try:
+    from diffexplain.models.default import load_default
+    ex = load_default(progress=False)
+    STEPS = 12
+except FileNotFoundError:  # the default model is not installed: tiny random parts (noise pictures)
+    from tests.tiny_parts import tiny_parts
+    ex = Explainer(**tiny_parts(), progress=False)
+    STEPS = 4
+PROMPT = "a red circle on the left and a blue square on the right"
+"""
+
+VIEWS = {
+    "noise_lab": """\
+widget = NoiseLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
+widget.use_rect.value = True
+widget.strength.value = 2.0
+widget""",
+    "prompt_swap": """\
+widget = PromptSwap(ex, PROMPT, "a green triangle on the top", num_inference_steps=STEPS, sweep_points=4)
+widget""",
+    "forward_process": """\
+widget = ForwardProcess(ex, t=300)
+widget""",
+}
+
+
+def _open(page, lab_server, tmp_path: Path, name: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(VIEWS[name])]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    path = tmp_path / f"lab_{name}.ipynb"
+    nbformat.write(nb, path)
+    open_notebook(page, lab_server.add_notebook(path))
+    state = run_all(page, timeout=300)
+    assert state["done"] == state["total"] == 2 and state["errors"] == 0, (state, error_outputs(page))
+
+
+def _python_says(page, code: str) -> str:
+    """Run ``code`` in the kernel (after whatever it is doing) and return what it printed."""
+    return page.evaluate(
+        """async (code) => {
+          const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+          let out = '';
+          const future = kernel.requestExecute({ code, store_history: false });
+          future.onIOPub = (msg) => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
+          await future.done;
+          return out;
+        }""",
+        code,
+    )
+
+
+def _scrubs_without_kernel(page, css: str, img: str, slider: str, presses: int = 2) -> None:
+    """``presses`` ArrowRight on ``slider`` change ``img`` (its data-step) with no comm message sent."""
+    sel = f".{css} img.{img}"
+    wait_for_widget_image(page, img)
+    install(page, sel)
+    before = page.eval_on_selector(sel, "i => [i.src, i.dataset.step]")
+    rapid(page, f".{css} .{slider} input[type=range]", presses)
+    page.wait_for_function(
+        "([sel, old]) => { const i = document.querySelector(sel); return i.src !== old && i.complete; }",
+        arg=[sel, before[0]],
+        polling=50,
+        timeout=10_000,
+    )
+    assert counts(page)["comm"] == 0, counts(page)  # drawn in the page: the kernel heard nothing
+    return before
+
+
+@pytest.mark.timeout(600)
+def test_noise_lab_scrubs_k_in_the_browser_and_forks_in_python(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "noise_lab")
+    wait_for_widget_image(page, "dx-original-image")
+    branch = wait_for_widget_image(page, "dx-branch-image")
+    assert page.locator(".dx-noise-lab .dx-rect").is_visible()  # use_rect set in Python, drawn here
+    before = _scrubs_without_kernel(page, "dx-noise-lab", "dx-xk-image", "dx-inject-step", presses=1)
+    step = page.eval_on_selector(".dx-noise-lab img.dx-xk-image", "i => i.dataset.step")
+    assert int(step) == int(before[1]) + 1
+    page.wait_for_timeout(800)  # the move settled: Python hears k once
+    assert _python_says(page, "print(widget.step.value)").strip() == step
+    click_button(page, "dx-inject-button")
+    wait_for_widget_image(page, "dx-branch-image", changed_from=branch)
+    wait_for_widget_image(page, "dx-diff-image")
+    wait_for_text(page, "dx-status", "ran again")
+    assert _python_says(page, "print(widget.branch.forked_from)").strip() == step
+    assert count_error_outputs(page) == 0, error_outputs(page)
+    docs_screenshot(page, "noise_lab", "dx-noise-lab")
