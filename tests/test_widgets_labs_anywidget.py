@@ -16,7 +16,7 @@ import torch
 from ipywidgets.widgets.widget import _instances, _remove_buffers
 
 from diffexplain import Explainer
-from diffexplain.widgets import NoiseLab
+from diffexplain.widgets import NoiseLab, PromptSwap
 from diffexplain.widgets.lab_view import LabView
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -49,7 +49,7 @@ def assert_one_buffer(widget: LabView) -> None:
         assert widget._frames[offset : offset + 8] == PNG and length > 8
 
 
-@pytest.mark.parametrize("view", [NoiseLab])
+@pytest.mark.parametrize("view", [NoiseLab, PromptSwap])
 def test_one_module_with_no_name_declared_twice(view: type) -> None:
     esm = str(view._esm)
     names = re.findall(r"^(?:export )?(?:async )?(?:function|const|let|class) (\w+)", esm, flags=re.M)
@@ -125,3 +125,27 @@ def test_noise_lab_upload_from_the_browser(ex: Explainer) -> None:
     assert lab.source.value == "image" and lab._controls["source"] == "image"
     message(lab, {"action": "click", "name": "run", "controls": lab._controls})
     assert lab.images["init"].value != init and lab.error_text == ""
+
+
+def test_prompt_swap_scrubs_k_in_the_browser_and_sweeps_in_python(ex: Explainer) -> None:
+    before = set(_instances)
+    ps = PromptSwap(ex, PROMPT, "a blue square", num_inference_steps=STEPS, sweep_points=3)
+    assert {type(_instances[i]).__name__ for i in set(_instances) - before} == {"PromptSwap", "Layout"}
+    assert_one_buffer(ps)
+    n = len(ps.original)
+    assert {f"{k}/x0" for k in range(n)} | {"a", "swap", "diff"} <= set(ps._index)
+    version, frames = ps._version, ps._frames
+    ps.set_state({"_controls": {**ps._controls, "step": 1}})  # the browser's k: nothing sent back
+    assert ps.step.value == 1 and ps._version == version and ps._frames is frames
+    assert ps.images["a_x0"].value == picture(ps, "1/x0")
+    message(
+        ps, {"action": "click", "name": "sweep", "controls": {**ps._controls, "prompt_b": "a green triangle"}}
+    )
+    assert ps.prompt_b.value == "a green triangle" and sorted(ps.sweep) == [0, 2, 3]
+    assert all(ps.sweep[k].settings["prompt"] == "a green triangle" for k in ps.sweep)
+    assert {"sweep/0", "sweep/2", "sweep/3", "sweep/A"} <= set(ps._index)  # the tiles, once
+    assert ps._view["sweep"]["ks"] == [0, 2, 3] and len(ps._view["sweep"]["from_a"]) == 3
+    assert list(ps.fig.data[0].x) == [0, 2, 3] and "sweep done" in ps.status_html
+    message(ps, {"action": "click", "name": "swap", "controls": {**ps._controls, "step": 2}})
+    assert ps.swapped.forked_from == 2 and ps._view["swap_title"] == "<b>A, then B from step 2</b>"
+    assert ps.error_text == ""

@@ -223,3 +223,69 @@ function mountLab(model, host, cssClass, build) {
     warm = [];
   };
 }
+
+/**
+ * A small SVG line chart (no plotting library). series: [{name, x: [], y: [], color, dash, dots}];
+ * opts: {title, xLabel, yLabel, log (a log y axis), width, height, css, xMax, intX (whole x labels)}. Returns {node, mark(x, y)}:
+ * mark draws the red marker at (x, y) (null hides it).
+ */
+function lineChart(series, opts = {}) {
+  const W = opts.width || 440, H = opts.height || 240, M = { l: 56, r: 14, t: opts.title ? 22 : 8, b: 36 };
+  const box = el("div", { class: "dx-chart " + (opts.css || "") });
+  const svg = document.createElementNS(NS, "svg");
+  for (const [k, v] of Object.entries({ width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" })) svg.setAttribute(k, v);
+  svg.style.cssText = "max-width:100%;height:auto";
+  const node = (tag, attrs, text) => {
+    const e = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    svg.append(e);
+    return e;
+  };
+  const tf = opts.log ? (v) => Math.log10(Math.max(v, 1e-12)) : (v) => v;
+  const xs = [].concat(...series.map((s) => s.x)), ys = [].concat(...series.map((s) => s.y.map(tf)));
+  let x0 = Math.min(0, ...xs), x1 = Math.max(opts.xMax || 1, ...xs);
+  let y0 = ys.length ? Math.min(...ys) : 0, y1 = ys.length ? Math.max(...ys) : 1;
+  if (!opts.log) y0 = Math.min(0, y0);
+  if (y1 - y0 < 1e-9) y1 = y0 + 1;
+  if (x1 - x0 < 1e-9) x1 = x0 + 1;
+  const px = (x) => M.l + ((x - x0) * (W - M.l - M.r)) / (x1 - x0);
+  const py = (y) => M.t + (H - M.t - M.b) * (1 - (tf(y) - y0) / (y1 - y0));
+  node("rect", { x: M.l, y: M.t, width: W - M.l - M.r, height: H - M.t - M.b, fill: "#f3f5fa" });
+  if (opts.title) node("text", { x: (M.l + W - M.r) / 2, y: 14, "text-anchor": "middle" }, opts.title);
+  for (let i = 0; i <= 4; i++) {
+    const yv = y0 + ((y1 - y0) * i) / 4, y = M.t + (H - M.t - M.b) * (1 - i / 4);
+    node("line", { x1: M.l, x2: W - M.r, y1: y, y2: y, stroke: "#fff" });
+    const label = opts.log ? "1e" + yv.toFixed(1) : g(Number(yv.toPrecision(3)));
+    node("text", { x: M.l - 4, y: y + 4, "text-anchor": "end" }, label);
+    const xv = x0 + ((x1 - x0) * i) / 4;
+    const xl = opts.intX ? String(Math.round(xv)) : g(Number(xv.toPrecision(3)));
+    node("text", { x: px(xv), y: H - M.b + 14, "text-anchor": "middle" }, xl);
+  }
+  if (opts.xLabel) node("text", { x: (M.l + W - M.r) / 2, y: H - 4, "text-anchor": "middle" }, opts.xLabel);
+  if (opts.yLabel) node("text", { x: 12, y: (M.t + H - M.b) / 2, transform: `rotate(-90 12 ${(M.t + H - M.b) / 2})`,
+                                  "text-anchor": "middle" }, opts.yLabel);
+  const legend = el("div", { class: "dx-legend" });
+  for (const s of series) {
+    if (!s.x.length) continue;
+    let d = "";
+    s.x.forEach((x, i) => { d += (d ? " L" : "M") + px(x).toFixed(1) + "," + py(s.y[i]).toFixed(1); });
+    node("path", { d, fill: "none", stroke: s.color, "stroke-width": 2, "stroke-dasharray": s.dash || "none",
+                   class: "dx-series", "data-series": s.name });
+    if (s.dots) s.x.forEach((x, i) => node("circle", { cx: px(x), cy: py(s.y[i]), r: 3, fill: s.color }));
+    const item = el("span"), swatch = el("i");
+    swatch.style.borderTopColor = s.color;
+    if (s.dash) swatch.style.borderTopStyle = "dashed";
+    item.append(swatch, s.name);
+    legend.append(item);
+  }
+  const marker = node("circle", { r: 6, fill: "#e00", class: "dx-chart-marker" });
+  box.append(svg, legend);
+  return {
+    node: box,
+    mark(x, y) {
+      marker.setAttribute("visibility", x === null || x === undefined ? "hidden" : "visible");
+      if (x !== null && x !== undefined) { marker.setAttribute("cx", px(x)); marker.setAttribute("cy", py(y)); }
+    },
+  };
+}

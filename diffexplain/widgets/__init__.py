@@ -24,6 +24,7 @@ from diffexplain.widgets.classic_attention_maps import (
 from diffexplain.widgets.classic_guidance_lab import ClassicGuidanceLab as ClassicGuidanceLab  # ipywidgets
 from diffexplain.widgets.classic_noise_lab import ClassicNoiseLab as ClassicNoiseLab  # ipywidgets
 from diffexplain.widgets.classic_picture_lab import ClassicPictureLab as ClassicPictureLab  # ipywidgets
+from diffexplain.widgets.classic_prompt_swap import ClassicPromptSwap as ClassicPromptSwap  # ipywidgets
 from diffexplain.widgets.classic_step_explorer import ClassicStepExplorer as ClassicStepExplorer  # ipywidgets
 from diffexplain.widgets.classic_toy_paths import ClassicToyPaths as ClassicToyPaths  # ipywidgets
 from diffexplain.widgets.classic_two_dialects import ClassicTwoDialects as ClassicTwoDialects  # ipywidgets

@@ -121,3 +121,26 @@ def test_noise_lab_scrubs_k_in_the_browser_and_forks_in_python(lab_page, lab_ser
     assert _python_says(page, "print(widget.branch.forked_from)").strip() == step
     assert count_error_outputs(page) == 0, error_outputs(page)
     docs_screenshot(page, "noise_lab", "dx-noise-lab")
+
+
+@pytest.mark.timeout(600)
+def test_prompt_swap_scrubs_k_in_the_browser_and_sweeps_in_python(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "prompt_swap")
+    swap = wait_for_widget_image(page, "dx-swap-image")
+    wait_for_widget_image(page, "dx-a-image")
+    _scrubs_without_kernel(page, "dx-prompt-swap", "dx-a-x0-image", "dx-swap-step", presses=1)
+    step = page.eval_on_selector(".dx-prompt-swap img.dx-a-x0-image", "i => i.dataset.step")
+    page.wait_for_timeout(800)  # the move settled: Python hears k once
+    assert _python_says(page, "print(widget.step.value)").strip() == step
+    click_button(page, "dx-swap-button")
+    wait_for_widget_image(page, "dx-swap-image", changed_from=swap)
+    wait_for_text(page, "dx-status", "with B")
+    click_button(page, "dx-sweep-button")
+    wait_for_text(page, "dx-status", "sweep done")
+    wait_for_widget_image(page, "dx-sweep-strip")
+    assert page.locator(".dx-prompt-swap .dx-sweep-tile").count() == 5  # 4 sweep points and A
+    assert page.locator(".dx-prompt-swap .dx-sweep-plot path.dx-series").count() == 2
+    assert _python_says(page, "print(sorted(widget.sweep))").strip().startswith("[0,")
+    assert count_error_outputs(page) == 0, error_outputs(page)
+    docs_screenshot(page, "prompt_swap", "dx-prompt-swap")

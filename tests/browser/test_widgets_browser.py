@@ -252,8 +252,10 @@ def test_prompt_swap_in_lab(lab_page, lab_server, tmp_path):
     click_button(page, "dx-swap-button")
     wait_for_widget_image(page, "dx-swap-image", changed_from=src)
     click_button(page, "dx-sweep-button")
-    wait_for_plotly(page, "dx-sweep-plot", min_traces=2)
     wait_for_widget_image(page, "dx-sweep-strip")
+    page.wait_for_function(  # the anywidget's SVG sweep plot: both curves drawn
+        "() => document.querySelectorAll('.dx-sweep-plot path.dx-series').length === 2", timeout=120_000
+    )
     wait_for_text(page, "dx-status", "sweep done")
     _no_errors(page)
     docs_screenshot(page, "prompt_swap", "dx-prompt-swap")
