@@ -8,6 +8,7 @@ Tiny random parts, 3 inference steps.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -16,7 +17,7 @@ import torch
 from ipywidgets.widgets.widget import _instances, _remove_buffers
 
 from diffexplain import Explainer
-from diffexplain.widgets import NoiseLab, PromptSwap
+from diffexplain.widgets import ForwardProcess, NoiseLab, PromptSwap
 from diffexplain.widgets.lab_view import LabView
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -49,7 +50,7 @@ def assert_one_buffer(widget: LabView) -> None:
         assert widget._frames[offset : offset + 8] == PNG and length > 8
 
 
-@pytest.mark.parametrize("view", [NoiseLab, PromptSwap])
+@pytest.mark.parametrize("view", [NoiseLab, PromptSwap, ForwardProcess])
 def test_one_module_with_no_name_declared_twice(view: type) -> None:
     esm = str(view._esm)
     names = re.findall(r"^(?:export )?(?:async )?(?:function|const|let|class) (\w+)", esm, flags=re.M)
@@ -149,3 +150,56 @@ def test_prompt_swap_scrubs_k_in_the_browser_and_sweeps_in_python(ex: Explainer)
     message(ps, {"action": "click", "name": "swap", "controls": {**ps._controls, "step": 2}})
     assert ps.swapped.forked_from == 2 and ps._view["swap_title"] == "<b>A, then B from step 2</b>"
     assert ps.error_text == ""
+
+
+def test_forward_process_sends_x0_and_the_noise_once_for_the_browser_to_noise() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from diffexplain import schedules
+
+    before = set(_instances)
+    fp = ForwardProcess(t=100)
+    assert {type(_instances[i]).__name__ for i in set(_instances) - before} == {"ForwardProcess", "Layout"}
+    c, h, w = fp._view["shape"]
+    arrays = np.frombuffer(fp._arrays, dtype=np.float32).reshape(2, c, h, w)
+    x0, eps = torch.from_numpy(arrays[0].copy())[None], torch.from_numpy(arrays[1].copy())[None]
+    assert torch.equal(x0, fp.x0)  # 64 pixels: sent as they are
+    for schedule, t in (("scaled_linear", 100), ("squaredcos_cap_v2", 900)):
+        # what the browser computes (√ᾱ_t·x0 + √(1−ᾱ_t)·ε from the arrays) is Python's x_t picture
+        sent = next(s for s in fp._schedules if s["name"] == schedule)
+        mine = np.sqrt(sent["abar"][t]) * arrays[0] + np.sqrt(1 - sent["abar"][t]) * arrays[1]
+        mine = np.round((np.clip(mine, -1, 1) + 1) * 127.5)
+        exact = schedules.add_noise(x0, t, schedule=schedule, noise=eps)[0].clamp(-1, 1)
+        assert np.abs(mine - np.round((exact.numpy() + 1) * 127.5)).max() <= 1
+        version, arrays_before = fp._version, fp._arrays
+        fp.set_state({"_controls": {**fp._controls, "schedule": schedule, "t": t}})  # the browser's moves
+        assert fp._arrays is arrays_before and fp._version == version  # no model: nothing sent back
+        assert fp.t.value == t and fp.schedule.value == schedule
+        python = np.asarray(Image.open(io.BytesIO(fp.images["xt"].value)).convert("RGB"), dtype=np.int16)
+        ours = Image.fromarray(mine.transpose(1, 2, 0).astype(np.uint8)).resize(
+            python.shape[:2], Image.NEAREST
+        )
+        assert np.abs(np.asarray(ours, dtype=np.int16) - python).max() <= 1  # the picture Python shows
+    fp.set_state({"_controls": {**fp._controls, "seed": "5"}})  # new noise: new arrays
+    assert fp._arrays != arrays_before and fp._view["arrays"] > 1
+    assert fp.fig.data[4].x == (fp.t.value,)
+
+
+def test_forward_process_asks_the_model_from_the_browser(ex: Explainer) -> None:
+    fp = ForwardProcess(ex, t=200)
+    guess, version = fp.images["model_x0"].value, fp._version
+    assert picture(fp, "model_x0") == guess and fp._view["model"] and fp._view["model_t"] == 200
+    fp.set_state({"_controls": {**fp._controls, "t": 800}})  # the t slider settled: one model call
+    assert fp._version == version + 1 and picture(fp, "model_x0") != guess and fp._view["model_t"] == 800
+    guess = picture(fp, "model_x0")
+    message(
+        fp,
+        {
+            "action": "click",
+            "name": "ask",
+            "controls": {**fp._controls, "guidance": 4.0, "prompt": "a blue square"},
+        },
+    )
+    assert fp.guidance.value == 4.0 and picture(fp, "model_x0") != guess and "w = 4" in fp.status_html
+    assert fp.error_text == ""

@@ -34,8 +34,10 @@ function keepKeys(input) { // the page (JupyterLab's shortcuts) does not get a c
 /**
  * Mount a lab into `host`. build(lab) returns the nodes of the view (called again for each new view);
  * lab.onChange(fn) registers what to redraw when a control moves (in the browser or from Python).
+ * layoutKey(data), where given: a new view with the same key keeps the nodes built (a control being
+ * dragged keeps its focus) and only shows the new pictures.
  */
-function mountLab(model, host, cssClass, build) {
+function mountLab(model, host, cssClass, build, layoutKey) {
   const root = el("div", { class: "dx-widget dx-view dx-lab " + cssClass, tabindex: "0",
                            "data-lm-suppress-shortcuts": "true" });
   addStyle(root);
@@ -189,17 +191,24 @@ function mountLab(model, host, cssClass, build) {
     errors.hidden = !errors.textContent;
     const busy = !!model.get("busy");
     stop.disabled = !busy;
+    busyRow.hidden = !model.get("can_stop");
     progress.max = Math.max(1, model.get("progress_max") || 1);
     progress.value = model.get("progress_value") || 0;
     root.classList.toggle("dx-busy", busy);
     buttons.forEach((b) => { b.disabled = busy; });
   }
+  let builtKey;
   function rebuild() {
-    Object.values(urls).forEach((u) => URL.revokeObjectURL(u));
+    const old = urls;
     urls = blobUrls(model);
     warm = Object.values(urls).map((u) => { const im = new Image(); im.src = u; im.decode().catch(() => {}); return im; });
-    refreshers = []; buttons = []; inputs = {};
-    body.replaceChildren(...build(lab));
+    const key = layoutKey ? layoutKey(lab.data()) : undefined;
+    if (key === undefined || key !== builtKey || !refreshers.length) {
+      builtKey = key;
+      refreshers = []; buttons = []; inputs = {};
+      body.replaceChildren(...build(lab));
+    }
+    Object.values(old).forEach((u) => URL.revokeObjectURL(u));
     drawStatus();
     refresh();
   }

@@ -21,6 +21,9 @@ from diffexplain.widgets.attention_maps import AttentionMaps
 from diffexplain.widgets.classic_attention_maps import (
     ClassicAttentionMaps as ClassicAttentionMaps,  # ipywidgets
 )
+from diffexplain.widgets.classic_forward_process import (
+    ClassicForwardProcess as ClassicForwardProcess,
+)  # ipywidgets
 from diffexplain.widgets.classic_guidance_lab import ClassicGuidanceLab as ClassicGuidanceLab  # ipywidgets
 from diffexplain.widgets.classic_noise_lab import ClassicNoiseLab as ClassicNoiseLab  # ipywidgets
 from diffexplain.widgets.classic_picture_lab import ClassicPictureLab as ClassicPictureLab  # ipywidgets

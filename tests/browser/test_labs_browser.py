@@ -144,3 +144,32 @@ def test_prompt_swap_scrubs_k_in_the_browser_and_sweeps_in_python(lab_page, lab_
     assert _python_says(page, "print(sorted(widget.sweep))").strip().startswith("[0,")
     assert count_error_outputs(page) == 0, error_outputs(page)
     docs_screenshot(page, "prompt_swap", "dx-prompt-swap")
+
+
+@pytest.mark.timeout(600)
+def test_forward_process_noises_in_the_browser_and_asks_the_model_in_python(lab_page, lab_server, tmp_path):
+    page = lab_page
+    _open(page, lab_server, tmp_path, "forward_process")
+    wait_for_widget_image(page, "dx-clean-image")
+    guess = wait_for_widget_image(page, "dx-model-x0-image")
+    marker = page.eval_on_selector(".dx-abar-plot .dx-chart-marker", "m => m.getAttribute('cx')")
+    _scrubs_without_kernel(page, "dx-forward-process", "dx-forward-image", "dx-t-slider", presses=3)
+    assert page.eval_on_selector(".dx-forward-process img.dx-forward-image", "i => i.dataset.t") == "303"
+    assert page.eval_on_selector(".dx-abar-plot .dx-chart-marker", "m => m.getAttribute('cx')") != marker
+    assert "t = 303:" in page.locator(".dx-forward-process .dx-forward-info").inner_text()
+    before = counts(page)["comm"]
+    page.locator(".dx-forward-process .dx-schedule select").select_option(label="cosine")  # drawn here too
+    page.wait_for_function(
+        "() => document.querySelector('.dx-abar-plot path.dx-series') !== null", timeout=10_000
+    )
+    assert counts(page)["comm"] == before
+    # the t slider settled: Python hears t (and the schedule) once and asks the model at t = 303
+    guess = wait_for_widget_image(page, "dx-model-x0-image", changed_from=guess)
+    assert _python_says(page, "print(widget.t.value, widget.schedule.value)").split() == [
+        "303",
+        "squaredcos_cap_v2",
+    ]
+    click_button(page, "dx-ask-button")
+    wait_for_text(page, "dx-status", "t = 303")
+    assert count_error_outputs(page) == 0, error_outputs(page)
+    docs_screenshot(page, "forward_process", "dx-forward-process")
