@@ -262,14 +262,20 @@ function lineChart(series, opts = {}) {
   const py = (y) => M.t + (H - M.t - M.b) * (1 - (tf(y) - y0) / (y1 - y0));
   node("rect", { x: M.l, y: M.t, width: W - M.l - M.r, height: H - M.t - M.b, fill: "#f3f5fa" });
   if (opts.title) node("text", { x: (M.l + W - M.r) / 2, y: 14, "text-anchor": "middle" }, opts.title);
-  for (let i = 0; i <= 4; i++) {
-    const yv = y0 + ((y1 - y0) * i) / 4, y = M.t + (H - M.t - M.b) * (1 - i / 4);
+  if (opts.log) { y0 = Math.floor(y0); y1 = Math.ceil(y1); } // whole decades
+  const every = opts.log ? Math.max(1, Math.ceil((y1 - y0) / 5)) : 0;
+  const yTicks = opts.log ? Array.from({ length: Math.floor((y1 - y0) / every) + 1 }, (_, i) => y0 + i * every)
+                          : [0, 1, 2, 3, 4].map((i) => y0 + ((y1 - y0) * i) / 4);
+  for (const yv of yTicks) {
+    const y = M.t + (H - M.t - M.b) * (1 - (yv - y0) / (y1 - y0));
     node("line", { x1: M.l, x2: W - M.r, y1: y, y2: y, stroke: "#fff" });
-    const label = opts.log ? "1e" + yv.toFixed(1) : g(Number(yv.toPrecision(3)));
+    const label = opts.log ? "1e" + yv : g(Number(yv.toPrecision(3)));
     node("text", { x: M.l - 4, y: y + 4, "text-anchor": "end" }, label);
-    const xv = x0 + ((x1 - x0) * i) / 4;
-    const xl = opts.intX ? String(Math.round(xv)) : g(Number(xv.toPrecision(3)));
-    node("text", { x: px(xv), y: H - M.b + 14, "text-anchor": "middle" }, xl);
+  }
+  for (let i = 0; i <= 4; i++) {
+    let xv = x0 + ((x1 - x0) * i) / 4;
+    if (opts.intX) xv = Math.round(xv); // whole steps: the label sits at its own x
+    node("text", { x: px(xv), y: H - M.b + 14, "text-anchor": "middle" }, g(Number(xv.toPrecision(3))));
   }
   if (opts.xLabel) node("text", { x: (M.l + W - M.r) / 2, y: H - 4, "text-anchor": "middle" }, opts.xLabel);
   if (opts.yLabel) node("text", { x: 12, y: (M.t + H - M.b) / 2, transform: `rotate(-90 12 ${(M.t + H - M.b) / 2})`,
