@@ -203,3 +203,18 @@ def test_forward_process_asks_the_model_from_the_browser(ex: Explainer) -> None:
     )
     assert fp.guidance.value == 4.0 and picture(fp, "model_x0") != guess and "w = 4" in fp.status_html
     assert fp.error_text == ""
+
+
+def test_the_classic_ipywidgets_labs_still_build(ex: Explainer) -> None:
+    import ipywidgets as W
+
+    from diffexplain.widgets import ClassicForwardProcess, ClassicNoiseLab, ClassicPromptSwap
+
+    for widget in (
+        ClassicNoiseLab(ex, PROMPT, num_inference_steps=STEPS),
+        ClassicPromptSwap(ex, PROMPT, "a blue square", num_inference_steps=STEPS),
+        ClassicForwardProcess(t=100),
+    ):
+        assert (
+            isinstance(widget, W.VBox) and widget.output.outputs == () and "Error" not in widget.status.value
+        )
