@@ -34,15 +34,14 @@ BADGE = (
 
 SETUP = '''\
 # Setup: installs diffexplain where it is missing (Colab, a fresh Jupyter), keeping the
-# runtime's own ipywidgets (Colab's 7.x: upgrading it would need a restart), but not 8.1.9,
-# which diffexplain leaves out (VS Code shows no widget with it). In Colab, setup() turns
-# on the widget manager the widgets need.
+# runtime's own ipywidgets (Colab's 7.x: upgrading it would need a restart). In Colab,
+# setup() turns on the widget manager the widgets need.
 import importlib.metadata
 import importlib.util
 
 if importlib.util.find_spec("diffexplain") is None:  # a minute or two, once per runtime
-    have = importlib.util.find_spec("ipywidgets") and importlib.metadata.version("ipywidgets")
-    keep = f"ipywidgets=={{have}}" if have and have != "8.1.9" else ""
+    have = importlib.util.find_spec("ipywidgets")
+    keep = f"ipywidgets=={{importlib.metadata.version('ipywidgets')}}" if have else ""
     %pip install -q --upgrade-strategy only-if-needed {{keep}} "{install}"
     importlib.invalidate_caches()
 

@@ -28,7 +28,7 @@ const SERIES_COLORS = ["#636efa", "#ef553b", "#00cc96", "#ab63fa"];
 
 function addLabStyle(root) {
   addStyle(root);
-  addCss(root, "dx-lab-style", LAB_CSS);
+  addCss(root, "dx-guidance-lab-style", LAB_CSS);
 }
 
 function urlsOf(frames, index) {

@@ -18,12 +18,7 @@ const LAB_CSS = `
 `;
 
 function labStyle(root) {
-  const doc = root.ownerDocument || document;
-  if (doc.getElementById("dx-lab-style")) return;
-  const style = doc.createElement("style");
-  style.id = "dx-lab-style";
-  style.textContent = LAB_CSS;
-  (doc.head || doc.documentElement).append(style);
+  addCss(root, "dx-lab-view-style", LAB_CSS); // its own id: GuidanceLab's module has another LAB_CSS
 }
 
 function keepKeys(input) { // the page (JupyterLab's shortcuts) does not get a control's keys
@@ -40,9 +35,9 @@ function keepKeys(input) { // the page (JupyterLab's shortcuts) does not get a c
 function mountLab(model, host, cssClass, build, layoutKey) {
   const root = el("div", { class: "dx-widget dx-view dx-lab " + cssClass, tabindex: "0",
                            "data-lm-suppress-shortcuts": "true" });
-  addStyle(root);
-  labStyle(root);
   host.append(root);
+  addStyle(root); // once attached (a shadow root in marimo)
+  labStyle(root);
   const body = el("div");
   const status = el("div", { class: "dx-status" });
   const errors = el("div", { class: "dx-errors dx-output" });

@@ -21,9 +21,7 @@ from typing import Any
 
 import traitlets as T
 
-from diffexplain.jobs import drain
 from diffexplain.web import bundle
-from diffexplain.widgets.actions import Work
 from diffexplain.widgets.inputs import parse_seed
 from diffexplain.widgets.stand_ins import Button, Layout
 from diffexplain.widgets.trace_view import TraceView
@@ -145,17 +143,6 @@ class LabView(TraceView):
         finally:
             self._applying = False
             self._push()
-
-    def finish(self, work: Work) -> Any:
-        """Run ``work`` to the end now, the buttons off meanwhile (an action called from Python).
-
-        ``Actions.finish`` uses ``Actions.busy()``, which ``TraceView``'s synced ``busy`` trait hides."""
-        states = self._disable_buttons()
-        try:
-            return drain(work)
-        finally:
-            for b, state in states:
-                b.disabled = state
 
     # ---- buttons ---------------------------------------------------------------------------------
     def name_buttons(self, **buttons: Button) -> None:
