@@ -147,6 +147,16 @@ class Trace:
         settings = self.run_settings
         return conventions_of_run(settings.model.get("conventions"), settings.guidance_scale)
 
+    def raw_model_output(self, step: int, branch: str = "cond") -> torch.Tensor:
+        """What the model itself returned at loop ``step`` for ``branch`` ("cond" or "uncond"), in the trace's
+        layout: ``step.model.<branch>`` times the sign the family's convention recorded (Z-Image's transformer
+        outputs −v; ``step.model.*`` holds v). The loop keeps one copy, so this costs nothing to record."""
+        if branch not in ("cond", "uncond"):
+            raise ValueError(f"branch={branch!r}: expected 'cond' or 'uncond'")
+        prediction = self[f"step.model.{branch}", step]
+        sign = (self.conventions or {}).get("model_output_sign", 1)
+        return prediction if sign == 1 else prediction * sign
+
     @property
     def prompt_embeds(self) -> dict[str, torch.Tensor]:
         """The token embeddings of each branch ("cond", and "uncond" with guidance on), full precision."""

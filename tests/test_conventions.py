@@ -103,3 +103,23 @@ def test_widgets_name_who_reads_the_prompt():
     )
     assert text_reader(trace) == "CLIP and T5"  # from the trace's record alone
     assert "as CLIP and T5 wrote them" in AttentionMaps(trace, explainer=ex).children[0].value
+
+
+def test_the_step_view_names_the_family_and_who_read_the_prompt():
+    from diffexplain.web.view_data import header
+
+    ex = explainer("sd3")
+    trace = ex.run(
+        PROMPT, num_inference_steps=2, seed=0, decode=False, max_sequence_length=SD3_MAX_SEQUENCE_LENGTH
+    )
+    assert header(trace)["model"] == "Stable Diffusion 3 · text read by CLIP and T5"
+
+
+def test_the_raw_model_output_follows_the_recorded_sign():
+    ex = explainer("sd3")
+    trace = ex.run(
+        PROMPT, num_inference_steps=2, seed=0, decode=False, max_sequence_length=SD3_MAX_SEQUENCE_LENGTH
+    )
+    assert trace.raw_model_output(1) is trace["step.model.cond", 1]  # sign +1: the same tensor
+    with pytest.raises(ValueError, match="branch='both': expected 'cond' or 'uncond'"):
+        trace.raw_model_output(0, "both")

@@ -136,6 +136,7 @@ def test_conventions_the_raw_output_and_the_models_time(ex, guided):
         raw = torch.stack([o.float() for o in out[0]]).squeeze(2)  # [2B, C, h, w], cond rows first
         assert torch.equal(trace["step.model.cond", i], -raw[:1])  # step.model.* = −(the raw output)
         assert torch.equal(trace["step.model.uncond", i], -raw[1:])
+        assert torch.equal(trace.raw_model_output(i), raw[:1])  # what the transformer returned, as recorded
         assert [c.shape[0] for c in captions] == [int(trace["prompt.mask.cond"].sum()), int(trace["prompt.mask.uncond"].sum())]  # fmt: skip
     # x̂0 = x_t − σ·v holds with v after the sign: the last step's x̂0 is the picture
     torch.testing.assert_close(trace["step.pred_x0", STEPS - 1], trace.final_latents, rtol=1e-4, atol=1e-4)

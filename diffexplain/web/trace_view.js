@@ -113,6 +113,7 @@ export function mountTraceView(root, D, picture, opts = {}) {
   hd.append(bold("prompt"), ": “" + h.prompt + "” · ", bold("w"),
             " = " + h.w + " · seed " + h.seed + " · " + h.scheduler + " · " + h.steps + " steps" +
             (h.forked_from === null || h.forked_from === undefined ? "" : " · forked at step " + h.forked_from));
+  if (h.model) hd.append(el("br"), el("span", { class: "dx-model-line" }, h.model)); // family · who read the prompt
   if (h.caption) { const cap = el("span"); cap.innerHTML = h.caption; hd.append(el("br"), cap); } // Python's HTML
   const help = el("div", { class: "dx-help", ...id("dx-help") });
   help.innerHTML = D.help; // the StepExplorer's own help text (diffexplain.explanations)

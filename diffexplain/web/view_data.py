@@ -20,7 +20,8 @@ from diffexplain.explanations import (
     TIMELINE_SERIES,
     TIMELINE_TITLE,
 )
-from diffexplain.views import DEFAULT_SIZE, cosine, rms, words
+from diffexplain.families import FAMILIES
+from diffexplain.views import DEFAULT_SIZE, cosine, rms, text_reader, words
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
@@ -76,10 +77,18 @@ def unet_row(trace: Trace, explainer: Explainer | None) -> dict[str, str]:
 
 
 def header(trace: Trace, *, stage: str | None = None, caption: str = "") -> dict[str, Any]:
-    """The line above the view: prompt, w, seed, scheduler, steps, fork point (and a cascade's stage)."""
+    """The line above the view: prompt, w, seed, scheduler, steps, fork point (and a cascade's stage), and the
+    model's family with who read the prompt ("Z-Image · text read by Qwen3 (an LLM)")."""
     s = trace.settings
     prompt = s.get("prompt")
+    family = FAMILIES.get(trace.run_settings.family)
+    reader = text_reader(trace)
     return {
+        "model": " · ".join(
+            part
+            for part in (family.label if family else "", f"text read by {reader}" if reader else "")
+            if part
+        ),
         "prompt": prompt if isinstance(prompt, str) else " | ".join(map(str, prompt)),
         "w": s.get("guidance_scale"),
         "seed": s.get("seed"),
