@@ -51,6 +51,12 @@ WIDGETS = {
 trace = ex.run(PROMPT, num_inference_steps=STEPS, seed=0, guidance_scale=5.0)
 widget = StepExplorer(trace)
 widget""",
+    "step_explorer_z_image": """\
+from tests.tiny_zimage import tiny_zimage_pipeline  # a 2026 family: an LLM reads the prompt, the model gives −v
+z_image = Explainer.from_pipeline(tiny_zimage_pipeline(), progress=False)
+trace = z_image.run(PROMPT, num_inference_steps=4, seed=0, guidance_scale=3.0, max_sequence_length=48)
+widget = StepExplorer(trace)
+widget""",
     "guidance_lab": """\
 from diffexplain.widgets import ClassicGuidanceLab  # the ipywidgets lab (the anywidget: test_guidance_lab_browser)
 widget = ClassicGuidanceLab(ex, PROMPT, seed=0, guidance_scale=5.0, num_inference_steps=STEPS)
@@ -163,6 +169,22 @@ def test_step_explorer_in_lab(lab_page, lab_server, tmp_path):
     wait_for_text(page, "dx-step-info", f"step {slider_readout(page, 'dx-step-slider')} of")
     _no_errors(page)
     docs_screenshot(page, "step_explorer", "dx-step-explorer")
+
+
+@pytest.mark.timeout(600)
+def test_step_explorer_on_a_2026_family_in_lab(lab_page, lab_server, tmp_path):
+    """A Z-Image trace (tiny parts) in the anywidget StepExplorer: the header names the family and the LLM
+    that read the prompt, the panels say velocity, and the arrow keys scrub it."""
+    page = lab_page
+    _open(page, lab_server, tmp_path, "step_explorer_z_image")
+    src = wait_for_widget_image(page, "dx-xt-image")
+    wait_for_text(page, "dx-header", "Z-Image · text read by Qwen3 (an LLM)")
+    titles = " ".join(page.locator(".dx-step-explorer .dx-panel-title").all_inner_texts())
+    assert "velocity" in titles and "noise" not in titles, titles
+    press_slider(page, "dx-step-slider", "ArrowRight", times=2)
+    wait_for_widget_image(page, "dx-xt-image", changed_from=src)
+    wait_for_text(page, "dx-step-info", "step 2 of")
+    _no_errors(page)
 
 
 @pytest.mark.timeout(600)
