@@ -467,3 +467,35 @@ def docs_screenshot(page, name: str, css_class: str) -> Path:
     )
     wait_for_kernel_idle(page)  # every change the test made has been drawn
     return widget_screenshot(page, folder / f"{name}.png", css_class, DOCS_SCREENSHOT_MAX_BYTES)
+
+
+def serve_cells(lab_server: LabServer, tmp_path: Path, name: str, *cells: str) -> str:
+    """A notebook of these code cells (a python3 kernel), written to ``tmp_path`` and served by the lab;
+    returns its name for ``open_notebook``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(cell) for cell in cells]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return lab_server.add_notebook(path)
+
+
+def python_says(page, code: str) -> str:
+    """Run ``code`` in the open notebook's kernel (after whatever it is doing) and return what it printed."""
+    return page.evaluate(
+        """async (code) => {
+          const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+          let out = '';
+          const future = kernel.requestExecute({ code, store_history: false });
+          future.onIOPub = (msg) => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
+          await future.done;
+          return out;
+        }""",
+        code,
+    )

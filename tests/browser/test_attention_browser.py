@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 from lab_helpers import (
     click_button,
     count_error_outputs,
     error_outputs,
     open_notebook,
+    python_says,
     run_all,
     screenshot,
+    serve_cells,
     wait_for_text,
     wait_for_widget_image,
 )
@@ -45,16 +46,7 @@ SLIDER = ".dx-attention-maps .dx-attention-step input[type=range]"
 
 
 def _serve(lab_server, tmp_path: Path) -> str:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(VIEW)]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    path = tmp_path / "attention.ipynb"
-    nbformat.write(nb, path)
-    return lab_server.add_notebook(path)
+    return serve_cells(lab_server, tmp_path, "attention", SETUP, VIEW)
 
 
 def _overlay_at(page, step: int) -> str:
@@ -70,21 +62,6 @@ def _overlay_at(page, step: int) -> str:
         polling=50,
         timeout=20_000,
     ).json_value()
-
-
-def _python_says(page, code: str) -> str:
-    """Run ``code`` in the kernel and return what it printed."""
-    return page.evaluate(
-        """async (code) => {
-          const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-          let out = '';
-          const future = kernel.requestExecute({ code, store_history: false });
-          future.onIOPub = (msg) => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
-          await future.done;
-          return out;
-        }""",
-        code,
-    )
 
 
 @pytest.mark.timeout(600)
@@ -112,7 +89,7 @@ def test_attention_maps_choose_in_the_browser_and_fork_in_python(lab_page, lab_s
     assert counts(page)["comm"] == 0, counts(page)
     page.wait_for_timeout(1000)  # the choices settled: Python hears them, once
     assert counts(page)["comm"] == 1, counts(page)
-    assert _python_says(page, "print(widget.step.value, widget.token.value)").split() == ["0", "1"]
+    assert python_says(page, "print(widget.step.value, widget.token.value)").split() == ["0", "1"]
 
     # the reweight fork: a message to Python, its picture comes back
     token.select_option(index=2)
@@ -120,6 +97,6 @@ def test_attention_maps_choose_in_the_browser_and_fork_in_python(lab_page, lab_s
     wait_for_widget_image(page, "dx-after-image")
     wait_for_text(page, "dx-status", "forked at step 0")
     assert "× 0 from step 0" in page.inner_text(".dx-attention-maps .dx-row")
-    assert _python_says(page, "print(widget.forked.forked_from, widget.token.value)").split() == ["0", "2"]
+    assert python_says(page, "print(widget.forked.forked_from, widget.token.value)").split() == ["0", "2"]
     assert count_error_outputs(page) == 0, error_outputs(page)
     screenshot(page, ARTIFACTS_DIR / "screenshots" / "anywidget_attention_maps.png", "dx-attention-maps")

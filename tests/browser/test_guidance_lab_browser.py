@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 from lab_helpers import (
     click_button,
@@ -17,6 +16,7 @@ from lab_helpers import (
     open_notebook,
     press_slider,
     run_all,
+    serve_cells,
     wait_for_text,
     wait_for_widget_image,
 )
@@ -49,16 +49,7 @@ SLIDER = f"{LAB} input.dx-lab-step"
 
 
 def _serve(lab_server, tmp_path: Path) -> str:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(VIEW)]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    path = tmp_path / "guidance_lab.ipynb"
-    nbformat.write(nb, path)
-    return lab_server.add_notebook(path)
+    return serve_cells(lab_server, tmp_path, "guidance_lab", SETUP, VIEW)
 
 
 def _landed(page, step: int) -> None:

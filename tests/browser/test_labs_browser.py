@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 from lab_helpers import (
     click_button,
@@ -15,7 +14,9 @@ from lab_helpers import (
     docs_screenshot,
     error_outputs,
     open_notebook,
+    python_says,
     run_all,
+    serve_cells,
     wait_for_text,
     wait_for_widget_image,
 )
@@ -56,33 +57,9 @@ widget""",
 
 
 def _open(page, lab_server, tmp_path: Path, name: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(VIEWS[name])]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    path = tmp_path / f"lab_{name}.ipynb"
-    nbformat.write(nb, path)
-    open_notebook(page, lab_server.add_notebook(path))
+    open_notebook(page, serve_cells(lab_server, tmp_path, f"lab_{name}", SETUP, VIEWS[name]))
     state = run_all(page, timeout=300)
     assert state["done"] == state["total"] == 2 and state["errors"] == 0, (state, error_outputs(page))
-
-
-def _python_says(page, code: str) -> str:
-    """Run ``code`` in the kernel (after whatever it is doing) and return what it printed."""
-    return page.evaluate(
-        """async (code) => {
-          const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-          let out = '';
-          const future = kernel.requestExecute({ code, store_history: false });
-          future.onIOPub = (msg) => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
-          await future.done;
-          return out;
-        }""",
-        code,
-    )
 
 
 def _scrubs_without_kernel(page, css: str, img: str, slider: str, presses: int = 2) -> None:
@@ -113,12 +90,12 @@ def test_noise_lab_scrubs_k_in_the_browser_and_forks_in_python(lab_page, lab_ser
     step = page.eval_on_selector(".dx-noise-lab img.dx-xk-image", "i => i.dataset.step")
     assert int(step) == int(before[1]) + 1
     page.wait_for_timeout(800)  # the move settled: Python hears k once
-    assert _python_says(page, "print(widget.step.value)").strip() == step
+    assert python_says(page, "print(widget.step.value)").strip() == step
     click_button(page, "dx-inject-button")
     wait_for_widget_image(page, "dx-branch-image", changed_from=branch)
     wait_for_widget_image(page, "dx-diff-image")
     wait_for_text(page, "dx-status", "ran again")
-    assert _python_says(page, "print(widget.branch.forked_from)").strip() == step
+    assert python_says(page, "print(widget.branch.forked_from)").strip() == step
     assert count_error_outputs(page) == 0, error_outputs(page)
     docs_screenshot(page, "noise_lab", "dx-noise-lab")
 
@@ -132,7 +109,7 @@ def test_prompt_swap_scrubs_k_in_the_browser_and_sweeps_in_python(lab_page, lab_
     _scrubs_without_kernel(page, "dx-prompt-swap", "dx-a-x0-image", "dx-swap-step", presses=1)
     step = page.eval_on_selector(".dx-prompt-swap img.dx-a-x0-image", "i => i.dataset.step")
     page.wait_for_timeout(800)  # the move settled: Python hears k once
-    assert _python_says(page, "print(widget.step.value)").strip() == step
+    assert python_says(page, "print(widget.step.value)").strip() == step
     click_button(page, "dx-swap-button")
     wait_for_widget_image(page, "dx-swap-image", changed_from=swap)
     wait_for_text(page, "dx-status", "with B")
@@ -141,7 +118,7 @@ def test_prompt_swap_scrubs_k_in_the_browser_and_sweeps_in_python(lab_page, lab_
     wait_for_widget_image(page, "dx-sweep-strip")
     assert page.locator(".dx-prompt-swap .dx-sweep-tile").count() == 5  # 4 sweep points and A
     assert page.locator(".dx-prompt-swap .dx-sweep-plot path.dx-series").count() == 2
-    assert _python_says(page, "print(sorted(widget.sweep))").strip().startswith("[0,")
+    assert python_says(page, "print(sorted(widget.sweep))").strip().startswith("[0,")
     assert count_error_outputs(page) == 0, error_outputs(page)
     docs_screenshot(page, "prompt_swap", "dx-prompt-swap")
 
@@ -165,7 +142,7 @@ def test_forward_process_noises_in_the_browser_and_asks_the_model_in_python(lab_
     assert counts(page)["comm"] == before
     # the t slider settled: Python hears t (and the schedule) once and asks the model at t = 303
     guess = wait_for_widget_image(page, "dx-model-x0-image", changed_from=guess)
-    assert _python_says(page, "print(widget.t.value, widget.schedule.value)").split() == [
+    assert python_says(page, "print(widget.t.value, widget.schedule.value)").split() == [
         "303",
         "squaredcos_cap_v2",
     ]

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 from lab_helpers import (
     count_error_outputs,
     error_outputs,
     open_notebook,
+    python_says,
     run_all,
     screenshot,
+    serve_cells,
     wait_for_widget_image,
 )
 from lab_server import ARTIFACTS_DIR
@@ -47,16 +48,7 @@ SLIDER = ".dx-step-explorer input[type=range]"
 
 
 def _serve(lab_server, tmp_path: Path) -> str:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(VIEW)]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    path = tmp_path / "scrub.ipynb"
-    nbformat.write(nb, path)
-    return lab_server.add_notebook(path)
+    return serve_cells(lab_server, tmp_path, "scrub", SETUP, VIEW)
 
 
 def _landed(page, step: int) -> None:
@@ -71,21 +63,6 @@ def _landed(page, step: int) -> None:
         arg=[XT, step],
         polling=20,
         timeout=10_000,
-    )
-
-
-def _python_says(page, code: str) -> str:
-    """Run ``code`` in the kernel (after whatever it is doing) and return what it printed."""
-    return page.evaluate(
-        """async (code) => {
-          const kernel = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-          let out = '';
-          const future = kernel.requestExecute({ code, store_history: false });
-          future.onIOPub = (msg) => { if (msg.header.msg_type === 'stream') out += msg.content.text; };
-          await future.done;
-          return out;
-        }""",
-        code,
     )
 
 
@@ -105,7 +82,7 @@ def test_scrubbing_needs_no_kernel(lab_page, lab_server, tmp_path):
     assert counts(page)["comm"] == 0, counts(page)
     page.wait_for_timeout(1000)  # the scrubbing settled: Python hears the step, once
     assert counts(page)["comm"] == 1, counts(page)
-    assert _python_says(page, "print(widget.slider.value, widget.step)").split() == ["10", "10"]
+    assert python_says(page, "print(widget.slider.value, widget.step)").split() == ["10", "10"]
 
     # the kernel held by a pure-Python loop: scrubbing goes on, back 10 steps
     make_kernel_busy(page, 20)
@@ -119,6 +96,6 @@ def test_scrubbing_needs_no_kernel(lab_page, lab_server, tmp_path):
     page.keyboard.press("Home")
     _landed(page, 0)
     page.wait_for_timeout(600)
-    assert _python_says(page, "print(widget.step)").strip() == "0"  # heard once the loop ended
+    assert python_says(page, "print(widget.step)").strip() == "0"  # heard once the loop ended
     assert count_error_outputs(page) == 0, error_outputs(page)
     screenshot(page, ARTIFACTS_DIR / "screenshots" / "anywidget_step_explorer.png", "dx-step-explorer")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
 from lab_helpers import (
     ARTIFACTS_DIR,
@@ -20,6 +19,7 @@ from lab_helpers import (
     open_notebook,
     press_slider,
     run_all,
+    serve_cells,
     slider_readout,
     wait_for_plotly,
     wait_for_text,
@@ -107,16 +107,7 @@ widget""",
 
 
 def _serve(lab_server, tmp_path: Path, name: str) -> str:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(SETUP), nbformat.v4.new_code_cell(WIDGETS[name])]
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }
-    path = tmp_path / f"widget_{name}.ipynb"
-    nbformat.write(nb, path)
-    return lab_server.add_notebook(path)
+    return serve_cells(lab_server, tmp_path, f"widget_{name}", SETUP, WIDGETS[name])
 
 
 def _open(page, lab_server, tmp_path: Path, name: str) -> None:
