@@ -24,7 +24,7 @@ from diffexplain.widgets.base import (
 from diffexplain.widgets.controls import panels, prompt_box
 from diffexplain.widgets.forward_process import HELP, SCHEDULE_LABELS, T_MAX
 from diffexplain.widgets.inputs import SeedBox
-from diffexplain.widgets.noise_lab import first_upload
+from diffexplain.widgets.noise_work import first_upload
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer

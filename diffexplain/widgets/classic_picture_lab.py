@@ -28,7 +28,7 @@ from diffexplain.widgets.base import (
 )
 from diffexplain.widgets.controls import panels, preview_checkbox, prompt_box
 from diffexplain.widgets.inputs import InputError, SeedBox, steps_box
-from diffexplain.widgets.noise_lab import first_upload
+from diffexplain.widgets.noise_work import first_upload
 from diffexplain.widgets.picture_parts import (
     Box,
     box_mask,

@@ -21,7 +21,7 @@ from diffexplain import probe, render, schedules
 from diffexplain.checks import check_float
 from diffexplain.views import DEFAULT_SIZE, blank, is_sigma_space, png, words
 from diffexplain.widgets.lab_view import FloatControl, LabView, SeedText, Upload, lab_bundle
-from diffexplain.widgets.noise_lab import first_upload
+from diffexplain.widgets.noise_work import first_upload
 from diffexplain.widgets.stand_ins import Button, Chooser, IntControl, Shown, Text
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ from diffexplain.widgets.base import (
 from diffexplain.widgets.classic_picture_lab import HELP, SOURCES
 from diffexplain.widgets.figures import plot_mode
 from diffexplain.widgets.inputs import InputError
-from diffexplain.widgets.noise_lab import first_upload
+from diffexplain.widgets.noise_work import first_upload
 from diffexplain.widgets.picture_messages import BOX, PictureMessages
 from diffexplain.widgets.picture_parts import (
     Box,

@@ -16,7 +16,7 @@ from diffexplain.errors import TraceFileError
 from diffexplain.widgets.attention_maps import AttentionMaps
 from diffexplain.widgets.base import DEFAULT_SIZE, Frames
 from diffexplain.widgets.inputs import InputError
-from diffexplain.widgets.noise_lab import first_upload
+from diffexplain.widgets.noise_work import first_upload
 from diffexplain.widgets.stand_ins import Button, Text
 from diffexplain.widgets.step_explorer import StepExplorer
 from diffexplain.widgets.trace_view import TraceView
