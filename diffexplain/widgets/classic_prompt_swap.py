@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import ipywidgets as W
@@ -15,7 +14,6 @@ from diffexplain.widgets.base import (
     DxWidget,
     Frames,
     LiveFigure,
-    Work,
     blank,
     button,
     default_guidance,
@@ -27,13 +25,14 @@ from diffexplain.widgets.base import (
 from diffexplain.widgets.controls import panels, preview_checkbox, prompt_box
 from diffexplain.widgets.inputs import SeedBox, steps_box
 from diffexplain.widgets.prompt_swap import HELP
+from diffexplain.widgets.prompt_swap_work import PromptSwapWork
 
 if TYPE_CHECKING:
     from diffexplain.explainer import Explainer
     from diffexplain.trace import Trace
 
 
-class ClassicPromptSwap(DxWidget):
+class ClassicPromptSwap(PromptSwapWork, DxWidget):
     """Prompt A, switched to prompt B from step k (``fork(prompt=...)``), and a sweep over k.
 
     ``original`` is the prompt-A trace, ``swapped`` the latest fork, ``sweep`` the forks by k.
@@ -125,70 +124,12 @@ class ClassicPromptSwap(DxWidget):
         self.sweep: dict[int, Trace] = {}
         self.guard(self.run)()
 
-    # ---- actions ---------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Run prompt A from scratch (clears the swap and the sweep)."""
-        self.finish(self._run_work())
-
-    def _run_work(self) -> Work:
-        self.say("running prompt A …")
-        self.original = yield from self.run_steps(
-            self.explainer,
-            self.prompt_a.value,
-            seed=self.seed.seed,
-            guidance_scale=self.guidance_scale,
-            num_inference_steps=self.steps.value,
-        )
-        self.swapped, self.sweep = None, {}
-        n = len(self.original)
-        self.step.max = n - 1
-        self.step.value = n // 3
-        self.say(f"ran prompt A: {n} steps")
-        self._redraw()
-
-    def _fork(self, k: int) -> Generator[int, None, Trace]:
-        assert self.original is not None
-        return self.fork_steps(self.explainer, self.original, k, prompt=self.prompt_b.value)
-
-    def swap(self) -> None:
-        """Fork the A run at step k with prompt B."""
-        self.finish(self._swap_work())
-
-    def _swap_work(self) -> Work:
-        if self.original is None:
-            raise RuntimeError("run prompt A first")
-        k = self.step.value
-        self.say(f"forking at step {k} with prompt B …")
-        self.swapped = yield from self._fork(k)
-        self.swap_title.value = f"<b>A, then B from step {k}</b>"
-        self.say(
-            f"steps 0–{k - 1} with A (copied), steps {k}–{len(self.swapped) - 1} with B"
-            if k
-            else "B from step 0"
-        )
-        self._redraw()
-
-    def sweep_steps(self) -> list[int]:
-        """The fork steps of a sweep: ``points`` values of k spread evenly over the run."""
-        assert self.original is not None
-        n, m = len(self.original), self.points.value
-        return sorted({round(i * (n - 1) / (m - 1)) for i in range(m)})
-
-    def run_sweep(self) -> None:
-        """Fork at each sweep step with prompt B and show the final pictures in a row, labelled by k."""
-        self.finish(self._sweep_work())
-
-    def _sweep_work(self) -> Work:
-        if self.original is None:
-            raise RuntimeError("run prompt A first")
-        self.sweep = {}
+    # ---- the sweep's drawing (PromptSwapWork calls them) -------------------------------------------
+    def _sweep_started(self) -> None:
         self._clear_sweep()
-        ks = self.sweep_steps()
-        for n, k in enumerate(ks):
-            self.say(f"sweep: forking at step {k} ({n + 1} of {len(ks)}) …")
-            self.sweep[k] = yield from self._fork(k)
-            self._draw_sweep()  # the strip fills as the forks finish (a stopped sweep keeps them)
-        self.say(f"sweep done: {len(self.sweep)} forks")
+
+    def _sweep_grew(self) -> None:
+        self._draw_sweep()
 
     # ---- drawing ---------------------------------------------------------------------------------
     def _redraw(self) -> None:
